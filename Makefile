@@ -1,0 +1,34 @@
+# Two commands matter: `make demo` (a local cluster doing real work) and `make test`.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-slow check bench clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m sector.testing.demo
+
+check: $(STAMP)
+	$(BIN)/ruff check sector tests bench
+	$(BIN)/ruff format --check sector tests bench
+	$(BIN)/mypy
+
+test: check
+	$(BIN)/pytest -q -n 2 -m "not slow" tests
+
+test-slow: $(STAMP)
+	$(BIN)/pytest -q -m slow tests
+
+bench: $(STAMP)
+	$(BIN)/python bench/storage.py
+	$(BIN)/python bench/metadata.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,76 @@
+"""Validation of command-line values: addresses, sizes, topology paths.
+
+Each parser raises ``ValueError`` with a one-line message; argparse turns that into a
+usage error (exit 2) through :func:`arg_type`, and code that reads the environment
+turns it into a :class:`~sector.errors.UsageError` (exit 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgtp]?)(?:i?b)?", re.IGNORECASE)
+_UNITS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4, "p": 5}
+
+
+def parse_address(text: str, *, allow_port_zero: bool = False) -> str:
+    """Check ``HOST:PORT`` (``[v6addr]:PORT`` for IPv6) and return it unchanged.
+
+    Port 0 is only meaningful to ``--listen`` (let the OS choose); a client or a
+    joining node must name a real port.
+    """
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"invalid address {text!r}: expected HOST:PORT")
+    if host.startswith("[") != host.endswith("]") or (":" in host and not host.startswith("[")):
+        raise ValueError(f"invalid address {text!r}: write IPv6 hosts as [ADDR]:PORT")
+    low = 0 if allow_port_zero else 1
+    if not low <= int(port) <= 65535:
+        raise ValueError(f"invalid port in {text!r}: must be {low}..65535")
+    return text
+
+
+def parse_listen(text: str) -> str:
+    return parse_address(text, allow_port_zero=True)
+
+
+def parse_size(text: str) -> int:
+    """'1073741824', '10G', '512MiB', '1.5t' -> bytes (binary units, as `df -h`)."""
+    m = _SIZE.fullmatch(text.strip())
+    if not m:
+        raise ValueError(f"invalid size {text!r}: expected BYTES or a number with K/M/G/T/P")
+    return int(float(m.group(1)) * 1024 ** _UNITS[m.group(2).lower()])
+
+
+def parse_topology(text: str) -> str:
+    if not text.startswith("/") or "//" in text or any(c.isspace() for c in text):
+        raise ValueError(f"invalid topology {text!r}: expected a path such as /dc1/rack2")
+    return text.rstrip("/") or "/"
+
+
+def positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise ValueError(f"invalid number {text!r}") from None
+    if n < 1:
+        raise ValueError(f"must be at least 1, got {n}")
+    return n
+
+
+def arg_type(fn: Callable[[str], T]) -> Callable[[str], T]:
+    """Adapt a parser for argparse ``type=`` so its own message is what the user sees."""
+
+    def convert(text: str) -> T:
+        try:
+            return fn(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    convert.__name__ = fn.__name__
+    return convert

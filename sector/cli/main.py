@@ -1,0 +1,271 @@
+"""The `sector` command: argument parsing, dispatch, and the exit-code contract.
+
+Exit codes: 0 success; 1 the operation failed (a SectorError, or an OSError on a
+local file); 2 bad usage (argparse); 130 interrupted (Ctrl-C); 141 stdout closed by
+its reader (`sector cat /x | head`), which is not reported. A failure prints exactly
+one line, ``sector: error: <message>``, never a traceback (``SECTOR_DEBUG=1`` adds
+it). Only argparse, os and sys are imported up front; everything else is imported by
+the command that needs it, so `sector ls` starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from sector.cli.args import (
+    arg_type,
+    parse_address,
+    parse_listen,
+    parse_size,
+    parse_topology,
+    positive_int,
+)
+
+PROG = "sector"
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_PIPE = 0, 1, 2, 130, 141
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of every command of DESIGN §3."""
+    # --cluster and --json may come before or after the command. The main parser owns
+    # the defaults; the copies on the subparsers default to SUPPRESS so that, when
+    # absent after the command, they do not overwrite a value given before it.
+    cluster_help = "enter the cluster through this node (default: $SECTOR_CLUSTER, else the `sector up` cluster)"
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--cluster",
+        metavar="HOST:PORT",
+        type=arg_type(parse_address),
+        default=argparse.SUPPRESS,
+        help=cluster_help,
+    )
+    common.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output"
+    )
+
+    p = argparse.ArgumentParser(prog=PROG, description="Sector: a peer-to-peer storage cloud.")
+    p.add_argument(
+        "--cluster",
+        metavar="HOST:PORT",
+        type=arg_type(parse_address),
+        default=None,
+        help=cluster_help,
+    )
+    p.add_argument("--json", action="store_true", default=False, help="machine-readable output")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def cmd(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, parents=[common])
+
+    s = cmd("up", "start a local cluster on loopback in the background; print its address")
+    s.add_argument(
+        "-n", "--nodes", type=arg_type(positive_int), default=3, help="number of nodes (default 3)"
+    )
+    s.add_argument(
+        "--replicas",
+        type=arg_type(positive_int),
+        default=3,
+        help="default replica target (default 3)",
+    )
+    s.add_argument(
+        "--dir", type=Path, default=None, help="cluster directory (default $SECTOR_HOME/cluster)"
+    )
+
+    s = cmd("down", "stop the local cluster")
+    s.add_argument(
+        "--dir", type=Path, default=None, help="cluster directory (default: the last `sector up`)"
+    )
+
+    s = cmd("node", "run one node in the foreground")
+    s.add_argument("--data", type=Path, required=True, help="data directory of this node")
+    s.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        type=arg_type(parse_listen),
+        required=True,
+        help="port 0 = any",
+    )
+    s.add_argument(
+        "--join",
+        metavar="HOST:PORT",
+        type=arg_type(parse_address),
+        help="any node of the ring to join",
+    )
+    s.add_argument(
+        "--topology",
+        metavar="/DC/RACK",
+        type=arg_type(parse_topology),
+        default="",
+        help="e.g. /dc1/rack2",
+    )
+    s.add_argument(
+        "--replicas",
+        type=arg_type(positive_int),
+        default=3,
+        help="default replica target (default 3)",
+    )
+    s.add_argument(
+        "--quota", metavar="BYTES", type=arg_type(parse_size), help="cap on stored bytes (e.g. 10G)"
+    )
+
+    cmd("status", "nodes, files and under-replicated files of the cluster")
+
+    s = cmd("put", "upload local files (directories with -r)")
+    s.add_argument("-r", "--recursive", action="store_true", help="upload directories recursively")
+    s.add_argument(
+        "--replicas",
+        type=arg_type(positive_int),
+        default=None,
+        help="replica target of the new files",
+    )
+    s.add_argument("local", nargs="+", metavar="LOCAL")
+    s.add_argument("remote", metavar="REMOTE")
+
+    s = cmd("get", "download files (directories with -r)")
+    s.add_argument(
+        "-r", "--recursive", action="store_true", help="download directories recursively"
+    )
+    s.add_argument("remote", nargs="+", metavar="REMOTE")
+    s.add_argument("local", metavar="LOCAL")
+
+    s = cmd("cat", "write a file to stdout")
+    s.add_argument("remote", metavar="REMOTE")
+
+    s = cmd("ls", "list a directory")
+    s.add_argument(
+        "-l", dest="long", action="store_true", help="long listing: type, size, replicas, mtime"
+    )
+    s.add_argument("path", nargs="?", default="/", metavar="PATH")
+
+    s = cmd("stat", "describe a file: size, checksum, replicas and their nodes")
+    s.add_argument("path", metavar="PATH")
+
+    s = cmd("mkdir", "create a directory")
+    s.add_argument(
+        "-p", "--parents", action="store_true", help="create parents; no error if it exists"
+    )
+    s.add_argument("path", metavar="PATH")
+
+    s = cmd("rm", "remove a file (a directory with -r)")
+    s.add_argument(
+        "-r", "--recursive", action="store_true", help="remove directories and their contents"
+    )
+    s.add_argument("path", metavar="PATH")
+
+    s = cmd("mv", "rename or move a file or directory")
+    s.add_argument("src", metavar="SRC")
+    s.add_argument("dst", metavar="DST")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run a parsed command; raises on failure (see :func:`main`)."""
+    if args.command == "node":
+        return _node(args)
+    if args.command in ("up", "down"):
+        return _up(args) if args.command == "up" else _down(args)
+    from sector.cli import commands
+
+    client = commands.connect(args.cluster)
+    try:
+        commands.COMMANDS[args.command](client, args)
+    finally:
+        client.close()
+    return EXIT_OK
+
+
+def _node(args: argparse.Namespace) -> int:
+    from sector.config import NodeConfig
+    from sector.node.main import run_node
+
+    cfg = NodeConfig(
+        data=args.data,
+        listen=args.listen,
+        join=args.join,
+        topology=args.topology,
+        replicas=args.replicas,
+        quota=args.quota,
+    )
+    return int(run_node(cfg))
+
+
+def _up(args: argparse.Namespace) -> int:
+    from sector.cli import output
+    from sector.config import default_cluster_dir
+    from sector.node.localcluster import start_cluster
+
+    directory = args.dir or default_cluster_dir()
+    if sys.stderr.isatty():
+        sys.stderr.write(f"starting {args.nodes} nodes in {directory} ...\n")
+    info = start_cluster(directory, args.nodes, args.replicas)
+    if args.json:
+        output.emit_json(info)
+    else:
+        output.echo(str(info["address"]))
+    return EXIT_OK
+
+
+def _down(args: argparse.Namespace) -> int:
+    from sector.cli import output
+    from sector.config import current_cluster_dir, default_cluster_dir
+    from sector.node.localcluster import stop_cluster
+
+    directory = args.dir or current_cluster_dir() or default_cluster_dir()
+    n = stop_cluster(directory)
+    if args.json:
+        output.emit_json({"stopped": n, "dir": str(Path(directory).expanduser().resolve())})
+    else:
+        output.echo(f"stopped {n} node{'s' if n != 1 else ''}")
+    return EXIT_OK
+
+
+def error_message(exc: BaseException) -> str:
+    """The one line printed for a failure."""
+    from sector.errors import SectorError
+
+    if isinstance(exc, SectorError):
+        msg = str(exc)
+    elif isinstance(exc, OSError):
+        # '[Errno 2] No such file or directory: 'x'' reads badly; say 'x: No such ...'.
+        what = exc.strerror or str(exc) or type(exc).__name__
+        msg = f"{exc.filename}: {what}" if exc.filename is not None else what
+    else:
+        msg = f"internal error: {type(exc).__name__}: {exc}"
+    return " ".join(msg.split()) or type(exc).__name__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `sector` script; returns the exit code."""
+    args = build_parser().parse_args(argv)  # exits 2 on bad usage
+    from sector.cli.output import StdoutClosed
+
+    try:
+        return run(args)
+    except StdoutClosed:
+        # Point stdout at /dev/null so the interpreter's final flush cannot complain.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_PIPE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # the contract: one line, never a traceback
+        if os.environ.get("SECTOR_DEBUG", "0") not in ("", "0"):
+            import traceback
+
+            traceback.print_exc()
+        _report(exc)
+        return EXIT_FAILED
+
+
+def _report(exc: BaseException) -> None:
+    sys.stderr.write(f"{PROG}: error: {error_message(exc)}\n")
+    sys.stderr.flush()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""Transfer progress bars for put/get: rich, on stderr, only where a person is watching.
+
+A bar appears only when stderr is a terminal and the file is larger than
+:data:`MIN_BAR_BYTES`; below that a transfer is over before a bar is readable, and
+in scripts the bars would only litter logs. The client may call a progress callback
+from its I/O thread; rich's ``Progress`` takes a lock around updates, so that is safe.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+MIN_BAR_BYTES = 4 << 20
+
+ProgressFn = Callable[[int, int], None]
+
+
+class Transfers:
+    """Context manager handing out one progress callback per file."""
+
+    def __init__(self, enabled: bool | None = None) -> None:
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self._progress: Any = None  # rich.progress.Progress, created on first big file
+
+    def __enter__(self) -> Transfers:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    def callback(self, label: str) -> ProgressFn | None:
+        """A ``progress(done, total)`` for one file, or None when no bar will be shown.
+
+        The total is learnt from the first call (a download does not know it before),
+        so the bar is created lazily and only if the file turns out to be big.
+        """
+        if not self.enabled:
+            return None
+        task: list[Any] = []  # the rich task id, once created
+
+        def update(done: int, total: int) -> None:
+            if not task:
+                if total <= MIN_BAR_BYTES:
+                    return
+                task.append(self._bars().add_task(label, total=total))
+            self._bars().update(task[0], completed=done, total=total)
+
+        return update
+
+    def _bars(self) -> Any:
+        if self._progress is None:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
+
+            self._progress = Progress(
+                TextColumn("{task.description}", style="bold"),
+                BarColumn(),
+                DownloadColumn(binary_units=True),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+            )
+            self._progress.start()
+        return self._progress

@@ -1,0 +1,4 @@
+from sector.client.aio import AsyncClient
+from sector.client.sync import Client, connect
+
+__all__ = ["AsyncClient", "Client", "connect"]

@@ -1,0 +1,336 @@
+"""The async client: enters the cluster through any node.
+
+Namespace operations go to the entry node (``fs.*``), which routes them to the owners
+of the records. File bytes never pass through the entry node: a put streams straight
+to the first node of the replica chain chosen for it, a get straight from the nearest
+healthy replica (failing over to the next on error or checksum mismatch).
+
+The checksum is end to end: the client hashes the file while the kernel sends it
+(``sendfile`` on one side, a BLAKE3 of the same file in a thread on the other), every
+replica hashes what it received, and a replica whose hash differs is left out; the
+put fails if the first one differs. A get hashes what it receives and only then
+renames the temp file into place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import blake3
+
+from sector.config import local_cluster_addresses, resolve_address
+from sector.errors import (
+    ChecksumMismatch,
+    ConnectError,
+    IsADirectory,
+    NotFound,
+    SectorError,
+    TransportError,
+    UsageError,
+)
+from sector.meta import records as rec
+from sector.transport.rpc import RpcPool, split_addr
+
+Progress = Callable[[int, int], None]
+SEND_STEP = 16 << 20  # bytes per sendfile call: the granularity of progress reports
+RECV_CHUNK = 4 << 20
+
+
+def _local_ip(addr: str) -> str:
+    host, port = split_addr(addr)
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect((host, port))
+        return str(s.getsockname()[0])
+    return "127.0.0.1"
+
+
+def _hash_file(path: str) -> str:
+    h = blake3.blake3(max_threads=blake3.blake3.AUTO)
+    if os.path.getsize(path) > 0:
+        h.update_mmap(path)
+    return "blake3:" + h.hexdigest()
+
+
+class AsyncClient:
+    """``async with AsyncClient("host:port") as c: await c.put(...)``."""
+
+    def __init__(self, address: str | None = None, *, timeout: float = 60.0) -> None:
+        self.address = resolve_address(address)
+        try:
+            split_addr(self.address)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        self.pool = RpcPool(timeout=timeout, connect_timeout=5.0)
+        self._entries = [self.address, *local_cluster_addresses(self.address)]
+        self._client_host = _local_ip(self.address)
+
+    async def __aenter__(self) -> AsyncClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        """Check that the entry node answers (and learn the others for fail-over)."""
+        info = await self._call("node.ping", {})
+        for addr in info.get("members", []) if isinstance(info, dict) else []:
+            if isinstance(addr, str) and addr not in self._entries:
+                self._entries.append(addr)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    async def _call(self, op: str, args: dict[str, Any]) -> Any:
+        """Call the entry node; if it is gone, enter through another known node."""
+        last: TransportError | None = None
+        for addr in list(self._entries):
+            try:
+                res = await self.pool.call(addr, op, args)
+            except ConnectError as exc:
+                last = exc
+                self.pool.forget(addr)
+                continue
+            if addr != self._entries[0]:
+                self._entries.remove(addr)
+                self._entries.insert(0, addr)
+            return res
+        assert last is not None
+        if len(self._entries) > 1:
+            raise ConnectError(
+                f"no node of the cluster answers (tried {len(self._entries)}): {last}"
+            )
+        raise last
+
+    # ------------------------------------------------------------------ namespace
+
+    async def stat(self, path: str) -> dict[str, Any]:
+        res: dict[str, Any] = await self._call("fs.stat", {"path": rec.normalize(path)})
+        return res
+
+    async def exists(self, path: str) -> bool:
+        try:
+            await self.stat(path)
+            return True
+        except NotFound:
+            return False
+
+    async def ls(self, path: str = "/") -> list[dict[str, Any]]:
+        res: list[dict[str, Any]] = await self._call("fs.ls", {"path": rec.normalize(path)})
+        return res
+
+    async def mkdir(self, path: str, *, parents: bool = False) -> dict[str, Any] | None:
+        res: dict[str, Any] | None = await self._call(
+            "fs.mkdir", {"path": rec.normalize(path), "parents": parents}
+        )
+        return res
+
+    async def rm(self, path: str, *, recursive: bool = False) -> int:
+        res = await self._call("fs.rm", {"path": rec.normalize(path), "recursive": recursive})
+        return int(res.get("removed", 0))
+
+    async def mv(self, src: str, dst: str) -> dict[str, Any]:
+        res: dict[str, Any] = await self._call(
+            "fs.mv", {"src": rec.normalize(src), "dst": rec.normalize(dst)}
+        )
+        return res
+
+    async def status(self) -> dict[str, Any]:
+        res: dict[str, Any] = await self._call("fs.status", {})
+        return res
+
+    # ------------------------------------------------------------------ data
+
+    async def put(
+        self,
+        local: str | os.PathLike[str],
+        remote: str,
+        *,
+        replicas: int | None = None,
+        progress: Progress | None = None,
+    ) -> dict[str, Any]:
+        """Upload one local file; returns the stored file's stat (+ ``under_replicated``)."""
+        lpath = os.fspath(local)
+        try:
+            st = os.stat(lpath)
+        except FileNotFoundError:
+            raise UsageError(f"no such local file: {lpath}") from None
+        if not Path(lpath).is_file():
+            raise UsageError(f"not a regular file: {lpath} (use -r for directories)")
+        if replicas is not None and not 1 <= replicas <= 16:
+            raise UsageError("replicas must be from 1 to 16")
+        path = rec.normalize(remote)
+        if remote.endswith("/") or await self._is_dir(path):
+            path = rec.join(path, rec.check_name(Path(lpath).name))
+        size = st.st_size
+        plan = await self._call(
+            "fs.begin_put",
+            {"path": path, "size": size, "rf": replicas, "client_host": self._client_host},
+        )
+        blob, targets = plan["blob"], plan["targets"]
+        loop = asyncio.get_running_loop()
+        hashing = loop.run_in_executor(None, _hash_file, lpath)
+        try:
+            stored, their_sum = await self._send(lpath, size, blob, targets, progress)
+        finally:
+            checksum = await hashing
+        if their_sum != checksum:
+            raise ChecksumMismatch(
+                f"upload of {path} was corrupted in transit ({their_sum} != {checksum})"
+            )
+        res: dict[str, Any] = await self._call(
+            "fs.commit_put",
+            {
+                "path": path,
+                "blob": blob,
+                "size": size,
+                "checksum": checksum,
+                "replicas": stored,
+                "rf": plan["rf"],
+            },
+        )
+        return res
+
+    async def _is_dir(self, path: str) -> bool:
+        try:
+            return (await self.stat(path))["type"] == "dir"
+        except NotFound:
+            return False
+
+    async def _send(
+        self, lpath: str, size: int, blob: str, targets: list[list[str]], progress: Progress | None
+    ) -> tuple[list[list[str]], str]:
+        last: SectorError | None = None
+        for i, (_nid, addr) in enumerate(targets):
+            args = {"blob": blob, "size": size, "checksum": None, "chain": targets[i + 1 :]}
+            try:
+                chan = await self.pool.open_bulk(addr, "blob.put", args)
+            except TransportError as exc:
+                last = exc
+                continue
+            try:
+                with open(lpath, "rb") as f:
+                    sent = 0
+                    while sent < size:
+                        n = min(SEND_STEP, size - sent)
+                        await chan.sendfile(f, sent, n)
+                        sent += n
+                        if progress:
+                            progress(sent, size)
+                rep = await chan.read_reply()
+            except TransportError as exc:
+                last = exc
+                continue
+            finally:
+                await chan.close()
+            return rep["stored"], rep["checksum"]
+        raise last or ConnectError("no target node for the upload")
+
+    def _order(self, replicas: list[dict[str, Any]]) -> list[str]:
+        """Replica addresses, nearest and healthy first."""
+        reps = list(replicas)
+        random.shuffle(reps)
+
+        def rank(r: dict[str, Any]) -> tuple[int, int]:
+            same_host = split_addr(r["address"])[0] == self._client_host
+            return (0 if r["state"] == "up" else 1, 0 if same_host else 1)
+
+        return [r["address"] for r in sorted(reps, key=rank)]
+
+    async def get(
+        self, remote: str, local: str | os.PathLike[str], *, progress: Progress | None = None
+    ) -> dict[str, Any]:
+        """Download one file; ``local`` may be a directory. Returns the file's stat."""
+        st = await self.stat(remote)
+        if st["type"] == "dir":
+            raise IsADirectory(f"{st['path']} is a directory (use -r)")
+        lpath = Path(local)
+        if lpath.is_dir():
+            lpath = lpath / st["name"]
+        tmp = lpath.with_name(f".{lpath.name}.sector-part")
+        errors: list[str] = []
+        for addr in self._order(st["replicas"]):
+            try:
+                await self._fetch(addr, st, tmp, progress)
+            except (SectorError, OSError) as exc:
+                errors.append(f"{addr}: {exc}")
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+                if isinstance(exc, OSError) and not isinstance(exc, ConnectionError):
+                    raise
+                continue
+            os.replace(tmp, lpath)
+            return st
+        if not st["replicas"]:
+            raise NotFound(f"{st['path']} has no replicas")
+        raise SectorError(f"cannot read {st['path']}: every replica failed ({'; '.join(errors)})")
+
+    async def _fetch(
+        self, addr: str, st: dict[str, Any], tmp: Path, progress: Progress | None
+    ) -> None:
+        chan = await self.pool.open_bulk(addr, "blob.get", {"blob": st["blob"]})
+        try:
+            head = await chan.read_frame()
+            if head.e is not None:
+                from sector.errors import from_wire
+
+                raise from_wire(head.e)
+            size = int(head.r["size"])
+            if size != st["size"]:
+                raise ChecksumMismatch(f"replica at {addr} has {size} bytes, expected {st['size']}")
+            h = blake3.blake3()
+            got = 0
+            with open(tmp, "wb") as f:
+                while got < size:
+                    chunk = await chan.read_some(min(RECV_CHUNK, size - got))
+                    if not chunk:
+                        raise ConnectError(f"replica at {addr} closed the stream early")
+                    f.write(chunk)
+                    h.update(chunk)
+                    got += len(chunk)
+                    if progress:
+                        progress(got, size)
+            if "blake3:" + h.hexdigest() != st["checksum"]:
+                raise ChecksumMismatch(f"replica at {addr} is corrupt (checksum mismatch)")
+        finally:
+            await chan.close()
+
+    async def read(self, remote: str, offset: int = 0, length: int | None = None) -> bytes:
+        """Bytes of a file (a range of it with offset/length), verified when whole."""
+        st = await self.stat(remote)
+        if st["type"] == "dir":
+            raise IsADirectory(f"{st['path']} is a directory")
+        return await self.read_range(st, offset, length)
+
+    async def read_range(self, st: dict[str, Any], offset: int, length: int | None) -> bytes:
+        errors: list[str] = []
+        for addr in self._order(st["replicas"]):
+            try:
+                chan = await self.pool.open_bulk(
+                    addr, "blob.get", {"blob": st["blob"], "offset": offset, "length": length}
+                )
+                try:
+                    head = await chan.read_frame()
+                    if head.e is not None:
+                        from sector.errors import from_wire
+
+                        raise from_wire(head.e)
+                    data = await chan.read_exactly(int(head.r["size"]))
+                finally:
+                    await chan.close()
+            except SectorError as exc:
+                errors.append(f"{addr}: {exc}")
+                continue
+            whole = offset == 0 and len(data) == st["size"]
+            if whole and "blake3:" + blake3.blake3(data).hexdigest() != st["checksum"]:
+                errors.append(f"{addr}: checksum mismatch")
+                continue
+            return data
+        raise SectorError(f"cannot read {st['path']}: every replica failed ({'; '.join(errors)})")

@@ -1,0 +1,148 @@
+"""The sync client: the async client driven by a private event loop in a thread.
+
+One loop thread per ``Client`` keeps the pooled connections alive between calls, so
+a script making many small calls does not reconnect each time (the cost of
+``asyncio.run`` per call). File objects from ``open`` read through it in ranges.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from sector.client.aio import AsyncClient, Progress
+from sector.errors import IsADirectory, UsageError
+
+T = TypeVar("T")
+READ_AHEAD = 4 << 20
+
+
+class Client:
+    """``with sector.connect() as c: c.put("a.bin", "/data/a.bin")``."""
+
+    def __init__(self, address: str | None = None, *, timeout: float = 60.0) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="sector-client", daemon=True
+        )
+        self._thread.start()
+        try:
+            self._aio = self._run(self._make(address, timeout))
+            self._run(self._aio.connect())
+        except BaseException:
+            self.close()
+            raise
+
+    async def _make(self, address: str | None, timeout: float) -> AsyncClient:
+        return AsyncClient(address, timeout=timeout)
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    @property
+    def address(self) -> str:
+        return self._aio.address
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._loop.is_closed():
+            return
+        aio = getattr(self, "_aio", None)
+        if aio is not None and self._loop.is_running():
+            self._run(aio.close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+        self._loop.close()
+
+    def put(
+        self,
+        local: str | os.PathLike[str],
+        remote: str,
+        *,
+        replicas: int | None = None,
+        progress: Progress | None = None,
+    ) -> dict[str, Any]:
+        return self._run(self._aio.put(local, remote, replicas=replicas, progress=progress))
+
+    def get(
+        self, remote: str, local: str | os.PathLike[str], *, progress: Progress | None = None
+    ) -> dict[str, Any]:
+        return self._run(self._aio.get(remote, local, progress=progress))
+
+    def read(self, remote: str, offset: int = 0, length: int | None = None) -> bytes:
+        return self._run(self._aio.read(remote, offset, length))
+
+    def ls(self, path: str = "/") -> list[dict[str, Any]]:
+        return self._run(self._aio.ls(path))
+
+    def stat(self, path: str) -> dict[str, Any]:
+        return self._run(self._aio.stat(path))
+
+    def exists(self, path: str) -> bool:
+        return self._run(self._aio.exists(path))
+
+    def mkdir(self, path: str, *, parents: bool = False) -> dict[str, Any] | None:
+        return self._run(self._aio.mkdir(path, parents=parents))
+
+    def rm(self, path: str, *, recursive: bool = False) -> int:
+        return self._run(self._aio.rm(path, recursive=recursive))
+
+    def mv(self, src: str, dst: str) -> dict[str, Any]:
+        return self._run(self._aio.mv(src, dst))
+
+    def status(self) -> dict[str, Any]:
+        return self._run(self._aio.status())
+
+    def open(self, remote: str, mode: str = "rb") -> io.BufferedReader:
+        """A read-only binary file object over a Sector file."""
+        if mode not in ("rb", "r"):
+            raise UsageError("only mode 'rb' is supported (files are write-once; use put)")
+        st = self.stat(remote)
+        if st["type"] == "dir":
+            raise IsADirectory(f"{st['path']} is a directory")
+        return io.BufferedReader(_RemoteRaw(self, st), buffer_size=READ_AHEAD)
+
+
+class _RemoteRaw(io.RawIOBase):
+    def __init__(self, client: Client, st: dict[str, Any]) -> None:
+        self._c = client
+        self._st = st
+        self._pos = 0
+        self.name = st["path"]
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._st["size"]}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def readinto(self, b: Any) -> int:
+        n = min(len(b), max(0, self._st["size"] - self._pos))
+        if n == 0:
+            return 0
+        data = self._c._run(self._c._aio.read_range(self._st, self._pos, n))
+        b[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+
+def connect(address: str | None = None, *, timeout: float = 60.0) -> Client:
+    """A sync client; ``address`` defaults to SECTOR_CLUSTER, then the local cluster."""
+    return Client(address, timeout=timeout)

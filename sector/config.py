@@ -1,0 +1,98 @@
+"""Typed configuration and where a client finds its cluster.
+
+Defaults live here, each with the reason for its value. A client finds the cluster
+in this order: an explicit address, ``SECTOR_CLUSTER``, then the local cluster that
+``sector up`` started most recently (its directory is recorded in
+``$SECTOR_HOME/current``; ``SECTOR_HOME`` defaults to ``~/.sector``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sector.errors import UsageError
+
+DEFAULT_PORT = 6000  # the original Sector master port
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeConfig:
+    data: Path
+    listen: str = f"127.0.0.1:{DEFAULT_PORT}"
+    join: str | None = None
+    topology: str = ""  # "/dc/rack"; "" = unknown (treated as far from everything)
+    host_id: str | None = None  # see NodeConfig.host; None = derived from the address
+    replicas: int = 3  # default replica target of files (Sector's default)
+    meta_replicas: int = 3  # k: metadata records live on the owner and k-1 successors
+    succ_list_len: int = 8  # Chord successor list length r
+    stabilize_interval: float = 0.5  # fast enough that a crash is noticed within ~2 s
+    gossip_interval: float = 0.5
+    dead_after: float = 4.0  # a member silent this long is down for placement and status
+    rpc_timeout: float = 10.0
+    max_frame: int = 16 << 20  # control frames only; bulk data never travels in frames
+    min_free: int = 64 << 20  # a node with less free space takes no new replicas
+    quota: int | None = None  # cap on bytes this node stores (None = the disk)
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+def sector_home() -> Path:
+    return Path(os.environ.get("SECTOR_HOME") or Path.home() / ".sector")
+
+
+def default_cluster_dir() -> Path:
+    return sector_home() / "cluster"
+
+
+def current_cluster_dir() -> Path | None:
+    """The directory of the local cluster started last by ``sector up``."""
+    ptr = sector_home() / "current"
+    try:
+        d = Path(ptr.read_text().strip())
+    except OSError:
+        return None
+    return d if (d / "cluster.json").exists() else None
+
+
+def read_cluster_file(d: Path) -> dict[str, object]:
+    try:
+        info = json.loads((d / "cluster.json").read_text())
+    except (OSError, ValueError):
+        raise UsageError(f"no local cluster in {d} (start one with `sector up`)") from None
+    if not isinstance(info, dict):
+        raise UsageError(f"corrupt cluster file in {d}")
+    return info
+
+
+def resolve_address(address: str | None = None) -> str:
+    """The address a client should enter the cluster through."""
+    if address:
+        return address
+    env = os.environ.get("SECTOR_CLUSTER")
+    if env:
+        return env
+    d = current_cluster_dir()
+    if d is None:
+        raise UsageError(
+            "no cluster given: pass --cluster HOST:PORT, set SECTOR_CLUSTER, or start one with `sector up`"
+        )
+    info = read_cluster_file(d)
+    addrs = info.get("addresses")
+    if isinstance(addrs, list) and addrs:
+        return str(addrs[0])
+    return str(info.get("address", ""))
+
+
+def local_cluster_addresses(address: str) -> list[str]:
+    """Other entry points of the local cluster, tried when ``address`` does not answer."""
+    d = current_cluster_dir()
+    if d is None:
+        return []
+    try:
+        info = read_cluster_file(d)
+    except UsageError:
+        return []
+    addrs = info.get("addresses")
+    return [str(a) for a in addrs if str(a) != address] if isinstance(addrs, list) else []

@@ -1,0 +1,157 @@
+"""The one exception tree of Sector.
+
+    SectorError                      base of everything raised on purpose
+    ├── UsageError                   local misuse: bad arguments, bad paths (no I/O happened)
+    │   └── InvalidPath              '..', NUL, empty segment, name too long
+    ├── ClusterError                 something on the cluster answered badly
+    │   ├── NotFound                 no such file or directory
+    │   ├── AlreadyExists            the target exists
+    │   ├── NotADirectory            a path component is a file
+    │   ├── IsADirectory             a file operation on a directory
+    │   ├── DirectoryNotEmpty        rm of a non-empty directory without recursive
+    │   ├── NoSpace                  no node can take the data
+    │   ├── ChecksumMismatch         bytes read do not match the recorded checksum
+    │   ├── ReplicationError         fewer replicas than needed answered ("1 of 3 ...")
+    │   ├── BadRequest               the node refused a malformed message
+    │   └── RemoteError              an unexpected failure on a node (carries its type)
+    └── TransportError               the network: cannot connect, timeout, connection lost
+        ├── ConnectError
+        ├── Timeout
+        └── ProtocolError            garbage, oversize or malformed frames
+
+Remote failures travel as typed error replies (``{"type": name, "msg": ..., "data": ...}``)
+and are raised again at the caller as the same class (see ``from_wire``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class SectorError(Exception):
+    """Base class of every error Sector raises on purpose."""
+
+    def __init__(self, message: str, **data: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.data = data
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(SectorError):
+    pass
+
+
+class InvalidPath(UsageError):
+    pass
+
+
+class ClusterError(SectorError):
+    pass
+
+
+class NotFound(ClusterError):
+    pass
+
+
+class AlreadyExists(ClusterError):
+    pass
+
+
+class NotADirectory(ClusterError):
+    pass
+
+
+class IsADirectory(ClusterError):
+    pass
+
+
+class DirectoryNotEmpty(ClusterError):
+    pass
+
+
+class NoSpace(ClusterError):
+    pass
+
+
+class ChecksumMismatch(ClusterError):
+    pass
+
+
+class ReplicationError(ClusterError):
+    pass
+
+
+class BadRequest(ClusterError):
+    pass
+
+
+class RemoteError(ClusterError):
+    pass
+
+
+class TransportError(SectorError):
+    pass
+
+
+class ConnectError(TransportError):
+    pass
+
+
+class Timeout(TransportError):
+    pass
+
+
+class ProtocolError(TransportError):
+    pass
+
+
+# Error types that may cross the wire, by name. Anything else arrives as RemoteError.
+_WIRE_TYPES: dict[str, type[SectorError]] = {
+    cls.__name__: cls
+    for cls in (
+        UsageError,
+        InvalidPath,
+        NotFound,
+        AlreadyExists,
+        NotADirectory,
+        IsADirectory,
+        DirectoryNotEmpty,
+        NoSpace,
+        ChecksumMismatch,
+        ReplicationError,
+        BadRequest,
+        RemoteError,
+        ConnectError,
+        Timeout,
+        ProtocolError,
+    )
+}
+
+
+def to_wire(exc: BaseException) -> dict[str, Any]:
+    """The typed error reply for an exception raised by a handler."""
+    if isinstance(exc, SectorError):
+        name = type(exc).__name__
+        if name not in _WIRE_TYPES:
+            name = "RemoteError"
+        return {"type": name, "msg": exc.message, "data": _plain(exc.data)}
+    return {"type": "RemoteError", "msg": f"{type(exc).__name__}: {exc}", "data": {}}
+
+
+def from_wire(err: Any) -> SectorError:
+    """Rebuild the exception carried by an error reply."""
+    if not isinstance(err, dict):
+        return ProtocolError(f"malformed error reply: {err!r:.80}")
+    cls = _WIRE_TYPES.get(str(err.get("type")), RemoteError)
+    data = err.get("data") if isinstance(err.get("data"), dict) else {}
+    return cls(str(err.get("msg", "remote error")), **data)
+
+
+def _plain(data: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        out[k] = v if isinstance(v, str | int | float | bool | type(None) | list) else str(v)
+    return out

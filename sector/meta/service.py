@@ -1,0 +1,564 @@
+"""The metadata shard of one node: owner-side operations, group commit, replication
+and handoff (DESIGN "Metadata layer").
+
+Rules:
+- The record of a path lives on ``successor(key_id(path))`` (its *owner*) and on the
+  owner's next k-1 successors. Requests are *routed*: a node that does not own the
+  key forwards the request to the owner it finds by lookup (with a range cache), so a
+  client may enter anywhere. A request that has been forwarded ``MAX_HOPS`` times is
+  served where it is (during churn two nodes may briefly both think they own a key;
+  merge rules reconcile them).
+- The owner serialises updates to one path: read, compute and stage the new record
+  happen with no await in between (``_stage``), so concurrent updates compose. The
+  staged record sits in an overlay that reads see at once, while a single committer
+  writes all staged records in one SQLite transaction (group commit: one fsync for many
+  updates). An update is acknowledged only after its commit and after the replicas
+  answered (or were found dead).
+- Handoff (``sync``) runs after every ring change and periodically: the owner pushes
+  the records it owns to its current replica peers; a record this node does not own is
+  pushed to its owner, and dropped here if the owner says this node is not among its
+  replicas. Merges are idempotent, so pushing too much is only wasted bandwidth.
+- After the predecessor changes (a join in front of us, or a crash behind), this node
+  may own keys whose records it has not received yet: for ``warm_period`` seconds a
+  miss is confirmed with the replica peers before it is believed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import weakref
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Protocol
+
+import msgspec
+
+from sector.errors import (
+    AlreadyExists,
+    BadRequest,
+    DirectoryNotEmpty,
+    IsADirectory,
+    NotADirectory,
+    NotFound,
+    SectorError,
+    TransportError,
+)
+from sector.ids import from_hex, key_id, to_hex
+from sector.meta import records as rec
+from sector.meta.records import DirRecord, FileRecord, Gone, Record
+from sector.meta.store import MetaStore
+from sector.routing.chord import Peer
+from sector.routing.rangecache import RangeCache
+
+log = logging.getLogger("sector.meta")
+
+MAX_HOPS = 4
+BATCH = 512
+
+
+class Ring(Protocol):
+    """What the metadata layer needs from routing (implemented by the node)."""
+
+    @property
+    def me(self) -> Peer: ...
+    def responsible_for(self, key: int) -> bool: ...
+    def predecessor(self) -> Peer | None: ...
+    def replica_peers(self, k: int) -> list[Peer]: ...
+    async def lookup(self, key: int) -> Peer: ...
+    def failed(self, peer: Peer) -> None: ...
+    async def call(
+        self, addr: str, op: str, args: dict[str, Any], timeout: float | None = None
+    ) -> Any: ...
+
+
+def _str(a: dict[str, Any], name: str) -> str:
+    v = a.get(name)
+    if not isinstance(v, str):
+        raise BadRequest(f"argument {name!r} must be a string")
+    return v
+
+
+def _root(v: rec.Stamp) -> DirRecord:
+    return DirRecord(path="/", v=v)
+
+
+class _Committer:
+    """Group commit: one SQLite transaction (one fsync) for every record staged meanwhile."""
+
+    def __init__(self, store: MetaStore) -> None:
+        self.store = store
+        self._queue: list[tuple[Record, asyncio.Future[Record]]] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="meta-committer")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+
+    def submit(self, r: Record) -> asyncio.Future[Record]:
+        fut: asyncio.Future[Record] = asyncio.get_running_loop().create_future()
+        self._queue.append((r, fut))
+        self._wake.set()
+        return fut
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._queue = self._queue, []
+            if not batch:
+                continue
+            try:
+                merged = await asyncio.to_thread(self.store.merge_many, [r for r, _ in batch])
+            except Exception as exc:  # a failed commit fails its writers, not the node
+                log.exception("metadata commit failed")
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(SectorError(f"metadata commit failed: {exc}"))
+                continue
+            for (_, fut), m in zip(batch, merged, strict=True):
+                if not fut.done():
+                    fut.set_result(m)
+
+
+class MetaService:
+    def __init__(
+        self,
+        store: MetaStore,
+        ring: Ring,
+        *,
+        k: int = 3,
+        warm_period: float = 10.0,
+        rpc_timeout: float = 10.0,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.ring = ring
+        self.k = k
+        self.warm_period = warm_period
+        self.rpc_timeout = rpc_timeout
+        self.now = now
+        self.clock = rec.Clock(to_hex(ring.me.id))
+        self.cache = RangeCache()
+        self._overlay: dict[str, Record] = {}
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._committer = _Committer(store)
+        self._warm_until = 0.0
+        self._last_pred: int | None = None
+        self._sync_wanted = asyncio.Event()
+        self._sync_task: asyncio.Task[None] | None = None
+        self.stats = {"syncs": 0, "pushed": 0, "handed_off": 0}
+        self.on_delete: Callable[[Record], Awaitable[None]] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        self._committer.start()
+        self._sync_task = asyncio.create_task(self._sync_loop(), name="meta-sync")
+
+    async def stop(self) -> None:
+        if self._sync_task is not None:
+            self._sync_task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._sync_task
+        await self._committer.stop()
+
+    def ring_changed(self) -> None:
+        """Called by the routing driver whenever predecessor or successors change."""
+        pred = self.ring.predecessor()
+        pid = pred.id if pred is not None else None
+        if pid != self._last_pred:
+            self._last_pred = pid
+            self._warm_until = self.now() + self.warm_period
+        self._sync_wanted.set()
+
+    def handlers(self) -> dict[str, Callable[[dict[str, Any]], Awaitable[Any]]]:
+        return {
+            "meta.op": self._h_op,
+            "meta.replicate": self._h_replicate,
+            "meta.fetch": self._h_fetch,
+            "meta.absorb": self._h_absorb,
+        }
+
+    # ------------------------------------------------------------------ routing
+
+    def _range(self) -> list[Any]:
+        pred = self.ring.predecessor()
+        return [to_hex(pred.id) if pred else None, to_hex(self.ring.me.id), self.ring.me.addr]
+
+    async def call(self, path: str, op: str, args: dict[str, Any] | None = None) -> Any:
+        """Run owner-side ``op`` on the record of ``path``, wherever its owner is."""
+        args = args or {}
+        key = key_id(path)
+        last: SectorError | None = None
+        for _ in range(4):
+            if self.ring.responsible_for(key):
+                return await self.local(op, path, args)
+            hit = self.cache.find(key)
+            if hit is not None:
+                owner = Peer(hit[0], hit[1])
+            else:
+                owner = await self.ring.lookup(key)
+            if owner.id == self.ring.me.id:
+                return await self.local(op, path, args)
+            try:
+                rep = await self.ring.call(
+                    owner.addr, "meta.op", {"path": path, "op": op, "args": args, "hops": 1}
+                )
+            except TransportError as exc:
+                last = exc
+                self.cache.forget(owner.id)
+                self.ring.failed(owner)
+                continue
+            self._learn(rep.get("range"))
+            return rep.get("result")
+        assert last is not None
+        raise last
+
+    def _learn(self, arc: Any) -> None:
+        if isinstance(arc, list) and len(arc) == 3:
+            with contextlib.suppress(ValueError, TypeError):
+                pred = from_hex(arc[0]) if arc[0] else None
+                self.cache.learn(from_hex(arc[1]), str(arc[2]), pred)
+
+    async def _h_op(self, a: dict[str, Any]) -> Any:
+        path = rec.normalize(_str(a, "path"))
+        op = _str(a, "op")
+        args = a.get("args") or {}
+        hops = a.get("hops", 0)
+        if not isinstance(args, dict) or not isinstance(hops, int):
+            raise BadRequest("meta.op: bad arguments")
+        key = key_id(path)
+        if not self.ring.responsible_for(key) and hops < MAX_HOPS:
+            owner = self.cache.find(key)
+            peer = Peer(owner[0], owner[1]) if owner else await self.ring.lookup(key)
+            if peer.id != self.ring.me.id:
+                try:
+                    return await self.ring.call(
+                        peer.addr,
+                        "meta.op",
+                        {"path": path, "op": op, "args": args, "hops": hops + 1},
+                    )
+                except TransportError:
+                    self.cache.forget(peer.id)
+                    self.ring.failed(peer)
+                    # fall through: serve it here, merge rules reconcile later
+        return {"result": await self.local(op, path, args), "range": self._range()}
+
+    # ------------------------------------------------------------------ owner-side ops
+
+    def _lock(self, path: str) -> asyncio.Lock:
+        lock = self._locks.get(path)
+        if lock is None:
+            lock = asyncio.Lock()
+            self._locks[path] = lock
+        return lock
+
+    def _read_local(self, path: str) -> Record | None:
+        r = self._overlay.get(path)
+        return r if r is not None else self.store.get(path)
+
+    async def _read(self, path: str) -> Record | None:
+        r = self._read_local(path)
+        if r is None and self.now() < self._warm_until:
+            r = await self._fetch_from_replicas(path)
+        return r
+
+    async def _fetch_from_replicas(self, path: str) -> Record | None:
+        found: Record | None = None
+        peers = self.ring.replica_peers(self.k)[1:]
+        replies = await asyncio.gather(
+            *(self.ring.call(p.addr, "meta.fetch", {"paths": [path]}, 3.0) for p in peers),
+            return_exceptions=True,
+        )
+        for rep in replies:
+            if isinstance(rep, list):
+                for obj in rep:
+                    with contextlib.suppress(SectorError):
+                        found = rec.merge(found, rec.from_builtins(obj))
+        if found is not None:
+            await self._commit([self._stage(found)])
+        return found
+
+    def _stage(self, r: Record) -> Record:
+        """Merge r into the current record of its path, visible to readers at once."""
+        merged = rec.merge(self._read_local(r.path), r)
+        self._overlay[r.path] = merged
+        return merged
+
+    async def _commit(self, staged: list[Record], *, replicate: bool = True) -> None:
+        futs = [self._committer.submit(r) for r in staged]
+        try:
+            await asyncio.gather(*futs)
+        finally:
+            for r in staged:
+                if self._overlay.get(r.path) is r:
+                    del self._overlay[r.path]
+        if replicate:
+            await self._replicate(staged)
+
+    async def _replicate(self, records: list[Record]) -> None:
+        peers = self.ring.replica_peers(self.k)[1:]
+        if not peers or not records:
+            return
+        payload = {"records": [rec.to_builtins(r) for r in records]}
+        replies = await asyncio.gather(
+            *(self.ring.call(p.addr, "meta.replicate", payload, self.rpc_timeout) for p in peers),
+            return_exceptions=True,
+        )
+        for p, rep in zip(peers, replies, strict=True):
+            if isinstance(rep, TransportError):
+                self.ring.failed(p)
+            elif isinstance(rep, BaseException):
+                log.warning("replicating to %s failed: %s", p.addr, rep)
+
+    def _tick(self) -> rec.Stamp:
+        return self.clock.tick(int(self.now() * 1000))
+
+    async def local(self, op: str, path: str, a: dict[str, Any]) -> Any:
+        fn = self._ops.get(op)
+        if fn is None:
+            raise BadRequest(f"unknown metadata operation {op!r}")
+        return await fn(self, path, a)
+
+    async def _op_get(self, path: str, a: dict[str, Any]) -> Any:
+        r = await self._read(path)
+        if r is None and path == "/":
+            return rec.to_builtins(_root((0, 0, "")))
+        return rec.to_builtins(r) if r is not None else None
+
+    async def _op_put_file(self, path: str, a: dict[str, Any]) -> Any:
+        new = rec.from_builtins(a.get("record"))
+        if not isinstance(new, FileRecord) or new.path != path:
+            raise BadRequest("put_file needs a file record of the same path")
+        async with self._lock(path):
+            old = await self._read(path)
+            if isinstance(old, DirRecord):
+                raise IsADirectory(f"{path} is a directory")
+            staged = self._stage(msgspec.structs.replace(new, v=self._tick()))
+        await self._commit([staged])
+        return {
+            "old": rec.to_builtins(old) if old is not None else None,
+            "record": rec.to_builtins(staged),
+        }
+
+    async def _op_mkdir(self, path: str, a: dict[str, Any]) -> Any:
+        async with self._lock(path):
+            old = await self._read(path)
+            if isinstance(old, DirRecord) or path == "/":
+                return {"created": False}
+            if isinstance(old, FileRecord):
+                raise AlreadyExists(f"{path} exists and is a file")
+            now = self.now()
+            rf = a.get("rf", 0)
+            staged = self._stage(
+                DirRecord(
+                    path=path,
+                    v=self._tick(),
+                    rf=rf if isinstance(rf, int) else 0,
+                    ctime=now,
+                    mtime=now,
+                )
+            )
+        await self._commit([staged])
+        return {"created": True}
+
+    async def _op_add_child(self, path: str, a: dict[str, Any]) -> Any:
+        name = rec.check_name(_str(a, "name"))
+        kind = _str(a, "kind")
+        async with self._lock(path):
+            d = await self._read(path)
+            if d is None and path == "/":
+                d = _root(self._tick())
+            if isinstance(d, FileRecord):
+                raise NotADirectory(f"{path} is a file, not a directory")
+            if not isinstance(d, DirRecord):
+                raise NotFound(f"no such directory: {path}")
+            staged = self._stage(rec.add_child(d, name, kind, self._tick()))
+        await self._commit([staged])
+        return None
+
+    async def _op_remove_child(self, path: str, a: dict[str, Any]) -> Any:
+        name = rec.check_name(_str(a, "name"))
+        async with self._lock(path):
+            d = await self._read(path)
+            if not isinstance(d, DirRecord) or name not in d.children:
+                return None
+            staged = self._stage(rec.remove_child(d, name, self._tick()))
+        await self._commit([staged])
+        return None
+
+    async def _op_delete(self, path: str, a: dict[str, Any]) -> Any:
+        expect_blob = a.get("blob")
+        async with self._lock(path):
+            old = await self._read(path)
+            if old is None or isinstance(old, Gone):
+                raise NotFound(f"no such file or directory: {path}")
+            if isinstance(old, DirRecord) and rec.live_children(old):
+                raise DirectoryNotEmpty(f"directory not empty: {path} (use -r)")
+            if expect_blob is not None and (
+                not isinstance(old, FileRecord) or old.blob != expect_blob
+            ):
+                raise AlreadyExists(f"{path} changed while it was being removed")
+            staged = self._stage(Gone(path=path, v=self._tick(), mtime=self.now()))
+        await self._commit([staged])
+        return {"old": rec.to_builtins(old)}
+
+    async def _op_get_many(self, path: str, a: dict[str, Any]) -> Any:
+        paths = a.get("paths")
+        if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+            raise BadRequest("get_many needs a list of paths")
+        out = []
+        for p in paths:
+            r = await self._read(p)
+            out.append(rec.to_builtins(r) if r is not None else None)
+        return out
+
+    _ops: dict[str, Callable[[MetaService, str, dict[str, Any]], Awaitable[Any]]] = {
+        "get": _op_get,
+        "put_file": _op_put_file,
+        "mkdir": _op_mkdir,
+        "add_child": _op_add_child,
+        "remove_child": _op_remove_child,
+        "delete": _op_delete,
+        "get_many": _op_get_many,
+    }
+
+    # ------------------------------------------------------------------ replica-side handlers
+
+    @staticmethod
+    def _records_arg(a: dict[str, Any]) -> list[Record]:
+        objs = a.get("records")
+        if not isinstance(objs, list) or len(objs) > 10 * BATCH:
+            raise BadRequest("expected a list of records")
+        return [rec.from_builtins(o) for o in objs]
+
+    async def _h_replicate(self, a: dict[str, Any]) -> Any:
+        records = self._records_arg(a)
+        for r in records:
+            self.clock.observe(r.v)
+        await self._commit([self._stage(r) for r in records], replicate=False)
+        return len(records)
+
+    async def _h_fetch(self, a: dict[str, Any]) -> Any:
+        paths = a.get("paths")
+        if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+            raise BadRequest("meta.fetch needs a list of paths")
+        out = []
+        for p in paths[:BATCH]:
+            r = self._read_local(p)
+            if r is not None:
+                out.append(rec.to_builtins(r))
+        return out
+
+    async def _h_absorb(self, a: dict[str, Any]) -> Any:
+        """Records handed to us as their owner: merge, replicate, say who should keep copies."""
+        records = self._records_arg(a)
+        sender = _str(a, "sender")
+        for r in records:
+            self.clock.observe(r.v)
+        await self._commit([self._stage(r) for r in records])
+        keep = sender in {to_hex(p.id) for p in self.ring.replica_peers(self.k)}
+        return {"keep": keep}
+
+    # ------------------------------------------------------------------ handoff
+
+    async def _sync_loop(self) -> None:
+        period = 15.0
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._sync_wanted.wait(), period)
+            self._sync_wanted.clear()
+            await asyncio.sleep(0.2)  # let a burst of ring changes settle into one sync
+            try:
+                await self.sync()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("metadata sync failed")
+
+    async def sync(self) -> None:
+        """Push owned records to replica peers; hand records we do not own to their owner."""
+        self.stats["syncs"] += 1
+        owned: list[Record] = []
+        foreign: list[tuple[int, Record]] = []
+        for r in self.store.all():
+            k = key_id(r.path)
+            if self.ring.responsible_for(k):
+                owned.append(r)
+            else:
+                foreign.append((k, r))
+        for i in range(0, len(owned), BATCH):
+            await self._replicate(owned[i : i + BATCH])
+            self.stats["pushed"] += len(owned[i : i + BATCH])
+        foreign.sort(key=lambda x: x[0])
+        groups: dict[str, tuple[Peer, list[Record]]] = {}
+        for k, r in foreign:
+            hit = self.cache.find(k)
+            owner = Peer(hit[0], hit[1]) if hit else await self.ring.lookup(k)
+            if owner.id == self.ring.me.id:
+                continue
+            groups.setdefault(owner.addr, (owner, []))[1].append(r)
+        me = to_hex(self.ring.me.id)
+        for owner, recs in groups.values():
+            for i in range(0, len(recs), BATCH):
+                chunk = recs[i : i + BATCH]
+                try:
+                    rep = await self.ring.call(
+                        owner.addr,
+                        "meta.absorb",
+                        {"records": [rec.to_builtins(r) for r in chunk], "sender": me},
+                        self.rpc_timeout,
+                    )
+                except TransportError:
+                    self.ring.failed(owner)
+                    break
+                except SectorError as exc:
+                    log.warning("handoff to %s failed: %s", owner.addr, exc)
+                    break
+                self.stats["handed_off"] += len(chunk)
+                if isinstance(rep, dict) and rep.get("keep") is False:
+                    # Drop only what did not change meanwhile.
+                    gone = [r.path for r in chunk if self._read_local(r.path) == r]
+                    await asyncio.to_thread(self.store.delete_many, gone)
+
+    async def handoff_all(self, successor: Peer) -> None:
+        """Graceful leave: give every record to the successor that takes our keys over."""
+        batch: list[Record] = []
+        for r in self.store.all():
+            batch.append(r)
+            if len(batch) >= BATCH:
+                await self._absorb_at(successor, batch)
+                batch = []
+        if batch:
+            await self._absorb_at(successor, batch)
+
+    async def _absorb_at(self, peer: Peer, records: Iterable[Record]) -> None:
+        await self.ring.call(
+            peer.addr,
+            "meta.absorb",
+            {"records": [rec.to_builtins(r) for r in records], "sender": to_hex(self.ring.me.id)},
+            self.rpc_timeout,
+        )
+
+    def counts(self, alive: set[str]) -> dict[str, int]:
+        """Counts over the records this node owns (so a cluster sum counts each once).
+
+        A file is under-replicated when fewer than its target of replicas sit on nodes
+        that are up (``alive``: ids of live members).
+        """
+        files = under = size = 0
+        for r in self.store.all():
+            if isinstance(r, FileRecord) and self.ring.responsible_for(key_id(r.path)):
+                files += 1
+                size += r.size
+                if sum(1 for nid, _ in r.replicas if nid in alive) < r.rf:
+                    under += 1
+        return {"files": files, "under_replicated": under, "bytes": size}

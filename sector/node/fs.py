@@ -1,0 +1,436 @@
+"""The namespace operations a client asks of its entry node (``fs.*``).
+
+Each operation touches one or more metadata records through ``MetaService.call``
+(routed to the records' owners) and, for files, the blobs on the replica nodes. The
+order of steps is chosen so that a crash between two steps never loses data and never
+shows a half-made file:
+- put: the blob is durable on its replicas *before* its record exists (``begin_put``
+  only reserves a blob id and picks targets); then the parent directories, then the
+  file record, then the entry in the parent. A crash before the record leaves only
+  unreferenced blob bytes (collected later), never a visible file without data.
+- rm: the record becomes a tombstone, then the parent entry goes, then the blobs are
+  deleted (best effort: a node that is down keeps an orphan to collect later).
+- mv: the new record and entry first, then the old ones removed; the blobs stay put.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from sector.errors import (
+    AlreadyExists,
+    BadRequest,
+    IsADirectory,
+    NoSpace,
+    NotADirectory,
+    NotFound,
+    SectorError,
+    TransportError,
+    UsageError,
+)
+from sector.meta import records as rec
+from sector.meta.records import DirRecord, FileRecord, Gone, Record
+from sector.storage import placement
+from sector.storage.blobs import check_blob_id, new_blob_id
+from sector.transport.rpc import split_addr
+
+if TYPE_CHECKING:
+    from sector.node.server import Node
+
+log = logging.getLogger("sector.fs")
+
+FANOUT = 32  # concurrent metadata requests of one recursive operation
+MAX_RF = 16
+
+
+def _path(a: dict[str, Any], name: str = "path") -> str:
+    v = a.get(name)
+    if not isinstance(v, str):
+        raise BadRequest(f"argument {name!r} must be a path string")
+    return rec.normalize(v)
+
+
+def _opt_int(a: dict[str, Any], name: str, lo: int, hi: int) -> int | None:
+    v = a.get(name)
+    if v is None:
+        return None
+    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+        raise UsageError(f"{name} must be an integer from {lo} to {hi}")
+    return v
+
+
+def _stamp(v: rec.Stamp) -> str:
+    return f"{v[0]}.{v[1]}@{v[2][:8]}"
+
+
+class FsService:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self._bg: set[asyncio.Task[None]] = set()
+
+    def handlers(self) -> dict[str, Any]:
+        return {
+            "fs.stat": self._h_stat,
+            "fs.ls": self._h_ls,
+            "fs.mkdir": self._h_mkdir,
+            "fs.begin_put": self._h_begin_put,
+            "fs.commit_put": self._h_commit_put,
+            "fs.rm": self._h_rm,
+            "fs.mv": self._h_mv,
+            "fs.status": self._h_status,
+        }
+
+    # ------------------------------------------------------------------ helpers
+
+    async def get(self, path: str) -> Record | None:
+        obj = await self.node.meta.call(path, "get")
+        if obj is None:
+            return None
+        r = rec.from_builtins(obj)
+        return None if isinstance(r, Gone) else r
+
+    async def must_get(self, path: str) -> FileRecord | DirRecord:
+        r = await self.get(path)
+        if r is None:
+            raise NotFound(f"no such file or directory: {path}")
+        assert isinstance(r, FileRecord | DirRecord)
+        return r
+
+    def describe(self, r: FileRecord | DirRecord) -> dict[str, Any]:
+        alive = self.node.alive_ids()
+        if isinstance(r, DirRecord):
+            return {
+                "path": r.path,
+                "name": rec.basename(r.path) or "/",
+                "type": "dir",
+                "size": 0,
+                "children": len(rec.live_children(r)),
+                "rf": r.rf or self.node.cfg.replicas,
+                "mtime": r.mtime,
+                "ctime": r.ctime,
+                "version": _stamp(r.v),
+                "replicas": [],
+                "under_replicated": False,
+            }
+        reps = []
+        for nid, addr in r.replicas:
+            m = self.node.members.get(nid)
+            reps.append(
+                {
+                    "id": nid,
+                    "address": m.addr if m else addr,
+                    "state": "up" if nid in alive else "down",
+                    "topology": m.topology if m else "",
+                }
+            )
+        healthy = sum(1 for x in reps if x["state"] == "up")
+        return {
+            "path": r.path,
+            "name": rec.basename(r.path),
+            "type": "file",
+            "size": r.size,
+            "checksum": r.checksum,
+            "blob": r.blob,
+            "rf": r.rf,
+            "mtime": r.mtime,
+            "ctime": r.ctime,
+            "version": _stamp(r.v),
+            "owner": r.owner,
+            "mode": r.mode,
+            "replicas": reps,
+            "under_replicated": healthy < r.rf,
+        }
+
+    def entry(self, r: FileRecord | DirRecord) -> dict[str, Any]:
+        d = self.describe(r)
+        return {
+            "name": d["name"],
+            "path": d["path"],
+            "type": d["type"],
+            "size": d["size"],
+            "mtime": d["mtime"],
+            "replicas": sum(1 for x in d["replicas"] if x["state"] == "up"),
+            "rf": d["rf"],
+        }
+
+    async def _gather(self, coros: list[Any]) -> list[Any]:
+        sem = asyncio.Semaphore(FANOUT)
+
+        async def one(c: Any) -> Any:
+            async with sem:
+                return await c
+
+        return await asyncio.gather(*(one(c) for c in coros))
+
+    async def ensure_dir(self, path: str, *, parents: bool, exist_ok: bool) -> None:
+        """mkdir, with -p semantics when ``parents``."""
+        if path == "/":
+            if not exist_ok:
+                raise AlreadyExists("/ already exists")
+            return
+        par = rec.parent(path)
+        cur = await self.get(path)
+        if isinstance(cur, DirRecord):
+            if not exist_ok:
+                raise AlreadyExists(f"{path} already exists")
+            # Re-assert the entry in the parent: cheap, and heals a half-made mkdir.
+            await self.node.meta.call(par, "add_child", {"name": rec.basename(path), "kind": "dir"})
+            return
+        if isinstance(cur, FileRecord):
+            raise AlreadyExists(f"{path} exists and is a file")
+        pr = await self.get(par) if par != "/" else None
+        if par != "/" and pr is None:
+            if not parents:
+                raise NotFound(f"no such directory: {par}")
+            await self.ensure_dir(par, parents=True, exist_ok=True)
+        elif isinstance(pr, FileRecord):
+            raise NotADirectory(f"{par} is a file, not a directory")
+        await self.node.meta.call(path, "mkdir")
+        await self.node.meta.call(par, "add_child", {"name": rec.basename(path), "kind": "dir"})
+
+    async def delete_blobs(self, r: Record | None, *, keep: str | None = None) -> None:
+        """Best effort: remove a file version's blob from its replicas."""
+        if not isinstance(r, FileRecord) or r.blob == keep:
+            return
+        for _nid, addr in r.replicas:
+            with contextlib.suppress(SectorError, OSError):
+                await self.node.pool.call(addr, "blob.delete", {"blobs": [r.blob]}, timeout=5.0)
+
+    def _spawn_delete(self, r: Record | None, keep: str | None = None) -> None:
+        task = asyncio.create_task(self.delete_blobs(r, keep=keep), name="blob-delete")
+        self._bg.add(task)
+        task.add_done_callback(self._bg.discard)
+
+    # ------------------------------------------------------------------ handlers
+
+    async def _h_stat(self, a: dict[str, Any]) -> Any:
+        return self.describe(await self.must_get(_path(a)))
+
+    async def _h_ls(self, a: dict[str, Any]) -> Any:
+        path = _path(a)
+        r = await self.must_get(path)
+        if isinstance(r, FileRecord):
+            return [self.entry(r)]
+        names = list(rec.live_children(r))
+        kids = await self._gather([self.get(rec.join(path, n)) for n in names])
+        return [self.entry(k) for k in kids if isinstance(k, FileRecord | DirRecord)]
+
+    async def _h_mkdir(self, a: dict[str, Any]) -> Any:
+        path = _path(a)
+        parents = bool(a.get("parents", False))
+        await self.ensure_dir(path, parents=parents, exist_ok=parents)
+        return self.describe(await self.must_get(path)) if path != "/" else None
+
+    def _candidates(self) -> list[placement.Candidate]:
+        now = time.monotonic()
+        return [
+            placement.Candidate(
+                node_id=m.id, addr=m.addr, host=m.host, topology=m.topology, free=m.free
+            )
+            for m in self.node.members.alive(now)
+        ]
+
+    async def _h_begin_put(self, a: dict[str, Any]) -> Any:
+        path = _path(a)
+        if path == "/":
+            raise IsADirectory("/ is a directory")
+        size = _opt_int(a, "size", 0, 1 << 62)
+        if size is None:
+            raise BadRequest("begin_put needs a size")
+        rf = _opt_int(a, "rf", 1, MAX_RF) or self.node.cfg.replicas
+        cur = await self.get(path)
+        if isinstance(cur, DirRecord):
+            raise IsADirectory(f"{path} is a directory")
+        # Fail early (before any byte moves) when an ancestor is a file.
+        par = rec.parent(path)
+        while par != "/":
+            pr = await self.get(par)
+            if isinstance(pr, FileRecord):
+                raise NotADirectory(f"{par} is a file, not a directory")
+            if isinstance(pr, DirRecord):
+                break
+            par = rec.parent(par)
+        cands = self._candidates()
+        writer = None
+        client_host = a.get("client_host")
+        if isinstance(client_host, str):
+            me = next((c for c in cands if c.node_id == self.node.members.me_id), None)
+            same = [c for c in cands if split_addr(c.addr)[0] == client_host]
+            writer = me if me is not None and me in same else (same[0] if same else None)
+        blob = new_blob_id()
+        chosen = placement.choose(
+            cands, rf, size=size, writer=writer, seed=blob, min_free=self.node.cfg.min_free
+        )
+        if not chosen:
+            raise NoSpace(f"no node can take {size} bytes for {path} ({len(cands)} nodes up)")
+        return {"blob": blob, "rf": rf, "targets": [[c.node_id, c.addr] for c in chosen]}
+
+    async def _h_commit_put(self, a: dict[str, Any]) -> Any:
+        path = _path(a)
+        blob = check_blob_id(a.get("blob"))
+        size = _opt_int(a, "size", 0, 1 << 62)
+        rf = _opt_int(a, "rf", 1, MAX_RF) or self.node.cfg.replicas
+        checksum = a.get("checksum")
+        replicas = a.get("replicas")
+        if (
+            size is None
+            or not isinstance(checksum, str)
+            or not isinstance(replicas, list)
+            or not replicas
+        ):
+            raise BadRequest("commit_put needs size, checksum and replicas")
+        reps: list[tuple[str, str]] = []
+        for x in replicas:
+            if not (isinstance(x, list) and len(x) == 2 and all(isinstance(y, str) for y in x)):
+                raise BadRequest("replicas must be [node id, address] pairs")
+            if (x[0], x[1]) not in reps:
+                reps.append((x[0], x[1]))
+        par = rec.parent(path)
+        await self.ensure_dir(par, parents=True, exist_ok=True)
+        now = time.time()
+        record = FileRecord(
+            path=path,
+            v=(0, 0, ""),
+            size=size,
+            checksum=checksum,
+            blob=blob,
+            replicas=reps,
+            rf=rf,
+            ctime=now,
+            mtime=now,
+            owner=str(a.get("owner") or ""),
+        )
+        res = await self.node.meta.call(path, "put_file", {"record": rec.to_builtins(record)})
+        await self.node.meta.call(par, "add_child", {"name": rec.basename(path), "kind": "file"})
+        old = rec.from_builtins(res["old"]) if res.get("old") else None
+        self._spawn_delete(old, keep=blob)
+        stored = rec.from_builtins(res["record"])
+        assert isinstance(stored, FileRecord)
+        return self.describe(stored)
+
+    async def _h_rm(self, a: dict[str, Any]) -> Any:
+        path = _path(a)
+        if path == "/":
+            raise UsageError("refusing to remove /")
+        recursive = bool(a.get("recursive", False))
+        n = await self._rm(path, recursive=recursive)
+        return {"removed": n}
+
+    async def _rm(self, path: str, *, recursive: bool) -> int:
+        r = await self.must_get(path)
+        count = 0
+        if isinstance(r, DirRecord) and recursive:
+            names = list(rec.live_children(r))
+            counts = await self._gather([self._rm_quiet(rec.join(path, n)) for n in names])
+            count += sum(counts)
+        res = await self.node.meta.call(path, "delete")
+        await self.node.meta.call(rec.parent(path), "remove_child", {"name": rec.basename(path)})
+        old = rec.from_builtins(res["old"]) if res and res.get("old") else None
+        self._spawn_delete(old)
+        return count + 1
+
+    async def _rm_quiet(self, path: str) -> int:
+        try:
+            return await self._rm(path, recursive=True)
+        except NotFound:
+            return 0
+
+    async def _h_mv(self, a: dict[str, Any]) -> Any:
+        src, dst = _path(a, "src"), _path(a, "dst")
+        if src == "/":
+            raise UsageError("cannot move /")
+        r = await self.must_get(src)
+        d = await self.get(dst)
+        if isinstance(d, DirRecord):
+            dst = rec.join(dst, rec.basename(src))
+            d = await self.get(dst)
+        if dst == src:
+            return self.describe(r)
+        if d is not None:
+            raise AlreadyExists(f"{dst} already exists")
+        if isinstance(r, DirRecord) and (dst + "/").startswith(src + "/"):
+            raise UsageError(f"cannot move {src} into itself")
+        pr = await self.get(rec.parent(dst))
+        if pr is None and rec.parent(dst) != "/":
+            raise NotFound(f"no such directory: {rec.parent(dst)}")
+        if isinstance(pr, FileRecord):
+            raise NotADirectory(f"{rec.parent(dst)} is a file, not a directory")
+        await self._mv(r, dst)
+        return self.describe(await self.must_get(dst))
+
+    async def _mv(self, r: FileRecord | DirRecord, dst: str) -> None:
+        if isinstance(r, FileRecord):
+            moved = FileRecord(
+                path=dst,
+                v=(0, 0, ""),
+                size=r.size,
+                checksum=r.checksum,
+                blob=r.blob,
+                replicas=r.replicas,
+                rf=r.rf,
+                owner=r.owner,
+                mode=r.mode,
+                ctime=r.ctime,
+                mtime=time.time(),
+            )
+            await self.node.meta.call(dst, "put_file", {"record": rec.to_builtins(moved)})
+            await self.node.meta.call(
+                rec.parent(dst), "add_child", {"name": rec.basename(dst), "kind": "file"}
+            )
+            await self.node.meta.call(r.path, "delete", {"blob": r.blob})
+        else:
+            await self.ensure_dir(dst, parents=False, exist_ok=True)
+            names = list(rec.live_children(r))
+            kids = await self._gather([self.get(rec.join(r.path, n)) for n in names])
+            await self._gather(
+                [
+                    self._mv(k, rec.join(dst, rec.basename(k.path)))
+                    for k in kids
+                    if isinstance(k, FileRecord | DirRecord)
+                ]
+            )
+            await self.node.meta.call(r.path, "delete")
+        await self.node.meta.call(
+            rec.parent(r.path), "remove_child", {"name": rec.basename(r.path)}
+        )
+
+    async def _h_status(self, a: dict[str, Any]) -> Any:
+        view = self.node.member_view()
+
+        async def info(m: dict[str, Any]) -> dict[str, Any] | None:
+            if m["state"] != "up":
+                return None
+            if m["id"] == self.node.members.me_id:
+                return await self.node._h_info({})
+            try:
+                res = await self.node.pool.call(m["address"], "node.info", {}, timeout=3.0)
+                return res if isinstance(res, dict) else None
+            except (TransportError, SectorError):
+                return None
+
+        infos = await asyncio.gather(*(info(m) for m in view))
+        files = under = size = 0
+        for m, inf in zip(view, infos, strict=True):
+            if inf is None:
+                m["files"] = None
+                if m["state"] == "up":
+                    m["state"] = "unreachable"
+                continue
+            m["files"] = inf.get("blobs", 0)
+            m["bytes_used"] = inf.get("bytes_used", m["bytes_used"])
+            m["bytes_free"] = inf.get("bytes_free", m["bytes_free"])
+            files += int(inf.get("files", 0))
+            under += int(inf.get("under_replicated", 0))
+            size += int(inf.get("bytes", 0))
+        return {
+            "nodes": view,
+            "files": files,
+            "under_replicated": under,
+            "bytes": size,
+            "replicas": self.node.cfg.replicas,
+            "entry": self.node.addr,
+        }

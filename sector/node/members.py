@@ -1,0 +1,125 @@
+"""Cluster membership by gossip (pure: ``now`` is passed in).
+
+Chord only gives each node its neighbours; placement, status and clients need the
+whole list of nodes with their topology and free space. Each node keeps a table of
+``Member`` entries and, every gossip interval, swaps the table with one random peer
+(push-pull anti-entropy, as in Demers et al. 1987): a change reaches every node in
+O(log N) rounds with one message per node per round.
+
+Rules:
+- an entry is owned by its node: only that node bumps its heartbeat ``hb``; a
+  restarted node starts a new ``incarnation`` (its start time), which beats any hb
+  of an older incarnation;
+- an entry replaces ours only if (incarnation, hb) is newer; we note *when* we last
+  saw it advance, by our own clock, so clocks of different hosts never compare;
+- a member whose heartbeat has not advanced for ``dead_after`` seconds is "down";
+  one that announced a graceful leave is "left"; after ``forget_after`` it is dropped;
+- ``suspect(id)`` (a failed RPC, Chord dropping a successor) marks a member down at
+  once, until a newer heartbeat proves it alive.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class Member(msgspec.Struct, frozen=True):
+    id: str
+    addr: str
+    host: str
+    topology: str
+    pid: int
+    incarnation: int
+    hb: int
+    state: str = "up"  # "up" | "leaving" | "left"
+    used: int = 0
+    free: int = 0
+    files: int = 0
+    data: str = ""
+
+
+def members_from_wire(obj: object) -> list[Member]:
+    """Validated entries from a gossip message (raises ValueError on bad input)."""
+    try:
+        return msgspec.convert(obj, list[Member])
+    except msgspec.ValidationError as exc:
+        raise ValueError(f"bad membership entries: {exc}") from None
+
+
+class Members:
+    def __init__(self, me: Member, *, dead_after: float = 4.0, forget_after: float = 600.0) -> None:
+        self.me_id = me.id
+        self.dead_after = dead_after
+        self.forget_after = forget_after
+        self._table: dict[str, Member] = {me.id: me}
+        self._seen: dict[str, float] = {}
+        self._suspect: dict[str, int] = {}  # id -> hb at the time of suspicion
+
+    @property
+    def me(self) -> Member:
+        return self._table[self.me_id]
+
+    def update_self(self, now: float, **changes: object) -> Member:
+        """Bump our heartbeat (and apply changes such as free space or state)."""
+        me = msgspec.structs.replace(self.me, hb=self.me.hb + 1, **changes)
+        self._table[self.me_id] = me
+        self._seen[self.me_id] = now
+        return me
+
+    def merge(self, entries: list[Member], now: float) -> bool:
+        changed = False
+        for e in entries:
+            if e.id == self.me_id:
+                continue
+            cur = self._table.get(e.id)
+            if cur is None or (e.incarnation, e.hb) > (cur.incarnation, cur.hb):
+                self._table[e.id] = e
+                self._seen[e.id] = now
+                if e.id in self._suspect and e.hb > self._suspect[e.id]:
+                    del self._suspect[e.id]
+                changed = changed or cur is None or cur.addr != e.addr or cur.state != e.state
+        return changed
+
+    def suspect(self, member_id: str) -> None:
+        m = self._table.get(member_id)
+        if m is not None and member_id != self.me_id:
+            self._suspect[member_id] = m.hb
+
+    def state_of(self, m: Member, now: float) -> str:
+        if m.id == self.me_id:
+            return m.state
+        if m.state != "up":
+            return m.state
+        if m.id in self._suspect:
+            return "down"
+        if now - self._seen.get(m.id, now) > self.dead_after:
+            return "down"
+        return "up"
+
+    def entries(self) -> list[Member]:
+        return list(self._table.values())
+
+    def get(self, member_id: str) -> Member | None:
+        return self._table.get(member_id)
+
+    def by_addr(self, addr: str) -> Member | None:
+        for m in self._table.values():
+            if m.addr == addr:
+                return m
+        return None
+
+    def alive(self, now: float) -> list[Member]:
+        return [m for m in self._table.values() if self.state_of(m, now) == "up"]
+
+    def view(self, now: float) -> list[tuple[Member, str]]:
+        """Every known member with its state as seen from here, sorted by address."""
+        return sorted(
+            ((m, self.state_of(m, now)) for m in self._table.values()), key=lambda x: x[0].addr
+        )
+
+    def expire(self, now: float) -> None:
+        for mid, seen in list(self._seen.items()):
+            if mid != self.me_id and now - seen > self.forget_after:
+                self._table.pop(mid, None)
+                self._seen.pop(mid, None)
+                self._suspect.pop(mid, None)

@@ -1,0 +1,374 @@
+"""The node: composes routing, membership, metadata, storage and the RPC server.
+
+Start-up order matters and is the only place it is written down:
+1. data directory, persistent node UUID (so a restarted node is the same node),
+   stores (SQLite metadata, blob files);
+2. the RPC server on the listen address (port 0 = ephemeral), handlers registered;
+3. the ring: create a new one, or join through any node (retried until a deadline:
+   nodes of a cluster may start in any order);
+4. background workers (Chord maintenance, gossip, metadata sync), each a named task;
+5. ``node.json`` in the data directory says the node is ready and where it listens.
+
+Graceful stop (SIGTERM): announce "leaving" by gossip, hand every metadata record to
+the successor, tell the ring neighbours, then close. A SIGKILL skips all of it; the
+successors hold replicas of everything this node owned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+import os
+import random
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from sector.config import NodeConfig
+from sector.errors import BadRequest, ConnectError, SectorError, TransportError
+from sector.ids import node_id, to_hex
+from sector.meta.service import MetaService
+from sector.meta.store import MetaStore
+from sector.node.fs import FsService
+from sector.node.members import Member, Members, members_from_wire
+from sector.routing.chord import ChordState, Peer
+from sector.routing.driver import ChordDriver
+from sector.storage.blobs import BlobStore
+from sector.storage.transfer import BlobService
+from sector.transport.rpc import RpcPool, Server, split_addr
+
+log = logging.getLogger("sector.node")
+
+
+def host_identity(addr: str, explicit: str | None) -> str:
+    """What "one host" means for placement ("never two copies on one host").
+
+    An explicit ``--host-id`` wins. Otherwise the IP address, except on loopback: a
+    local cluster of several processes on 127.0.0.1 stands for several hosts (that is
+    what it is for), so there each node is a host of its own.
+    """
+    if explicit:
+        return explicit
+    host, _ = split_addr(addr)
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return addr
+    except ValueError:
+        if host == "localhost":
+            return addr
+    return host
+
+
+def load_uuid(data: Path) -> str:
+    p = data / "node.uuid"
+    try:
+        u = p.read_text().strip()
+        uuid.UUID(u)
+        return u
+    except (OSError, ValueError):
+        u = str(uuid.uuid4())
+        tmp = p.with_suffix(".tmp")
+        tmp.write_text(u + "\n")
+        os.replace(tmp, p)
+        return u
+
+
+class Node:
+    def __init__(self, cfg: NodeConfig) -> None:
+        self.cfg = cfg
+        self.data = cfg.data
+        self.started = time.time()
+        self.pool = RpcPool(timeout=cfg.rpc_timeout, max_frame=cfg.max_frame)
+        self.handlers: dict[str, Any] = {}
+        self.server = Server(self.handlers, {}, max_frame=cfg.max_frame)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopped = asyncio.Event()
+        self.leaving = False
+
+    # ------------------------------------------------------------------ Ring protocol for meta/fs
+
+    @property
+    def me(self) -> Peer:
+        return self.state.me
+
+    def responsible_for(self, key: int) -> bool:
+        return self.state.responsible_for(key)
+
+    def predecessor(self) -> Peer | None:
+        return self.state.predecessor
+
+    def replica_peers(self, k: int) -> list[Peer]:
+        return self.state.replica_peers(k)
+
+    async def lookup(self, key: int) -> Peer:
+        peer, _ = await self.driver.lookup(key)
+        return peer
+
+    def failed(self, peer: Peer) -> None:
+        self.state.peer_failed(peer.id)
+        self.members.suspect(to_hex(peer.id))
+        self.pool.forget(peer.addr)
+
+    async def call(
+        self, addr: str, op: str, args: dict[str, Any], timeout: float | None = None
+    ) -> Any:
+        return await self.pool.call(addr, op, args, timeout=timeout)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        cfg = self.cfg
+        self.data.mkdir(parents=True, exist_ok=True)
+        self.uuid = load_uuid(self.data)
+        nid = node_id(self.uuid)
+        self.blobs = BlobStore(self.data, quota=cfg.quota)
+        self.store = MetaStore(str(self.data / "meta.sqlite3"))
+        host, port = split_addr(cfg.listen)
+        addr = await self.server.start(host, port)
+        self.addr = addr
+        self.host = host_identity(addr, cfg.host_id)
+        self.state = ChordState(Peer(nid, addr), succ_list_len=cfg.succ_list_len)
+        self.driver = ChordDriver(
+            self.state,
+            self.pool,
+            stabilize_interval=cfg.stabilize_interval,
+            fix_fingers_interval=cfg.stabilize_interval,
+            check_pred_interval=cfg.stabilize_interval * 2,
+            rpc_timeout=min(2.0, cfg.rpc_timeout),
+            on_change=self._ring_changed,
+        )
+        self.members = Members(
+            Member(
+                id=to_hex(nid),
+                addr=addr,
+                host=self.host,
+                topology=cfg.topology,
+                pid=os.getpid(),
+                incarnation=int(self.started * 1000),
+                hb=0,
+                data=str(self.data.resolve()),
+            ),
+            dead_after=cfg.dead_after,
+        )
+        self.meta = MetaService(self.store, self, k=cfg.meta_replicas, rpc_timeout=cfg.rpc_timeout)
+        self.transfer = BlobService(self)
+        self.fs = FsService(self)
+        self.handlers.update(self.driver.handlers())
+        self.handlers.update(self.meta.handlers())
+        self.handlers.update(self.fs.handlers())
+        self.handlers.update(self.transfer.handlers())
+        self.handlers.update(
+            {"node.gossip": self._h_gossip, "node.info": self._h_info, "node.ping": self._h_ping}
+        )
+        self.server.bulk_handlers.update(self.transfer.bulk_handlers())
+        self._refresh_self()
+        if cfg.join:
+            await self._join(cfg.join)
+        else:
+            self.driver.create()
+        await self.meta.start()
+        await self.driver.start()
+        self._tasks.append(asyncio.create_task(self._gossip_loop(), name="gossip"))
+        self._write_ready()
+        log.info(
+            "node %s listening on %s (%s)", to_hex(nid)[:8], addr, cfg.topology or "no topology"
+        )
+
+    async def _join(self, bootstrap: str) -> None:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                await self.driver.join(bootstrap)
+                await self._gossip_with(bootstrap)
+                return
+            except TransportError as exc:
+                if time.monotonic() > deadline:
+                    raise ConnectError(f"cannot join through {bootstrap}: {exc}") from None
+                await asyncio.sleep(0.5)
+
+    def _write_ready(self) -> None:
+        info = {"id": to_hex(self.state.me.id), "address": self.addr, "pid": os.getpid()}
+        tmp = self.data / "node.json.tmp"
+        tmp.write_text(json.dumps(info) + "\n")
+        os.replace(tmp, self.data / "node.json")
+
+    def _ring_changed(self) -> None:
+        self.meta.ring_changed()
+
+    async def leave(self) -> None:
+        """Graceful leave: hand off metadata, tell the ring, stop."""
+        if self.leaving:
+            return
+        self.leaving = True
+        self.members.update_self(time.monotonic(), state="leaving")
+        with contextlib.suppress(Exception):
+            await self._gossip_round()
+        succ = next((p for p in self.state.successors if p.id != self.state.me.id), None)
+        if succ is not None:
+            try:
+                await self.meta.handoff_all(succ)
+            except SectorError as exc:
+                log.warning("handoff to %s failed: %s", succ.addr, exc)
+        self.members.update_self(time.monotonic(), state="left")
+        with contextlib.suppress(Exception):
+            await self._gossip_round()
+        with contextlib.suppress(Exception):
+            await self.driver.leave()
+        await self.stop()
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(BaseException):
+                await t
+        with contextlib.suppress(Exception):
+            await self.driver.stop()
+        await self.meta.stop()
+        await self.server.close()
+        await self.pool.close()
+        self.store.close()
+        with contextlib.suppress(OSError):
+            (self.data / "node.json").unlink()
+        self._stopped.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    # ------------------------------------------------------------------ membership
+
+    def _refresh_self(self) -> Member:
+        return self.members.update_self(
+            time.monotonic(), used=self.blobs.used, free=self.blobs.free()
+        )
+
+    async def _gossip_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.gossip_interval)
+            try:
+                await self._gossip_round()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("gossip round failed")
+
+    async def _gossip_round(self) -> None:
+        now = time.monotonic()
+        self._refresh_self()
+        self.members.expire(now)
+        peers = {m.addr for m in self.members.alive(now) if m.id != self.members.me_id}
+        peers |= {p.addr for p in self.state.known_peers() if p.id != self.state.me.id}
+        if not peers:
+            return
+        target = random.choice(sorted(peers))
+        await self._gossip_with(target)
+
+    async def _gossip_with(self, addr: str) -> None:
+        import msgspec
+
+        try:
+            rep = await self.pool.call(
+                addr,
+                "node.gossip",
+                {"entries": msgspec.to_builtins(self.members.entries())},
+                timeout=2.0,
+            )
+        except TransportError:
+            m = self.members.by_addr(addr)
+            if m is not None:
+                self.members.suspect(m.id)
+            return
+        try:
+            self.members.merge(members_from_wire(rep), time.monotonic())
+        except ValueError as exc:
+            log.warning("bad gossip reply from %s: %s", addr, exc)
+
+    async def _h_gossip(self, a: dict[str, Any]) -> Any:
+        import msgspec
+
+        try:
+            entries = members_from_wire(a.get("entries"))
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+        self.members.merge(entries, time.monotonic())
+        return msgspec.to_builtins(self.members.entries())
+
+    def member_view(self) -> list[dict[str, Any]]:
+        now = time.monotonic()
+        self._refresh_self()
+        out = []
+        for m, st in self.members.view(now):
+            out.append(
+                {
+                    "id": m.id,
+                    "address": m.addr,
+                    "pid": m.pid,
+                    "state": st,
+                    "topology": m.topology,
+                    "host": m.host,
+                    "bytes_used": m.used,
+                    "bytes_free": m.free,
+                    "data": m.data,
+                }
+            )
+        return out
+
+    def alive_ids(self) -> set[str]:
+        return {m.id for m in self.members.alive(time.monotonic())}
+
+    async def _h_ping(self, a: dict[str, Any]) -> Any:
+        now = time.monotonic()
+        return {
+            "id": to_hex(self.state.me.id),
+            "address": self.addr,
+            "members": [m.addr for m in self.members.alive(now)],
+        }
+
+    async def _h_info(self, a: dict[str, Any]) -> Any:
+        counts = self.meta.counts(self.alive_ids())
+        return {
+            "id": to_hex(self.state.me.id),
+            "address": self.addr,
+            "pid": os.getpid(),
+            "bytes_used": self.blobs.used,
+            "bytes_free": self.blobs.free(),
+            "blobs": len(self.blobs.inventory()),
+            **counts,
+            "ring": {
+                "predecessor": self.state.predecessor.addr if self.state.predecessor else None,
+                "successors": [p.addr for p in self.state.successors],
+            },
+        }
+
+
+def run_node(cfg: NodeConfig) -> int:
+    """Run one node in the foreground until SIGTERM/SIGINT (graceful leave)."""
+    import signal
+
+    logging.basicConfig(
+        level=os.environ.get("SECTOR_LOG", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+    async def main() -> int:
+        node = Node(cfg)
+        try:
+            await node.start()
+        except (SectorError, OSError) as exc:
+            log.error("cannot start node: %s", exc)
+            with contextlib.suppress(Exception):
+                await node.stop()
+            print(f"sector: error: cannot start node: {exc}", flush=True)
+            return 1
+        print(f"sector node {to_hex(node.state.me.id)[:8]} listening on {node.addr}", flush=True)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, lambda: asyncio.ensure_future(node.leave()))
+        await node.wait_stopped()
+        return 0
+
+    return asyncio.run(main())

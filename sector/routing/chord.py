@@ -1,0 +1,383 @@
+"""The Chord ring state of one node: a pure state machine (no I/O, no clock).
+
+Rules (Stoica et al., "Chord: A Scalable Peer-to-peer Lookup Service for Internet
+Applications", SIGCOMM 2001; section numbers refer to that paper):
+
+1. Ring and ownership (§4.2). Ids and keys share one 160-bit ring. Key k belongs to
+   successor(k), the first node whose id is equal to or follows k. A node owns the
+   keys in (predecessor, me]; with no predecessor known it owns everything, which is
+   right for a ring of one and a safe over-claim while a joiner waits to be notified.
+2. Routing (§4.3). ``next_hop(key)`` answers "done: my successor owns it" when key is in
+   (me, successor]; otherwise it names the known node that most closely precedes key
+   (fingers, successor list and predecessor all count). Every hop therefore strictly
+   shrinks the clockwise distance to the key, so a lookup cannot loop; with correct
+   fingers each hop halves it, hence O(log N) hops (½·log2 N on average).
+3. Joining (§4.4, Fig. 6). A node learns its successor by a lookup of its own id
+   through any member, sets predecessor = nil, and is woven in by stabilization.
+4. Stabilization (§4.4, Fig. 7). Periodically a node asks its successor s for s's
+   predecessor x and successor list; if x lies in (me, s) then x becomes the
+   successor. The successor list is then rebuilt as [x?, s] + s's list, cut at r
+   entries and at the first entry that would wrap past me. Then the node notifies its
+   successor, which adopts it as predecessor if it lies in (predecessor, successor).
+5. Fingers (§4.4 fix_fingers). Finger i is successor(me + 2**i), refreshed round
+   robin by a lookup. Fingers the previous finger already covers (the previous finger
+   lies at or beyond this finger's start) are copied without a lookup: in a ring of N
+   nodes only about log2 N of the 160 fingers are distinct, so a round costs ~log N
+   lookups instead of 160.
+6. Failures (§5.2). Each node keeps r successors. A peer that does not answer is
+   dropped everywhere (successors, fingers, predecessor) and the next successor takes
+   over; a lookup routes around it by excluding it. Correctness only needs every node
+   to keep one live successor, which fails only if r consecutive nodes die together.
+   If the whole list is lost we fall back on the nearest live finger or the
+   predecessor rather than declaring ourselves alone, so the ring can still repair.
+7. Graceful leave (§5.3 / §4.4 footnote). A leaving node hands its predecessor its
+   successor list and its successor its predecessor, so neither waits for a timeout.
+
+The driver (``driver.py``) or a simulator (``sector.testing.chordsim``) performs the
+remote calls and feeds their outcomes back through these methods; nothing here awaits.
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass
+from typing import Any
+
+from sector.ids import BITS, MASK, between, between_right, distance, finger_start, from_hex
+from sector.ids import short as _short
+from sector.ids import to_hex
+
+__all__ = ["ChordState", "Peer"]
+
+# How many (what, detail) entries the debugging log keeps per node.
+EVENT_LOG_LEN = 128
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """A node on the ring: its 160-bit id and the "host:port" it answers RPC on."""
+
+    id: int
+    addr: str
+
+    def to_wire(self) -> list[Any]:
+        return [to_hex(self.id), self.addr]
+
+    @classmethod
+    def from_wire(cls, x: Any) -> Peer:
+        """Parse ``[id_hex40, addr]``; raises ValueError on any other shape or type."""
+        if not isinstance(x, list | tuple) or len(x) != 2:
+            raise ValueError(f"a peer is [id_hex, addr], got {x!r:.80}")
+        hid, addr = x
+        if not isinstance(hid, str) or not isinstance(addr, str):
+            raise ValueError(f"a peer is [id_hex, addr] of strings, got {x!r:.80}")
+        if not addr or len(addr) > 300:
+            raise ValueError(f"bad peer address {addr!r:.80}")
+        try:
+            pid = from_hex(hid)
+        except ValueError:
+            raise ValueError(f"bad peer id {hid!r:.80}") from None
+        if pid < 0:  # int("-...", 16) parses; a negative id is not on the ring
+            raise ValueError(f"bad peer id {hid!r:.80}")
+        return cls(pid, addr)
+
+    def __str__(self) -> str:
+        return f"{_short(self.id)}@{self.addr}"
+
+
+class ChordState:
+    """Predecessor, successor list and finger table of one node, and their transitions."""
+
+    def __init__(self, me: Peer, *, succ_list_len: int = 8) -> None:
+        if succ_list_len < 1:
+            raise ValueError("succ_list_len must be at least 1")
+        self.me = me
+        self.r = succ_list_len
+        self.predecessor: Peer | None = None
+        # Clockwise from me, strictly ordered, never containing me. Empty = ring of one.
+        self.successors: list[Peer] = []
+        self.fingers: list[Peer | None] = [None] * BITS
+        self._finger_cursor = 0
+        self.events: collections.deque[tuple[str, str]] = collections.deque(maxlen=EVENT_LOG_LEN)
+
+    def __repr__(self) -> str:
+        pred = self.predecessor
+        return (
+            f"<ChordState {self.me} pred={pred} "
+            f"succ=[{', '.join(_short(s.id) for s in self.successors)}]>"
+        )
+
+    # -- membership -------------------------------------------------------------------
+
+    def create(self) -> None:
+        """Start a new ring with only this node in it."""
+        self.predecessor = None
+        self.successors = []
+        self.fingers = [None] * BITS
+        self._log("create", "")
+
+    def join(self, successor: Peer) -> None:
+        """Enter a ring knowing only our successor (found by a lookup of our id)."""
+        self.predecessor = None
+        self.successors = [] if successor.id == self.me.id else [successor]
+        self.fingers = [None] * BITS
+        self._log("join", str(successor))
+
+    @property
+    def successor(self) -> Peer:
+        return self.successors[0] if self.successors else self.me
+
+    def neighbours(self) -> tuple[Peer | None, tuple[Peer, ...]]:
+        """A comparable snapshot of predecessor and successor list (for change detection)."""
+        return self.predecessor, tuple(self.successors)
+
+    # -- routing ----------------------------------------------------------------------
+
+    def next_hop(self, key: int, exclude: frozenset[int] = frozenset()) -> tuple[bool, Peer]:
+        """One step of a lookup for key, ignoring the peers in exclude (known failed).
+
+        (True, s): s is successor(key) as far as we know. (False, n): ask n next; n is
+        the known node closest before key, so the remaining distance strictly shrinks.
+        """
+        me = self.me
+        key &= MASK
+        if key == me.id:
+            # Whoever is asked is alive, and successor(me) is me: no need to route round.
+            return True, me
+        succ = me
+        for s in self.successors:
+            if s.id not in exclude:
+                succ = s
+                break
+        if between_right(key, me.id, succ.id):
+            return True, succ
+        best = self._closest_preceding(key, exclude)
+        if best is not None:
+            return False, best
+        # Cannot happen with a live successor (it precedes key, else we returned above);
+        # only reached when everything we know is excluded: we are the best answer.
+        return True, succ
+
+    def _closest_preceding(self, key: int, exclude: frozenset[int]) -> Peer | None:
+        """The known peer with the largest clockwise distance from me that is < key."""
+        me_id = self.me.id
+        dkey = (key - me_id) & MASK
+        best: Peer | None = None
+        best_d = 0
+        last: Peer | None = None
+        # Fingers repeat in long runs (all low fingers equal the successor); the identity
+        # check skips a run cheaply. Scanning all of them, not stopping at the first hit
+        # from the top as Fig. 5 does, keeps the answer right when churn leaves the table
+        # out of order.
+        for f in self.fingers:
+            if f is None or f is last:
+                continue
+            last = f
+            d = (f.id - me_id) & MASK
+            if best_d < d < dkey and f.id not in exclude:
+                best, best_d = f, d
+        for s in self.successors:
+            d = (s.id - me_id) & MASK
+            if best_d < d < dkey and s.id not in exclude:
+                best, best_d = s, d
+        p = self.predecessor
+        if p is not None:
+            d = (p.id - me_id) & MASK
+            if best_d < d < dkey and p.id not in exclude:
+                best = p
+        return best
+
+    def responsible_for(self, key: int) -> bool:
+        """Whether key lies in (predecessor, me], i.e. this node owns it."""
+        if self.predecessor is None:
+            return True
+        return between_right(key & MASK, self.predecessor.id, self.me.id)
+
+    def replica_peers(self, k: int) -> list[Peer]:
+        """Where the replicas of my keys go: me and my first k-1 successors."""
+        return [self.me, *self.successors[: max(k - 1, 0)]]
+
+    def known_peers(self) -> list[Peer]:
+        """Every distinct peer in the routing state (not me), predecessor first."""
+        seen: dict[int, Peer] = {}
+        if self.predecessor is not None:
+            seen[self.predecessor.id] = self.predecessor
+        for p in self.successors:
+            seen.setdefault(p.id, p)
+        for f in self.fingers:
+            if f is not None:
+                seen.setdefault(f.id, f)
+        seen.pop(self.me.id, None)
+        return list(seen.values())
+
+    # -- stabilization ----------------------------------------------------------------
+
+    def on_stabilize(
+        self, succ: Peer, succ_pred: Peer | None, succ_successors: list[Peer]
+    ) -> None:
+        """Apply what our successor told us about its predecessor and successor list.
+
+        ``succ`` may be me (ring of one): then succ_pred is our own predecessor, and a
+        predecessor that is not me becomes our successor, which is how a ring of one
+        grows into a ring of two.
+        """
+        me_id = self.me.id
+        head: list[Peer] = [] if succ.id == me_id else [succ]
+        if (
+            succ_pred is not None
+            and succ_pred.id != me_id
+            and succ_pred.id != succ.id
+            and between(succ_pred.id, me_id, succ.id)
+        ):
+            head.insert(0, succ_pred)
+        new: list[Peer] = []
+        last = me_id
+        for p in (*head, *succ_successors):
+            # Keep the list strictly clockwise from me: stop at the first entry that is
+            # not after the previous one, which is where the list wraps past me (or
+            # where a confused peer sent an unordered list).
+            if len(new) >= self.r or not between(p.id, last, me_id):
+                break
+            new.append(p)
+            last = p.id
+        self._set_successors(new, "stabilize")
+
+    def notify(self, candidate: Peer) -> bool:
+        """candidate thinks it may be our predecessor; True if we adopted it."""
+        if candidate.id == self.me.id:
+            return False
+        pred = self.predecessor
+        if pred is not None and (
+            pred.id == candidate.id or not between(candidate.id, pred.id, self.me.id)
+        ):
+            return False
+        self.predecessor = candidate
+        self._log("predecessor", f"{candidate} (notify)")
+        return True
+
+    def peer_failed(self, peer_id: int) -> None:
+        """peer_id did not answer: forget it everywhere."""
+        if peer_id == self.me.id:
+            return
+        dropped = False
+        if self.predecessor is not None and self.predecessor.id == peer_id:
+            self.predecessor = None
+            dropped = True
+        for i, f in enumerate(self.fingers):
+            if f is not None and f.id == peer_id:
+                self.fingers[i] = None
+                dropped = True
+        if any(s.id == peer_id for s in self.successors):
+            self._set_successors([s for s in self.successors if s.id != peer_id], "failed")
+            dropped = True
+        if dropped:
+            self._log("failed", _short(peer_id))
+        if not self.successors:
+            self._refill_successor()
+
+    def _refill_successor(self) -> None:
+        """With no successor left, take the nearest peer we still know (see rule 6)."""
+        known = [p for p in self.fingers if p is not None]
+        if self.predecessor is not None:
+            known.append(self.predecessor)
+        if known:
+            nearest = min(known, key=lambda p: distance(self.me.id, p.id))
+            self._set_successors([nearest], "refill")
+
+    # -- fingers ----------------------------------------------------------------------
+
+    def next_finger(self) -> tuple[int, int]:
+        """The next finger to refresh by a lookup: (index, start key).
+
+        Fingers that the previous finger covers are filled in on the way (rule 5). If
+        every finger is covered (tiny ring) the last one looked at is returned, so the
+        caller always has something useful to do.
+        """
+        me_id = self.me.id
+        i = self._finger_cursor
+        for _ in range(BITS):
+            i = self._finger_cursor
+            self._finger_cursor = (i + 1) % BITS
+            if i == 0:
+                # Finger 0 is successor(me + 1): our successor, no lookup needed.
+                self.fingers[0] = self.successors[0] if self.successors else None
+                continue
+            prev = self.fingers[i - 1]
+            if prev is not None and distance(me_id, prev.id) >= (1 << i):
+                self.fingers[i] = prev
+                continue
+            return i, finger_start(me_id, i)
+        return i, finger_start(me_id, i)
+
+    def set_finger(self, i: int, peer: Peer) -> None:
+        """Record the lookup result for finger i (a result equal to me means "none")."""
+        if not 0 <= i < BITS:
+            raise ValueError(f"finger index {i} out of range")
+        self.fingers[i] = None if peer.id == self.me.id else peer
+
+    # -- graceful leave ---------------------------------------------------------------
+
+    def leave_info(self) -> tuple[Peer | None, list[Peer]]:
+        """What our neighbours need when we leave: our predecessor and successor list."""
+        return self.predecessor, list(self.successors)
+
+    def on_neighbour_leaving(
+        self, leaving: Peer, its_pred: Peer | None, its_successors: list[Peer]
+    ) -> None:
+        """leaving says goodbye; splice it out using the state it handed us."""
+        me_id = self.me.id
+        if leaving.id == me_id:
+            return
+        if self.predecessor is not None and self.predecessor.id == leaving.id:
+            # Its predecessor is now ours (it will confirm by notify on its next round).
+            ok = its_pred is not None and its_pred.id not in (me_id, leaving.id)
+            self.predecessor = its_pred if ok else None
+            self._log("predecessor", f"{self.predecessor} (neighbour left)")
+        for i, f in enumerate(self.fingers):
+            if f is not None and f.id == leaving.id:
+                self.fingers[i] = None
+        if any(s.id == leaving.id for s in self.successors):
+            merged: dict[int, Peer] = {}
+            for p in (*self.successors, *its_successors):
+                if p.id not in (me_id, leaving.id):
+                    merged.setdefault(p.id, p)
+            ordered = sorted(merged.values(), key=lambda p: distance(me_id, p.id))
+            self._set_successors(ordered[: self.r], "neighbour left")
+            if not self.successors:
+                self._refill_successor()
+
+    # -- invariants -------------------------------------------------------------------
+
+    def validate_state(self) -> None:
+        """Raise AssertionError if a local invariant is broken (run after every step)."""
+        me_id = self.me.id
+        assert 0 <= me_id <= MASK, "own id off the ring"
+        assert len(self.successors) <= self.r, "successor list longer than r"
+        last = me_id
+        for s in self.successors:
+            assert isinstance(s, Peer), f"successor {s!r} is not a Peer"
+            assert 0 <= s.id <= MASK, "successor id off the ring"
+            assert s.id != me_id, "successor list contains me"
+            assert between(s.id, last, me_id), "successor list not strictly clockwise"
+            last = s.id
+        if self.predecessor is not None:
+            assert isinstance(self.predecessor, Peer)
+            assert self.predecessor.id != me_id, "predecessor is me"
+            assert 0 <= self.predecessor.id <= MASK, "predecessor id off the ring"
+        assert len(self.fingers) == BITS, "finger table has the wrong size"
+        for f in self.fingers:
+            assert f is None or (isinstance(f, Peer) and f.id != me_id), "bad finger"
+        assert 0 <= self._finger_cursor < BITS, "finger cursor out of range"
+        assert self.events.maxlen == EVENT_LOG_LEN, "event log unbounded"
+
+    # -- helpers ----------------------------------------------------------------------
+
+    def _set_successors(self, new: list[Peer], why: str) -> None:
+        old_head = self.successors[0] if self.successors else None
+        self.successors = new
+        head = new[0] if new else None
+        if head != old_head:
+            self._log("successor", f"{head} ({why})")
+
+    def _log(self, what: str, detail: str) -> None:
+        self.events.append((what, detail))

@@ -1,0 +1,193 @@
+"""Whole files on a node's local disk, write-once (DESIGN "Storage layer").
+
+Layout under the node's data directory::
+
+    blobs/ab/abcdef...    sealed file contents, named by blob id (a random 128-bit hex)
+    tmp/abcdef....part    a write in progress; never visible to readers
+
+A write streams into ``tmp/``, hashing as it goes; ``commit`` checks the checksum the
+writer announced, fsyncs the file, renames it into ``blobs/`` and fsyncs the directory.
+So a reader sees either nothing or the whole sealed file, and a node killed at any
+instant loses nothing it acknowledged. A blob id is validated before it touches the
+file system (hex only), so no message can name a path outside the data directory.
+
+Checksums are BLAKE3 of the whole content, written ``blake3:<hex>``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import uuid
+from pathlib import Path
+from typing import IO
+
+import blake3
+
+from sector.errors import BadRequest, ChecksumMismatch, NoSpace, NotFound
+
+_BLOB_RE = re.compile(r"^[0-9a-f]{32}$")
+CHUNK = 1 << 20
+
+
+def new_blob_id() -> str:
+    return uuid.uuid4().hex
+
+
+def check_blob_id(blob: object) -> str:
+    if not isinstance(blob, str) or not _BLOB_RE.match(blob):
+        raise BadRequest(f"invalid blob id {blob!r:.60}")
+    return blob
+
+
+def checksum_of(data: bytes | bytearray | memoryview) -> str:
+    return "blake3:" + blake3.blake3(data).hexdigest()
+
+
+def checksum_file(path: str | os.PathLike[str]) -> str:
+    h = blake3.blake3()
+    with open(path, "rb") as f:
+        buf = bytearray(CHUNK)
+        view = memoryview(buf)
+        while n := f.readinto(buf):
+            h.update(view[:n])
+    return "blake3:" + h.hexdigest()
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class BlobWriter:
+    """One incoming blob: append bytes, then commit (verify, fsync, rename) or abort."""
+
+    def __init__(self, store: BlobStore, blob: str, size: int) -> None:
+        self.store = store
+        self.blob = blob
+        self.size = size
+        self.written = 0
+        self.tmp = store.tmp_dir / f"{blob}.{uuid.uuid4().hex[:8]}.part"
+        self._f: IO[bytes] | None = open(self.tmp, "wb")  # noqa: SIM115 - closed in commit/abort
+        self._hash = blake3.blake3()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self.written + len(data) > self.size:
+            raise BadRequest(f"blob {self.blob}: more bytes than announced ({self.size})")
+        assert self._f is not None
+        try:
+            self._f.write(data)
+        except OSError as exc:
+            self.abort()
+            raise NoSpace(f"cannot store blob {self.blob}: {exc.strerror}") from None
+        self._hash.update(data)
+        self.written += len(data)
+
+    @property
+    def checksum(self) -> str:
+        return "blake3:" + self._hash.hexdigest()
+
+    def commit(self, expected: str | None) -> str:
+        """Verify, fsync, rename into place. Blocking (fsync): call from a thread."""
+        assert self._f is not None
+        if self.written != self.size:
+            self.abort()
+            raise BadRequest(f"blob {self.blob}: got {self.written} of {self.size} bytes")
+        got = self.checksum
+        if expected is not None and got != expected:
+            self.abort()
+            raise ChecksumMismatch(f"blob {self.blob}: checksum mismatch ({got} != {expected})")
+        try:
+            self._f.flush()
+            os.fsync(self._f.fileno())
+            self._f.close()
+            self._f = None
+            final = self.store.path(self.blob)
+            final.parent.mkdir(exist_ok=True)
+            os.replace(self.tmp, final)
+            fsync_dir(final.parent)
+        except OSError as exc:
+            self.abort()
+            raise NoSpace(f"cannot store blob {self.blob}: {exc.strerror}") from None
+        return got
+
+    def abort(self) -> None:
+        if self._f is not None:
+            with contextlib.suppress(OSError):
+                self._f.close()
+            self._f = None
+        with contextlib.suppress(OSError):
+            self.tmp.unlink()
+
+
+class BlobStore:
+    """The sealed files of one node."""
+
+    def __init__(self, root: Path, *, quota: int | None = None) -> None:
+        self.root = root
+        self.blob_dir = root / "blobs"
+        self.tmp_dir = root / "tmp"
+        self.blob_dir.mkdir(parents=True, exist_ok=True)
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self.quota = quota
+        # Bytes used, kept incrementally: a full walk per status call would not scale.
+        self.used = sum(p.stat().st_size for p in self.blob_dir.glob("*/*") if p.is_file())
+        # Leftovers of writes that were cut off by a crash are never valid.
+        for p in self.tmp_dir.glob("*.part"):
+            with contextlib.suppress(OSError):
+                p.unlink()
+
+    def path(self, blob: str) -> Path:
+        check_blob_id(blob)
+        return self.blob_dir / blob[:2] / blob
+
+    def exists(self, blob: str) -> bool:
+        return self.path(blob).is_file()
+
+    def size(self, blob: str) -> int:
+        try:
+            return self.path(blob).stat().st_size
+        except FileNotFoundError:
+            raise NotFound(f"blob {blob} is not on this node") from None
+
+    def free(self) -> int:
+        """Bytes this node can still take (the disk, or what is left of the quota)."""
+        disk = shutil.disk_usage(self.root).free
+        if self.quota is not None:
+            return max(0, min(disk, self.quota - self.used))
+        return disk
+
+    def writer(self, blob: str, size: int) -> BlobWriter:
+        check_blob_id(blob)
+        if size < 0:
+            raise BadRequest("negative size")
+        if size > self.free():
+            raise NoSpace(f"not enough space for {size} bytes ({self.free()} free)")
+        return BlobWriter(self, blob, size)
+
+    def committed(self, w: BlobWriter) -> None:
+        self.used += w.size
+
+    def open(self, blob: str) -> IO[bytes]:
+        try:
+            return open(self.path(blob), "rb")
+        except FileNotFoundError:
+            raise NotFound(f"blob {blob} is not on this node") from None
+
+    def delete(self, blob: str) -> bool:
+        p = self.path(blob)
+        try:
+            size = p.stat().st_size
+            p.unlink()
+        except FileNotFoundError:
+            return False
+        self.used = max(0, self.used - size)
+        return True
+
+    def inventory(self) -> list[str]:
+        return [p.name for p in self.blob_dir.glob("*/*") if _BLOB_RE.match(p.name)]

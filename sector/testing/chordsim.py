@@ -1,0 +1,321 @@
+"""A seeded, in-process simulation of a Chord ring (FoundationDB-style, DESIGN §4).
+
+Many nodes' pure ``ChordState`` machines share one process. The "network" is a direct
+call into another node's state; a crashed or departed node is simply absent, and
+calling it raises ``ConnectError`` just as the RPC pool would. Everything random comes
+from one ``random.Random(seed)``, and nodes act in rounds on a virtual clock, so a
+failing seed replays exactly.
+
+The node behaviour here mirrors ``sector.routing.driver.ChordDriver`` step for step
+(stabilize, notify, fix one finger, check the predecessor, iterative lookup with
+failure exclusion, graceful leave), minus the awaits. Keep the two in step.
+"""
+
+from __future__ import annotations
+
+import bisect
+import random
+from collections.abc import Iterable
+
+from sector.errors import ConnectError
+from sector.ids import BITS, MASK, distance, finger_start
+from sector.routing.chord import ChordState, Peer
+from sector.routing.lookup import Lookup
+
+__all__ = ["ChordSim"]
+
+
+class ChordSim:
+    """A ring of simulated nodes driven in rounds.
+
+    ``round()`` lets every live node (in a random order) stabilize, check its
+    predecessor and refresh ``fingers_per_round`` fingers; the virtual clock advances
+    by ``round_seconds``. Churn helpers (``join``, ``leave``, ``crash``) act at once.
+    """
+
+    def __init__(
+        self,
+        seed: int,
+        *,
+        succ_list_len: int = 8,
+        fingers_per_round: int = 3,
+        round_seconds: float = 0.5,
+        max_hops: int = 64,
+    ) -> None:
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.r = succ_list_len
+        self.fingers_per_round = fingers_per_round
+        self.round_seconds = round_seconds
+        self.max_hops = max_hops
+        self.now = 0.0
+        self.rounds = 0
+        self.nodes: dict[int, ChordState] = {}  # live nodes only
+        self._sorted: list[int] = []  # live ids, ascending: the oracle of the true ring
+
+    # -- the simulated network -------------------------------------------------------
+
+    def rpc(self, peer: Peer) -> ChordState:
+        """The state of a live peer; ConnectError if it crashed or left."""
+        st = self.nodes.get(peer.id)
+        if st is None:
+            raise ConnectError(f"{peer} is unreachable", node=peer.addr)
+        return st
+
+    def alive(self, peer_id: int) -> bool:
+        return peer_id in self.nodes
+
+    def new_peer(self) -> Peer:
+        while True:
+            pid = self.rng.getrandbits(BITS)
+            if pid not in self.nodes:
+                return Peer(pid, f"sim-{pid:040x}"[:16])
+
+    # -- oracle ----------------------------------------------------------------------
+
+    def true_successor(self, key: int) -> int:
+        """The id of the live node that owns key."""
+        i = bisect.bisect_left(self._sorted, key & MASK)
+        return self._sorted[i % len(self._sorted)]
+
+    def true_neighbours(self, node_id: int) -> tuple[int | None, list[int]]:
+        """(predecessor id, successor ids) of a live node in the true ring."""
+        ids = self._sorted
+        n = len(ids)
+        j = bisect.bisect_left(ids, node_id)
+        succ = [ids[(j + k) % n] for k in range(1, min(self.r, n - 1) + 1)]
+        pred = ids[(j - 1) % n] if n > 1 else None
+        return pred, succ
+
+    def _add(self, st: ChordState) -> None:
+        self.nodes[st.me.id] = st
+        bisect.insort(self._sorted, st.me.id)
+
+    def _remove(self, node_id: int) -> None:
+        del self.nodes[node_id]
+        del self._sorted[bisect.bisect_left(self._sorted, node_id)]
+
+    # -- node behaviour (mirrors ChordDriver) -----------------------------------------
+
+    def stabilize(self, st: ChordState) -> None:
+        for _ in range(self.r + 1):
+            succ = st.successor
+            if succ.id == st.me.id:
+                st.on_stabilize(succ, st.predecessor, [])
+                break
+            try:
+                remote = self.rpc(succ)
+            except ConnectError:
+                st.peer_failed(succ.id)
+                continue
+            st.on_stabilize(succ, remote.predecessor, list(remote.successors))
+            break
+        succ = st.successor
+        if succ.id != st.me.id:
+            try:
+                self.rpc(succ).notify(st.me)
+            except ConnectError:
+                st.peer_failed(succ.id)
+
+    def check_predecessor(self, st: ChordState) -> None:
+        pred = st.predecessor
+        if pred is not None and not self.alive(pred.id):
+            st.peer_failed(pred.id)
+
+    def fix_finger(self, st: ChordState) -> None:
+        i, start = st.next_finger()
+        found, _ = self.lookup(st, start)
+        if found is not None and self.alive(found.id):
+            st.set_finger(i, found)
+
+    def lookup(self, origin: ChordState, key: int) -> tuple[Peer | None, int]:
+        """Iterative lookup from origin: (successor(key) or None, hops)."""
+        return self._run(origin, Lookup(key, origin.next_hop(key), max_hops=self.max_hops))
+
+    def _run(
+        self, origin: ChordState | None, lk: Lookup, *, verify: bool = False
+    ) -> tuple[Peer | None, int]:
+        """Drive lk to the end; with verify, an answer that is dead reopens the lookup."""
+        while True:
+            if lk.done:
+                res = lk.result
+                if not verify or res is None or self.alive(res.id):
+                    break
+                if origin is not None:
+                    origin.peer_failed(res.id)
+                lk.on_failure(res)
+                continue
+            nxt = lk.next_peer
+            if nxt is None:
+                if origin is None:  # a joiner has no table to fall back on
+                    return None, lk.hops
+                lk.restart(origin.next_hop(lk.key, lk.exclude))
+                continue
+            try:
+                remote = self.rpc(nxt)
+            except ConnectError:
+                if origin is not None:
+                    origin.peer_failed(nxt.id)
+                lk.on_failure(nxt)
+                continue
+            lk.on_reply(*remote.next_hop(lk.key, lk.exclude))
+        return lk.result, lk.hops
+
+    # -- churn ------------------------------------------------------------------------
+
+    def create(self) -> ChordState:
+        """The first node of a fresh ring."""
+        st = ChordState(self.new_peer(), succ_list_len=self.r)
+        st.create()
+        self._add(st)
+        return st
+
+    def join(self, bootstrap: int | None = None, peer: Peer | None = None) -> ChordState:
+        """A new node joins through a live bootstrap node (random if not given)."""
+        me = peer or self.new_peer()
+        st = ChordState(me, succ_list_len=self.r)
+        if not self.nodes:
+            st.create()
+            self._add(st)
+            return st
+        boot = bootstrap if bootstrap is not None else self.random_live()
+        # The joiner asks the bootstrap node first, exactly like ChordDriver.join, and
+        # checks that the answer is alive (the driver does so by stabilizing with it).
+        lk = Lookup(me.id, (False, self.nodes[boot].me), max_hops=self.max_hops)
+        found, _ = self._run(None, lk, verify=True)
+        if found is None or found.id == me.id:
+            raise RuntimeError(f"join of {me} through {boot:x} found no live successor")
+        st.join(found)
+        self._add(st)
+        self.stabilize(st)
+        return st
+
+    def leave(self, node_id: int) -> None:
+        """Graceful leave: tell predecessor and successor, then go."""
+        st = self.nodes[node_id]
+        pred, succs = st.leave_info()
+        self._remove(node_id)
+        told: set[int] = set()
+        for nb in (pred, succs[0] if succs else None):
+            if nb is None or nb.id in told or not self.alive(nb.id):
+                continue
+            told.add(nb.id)
+            self.nodes[nb.id].on_neighbour_leaving(st.me, pred, succs)
+
+    def crash(self, node_id: int) -> None:
+        self._remove(node_id)
+
+    def safe_to_remove(self, node_id: int) -> bool:
+        """Whether removing node_id keeps every other node with a live successor.
+
+        This is the simulation's version of "never crash r consecutive successors":
+        Chord (§5.2) only promises to repair the ring while each node still knows one
+        live successor. A node left alone is fine only if it really is the last one.
+        """
+        if len(self.nodes) <= 2:
+            return len(self.nodes) == 2
+        for st in self.nodes.values():
+            if st.me.id == node_id:
+                continue
+            if not any(s.id != node_id and s.id in self.nodes for s in st.successors):
+                return False
+        return True
+
+    def random_live(self) -> int:
+        return self._sorted[self.rng.randrange(len(self._sorted))]
+
+    # -- rounds and convergence -------------------------------------------------------
+
+    def round(self) -> None:
+        order = list(self.nodes)
+        self.rng.shuffle(order)
+        for nid in order:
+            st = self.nodes.get(nid)
+            if st is None:
+                continue
+            self.check_predecessor(st)
+            self.stabilize(st)
+            for _ in range(self.fingers_per_round):
+                self.fix_finger(st)
+        self.rounds += 1
+        self.now += self.round_seconds
+
+    def converged(self) -> bool:
+        """Every node has the true predecessor and successor list, and no dead finger."""
+        for nid, st in self.nodes.items():
+            pred, succ = self.true_neighbours(nid)
+            if (st.predecessor.id if st.predecessor else None) != pred:
+                return False
+            if [s.id for s in st.successors] != succ:
+                return False
+            if any(f is not None and f.id not in self.nodes for f in st.fingers):
+                return False
+        return True
+
+    def run_until_converged(self, max_rounds: int) -> int:
+        """Run rounds until converged; the number of rounds run. Raises if it never is."""
+        for n in range(max_rounds + 1):
+            if self.converged():
+                return n
+            self.round()
+        raise AssertionError(f"seed {self.seed}: not converged after {max_rounds} rounds")
+
+    def validate_all(self) -> None:
+        for st in self.nodes.values():
+            st.validate_state()
+
+    # -- bulk set-up ------------------------------------------------------------------
+
+    def build(self, n: int) -> None:
+        """A converged ring of n nodes in one go (the churn afterwards is the test).
+
+        Joining 1,000 nodes one by one through the protocol costs many stabilization
+        rounds; here predecessors and successor lists come from the oracle and every
+        finger from a lookup through the simulated network. Fingers are filled level by
+        level from the shortest up, so the lookups for level i already route over the
+        shorter fingers of every node (a few hops each, not N / r along successors).
+        """
+        peers = [self.new_peer() for _ in range(n)]
+        for p in peers:
+            st = ChordState(p, succ_list_len=self.r)
+            st.create()
+            self._add(st)
+        by_id = {p.id: p for p in peers}
+        for nid, st in self.nodes.items():
+            pred, succ = self.true_neighbours(nid)
+            st.predecessor = by_id[pred] if pred is not None else None
+            st.successors = [by_id[s] for s in succ]
+            st.fingers[0] = st.successors[0] if st.successors else None
+        for i in range(1, BITS):
+            for st in self.nodes.values():
+                prev = st.fingers[i - 1]
+                if prev is not None and distance(st.me.id, prev.id) >= (1 << i):
+                    st.fingers[i] = prev  # covered, as in ChordState.next_finger
+                    continue
+                found, _ = self.lookup(st, finger_start(st.me.id, i))
+                if found is not None:
+                    st.set_finger(i, found)
+
+    def grow(self, n: int, *, batch: int = 1, rounds_per_batch: int = 2) -> None:
+        """Grow to n live nodes by protocol joins, stabilizing between batches."""
+        if not self.nodes:
+            self.create()
+        while len(self.nodes) < n:
+            for _ in range(min(batch, n - len(self.nodes))):
+                self.join()
+            for _ in range(rounds_per_batch):
+                self.round()
+
+    def lookup_stats(
+        self, keys: Iterable[int], origins: Iterable[int]
+    ) -> tuple[int, int, list[int]]:
+        """(correct answers, total, hop counts) for lookups of keys from origins."""
+        ok = total = 0
+        hops: list[int] = []
+        for key, origin in zip(keys, origins, strict=True):
+            found, h = self.lookup(self.nodes[origin], key)
+            total += 1
+            hops.append(h)
+            if found is not None and found.id == self.true_successor(key):
+                ok += 1
+        return ok, total, hops

@@ -1,0 +1,487 @@
+"""RPC over TCP: a table of named handlers, request ids, timeouts, typed errors.
+
+Server side: ``Server(handlers, bulk_handlers)`` serves length-prefixed msgpack
+frames (``sector.wire.codec``). Each request runs as its own task, so one slow
+handler does not hold up the connection; replies carry the request id. A handler
+that raises a ``SectorError`` is answered with a typed error reply; any other
+exception becomes ``RemoteError`` and is logged with its traceback on the node.
+
+Malformed input never takes the node down: garbage bytes, an oversize frame, an
+envelope of the wrong shape, or a frame that stalls half-way (slow-loris) closes *that*
+connection, is logged, and every other connection is served as before. A handler that
+rejects its arguments' types (``BadRequest``) gets an error reply and the connection
+is closed too, since a peer that sends ill-typed frames cannot be trusted to frame.
+
+Bulk data: a request whose op is in ``bulk_handlers`` turns its connection into a
+dedicated raw stream (``BulkChannel``): the handler reads or writes raw bytes after the
+header frame (``os.sendfile`` on the sending side where the transport allows) and ends
+with one reply frame; then the connection closes. Control traffic never queues behind
+a gigabyte.
+
+Client side: ``RpcPool.call(addr, op, args)`` multiplexes requests over one pooled
+connection per address; ``RpcPool.open_bulk`` opens a fresh connection per transfer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import socket
+import ssl as _ssl
+from collections.abc import Awaitable, Callable
+from typing import IO, Any
+
+from sector.errors import (
+    BadRequest,
+    ConnectError,
+    ProtocolError,
+    SectorError,
+    Timeout,
+    TransportError,
+    from_wire,
+    to_wire,
+)
+from sector.wire import codec
+from sector.wire.codec import HEADER, Envelope, FrameDecoder
+
+log = logging.getLogger("sector.rpc")
+
+Handler = Callable[[dict[str, Any]], Awaitable[Any]]
+BulkHandler = Callable[[dict[str, Any], "BulkChannel"], Awaitable[Any]]
+
+READ_CHUNK = 1 << 20
+SOCK_BUF = 4 << 20
+STREAM_LIMIT = 8 << 20
+
+
+def split_addr(addr: str) -> tuple[str, int]:
+    """'host:port' -> (host, port); raises UsageError-like ValueError on bad input."""
+    host, sep, port = addr.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"not a HOST:PORT address: {addr!r}")
+    return host.strip("[]"), int(port)
+
+
+def _tune(sock: socket.socket | None) -> None:
+    if sock is None:
+        return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCK_BUF)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCK_BUF)
+
+
+class BulkChannel:
+    """A dedicated connection carrying one header frame, raw bytes, and a final frame."""
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        leftover: bytes = b"",
+        *,
+        stall_timeout: float = 30.0,
+        max_frame: int = codec.DEFAULT_MAX_FRAME,
+    ) -> None:
+        self.reader = reader
+        self.writer = writer
+        self._buf = bytearray(leftover)
+        self.stall_timeout = stall_timeout
+        self.max_frame = max_frame
+        self.peer = str(writer.get_extra_info("peername"))
+
+    async def read_some(self, n: int = READ_CHUNK) -> bytes:
+        """Up to n raw bytes; b'' at end of stream. Times out on a stalled peer."""
+        if self._buf:
+            out = bytes(self._buf[:n])
+            del self._buf[:n]
+            return out
+        try:
+            return await asyncio.wait_for(self.reader.read(n), self.stall_timeout)
+        except TimeoutError:
+            raise Timeout(
+                f"bulk stream from {self.peer} stalled for {self.stall_timeout:g} s"
+            ) from None
+
+    async def read_exactly(self, n: int) -> bytes:
+        parts = bytearray()
+        while len(parts) < n:
+            chunk = await self.read_some(n - len(parts))
+            if not chunk:
+                raise ProtocolError(f"bulk stream from {self.peer} ended early")
+            parts += chunk
+        return bytes(parts)
+
+    async def read_frame(self) -> Envelope:
+        (n,) = HEADER.unpack(await self.read_exactly(HEADER.size))
+        if n > self.max_frame:
+            raise ProtocolError(f"frame of {n} bytes exceeds the limit of {self.max_frame}")
+        dec = FrameDecoder(self.max_frame)
+        envs = dec.feed(HEADER.pack(n) + await self.read_exactly(n))
+        return envs[0]
+
+    async def read_reply(self) -> Any:
+        """The final reply frame; raises the remote error if it is an error reply."""
+        env = await self.read_frame()
+        if env.e is not None:
+            raise from_wire(env.e)
+        return env.r
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.writer.write(data)
+        await self._drain()
+
+    async def _drain(self) -> None:
+        try:
+            await asyncio.wait_for(self.writer.drain(), self.stall_timeout)
+        except TimeoutError:
+            raise Timeout(
+                f"bulk stream to {self.peer} stalled for {self.stall_timeout:g} s"
+            ) from None
+        except (ConnectionError, OSError) as exc:
+            raise ConnectError(f"bulk stream to {self.peer} lost: {exc}") from None
+
+    async def sendfile(self, f: IO[bytes], offset: int, count: int) -> None:
+        """Send count bytes of a file: os.sendfile on plain TCP, a read/send loop otherwise."""
+        if count == 0:
+            return
+        await self._drain()
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.sendfile(self.writer.transport, f, offset, count)
+        except (ConnectionError, OSError) as exc:
+            raise ConnectError(f"bulk stream to {self.peer} lost: {exc}") from None
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.writer.wait_closed(), 2.0)
+
+
+class Server:
+    """Serves a handler table on one TCP port (port 0 = ephemeral)."""
+
+    def __init__(
+        self,
+        handlers: dict[str, Handler],
+        bulk_handlers: dict[str, BulkHandler] | None = None,
+        *,
+        max_frame: int = codec.DEFAULT_MAX_FRAME,
+        stall_timeout: float = 10.0,
+        idle_timeout: float = 600.0,
+        max_connections: int = 1024,
+        max_inflight_per_conn: int = 128,
+        ssl: _ssl.SSLContext | None = None,
+    ) -> None:
+        self.handlers = handlers
+        self.bulk_handlers = bulk_handlers or {}
+        self.max_frame = max_frame
+        self.stall_timeout = stall_timeout
+        self.idle_timeout = idle_timeout
+        self.max_inflight = max_inflight_per_conn
+        self._conn_slots = asyncio.Semaphore(max_connections)
+        self._ssl = ssl
+        self._server: asyncio.Server | None = None
+        self._conns: set[asyncio.Task[None]] = set()
+        self.address = ""
+        self.stats = {"connections": 0, "requests": 0, "protocol_errors": 0}
+
+    async def start(self, host: str, port: int) -> str:
+        self._server = await asyncio.start_server(
+            self._on_conn, host, port, ssl=self._ssl, limit=STREAM_LIMIT, backlog=1024
+        )
+        sock = self._server.sockets[0]
+        bound = sock.getsockname()
+        self.address = f"{host}:{bound[1]}"
+        return self.address
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for t in list(self._conns):
+            t.cancel()
+        if self._conns:
+            await asyncio.gather(*self._conns, return_exceptions=True)
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 2.0)
+
+    async def _on_conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._conns.add(task)
+        try:
+            if self._conn_slots.locked():
+                log.warning(
+                    "connection limit reached; refusing %s", writer.get_extra_info("peername")
+                )
+                writer.close()
+                return
+            async with self._conn_slots:
+                self.stats["connections"] += 1
+                _tune(writer.get_extra_info("socket"))
+                await self._serve(reader, writer)
+        except asyncio.CancelledError:
+            pass
+        finally:
+            self._conns.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer.wait_closed(), 1.0)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        dec = FrameDecoder(self.max_frame)
+        inflight = asyncio.Semaphore(self.max_inflight)
+        tasks: set[asyncio.Task[None]] = set()
+        closing = asyncio.Event()
+        try:
+            while not closing.is_set():
+                timeout = self.stall_timeout if dec.pending else self.idle_timeout
+                try:
+                    data = await asyncio.wait_for(reader.read(READ_CHUNK), timeout)
+                except TimeoutError:
+                    if dec.pending:
+                        log.warning("closing %s: frame stalled for %g s", peer, timeout)
+                        self.stats["protocol_errors"] += 1
+                    return
+                except (ConnectionError, OSError):
+                    return
+                if not data:
+                    return
+                try:
+                    envs = dec.feed(data)
+                except ProtocolError as exc:
+                    self.stats["protocol_errors"] += 1
+                    log.warning("closing %s: %s", peer, exc)
+                    return
+                for env in envs:
+                    if not env.is_request:
+                        self.stats["protocol_errors"] += 1
+                        log.warning("closing %s: a reply frame where a request was expected", peer)
+                        return
+                    op = env.op or ""
+                    if op in self.bulk_handlers:
+                        chan = BulkChannel(
+                            reader,
+                            writer,
+                            dec.take_rest(),
+                            stall_timeout=self.stall_timeout * 3,
+                            max_frame=self.max_frame,
+                        )
+                        await self._run_bulk(env, chan)
+                        return
+                    await inflight.acquire()
+                    t = asyncio.create_task(self._run(env, writer, inflight, closing))
+                    tasks.add(t)
+                    t.add_done_callback(tasks.discard)
+        finally:
+            for t in tasks:
+                t.cancel()
+
+    async def _run(
+        self,
+        env: Envelope,
+        writer: asyncio.StreamWriter,
+        inflight: asyncio.Semaphore,
+        closing: asyncio.Event,
+    ) -> None:
+        self.stats["requests"] += 1
+        try:
+            handler = self.handlers.get(env.op or "")
+            if handler is None:
+                raise BadRequest(f"unknown operation {env.op!r}")
+            result = await handler(env.a or {})
+            frame = codec.reply(env.i, result)
+        except asyncio.CancelledError:
+            raise
+        except BadRequest as exc:
+            log.warning(
+                "bad request %s from %s: %s", env.op, writer.get_extra_info("peername"), exc
+            )
+            frame = codec.error(env.i, to_wire(exc))
+            closing.set()
+        except SectorError as exc:
+            frame = codec.error(env.i, to_wire(exc))
+        except Exception as exc:
+            log.exception("handler %s failed", env.op)
+            frame = codec.error(env.i, to_wire(exc))
+        finally:
+            inflight.release()
+        try:
+            writer.write(frame)
+            await writer.drain()
+        except (ConnectionError, OSError):
+            return
+        if closing.is_set():
+            writer.close()
+
+    async def _run_bulk(self, env: Envelope, chan: BulkChannel) -> None:
+        self.stats["requests"] += 1
+        try:
+            result = await self.bulk_handlers[env.op or ""](env.a or {}, chan)
+            frame = codec.reply(env.i, result)
+        except asyncio.CancelledError:
+            raise
+        except TransportError as exc:
+            log.warning("bulk %s from %s failed: %s", env.op, chan.peer, exc)
+            return
+        except SectorError as exc:
+            frame = codec.error(env.i, to_wire(exc))
+        except Exception as exc:
+            log.exception("bulk handler %s failed", env.op)
+            frame = codec.error(env.i, to_wire(exc))
+        with contextlib.suppress(ConnectionError, OSError, TransportError):
+            await chan.write(frame)
+
+
+class _Conn:
+    """One pooled client connection: many requests in flight, replies matched by id."""
+
+    def __init__(
+        self, addr: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, max_frame: int
+    ) -> None:
+        self.addr = addr
+        self.reader = reader
+        self.writer = writer
+        self.pending: dict[int, asyncio.Future[Any]] = {}
+        self.ids = itertools.count(1)
+        self.closed = False
+        self._dec = FrameDecoder(max_frame)
+        self._task = asyncio.create_task(self._read_loop(), name=f"rpc-read {addr}")
+
+    async def _read_loop(self) -> None:
+        err: SectorError = ConnectError(f"connection to {self.addr} closed")
+        try:
+            while True:
+                data = await self.reader.read(READ_CHUNK)
+                if not data:
+                    break
+                for env in self._dec.feed(data):
+                    fut = self.pending.pop(env.i, None)
+                    if fut is None or fut.done():
+                        continue
+                    if env.e is not None:
+                        fut.set_exception(from_wire(env.e))
+                    else:
+                        fut.set_result(env.r)
+        except ProtocolError as exc:
+            err = exc
+        except (ConnectionError, OSError) as exc:
+            err = ConnectError(f"connection to {self.addr} lost: {exc}")
+        except asyncio.CancelledError:
+            pass
+        finally:
+            self.closed = True
+            for fut in self.pending.values():
+                if not fut.done():
+                    fut.set_exception(err)
+            self.pending.clear()
+            self.writer.close()
+
+    async def call(self, op: str, args: dict[str, Any], timeout: float) -> Any:
+        i = next(self.ids)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.pending[i] = fut
+        try:
+            self.writer.write(codec.request(i, op, args))
+            await asyncio.wait_for(self.writer.drain(), timeout)
+            return await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            raise Timeout(
+                f"{op} to {self.addr} timed out after {timeout:g} s", node=self.addr
+            ) from None
+        except (ConnectionError, OSError) as exc:
+            raise ConnectError(f"connection to {self.addr} lost: {exc}", node=self.addr) from None
+        finally:
+            self.pending.pop(i, None)
+
+    async def close(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(BaseException):
+            await self._task
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.writer.wait_closed(), 1.0)
+
+
+class RpcPool:
+    """Client side of the RPC: pooled control connections and fresh bulk channels."""
+
+    def __init__(
+        self,
+        *,
+        connect_timeout: float = 5.0,
+        timeout: float = 30.0,
+        max_frame: int = codec.DEFAULT_MAX_FRAME,
+        ssl: _ssl.SSLContext | None = None,
+    ) -> None:
+        self.connect_timeout = connect_timeout
+        self.timeout = timeout
+        self.max_frame = max_frame
+        self._ssl = ssl
+        self._conns: dict[str, _Conn] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def _open(self, addr: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        try:
+            host, port = split_addr(addr)
+        except ValueError as exc:
+            raise ConnectError(str(exc), node=addr) from None
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(host, port, ssl=self._ssl, limit=STREAM_LIMIT),
+                self.connect_timeout,
+            )
+        except TimeoutError:
+            raise ConnectError(f"cannot connect to {addr}: timed out", node=addr) from None
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise ConnectError(f"cannot connect to {addr}: {reason.lower()}", node=addr) from None
+        _tune(writer.get_extra_info("socket"))
+        return reader, writer
+
+    async def _conn(self, addr: str) -> _Conn:
+        conn = self._conns.get(addr)
+        if conn is not None and not conn.closed:
+            return conn
+        lock = self._locks.setdefault(addr, asyncio.Lock())
+        async with lock:
+            conn = self._conns.get(addr)
+            if conn is None or conn.closed:
+                reader, writer = await self._open(addr)
+                conn = _Conn(addr, reader, writer, self.max_frame)
+                self._conns[addr] = conn
+            return conn
+
+    async def call(
+        self,
+        addr: str,
+        op: str,
+        args: dict[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> Any:
+        conn = await self._conn(addr)
+        return await conn.call(op, args or {}, timeout or self.timeout)
+
+    async def open_bulk(
+        self, addr: str, op: str, args: dict[str, Any], *, stall_timeout: float = 60.0
+    ) -> BulkChannel:
+        """A dedicated connection whose first frame is the request ``op``."""
+        reader, writer = await self._open(addr)
+        chan = BulkChannel(reader, writer, stall_timeout=stall_timeout, max_frame=self.max_frame)
+        await chan.write(codec.request(1, op, args))
+        return chan
+
+    def forget(self, addr: str) -> None:
+        """Drop a pooled connection (after its peer was found dead)."""
+        conn = self._conns.pop(addr, None)
+        if conn is not None:
+            conn.writer.close()
+
+    async def close(self) -> None:
+        conns = list(self._conns.values())
+        self._conns.clear()
+        await asyncio.gather(*(c.close() for c in conns), return_exceptions=True)
