@@ -146,7 +146,8 @@ def from_wire(err: Any) -> SectorError:
     if not isinstance(err, dict):
         return ProtocolError(f"malformed error reply: {err!r:.80}")
     cls = _WIRE_TYPES.get(str(err.get("type")), RemoteError)
-    data = err.get("data") if isinstance(err.get("data"), dict) else {}
+    raw = err.get("data")
+    data: dict[str, Any] = {str(k): v for k, v in raw.items()} if isinstance(raw, dict) else {}
     return cls(str(err.get("msg", "remote error")), **data)
 
 

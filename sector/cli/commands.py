@@ -329,14 +329,16 @@ def cmd_mkdir(c: ClientLike, args: argparse.Namespace) -> None:
     else:
         c.mkdir(path, parents=False)
     if args.json:
-        output.emit_json({"path": path, "created": True})
+        output.emit_json({"path": path, "ok": True})
 
 
 def cmd_rm(c: ClientLike, args: argparse.Namespace) -> None:
     path = remote_path(args.path)
-    c.rm(path, recursive=args.recursive)
+    res = c.rm(path, recursive=args.recursive)
     if args.json:
-        output.emit_json({"path": path, "removed": True})
+        # The client reports how many entries went; 1 if it does not say.
+        n = res if isinstance(res, int) and not isinstance(res, bool) else 1
+        output.emit_json({"path": path, "removed": n})
 
 
 def cmd_mv(c: ClientLike, args: argparse.Namespace) -> None:
@@ -347,7 +349,7 @@ def cmd_mv(c: ClientLike, args: argparse.Namespace) -> None:
         dst = posixpath.join(dst, posixpath.basename(src))
     c.mv(src, dst)
     if args.json:
-        output.emit_json({"src": src, "dst": dst, "moved": True})
+        output.emit_json({"src": src, "dst": dst, "ok": True})
 
 
 COMMANDS: dict[str, Command] = {

@@ -15,6 +15,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from sector.cli.args import (
     arg_type,
@@ -30,13 +31,21 @@ PROG = "sector"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_PIPE = 0, 1, 2, 130, 141
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the error line of the contract: one line, ``sector: error: ...``."""
+
+    def error(self, message: str) -> NoReturn:
+        hint = f" (see `{self.prog} -h`)"
+        self.exit(EXIT_USAGE, f"{PROG}: error: {' '.join(message.split())}{hint}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every command of DESIGN §3."""
     # --cluster and --json may come before or after the command. The main parser owns
     # the defaults; the copies on the subparsers default to SUPPRESS so that, when
     # absent after the command, they do not overwrite a value given before it.
     cluster_help = "enter the cluster through this node (default: $SECTOR_CLUSTER, else the `sector up` cluster)"
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument(
         "--cluster",
         metavar="HOST:PORT",
@@ -48,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output"
     )
 
-    p = argparse.ArgumentParser(prog=PROG, description="Sector: a peer-to-peer storage cloud.")
+    p = _Parser(prog=PROG, description="Sector: a peer-to-peer storage cloud.")
     p.add_argument(
         "--cluster",
         metavar="HOST:PORT",
@@ -100,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--topology",
         metavar="/DC/RACK",
         type=arg_type(parse_topology),
-        default="",
+        default=None,
         help="e.g. /dc1/rack2",
     )
     s.add_argument(
@@ -187,7 +196,7 @@ def _node(args: argparse.Namespace) -> int:
         data=args.data,
         listen=args.listen,
         join=args.join,
-        topology=args.topology,
+        topology=args.topology or "",
         replicas=args.replicas,
         quota=args.quota,
     )
@@ -242,14 +251,18 @@ def error_message(exc: BaseException) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `sector` script; returns the exit code."""
     args = build_parser().parse_args(argv)  # exits 2 on bad usage
-    from sector.cli.output import StdoutClosed
+    from sector.cli.output import StdoutClosed, flush_stdout
 
     try:
-        return run(args)
+        code = run(args)
+        flush_stdout()  # here, not at interpreter exit, so a closed pipe is seen by us
+        return code
     except StdoutClosed:
         # Point stdout at /dev/null so the interpreter's final flush cannot complain.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass  # stdout is not a real file (embedded use): nothing will flush to a pipe
         return EXIT_PIPE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

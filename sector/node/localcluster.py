@@ -237,6 +237,7 @@ def _tail(log: Path) -> str:
     except OSError:
         return f" (see {log})"
     last = next((ln for ln in reversed(lines) if ln and not ln.startswith("---")), "")
+    last = last.removeprefix("sector: error: ")  # a node's own CLI error, already one line
     return f": {last[:200]} (see {log})" if last else f" (see {log})"
 
 

@@ -40,17 +40,39 @@ remote calls and feeds their outcomes back through these methods; nothing here a
 from __future__ import annotations
 
 import collections
+import re
 from dataclasses import dataclass
 from typing import Any
 
-from sector.ids import BITS, MASK, between, between_right, distance, finger_start, from_hex
-from sector.ids import short as _short
-from sector.ids import to_hex
+from sector.ids import (
+    BITS,
+    MASK,
+    between,
+    between_right,
+    distance,
+    finger_start,
+    short,
+    to_hex,
+)
 
-__all__ = ["ChordState", "Peer"]
+__all__ = ["ChordState", "Peer", "parse_id"]
 
 # How many (what, detail) entries the debugging log keeps per node.
 EVENT_LOG_LEN = 128
+
+
+_HEX40 = re.compile(r"[0-9a-fA-F]{40}")
+
+
+def parse_id(s: Any) -> int:
+    """A 40-digit hex id from the wire; ValueError otherwise.
+
+    Stricter than ``ids.from_hex``: ``int(s, 16)`` also takes "-1", "+…", "0x…" and
+    "1_0", none of which a well-behaved peer sends.
+    """
+    if not isinstance(s, str) or _HEX40.fullmatch(s) is None:
+        raise ValueError(f"not a 40-digit hex id: {s!r:.80}")
+    return int(s, 16)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,16 +95,10 @@ class Peer:
             raise ValueError(f"a peer is [id_hex, addr] of strings, got {x!r:.80}")
         if not addr or len(addr) > 300:
             raise ValueError(f"bad peer address {addr!r:.80}")
-        try:
-            pid = from_hex(hid)
-        except ValueError:
-            raise ValueError(f"bad peer id {hid!r:.80}") from None
-        if pid < 0:  # int("-...", 16) parses; a negative id is not on the ring
-            raise ValueError(f"bad peer id {hid!r:.80}")
-        return cls(pid, addr)
+        return cls(parse_id(hid), addr)
 
     def __str__(self) -> str:
-        return f"{_short(self.id)}@{self.addr}"
+        return f"{short(self.id)}@{self.addr}"
 
 
 class ChordState:
@@ -104,7 +120,7 @@ class ChordState:
         pred = self.predecessor
         return (
             f"<ChordState {self.me} pred={pred} "
-            f"succ=[{', '.join(_short(s.id) for s in self.successors)}]>"
+            f"succ=[{', '.join(short(s.id) for s in self.successors)}]>"
         )
 
     # -- membership -------------------------------------------------------------------
@@ -212,9 +228,7 @@ class ChordState:
 
     # -- stabilization ----------------------------------------------------------------
 
-    def on_stabilize(
-        self, succ: Peer, succ_pred: Peer | None, succ_successors: list[Peer]
-    ) -> None:
+    def on_stabilize(self, succ: Peer, succ_pred: Peer | None, succ_successors: list[Peer]) -> None:
         """Apply what our successor told us about its predecessor and successor list.
 
         ``succ`` may be me (ring of one): then succ_pred is our own predecessor, and a
@@ -271,7 +285,7 @@ class ChordState:
             self._set_successors([s for s in self.successors if s.id != peer_id], "failed")
             dropped = True
         if dropped:
-            self._log("failed", _short(peer_id))
+            self._log("failed", short(peer_id))
         if not self.successors:
             self._refill_successor()
 

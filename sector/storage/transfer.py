@@ -120,7 +120,7 @@ class BlobService:
             try:
                 rep = await down.read_reply()
                 if isinstance(rep, dict) and rep.get("checksum") == mine:
-                    stored += _chain(rep.get("stored", []))
+                    stored += [list(c) for c in _chain(rep.get("stored", []))]
                 else:
                     log.warning("chain write of %s: downstream copy differs, leaving it out", blob)
             except (SectorError, OSError) as exc:

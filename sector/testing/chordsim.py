@@ -98,18 +98,23 @@ class ChordSim:
     # -- node behaviour (mirrors ChordDriver) -----------------------------------------
 
     def stabilize(self, st: ChordState) -> None:
-        for _ in range(self.r + 1):
+        # As ChordDriver.stabilize_once: a dead successor is dropped and the next one
+        # asked; an adopted closer successor is asked again at once (up to r times).
+        for _ in range(2 * self.r + 1):
             succ = st.successor
             if succ.id == st.me.id:
                 st.on_stabilize(succ, st.predecessor, [])
-                break
+                if st.successor.id == st.me.id:
+                    break
+                continue
             try:
                 remote = self.rpc(succ)
             except ConnectError:
                 st.peer_failed(succ.id)
                 continue
             st.on_stabilize(succ, remote.predecessor, list(remote.successors))
-            break
+            if st.successor.id == succ.id:
+                break
         succ = st.successor
         if succ.id != st.me.id:
             try:

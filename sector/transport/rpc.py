@@ -251,13 +251,16 @@ class Server:
                     return
                 if not data:
                     return
-                try:
-                    envs = dec.feed(data)
-                except ProtocolError as exc:
-                    self.stats["protocol_errors"] += 1
-                    log.warning("closing %s: %s", peer, exc)
-                    return
-                for env in envs:
+                dec.push(data)
+                while True:
+                    try:
+                        env = dec.pop()
+                    except ProtocolError as exc:
+                        self.stats["protocol_errors"] += 1
+                        log.warning("closing %s: %s", peer, exc)
+                        return
+                    if env is None:
+                        break
                     if not env.is_request:
                         self.stats["protocol_errors"] += 1
                         log.warning("closing %s: a reply frame where a request was expected", peer)

@@ -82,32 +82,45 @@ class FrameDecoder:
         return bool(self._buf) or self._need is not None
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Envelope]:
+        """Take in bytes and decode every whole frame they complete."""
+        self.push(data)
+        out: list[Envelope] = []
+        while (env := self.pop()) is not None:
+            out.append(env)
+        return out
+
+    def push(self, data: bytes | bytearray | memoryview) -> None:
+        """Take in bytes without decoding (``pop`` decodes, one frame at a time)."""
         if self._broken is not None:
             raise self._broken
         self._buf += data
-        out: list[Envelope] = []
+
+    def pop(self) -> Envelope | None:
+        """The next whole frame, or None if more bytes are needed.
+
+        One frame at a time matters: after a bulk request header, the bytes that follow
+        are raw data, not frames, and must be left for ``take_rest``.
+        """
+        if self._broken is not None:
+            raise self._broken
         try:
-            while True:
-                if self._need is None:
-                    if len(self._buf) < HEADER.size:
-                        break
-                    (n,) = HEADER.unpack_from(self._buf)
-                    if n > self.max_frame:
-                        raise ProtocolError(
-                            f"frame of {n} bytes exceeds the limit of {self.max_frame}"
-                        )
-                    del self._buf[: HEADER.size]
-                    self._need = n
-                if len(self._buf) < self._need:
-                    break
-                body = bytes(self._buf[: self._need])
-                del self._buf[: self._need]
-                self._need = None
-                out.append(_decode_body(body))
+            if self._need is None:
+                if len(self._buf) < HEADER.size:
+                    return None
+                (n,) = HEADER.unpack_from(self._buf)
+                if n > self.max_frame:
+                    raise ProtocolError(f"frame of {n} bytes exceeds the limit of {self.max_frame}")
+                del self._buf[: HEADER.size]
+                self._need = n
+            if len(self._buf) < self._need:
+                return None
+            body = bytes(self._buf[: self._need])
+            del self._buf[: self._need]
+            self._need = None
+            return _decode_body(body)
         except ProtocolError as exc:
             self._broken = exc
             raise
-        return out
 
     def take_rest(self) -> bytes:
         """Bytes buffered past the last whole frame (raw bulk data that followed a header)."""

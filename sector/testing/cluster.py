@@ -1,0 +1,222 @@
+"""Real clusters for tests, benchmarks and the demo: node *processes* on loopback.
+
+``ProcCluster`` starts ``python -m sector node`` processes on ephemeral ports (port 0:
+a node writes its real address into ``<data>/node.json`` when it is ready), and gives
+fault hooks: ``kill`` (SIGKILL), ``stop`` (SIGTERM: graceful leave), ``restart``,
+``add``. ``wait_for`` polls a condition against a deadline, never sleeps and hopes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def wait_for(
+    cond: Callable[[], T | None],
+    timeout: float = 30.0,
+    interval: float = 0.1,
+    what: str = "condition",
+) -> T:
+    """Poll ``cond`` until it returns a truthy value; fail with a message at the deadline."""
+    deadline = time.monotonic() + timeout
+    last_exc: BaseException | None = None
+    while True:
+        try:
+            v = cond()
+            if v:
+                return v
+        except Exception as exc:  # the condition may fail while the cluster settles
+            last_exc = exc
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"timed out after {timeout:g} s waiting for {what}"
+                + (f" (last error: {last_exc})" if last_exc else "")
+            )
+        time.sleep(interval)
+
+
+@dataclass
+class NodeProc:
+    index: int
+    data: Path
+    args: list[str]
+    proc: subprocess.Popen[bytes] | None = None
+    address: str = ""
+    node_id: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def log(self) -> Path:
+        return self.data / "node.log"
+
+
+class ProcCluster:
+    def __init__(self, root: Path, *, replicas: int = 3, env: dict[str, str] | None = None) -> None:
+        self.root = root
+        self.replicas = replicas
+        self.nodes: list[NodeProc] = []
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+
+    @property
+    def address(self) -> str:
+        return next(n.address for n in self.nodes if n.alive)
+
+    def addresses(self) -> list[str]:
+        return [n.address for n in self.nodes if n.alive]
+
+    def start(self, n: int, **kw: Any) -> ProcCluster:
+        first = self.add(**kw)
+        rest = [self._spawn(join=first.address, **kw) for _ in range(n - 1)]
+        for node in rest:
+            self._wait_ready(node)
+        self.wait_ring()
+        return self
+
+    def add(self, join: str | None = None, **kw: Any) -> NodeProc:
+        if join is None and self.nodes:
+            join = self.address
+        node = self._spawn(join=join, **kw)
+        self._wait_ready(node)
+        return node
+
+    def _spawn(
+        self,
+        join: str | None = None,
+        topology: str = "",
+        quota: int | None = None,
+        data: Path | None = None,
+    ) -> NodeProc:
+        i = len(self.nodes)
+        data = data or self.root / f"node-{i}"
+        data.mkdir(parents=True, exist_ok=True)
+        args = [
+            sys.executable,
+            "-m",
+            "sector",
+            "node",
+            "--data",
+            str(data),
+            "--listen",
+            "127.0.0.1:0",
+            "--replicas",
+            str(self.replicas),
+        ]
+        if join:
+            args += ["--join", join]
+        if topology:
+            args += ["--topology", topology]
+        if quota is not None:
+            args += ["--quota", str(quota)]
+        node = NodeProc(i, data, args)
+        self.nodes.append(node)
+        self._launch(node)
+        return node
+
+    def _launch(self, node: NodeProc) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (node.data / "node.json").unlink()
+        logf = open(node.log, "ab")  # noqa: SIM115 - handed to the child
+        node.proc = subprocess.Popen(
+            node.args, stdout=logf, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+        )
+        logf.close()
+
+    def _wait_ready(self, node: NodeProc, timeout: float = 30.0) -> None:
+        def ready() -> dict[str, Any] | None:
+            if not node.alive:
+                raise RuntimeError(f"node {node.index} exited: {node.log.read_text()[-2000:]}")
+            with contextlib.suppress(OSError, ValueError):
+                info: dict[str, Any] = json.loads((node.data / "node.json").read_text())
+                return info
+            return None
+
+        found = wait_for(ready, timeout, what=f"node {node.index} to listen")
+        node.address = found["address"]
+        node.node_id = found["id"]
+
+    def status(self) -> dict[str, Any]:
+        from sector.client import connect
+
+        with connect(self.address) as c:
+            return c.status()
+
+    def wait_ring(self, timeout: float = 30.0) -> None:
+        """Until every live node is seen up by the entry node and the ring is whole."""
+        want = {n.address for n in self.nodes if n.alive}
+
+        def ok() -> bool:
+            st = self.status()
+            up = {m["address"] for m in st["nodes"] if m["state"] == "up"}
+            return want <= up
+
+        wait_for(ok, timeout, interval=0.2, what=f"{len(want)} nodes up")
+        wait_for(self.ring_consistent, timeout, interval=0.2, what="a consistent ring")
+
+    def ring_consistent(self) -> bool:
+        """Each live node's successor is the next live node by id, and predecessors agree."""
+        from sector.client import connect
+
+        live = sorted((n for n in self.nodes if n.alive), key=lambda n: int(n.node_id, 16))
+        with connect(self.address) as c:
+            for i, n in enumerate(live):
+                info: dict[str, Any] = c._run(c._aio.pool.call(n.address, "node.info", {}))
+                succ = live[(i + 1) % len(live)]
+                pred = live[i - 1]
+                if len(live) > 1 and (
+                    not info["ring"]["successors"] or info["ring"]["successors"][0] != succ.address
+                ):
+                    return False
+                if len(live) > 1 and info["ring"]["predecessor"] != pred.address:
+                    return False
+        return True
+
+    def kill(self, node: NodeProc) -> None:
+        """SIGKILL: no goodbye, no handoff."""
+        if node.proc is not None and node.alive:
+            node.proc.send_signal(signal.SIGKILL)
+            node.proc.wait(10)
+
+    def stop(self, node: NodeProc, timeout: float = 30.0) -> None:
+        """SIGTERM: a graceful leave (handoff, then exit)."""
+        if node.proc is not None and node.alive:
+            node.proc.send_signal(signal.SIGTERM)
+            node.proc.wait(timeout)
+
+    def restart(self, node: NodeProc) -> None:
+        if node.alive:
+            self.kill(node)
+        if self.address and "--join" not in node.args:
+            node.args += ["--join", self.address]
+        self._launch(node)
+        self._wait_ready(node)
+
+    def close(self) -> None:
+        for n in self.nodes:
+            if n.alive and n.proc is not None:
+                n.proc.send_signal(signal.SIGKILL)
+        for n in self.nodes:
+            if n.proc is not None:
+                with contextlib.suppress(Exception):
+                    n.proc.wait(10)
+
+    def __enter__(self) -> ProcCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
