@@ -5,7 +5,8 @@ with sector.connect() as c:          # the local cluster started by `sector up`
     c.put("local.bin", "/data/a.bin")
 """
 
-from sector.client import AsyncClient, Client, connect
+from typing import TYPE_CHECKING, Any
+
 from sector.errors import (
     AlreadyExists,
     ChecksumMismatch,
@@ -24,7 +25,20 @@ from sector.errors import (
     UsageError,
 )
 
+if TYPE_CHECKING:
+    from sector.client import AsyncClient, Client, connect
+
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # The client pulls in asyncio and the transport; the CLI's start-up (and
+    # `sector --help`) should not pay for that unless a command needs it.
+    if name in ("AsyncClient", "Client", "connect"):
+        import sector.client
+
+        return getattr(sector.client, name)
+    raise AttributeError(f"module 'sector' has no attribute {name!r}")
 
 __all__ = [
     "AlreadyExists",

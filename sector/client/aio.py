@@ -259,6 +259,10 @@ class AsyncClient:
         for addr in self._order(st["replicas"]):
             try:
                 await self._fetch(addr, st, tmp, progress)
+            except asyncio.CancelledError:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+                raise
             except (SectorError, OSError) as exc:
                 errors.append(f"{addr}: {exc}")
                 with contextlib.suppress(OSError):

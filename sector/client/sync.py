@@ -8,6 +8,7 @@ a script making many small calls does not reconnect each time (the cost of
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import threading
@@ -41,7 +42,17 @@ class Client:
         return AsyncClient(address, timeout=timeout)
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+        fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return fut.result()
+        except BaseException:
+            # Ctrl-C (or any interruption of the caller): cancel the coroutine in the
+            # loop and let it run its cleanup (temp files, sockets) before we go on.
+            if not fut.done():
+                fut.cancel()
+                with contextlib.suppress(BaseException):
+                    fut.result(timeout=5)
+            raise
 
     @property
     def address(self) -> str:

@@ -267,6 +267,11 @@ class ChordState:
             return False
         self.predecessor = candidate
         self._log("predecessor", f"{candidate} (notify)")
+        if not self.successors:
+            # A ring of one learns its first peer here. Fig. 7 waits for our next
+            # stabilize to take it as successor; taking it now closes the two-node ring
+            # at once and means no live node is ever without a successor for a round.
+            self._set_successors([candidate], "notify")
         return True
 
     def peer_failed(self, peer_id: int) -> None:
