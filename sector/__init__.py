@@ -40,6 +40,7 @@ def __getattr__(name: str) -> Any:
         return getattr(sector.client, name)
     raise AttributeError(f"module 'sector' has no attribute {name!r}")
 
+
 __all__ = [
     "AlreadyExists",
     "AsyncClient",

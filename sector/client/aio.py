@@ -58,6 +58,39 @@ def _hash_file(path: str) -> str:
     return "blake3:" + h.hexdigest()
 
 
+def _recv_file(
+    sock: socket.socket,
+    first: bytes,
+    size: int,
+    f: Any,
+    h: Any,
+    progress: Progress | None,
+) -> None:
+    """Receive ``size`` bytes into a file, hashing them; runs in a worker thread."""
+    buf = bytearray(RECV_CHUNK)
+    view = memoryview(buf)
+    if first:
+        f.write(first)
+        h.update(first)
+    got = len(first)
+    step = 0
+    while got < size:
+        try:
+            n = sock.recv_into(view[: min(RECV_CHUNK, size - got)])
+        except OSError as exc:
+            raise ConnectError(f"download stream failed: {exc}") from None
+        if n == 0:
+            raise ConnectError("the replica closed the stream early")
+        f.write(view[:n])
+        h.update(view[:n])
+        got += n
+        if progress and got - step >= SEND_STEP:
+            step = got
+            progress(got, size)
+    if progress:
+        progress(got, size)
+
+
 class AsyncClient:
     """``async with AsyncClient("host:port") as c: await c.put(...)``."""
 
@@ -290,17 +323,34 @@ class AsyncClient:
             if size != st["size"]:
                 raise ChecksumMismatch(f"replica at {addr} has {size} bytes, expected {st['size']}")
             h = blake3.blake3()
-            got = 0
+            raw = chan.raw_socket()
             with open(tmp, "wb") as f:
-                while got < size:
-                    chunk = await chan.read_some(min(RECV_CHUNK, size - got))
-                    if not chunk:
-                        raise ConnectError(f"replica at {addr} closed the stream early")
-                    f.write(chunk)
-                    h.update(chunk)
-                    got += len(chunk)
-                    if progress:
-                        progress(got, size)
+                if raw is not None:
+                    try:
+                        loop = asyncio.get_running_loop()
+                        report: Progress | None = None
+                        if progress is not None:
+                            cb = progress
+
+                            def report(done: int, total: int) -> None:
+                                loop.call_soon_threadsafe(cb, done, total)
+
+                        await asyncio.to_thread(
+                            _recv_file, raw, chan.take_buffered(), size, f, h, report
+                        )
+                    finally:
+                        raw.close()
+                else:
+                    got = 0
+                    while got < size:
+                        chunk = await chan.read_some(min(RECV_CHUNK, size - got))
+                        if not chunk:
+                            raise ConnectError(f"replica at {addr} closed the stream early")
+                        f.write(chunk)
+                        h.update(chunk)
+                        got += len(chunk)
+                        if progress:
+                            progress(got, size)
             if "blake3:" + h.hexdigest() != st["checksum"]:
                 raise ChecksumMismatch(f"replica at {addr} is corrupt (checksum mismatch)")
         finally:

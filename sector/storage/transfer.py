@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from typing import TYPE_CHECKING, Any
 
 from sector.errors import BadRequest, ProtocolError, SectorError, TransportError
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("sector.transfer")
 
 MAX_CHAIN = 16
+PUMP_BUF = 1 << 20
 
 
 def _chain(obj: Any) -> list[tuple[str, str]]:
@@ -44,6 +46,50 @@ def _chain(obj: Any) -> list[tuple[str, str]]:
             raise BadRequest("chain must be a list of [node id, address]")
         out.append((x[0], x[1]))
     return out
+
+
+def _pump(
+    src: socket.socket, first: bytes, size: int, w: BlobWriter, dst: socket.socket | None
+) -> bool:
+    """Copy ``size`` bytes from src into the blob and on to dst; runs in a thread.
+
+    Returns False if the downstream socket failed (the chain goes on without it).
+    """
+    buf = bytearray(PUMP_BUF)
+    view = memoryview(buf)
+    down_ok = dst is not None
+
+    def forward(data: bytes | memoryview) -> None:
+        nonlocal down_ok, dst
+        if dst is None:
+            return
+        try:
+            dst.sendall(data)
+        except OSError as exc:
+            log.warning("chain write of %s: downstream failed (%s)", w.blob, exc)
+            down_ok, dst = False, None
+
+    if first:
+        w.write(first)
+        forward(first)
+    remaining = size - len(first)
+    while remaining > 0:
+        try:
+            n = src.recv_into(view[: min(PUMP_BUF, remaining)])
+        except TimeoutError:
+            raise ProtocolError(
+                f"upload of {w.blob} stalled after {size - remaining} of {size} bytes"
+            ) from None
+        except OSError as exc:
+            raise ProtocolError(f"upload of {w.blob} failed: {exc}") from None
+        if n == 0:
+            raise ProtocolError(
+                f"upload of {w.blob} cut off after {size - remaining} of {size} bytes"
+            )
+        w.write(view[:n])
+        forward(view[:n])
+        remaining -= n
+    return down_ok
 
 
 def _int(a: dict[str, Any], name: str, default: int | None = None) -> int:
@@ -90,22 +136,22 @@ class BlobService:
         w = self.node.blobs.writer(blob, size)
         down = await self._open_downstream(blob, size, checksum, chain) if chain else None
         try:
-            remaining = size
-            while remaining:
-                chunk = await chan.read_some(min(CHUNK, remaining))
-                if not chunk:
-                    raise ProtocolError(
-                        f"upload of {blob} cut off after {size - remaining} of {size} bytes"
+            src = chan.raw_socket()
+            if src is not None:
+                dst = down.raw_socket(reading=False) if down is not None else None
+                try:
+                    down_ok = await asyncio.to_thread(
+                        _pump, src, chan.take_buffered(), size, w, dst
                     )
-                w.write(chunk)
-                remaining -= len(chunk)
-                if down is not None:
-                    try:
-                        await down.write(chunk)
-                    except TransportError as exc:
-                        log.warning("chain write of %s: downstream failed (%s)", blob, exc)
-                        await down.close()
-                        down = None
+                finally:
+                    src.close()
+                    if dst is not None:
+                        dst.close()
+                if down is not None and not down_ok:
+                    await down.close()
+                    down = None
+            else:
+                down = await self._copy_async(chan, size, w, down)
             mine = await asyncio.to_thread(w.commit, checksum)
             self.node.blobs.committed(w)
         except BaseException:
@@ -128,6 +174,28 @@ class BlobService:
             finally:
                 await down.close()
         return {"stored": [list(s) for s in stored], "checksum": mine}
+
+    async def _copy_async(
+        self, chan: BulkChannel, size: int, w: BlobWriter, down: BulkChannel | None
+    ) -> BulkChannel | None:
+        """The portable path (TLS): through the transports, chunk by chunk."""
+        remaining = size
+        while remaining:
+            chunk = await chan.read_some(min(CHUNK, remaining))
+            if not chunk:
+                raise ProtocolError(
+                    f"upload of {w.blob} cut off after {size - remaining} of {size} bytes"
+                )
+            w.write(chunk)
+            remaining -= len(chunk)
+            if down is not None:
+                try:
+                    await down.write(chunk)
+                except TransportError as exc:
+                    log.warning("chain write of %s: downstream failed (%s)", w.blob, exc)
+                    await down.close()
+                    down = None
+        return down
 
     async def _h_get(self, a: dict[str, Any], chan: BulkChannel) -> Any:
         blob = check_blob_id(a.get("blob"))
