@@ -74,6 +74,35 @@ def _tune(sock: socket.socket | None) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCK_BUF)
 
 
+class _Cork:
+    """Coalesces the frames written in one event-loop turn into one ``send``.
+
+    Under load a node answers many small requests per turn; one syscall per frame
+    was the biggest single cost in a profile of 4 clients doing stats (38 % of a
+    node's time in ``transport.write``). Frames are queued and written together
+    from a callback scheduled at the end of the turn.
+    """
+
+    __slots__ = ("_parts", "_scheduled", "writer")
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self._parts: list[bytes] = []
+        self._scheduled = False
+
+    def write(self, frame: bytes) -> None:
+        self._parts.append(frame)
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        parts, self._parts = self._parts, []
+        if parts and not self.writer.is_closing():
+            self.writer.write(b"".join(parts) if len(parts) > 1 else parts[0])
+
+
 class BulkChannel:
     """A dedicated connection carrying one header frame, raw bytes, and a final frame."""
 
@@ -273,6 +302,7 @@ class Server:
         peer = writer.get_extra_info("peername")
         dec = FrameDecoder(self.max_frame)
         inflight = asyncio.Semaphore(self.max_inflight)
+        cork = _Cork(writer)
         tasks: set[asyncio.Task[None]] = set()
         closing = asyncio.Event()
         try:
@@ -315,7 +345,7 @@ class Server:
                         await self._run_bulk(env, chan)
                         return
                     await inflight.acquire()
-                    t = asyncio.create_task(self._run(env, writer, inflight, closing))
+                    t = asyncio.create_task(self._run(env, writer, cork, inflight, closing))
                     tasks.add(t)
                     t.add_done_callback(tasks.discard)
         finally:
@@ -326,6 +356,7 @@ class Server:
         self,
         env: Envelope,
         writer: asyncio.StreamWriter,
+        cork: _Cork,
         inflight: asyncio.Semaphore,
         closing: asyncio.Event,
     ) -> None:
@@ -352,7 +383,7 @@ class Server:
         finally:
             inflight.release()
         try:
-            writer.write(frame)
+            cork.write(frame)
             await writer.drain()
         except (ConnectionError, OSError):
             return
@@ -391,6 +422,7 @@ class _Conn:
         self.ids = itertools.count(1)
         self.closed = False
         self._dec = FrameDecoder(max_frame)
+        self._cork = _Cork(writer)
         self._task = asyncio.create_task(self._read_loop(), name=f"rpc-read {addr}")
 
     async def _read_loop(self) -> None:
@@ -427,7 +459,7 @@ class _Conn:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.pending[i] = fut
         try:
-            self.writer.write(codec.request(i, op, args))
+            self._cork.write(codec.request(i, op, args))
             await asyncio.wait_for(self.writer.drain(), timeout)
             return await asyncio.wait_for(fut, timeout)
         except TimeoutError:
