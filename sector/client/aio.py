@@ -336,7 +336,7 @@ class AsyncClient:
                                 loop.call_soon_threadsafe(cb, done, total)
 
                         await asyncio.to_thread(
-                            _recv_file, raw, chan.take_buffered(), size, f, h, report
+                            _recv_file, raw, chan.take_buffered(size), size, f, h, report
                         )
                     finally:
                         raw.close()

@@ -84,17 +84,25 @@ def _root(v: rec.Stamp) -> DirRecord:
     return DirRecord(path="/", v=v)
 
 
-class _Committer:
-    """Group commit: one SQLite transaction (one fsync) for every record staged meanwhile."""
+class _Batcher:
+    """Coalesces records into batches for one sink (a disk commit, or one replica peer).
 
-    def __init__(self, store: MetaStore) -> None:
-        self.store = store
-        self._queue: list[tuple[Record, asyncio.Future[Record]]] = []
+    Only the latest record of each path in a batch is flushed: every staged record is a
+    merge over the previous one, so it carries all of them. Callers wait for the flush
+    that contains their record; a failed flush fails its callers, never the node. This
+    is group commit: under load, one fsync (or one RPC) serves many updates.
+    """
+
+    def __init__(self, name: str, flush: Callable[[list[Record]], Awaitable[None]]) -> None:
+        self.name = name
+        self._flush = flush
+        self._pending: dict[str, Record] = {}
+        self._waiters: list[asyncio.Future[None]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="meta-committer")
+        self._task = asyncio.create_task(self._run(), name=self.name)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -102,9 +110,13 @@ class _Committer:
             with contextlib.suppress(BaseException):
                 await self._task
 
-    def submit(self, r: Record) -> asyncio.Future[Record]:
-        fut: asyncio.Future[Record] = asyncio.get_running_loop().create_future()
-        self._queue.append((r, fut))
+    def submit(self, records: Iterable[Record]) -> asyncio.Future[None]:
+        if self._task is None:
+            self.start()
+        for r in records:
+            self._pending[r.path] = r
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
         self._wake.set()
         return fut
 
@@ -112,20 +124,21 @@ class _Committer:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            batch, self._queue = self._queue, []
-            if not batch:
+            batch, self._pending = list(self._pending.values()), {}
+            waiters, self._waiters = self._waiters, []
+            if not waiters:
                 continue
             try:
-                merged = await asyncio.to_thread(self.store.merge_many, [r for r, _ in batch])
-            except Exception as exc:  # a failed commit fails its writers, not the node
-                log.exception("metadata commit failed")
-                for _, fut in batch:
+                for i in range(0, len(batch), BATCH):
+                    await self._flush(batch[i : i + BATCH])
+            except Exception as exc:
+                for fut in waiters:
                     if not fut.done():
-                        fut.set_exception(SectorError(f"metadata commit failed: {exc}"))
+                        fut.set_exception(exc)
                 continue
-            for (_, fut), m in zip(batch, merged, strict=True):
+            for fut in waiters:
                 if not fut.done():
-                    fut.set_result(m)
+                    fut.set_result(None)
 
 
 class MetaService:
@@ -149,7 +162,8 @@ class MetaService:
         self.cache = RangeCache()
         self._overlay: dict[str, Record] = {}
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
-        self._committer = _Committer(store)
+        self._committer = _Batcher("meta-committer", self._write)
+        self._replicators: dict[str, _Batcher] = {}
         self._warm_until = 0.0
         self._last_pred: int | None = None
         self._sync_wanted = asyncio.Event()
@@ -169,6 +183,15 @@ class MetaService:
             with contextlib.suppress(BaseException):
                 await self._sync_task
         await self._committer.stop()
+        for b in self._replicators.values():
+            await b.stop()
+
+    async def _write(self, records: list[Record]) -> None:
+        try:
+            await asyncio.to_thread(self.store.merge_many, records)
+        except Exception as exc:
+            log.exception("metadata commit failed")
+            raise SectorError(f"metadata commit failed: {exc}") from None
 
     def ring_changed(self) -> None:
         """Called by the routing driver whenever predecessor or successors change."""
@@ -294,9 +317,8 @@ class MetaService:
         return merged
 
     async def _commit(self, staged: list[Record], *, replicate: bool = True) -> None:
-        futs = [self._committer.submit(r) for r in staged]
         try:
-            await asyncio.gather(*futs)
+            await self._committer.submit(staged)
         finally:
             for r in staged:
                 if self._overlay.get(r.path) is r:
@@ -304,14 +326,24 @@ class MetaService:
         if replicate:
             await self._replicate(staged)
 
+    def _replicator(self, peer: Peer) -> _Batcher:
+        b = self._replicators.get(peer.addr)
+        if b is None:
+
+            async def send(records: list[Record], addr: str = peer.addr) -> None:
+                payload = {"records": [rec.to_builtins(r) for r in records]}
+                await self.ring.call(addr, "meta.replicate", payload, self.rpc_timeout)
+
+            b = self._replicators[peer.addr] = _Batcher(f"meta-replicate {peer.addr}", send)
+        return b
+
     async def _replicate(self, records: list[Record]) -> None:
+        """Send records to the replica peers; wait until each has them durably or failed."""
         peers = self.ring.replica_peers(self.k)[1:]
         if not peers or not records:
             return
-        payload = {"records": [rec.to_builtins(r) for r in records]}
         replies = await asyncio.gather(
-            *(self.ring.call(p.addr, "meta.replicate", payload, self.rpc_timeout) for p in peers),
-            return_exceptions=True,
+            *(self._replicator(p).submit(records) for p in peers), return_exceptions=True
         )
         for p, rep in zip(peers, replies, strict=True):
             if isinstance(rep, TransportError):

@@ -141,7 +141,7 @@ class BlobService:
                 dst = down.raw_socket(reading=False) if down is not None else None
                 try:
                     down_ok = await asyncio.to_thread(
-                        _pump, src, chan.take_buffered(), size, w, dst
+                        _pump, src, chan.take_buffered(size), size, w, dst
                     )
                 finally:
                     src.close()

@@ -216,9 +216,11 @@ class BulkChannel:
         raw.settimeout(self.stall_timeout)
         return raw
 
-    def take_buffered(self) -> bytes:
-        out = bytes(self._buf)
-        self._buf.clear()
+    def take_buffered(self, limit: int) -> bytes:
+        """Up to ``limit`` bytes already read off the socket (the rest stays buffered:
+        it may be the frame that follows the raw data)."""
+        out = bytes(self._buf[:limit])
+        del self._buf[:limit]
         return out
 
     async def close(self) -> None:
