@@ -200,14 +200,16 @@ class AsyncClient:
         if replicas is not None and not 1 <= replicas <= 16:
             raise UsageError("replicas must be from 1 to 16")
         path = rec.normalize(remote)
-        if remote.endswith("/") or await self._is_dir(path):
-            path = rec.join(path, rec.check_name(Path(lpath).name))
+        name = rec.check_name(Path(lpath).name)
+        if remote.endswith("/") and path != "/":
+            path = rec.join(path, name)
         size = st.st_size
+        # ``name``: if ``path`` is a directory, the node puts the file into it.
         plan = await self._call(
             "fs.begin_put",
-            {"path": path, "size": size, "rf": replicas, "client_host": self._client_host},
+            {"path": path, "size": size, "rf": replicas, "client_host": self._client_host, "name": name},
         )
-        blob, targets = plan["blob"], plan["targets"]
+        blob, targets, path = plan["blob"], plan["targets"], plan["path"]
         loop = asyncio.get_running_loop()
         hashing = loop.run_in_executor(None, _hash_file, lpath)
         try:
@@ -230,12 +232,6 @@ class AsyncClient:
             },
         )
         return res
-
-    async def _is_dir(self, path: str) -> bool:
-        try:
-            return (await self.stat(path))["type"] == "dir"
-        except NotFound:
-            return False
 
     async def _send(
         self, lpath: str, size: int, blob: str, targets: list[list[str]], progress: Progress | None

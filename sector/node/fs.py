@@ -87,10 +87,7 @@ class FsService:
     # ------------------------------------------------------------------ helpers
 
     async def get(self, path: str) -> Record | None:
-        obj = await self.node.meta.call(path, "get")
-        if obj is None:
-            return None
-        r = rec.from_builtins(obj)
+        r = await self.node.meta.get(path)
         return None if isinstance(r, Gone) else r
 
     async def must_get(self, path: str) -> FileRecord | DirRecord:
@@ -167,30 +164,37 @@ class FsService:
         return await asyncio.gather(*(one(c) for c in coros))
 
     async def ensure_dir(self, path: str, *, parents: bool, exist_ok: bool) -> None:
-        """mkdir, with -p semantics when ``parents``."""
+        """mkdir, with -p semantics when ``parents``.
+
+        Two routed steps, no look-ups first: the owner of ``path`` makes the record
+        (or says it exists, or that a file is there), then the owner of the parent adds
+        the entry, which fails if the parent is missing or a file. On that failure the
+        record just made is taken back, so no unlisted directory is left behind.
+        """
         if path == "/":
             if not exist_ok:
                 raise AlreadyExists("/ already exists")
             return
-        par = rec.parent(path)
-        cur = await self.get(path)
-        if isinstance(cur, DirRecord):
-            if not exist_ok:
-                raise AlreadyExists(f"{path} already exists")
-            # Re-assert the entry in the parent: cheap, and heals a half-made mkdir.
-            await self.node.meta.call(par, "add_child", {"name": rec.basename(path), "kind": "dir"})
-            return
-        if isinstance(cur, FileRecord):
-            raise AlreadyExists(f"{path} exists and is a file")
-        pr = await self.get(par) if par != "/" else None
-        if par != "/" and pr is None:
+        par, name = rec.parent(path), rec.basename(path)
+        res = await self.node.meta.call(path, "mkdir")
+        if not res["created"] and not exist_ok:
+            raise AlreadyExists(f"{path} already exists")
+        try:
+            await self._add_entry(par, name, "dir", parents=parents)
+        except SectorError:
+            if res["created"]:
+                with contextlib.suppress(SectorError):
+                    await self.node.meta.call(path, "delete")
+            raise
+
+    async def _add_entry(self, par: str, name: str, kind: str, *, parents: bool) -> None:
+        try:
+            await self.node.meta.call(par, "add_child", {"name": name, "kind": kind})
+        except NotFound:
             if not parents:
-                raise NotFound(f"no such directory: {par}")
+                raise
             await self.ensure_dir(par, parents=True, exist_ok=True)
-        elif isinstance(pr, FileRecord):
-            raise NotADirectory(f"{par} is a file, not a directory")
-        await self.node.meta.call(path, "mkdir")
-        await self.node.meta.call(par, "add_child", {"name": rec.basename(path), "kind": "dir"})
+            await self.node.meta.call(par, "add_child", {"name": name, "kind": kind})
 
     async def delete_blobs(self, r: Record | None, *, keep: str | None = None) -> None:
         """Best effort: remove a file version's blob from its replicas."""
@@ -236,6 +240,9 @@ class FsService:
 
     async def _h_begin_put(self, a: dict[str, Any]) -> Any:
         path = _path(a)
+        name = a.get("name")
+        if path == "/" and isinstance(name, str):
+            path = rec.join("/", rec.check_name(name))
         if path == "/":
             raise IsADirectory("/ is a directory")
         size = _opt_int(a, "size", 0, 1 << 62)
@@ -243,6 +250,11 @@ class FsService:
             raise BadRequest("begin_put needs a size")
         rf = _opt_int(a, "rf", 1, MAX_RF) or self.node.cfg.replicas
         cur = await self.get(path)
+        if isinstance(cur, DirRecord) and isinstance(name, str):
+            # The client asked for "into this directory if it is one" (cp semantics),
+            # saving itself a stat round trip.
+            path = rec.join(path, rec.check_name(name))
+            cur = await self.get(path)
         if isinstance(cur, DirRecord):
             raise IsADirectory(f"{path} is a directory")
         # Fail early (before any byte moves) when an ancestor is a file.
@@ -267,7 +279,7 @@ class FsService:
         )
         if not chosen:
             raise NoSpace(f"no node can take {size} bytes for {path} ({len(cands)} nodes up)")
-        return {"blob": blob, "rf": rf, "targets": [[c.node_id, c.addr] for c in chosen]}
+        return {"path": path, "blob": blob, "rf": rf, "targets": [[c.node_id, c.addr] for c in chosen]}
 
     async def _h_commit_put(self, a: dict[str, Any]) -> Any:
         path = _path(a)
@@ -290,7 +302,6 @@ class FsService:
             if (x[0], x[1]) not in reps:
                 reps.append((x[0], x[1]))
         par = rec.parent(path)
-        await self.ensure_dir(par, parents=True, exist_ok=True)
         now = time.time()
         record = FileRecord(
             path=path,
@@ -305,7 +316,13 @@ class FsService:
             owner=str(a.get("owner") or ""),
         )
         res = await self.node.meta.call(path, "put_file", {"record": rec.to_builtins(record)})
-        await self.node.meta.call(par, "add_child", {"name": rec.basename(path), "kind": "file"})
+        try:
+            await self._add_entry(par, rec.basename(path), "file", parents=True)
+        except SectorError:
+            # The parent is a file (it became one after begin_put): take the record back.
+            with contextlib.suppress(SectorError):
+                await self.node.meta.call(path, "delete")
+            raise
         old = rec.from_builtins(res["old"]) if res.get("old") else None
         self._spawn_delete(old, keep=blob)
         stored = rec.from_builtins(res["record"])

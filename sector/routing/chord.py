@@ -114,6 +114,8 @@ class ChordState:
         self.successors: list[Peer] = []
         self.fingers: list[Peer | None] = [None] * BITS
         self._finger_cursor = 0
+        # Lowest finger index whose lookup returned me (BITS: none); see next_finger.
+        self._fingers_to_me = BITS
         self.events: collections.deque[tuple[str, str]] = collections.deque(maxlen=EVENT_LOG_LEN)
 
     def __repr__(self) -> str:
@@ -130,6 +132,7 @@ class ChordState:
         self.predecessor = None
         self.successors = []
         self.fingers = [None] * BITS
+        self._fingers_to_me = BITS
         self._log("create", "")
 
     def join(self, successor: Peer) -> None:
@@ -137,6 +140,7 @@ class ChordState:
         self.predecessor = None
         self.successors = [] if successor.id == self.me.id else [successor]
         self.fingers = [None] * BITS
+        self._fingers_to_me = BITS
         self._log("join", str(successor))
 
     @property
@@ -308,9 +312,13 @@ class ChordState:
     def next_finger(self) -> tuple[int, int]:
         """The next finger to refresh by a lookup: (index, start key).
 
-        Fingers that the previous finger covers are filled in on the way (rule 5). If
-        every finger is covered (tiny ring) the last one looked at is returned, so the
-        caller always has something useful to do.
+        Fingers that the previous finger covers are filled in on the way (rule 5).
+        Fingers above the lowest one whose lookup came back to us are cleared without a
+        lookup: if successor(me + 2**k) is me, no node lies in [me + 2**k, me), so the
+        same holds for every larger k (finger k itself is still looked up each cycle,
+        which notices a node arriving there). In a small or lopsided ring this cuts a
+        cycle from ~160 lookups to a handful. If nothing needs a lookup the last index
+        looked at is returned, so the caller always has something useful to do.
         """
         me_id = self.me.id
         i = self._finger_cursor
@@ -324,6 +332,11 @@ class ChordState:
             prev = self.fingers[i - 1]
             if prev is not None and distance(me_id, prev.id) >= (1 << i):
                 self.fingers[i] = prev
+                if i >= self._fingers_to_me:
+                    self._fingers_to_me = BITS  # a node lies past it after all
+                continue
+            if i > self._fingers_to_me:
+                self.fingers[i] = None
                 continue
             return i, finger_start(me_id, i)
         return i, finger_start(me_id, i)
@@ -332,7 +345,13 @@ class ChordState:
         """Record the lookup result for finger i (a result equal to me means "none")."""
         if not 0 <= i < BITS:
             raise ValueError(f"finger index {i} out of range")
-        self.fingers[i] = None if peer.id == self.me.id else peer
+        if peer.id == self.me.id:
+            self.fingers[i] = None
+            self._fingers_to_me = min(self._fingers_to_me, i)
+        else:
+            self.fingers[i] = peer
+            if i >= self._fingers_to_me:
+                self._fingers_to_me = BITS
 
     # -- graceful leave ---------------------------------------------------------------
 
@@ -387,6 +406,7 @@ class ChordState:
         for f in self.fingers:
             assert f is None or (isinstance(f, Peer) and f.id != me_id), "bad finger"
         assert 0 <= self._finger_cursor < BITS, "finger cursor out of range"
+        assert 0 <= self._fingers_to_me <= BITS, "finger bound out of range"
         assert self.events.maxlen == EVENT_LOG_LEN, "event log unbounded"
 
     # -- helpers ----------------------------------------------------------------------

@@ -259,10 +259,12 @@ class ChordSim:
 
     def run_until_converged(self, max_rounds: int) -> int:
         """Run rounds until converged; the number of rounds run. Raises if it never is."""
-        for n in range(max_rounds + 1):
+        for n in range(max_rounds):
             if self.converged():
                 return n
             self.round()
+        if self.converged():
+            return max_rounds
         raise AssertionError(f"seed {self.seed}: not converged after {max_rounds} rounds")
 
     def validate_all(self) -> None:
