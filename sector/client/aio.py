@@ -207,7 +207,13 @@ class AsyncClient:
         # ``name``: if ``path`` is a directory, the node puts the file into it.
         plan = await self._call(
             "fs.begin_put",
-            {"path": path, "size": size, "rf": replicas, "client_host": self._client_host, "name": name},
+            {
+                "path": path,
+                "size": size,
+                "rf": replicas,
+                "client_host": self._client_host,
+                "name": name,
+            },
         )
         blob, targets, path = plan["blob"], plan["targets"], plan["path"]
         loop = asyncio.get_running_loop()

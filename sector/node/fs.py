@@ -279,7 +279,12 @@ class FsService:
         )
         if not chosen:
             raise NoSpace(f"no node can take {size} bytes for {path} ({len(cands)} nodes up)")
-        return {"path": path, "blob": blob, "rf": rf, "targets": [[c.node_id, c.addr] for c in chosen]}
+        return {
+            "path": path,
+            "blob": blob,
+            "rf": rf,
+            "targets": [[c.node_id, c.addr] for c in chosen],
+        }
 
     async def _h_commit_put(self, a: dict[str, Any]) -> Any:
         path = _path(a)

@@ -5,33 +5,35 @@ Applications", SIGCOMM 2001; section numbers refer to that paper):
 
 1. Ring and ownership (§4.2). Ids and keys share one 160-bit ring. Key k belongs to
    successor(k), the first node whose id is equal to or follows k. A node owns the
-   keys in (predecessor, me]; with no predecessor known it owns everything, which is
-   right for a ring of one and a safe over-claim while a joiner waits to be notified.
+   keys in (predecessor, me]. With no predecessor known it claims everything: right
+   for a ring of one, an over-claim for a fresh joiner until its predecessor notifies
+   it (one stabilize round), which callers acting on ownership must allow for.
 2. Routing (§4.3). ``next_hop(key)`` answers "done: my successor owns it" when key is in
    (me, successor]; otherwise it names the known node that most closely precedes key
    (fingers, successor list and predecessor all count). Every hop therefore strictly
    shrinks the clockwise distance to the key, so a lookup cannot loop; with correct
-   fingers each hop halves it, hence O(log N) hops (½·log2 N on average).
-3. Joining (§4.4, Fig. 6). A node learns its successor by a lookup of its own id
+   fingers each hop halves it: O(log N) hops, ½·log2 N on average (§6).
+3. Joining (§4.4, §5.1). A node learns its successor by a lookup of its own id
    through any member, sets predecessor = nil, and is woven in by stabilization.
-4. Stabilization (§4.4, Fig. 7). Periodically a node asks its successor s for s's
-   predecessor x and successor list; if x lies in (me, s) then x becomes the
-   successor. The successor list is then rebuilt as [x?, s] + s's list, cut at r
-   entries and at the first entry that would wrap past me. Then the node notifies its
-   successor, which adopts it as predecessor if it lies in (predecessor, successor).
-5. Fingers (§4.4 fix_fingers). Finger i is successor(me + 2**i), refreshed round
-   robin by a lookup. Fingers the previous finger already covers (the previous finger
-   lies at or beyond this finger's start) are copied without a lookup: in a ring of N
-   nodes only about log2 N of the 160 fingers are distinct, so a round costs ~log N
-   lookups instead of 160.
+4. Stabilization (§5.1). Periodically a node asks its successor s for s's predecessor
+   x and successor list; if x lies in (me, s) then x becomes the successor. The
+   successor list is then rebuilt as [x?, s] + s's list, cut at r entries and at the
+   first entry that would wrap past me. Then the node notifies its successor, which
+   adopts it as predecessor if it lies in (predecessor, successor). One addition: a
+   ring of one also takes its first notifier as successor (see ``notify``).
+5. Fingers (§5.1 fix_fingers). Finger i is successor(me + 2**i), refreshed round robin
+   by a lookup. Fingers the previous finger already covers (it lies at or beyond this
+   finger's start) are copied without a lookup, and fingers above one whose lookup
+   came back to us are cleared without one: in a ring of N nodes only about log2 N of
+   the 160 fingers are distinct, so a cycle costs ~log N lookups instead of 160.
 6. Failures (§5.2). Each node keeps r successors. A peer that does not answer is
    dropped everywhere (successors, fingers, predecessor) and the next successor takes
    over; a lookup routes around it by excluding it. Correctness only needs every node
    to keep one live successor, which fails only if r consecutive nodes die together.
    If the whole list is lost we fall back on the nearest live finger or the
    predecessor rather than declaring ourselves alone, so the ring can still repair.
-7. Graceful leave (§5.3 / §4.4 footnote). A leaving node hands its predecessor its
-   successor list and its successor its predecessor, so neither waits for a timeout.
+7. Voluntary departure (§5.3). A leaving node hands its predecessor its successor
+   list and its successor its predecessor, so neither waits for a timeout.
 
 The driver (``driver.py``) or a simulator (``sector.testing.chordsim``) performs the
 remote calls and feeds their outcomes back through these methods; nothing here awaits.
@@ -186,9 +188,9 @@ class ChordState:
         best_d = 0
         last: Peer | None = None
         # Fingers repeat in long runs (all low fingers equal the successor); the identity
-        # check skips a run cheaply. Scanning all of them, not stopping at the first hit
-        # from the top as Fig. 5 does, keeps the answer right when churn leaves the table
-        # out of order.
+        # check skips a run cheaply. Scanning all of them, rather than stopping at the
+        # first hit from the top as the paper's closest_preceding_finger does, keeps the
+        # answer right when churn leaves the table out of order.
         for f in self.fingers:
             if f is None or f is last:
                 continue
@@ -272,7 +274,7 @@ class ChordState:
         self.predecessor = candidate
         self._log("predecessor", f"{candidate} (notify)")
         if not self.successors:
-            # A ring of one learns its first peer here. Fig. 7 waits for our next
+            # A ring of one learns its first peer here. §5.1 waits for our next
             # stabilize to take it as successor; taking it now closes the two-node ring
             # at once and means no live node is ever without a successor for a round.
             self._set_successors([candidate], "notify")

@@ -1,7 +1,7 @@
 """The asyncio driver that runs a ``ChordState`` over RPC (thin: all rules live in chord.py).
 
 It does three things: answers the ring's RPC ops from the state, runs the periodic
-workers of Chord §4.4 (stabilize, fix fingers, check predecessor) as named tasks, and
+workers of Chord §5.1 (stabilize, fix fingers, check predecessor) as named tasks, and
 performs iterative lookups (``lookup.py``) over the network. Every remote outcome goes
 back into the state: an unreachable peer becomes ``state.peer_failed``.
 
@@ -127,7 +127,7 @@ class ChordDriver:
         self._changed()
 
     async def join(self, bootstrap_addr: str) -> None:
-        """Join the ring that bootstrap_addr belongs to (Chord §4.4 join)."""
+        """Join the ring that bootstrap_addr belongs to (Chord §4.4, §5.1)."""
         me = self.state.me
         # The bootstrap is known by address only; ping tells us its id, so the lookup can
         # treat it as its first hop and route around it like any other.

@@ -96,6 +96,10 @@ class _Cork:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
 
+    def flush(self) -> None:
+        """Write what is queued now (before a close)."""
+        self._flush()
+
     def _flush(self) -> None:
         self._scheduled = False
         parts, self._parts = self._parts, []
@@ -134,6 +138,8 @@ class BulkChannel:
             raise Timeout(
                 f"bulk stream from {self.peer} stalled for {self.stall_timeout:g} s"
             ) from None
+        except (ConnectionError, OSError) as exc:
+            raise ConnectError(f"bulk stream from {self.peer} lost: {exc}") from None
 
     async def read_exactly(self, n: int) -> bytes:
         parts = bytearray()
@@ -203,7 +209,6 @@ class BulkChannel:
             return None
         if not reading:
             raw = socket.socket(fileno=os.dup(sock.fileno()))
-            raw.setblocking(True)
             raw.settimeout(self.stall_timeout)
             return raw
         self.writer.transport.pause_reading()  # type: ignore[attr-defined]
@@ -212,7 +217,6 @@ class BulkChannel:
             self._buf += buffered
             buffered.clear()
         raw = socket.socket(fileno=os.dup(sock.fileno()))
-        raw.setblocking(True)
         raw.settimeout(self.stall_timeout)
         return raw
 
@@ -308,13 +312,24 @@ class Server:
         tasks: set[asyncio.Task[None]] = set()
         closing = asyncio.Event()
         try:
+            frame_started: float | None = None
+            loop = asyncio.get_running_loop()
             while not closing.is_set():
-                timeout = self.stall_timeout if dec.pending else self.idle_timeout
+                # A frame must arrive whole within stall_timeout of its first byte: a
+                # deadline for the frame, not per read, or a peer trickling a byte at a
+                # time would hold the connection open for ever.
+                if dec.pending:
+                    if frame_started is None:
+                        frame_started = loop.time()
+                    timeout = max(0.0, frame_started + self.stall_timeout - loop.time())
+                else:
+                    frame_started = None
+                    timeout = self.idle_timeout
                 try:
                     data = await asyncio.wait_for(reader.read(READ_CHUNK), timeout)
                 except TimeoutError:
                     if dec.pending:
-                        log.warning("closing %s: frame stalled for %g s", peer, timeout)
+                        log.warning("closing %s: frame stalled for %g s", peer, self.stall_timeout)
                         self.stats["protocol_errors"] += 1
                     return
                 except (ConnectionError, OSError):
@@ -386,6 +401,8 @@ class Server:
             inflight.release()
         try:
             cork.write(frame)
+            if closing.is_set():
+                cork.flush()  # the error reply goes out before the connection closes
             await writer.drain()
         except (ConnectionError, OSError):
             return
@@ -512,7 +529,7 @@ class RpcPool:
         except TimeoutError:
             raise ConnectError(f"cannot connect to {addr}: timed out", node=addr) from None
         except OSError as exc:
-            reason = exc.strerror or str(exc)
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
             raise ConnectError(f"cannot connect to {addr}: {reason.lower()}", node=addr) from None
         _tune(writer.get_extra_info("socket"))
         return reader, writer
