@@ -36,6 +36,8 @@ from sector.errors import (
     UsageError,
 )
 from sector.meta import records as rec
+from sector.storage.blobs import checksum_of
+from sector.storage.transfer import SMALL_MAX
 from sector.transport.rpc import RpcPool, split_addr
 
 Progress = Callable[[int, int], None]
@@ -216,12 +218,17 @@ class AsyncClient:
             },
         )
         blob, targets, path = plan["blob"], plan["targets"], plan["path"]
-        loop = asyncio.get_running_loop()
-        hashing = loop.run_in_executor(None, _hash_file, lpath)
-        try:
-            stored, their_sum = await self._send(lpath, size, blob, targets, progress)
-        finally:
-            checksum = await hashing
+        if size <= SMALL_MAX:
+            data = Path(lpath).read_bytes()
+            checksum = checksum_of(data)
+            stored, their_sum = await self._send_small(data, checksum, blob, targets)
+        else:
+            loop = asyncio.get_running_loop()
+            hashing = loop.run_in_executor(None, _hash_file, lpath)
+            try:
+                stored, their_sum = await self._send(lpath, size, blob, targets, progress)
+            finally:
+                checksum = await hashing
         if their_sum != checksum:
             raise ChecksumMismatch(
                 f"upload of {path} was corrupted in transit ({their_sum} != {checksum})"
@@ -238,6 +245,20 @@ class AsyncClient:
             },
         )
         return res
+
+    async def _send_small(
+        self, data: bytes, checksum: str, blob: str, targets: list[list[str]]
+    ) -> tuple[list[list[str]], str]:
+        last: SectorError | None = None
+        for i, (_nid, addr) in enumerate(targets):
+            args = {"blob": blob, "data": data, "checksum": checksum, "chain": targets[i + 1 :]}
+            try:
+                rep = await self.pool.call(addr, "blob.put_small", args)
+            except TransportError as exc:
+                last = exc
+                continue
+            return rep["stored"], rep["checksum"]
+        raise last or ConnectError("no target node for the upload")
 
     async def _send(
         self, lpath: str, size: int, blob: str, targets: list[list[str]], progress: Progress | None

@@ -89,6 +89,8 @@ def test_ring_of_one_owns_everything() -> None:
         assert st.responsible_for(key)
     assert st.replica_peers(3) == [P(50)]
     assert st.known_peers() == []
+    st.join(P(50))  # a lookup of our own id through a ring that still lists us
+    assert st.successors == []
 
 
 def test_two_nodes_form_a_ring_by_stabilize_and_notify() -> None:
@@ -110,24 +112,15 @@ def test_two_nodes_form_a_ring_by_stabilize_and_notify() -> None:
     assert a.responsible_for(10) and not a.responsible_for(15) and b.responsible_for(15)
 
 
-def test_join_to_self_is_a_ring_of_one() -> None:
-    st = ChordState(P(10))
-    st.join(P(10))
-    assert st.successors == []
-
-
 # -- next_hop -----------------------------------------------------------------------------
 
 
-def test_next_hop_done_when_key_in_me_succ() -> None:
+def test_next_hop_done_when_key_in_me_succ_or_own_id() -> None:
     st = ring_state(10, [10, 20, 30, 40])
     assert st.next_hop(11) == (True, P(20))
     assert st.next_hop(20) == (True, P(20))
-
-
-def test_next_hop_own_id_is_me() -> None:
-    st = ring_state(10, [10, 20, 30, 40])
     assert st.next_hop(10) == (True, P(10))
+    assert st.next_hop(MASK + 16) == (True, P(20))  # keys are taken mod 2**160
 
 
 def test_next_hop_uses_closest_preceding_of_successors_and_fingers() -> None:
@@ -147,11 +140,6 @@ def test_next_hop_skips_excluded() -> None:
     assert st.next_hop(45, frozenset({40})) == (False, P(30))
     # everything excluded: we are the best answer
     assert st.next_hop(45, frozenset({20, 30, 40, 50})) == (True, P(10))
-
-
-def test_next_hop_masks_key() -> None:
-    st = ring_state(10, [10, 20])
-    assert st.next_hop(MASK + 16) == (True, P(20))
 
 
 # -- stabilize / notify -------------------------------------------------------------------
@@ -248,15 +236,33 @@ def test_next_finger_skips_covered_fingers() -> None:
     assert i == 151
     st.set_finger(151, P(0))  # the lookup wrapped round to us: no finger
     assert st.fingers[151] is None
+    # ... and then no node lies in [me + 2**151, me): fingers above 151 need no
+    # lookup; the next cycle starts over and finger 151 itself is probed again.
+    st.fingers[155] = P(2**150)  # stale
     i, _ = st.next_finger()
-    assert i == 152  # no previous finger: must look up
+    assert i == 101
+    assert st.fingers[155] is None
+    st.set_finger(101, P(2**150))
+    assert st.next_finger()[0] == 151
+    st.set_finger(151, P(2**155))  # a node arrived there: the upper fingers count again
+    assert st.next_finger()[0] == 156
     st.validate_state()
+
+
+def test_ring_of_one_probes_only_finger_one() -> None:
+    st = ChordState(P(0))
+    st.create()
+    for _ in range(3):
+        i, _ = st.next_finger()
+        assert i == 1
+        st.set_finger(i, P(0))
 
 
 def test_next_finger_round_robin_wraps() -> None:
     st = ChordState(P(0))
     st.create()
     seen = [st.next_finger()[0] for _ in range(BITS + 1)]
+    # nothing known: every finger needs a lookup, in order, then round again
     assert seen[0] == 1 and seen[BITS - 2] == BITS - 1 and seen[BITS - 1] == 1
 
 
@@ -301,21 +307,20 @@ def test_responsible_for_and_replicas() -> None:
     assert {p.id for p in st.known_peers()} == {10, 20, 40, 50}
 
 
-def test_validate_state_catches_broken_invariants() -> None:
+@pytest.mark.parametrize(
+    "attr, value",
+    [
+        ("successors", [P(30), P(20)]),  # out of ring order
+        ("successors", [P(20), P(10)]),  # contains me
+        ("successors", [P(20), P(20)]),  # duplicate
+        ("predecessor", P(10)),
+        ("fingers", [P(10)] * BITS),
+        ("fingers", [None] * 3),
+    ],
+)
+def test_validate_state_catches_broken_invariants(attr: str, value: Any) -> None:
     st = ring_state(10, [10, 20, 30])
-    st.successors = [P(30), P(20)]
-    with pytest.raises(AssertionError):
-        st.validate_state()
-    st = ring_state(10, [10, 20, 30])
-    st.successors = [P(20), P(10)]
-    with pytest.raises(AssertionError):
-        st.validate_state()
-    st = ring_state(10, [10, 20, 30])
-    st.predecessor = P(10)
-    with pytest.raises(AssertionError):
-        st.validate_state()
-    st = ring_state(10, [10, 20, 30])
-    st.fingers[3] = P(10)
+    setattr(st, attr, value)
     with pytest.raises(AssertionError):
         st.validate_state()
 
@@ -330,12 +335,9 @@ def test_event_log_is_bounded() -> None:
 # -- Lookup -------------------------------------------------------------------------------
 
 
-def test_lookup_done_at_origin() -> None:
+def test_lookup_follows_hops() -> None:
     lk = Lookup(5, (True, P(7)))
     assert lk.done and lk.result == P(7) and lk.hops == 0 and not lk.failed
-
-
-def test_lookup_follows_hops() -> None:
     lk = Lookup(100, (False, P(10)))
     assert lk.next_peer == P(10)
     lk.on_reply(False, P(50))
@@ -363,6 +365,8 @@ def test_lookup_failure_of_first_hop_needs_origin() -> None:
     assert lk.next_peer == P(20)
     with pytest.raises(RuntimeError):
         lk.restart((False, P(20)))
+    with pytest.raises(ValueError):
+        lk.on_failure(P(11))  # not the peer it waits on
 
 
 def test_lookup_rejects_answers_without_progress() -> None:
@@ -374,15 +378,6 @@ def test_lookup_rejects_answers_without_progress() -> None:
     assert 60 in lk.exclude
 
 
-def test_lookup_wrong_failure_report() -> None:
-    lk = Lookup(100, (False, P(10)))
-    with pytest.raises(ValueError):
-        lk.on_failure(P(11))
-    done = Lookup(100, (True, P(120)))
-    with pytest.raises(RuntimeError):
-        done.on_reply(True, P(120))
-
-
 def test_lookup_dead_result_reopens() -> None:
     lk = Lookup(100, (False, P(10)))
     lk.on_reply(True, P(120))
@@ -390,6 +385,8 @@ def test_lookup_dead_result_reopens() -> None:
     assert not lk.done and lk.next_peer == P(10) and lk.exclude == {120}
     lk.on_reply(True, P(130))
     assert lk.result == P(130)
+    with pytest.raises(RuntimeError):
+        lk.on_reply(True, P(130))  # done: nobody to hear from
 
 
 def test_lookup_hop_budget() -> None:
@@ -438,6 +435,15 @@ async def settle(drivers: list[ChordDriver], rounds: int = 6) -> None:
                 await d.fix_finger_once()
 
 
+async def small_ring(net: FakeNet, ids: list[int]) -> list[ChordDriver]:
+    drivers = [make_driver(net, i) for i in ids]
+    drivers[0].create()
+    for d in drivers[1:]:
+        await d.join(drivers[0].state.me.addr)
+    await settle(drivers)
+    return drivers
+
+
 def true_succ(ids: list[int], key: int) -> int:
     s = sorted(ids)
     return next((i for i in s if i >= key), s[0])
@@ -483,29 +489,16 @@ def test_driver_ring_join_lookup_crash_leave() -> None:
     asyncio.run(main())
 
 
-def test_driver_join_through_dead_bootstrap_raises() -> None:
-    async def main() -> None:
-        net = FakeNet()
-        d = make_driver(net, 5)
-        with pytest.raises(ConnectError):
-            await d.join("nowhere:1")
-
-    asyncio.run(main())
-
-
 def test_driver_join_routes_around_a_dead_successor() -> None:
     async def main() -> None:
         net = FakeNet()
-        ids = [10 << 150, 20 << 150, 30 << 150]
-        drivers = [make_driver(net, i) for i in ids]
-        drivers[0].create()
-        for d in drivers[1:]:
-            await d.join(drivers[0].state.me.addr)
-        await settle(drivers)
+        drivers = await small_ring(net, [10 << 150, 20 << 150, 30 << 150])
         net.dead.add(drivers[1].state.me.addr)  # crashed, the ring has not noticed yet
         new = make_driver(net, 15 << 150)
         await new.join(drivers[0].state.me.addr)
         assert new.state.successor.id == 30 << 150
+        with pytest.raises(ConnectError):
+            await make_driver(net, 5).join("nowhere:1")
 
     asyncio.run(main())
 
@@ -513,12 +506,7 @@ def test_driver_join_routes_around_a_dead_successor() -> None:
 def test_driver_lookup_verify_skips_dead_owner() -> None:
     async def main() -> None:
         net = FakeNet()
-        ids = [10 << 150, 20 << 150, 30 << 150]
-        drivers = [make_driver(net, i) for i in ids]
-        drivers[0].create()
-        for d in drivers[1:]:
-            await d.join(drivers[0].state.me.addr)
-        await settle(drivers)
+        drivers = await small_ring(net, [10 << 150, 20 << 150, 30 << 150])
         net.dead.add(drivers[2].state.me.addr)
         peer, _ = await drivers[0].lookup(25 << 150)
         assert peer.id == 30 << 150  # not verified: stale but cheap
@@ -562,7 +550,9 @@ def test_driver_handlers_validate_arguments() -> None:
             await h["chord.leaving"]({"peer": P(1).to_wire(), "successors": [[1, 2]]})
         assert await h["chord.notify"]({"peer": P(3).to_wire()}) is True
         state = await h["chord.state"]({})
-        assert state == {"me": P(7).to_wire(), "pred": P(3).to_wire(), "successors": []}
+        # a ring of one takes its first notifier as successor too
+        want = {"me": P(7).to_wire(), "pred": P(3).to_wire(), "successors": [P(3).to_wire()]}
+        assert state == want
         assert await h["chord.ping"]({}) == P(7).to_wire()
 
     asyncio.run(main())
