@@ -15,10 +15,12 @@ renames the temp file into place.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import os
 import random
 import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,7 @@ from sector.errors import (
     TransportError,
     UsageError,
 )
+from sector.ids import key_id
 from sector.meta import records as rec
 from sector.storage.blobs import checksum_of
 from sector.storage.transfer import SMALL_MAX
@@ -43,6 +46,7 @@ from sector.transport.rpc import RpcPool, split_addr
 Progress = Callable[[int, int], None]
 SEND_STEP = 16 << 20  # bytes per sendfile call: the granularity of progress reports
 RECV_CHUNK = 4 << 20
+RING_TTL = 5.0  # seconds a client trusts its view of who owns which keys
 
 
 def _local_ip(addr: str) -> str:
@@ -105,6 +109,9 @@ class AsyncClient:
         self.pool = RpcPool(timeout=timeout, connect_timeout=5.0)
         self._entries = [self.address, *local_cluster_addresses(self.address)]
         self._client_host = _local_ip(self.address)
+        self._ring: list[tuple[int, str]] = []
+        self._ring_ids: list[int] = []
+        self._ring_at = 0.0
 
     async def __aenter__(self) -> AsyncClient:
         await self.connect()
@@ -116,9 +123,47 @@ class AsyncClient:
     async def connect(self) -> None:
         """Check that the entry node answers (and learn the others for fail-over)."""
         info = await self._call("node.ping", {})
-        for addr in info.get("members", []) if isinstance(info, dict) else []:
+        self._learn_ring(info)
+
+    def _learn_ring(self, info: Any) -> None:
+        if not isinstance(info, dict):
+            return
+        for addr in info.get("members", []):
             if isinstance(addr, str) and addr not in self._entries:
                 self._entries.append(addr)
+        ring = []
+        for x in info.get("ring", []):
+            with contextlib.suppress(ValueError, TypeError, IndexError):
+                ring.append((int(x[0], 16), str(x[1])))
+        self._ring = sorted(ring)
+        self._ring_ids = [i for i, _ in self._ring]
+        self._ring_at = time.monotonic()
+
+    def _owner(self, path: str) -> str | None:
+        """The node that most likely owns the record of ``path`` (successor of its key)."""
+        if not self._ring:
+            return None
+        i = bisect.bisect_left(self._ring_ids, key_id(path))
+        return self._ring[i % len(self._ring)][1]
+
+    async def _call_owner(self, path: str, op: str, args: dict[str, Any]) -> Any:
+        """A single-record request sent to the path's owner; through the entry on failure.
+
+        Zero routing hops in the common case. A stale guess costs one forwarding hop
+        (a node that does not own the key routes the request on), a dead guess a retry
+        through the entry node, and the ring view is refreshed every few seconds.
+        """
+        if time.monotonic() - self._ring_at > RING_TTL:
+            with contextlib.suppress(SectorError):
+                self._learn_ring(await self._call("node.ping", {}))
+        addr = self._owner(path)
+        if addr is not None:
+            try:
+                return await self.pool.call(addr, op, args)
+            except ConnectError:
+                self.pool.forget(addr)
+                self._ring_at = 0.0
+        return await self._call(op, args)
 
     async def close(self) -> None:
         await self.pool.close()
@@ -147,7 +192,8 @@ class AsyncClient:
     # ------------------------------------------------------------------ namespace
 
     async def stat(self, path: str) -> dict[str, Any]:
-        res: dict[str, Any] = await self._call("fs.stat", {"path": rec.normalize(path)})
+        p = rec.normalize(path)
+        res: dict[str, Any] = await self._call_owner(p, "fs.stat", {"path": p})
         return res
 
     async def exists(self, path: str) -> bool:
@@ -158,7 +204,8 @@ class AsyncClient:
             return False
 
     async def ls(self, path: str = "/") -> list[dict[str, Any]]:
-        res: list[dict[str, Any]] = await self._call("fs.ls", {"path": rec.normalize(path)})
+        p = rec.normalize(path)
+        res: list[dict[str, Any]] = await self._call_owner(p, "fs.ls", {"path": p})
         return res
 
     async def mkdir(self, path: str, *, parents: bool = False) -> dict[str, Any] | None:

@@ -326,6 +326,9 @@ class Node:
             "id": to_hex(self.state.me.id),
             "address": self.addr,
             "members": [m.addr for m in self.members.alive(now)],
+            # Live members by ring id: lets a client send single-record requests
+            # straight to the likely owner (one hop; a wrong guess is forwarded).
+            "ring": [[m.id, m.addr] for m in self.members.alive(now) if m.state == "up"],
         }
 
     async def _h_info(self, a: dict[str, Any]) -> Any:
