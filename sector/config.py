@@ -33,6 +33,7 @@ class NodeConfig:
     dead_after: float = 4.0  # a member silent this long is down for placement and status
     rpc_timeout: float = 10.0
     max_frame: int = 16 << 20  # control frames only; bulk data never travels in frames
+    stall_timeout: float = 10.0  # a frame must arrive whole this long after its first byte
     min_free: int = 64 << 20  # a node with less free space takes no new replicas
     quota: int | None = None  # cap on bytes this node stores (None = the disk)
     extra: dict[str, str] = field(default_factory=dict)
@@ -95,4 +96,7 @@ def local_cluster_addresses(address: str) -> list[str]:
     except UsageError:
         return []
     addrs = info.get("addresses")
-    return [str(a) for a in addrs if str(a) != address] if isinstance(addrs, list) else []
+    if not isinstance(addrs, list) or address not in [str(a) for a in addrs]:
+        # Never fall over to a cluster the user did not name.
+        return []
+    return [str(a) for a in addrs if str(a) != address]

@@ -121,6 +121,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--quota", metavar="BYTES", type=arg_type(parse_size), help="cap on stored bytes (e.g. 10G)"
     )
+    s.add_argument(
+        "--host-id",
+        metavar="NAME",
+        default=None,
+        help="what counts as one host for placement (default: the IP; each node on loopback)",
+    )
+    s.add_argument(
+        "--stall-timeout",
+        metavar="SECONDS",
+        type=float,
+        default=10.0,
+        help="close a connection whose frame stalls this long (default 10)",
+    )
 
     cmd("status", "nodes, files and under-replicated files of the cluster")
 
@@ -199,6 +212,8 @@ def _node(args: argparse.Namespace) -> int:
         topology=args.topology or "",
         replicas=args.replicas,
         quota=args.quota,
+        host_id=args.host_id,
+        stall_timeout=args.stall_timeout,
     )
     return int(run_node(cfg))
 

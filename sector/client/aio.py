@@ -357,6 +357,8 @@ class AsyncClient:
         lpath = Path(local)
         if lpath.is_dir():
             lpath = lpath / st["name"]
+        if not lpath.parent.is_dir():
+            raise UsageError(f"no such local directory: {lpath.parent}")
         tmp = lpath.with_name(f".{lpath.name}.sector-part")
         errors: list[str] = []
         for addr in self._order(st["replicas"]):

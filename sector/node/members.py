@@ -53,7 +53,9 @@ class Members:
         self.forget_after = forget_after
         self._table: dict[str, Member] = {me.id: me}
         self._seen: dict[str, float] = {}
-        self._suspect: dict[str, int] = {}  # id -> hb at the time of suspicion
+        # id -> (incarnation, hb) at the time of suspicion: a newer heartbeat, or any
+        # heartbeat of a newer incarnation (a restart), proves the member alive.
+        self._suspect: dict[str, tuple[int, int]] = {}
 
     @property
     def me(self) -> Member:
@@ -75,7 +77,7 @@ class Members:
             if cur is None or (e.incarnation, e.hb) > (cur.incarnation, cur.hb):
                 self._table[e.id] = e
                 self._seen[e.id] = now
-                if e.id in self._suspect and e.hb > self._suspect[e.id]:
+                if e.id in self._suspect and (e.incarnation, e.hb) > self._suspect[e.id]:
                     del self._suspect[e.id]
                 changed = changed or cur is None or cur.addr != e.addr or cur.state != e.state
         return changed
@@ -83,7 +85,7 @@ class Members:
     def suspect(self, member_id: str) -> None:
         m = self._table.get(member_id)
         if m is not None and member_id != self.me_id:
-            self._suspect[member_id] = m.hb
+            self._suspect[member_id] = (m.incarnation, m.hb)
 
     def state_of(self, m: Member, now: float) -> str:
         if m.id == self.me_id:

@@ -84,7 +84,9 @@ class Node:
         self.started = time.time()
         self.pool = RpcPool(timeout=cfg.rpc_timeout, max_frame=cfg.max_frame)
         self.handlers: dict[str, Any] = {}
-        self.server = Server(self.handlers, {}, max_frame=cfg.max_frame)
+        self.server = Server(
+            self.handlers, {}, max_frame=cfg.max_frame, stall_timeout=cfg.stall_timeout
+        )
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = asyncio.Event()
         self.leaving = False

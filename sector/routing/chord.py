@@ -377,12 +377,19 @@ class ChordState:
             if f is not None and f.id == leaving.id:
                 self.fingers[i] = None
         if any(s.id == leaving.id for s in self.successors):
-            merged: dict[int, Peer] = {}
-            for p in (*self.successors, *its_successors):
-                if p.id not in (me_id, leaving.id):
-                    merged.setdefault(p.id, p)
-            ordered = sorted(merged.values(), key=lambda p: distance(me_id, p.id))
-            self._set_successors(ordered[: self.r], "neighbour left")
+            # Keep our own entries and only extend the tail from its list. Its list
+            # may be staler than ours (it may not have stabilized since others left),
+            # and merging by ring order could push our live entries out for its dead
+            # ones; the pessimistic merge costs at most a stabilize round of list length.
+            own = [s for s in self.successors if s.id != leaving.id]
+            last = own[-1].id if own else me_id
+            for p in its_successors:
+                if len(own) >= self.r:
+                    break
+                if p.id != leaving.id and between(p.id, last, me_id):
+                    own.append(p)
+                    last = p.id
+            self._set_successors(own, "neighbour left")
             if not self.successors:
                 self._refill_successor()
 

@@ -67,9 +67,17 @@ class NodeProc:
 
 
 class ProcCluster:
-    def __init__(self, root: Path, *, replicas: int = 3, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        replicas: int = 3,
+        env: dict[str, str] | None = None,
+        node_args: list[str] | None = None,
+    ) -> None:
         self.root = root
         self.replicas = replicas
+        self.node_args = list(node_args or [])
         self.nodes: list[NodeProc] = []
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
 
@@ -123,6 +131,7 @@ class ProcCluster:
             args += ["--topology", topology]
         if quota is not None:
             args += ["--quota", str(quota)]
+        args += self.node_args
         node = NodeProc(i, data, args)
         self.nodes.append(node)
         self._launch(node)
