@@ -30,7 +30,9 @@ import contextlib
 import logging
 import time
 import weakref
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 import msgspec
@@ -55,6 +57,7 @@ from sector.routing.rangecache import RangeCache
 log = logging.getLogger("sector.meta")
 
 MAX_HOPS = 4
+CACHE_RECORDS = 4096
 BATCH = 512
 
 
@@ -80,6 +83,15 @@ def _str(a: dict[str, Any], name: str) -> str:
     return v
 
 
+def _entry_delta(d: DirRecord, name: str) -> DirRecord:
+    """The directory with only entry ``name``: merged into a full copy, it adds just that.
+
+    Same attributes and version as ``d``, so the merge keeps the replica's attributes
+    and joins the one entry; the cost stays O(1) on the wire however large ``d`` is.
+    """
+    return msgspec.structs.replace(d, children={name: d.children[name]})
+
+
 def _root(v: rec.Stamp) -> DirRecord:
     return DirRecord(path="/", v=v)
 
@@ -87,15 +99,18 @@ def _root(v: rec.Stamp) -> DirRecord:
 class _Batcher:
     """Coalesces records into batches for one sink (a disk commit, or one replica peer).
 
-    Only the latest record of each path in a batch is flushed: every staged record is a
-    merge over the previous one, so it carries all of them. Callers wait for the flush
+    Records of one path in a batch are merged into one (merge is a join, so this holds
+    for whole records and for deltas alike). Callers wait for the flush
     that contains their record; a failed flush fails its callers, never the node. This
     is group commit: under load, one fsync (or one RPC) serves many updates.
     """
 
-    def __init__(self, name: str, flush: Callable[[list[Record]], Awaitable[None]]) -> None:
+    def __init__(
+        self, name: str, flush: Callable[[list[Record]], Awaitable[None]], *, join: bool = True
+    ) -> None:
         self.name = name
         self._flush = flush
+        self._join = join
         self._pending: dict[str, Record] = {}
         self._waiters: list[asyncio.Future[None]] = []
         self._wake = asyncio.Event()
@@ -114,7 +129,12 @@ class _Batcher:
         if self._task is None:
             self.start()
         for r in records:
-            self._pending[r.path] = r
+            if self._join:
+                # A join, not a replace: records may be deltas (one directory entry).
+                self._pending[r.path] = rec.merge(self._pending.get(r.path), r)
+            else:
+                # Staged records are cumulative: the later one carries the earlier.
+                self._pending[r.path] = r
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(fut)
         self._wake.set()
@@ -161,8 +181,12 @@ class MetaService:
         self.clock = rec.Clock(to_hex(ring.me.id))
         self.cache = RangeCache()
         self._overlay: dict[str, Record] = {}
+        self._cache: OrderedDict[str, Record] = OrderedDict()
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
-        self._committer = _Batcher("meta-committer", self._write)
+        # Commits get a thread of their own: behind blob fsyncs in the shared pool, a
+        # metadata commit waited for dozens of them under a burst of small puts.
+        self._io = ThreadPoolExecutor(1, thread_name_prefix="meta-io")
+        self._committer = _Batcher("meta-committer", self._write, join=False)
         self._replicators: dict[str, _Batcher] = {}
         self._warm_until = 0.0
         self._last_pred: int | None = None
@@ -185,10 +209,13 @@ class MetaService:
         await self._committer.stop()
         for b in self._replicators.values():
             await b.stop()
+        self._io.shutdown(wait=True)
 
     async def _write(self, records: list[Record]) -> None:
         try:
-            await asyncio.to_thread(self.store.merge_many, records)
+            await asyncio.get_running_loop().run_in_executor(
+                self._io, self.store.merge_many, records
+            )
         except Exception as exc:
             log.exception("metadata commit failed")
             raise SectorError(f"metadata commit failed: {exc}") from None
@@ -296,7 +323,24 @@ class MetaService:
 
     def _read_local(self, path: str) -> Record | None:
         r = self._overlay.get(path)
-        return r if r is not None else self.store.get(path)
+        if r is not None:
+            return r
+        r = self._cache.get(path)
+        if r is not None:
+            self._cache.move_to_end(path)
+            return r
+        r = self.store.get(path)
+        if r is not None:
+            self._remember(r)
+        return r
+
+    def _remember(self, r: Record) -> None:
+        """Keep a decoded record: a busy directory is read on every update, and decoding
+        its entries from SQLite each time cost more than the update itself."""
+        self._cache[r.path] = r
+        self._cache.move_to_end(r.path)
+        if len(self._cache) > CACHE_RECORDS:
+            self._cache.popitem(last=False)
 
     async def _read(self, path: str) -> Record | None:
         r = self._read_local(path)
@@ -320,13 +364,22 @@ class MetaService:
             await self._commit([self._stage(found)])
         return found
 
-    def _stage(self, r: Record) -> Record:
-        """Merge r into the current record of its path, visible to readers at once."""
-        merged = rec.merge(self._read_local(r.path), r)
+    def _stage(self, r: Record, *, derived_from: Record | None = None) -> Record:
+        """Merge r into the current record of its path, visible to readers at once.
+
+        Every record written to the store passes through here, so what is staged always
+        contains what is stored: the committer can write it without merging again.
+        ``derived_from``: r was computed from that record, and if it is still the
+        current one, r already contains it and the merge (O(entries)) is skipped.
+        """
+        cur = self._read_local(r.path)
+        merged = r if derived_from is not None and cur is derived_from else rec.merge(cur, r)
         self._overlay[r.path] = merged
         return merged
 
-    async def _commit(self, staged: list[Record], *, replicate: bool = True) -> None:
+    async def _commit(
+        self, staged: list[Record], *, replicate: bool = True, deltas: list[Record] | None = None
+    ) -> None:
         """Durable here and on the replica peers before returning.
 
         The local fsync and the replicas' run concurrently: the guarantee is the same
@@ -334,13 +387,23 @@ class MetaService:
         """
         try:
             if replicate:
-                await asyncio.gather(self._committer.submit(staged), self._replicate(staged))
+                await asyncio.gather(
+                    self._committer.submit(staged), self._replicate(deltas or staged)
+                )
             else:
                 await self._committer.submit(staged)
-        finally:
+        except BaseException:
             for r in staged:
+                # What is on disk is now unknown (an earlier batch may have landed):
+                # forget the decoded copy too, the next read goes to SQLite.
+                self._cache.pop(r.path, None)
                 if self._overlay.get(r.path) is r:
                     del self._overlay[r.path]
+            raise
+        for r in staged:
+            if self._overlay.get(r.path) is r:
+                del self._overlay[r.path]
+                self._remember(r)
 
     def _replicator(self, peer: Peer) -> _Batcher:
         b = self._replicators.get(peer.addr)
@@ -429,8 +492,9 @@ class MetaService:
                 raise NotADirectory(f"{path} is a file, not a directory")
             if not isinstance(d, DirRecord):
                 raise NotFound(f"no such directory: {path}")
-            staged = self._stage(rec.add_child(d, name, kind, self._tick()))
-        await self._commit([staged])
+            new = rec.add_child(d, name, kind, self._tick())
+            staged = self._stage(new, derived_from=d)
+        await self._commit([staged], deltas=[_entry_delta(new, name)])
         return None
 
     async def _op_remove_child(self, path: str, a: dict[str, Any]) -> Any:
@@ -439,8 +503,9 @@ class MetaService:
             d = await self._read(path)
             if not isinstance(d, DirRecord) or name not in d.children:
                 return None
-            staged = self._stage(rec.remove_child(d, name, self._tick()))
-        await self._commit([staged])
+            new = rec.remove_child(d, name, self._tick())
+            staged = self._stage(new, derived_from=d)
+        await self._commit([staged], deltas=[_entry_delta(new, name)])
         return None
 
     async def _op_delete(self, path: str, a: dict[str, Any]) -> Any:
@@ -575,7 +640,11 @@ class MetaService:
                 if isinstance(rep, dict) and rep.get("keep") is False:
                     # Drop only what did not change meanwhile.
                     gone = [r.path for r in chunk if self._read_local(r.path) == r]
-                    await asyncio.to_thread(self.store.delete_many, gone)
+                    for p in gone:
+                        self._cache.pop(p, None)
+                    await asyncio.get_running_loop().run_in_executor(
+                        self._io, self.store.delete_many, gone
+                    )
 
     async def handoff_all(self, successor: Peer) -> None:
         """Graceful leave: give every record to the successor that takes our keys over."""

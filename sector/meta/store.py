@@ -199,6 +199,26 @@ class MetaStore:
                 raise
         return out
 
+    def put_many(self, records: list[Record]) -> None:
+        """Write records as they are (no merge with the stored ones), in one transaction.
+
+        For a writer that already merged each record over the stored one, like the
+        metadata service's committer: reading and decoding a large directory again only
+        to learn that the new record contains it would double the cost of every update.
+        """
+        with self._wlock:
+            self._w.execute("BEGIN IMMEDIATE")
+            try:
+                self._w.executemany(
+                    "INSERT OR REPLACE INTO records (path, key, kind, size, data) VALUES (?, ?, ?, ?, ?)",
+                    [self._row(r) for r in records],
+                )
+                self._w.execute("COMMIT")
+            except BaseException:
+                if self._w.in_transaction:
+                    self._w.execute("ROLLBACK")
+                raise
+
     @staticmethod
     def _row(r: Record) -> tuple[Any, ...]:
         size = r.size if isinstance(r, FileRecord) else 0

@@ -232,6 +232,7 @@ class Node:
             await self.driver.stop()
         await self.meta.stop()
         await self.server.close()
+        self.transfer.io.shutdown(wait=True)
         await self.pool.close()
         self.store.close()
         with contextlib.suppress(OSError):

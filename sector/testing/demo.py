@@ -72,6 +72,7 @@ def main() -> int:
             )
         print("every file still readable after SIGKILL of a node: ok", flush=True)
         sector("ls", "/demo/in")
+        sector("status")
         return 0
     finally:
         if os.environ.get("KEEP") != "1":
