@@ -39,7 +39,7 @@ from sector.errors import (
 )
 from sector.ids import key_id
 from sector.meta import records as rec
-from sector.storage.blobs import checksum_of
+from sector.storage.blobs import WriteBehind, checksum_of
 from sector.storage.transfer import SMALL_MAX
 from sector.transport.rpc import RpcPool, split_addr
 
@@ -75,6 +75,23 @@ def _recv_file(
     """Receive ``size`` bytes into a file, hashing them; runs in a worker thread."""
     buf = bytearray(RECV_CHUNK)
     view = memoryview(buf)
+    behind = WriteBehind(f)
+    try:
+        _recv_loop(sock, first, size, f, h, progress, view, behind)
+    finally:
+        behind.join()
+
+
+def _recv_loop(
+    sock: socket.socket,
+    first: bytes,
+    size: int,
+    f: Any,
+    h: Any,
+    progress: Progress | None,
+    view: memoryview,
+    behind: WriteBehind,
+) -> None:
     if first:
         f.write(first)
         h.update(first)
@@ -89,6 +106,7 @@ def _recv_file(
             raise ConnectError("the replica closed the stream early")
         f.write(view[:n])
         h.update(view[:n])
+        behind.wrote(n)
         got += n
         if progress and got - step >= SEND_STEP:
             step = got

