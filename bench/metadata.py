@@ -1,25 +1,36 @@
 """Metadata throughput and lookup latency under concurrent clients.
 
-    python bench/metadata.py [--nodes 5] [--clients 4] [--seconds 5]
+    python bench/metadata.py [--nodes 5] [--clients 4] [--inflight 1,32] [--seconds 5]
 
 A local cluster of ``--nodes`` node processes (``ProcCluster``, metadata replicated on
-3 nodes) and ``--clients`` client *processes* (multiprocessing, each with its own sync
-client ``sector.connect``; client k enters through node k mod N, since there is no
-central server to enter through). Every phase runs all clients at once for
-``--seconds`` (a barrier starts them together), each in its own directory
-``/bench-<run>/c<k>`` so that the figures measure the ring and the stores rather than
-contention on one parent directory:
+3 nodes) and ``--clients`` client *processes* (multiprocessing; client k enters through
+node k mod N, since there is no central server to enter through). Every phase runs all
+clients at once for ``--seconds`` (a barrier starts them together), each client in its
+own directory ``/bench-<run>/c<k>`` spread over ``--dirs`` subdirectories ``s<j>``, so
+that the figures measure the ring and the stores rather than contention on one parent
+directory, and so that the records looked up later live on many different owners:
 
     mkdir        creates of distinct, new directories          (goal >= 2,000 /s)
     create       zero-byte file puts (begin_put, an empty bulk
                  stream to the first replica, commit_put)        (goal >= 2,000 /s)
-    stat         stat of random existing entries                 (goal >= 10,000 /s)
+    stat         stat of random entries made by this client so
+                 far (its subdirectories and everything it
+                 created, in every mode): many paths, many owners (goal >= 10,000 /s)
     meta.op get  the routed owner lookup behind a stat, called on the entry node
                  directly: the ring routing and record read without the fs layer
 
-Latency: every call is timed; p50/p99 are given for the loaded phases above (all
-clients running) and for an unloaded pass (one client, one call at a time), which is
-the latency of a single lookup. Results: a rich table and ``bench/results/metadata.json``.
+The phases run once per ``--inflight`` value (default ``1,32``), one table each:
+
+    1            each client process makes one call at a time on the sync client
+                 (``sector.connect``): what one user's script sees, latency-bound
+    N > 1        each client process drives ONE ``sector.AsyncClient`` from N
+                 coroutines (``asyncio.gather``), so N calls are in flight per
+                 process: what the cluster can serve to a high-throughput client
+
+Latency: every call is timed; p50/p99 are given for each loaded phase (under load the
+figure includes the wait behind the other calls in flight) and for an unloaded pass
+(one sync client, one call at a time, over a sample of the paths created), which is
+the latency of a single lookup. Results: rich tables and ``bench/results/metadata.json``.
 
 Everything shares this machine's cores: the nodes, the clients and the benchmark. On a
 2-core box the figures are a floor for what the same code does spread over hosts.
@@ -28,16 +39,16 @@ Everything shares this machine's cores: the nodes, the clients and the benchmark
 from __future__ import annotations
 
 import argparse
+import asyncio
 import multiprocessing as mp
 import random
 import shutil
 import sys
 import tempfile
-import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,108 +62,183 @@ from sector.testing.cluster import ProcCluster
 
 GOALS = {"mkdir": 2000.0, "create": 2000.0, "stat": 10000.0}
 PHASES = ("mkdir", "create", "stat", "meta.op get")
+SAMPLE = 250  # paths per client handed back for the unloaded latency pass
 
 
 # -- the client processes -----------------------------------------------------------
 
 
-def _client(
-    k: int,
-    entry: str,
-    home: str,
-    scratch: str,
-    inflight: int,
-    cmds: Any,
-    results: Any,
-    barrier: Any,
-) -> None:
-    """One client process: runs each phase it is told to, for the time it is told."""
-    rng = random.Random(k)
-    empty = Path(scratch) / f"empty-{k}"
-    empty.write_bytes(b"")
-    made: list[str] = []  # every path this client created, for the lookups
-    try:
-        c = sector.connect(entry)
-    except BaseException:
-        results.put((k, "error", traceback.format_exc()))
-        return
-    with c:
-        pool = c._aio.pool  # the raw RPC pool: meta.op is a node-to-node call
-
-        def mkdir(name: str) -> None:
-            c.mkdir(f"{home}/d{name}")
-            made.append(f"{home}/d{name}")
-
-        def create(name: str) -> None:
-            c.put(empty, f"{home}/f{name}")
-            made.append(f"{home}/f{name}")
-
-        def stat(name: str) -> None:
-            c.stat(rng.choice(made or [home]))
-
-        def meta_get(name: str) -> None:
-            args = {"path": rng.choice(made or [home]), "op": "get", "args": {}}
-            c._run(pool.call(entry, "meta.op", args))
-
-        ops: dict[str, Callable[[str], None]] = {
-            "mkdir": mkdir,
-            "create": create,
-            "stat": stat,
-            "meta.op get": meta_get,
-        }
-        try:
-            while (cmd := cmds.get()) is not None:
-                phase, seconds = cmd
-                results.put((k, phase, _timed(ops[phase], seconds, inflight, barrier)))
-        except BaseException:
-            results.put((k, "error", traceback.format_exc()))
+def _count(errors: dict[str, int], exc: SectorError) -> None:
+    """Errors are counted, not fatal: the table says how many and the log says which."""
+    key = f"{type(exc).__name__}: {exc}"[:120]
+    errors[key] = errors.get(key, 0) + 1
 
 
-def _timed(
-    op: Callable[[str], None], seconds: float, inflight: int, barrier: Any
+def _timed_sync(
+    op: Callable[[str, int], None], seconds: float, tag: str, barrier: Any
 ) -> dict[str, Any]:
-    """Call op on fresh names from ``inflight`` threads for ``seconds``, all clients at once.
+    """One call at a time on the sync client for ``seconds``: one user's script."""
+    lat: list[float] = []
+    errors: dict[str, int] = {}
+    barrier.wait(timeout=120)
+    start = time.perf_counter()
+    deadline = start + seconds
+    n = 0
+    while (t0 := time.perf_counter()) < deadline:
+        try:
+            op(f"{tag}-{n}", n)
+        except SectorError as exc:
+            _count(errors, exc)
+        lat.append(time.perf_counter() - t0)
+        n += 1
+    return {"ops": n, "elapsed": time.perf_counter() - start, "lat": lat, "errors": errors}
 
-    With inflight = 1 (the default) this is one user's script: a call, then the next.
-    More threads share the process's one client and keep that many calls in flight,
-    which measures what the cluster can serve rather than one caller's latency.
-    """
+
+async def _timed_async(
+    op: Callable[[str, int], Awaitable[Any]],
+    seconds: float,
+    inflight: int,
+    tag: str,
+    barrier: Any,
+) -> dict[str, Any]:
+    """``inflight`` coroutines on one AsyncClient for ``seconds``: N calls in flight."""
     lats: list[list[float]] = [[] for _ in range(inflight)]
     errors: dict[str, int] = {}
-    deadline = 0.0
+    # The barrier blocks the loop, which is idle until the phase starts anyway.
+    barrier.wait(timeout=120)
+    start = time.perf_counter()
+    deadline = start + seconds
 
-    def loop(t: int) -> None:
+    async def worker(t: int) -> None:
         lat = lats[t]
         n = 0
         while (t0 := time.perf_counter()) < deadline:
             try:
-                op(f"{t}-{n}")
-            except SectorError as exc:  # counted, not fatal: the table says how many
-                key = f"{type(exc).__name__}: {exc}"[:120]
-                errors[key] = errors.get(key, 0) + 1
+                await op(f"{tag}{t}-{n}", t + n)
+            except SectorError as exc:
+                _count(errors, exc)
             lat.append(time.perf_counter() - t0)
             n += 1
 
-    barrier.wait(timeout=120)
-    start = time.perf_counter()
-    deadline = start + seconds
-    threads = [threading.Thread(target=loop, args=(t,)) for t in range(1, inflight)]
-    for th in threads:
-        th.start()
-    loop(0)
-    for th in threads:
-        th.join()
+    await asyncio.gather(*(worker(t) for t in range(inflight)))
     lat = [x for part in lats for x in part]
     return {"ops": len(lat), "elapsed": time.perf_counter() - start, "lat": lat, "errors": errors}
+
+
+def _client(
+    k: int,
+    entry: str,
+    dirs: list[str],
+    scratch: str,
+    cmds: Any,
+    results: Any,
+    barrier: Any,
+) -> None:
+    """One client process: runs each phase it is told to, in the mode it is told to."""
+    rng = random.Random(k)
+    empty = Path(scratch) / f"empty-{k}"
+    empty.write_bytes(b"")
+    # Every path this client has made (its subdirectories to begin with): the lookups
+    # pick from all of them, so they hit records on every owner, not one hot record.
+    made: list[str] = list(dirs)
+    loop = asyncio.new_event_loop()
+    sync_c: sector.Client | None = None
+    aio_c: sector.AsyncClient | None = None
+
+    def target(name: str, i: int, kind: str) -> str:
+        return f"{dirs[i % len(dirs)]}/{kind}{name}"
+
+    # -- one call at a time: the sync client
+
+    def s_mkdir(name: str, i: int) -> None:
+        assert sync_c is not None
+        p = target(name, i, "d")
+        sync_c.mkdir(p)
+        made.append(p)
+
+    def s_create(name: str, i: int) -> None:
+        assert sync_c is not None
+        p = target(name, i, "f")
+        sync_c.put(empty, p)
+        made.append(p)
+
+    def s_stat(name: str, i: int) -> None:
+        assert sync_c is not None
+        sync_c.stat(rng.choice(made))
+
+    def s_meta_get(name: str, i: int) -> None:
+        assert sync_c is not None
+        args = {"path": rng.choice(made), "op": "get", "args": {}}
+        sync_c._run(sync_c._aio.pool.call(entry, "meta.op", args))
+
+    # -- N in flight: coroutines on one AsyncClient
+
+    async def a_mkdir(name: str, i: int) -> None:
+        assert aio_c is not None
+        p = target(name, i, "d")
+        await aio_c.mkdir(p)
+        made.append(p)
+
+    async def a_create(name: str, i: int) -> None:
+        assert aio_c is not None
+        p = target(name, i, "f")
+        await aio_c.put(empty, p)
+        made.append(p)
+
+    async def a_stat(name: str, i: int) -> None:
+        assert aio_c is not None
+        await aio_c.stat(rng.choice(made))
+
+    async def a_meta_get(name: str, i: int) -> None:
+        assert aio_c is not None
+        args = {"path": rng.choice(made), "op": "get", "args": {}}
+        await aio_c.pool.call(entry, "meta.op", args)
+
+    sync_ops: dict[str, Callable[[str, int], None]] = {
+        "mkdir": s_mkdir,
+        "create": s_create,
+        "stat": s_stat,
+        "meta.op get": s_meta_get,
+    }
+    aio_ops: dict[str, Callable[[str, int], Awaitable[None]]] = {
+        "mkdir": a_mkdir,
+        "create": a_create,
+        "stat": a_stat,
+        "meta.op get": a_meta_get,
+    }
+    try:
+        while (cmd := cmds.get()) is not None:
+            phase, seconds, inflight = cmd
+            tag = f"m{inflight}-"  # names stay distinct from one mode to the next
+            if inflight == 1:
+                if sync_c is None:
+                    sync_c = sector.connect(entry)
+                res = _timed_sync(sync_ops[phase], seconds, tag, barrier)
+            else:
+                if aio_c is None:
+                    aio_c = sector.AsyncClient(entry)
+                    loop.run_until_complete(aio_c.connect())
+                res = loop.run_until_complete(
+                    _timed_async(aio_ops[phase], seconds, inflight, tag, barrier)
+                )
+            res["sample"] = rng.sample(made, min(SAMPLE, len(made)))
+            results.put((k, phase, res))
+    except BaseException:
+        results.put((k, "error", traceback.format_exc()))
+    finally:
+        if sync_c is not None:
+            sync_c.close()
+        if aio_c is not None:
+            loop.run_until_complete(aio_c.close())
+        loop.close()
 
 
 class Clients:
     """The client processes, driven phase by phase from the parent."""
 
-    def __init__(
-        self, entries: list[str], root: str, scratch: Path, count: int, inflight: int
-    ) -> None:
+    def __init__(self, entries: list[str], dirs: list[list[str]], scratch: Path) -> None:
         ctx = mp.get_context("spawn")  # no fork: the parent has threads (rich, clients)
+        count = len(dirs)
         self.barrier = ctx.Barrier(count)
         self.results = ctx.Queue()
         self.cmds = [ctx.Queue() for _ in range(count)]
@@ -162,9 +248,8 @@ class Clients:
                 args=(
                     k,
                     entries[k % len(entries)],
-                    f"{root}/c{k}",
+                    dirs[k],
                     str(scratch),
-                    inflight,
                     self.cmds[k],
                     self.results,
                     self.barrier,
@@ -177,10 +262,10 @@ class Clients:
         for p in self.procs:
             p.start()
 
-    def run(self, phase: str, seconds: float) -> list[dict[str, Any]]:
+    def run(self, phase: str, seconds: float, inflight: int) -> list[dict[str, Any]]:
         """Run one phase on every client at once and collect what each measured."""
         for q in self.cmds:
-            q.put((phase, seconds))
+            q.put((phase, seconds, inflight))
         out: list[dict[str, Any]] = []
         while len(out) < len(self.procs):
             k, tag, payload = self.results.get(timeout=seconds + 180)
@@ -222,7 +307,7 @@ def summarize(name: str, per_client: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def unloaded(c: Any, entry: str, paths: list[str], count: int) -> dict[str, dict[str, Any]]:
-    """One client, one call at a time: the latency of a single lookup."""
+    """One sync client, one call at a time: the latency of a single lookup."""
     pool = c._aio.pool
     rng = random.Random(0)
     out: dict[str, dict[str, Any]] = {}
@@ -231,17 +316,29 @@ def unloaded(c: Any, entry: str, paths: list[str], count: int) -> dict[str, dict
         ("meta.op get", lambda p: c._run(pool.call(entry, "meta.op", {"path": p, "op": "get"}))),
     ):
         lat = []
+        errors: dict[str, int] = {}
         for _ in range(count):
             p = rng.choice(paths)
             t0 = time.perf_counter()
-            call(p)
+            try:
+                call(p)
+            except SectorError as exc:
+                _count(errors, exc)
             lat.append(time.perf_counter() - t0)
         out[name] = {
             "calls": count,
+            "paths": len(paths),
             "p50_ms": round(percentile(lat, 50) * 1e3, 3),
             "p99_ms": round(percentile(lat, 99) * 1e3, 3),
+            "errors": errors,
         }
     return out
+
+
+def client_kind(inflight: int) -> str:
+    if inflight == 1:
+        return "sync client (sector.connect), one call at a time"
+    return f"one sector.AsyncClient, {inflight} coroutines (asyncio.gather)"
 
 
 def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
@@ -250,30 +347,48 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="sector-bench-meta-", dir=base))
     run_id = uuid.uuid4().hex[:8]
     top = f"/bench-{run_id}"
-    phases: dict[str, dict[str, Any]] = {}
+    dirs = [[f"{top}/c{k}/s{j}" for j in range(args.dirs)] for k in range(args.clients)]
+    modes: list[dict[str, Any]] = []
+    sample: list[str] = []
+    t_start = time.perf_counter()
     try:
         console.log(f"starting {args.nodes} nodes under {root}")
         with ProcCluster(root / "cluster", replicas=args.replicas) as cluster:
             cluster.start(args.nodes)
             entries = cluster.addresses()
             with sector.connect(entries[0]) as c:
-                for k in range(args.clients):
-                    c.mkdir(f"{top}/c{k}", parents=True)
-                clients = Clients(entries, top, root, args.clients, args.inflight)
+                for d in (d for ds in dirs for d in ds):
+                    c.mkdir(d, parents=True)
+                clients = Clients(entries, dirs, root)
                 try:
-                    for name in PHASES:
-                        console.log(f"{name}: {args.clients} clients for {args.seconds:g} s")
-                        phases[name] = summarize(name, clients.run(name, args.seconds))
-                        p = phases[name]
-                        console.log(
-                            f"{name}: {p['per_s']:,.0f}/s, p50 {p['p50_ms']:.2f} ms,"
-                            f" p99 {p['p99_ms']:.2f} ms, {sum(p['errors'].values())} errors"
+                    for inflight in args.inflight:
+                        phases: dict[str, dict[str, Any]] = {}
+                        for name in PHASES:
+                            console.log(
+                                f"{name}: {args.clients} clients x {inflight} in flight"
+                                f" for {args.seconds:g} s"
+                            )
+                            per_client = clients.run(name, args.seconds, inflight)
+                            phases[name] = p = summarize(name, per_client)
+                            sample = [x for r in per_client for x in r["sample"]]
+                            console.log(
+                                f"{name}: {p['per_s']:,.0f}/s, p50 {p['p50_ms']:.2f} ms,"
+                                f" p99 {p['p99_ms']:.2f} ms, {sum(p['errors'].values())} errors"
+                            )
+                        modes.append(
+                            {
+                                "inflight_per_client": inflight,
+                                "callers": args.clients * inflight,
+                                "client_kind": client_kind(inflight),
+                                "phases": phases,
+                            }
                         )
                 finally:
                     clients.close()
-                console.log(f"unloaded latency: {args.latency_calls} calls, one client")
-                paths = [e["path"] for e in c.ls(f"{top}/c0")] or [f"{top}/c0"]
-                latency = unloaded(c, entries[0], paths, args.latency_calls)
+                console.log(
+                    f"unloaded latency: {args.latency_calls} calls, one client, {len(sample)} paths"
+                )
+                latency = unloaded(c, entries[0], sample or [dirs[0][0]], args.latency_calls)
     finally:
         if args.keep:
             console.log(f"kept {root}")
@@ -284,24 +399,19 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         "nodes": args.nodes,
         "replicas": args.replicas,
         "clients": args.clients,
-        "inflight_per_client": args.inflight,
-        "client_kind": "processes, sync client each, client k enters at node k mod N",
+        "dirs_per_client": args.dirs,
+        "client_processes": "multiprocessing (spawn), client k enters at node k mod N",
         "seconds_per_phase": args.seconds,
-        "phases": phases,
+        "modes": modes,
         "unloaded_latency": latency,
         "goals_per_s": GOALS,
+        "wall_seconds": round(time.perf_counter() - t_start, 1),
         "machine": machine(),
     }
 
 
-def show(res: dict[str, Any], console: Console) -> None:
-    inflight = res["inflight_per_client"]
-    callers = f"{res['clients']}" + (f" x {inflight}" if inflight > 1 else "")
-    t = Table(
-        title=f"Sector metadata: {res['nodes']} nodes, {res['clients']} client processes"
-        + (f" x {inflight} in flight" if inflight > 1 else "")
-        + f", {res['seconds_per_phase']:g} s per phase"
-    )
+def _table(title: str) -> Table:
+    t = Table(title=title)
     t.add_column("operation")
     t.add_column("callers", justify="right")
     t.add_column("ops/s", justify="right")
@@ -309,28 +419,68 @@ def show(res: dict[str, Any], console: Console) -> None:
     t.add_column("p50 ms", justify="right")
     t.add_column("p99 ms", justify="right")
     t.add_column("errors", justify="right")
-    for name, p in res["phases"].items():
-        goal = p.get("goal_per_s")
-        goal_txt = ""
-        if goal:
-            ok = "[green]met[/]" if p["per_s"] >= goal else "[red]not met[/]"
-            goal_txt = f">= {goal:,.0f} {ok}"
-        t.add_row(
-            name,
-            callers,
-            f"{p['per_s']:,.0f}",
-            goal_txt,
-            f"{p['p50_ms']:.2f}",
-            f"{p['p99_ms']:.2f}",
-            str(sum(p["errors"].values())),
+    return t
+
+
+def show(res: dict[str, Any], console: Console) -> None:
+    clients = res["clients"]
+    for i, mode in enumerate(res["modes"]):
+        inflight = mode["inflight_per_client"]
+        how = (
+            "1 call at a time (sync client)"
+            if inflight == 1
+            else f"{inflight} in flight (AsyncClient)"
         )
-    t.add_section()
+        t = _table(
+            f"Sector metadata: {res['nodes']} nodes, {clients} client processes x {how},"
+            f" {res['seconds_per_phase']:g} s per phase"
+        )
+        callers = f"{clients}" + (f" x {inflight}" if inflight > 1 else "")
+        for name, p in mode["phases"].items():
+            goal = p.get("goal_per_s")
+            goal_txt = ""
+            if goal:
+                ok = "[green]met[/]" if p["per_s"] >= goal else "[red]not met[/]"
+                goal_txt = f">= {goal:,.0f} {ok}"
+            t.add_row(
+                name,
+                callers,
+                f"{p['per_s']:,.0f}",
+                goal_txt,
+                f"{p['p50_ms']:.2f}",
+                f"{p['p99_ms']:.2f}",
+                str(sum(p["errors"].values())),
+            )
+        if i == len(res["modes"]) - 1:
+            t.add_section()
+            for name, p in res["unloaded_latency"].items():
+                t.add_row(
+                    f"{name}, unloaded",
+                    "1",
+                    "",
+                    "",
+                    f"{p['p50_ms']:.2f}",
+                    f"{p['p99_ms']:.2f}",
+                    str(sum(p["errors"].values())),
+                )
+        console.print(t)
+    for mode in res["modes"]:
+        for name, p in mode["phases"].items():
+            for err, n in p["errors"].items():
+                console.print(f"[yellow]{name} x {mode['inflight_per_client']}: {n} x {err}")
     for name, p in res["unloaded_latency"].items():
-        t.add_row(name, "1", "", "", f"{p['p50_ms']:.2f}", f"{p['p99_ms']:.2f}", "")
-    console.print(t)
-    for name, p in res["phases"].items():
         for err, n in p["errors"].items():
-            console.print(f"[yellow]{name}: {n} x {err}")
+            console.print(f"[yellow]{name}, unloaded: {n} x {err}")
+
+
+def _inflight(text: str) -> list[int]:
+    try:
+        vals = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of integers: {text!r}") from None
+    if not vals or min(vals) < 1:
+        raise argparse.ArgumentTypeError("need one or more counts >= 1")
+    return vals
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -339,16 +489,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--replicas", type=int, default=3, help="replicas per record and file (3)")
     ap.add_argument("--clients", type=int, default=4, help="client processes (4)")
     ap.add_argument(
-        "--inflight", type=int, default=1, help="calls in flight per client process (1)"
+        "--inflight",
+        type=_inflight,
+        default=[1, 32],
+        help="calls in flight per client process, one run of the phases per value:"
+        " 1 = sync client, one call at a time; N > 1 = one AsyncClient, N coroutines"
+        " (1,32)",
     )
+    ap.add_argument("--dirs", type=int, default=8, help="directories per client (8)")
     ap.add_argument("--seconds", type=float, default=5.0, help="length of each phase (5)")
     ap.add_argument("--latency-calls", type=int, default=500, help="unloaded calls (500)")
     ap.add_argument("--dir", help="where to put the temp dir (default: the system temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir")
     ap.add_argument("--out", default="metadata.json", help="file name under bench/results/")
     args = ap.parse_args(argv)
-    if args.nodes < 1 or args.clients < 1 or args.inflight < 1 or args.seconds <= 0:
-        ap.error("need at least one node, one client and a positive --seconds")
+    if args.nodes < 1 or args.clients < 1 or args.dirs < 1 or args.seconds <= 0:
+        ap.error("need at least one node, client and directory, and a positive --seconds")
     console = Console()
     res = run(args, console)
     show(res, console)

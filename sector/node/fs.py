@@ -249,10 +249,12 @@ class FsService:
         if size is None:
             raise BadRequest("begin_put needs a size")
         rf = _opt_int(a, "rf", 1, MAX_RF) or self.node.cfg.replicas
-        cur = await self.get(path)
+        # The target and its parent are looked up together (two owners, one round trip).
+        cur, pr = await asyncio.gather(self.get(path), self.get(rec.parent(path)))
         if isinstance(cur, DirRecord) and isinstance(name, str):
             # The client asked for "into this directory if it is one" (cp semantics),
             # saving itself a stat round trip.
+            pr = cur
             path = rec.join(path, rec.check_name(name))
             cur = await self.get(path)
         if isinstance(cur, DirRecord):
@@ -260,12 +262,13 @@ class FsService:
         # Fail early (before any byte moves) when an ancestor is a file.
         par = rec.parent(path)
         while par != "/":
-            pr = await self.get(par)
+            if pr is None:
+                pr = await self.get(par)
             if isinstance(pr, FileRecord):
                 raise NotADirectory(f"{par} is a file, not a directory")
             if isinstance(pr, DirRecord):
                 break
-            par = rec.parent(par)
+            par, pr = rec.parent(par), None
         cands = self._candidates()
         writer = None
         client_host = a.get("client_host")

@@ -107,8 +107,11 @@ class ChordState:
     """Predecessor, successor list and finger table of one node, and their transitions."""
 
     def __init__(self, me: Peer, *, succ_list_len: int = 8) -> None:
-        if succ_list_len < 1:
-            raise ValueError("succ_list_len must be at least 1")
+        if succ_list_len < 2:
+            # With r = 1 a node that adopts a dead predecessor-of-successor (stabilize
+            # cannot tell it is dead) evicts its only live successor and is cut off;
+            # hypothesis finds that in a few seconds. Chord's guarantees start at r = 2.
+            raise ValueError("succ_list_len must be at least 2")
         self.me = me
         self.r = succ_list_len
         self.predecessor: Peer | None = None

@@ -52,6 +52,7 @@ class ChordSim:
         self.rounds = 0
         self.nodes: dict[int, ChordState] = {}  # live nodes only
         self._sorted: list[int] = []  # live ids, ascending: the oracle of the true ring
+        self._bootstrap: dict[int, int] = {}  # node -> the node it joined through
 
     # -- the simulated network -------------------------------------------------------
 
@@ -93,13 +94,15 @@ class ChordSim:
 
     def _remove(self, node_id: int) -> None:
         del self.nodes[node_id]
+        self._bootstrap.pop(node_id, None)
         del self._sorted[bisect.bisect_left(self._sorted, node_id)]
 
     # -- node behaviour (mirrors ChordDriver) -----------------------------------------
 
-    def stabilize(self, st: ChordState) -> None:
+    def stabilize(self, st: ChordState, *, rejoin: bool = True) -> None:
         # As ChordDriver.stabilize_once: a dead successor is dropped and the next one
-        # asked; an adopted closer successor is asked again at once (up to r times).
+        # asked; an adopted closer successor is asked again at once (up to r times); a
+        # node that lost every peer tries its bootstrap node again.
         for _ in range(2 * self.r + 1):
             succ = st.successor
             if succ.id == st.me.id:
@@ -121,6 +124,13 @@ class ChordSim:
                 self.rpc(succ).notify(st.me)
             except ConnectError:
                 st.peer_failed(succ.id)
+        elif rejoin and st.predecessor is None:
+            boot = self._bootstrap.get(st.me.id)
+            if boot is not None and self.alive(boot):
+                found = self._find_successor(st.me, boot)
+                if found is not None:
+                    st.join(found)
+                    self.stabilize(st, rejoin=False)
 
     def check_predecessor(self, st: ChordState) -> None:
         pred = st.predecessor
@@ -138,12 +148,23 @@ class ChordSim:
         return self._run(origin, Lookup(key, origin.next_hop(key), max_hops=self.max_hops))
 
     def _run(
-        self, origin: ChordState | None, lk: Lookup, *, verify: bool = False
+        self,
+        origin: ChordState | None,
+        lk: Lookup,
+        *,
+        verify: bool = False,
+        joiner: Peer | None = None,
     ) -> tuple[Peer | None, int]:
-        """Drive lk to the end; with verify, an answer that is dead reopens the lookup."""
+        """Drive lk to the end, as ChordDriver._run. origin None: a joiner's lookup
+        through its bootstrap (no table of its own; it routes around itself, as a
+        rejoining node may still be listed). With verify, a dead answer reopens it."""
+        me = joiner.id if joiner is not None else None
         while True:
             if lk.done:
                 res = lk.result
+                if res is not None and res.id == me:
+                    lk.on_failure(res)
+                    continue
                 if not verify or res is None or self.alive(res.id):
                     break
                 if origin is not None:
@@ -155,6 +176,9 @@ class ChordSim:
                 if origin is None:  # a joiner has no table to fall back on
                     return None, lk.hops
                 lk.restart(origin.next_hop(lk.key, lk.exclude))
+                continue
+            if nxt.id == me:
+                lk.on_failure(nxt)
                 continue
             try:
                 remote = self.rpc(nxt)
@@ -184,16 +208,21 @@ class ChordSim:
             self._add(st)
             return st
         boot = bootstrap if bootstrap is not None else self.random_live()
-        # The joiner asks the bootstrap node first, exactly like ChordDriver.join, and
-        # checks that the answer is alive (the driver does so by stabilizing with it).
-        lk = Lookup(me.id, (False, self.nodes[boot].me), max_hops=self.max_hops)
-        found, _ = self._run(None, lk, verify=True)
-        if found is None or found.id == me.id:
+        found = self._find_successor(me, boot)
+        if found is None:
             raise RuntimeError(f"join of {me} through {boot:x} found no live successor")
         st.join(found)
         self._add(st)
-        self.stabilize(st)
+        self._bootstrap[me.id] = boot
+        self.stabilize(st, rejoin=False)
         return st
+
+    def _find_successor(self, me: Peer, boot: int) -> Peer | None:
+        # The joiner asks the bootstrap node first, exactly like ChordDriver.join, and
+        # checks that the answer is alive (the driver pings it).
+        lk = Lookup(me.id, (False, self.nodes[boot].me), max_hops=self.max_hops)
+        found, _ = self._run(None, lk, verify=True, joiner=me)
+        return found
 
     def leave(self, node_id: int) -> None:
         """Graceful leave: tell predecessor and successor, then go."""

@@ -10,14 +10,22 @@ from __future__ import annotations
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
 
 from sector.ids import MASK
 from sector.routing.chord import Peer
 from sector.testing.chordsim import ChordSim
 
 MAX_NODES = 12
-R = 3  # a short successor list makes losing all successors reachable, and forbidden
+# Successor list lengths to try: short lists make losing every successor reachable (and
+# forbidden by safe_to_remove); 8 is the default.
+R_CHOICES = [2, 3, 8]
 CONVERGE_ROUNDS = 40
 
 # Plain random ids, and ids crowded around the ends of the ring and around each other.
@@ -33,8 +41,7 @@ index = st.integers(0, 10_000)
 class RingMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.sim = ChordSim(0, succ_list_len=R, fingers_per_round=2)
-        self.sim.join(peer=Peer(1 << 100, "first"))
+        self._start(R_CHOICES[0])
         # True while nothing changed since the ring last converged: lookups must be exact.
         self.stable = False
         # A node whose last peer went away is legitimately alone (its successor list
@@ -50,6 +57,14 @@ class RingMachine(RuleBasedStateMachine):
         else:
             self.sim.crash(victim)
         self.stable = False
+
+    def _start(self, r: int) -> None:
+        self.sim = ChordSim(0, succ_list_len=r, fingers_per_round=2)
+        self.sim.join(peer=Peer(1 << 100, "first"))
+
+    @initialize(r=st.sampled_from(R_CHOICES))
+    def choose_r(self, r: int) -> None:
+        self._start(r)
 
     def _pick(self, i: int) -> int:
         ids_ = sorted(self.sim.nodes)

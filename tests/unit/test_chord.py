@@ -87,6 +87,8 @@ def test_ring_of_one_owns_everything() -> None:
     assert st.known_peers() == []
     st.join(P(50))  # a lookup of our own id through a ring that still lists us
     assert st.successors == []
+    with pytest.raises(ValueError):
+        ChordState(P(1), succ_list_len=1)
 
 
 def test_two_nodes_form_a_ring_by_stabilize_and_notify() -> None:
@@ -256,9 +258,8 @@ def test_next_finger_round_robin_then_ring_of_one_probes_only_finger_one() -> No
 
 
 def test_set_finger_range() -> None:
-    st = ChordState(P(0))
     with pytest.raises(ValueError):
-        st.set_finger(BITS, P(1))
+        ChordState(P(0)).set_finger(BITS, P(1))
 
 
 # -- leave --------------------------------------------------------------------------------
