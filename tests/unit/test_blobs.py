@@ -1,0 +1,82 @@
+"""Write-once blob files: temp, verify, fsync, rename; never a half file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sector.errors import BadRequest, ChecksumMismatch, NoSpace, NotFound
+from sector.storage.blobs import BlobStore, checksum_of, new_blob_id
+
+
+def test_commit_makes_the_whole_file_visible_only_at_the_end(tmp_path: Path) -> None:
+    s = BlobStore(tmp_path)
+    b = new_blob_id()
+    w = s.writer(b, 10)
+    w.write(b"hello")
+    assert not s.exists(b)
+    w.write(b"world")
+    assert w.commit(checksum_of(b"helloworld")) == checksum_of(b"helloworld")
+    s.committed(w)
+    with s.open(b) as f:
+        assert f.read() == b"helloworld"
+    assert s.used == 10
+    assert not list((tmp_path / "tmp").iterdir())
+
+
+def test_checksum_mismatch_and_short_writes_leave_nothing(tmp_path: Path) -> None:
+    s = BlobStore(tmp_path)
+    b = new_blob_id()
+    w = s.writer(b, 3)
+    w.write(b"abc")
+    with pytest.raises(ChecksumMismatch):
+        w.commit(checksum_of(b"abd"))
+    w2 = s.writer(b, 3)
+    w2.write(b"ab")
+    with pytest.raises(BadRequest):
+        w2.commit(None)
+    assert not s.exists(b)
+    assert not list((tmp_path / "tmp").iterdir())
+
+
+def test_more_bytes_than_announced_is_refused(tmp_path: Path) -> None:
+    w = BlobStore(tmp_path).writer(new_blob_id(), 2)
+    with pytest.raises(BadRequest):
+        w.write(b"abc")
+    w.abort()
+
+
+@pytest.mark.parametrize("bad", ["../../etc/passwd", "ABCDEF" * 6, "", "a" * 31, 42, None])
+def test_blob_ids_cannot_name_paths(tmp_path: Path, bad: object) -> None:
+    s = BlobStore(tmp_path)
+    with pytest.raises(BadRequest):
+        s.path(bad)  # type: ignore[arg-type]
+
+
+def test_quota_refuses_what_does_not_fit(tmp_path: Path) -> None:
+    s = BlobStore(tmp_path, quota=100)
+    with pytest.raises(NoSpace):
+        s.writer(new_blob_id(), 101)
+    assert s.free() == 100
+
+
+def test_leftover_parts_of_a_crash_are_removed_on_start(tmp_path: Path) -> None:
+    BlobStore(tmp_path)
+    # What a writer killed mid-upload leaves behind:
+    (tmp_path / "tmp" / f"{new_blob_id()}.0a1b2c3d.part").write_bytes(b"12")
+    BlobStore(tmp_path)
+    assert not list((tmp_path / "tmp").iterdir())
+
+
+def test_delete_and_missing(tmp_path: Path) -> None:
+    s = BlobStore(tmp_path)
+    b = new_blob_id()
+    w = s.writer(b, 1)
+    w.write(b"x")
+    w.commit(None)
+    s.committed(w)
+    assert s.delete(b) and not s.delete(b)
+    with pytest.raises(NotFound):
+        s.open(b)
+    assert s.used == 0

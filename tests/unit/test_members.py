@@ -1,0 +1,90 @@
+"""Gossip membership table (pure: time is passed in)."""
+
+from __future__ import annotations
+
+import pytest
+
+from sector.node.members import Member, Members, members_from_wire
+
+
+def member(i: int, hb: int = 0, inc: int = 1, state: str = "up") -> Member:
+    return Member(
+        id=f"{i:040x}",
+        addr=f"127.0.0.1:{7000 + i}",
+        host=f"h{i}",
+        topology="/dc/r",
+        pid=100 + i,
+        incarnation=inc,
+        hb=hb,
+        state=state,
+    )
+
+
+def test_newer_heartbeat_replaces_and_older_does_not() -> None:
+    t = Members(member(0))
+    assert t.merge([member(1, hb=5)], now=0.0)
+    t.merge([member(1, hb=3, state="left")], now=1.0)
+    got = t.get(member(1).id)
+    assert got is not None and got.hb == 5 and got.state == "up"
+
+
+def test_silent_member_goes_down_after_dead_after() -> None:
+    t = Members(member(0), dead_after=4.0)
+    t.merge([member(1, hb=1)], now=10.0)
+    assert [m.id for m in t.alive(now=13.9)] == [member(0).id, member(1).id]
+    assert member(1).id not in {m.id for m in t.alive(now=14.1)}
+    t.merge([member(1, hb=2)], now=15.0)
+    assert member(1).id in {m.id for m in t.alive(now=15.0)}
+
+
+def test_suspect_is_down_until_a_newer_heartbeat() -> None:
+    t = Members(member(0))
+    t.merge([member(1, hb=7)], now=0.0)
+    t.suspect(member(1).id)
+    assert t.state_of(t.get(member(1).id), 0.0) == "down"  # type: ignore[arg-type]
+    t.merge([member(1, hb=7)], now=0.5)  # same heartbeat: still suspect
+    assert t.state_of(t.get(member(1).id), 0.5) == "down"  # type: ignore[arg-type]
+    t.merge([member(1, hb=8)], now=1.0)
+    assert t.state_of(t.get(member(1).id), 1.0) == "up"  # type: ignore[arg-type]
+
+
+def test_restart_with_new_incarnation_clears_suspicion_even_with_lower_hb() -> None:
+    t = Members(member(0))
+    t.merge([member(1, hb=500, inc=1)], now=0.0)
+    t.suspect(member(1).id)
+    t.merge([member(1, hb=1, inc=2)], now=1.0)
+    assert t.state_of(t.get(member(1).id), 1.0) == "up"  # type: ignore[arg-type]
+
+
+def test_own_entry_is_never_overwritten_by_gossip() -> None:
+    t = Members(member(0, hb=3))
+    t.merge([member(0, hb=99, state="left")], now=0.0)
+    assert t.me.hb == 3 and t.me.state == "up"
+
+
+def test_left_member_is_reported_left_and_forgotten_later() -> None:
+    t = Members(member(0), forget_after=60.0)
+    t.merge([member(1, hb=1, state="left")], now=0.0)
+    assert dict((m.id, s) for m, s in t.view(1.0))[member(1).id] == "left"
+    t.expire(now=61.0)
+    assert t.get(member(1).id) is None
+
+
+def test_wire_entries_are_validated() -> None:
+    assert members_from_wire(
+        [
+            {
+                "id": "a",
+                "addr": "x:1",
+                "host": "h",
+                "topology": "",
+                "pid": 1,
+                "incarnation": 1,
+                "hb": 0,
+            }
+        ]
+    )
+    with pytest.raises(ValueError):
+        members_from_wire([{"id": 1}])
+    with pytest.raises(ValueError):
+        members_from_wire("garbage")
