@@ -10,14 +10,16 @@ own directory ``/bench-<run>/c<k>`` spread over ``--dirs`` subdirectories ``s<j>
 that the figures measure the ring and the stores rather than contention on one parent
 directory, and so that the records looked up later live on many different owners:
 
-    mkdir        creates of distinct, new directories          (goal >= 2,000 /s)
+    mkdir        creates of distinct, new directories            (goal >= 2,000 /s)
     create       zero-byte file puts (begin_put, an empty bulk
                  stream to the first replica, commit_put)        (goal >= 2,000 /s)
-    stat         stat of random entries made by this client so
-                 far (its subdirectories and everything it
-                 created, in every mode): many paths, many owners (goal >= 10,000 /s)
-    meta.op get  the routed owner lookup behind a stat, called on the entry node
-                 directly: the ring routing and record read without the fs layer
+    stat         stat of a random entry among all this client
+                 has made so far (its subdirectories and every
+                 directory and file created, in every mode):
+                 thousands of paths, records on every owner      (goal >= 10,000 /s)
+    meta.op get  the routed owner lookup behind a stat, of the same spread of paths,
+                 called on the entry node directly: the ring routing and record read
+                 without the fs layer
 
 The phases run once per ``--inflight`` value (default ``1,32``), one table each:
 
@@ -32,19 +34,28 @@ figure includes the wait behind the other calls in flight) and for an unloaded p
 (one sync client, one call at a time, over a sample of the paths created), which is
 the latency of a single lookup. Results: rich tables and ``bench/results/metadata.json``.
 
+Errors are counted (a column, and each kind listed under the tables), not fatal.
+
 Everything shares this machine's cores: the nodes, the clients and the benchmark. On a
-2-core box the figures are a floor for what the same code does spread over hosts.
+2-core box the figures are a floor for what the same code does spread over hosts. The
+``cpu`` column says where the cores went during each phase: cores used by the node
+processes + by the client processes / cores busy on the whole machine (the difference
+is other work on the machine, which the figures then do not get).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import itertools
 import multiprocessing as mp
+import os
 import random
 import shutil
 import sys
 import tempfile
+import threading
 import time
 import traceback
 import uuid
@@ -81,17 +92,24 @@ def _timed_sync(
     lat: list[float] = []
     errors: dict[str, int] = {}
     barrier.wait(timeout=120)
+    cpu0 = time.process_time()
     start = time.perf_counter()
     deadline = start + seconds
     n = 0
     while (t0 := time.perf_counter()) < deadline:
         try:
-            op(f"{tag}-{n}", n)
+            op(f"{tag}{n}", n)
         except SectorError as exc:
             _count(errors, exc)
         lat.append(time.perf_counter() - t0)
         n += 1
-    return {"ops": n, "elapsed": time.perf_counter() - start, "lat": lat, "errors": errors}
+    return {
+        "ops": n,
+        "elapsed": time.perf_counter() - start,
+        "cpu_s": time.process_time() - cpu0,
+        "lat": lat,
+        "errors": errors,
+    }
 
 
 async def _timed_async(
@@ -106,6 +124,7 @@ async def _timed_async(
     errors: dict[str, int] = {}
     # The barrier blocks the loop, which is idle until the phase starts anyway.
     barrier.wait(timeout=120)
+    cpu0 = time.process_time()
     start = time.perf_counter()
     deadline = start + seconds
 
@@ -122,7 +141,13 @@ async def _timed_async(
 
     await asyncio.gather(*(worker(t) for t in range(inflight)))
     lat = [x for part in lats for x in part]
-    return {"ops": len(lat), "elapsed": time.perf_counter() - start, "lat": lat, "errors": errors}
+    return {
+        "ops": len(lat),
+        "elapsed": time.perf_counter() - start,
+        "cpu_s": time.process_time() - cpu0,
+        "lat": lat,
+        "errors": errors,
+    }
 
 
 def _client(
@@ -207,9 +232,11 @@ def _client(
         "meta.op get": a_meta_get,
     }
     try:
-        while (cmd := cmds.get()) is not None:
+        for run_no in itertools.count():
+            if (cmd := cmds.get()) is None:
+                break
             phase, seconds, inflight = cmd
-            tag = f"m{inflight}-"  # names stay distinct from one mode to the next
+            tag = f"r{run_no}-"  # names stay distinct from one phase run to the next
             if inflight == 1:
                 if sync_c is None:
                     sync_c = sector.connect(entry)
@@ -225,6 +252,7 @@ def _client(
             results.put((k, phase, res))
     except BaseException:
         results.put((k, "error", traceback.format_exc()))
+        barrier.abort()  # the others (and the parent) stop waiting for this one
     finally:
         if sync_c is not None:
             sync_c.close()
@@ -239,7 +267,7 @@ class Clients:
     def __init__(self, entries: list[str], dirs: list[list[str]], scratch: Path) -> None:
         ctx = mp.get_context("spawn")  # no fork: the parent has threads (rich, clients)
         count = len(dirs)
-        self.barrier = ctx.Barrier(count)
+        self.barrier = ctx.Barrier(count + 1)  # the clients and the parent
         self.results = ctx.Queue()
         self.cmds = [ctx.Queue() for _ in range(count)]
         self.procs = [
@@ -262,17 +290,34 @@ class Clients:
         for p in self.procs:
             p.start()
 
-    def run(self, phase: str, seconds: float, inflight: int) -> list[dict[str, Any]]:
-        """Run one phase on every client at once and collect what each measured."""
+    def run(
+        self, phase: str, seconds: float, inflight: int, pids: list[int]
+    ) -> tuple[list[dict[str, Any]], dict[str, float]]:
+        """Run one phase on every client at once; what each measured, and the CPU used.
+
+        The parent passes the same barrier as the clients, so the CPU it reads (of the
+        nodes ``pids`` and of the whole machine) covers the phase, not the set-up.
+        """
         for q in self.cmds:
             q.put((phase, seconds, inflight))
+        try:
+            self.barrier.wait(timeout=180)
+        except threading.BrokenBarrierError:
+            k, tag, payload = self.results.get(timeout=30)
+            raise RuntimeError(f"client {k} failed:\n{payload}") from None
+        t0, nodes0, busy0 = time.perf_counter(), cpu_seconds(pids), machine_busy_seconds()
         out: list[dict[str, Any]] = []
         while len(out) < len(self.procs):
             k, tag, payload = self.results.get(timeout=seconds + 180)
             if tag == "error":
                 raise RuntimeError(f"client {k} failed:\n{payload}")
             out.append(payload)
-        return out
+        wall = time.perf_counter() - t0
+        cpu = {
+            "nodes": (cpu_seconds(pids) - nodes0) / wall,
+            "machine": (machine_busy_seconds() - busy0) / wall,
+        }
+        return out, cpu
 
     def close(self) -> None:
         for q in self.cmds:
@@ -287,9 +332,31 @@ class Clients:
 # -- the parent -----------------------------------------------------------------------
 
 
-def summarize(name: str, per_client: list[dict[str, Any]]) -> dict[str, Any]:
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU the processes have used so far (Linux /proc; 0 elsewhere)."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    for pid in pids:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has been busy (all cores, not idle or iowait)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        with open("/proc/stat") as f:
+            ticks = [int(x) for x in f.readline().split()[1:9]]
+        tick = os.sysconf("SC_CLK_TCK")
+        return (sum(ticks) - ticks[3] - ticks[4]) / tick  # minus idle and iowait
+    return 0.0
+
+
+def summarize(name: str, per_client: list[dict[str, Any]], cpu: dict[str, float]) -> dict[str, Any]:
     ops = sum(r["ops"] for r in per_client)
     wall = max(r["elapsed"] for r in per_client)
+    client_cpu = sum(r["cpu_s"] for r in per_client)
     lat = [x for r in per_client for x in r["lat"]]
     errors: dict[str, int] = {}
     for r in per_client:
@@ -303,6 +370,11 @@ def summarize(name: str, per_client: list[dict[str, Any]]) -> dict[str, Any]:
         "p99_ms": round(percentile(lat, 99) * 1e3, 3),
         "errors": errors,
         "goal_per_s": GOALS.get(name),
+        # CPU used during the phase, in cores (CPU seconds per second of the phase):
+        # where the machine's cores went, and whether the clients were the bottleneck.
+        "cpu_cores_nodes": round(cpu["nodes"], 2),
+        "cpu_cores_clients": round(client_cpu / wall, 2) if wall else 0.0,
+        "cpu_cores_machine": round(cpu["machine"], 2),
     }
 
 
@@ -351,11 +423,13 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     modes: list[dict[str, Any]] = []
     sample: list[str] = []
     t_start = time.perf_counter()
+    load_before = list(os.getloadavg())
     try:
         console.log(f"starting {args.nodes} nodes under {root}")
         with ProcCluster(root / "cluster", replicas=args.replicas) as cluster:
             cluster.start(args.nodes)
             entries = cluster.addresses()
+            pids = [n.proc.pid for n in cluster.nodes if n.proc is not None]
             with sector.connect(entries[0]) as c:
                 for d in (d for ds in dirs for d in ds):
                     c.mkdir(d, parents=True)
@@ -368,12 +442,15 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
                                 f"{name}: {args.clients} clients x {inflight} in flight"
                                 f" for {args.seconds:g} s"
                             )
-                            per_client = clients.run(name, args.seconds, inflight)
-                            phases[name] = p = summarize(name, per_client)
+                            per_client, cpu = clients.run(name, args.seconds, inflight, pids)
+                            phases[name] = p = summarize(name, per_client, cpu)
                             sample = [x for r in per_client for x in r["sample"]]
                             console.log(
                                 f"{name}: {p['per_s']:,.0f}/s, p50 {p['p50_ms']:.2f} ms,"
-                                f" p99 {p['p99_ms']:.2f} ms, {sum(p['errors'].values())} errors"
+                                f" p99 {p['p99_ms']:.2f} ms, {sum(p['errors'].values())} errors,"
+                                f" cpu nodes {p['cpu_cores_nodes']:.2f}"
+                                f" + clients {p['cpu_cores_clients']:.2f}"
+                                f" of {p['cpu_cores_machine']:.2f} cores busy"
                             )
                         modes.append(
                             {
@@ -406,12 +483,16 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         "unloaded_latency": latency,
         "goals_per_s": GOALS,
         "wall_seconds": round(time.perf_counter() - t_start, 1),
+        "loadavg_before": load_before,
         "machine": machine(),
     }
 
 
 def _table(title: str) -> Table:
-    t = Table(title=title)
+    t = Table(
+        title=title,
+        caption="cpu: cores used by the nodes + the clients / busy on the whole machine",
+    )
     t.add_column("operation")
     t.add_column("callers", justify="right")
     t.add_column("ops/s", justify="right")
@@ -419,6 +500,7 @@ def _table(title: str) -> Table:
     t.add_column("p50 ms", justify="right")
     t.add_column("p99 ms", justify="right")
     t.add_column("errors", justify="right")
+    t.add_column("cpu", justify="right")
     return t
 
 
@@ -450,6 +532,8 @@ def show(res: dict[str, Any], console: Console) -> None:
                 f"{p['p50_ms']:.2f}",
                 f"{p['p99_ms']:.2f}",
                 str(sum(p["errors"].values())),
+                f"{p['cpu_cores_nodes']:.2f}+{p['cpu_cores_clients']:.2f}"
+                f" / {p['cpu_cores_machine']:.2f}",
             )
         if i == len(res["modes"]) - 1:
             t.add_section()
@@ -462,6 +546,7 @@ def show(res: dict[str, Any], console: Console) -> None:
                     f"{p['p50_ms']:.2f}",
                     f"{p['p99_ms']:.2f}",
                     str(sum(p["errors"].values())),
+                    "",
                 )
         console.print(t)
     for mode in res["modes"]:
@@ -505,7 +590,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.nodes < 1 or args.clients < 1 or args.dirs < 1 or args.seconds <= 0:
         ap.error("need at least one node, client and directory, and a positive --seconds")
-    console = Console()
+    # A terminal gets its own width; a pipe or a log file gets room for the tables.
+    console = Console() if sys.stdout.isatty() else Console(width=110)
     res = run(args, console)
     show(res, console)
     console.print(f"results: {write_result(args.out, res)}")

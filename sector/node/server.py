@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from sector.config import NodeConfig
-from sector.errors import BadRequest, ConnectError, SectorError, TransportError
+from sector.errors import BadRequest, ClusterError, ConnectError, SectorError, TransportError
 from sector.ids import node_id, to_hex
 from sector.meta.service import MetaService
 from sector.meta.store import MetaStore
@@ -98,6 +98,14 @@ class Node:
         return self.state.me
 
     def responsible_for(self, key: int) -> bool:
+        # Chord's rule makes a node with no known predecessor own every key. Right after
+        # a join that is false for all but a sliver of the ring: until stabilization
+        # tells us our predecessor, requests are routed on (to the previous owner, who
+        # still has the records) rather than answered from an empty shard.
+        if self.state.predecessor is None and any(
+            p.id != self.state.me.id for p in self.state.successors
+        ):
+            return False
         return self.state.responsible_for(key)
 
     def predecessor(self) -> Peer | None:
@@ -187,7 +195,9 @@ class Node:
                 await self.driver.join(bootstrap)
                 await self._gossip_with(bootstrap)
                 return
-            except TransportError as exc:
+            except (TransportError, ClusterError) as exc:
+                # Unreachable bootstrap, or a ring still forming (no live successor
+                # found yet): nodes of a cluster may start in any order, so retry.
                 if time.monotonic() > deadline:
                     raise ConnectError(f"cannot join through {bootstrap}: {exc}") from None
                 await asyncio.sleep(0.5)
