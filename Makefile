@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow check bench clean
+.PHONY: demo test check bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -22,9 +22,6 @@ check: $(STAMP)
 
 test: check
 	$(BIN)/pytest -q -n 2 -m "not slow" tests
-
-test-slow: $(STAMP)
-	$(BIN)/pytest -q -m slow tests
 
 bench: $(STAMP)
 	$(BIN)/python bench/storage.py
