@@ -22,6 +22,7 @@ from sector.errors import (
     SectorError,
     Timeout,
     TransportError,
+    Unavailable,
     UsageError,
 )
 
@@ -58,6 +59,7 @@ __all__ = [
     "SectorError",
     "Timeout",
     "TransportError",
+    "Unavailable",
     "UsageError",
     "connect",
 ]

@@ -13,6 +13,7 @@
     │   ├── ChecksumMismatch         bytes read do not match the recorded checksum
     │   ├── ReplicationError         fewer replicas than needed answered ("1 of 3 ...")
     │   ├── BadRequest               the node refused a malformed message
+    │   ├── Unavailable              a node could not reach another one it needed
     │   └── RemoteError              an unexpected failure on a node (carries its type)
     └── TransportError               the network: cannot connect, timeout, connection lost
         ├── ConnectError
@@ -20,7 +21,9 @@
         └── ProtocolError            garbage, oversize or malformed frames
 
 Remote failures travel as typed error replies (``{"type": name, "msg": ..., "data": ...}``)
-and are raised again at the caller as the same class (see ``from_wire``).
+and are raised again at the caller as the same class (see ``from_wire``), except
+transport errors: a node that failed to reach a *third* node answers ``Unavailable``,
+so the caller never mistakes a live peer for a dead one.
 """
 
 from __future__ import annotations
@@ -88,6 +91,10 @@ class BadRequest(ClusterError):
     pass
 
 
+class Unavailable(ClusterError):
+    pass
+
+
 class RemoteError(ClusterError):
     pass
 
@@ -123,16 +130,16 @@ _WIRE_TYPES: dict[str, type[SectorError]] = {
         ChecksumMismatch,
         ReplicationError,
         BadRequest,
+        Unavailable,
         RemoteError,
-        ConnectError,
-        Timeout,
-        ProtocolError,
     )
 }
 
 
 def to_wire(exc: BaseException) -> dict[str, Any]:
     """The typed error reply for an exception raised by a handler."""
+    if isinstance(exc, TransportError):
+        return {"type": "Unavailable", "msg": exc.message, "data": _plain(exc.data)}
     if isinstance(exc, SectorError):
         name = type(exc).__name__
         if name not in _WIRE_TYPES:

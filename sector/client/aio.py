@@ -35,6 +35,7 @@ from sector.errors import (
     NotFound,
     SectorError,
     TransportError,
+    Unavailable,
     UsageError,
 )
 from sector.ids import key_id
@@ -181,6 +182,8 @@ class AsyncClient:
             except ConnectError:
                 self.pool.forget(addr)
                 self._ring_at = 0.0
+            except Unavailable:
+                self._ring_at = 0.0  # it could not reach the record's owner: ask the entry
         return await self._call(op, args)
 
     async def close(self) -> None:

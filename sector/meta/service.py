@@ -69,7 +69,7 @@ class Ring(Protocol):
     def responsible_for(self, key: int) -> bool: ...
     def predecessor(self) -> Peer | None: ...
     def replica_peers(self, k: int) -> list[Peer]: ...
-    async def lookup(self, key: int) -> Peer: ...
+    async def lookup(self, key: int, *, verify: bool = False) -> Peer: ...
     def failed(self, peer: Peer) -> None: ...
     async def call(
         self, addr: str, op: str, args: dict[str, Any], timeout: float | None = None
@@ -118,6 +118,10 @@ class _Batcher:
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=self.name)
+
+    @property
+    def idle(self) -> bool:
+        return not self._pending and not self._waiters
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -191,6 +195,7 @@ class MetaService:
         self._warm_until = 0.0
         self._last_pred: int | None = None
         self._sync_wanted = asyncio.Event()
+        self._pushed_layout: tuple[int | None, tuple[int, ...]] | None = None
         self._sync_task: asyncio.Task[None] | None = None
         self.stats = {"syncs": 0, "pushed": 0, "handed_off": 0}
         self.on_delete: Callable[[Record], Awaitable[None]] | None = None
@@ -248,14 +253,16 @@ class MetaService:
         args = args or {}
         key = key_id(path)
         last: SectorError | None = None
-        for _ in range(4):
+        for attempt in range(4):
             if self.ring.responsible_for(key):
                 return await self.local(op, path, args)
-            hit = self.cache.find(key)
+            hit = self.cache.find(key) if last is None else None
             if hit is not None:
                 owner = Peer(hit[0], hit[1])
             else:
-                owner = await self.ring.lookup(key)
+                # After a failure, have the answer pinged: right after a crash the
+                # ring still names the dead node until stabilization catches up.
+                owner = await self.ring.lookup(key, verify=last is not None)
             if owner.id == self.ring.me.id:
                 return await self.local(op, path, args)
             try:
@@ -266,6 +273,7 @@ class MetaService:
                 last = exc
                 self.cache.forget(owner.id)
                 self.ring.failed(owner)
+                await asyncio.sleep(0.1 * attempt)  # give stabilization a moment
                 continue
             self._learn(rep.get("range"))
             return rep.get("result")
@@ -430,7 +438,18 @@ class MetaService:
             elif isinstance(rep, BaseException):
                 log.warning("replicating to %s failed: %s", p.addr, rep)
 
-    def _tick(self) -> rec.Stamp:
+    def _tick(self, after: Record | None = None, entry: str | None = None) -> rec.Stamp:
+        """A new stamp, later than ``after`` (and its entry ``entry``, if named).
+
+        An update must beat the record it replaces whatever this node's wall clock says
+        (restarted with the clock stepped back, or taking over keys from a node whose
+        clock ran ahead): otherwise it would lose the merge and a delete or overwrite
+        that was acknowledged would silently not happen.
+        """
+        if after is not None:
+            self.clock.observe(after.v)
+            if entry is not None and isinstance(after, DirRecord) and entry in after.children:
+                self.clock.observe(after.children[entry].v)
         return self.clock.tick(int(self.now() * 1000))
 
     async def local(self, op: str, path: str, a: dict[str, Any]) -> Any:
@@ -453,7 +472,7 @@ class MetaService:
             old = await self._read(path)
             if isinstance(old, DirRecord):
                 raise IsADirectory(f"{path} is a directory")
-            staged = self._stage(msgspec.structs.replace(new, v=self._tick()))
+            staged = self._stage(msgspec.structs.replace(new, v=self._tick(old)))
         await self._commit([staged])
         return {
             "old": rec.to_builtins(old) if old is not None else None,
@@ -472,7 +491,7 @@ class MetaService:
             staged = self._stage(
                 DirRecord(
                     path=path,
-                    v=self._tick(),
+                    v=self._tick(old),
                     rf=rf if isinstance(rf, int) else 0,
                     ctime=now,
                     mtime=now,
@@ -492,7 +511,7 @@ class MetaService:
                 raise NotADirectory(f"{path} is a file, not a directory")
             if not isinstance(d, DirRecord):
                 raise NotFound(f"no such directory: {path}")
-            new = rec.add_child(d, name, kind, self._tick())
+            new = rec.add_child(d, name, kind, self._tick(d, name))
             staged = self._stage(new, derived_from=d)
         await self._commit([staged], deltas=[_entry_delta(new, name)])
         return None
@@ -503,7 +522,7 @@ class MetaService:
             d = await self._read(path)
             if not isinstance(d, DirRecord) or name not in d.children:
                 return None
-            new = rec.remove_child(d, name, self._tick())
+            new = rec.remove_child(d, name, self._tick(d, name))
             staged = self._stage(new, derived_from=d)
         await self._commit([staged], deltas=[_entry_delta(new, name)])
         return None
@@ -520,7 +539,7 @@ class MetaService:
                 not isinstance(old, FileRecord) or old.blob != expect_blob
             ):
                 raise AlreadyExists(f"{path} changed while it was being removed")
-            staged = self._stage(Gone(path=path, v=self._tick(), mtime=self.now()))
+            staged = self._stage(Gone(path=path, v=self._tick(old), mtime=self.now()))
         await self._commit([staged])
         return {"old": rec.to_builtins(old)}
 
@@ -600,17 +619,22 @@ class MetaService:
     async def sync(self) -> None:
         """Push owned records to replica peers; hand records we do not own to their owner."""
         self.stats["syncs"] += 1
-        owned: list[Record] = []
-        foreign: list[tuple[int, Record]] = []
-        for r in self.store.all():
-            k = key_id(r.path)
-            if self.ring.responsible_for(k):
-                owned.append(r)
-            else:
-                foreign.append((k, r))
-        for i in range(0, len(owned), BATCH):
-            await self._replicate(owned[i : i + BATCH])
-            self.stats["pushed"] += len(owned[i : i + BATCH])
+        # The scan decodes the whole shard: off the event loop, or a big shard would
+        # stall heartbeats long enough for peers to think this node dead.
+        owned, foreign = await asyncio.to_thread(self._partition)
+        peers = self.ring.replica_peers(self.k)[1:]
+        pred = self.ring.predecessor()
+        layout = (pred.id if pred else None, tuple(p.id for p in peers))
+        if layout != self._pushed_layout:
+            # Our arc or our replica peers changed: they may lack what we own. (With an
+            # unchanged layout every update already went to them synchronously.)
+            for i in range(0, len(owned), BATCH):
+                await self._replicate(owned[i : i + BATCH])
+                self.stats["pushed"] += len(owned[i : i + BATCH])
+            self._pushed_layout = layout
+        current = {p.addr for p in peers}
+        for addr in [a for a, b in self._replicators.items() if a not in current and b.idle]:
+            await self._replicators.pop(addr).stop()
         foreign.sort(key=lambda x: x[0])
         groups: dict[str, tuple[Peer, list[Record]]] = {}
         for k, r in foreign:
@@ -645,6 +669,17 @@ class MetaService:
                     await asyncio.get_running_loop().run_in_executor(
                         self._io, self.store.delete_many, gone
                     )
+
+    def _partition(self) -> tuple[list[Record], list[tuple[int, Record]]]:
+        owned: list[Record] = []
+        foreign: list[tuple[int, Record]] = []
+        for r in self.store.all():
+            k = key_id(r.path)
+            if self.ring.responsible_for(k):
+                owned.append(r)
+            else:
+                foreign.append((k, r))
+        return owned, foreign
 
     async def handoff_all(self, successor: Peer) -> None:
         """Graceful leave: give every record to the successor that takes our keys over."""

@@ -326,10 +326,14 @@ class FsService:
         res = await self.node.meta.call(path, "put_file", {"record": rec.to_builtins(record)})
         try:
             await self._add_entry(par, rec.basename(path), "file", parents=True)
-        except SectorError:
-            # The parent is a file (it became one after begin_put): take the record back.
-            with contextlib.suppress(SectorError):
-                await self.node.meta.call(path, "delete")
+        except NotADirectory:
+            # The parent became a file after begin_put: take back the record we just
+            # made -- only if it was new, and only our version (the blob guard), so an
+            # acknowledged file of someone else is never touched. On any other error the
+            # record stays: a retry re-adds the entry (add_child is idempotent).
+            if res.get("old") is None:
+                with contextlib.suppress(SectorError):
+                    await self.node.meta.call(path, "delete", {"blob": blob})
             raise
         old = rec.from_builtins(res["old"]) if res.get("old") else None
         self._spawn_delete(old, keep=blob)
@@ -346,7 +350,15 @@ class FsService:
         return {"removed": n}
 
     async def _rm(self, path: str, *, recursive: bool) -> int:
-        r = await self.must_get(path)
+        try:
+            r = await self.must_get(path)
+        except NotFound:
+            # A dangling entry (a crash between the two steps of an earlier rm) would
+            # keep the parent "not empty" for ever: drop it, then report the miss.
+            await self.node.meta.call(
+                rec.parent(path), "remove_child", {"name": rec.basename(path)}
+            )
+            raise
         count = 0
         if isinstance(r, DirRecord) and recursive:
             names = list(rec.live_children(r))

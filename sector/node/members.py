@@ -8,8 +8,9 @@ O(log N) rounds with one message per node per round.
 
 Rules:
 - an entry is owned by its node: only that node bumps its heartbeat ``hb``; a
-  restarted node starts a new ``incarnation`` (its start time), which beats any hb
-  of an older incarnation;
+  restarted node starts a new ``incarnation`` (a counter persisted in its data
+  directory), which beats any hb of an older incarnation; a node that hears of an
+  entry of its own with an incarnation as high as its own re-announces above it;
 - an entry replaces ours only if (incarnation, hb) is newer; we note *when* we last
   saw it advance, by our own clock, so clocks of different hosts never compare;
 - a member whose heartbeat has not advanced for ``dead_after`` seconds is "down";
@@ -72,6 +73,13 @@ class Members:
         changed = False
         for e in entries:
             if e.id == self.me_id:
+                me = self.me
+                if e.incarnation >= me.incarnation:
+                    # Someone holds a newer-looking entry of ours (a stale or forged
+                    # one): re-announce above it, or we would look dead for ever.
+                    self._table[self.me_id] = msgspec.structs.replace(
+                        me, incarnation=e.incarnation + 1, hb=0
+                    )
                 continue
             cur = self._table.get(e.id)
             if cur is None or (e.incarnation, e.hb) > (cur.incarnation, cur.hb):

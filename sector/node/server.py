@@ -29,7 +29,14 @@ from pathlib import Path
 from typing import Any
 
 from sector.config import NodeConfig
-from sector.errors import BadRequest, ClusterError, ConnectError, SectorError, TransportError
+from sector.errors import (
+    BadRequest,
+    ClusterError,
+    ConnectError,
+    SectorError,
+    TransportError,
+    UsageError,
+)
 from sector.ids import node_id, to_hex
 from sector.meta.service import MetaService
 from sector.meta.store import MetaStore
@@ -61,6 +68,20 @@ def host_identity(addr: str, explicit: str | None) -> str:
         if host == "localhost":
             return addr
     return host
+
+
+def next_incarnation(data: Path) -> int:
+    """A counter bumped at every start: what makes a restarted node's gossip win."""
+    p = data / "incarnation"
+    try:
+        n = int(p.read_text().strip())
+    except (OSError, ValueError):
+        n = 0
+    n += 1
+    tmp = p.with_suffix(".tmp")
+    tmp.write_text(f"{n}\n")
+    os.replace(tmp, p)
+    return n
 
 
 def load_uuid(data: Path) -> str:
@@ -114,8 +135,8 @@ class Node:
     def replica_peers(self, k: int) -> list[Peer]:
         return self.state.replica_peers(k)
 
-    async def lookup(self, key: int) -> Peer:
-        peer, _ = await self.driver.lookup(key)
+    async def lookup(self, key: int, *, verify: bool = False) -> Peer:
+        peer, _ = await self.driver.lookup(key, verify=verify)
         return peer
 
     def failed(self, peer: Peer) -> None:
@@ -132,12 +153,25 @@ class Node:
 
     async def start(self) -> None:
         cfg = self.cfg
+        host, port = split_addr(cfg.listen)
+        if host in ("0.0.0.0", "::", ""):
+            # The listen address is also what peers are told to dial: a wildcard would
+            # have every node advertise an address that means "myself" to the dialer.
+            raise UsageError(
+                f"listen on a specific address, not {host} (peers dial what a node listens on)"
+            )
         self.data.mkdir(parents=True, exist_ok=True)
         self.uuid = load_uuid(self.data)
         nid = node_id(self.uuid)
         self.blobs = BlobStore(self.data, quota=cfg.quota)
         self.store = MetaStore(str(self.data / "meta.sqlite3"))
         host, port = split_addr(cfg.listen)
+        if host in ("0.0.0.0", "::", ""):
+            # The listen address is also what peers are told to dial: a wildcard would
+            # have every node advertise an address that means "myself" to the dialer.
+            raise UsageError(
+                f"listen on a specific address, not {host} (peers dial what a node listens on)"
+            )
         addr = await self.server.start(host, port)
         self.addr = addr
         self.host = host_identity(addr, cfg.host_id)
@@ -158,7 +192,7 @@ class Node:
                 host=self.host,
                 topology=cfg.topology,
                 pid=os.getpid(),
-                incarnation=int(self.started * 1000),
+                incarnation=next_incarnation(self.data),
                 hb=0,
                 data=str(self.data.resolve()),
             ),
@@ -243,6 +277,7 @@ class Node:
         await self.meta.stop()
         await self.server.close()
         self.transfer.io.shutdown(wait=True)
+        self.transfer.pumps.shutdown(wait=False, cancel_futures=True)
         await self.pool.close()
         self.store.close()
         with contextlib.suppress(OSError):
@@ -345,14 +380,14 @@ class Node:
         }
 
     async def _h_info(self, a: dict[str, Any]) -> Any:
-        counts = self.meta.counts(self.alive_ids())
+        counts = await asyncio.to_thread(self.meta.counts, self.alive_ids())
         return {
             "id": to_hex(self.state.me.id),
             "address": self.addr,
             "pid": os.getpid(),
             "bytes_used": self.blobs.used,
             "bytes_free": self.blobs.free(),
-            "blobs": len(self.blobs.inventory()),
+            "blobs": self.blobs.count,
             **counts,
             "ring": {
                 "predecessor": self.state.predecessor.addr if self.state.predecessor else None,

@@ -27,7 +27,7 @@ from typing import IO
 
 import blake3
 
-from sector.errors import BadRequest, ChecksumMismatch, NoSpace, NotFound
+from sector.errors import AlreadyExists, BadRequest, ChecksumMismatch, NoSpace, NotFound
 
 _BLOB_RE = re.compile(r"^[0-9a-f]{32}$")
 CHUNK = 1 << 20
@@ -116,6 +116,7 @@ class BlobWriter:
         self._f: IO[bytes] | None = open(self.tmp, "wb")  # noqa: SIM115 - closed in commit/abort
         self._hash = blake3.blake3()
         self._behind = WriteBehind(self._f)
+        self.fresh = False  # set by commit when this write created the blob
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self.written + len(data) > self.size:
@@ -155,11 +156,22 @@ class BlobWriter:
             self._f = None
             final = self.store.path(self.blob)
             final.parent.mkdir(exist_ok=True)
-            os.replace(self.tmp, final)
+            # Write-once: link, never replace. A sealed blob is never overwritten; the
+            # same bytes again (a retried chain write) are accepted as they are.
+            try:
+                os.link(self.tmp, final)
+                self.fresh = True
+            except FileExistsError:
+                if checksum_file(final) != got:
+                    raise AlreadyExists(f"blob {self.blob} exists with other content") from None
+            os.unlink(self.tmp)
             fsync_dir(final.parent)
         except OSError as exc:
             self.abort()
             raise NoSpace(f"cannot store blob {self.blob}: {exc.strerror}") from None
+        except AlreadyExists:
+            self.abort()
+            raise
         return got
 
     def abort(self) -> None:
@@ -183,7 +195,9 @@ class BlobStore:
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         self.quota = quota
         # Bytes used, kept incrementally: a full walk per status call would not scale.
-        self.used = sum(p.stat().st_size for p in self.blob_dir.glob("*/*") if p.is_file())
+        sizes = [p.stat().st_size for p in self.blob_dir.glob("*/*") if p.is_file()]
+        self.used = sum(sizes)
+        self.count = len(sizes)
         # Leftovers of writes that were cut off by a crash are never valid.
         for p in self.tmp_dir.glob("*.part"):
             with contextlib.suppress(OSError):
@@ -218,7 +232,9 @@ class BlobStore:
         return BlobWriter(self, blob, size)
 
     def committed(self, w: BlobWriter) -> None:
-        self.used += w.size
+        if w.fresh:
+            self.used += w.size
+            self.count += 1
 
     def open(self, blob: str) -> IO[bytes]:
         try:
@@ -234,6 +250,7 @@ class BlobStore:
         except FileNotFoundError:
             return False
         self.used = max(0, self.used - size)
+        self.count = max(0, self.count - 1)
         return True
 
     def inventory(self) -> list[str]:

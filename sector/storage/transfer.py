@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +37,8 @@ log = logging.getLogger("sector.transfer")
 
 MAX_CHAIN = 16
 PUMP_BUF = 1 << 20
+MIN_RATE = 64 << 10  # bytes/s an upload must average after RATE_GRACE seconds
+RATE_GRACE = 30.0
 SMALL_MAX = 256 << 10  # blobs up to this size travel inline in control frames
 
 
@@ -75,7 +78,15 @@ def _pump(
         w.write(first)
         forward(first)
     remaining = size - len(first)
+    started = time.monotonic()
     while remaining > 0:
+        # A minimum average rate after a grace period: a per-read timeout alone lets a
+        # peer trickle a byte every few seconds and hold a thread for ever.
+        elapsed = time.monotonic() - started
+        if elapsed > RATE_GRACE and (size - remaining) / elapsed < MIN_RATE:
+            raise ProtocolError(
+                f"upload of {w.blob} too slow ({size - remaining} bytes in {elapsed:.0f} s)"
+            )
         try:
             n = src.recv_into(view[: min(PUMP_BUF, remaining)])
         except TimeoutError:
@@ -107,6 +118,9 @@ class BlobService:
         # fsyncs of many small blobs at once: each waits on the disk, not the CPU, so a
         # pool wider than the default (cores + 4) keeps a burst of puts from queueing.
         self.io = ThreadPoolExecutor(32, thread_name_prefix="blob-io")
+        # Copy loops of bulk uploads: their own pool, so uploads never starve the
+        # default executor (or each other's commits).
+        self.pumps = ThreadPoolExecutor(64, thread_name_prefix="blob-pump")
         self.stats = {"puts": 0, "gets": 0, "bytes_in": 0, "bytes_out": 0}
 
     def handlers(self) -> dict[str, Any]:
@@ -149,8 +163,8 @@ class BlobService:
             if src is not None:
                 dst = down.raw_socket(reading=False) if down is not None else None
                 try:
-                    down_ok = await asyncio.to_thread(
-                        _pump, src, chan.take_buffered(size), size, w, dst
+                    down_ok = await asyncio.get_running_loop().run_in_executor(
+                        self.pumps, _pump, src, chan.take_buffered(size), size, w, dst
                     )
                 finally:
                     src.close()

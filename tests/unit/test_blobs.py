@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sector.errors import BadRequest, ChecksumMismatch, NoSpace, NotFound
+from sector.errors import AlreadyExists, BadRequest, ChecksumMismatch, NoSpace, NotFound
 from sector.storage.blobs import BlobStore, checksum_of, new_blob_id
 
 
@@ -80,3 +80,21 @@ def test_delete_and_missing(tmp_path: Path) -> None:
     with pytest.raises(NotFound):
         s.open(b)
     assert s.used == 0
+
+
+def test_a_sealed_blob_is_never_overwritten(tmp_path: Path) -> None:
+    s = BlobStore(tmp_path)
+    b = new_blob_id()
+    for data in (b"first", b"first"):  # the same bytes again: an idempotent retry
+        w = s.writer(b, len(data))
+        w.write(data)
+        w.commit(None)
+        s.committed(w)
+    assert s.used == 5 and s.count == 1
+    w = s.writer(b, 5)
+    w.write(b"other")
+    with pytest.raises(AlreadyExists):
+        w.commit(None)
+    with s.open(b) as f:
+        assert f.read() == b"first"
+    assert not list((tmp_path / "tmp").iterdir())

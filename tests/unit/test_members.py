@@ -57,9 +57,21 @@ def test_restart_with_new_incarnation_clears_suspicion_even_with_lower_hb() -> N
 
 
 def test_own_entry_is_never_overwritten_by_gossip() -> None:
-    t = Members(member(0, hb=3))
-    t.merge([member(0, hb=99, state="left")], now=0.0)
-    assert t.me.hb == 3 and t.me.state == "up"
+    t = Members(member(0, hb=3, inc=5))
+    t.merge([member(0, hb=99, inc=4, state="left")], now=0.0)
+    assert t.me.hb == 3 and t.me.state == "up" and t.me.incarnation == 5
+
+
+def test_a_newer_looking_entry_of_our_own_makes_us_reannounce_above_it() -> None:
+    # A stale or forged entry with our id and a high incarnation would otherwise beat
+    # every heartbeat we send: we would look dead for ever.
+    t = Members(member(0, hb=3, inc=5))
+    t.merge([member(0, hb=0, inc=10**6, state="left")], now=0.0)
+    assert t.me.state == "up" and t.me.incarnation == 10**6 + 1
+    peer = Members(member(1))
+    peer.merge([member(0, hb=0, inc=10**6, state="left")], now=0.0)
+    peer.merge([t.update_self(1.0)], now=1.0)
+    assert peer.state_of(peer.get(member(0).id), 1.0) == "up"  # type: ignore[arg-type]
 
 
 def test_left_member_is_reported_left_and_forgotten_later() -> None:
