@@ -219,7 +219,7 @@ class MetaService:
     async def _write(self, records: list[Record]) -> None:
         try:
             await asyncio.get_running_loop().run_in_executor(
-                self._io, self.store.merge_many, records
+                self._io, self.store.put_many, records
             )
         except Exception as exc:
             log.exception("metadata commit failed")

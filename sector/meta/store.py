@@ -6,10 +6,12 @@ Rules
    zero-padded hex sorts like the integer, so a ring interval is one or two index range
    scans), its kind, the file size (so ``counts`` is one aggregate, no decoding) and the
    encoded record (msgpack, see ``records.encode``; never pickle).
-2. Writes only go through ``merge_many``: each incoming record is merged with the stored
+2. Writes go through ``merge_many``: each incoming record is merged with the stored
    one (``records.merge``) in ONE transaction, committed with WAL and
    ``synchronous=FULL``, so when it returns the merged records are durable. Merging
    (never overwriting) is what makes replays, handoffs and repair pushes harmless.
+   ``put_many`` skips the merge for a writer that has merged already (the metadata
+   service stages every record over the stored one before committing it).
 3. Two connections: a writer (used by the committer thread) and a reader (used by the
    event loop). In WAL mode readers never wait for the writer's fsync, and they only
    ever see committed data. Each has a lock, since a Python sqlite3 connection must not
