@@ -109,11 +109,16 @@ class ProcCluster:
         topology: str = "",
         quota: int | None = None,
         data: Path | None = None,
+        listen: str = "127.0.0.1:0",
+        wrap: list[str] | None = None,
     ) -> NodeProc:
+        """``wrap``: a command prefix, e.g. ``["ip", "netns", "exec", NS]`` to run the
+        node on another (emulated) host."""
         i = len(self.nodes)
         data = data or self.root / f"node-{i}"
         data.mkdir(parents=True, exist_ok=True)
         args = [
+            *(wrap or []),
             sys.executable,
             "-m",
             "sector",
@@ -121,7 +126,7 @@ class ProcCluster:
             "--data",
             str(data),
             "--listen",
-            "127.0.0.1:0",
+            listen,
             "--replicas",
             str(self.replicas),
         ]
