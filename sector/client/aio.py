@@ -37,6 +37,7 @@ from sector.errors import (
     TransportError,
     Unavailable,
     UsageError,
+    from_wire,
 )
 from sector.ids import key_id
 from sector.meta import records as rec
@@ -409,8 +410,6 @@ class AsyncClient:
         try:
             head = await chan.read_frame()
             if head.e is not None:
-                from sector.errors import from_wire
-
                 raise from_wire(head.e)
             size = int(head.r["size"])
             if size != st["size"]:
@@ -466,8 +465,6 @@ class AsyncClient:
                 try:
                     head = await chan.read_frame()
                     if head.e is not None:
-                        from sector.errors import from_wire
-
                         raise from_wire(head.e)
                     data = await chan.read_exactly(int(head.r["size"]))
                 finally:
