@@ -36,6 +36,11 @@ class NodeConfig:
     stall_timeout: float = 10.0  # a frame must arrive whole this long after its first byte
     min_free: int = 64 << 20  # a node with less free space takes no new replicas
     quota: int | None = None  # cap on bytes this node stores (None = the disk)
+    # Repair (issue 3): two files at a time keeps a recovering cluster serving reads;
+    # no byte cap by default (restoring R copies fast is the point), settable per node.
+    repair_concurrency: int = 2
+    repair_rate: int = 0  # bytes/s copied by repair, 0 = no cap
+    repair_scan_interval: float = 30.0  # periodic scan for what the triggers missed
     extra: dict[str, str] = field(default_factory=dict)
 
 

@@ -129,7 +129,8 @@ def cmd_status(c: ClientLike, args: argparse.Namespace) -> None:
     up = sum(1 for n in nodes if n.get("state") == "up")
     output.echo(
         f"{up}/{len(nodes)} nodes up, {st.get('files', 0)} files"
-        f" ({output.fmt_bytes(st.get('bytes', 0))}), {st.get('under_replicated', 0)} under-replicated"
+        f" ({output.fmt_bytes(st.get('bytes', 0))}), {st.get('under_replicated', 0)} under-replicated,"
+        f" {st.get('repair_queue', 0)} queued for repair"
     )
 
 

@@ -134,6 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=10.0,
         help="close a connection whose frame stalls this long (default 10)",
     )
+    s.add_argument(
+        "--repair-rate",
+        metavar="BYTES",
+        type=arg_type(parse_size),
+        default=None,
+        help="cap on bytes/s copied by repair (e.g. 100M; default: no cap)",
+    )
 
     cmd("status", "nodes, files and under-replicated files of the cluster")
 
@@ -214,6 +221,7 @@ def _node(args: argparse.Namespace) -> int:
         quota=args.quota,
         host_id=args.host_id,
         stall_timeout=args.stall_timeout,
+        repair_rate=args.repair_rate or 0,
     )
     return int(run_node(cfg))
 

@@ -250,6 +250,12 @@ class AsyncClient:
         res: dict[str, Any] = await self._call("fs.status", {})
         return res
 
+    async def setrf(self, path: str, rf: int) -> dict[str, Any]:
+        """Change a file's replica target; the cluster adds or trims copies in the background."""
+        p = rec.normalize(path)
+        res: dict[str, Any] = await self._call_owner(p, "fs.setrf", {"path": p, "rf": rf})
+        return res
+
     # ------------------------------------------------------------------ data
 
     async def put(

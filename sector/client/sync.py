@@ -113,6 +113,9 @@ class Client:
     def status(self) -> dict[str, Any]:
         return self._run(self._aio.status())
 
+    def setrf(self, path: str, rf: int) -> dict[str, Any]:
+        return self._run(self._aio.setrf(path, rf))
+
     def open(self, remote: str, mode: str = "rb") -> io.BufferedReader:
         """A read-only binary file object over a Sector file."""
         if mode not in ("rb", "r"):

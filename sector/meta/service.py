@@ -48,6 +48,7 @@ from sector.errors import (
     TransportError,
 )
 from sector.ids import from_hex, key_id, to_hex
+from sector.meta import fileops
 from sector.meta import records as rec
 from sector.meta.records import DirRecord, FileRecord, Gone, Record
 from sector.meta.store import MetaStore
@@ -218,9 +219,7 @@ class MetaService:
 
     async def _write(self, records: list[Record]) -> None:
         try:
-            await asyncio.get_running_loop().run_in_executor(
-                self._io, self.store.put_many, records
-            )
+            await asyncio.get_running_loop().run_in_executor(self._io, self.store.put_many, records)
         except Exception as exc:
             log.exception("metadata commit failed")
             raise SectorError(f"metadata commit failed: {exc}") from None
@@ -561,6 +560,8 @@ class MetaService:
         "remove_child": _op_remove_child,
         "delete": _op_delete,
         "get_many": _op_get_many,
+        "set_replicas": fileops.set_replicas,
+        "set_rf": fileops.set_rf,
     }
 
     # ------------------------------------------------------------------ replica-side handlers

@@ -82,6 +82,7 @@ class FsService:
             "fs.rm": self._h_rm,
             "fs.mv": self._h_mv,
             "fs.status": self._h_status,
+            "fs.setrf": self._h_setrf,
         }
 
     # ------------------------------------------------------------------ helpers
@@ -435,6 +436,18 @@ class FsService:
             rec.parent(r.path), "remove_child", {"name": rec.basename(r.path)}
         )
 
+    async def _h_setrf(self, a: dict[str, Any]) -> Any:
+        """Change a file's replica target; its owner's repair worker adds or trims copies."""
+        path = _path(a)
+        rf = _opt_int(a, "rf", 1, MAX_RF)
+        if rf is None:
+            raise BadRequest("setrf needs rf")
+        res = await self.node.meta.call(path, "set_rf", {"rf": rf})
+        await self.node.repair.report(path)
+        r = rec.from_builtins(res["record"])
+        assert isinstance(r, FileRecord)
+        return self.describe(r)
+
     async def _h_status(self, a: dict[str, Any]) -> Any:
         view = self.node.member_view()
 
@@ -450,7 +463,7 @@ class FsService:
                 return None
 
         infos = await asyncio.gather(*(info(m) for m in view))
-        files = under = size = 0
+        files = under = size = queued = 0
         for m, inf in zip(view, infos, strict=True):
             if inf is None:
                 m["files"] = None
@@ -463,11 +476,14 @@ class FsService:
             files += int(inf.get("files", 0))
             under += int(inf.get("under_replicated", 0))
             size += int(inf.get("bytes", 0))
+            m["repair_queue"] = int(inf.get("repair_queue", 0))
+            queued += m["repair_queue"]
         return {
             "nodes": view,
             "files": files,
             "under_replicated": under,
             "bytes": size,
+            "repair_queue": queued,
             "replicas": self.node.cfg.replicas,
             "entry": self.node.addr,
         }

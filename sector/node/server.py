@@ -42,6 +42,7 @@ from sector.meta.service import MetaService
 from sector.meta.store import MetaStore
 from sector.node.fs import FsService
 from sector.node.members import Member, Members, members_from_wire
+from sector.node.repair import RepairWorker
 from sector.routing.chord import ChordState, Peer
 from sector.routing.driver import ChordDriver
 from sector.storage.blobs import BlobStore
@@ -201,10 +202,18 @@ class Node:
         self.meta = MetaService(self.store, self, k=cfg.meta_replicas, rpc_timeout=cfg.rpc_timeout)
         self.transfer = BlobService(self)
         self.fs = FsService(self)
+        self.repair = RepairWorker(
+            self,
+            concurrency=cfg.repair_concurrency,
+            rate=cfg.repair_rate,
+            scan_interval=cfg.repair_scan_interval,
+            settle=cfg.dead_after + 1.0,
+        )
         self.handlers.update(self.driver.handlers())
         self.handlers.update(self.meta.handlers())
         self.handlers.update(self.fs.handlers())
         self.handlers.update(self.transfer.handlers())
+        self.handlers.update(self.repair.handlers())
         self.handlers.update(
             {"node.gossip": self._h_gossip, "node.info": self._h_info, "node.ping": self._h_ping}
         )
@@ -217,6 +226,7 @@ class Node:
         await self.meta.start()
         await self.driver.start()
         self._tasks.append(asyncio.create_task(self._gossip_loop(), name="gossip"))
+        await self.repair.start()
         self._write_ready()
         log.info(
             "node %s listening on %s (%s)", to_hex(nid)[:8], addr, cfg.topology or "no topology"
@@ -244,6 +254,7 @@ class Node:
 
     def _ring_changed(self) -> None:
         self.meta.ring_changed()
+        self.repair.ring_changed()
 
     async def leave(self) -> None:
         """Graceful leave: hand off metadata, tell the ring, stop."""
@@ -274,6 +285,8 @@ class Node:
                 await t
         with contextlib.suppress(Exception):
             await self.driver.stop()
+        with contextlib.suppress(Exception):
+            await self.repair.stop()
         await self.meta.stop()
         await self.server.close()
         self.transfer.io.shutdown(wait=True)
@@ -303,6 +316,9 @@ class Node:
                 raise
             except Exception:
                 log.exception("gossip round failed")
+            # Checked every round (a set comparison): a member turning down starts a
+            # repair scan within one gossip interval of the table saying so.
+            self.repair.members_changed()
 
     async def _gossip_round(self) -> None:
         now = time.monotonic()
@@ -381,6 +397,7 @@ class Node:
 
     async def _h_info(self, a: dict[str, Any]) -> Any:
         counts = await asyncio.to_thread(self.meta.counts, self.alive_ids())
+        repair = self.repair.status()
         return {
             "id": to_hex(self.state.me.id),
             "address": self.addr,
@@ -389,6 +406,8 @@ class Node:
             "bytes_free": self.blobs.free(),
             "blobs": self.blobs.count,
             **counts,
+            "repair_queue": repair["queue"],
+            "workers": [repair],
             "ring": {
                 "predecessor": self.state.predecessor.addr if self.state.predecessor else None,
                 "successors": [p.addr for p in self.state.successors],

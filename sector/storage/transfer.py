@@ -24,7 +24,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from sector.errors import BadRequest, ProtocolError, SectorError, TransportError
+from sector.errors import (
+    BadRequest,
+    ChecksumMismatch,
+    ProtocolError,
+    SectorError,
+    TransportError,
+)
 from sector.ids import to_hex
 from sector.storage.blobs import CHUNK, BlobWriter, check_blob_id
 from sector.transport.rpc import BulkChannel
@@ -128,6 +134,7 @@ class BlobService:
             "blob.delete": self._h_delete,
             "blob.has": self._h_has,
             "blob.put_small": self._h_put_small,
+            "blob.replicate": self._h_replicate,
         }
 
     def bulk_handlers(self) -> dict[str, Any]:
@@ -304,6 +311,59 @@ class BlobService:
             if self.node.blobs.delete(check_blob_id(b)):
                 n += 1
         return n
+
+    async def _h_replicate(self, a: dict[str, Any]) -> Any:
+        """Push this node's copy of a blob to new holders (repair, issue 3).
+
+        The same chain write a client makes (``blob.put`` with the rest of the chain),
+        fed by ``sendfile`` from the local file. The record's checksum travels in the
+        header, so every target verifies the bytes before sealing them: a copy that
+        rotted here fails there instead of spreading. Reply: the nodes that stored it.
+        """
+        blob = check_blob_id(a.get("blob"))
+        size = _int(a, "size")
+        checksum = a.get("checksum")
+        if not isinstance(checksum, str):
+            raise BadRequest("blob.replicate needs the record's checksum")
+        return {"stored": await self.replicate(blob, size, checksum, _chain(a.get("targets")))}
+
+    async def replicate(
+        self, blob: str, size: int, checksum: str, targets: list[tuple[str, str]]
+    ) -> list[list[str]]:
+        if not targets:
+            return []
+        have = self.node.blobs.size(blob)  # NotFound if this node has no copy
+        if have != size:
+            raise ChecksumMismatch(f"local copy of {blob} has {have} bytes, the record {size}")
+        last: SectorError | None = None
+        for i, (_nid, addr) in enumerate(targets):
+            args = {
+                "blob": blob,
+                "size": size,
+                "checksum": checksum,
+                "chain": [list(c) for c in targets[i + 1 :]],
+            }
+            try:
+                chan = await self.node.pool.open_bulk(addr, "blob.put", args)
+            except TransportError as exc:
+                last = exc
+                continue
+            try:
+                with self.node.blobs.open(blob) as f:
+                    await chan.sendfile(f, 0, size)
+                rep = await chan.read_reply()
+            except TransportError as exc:
+                last = exc
+                continue
+            finally:
+                await chan.close()
+            if not isinstance(rep, dict) or rep.get("checksum") != checksum:
+                raise ChecksumMismatch(
+                    f"copy of {blob} at {addr} does not match the record's checksum"
+                )
+            self.stats["bytes_out"] += size
+            return [list(c) for c in _chain(rep.get("stored", []))]
+        raise last or TransportError(f"no target took a copy of {blob}")
 
     async def _h_has(self, a: dict[str, Any]) -> Any:
         blob = check_blob_id(a.get("blob"))

@@ -453,7 +453,9 @@ def test_status_table_and_json(fake: FakeClient, capsys: pytest.CaptureFixture[s
     assert run("status") == 0
     out = capsys.readouterr().out
     assert "abababab" in out and "127.0.0.1:7000" in out and "/dc/r" in out
-    assert out.splitlines()[-1] == "1/1 nodes up, 0 files (3.0 MiB), 0 under-replicated"
+    assert out.splitlines()[-1] == (
+        "1/1 nodes up, 0 files (3.0 MiB), 0 under-replicated, 0 queued for repair"
+    )
     assert run("status", "--json") == 0
     assert json.loads(capsys.readouterr().out)["nodes"][0]["pid"] == 42
 

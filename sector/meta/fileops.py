@@ -1,0 +1,77 @@
+"""Owner-side operations on file records used by repair (issue 3), kept out of
+``service.py``: they follow its rules (read, compute and stage with no await between;
+acknowledged after commit and replication) through the same ``_lock``/``_stage``/
+``_commit`` steps.
+
+Both are compare-and-set on the blob: a repair works on one *version* of a file, and
+if the file was overwritten, moved away or deleted while its copies were being made,
+the update is a no-op (the new version has replicas of its own, or none are needed).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from sector.errors import BadRequest, IsADirectory, NotFound
+from sector.meta import records as rec
+from sector.meta.records import FileRecord
+
+if TYPE_CHECKING:
+    from sector.meta.service import MetaService
+
+MAX_REPLICAS = 32
+
+
+def _replicas(obj: Any) -> list[tuple[str, str]]:
+    if not isinstance(obj, list) or not obj or len(obj) > MAX_REPLICAS:
+        raise BadRequest("replicas must be a non-empty list of [node id, address]")
+    out: list[tuple[str, str]] = []
+    for x in obj:
+        if not (isinstance(x, list | tuple) and len(x) == 2 and all(isinstance(y, str) for y in x)):
+            raise BadRequest("replicas must be [node id, address] pairs")
+        if x[0] not in {n for n, _ in out}:
+            out.append((x[0], x[1]))
+    return out
+
+
+async def set_replicas(svc: MetaService, path: str, a: dict[str, Any]) -> Any:
+    """``{blob, replicas, expect?}``: replace the replica list of the current version.
+
+    ``expect`` (the list the caller planned from) makes it a full compare-and-set: a
+    concurrent repair of the same version (two nodes briefly both owners during churn)
+    must not overwrite the other's result with a list missing its new copy.
+    """
+    blob = a.get("blob")
+    if not isinstance(blob, str):
+        raise BadRequest("set_replicas needs a blob id")
+    new = _replicas(a.get("replicas"))
+    expect = a.get("expect")
+    async with svc._lock(path):
+        old = await svc._read(path)
+        if not isinstance(old, FileRecord) or old.blob != blob:
+            return {"updated": False, "reason": "changed"}
+        if expect is not None and [list(r) for r in old.replicas] != [list(r) for r in expect]:
+            return {"updated": False, "reason": "raced"}
+        staged = svc._stage(msgspec.structs.replace(old, replicas=new, v=svc._tick(old)))
+    await svc._commit([staged])
+    return {"updated": True, "record": rec.to_builtins(staged)}
+
+
+async def set_rf(svc: MetaService, path: str, a: dict[str, Any]) -> Any:
+    """``{rf, blob?}``: change a file's replica target (repair then adds or trims)."""
+    rf = a.get("rf")
+    if not isinstance(rf, int) or isinstance(rf, bool) or not 1 <= rf <= MAX_REPLICAS:
+        raise BadRequest(f"rf must be an integer from 1 to {MAX_REPLICAS}")
+    async with svc._lock(path):
+        old = await svc._read(path)
+        if not isinstance(old, FileRecord):
+            if old is not None and not isinstance(old, rec.Gone):
+                raise IsADirectory(f"{path} is a directory (set rf on its files)")
+            raise NotFound(f"no such file: {path}")
+        if a.get("blob") not in (None, old.blob):
+            return {"updated": False, "reason": "changed"}
+        staged = svc._stage(msgspec.structs.replace(old, rf=rf, v=svc._tick(old)))
+    await svc._commit([staged])
+    return {"updated": True, "record": rec.to_builtins(staged)}

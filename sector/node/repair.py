@@ -1,0 +1,369 @@
+"""The repair worker: keeps every file this node owns at its replica target (DESIGN
+"Replication"; the model is garage's ``block/resync.rs``).
+
+Rules:
+- The metadata *owner* of a file repairs it: one decider per file, and the one that
+  can update its record without a hop. A queued path this node no longer owns is
+  dropped (its new owner finds it by its own scan).
+- Work enters a persisted queue (``<data>/repair.sqlite3``, see ``repair_queue``) from
+  three triggers: the set of live members changed (a crash, a leave, a join) or the
+  ring did (we may own new keys): a scan of the owned records, off the event loop;
+  a periodic scan (``scan_interval``) for anything the triggers missed; and
+  ``repair.report {path, node_id?}`` from whoever found a bad copy.
+- Nothing is decided during ``settle`` seconds after start: until gossip has filled
+  the member table, live holders would look dead and be "repaired" for nothing.
+- At most ``concurrency`` paths are repaired at once, and the bytes copied are paced
+  to ``rate`` bytes/s (0 = no cap), so repair never starves client traffic. A failed
+  repair backs off (1 s doubling to 60 s) and stays queued across restarts.
+- One repair: plan (``repair_policy``), have a live good holder push its copy to new
+  targets (``blob.replicate``: a chain write verified against the record's checksum),
+  set the record's replica list by compare-and-set, then delete trimmed or bad
+  copies. The record is changed before any copy is deleted and never loses a good one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from sector.errors import (
+    BadRequest,
+    ChecksumMismatch,
+    NotFound,
+    SectorError,
+    TransportError,
+    Unavailable,
+)
+from sector.ids import key_id, to_hex
+from sector.meta import records as rec
+from sector.meta.records import FileRecord
+from sector.storage import repair_policy
+from sector.storage.placement import Candidate
+from sector.storage.repair_queue import Entry, RepairQueue
+
+if TYPE_CHECKING:
+    from sector.node.server import Node
+
+log = logging.getLogger("sector.repair")
+
+MAX_HOPS = 3
+COPY_RATE_FLOOR = 4 << 20  # bytes/s assumed when sizing a copy's timeout
+
+
+class RepairWorker:
+    name = "repair"
+
+    def __init__(
+        self,
+        node: Node,
+        *,
+        concurrency: int = 2,
+        rate: int = 0,
+        scan_interval: float = 30.0,
+        settle: float = 5.0,
+    ) -> None:
+        self.node = node
+        self.concurrency = max(1, concurrency)
+        self.rate = rate
+        self.scan_interval = scan_interval
+        self.settle = settle
+        self.queue = RepairQueue(str(node.data / "repair.sqlite3"))
+        self.counters = {"done": 0, "failed": 0, "copies": 0, "trimmed": 0, "bytes": 0, "scans": 0}
+        self.last_error = ""
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._wake = asyncio.Event()
+        self._scan_wanted = asyncio.Event()
+        self._settled = asyncio.Event()
+        self._lost: set[str] = set()
+        self._last_up: set[str] | None = None
+        self._next_slot = 0.0
+        self._qlen = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        self._qlen = await asyncio.to_thread(len, self.queue)
+        self._tasks = [
+            asyncio.create_task(self._run(), name="repair"),
+            asyncio.create_task(self._scan_loop(), name="repair-scan"),
+        ]
+
+    async def stop(self) -> None:
+        tasks = self._tasks + list(self._running.values())
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(BaseException):
+                await t
+        self.queue.close()
+
+    def handlers(self) -> dict[str, Any]:
+        return {"repair.report": self._h_report}
+
+    def status(self) -> dict[str, Any]:
+        state = "settling" if not self._settled.is_set() else "busy" if self._running else "idle"
+        return {
+            "name": self.name,
+            "state": state,
+            "queue": self._qlen,
+            "in_flight": len(self._running),
+            **self.counters,
+            "last_error": self.last_error,
+        }
+
+    # ------------------------------------------------------------------ triggers
+
+    def members_changed(self) -> None:
+        """Called every gossip round: a member turning down (or up) means a scan."""
+        up = self.node.alive_ids()
+        prev, self._last_up = self._last_up, up
+        if prev is None or up == prev:
+            return
+        self._lost |= prev - up
+        self._scan_wanted.set()
+
+    def ring_changed(self) -> None:
+        # After a crash behind us we own its keys: their files need a look too.
+        self._scan_wanted.set()
+
+    async def _scan_loop(self) -> None:
+        await self._settled.wait()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._scan_wanted.wait(), self.scan_interval)
+            self._scan_wanted.clear()
+            await asyncio.sleep(0.2)  # let a burst of changes make one scan
+            lost, self._lost = self._lost, set()
+            try:
+                await self.scan(lost)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("repair scan failed")
+
+    async def scan(self, lost: set[str] | None = None) -> int:
+        """Queue every owned file that is not exactly right; returns how many."""
+        live = self._live()
+        lost = lost or set()
+        n = await asyncio.to_thread(self._scan_sync, live, lost)
+        self.counters["scans"] += 1
+        if n:
+            log.info(
+                "repair scan queued %d files%s", n, f" (lost {len(lost)} nodes)" if lost else ""
+            )
+            self._wake.set()
+        return n
+
+    def _scan_sync(self, live: dict[str, Candidate], lost: set[str]) -> int:
+        # Runs in a thread: decoding the whole shard on the loop would stall heartbeats.
+        paths = []
+        for r in self.node.meta.store.all():
+            if not isinstance(r, FileRecord) or not self.node.responsible_for(key_id(r.path)):
+                continue
+            p = repair_policy.plan(r.replicas, r.rf, live, seed=r.blob)
+            if not p.ok or any(nid in lost for nid, _ in r.replicas):
+                paths.append(r.path)
+        if paths:
+            self.queue.enqueue_many(
+                paths, "lost node" if lost else "scan", time.time(), urgent=bool(lost)
+            )
+        self._qlen = len(self.queue)
+        return len(paths)
+
+    async def _h_report(self, a: dict[str, Any]) -> Any:
+        """``{path, node_id?}``: a copy is bad (or the file needs a look); routed to the owner."""
+        path = a.get("path")
+        nid = a.get("node_id")
+        hops = a.get("hops", 0)
+        if not isinstance(path, str) or not isinstance(hops, int):
+            raise BadRequest("repair.report needs a path")
+        if nid is not None and not (
+            isinstance(nid, str)
+            and 0 < len(nid) <= 64
+            and all(c in "0123456789abcdef" for c in nid)
+        ):
+            raise BadRequest("repair.report: node_id must be a hex node id")
+        return await self.report(rec.normalize(path), nid, hops=hops)
+
+    async def report(self, path: str, node_id: str | None = None, *, hops: int = 0) -> Any:
+        key = key_id(path)
+        if not self.node.responsible_for(key) and hops < MAX_HOPS:
+            owner = await self.node.lookup(key)
+            if owner.id != self.node.me.id:
+                args = {"path": path, "node_id": node_id, "hops": hops + 1}
+                return await self.node.call(owner.addr, "repair.report", args)
+        reason = f"bad copy on {node_id[:8]}" if node_id else "reported"
+        await asyncio.to_thread(
+            self.queue.enqueue, path, reason, time.time(), bad=node_id, urgent=True
+        )
+        self._qlen += 1
+        self._wake.set()
+        return {"queued": True, "owner": self.node.addr}
+
+    # ------------------------------------------------------------------ the queue runner
+
+    async def _run(self) -> None:
+        # See the module rules: decide nothing until the member table has filled.
+        await asyncio.sleep(self.settle)
+        self._settled.set()
+        self._scan_wanted.set()
+        while True:
+            self._wake.clear()
+            free = self.concurrency - len(self._running)
+            if free > 0:
+                entries = await asyncio.to_thread(
+                    self.queue.due, time.time(), free, skip=set(self._running)
+                )
+                for e in entries:
+                    self._running[e.path] = asyncio.create_task(
+                        self._one(e), name=f"repair {e.path}"
+                    )
+            nd = await asyncio.to_thread(self.queue.next_due)
+            self._qlen = await asyncio.to_thread(len, self.queue)
+            wait = 5.0 if nd is None else min(5.0, max(0.2, nd - time.time()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), wait)
+
+    async def _one(self, e: Entry) -> None:
+        try:
+            await self.repair(e)
+            await asyncio.to_thread(self.queue.done, e)
+            self.counters["done"] += 1
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if not isinstance(exc, SectorError | OSError):
+                log.exception("repair of %s failed", e.path)
+            due = await asyncio.to_thread(self.queue.failed, e, time.time(), str(exc))
+            self.counters["failed"] += 1
+            self.last_error = f"{e.path}: {exc}"
+            log.info("repair of %s failed (retry in %.0f s): %s", e.path, due - time.time(), exc)
+        finally:
+            self._running.pop(e.path, None)
+            self._wake.set()
+
+    def _live(self) -> dict[str, Candidate]:
+        return {c.node_id: c for c in self.node.fs._candidates()}
+
+    async def repair(self, e: Entry) -> None:
+        """Bring one path to its target (see the module rules). Raises to back off."""
+        node = self.node
+        if not node.responsible_for(key_id(e.path)):
+            return  # the owner repairs; it finds the file by its own scan
+        r = await node.meta.get(e.path)
+        if not isinstance(r, FileRecord):
+            return  # deleted, or a directory now: nothing to keep
+        live = self._live()
+        p = repair_policy.plan(r.replicas, r.rf, live, bad=e.bad, seed=r.blob)
+        if p.ok:
+            return
+        shortfall = ""
+        if p.need:
+            if not p.good:
+                raise Unavailable(
+                    f"no good copy of {e.path} is up ({len(p.dead)} down, {len(p.bad)} bad)"
+                )
+            targets = repair_policy.targets(
+                p, r.replicas, live, size=r.size, seed=r.blob, min_free=node.cfg.min_free
+            )
+            stored = await self._copy(e, r, p.good, targets) if targets else []
+            new, _ = repair_policy.after_copy(p, stored)
+            good_after = len(p.good) + len(stored)
+            if good_after < r.rf:
+                shortfall = (
+                    f"{e.path}: {good_after} of {r.rf} copies"
+                    f" ({len(live)} nodes up, {len(targets)} could take one)"
+                )
+        else:
+            new = p.keep()
+        new_ids = {nid for nid, _ in new}
+        drop = [x for x in p.good + p.bad if x[0] not in new_ids and x[0] in live]
+        if new != [tuple(x) for x in r.replicas]:
+            res = await node.meta.call(
+                e.path,
+                "set_replicas",
+                {
+                    "blob": r.blob,
+                    "replicas": [list(x) for x in new],
+                    "expect": [list(x) for x in r.replicas],
+                },
+            )
+            if not res.get("updated"):
+                if res.get("reason") == "raced":
+                    raise Unavailable(f"{e.path} changed during its repair; retrying")
+                return  # overwritten or removed meanwhile: this version needs nothing
+        for nid, addr in drop:
+            try:
+                await node.call(addr, "blob.delete", {"blobs": [r.blob]}, timeout=10.0)
+                self.counters["trimmed"] += 1
+            except SectorError as exc:
+                log.info("trim of %s on %s failed (an orphan now): %s", r.blob, nid[:8], exc)
+        if shortfall:
+            raise Unavailable(shortfall)
+
+    async def _copy(
+        self, e: Entry, r: FileRecord, sources: list[tuple[str, str]], targets: list[Candidate]
+    ) -> list[tuple[str, str]]:
+        """Have one good holder push its copy to ``targets``; the nodes that stored it."""
+        await self._throttle(r.size * len(targets))
+        chain = [(c.node_id, c.addr) for c in targets]
+        me = to_hex(self.node.me.id)
+        # Our own copy first (sendfile from here, no extra hop); then rotate by attempt,
+        # so a holder that keeps failing is not the only one ever asked.
+        mine = [s for s in sources if s[0] == me]
+        others = [s for s in sources if s[0] != me]
+        k = e.attempts % len(others) if others else 0
+        order = mine + others[k:] + others[:k]
+        errors: list[str] = []
+        for nid, addr in order:
+            try:
+                if nid == me:
+                    got = await self.node.transfer.replicate(r.blob, r.size, r.checksum, chain)
+                else:
+                    rep = await self.node.call(
+                        addr,
+                        "blob.replicate",
+                        {
+                            "blob": r.blob,
+                            "size": r.size,
+                            "checksum": r.checksum,
+                            "targets": [list(c) for c in chain],
+                        },
+                        timeout=30.0 + r.size / COPY_RATE_FLOOR,
+                    )
+                    got = rep["stored"] if isinstance(rep, dict) else []
+            except (ChecksumMismatch, NotFound) as exc:
+                # The holder's copy is missing or rotten: queue it as a bad copy (the
+                # next pass replaces it) and try another holder.
+                errors.append(f"{addr}: {exc}")
+                await asyncio.to_thread(
+                    self.queue.enqueue, e.path, f"bad copy on {nid[:8]}", time.time(), bad=nid
+                )
+                continue
+            except (TransportError, SectorError) as exc:
+                errors.append(f"{addr}: {exc}")
+                continue
+            want = {c.node_id for c in targets}
+            stored = [(x[0], x[1]) for x in got if isinstance(x, list) and x and x[0] in want]
+            self.counters["copies"] += len(stored)
+            self.counters["bytes"] += r.size * len(stored)
+            return stored
+        raise Unavailable(f"no holder could copy {e.path}: {'; '.join(errors)}")
+
+    async def _throttle(self, nbytes: int) -> None:
+        """Pace copies to ``rate`` bytes/s, a whole file at a time.
+
+        Per file rather than per chunk: the bytes move in a chain write we do not
+        drive chunk by chunk, and with 2 repairs at a time the average is what matters.
+        """
+        if not self.rate or nbytes <= 0:
+            return
+        now = time.monotonic()
+        start = max(now, self._next_slot)
+        self._next_slot = start + nbytes / self.rate
+        if start > now:
+            await asyncio.sleep(start - now)

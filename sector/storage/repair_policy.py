@@ -1,0 +1,125 @@
+"""What a file needs to get back to its replica target (pure policy: no I/O, no clock).
+
+Rules
+-----
+1. A replica is *good* when its node is up (as the deciding node sees it) and nobody
+   reported its copy bad; *dead* when its node is down, has left, or is unknown; *bad*
+   when reported (by a failed read or, later, the scrubber), up or not.
+2. A file needs ``rf - good`` new copies. New targets come from ``placement.choose``
+   with the good holders as the existing copies (so the spread rules hold for the
+   repaired set), never on a node that is already listed for the file: a dead node may
+   come back with its copy, and a bad copy's node would refuse the same blob id
+   (blobs are write-once).
+3. The record never names fewer good copies than before a repair. Dead and bad
+   replicas are dropped only once the good ones reach ``rf``: until then a dead node
+   may still return with its copy, and a "bad" report is not proof (a bad copy is the
+   last resort of a file that has no other).
+4. More good copies than ``rf``: keep the ``rf`` that placement would pick among them
+   (spread first, then the rendezvous rank of the blob: every owner decides the same),
+   trim the rest. The record is updated first and the copies deleted after, so a crash
+   in between leaves an orphan (collected later), never a record naming a lost copy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence, Set
+from dataclasses import dataclass, field
+
+from sector.storage import placement
+from sector.storage.placement import Candidate
+
+__all__ = ["Plan", "after_copy", "plan", "targets"]
+
+Replica = tuple[str, str]  # (node id hex, address)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The state of one file's copies and what to do about it."""
+
+    rf: int
+    good: list[Replica]  # up and not reported bad, in record order
+    dead: list[Replica] = field(default_factory=list)
+    bad: list[Replica] = field(default_factory=list)
+    need: int = 0  # new copies to make
+    trim: list[Replica] = field(default_factory=list)  # good copies beyond rf
+
+    @property
+    def ok(self) -> bool:
+        """Nothing to do: rf good copies, nothing dead, bad or extra listed."""
+        return not (self.need or self.dead or self.bad or self.trim)
+
+    def keep(self) -> list[Replica]:
+        """The replica list after trimming (and dropping what rule 3 allows)."""
+        trimmed = [r for r in self.good if r not in self.trim]
+        if len(trimmed) >= self.rf:
+            return trimmed
+        return trimmed + self.dead + self.bad
+
+
+def plan(
+    replicas: Sequence[Replica],
+    rf: int,
+    live: Mapping[str, Candidate],
+    *,
+    bad: Set[str] = frozenset(),
+    seed: str = "",
+) -> Plan:
+    """Classify a file's replicas (rule 1) and decide copies (rule 2) and trims (rule 4).
+
+    ``live``: the members that are up, by node id, with their current address (a node
+    restarted on another port is still the same node). ``bad``: node ids whose copy
+    was reported bad.
+    """
+    good: list[Replica] = []
+    dead: list[Replica] = []
+    bad_reps: list[Replica] = []
+    seen: set[str] = set()
+    for nid, addr in replicas:
+        if nid in seen:
+            continue
+        seen.add(nid)
+        if nid in bad:
+            bad_reps.append((nid, live[nid].addr if nid in live else addr))
+        elif nid in live:
+            good.append((nid, live[nid].addr))
+        else:
+            dead.append((nid, addr))
+    trim: list[Replica] = []
+    if len(good) > rf:
+        chosen = placement.choose([live[nid] for nid, _ in good], rf, size=0, seed=seed)
+        kept = {c.node_id for c in chosen}
+        trim = [r for r in good if r[0] not in kept]
+    return Plan(rf=rf, good=good, dead=dead, bad=bad_reps, need=max(0, rf - len(good)), trim=trim)
+
+
+def targets(
+    p: Plan,
+    replicas: Sequence[Replica],
+    live: Mapping[str, Candidate],
+    *,
+    size: int,
+    seed: str,
+    min_free: int = 0,
+) -> list[Candidate]:
+    """New nodes for the ``p.need`` missing copies (rule 2); fewer if none fit."""
+    if p.need <= 0:
+        return []
+    listed = {nid for nid, _ in replicas}
+    cands = [c for nid, c in live.items() if nid not in listed]
+    existing = [live[nid] for nid, _ in p.good]
+    return placement.choose(cands, p.rf, size=size, existing=existing, seed=seed, min_free=min_free)
+
+
+def after_copy(p: Plan, stored: Sequence[Replica]) -> tuple[list[Replica], list[Replica]]:
+    """The new replica list once ``stored`` copies were made, and copies to delete.
+
+    Only bad copies are deleted here (dead nodes cannot be reached; their copies are
+    orphans for the collector). Rule 3: nothing is dropped while good copies < rf.
+    """
+    have = {nid for nid, _ in p.good}
+    new = [r for r in stored if r[0] not in have]
+    good = p.good + new
+    if len(good) >= p.rf:
+        return good, list(p.bad)
+    return good + p.dead + p.bad, []
