@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test check bench clean
+.PHONY: demo test test-slow check bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -22,6 +22,10 @@ check: $(STAMP)
 
 test: check
 	$(BIN)/pytest -q -n 2 -m "not slow" tests
+
+# The long suites (the thrash test: SECTOR_THRASH_SECONDS, default 180).
+test-slow: $(STAMP)
+	$(BIN)/pytest -q -s -m slow tests
 
 bench: $(STAMP)
 	$(BIN)/python bench/storage.py

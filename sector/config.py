@@ -41,6 +41,14 @@ class NodeConfig:
     repair_concurrency: int = 2
     repair_rate: int = 0  # bytes/s copied by repair, 0 = no cap
     repair_scan_interval: float = 30.0  # periodic scan for what the triggers missed
+    # Scrub: a full re-hash of a 4 TB disk at 32 MiB/s takes ~1.5 days, well inside
+    # a weekly pass, while leaving the disk's bandwidth to clients.
+    scrub_rate: int = 32 << 20  # bytes/s re-hashed, 0 = no cap
+    scrub_interval: float = 24 * 3600.0  # seconds between the starts of passes
+    # GC: an upload's record is committed right after its blobs; 10 minutes is far
+    # longer than that gap, so only true orphans are old enough to be looked at.
+    gc_grace: float = 600.0
+    gc_interval: float = 300.0  # seconds between passes
     extra: dict[str, str] = field(default_factory=dict)
 
 

@@ -41,6 +41,7 @@ class ClientLike(Protocol):
     def rm(self, path: str, *, recursive: bool = ...) -> Any: ...
     def mv(self, src: str, dst: str) -> Any: ...
     def status(self) -> dict[str, Any]: ...
+    def drain(self, address: str, *, cancel: bool = ...) -> dict[str, Any]: ...
     def close(self) -> None: ...
 
 
@@ -113,7 +114,13 @@ def cmd_status(c: ClientLike, args: argparse.Namespace) -> None:
     for n in nodes:
         state = str(n.get("state", "?"))
         colour = (
-            "green" if state == "up" else "yellow" if state in ("joining", "leaving") else "red"
+            "green"
+            if state == "up"
+            else "yellow"
+            if state in ("joining", "leaving", "draining")
+            else "cyan"
+            if state == "drained"
+            else "red"
         )
         table.add_row(
             str(n.get("id", ""))[:8],
@@ -126,12 +133,34 @@ def cmd_status(c: ClientLike, args: argparse.Namespace) -> None:
             str(n.get("files", "-")),
         )
     output.print_rich(table)
+    for n in nodes:
+        if n.get("state") == "draining":
+            left = n.get("drain_remaining")
+            output.echo(
+                f"{n.get('address')}: draining, {'?' if left is None else left} files to move"
+            )
+    workers = [(n, w) for n in nodes for w in n.get("workers") or [] if isinstance(w, dict)]
+    for n, w in workers:
+        # Scrub progress is a cluster figure of the issue: shown even without --workers.
+        if getattr(args, "workers", False) or w.get("name") == "scrub":
+            output.echo(f"{n.get('address')} {_worker_line(w)}")
     up = sum(1 for n in nodes if n.get("state") == "up")
     output.echo(
         f"{up}/{len(nodes)} nodes up, {st.get('files', 0)} files"
         f" ({output.fmt_bytes(st.get('bytes', 0))}), {st.get('under_replicated', 0)} under-replicated,"
         f" {st.get('repair_queue', 0)} queued for repair"
     )
+
+
+def _worker_line(w: dict[str, Any]) -> str:
+    """``repair: idle queue=0 done=12 ...``: a worker's name, state and counters."""
+    rest = " ".join(
+        f"{k}={v}"
+        for k, v in w.items()
+        if k not in ("name", "state", "last_error") and isinstance(v, int | float | str)
+    )
+    err = f" last_error={w['last_error']!r}" if w.get("last_error") else ""
+    return f"{w.get('name', '?')}: {w.get('state', '?')} {rest}{err}".rstrip()
 
 
 # ---- put / get / cat -------------------------------------------------------------

@@ -122,6 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--quota", metavar="BYTES", type=arg_type(parse_size), help="cap on stored bytes (e.g. 10G)"
     )
     s.add_argument(
+        "--min-free",
+        metavar="BYTES",
+        type=arg_type(parse_size),
+        default=None,
+        help="free-space floor: below it the node takes no new replicas (default 64M)",
+    )
+    s.add_argument(
         "--host-id",
         metavar="NAME",
         default=None,
@@ -141,8 +148,53 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="cap on bytes/s copied by repair (e.g. 100M; default: no cap)",
     )
+    s.add_argument(
+        "--scrub-rate",
+        metavar="BYTES",
+        type=arg_type(parse_size),
+        default=None,
+        help="bytes/s re-hashed by the scrubber (default 32M; 0 = no cap)",
+    )
+    s.add_argument(
+        "--scrub-interval",
+        metavar="SECONDS",
+        type=float,
+        default=None,
+        help="seconds between scrub passes (default 86400; the scrub.now op runs one at once)",
+    )
+    s.add_argument(
+        "--gc-grace",
+        metavar="SECONDS",
+        type=float,
+        default=None,
+        help="age before an unclaimed blob or stale temp file is collected (default 600)",
+    )
+    s.add_argument(
+        "--gc-interval",
+        metavar="SECONDS",
+        type=float,
+        default=None,
+        help="seconds between collector passes (default 300; the gc.now op runs one at once)",
+    )
 
-    cmd("status", "nodes, files and under-replicated files of the cluster")
+    s = cmd("status", "nodes, files and under-replicated files of the cluster")
+    s.add_argument(
+        "--workers", action="store_true", help="also list every node's background workers"
+    )
+
+    # Also spelled `sector node drain ADDRESS` (see _alias): `node` itself requires
+    # --data and --listen, so a real sub-action there would change how it parses.
+    s = cmd("drain", "move every replica off a node; wait until it is safe to remove")
+    s.add_argument("address", metavar="ADDRESS", type=arg_type(parse_address))
+    s.add_argument("--no-wait", action="store_true", help="start the drain and return")
+    s.add_argument("--cancel", action="store_true", help="stop draining; the node takes data again")
+    s.add_argument(
+        "--timeout",
+        metavar="SECONDS",
+        type=float,
+        default=0.0,
+        help="give up waiting after this long (exit 1; default: wait for ever)",
+    )
 
     s = cmd("put", "upload local files (directories with -r)")
     s.add_argument("-r", "--recursive", action="store_true", help="upload directories recursively")
@@ -196,6 +248,10 @@ def run(args: argparse.Namespace) -> int:
     """Run a parsed command; raises on failure (see :func:`main`)."""
     if args.command == "node":
         return _node(args)
+    if args.command == "drain":
+        from sector.cli import drain
+
+        return drain.run(args)
     if args.command in ("up", "down"):
         return _up(args) if args.command == "up" else _down(args)
     from sector.cli import commands
@@ -222,6 +278,17 @@ def _node(args: argparse.Namespace) -> int:
         host_id=args.host_id,
         stall_timeout=args.stall_timeout,
         repair_rate=args.repair_rate or 0,
+        **({"min_free": args.min_free} if args.min_free is not None else {}),
+        **{
+            k: v
+            for k, v in (
+                ("scrub_rate", args.scrub_rate),
+                ("scrub_interval", args.scrub_interval),
+                ("gc_grace", args.gc_grace),
+                ("gc_interval", args.gc_interval),
+            )
+            if v is not None
+        },
     )
     return int(run_node(cfg))
 
@@ -271,9 +338,19 @@ def error_message(exc: BaseException) -> str:
     return " ".join(msg.split()) or type(exc).__name__
 
 
+def _alias(argv: list[str]) -> list[str]:
+    """``node drain ADDRESS`` -> ``drain ADDRESS``: the documented spelling of a drain."""
+    for i in range(len(argv) - 1):
+        if argv[i] == "node" and argv[i + 1] == "drain":
+            return argv[:i] + argv[i + 1 :]
+        if not argv[i].startswith("-") and (i == 0 or argv[i - 1] != "--cluster"):
+            break  # past the command word: leave the rest alone
+    return argv
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `sector` script; returns the exit code."""
-    args = build_parser().parse_args(argv)  # exits 2 on bad usage
+    args = build_parser().parse_args(_alias(list(sys.argv[1:] if argv is None else argv)))
     from sector.cli.output import StdoutClosed, flush_stdout
 
     try:

@@ -250,6 +250,11 @@ class AsyncClient:
         res: dict[str, Any] = await self._call("fs.status", {})
         return res
 
+    async def drain(self, address: str, *, cancel: bool = False) -> dict[str, Any]:
+        """Ask the node at ``address`` to drain (or stop draining); progress is in status()."""
+        res: dict[str, Any] = await self.pool.call(address, "node.drain", {"cancel": cancel})
+        return res
+
     async def setrf(self, path: str, rf: int) -> dict[str, Any]:
         """Change a file's replica target; the cluster adds or trims copies in the background."""
         p = rec.normalize(path)
@@ -296,12 +301,12 @@ class AsyncClient:
         if size <= SMALL_MAX:
             data = Path(lpath).read_bytes()
             checksum = checksum_of(data)
-            stored, their_sum = await self._send_small(data, checksum, blob, targets)
+            stored, their_sum = await self._send_small(data, checksum, blob, targets, path)
         else:
             loop = asyncio.get_running_loop()
             hashing = loop.run_in_executor(None, _hash_file, lpath)
             try:
-                stored, their_sum = await self._send(lpath, size, blob, targets, progress)
+                stored, their_sum = await self._send(lpath, size, blob, targets, progress, path)
             finally:
                 checksum = await hashing
         if their_sum != checksum:
@@ -322,11 +327,17 @@ class AsyncClient:
         return res
 
     async def _send_small(
-        self, data: bytes, checksum: str, blob: str, targets: list[list[str]]
+        self, data: bytes, checksum: str, blob: str, targets: list[list[str]], path: str
     ) -> tuple[list[list[str]], str]:
         last: SectorError | None = None
         for i, (_nid, addr) in enumerate(targets):
-            args = {"blob": blob, "data": data, "checksum": checksum, "chain": targets[i + 1 :]}
+            args = {
+                "blob": blob,
+                "data": data,
+                "checksum": checksum,
+                "chain": targets[i + 1 :],
+                "path": path,
+            }
             try:
                 rep = await self.pool.call(addr, "blob.put_small", args)
             except TransportError as exc:
@@ -336,11 +347,23 @@ class AsyncClient:
         raise last or ConnectError("no target node for the upload")
 
     async def _send(
-        self, lpath: str, size: int, blob: str, targets: list[list[str]], progress: Progress | None
+        self,
+        lpath: str,
+        size: int,
+        blob: str,
+        targets: list[list[str]],
+        progress: Progress | None,
+        path: str,
     ) -> tuple[list[list[str]], str]:
         last: SectorError | None = None
         for i, (_nid, addr) in enumerate(targets):
-            args = {"blob": blob, "size": size, "checksum": None, "chain": targets[i + 1 :]}
+            args = {
+                "blob": blob,
+                "size": size,
+                "checksum": None,
+                "chain": targets[i + 1 :],
+                "path": path,  # what the nodes' inventories file the blob under
+            }
             try:
                 chan = await self.pool.open_bulk(addr, "blob.put", args)
             except TransportError as exc:
@@ -400,6 +423,7 @@ class AsyncClient:
                 errors.append(f"{addr}: {exc}")
                 with contextlib.suppress(OSError):
                     tmp.unlink()
+                await self._report_bad(st, addr, exc)
                 if isinstance(exc, OSError) and not isinstance(exc, ConnectionError):
                     raise
                 continue
@@ -454,6 +478,20 @@ class AsyncClient:
         finally:
             await chan.close()
 
+    async def _report_bad(self, st: dict[str, Any], addr: str, exc: BaseException) -> None:
+        """A replica's copy is rotten or missing: tell the file's owner (best effort),
+        whose repair worker replaces it (issue 3). A replica that is merely unreachable
+        is not reported: the owner sees that by itself."""
+        if not isinstance(exc, ChecksumMismatch | NotFound):
+            return
+        nid = next((r["id"] for r in st["replicas"] if r["address"] == addr), None)
+        if nid is None:
+            return
+        with contextlib.suppress(SectorError):
+            await self._call_owner(
+                st["path"], "repair.report", {"path": st["path"], "node_id": nid}
+            )
+
     async def read(self, remote: str, offset: int = 0, length: int | None = None) -> bytes:
         """Bytes of a file (a range of it with offset/length), verified when whole."""
         st = await self.stat(remote)
@@ -477,10 +515,12 @@ class AsyncClient:
                     await chan.close()
             except SectorError as exc:
                 errors.append(f"{addr}: {exc}")
+                await self._report_bad(st, addr, exc)
                 continue
             whole = offset == 0 and len(data) == st["size"]
             if whole and "blake3:" + blake3.blake3(data).hexdigest() != st["checksum"]:
                 errors.append(f"{addr}: checksum mismatch")
+                await self._report_bad(st, addr, ChecksumMismatch("checksum mismatch"))
                 continue
             return data
         raise SectorError(f"cannot read {st['path']}: every replica failed ({'; '.join(errors)})")

@@ -113,6 +113,9 @@ class Client:
     def status(self) -> dict[str, Any]:
         return self._run(self._aio.status())
 
+    def drain(self, address: str, *, cancel: bool = False) -> dict[str, Any]:
+        return self._run(self._aio.drain(address, cancel=cancel))
+
     def setrf(self, path: str, rf: int) -> dict[str, Any]:
         return self._run(self._aio.setrf(path, rf))
 

@@ -169,6 +169,9 @@ class Gone(msgspec.Struct, frozen=True, tag="gone", omit_defaults=True):
     v: Stamp
     mtime: float = 0.0
     shadow: dict[str, Child] = {}  # rule 6, as in FileRecord
+    # Where a renamed file went ("" = deleted): lets whoever holds a copy under the old
+    # name find the record that still claims it (the collector follows it).
+    moved: str = ""
 
 
 Record = FileRecord | DirRecord | Gone

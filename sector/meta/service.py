@@ -40,12 +40,14 @@ import msgspec
 from sector.errors import (
     AlreadyExists,
     BadRequest,
+    ClusterError,
     DirectoryNotEmpty,
     IsADirectory,
     NotADirectory,
     NotFound,
     SectorError,
     TransportError,
+    Unavailable,
 )
 from sector.ids import from_hex, key_id, to_hex
 from sector.meta import fileops
@@ -58,6 +60,7 @@ from sector.routing.rangecache import RangeCache
 log = logging.getLogger("sector.meta")
 
 MAX_HOPS = 4
+RETRY_WINDOW = 6.0  # seconds a routed request keeps trying through a crash
 CACHE_RECORDS = 4096
 BATCH = 512
 
@@ -252,16 +255,25 @@ class MetaService:
         args = args or {}
         key = key_id(path)
         last: SectorError | None = None
-        for attempt in range(4):
+        # Right after a crash, lookups may name the dead node until stabilization has
+        # run (a second or two): keep trying for a while, with the answers pinged,
+        # rather than fail a read whose record is safe on the successors.
+        deadline = time.monotonic() + RETRY_WINDOW
+        attempt = 0
+        while attempt == 0 or time.monotonic() < deadline:
+            attempt += 1
             if self.ring.responsible_for(key):
                 return await self.local(op, path, args)
             hit = self.cache.find(key) if last is None else None
             if hit is not None:
                 owner = Peer(hit[0], hit[1])
             else:
-                # After a failure, have the answer pinged: right after a crash the
-                # ring still names the dead node until stabilization catches up.
-                owner = await self.ring.lookup(key, verify=last is not None)
+                try:
+                    owner = await self.ring.lookup(key, verify=last is not None)
+                except (TransportError, ClusterError) as exc:
+                    last = exc  # no route yet (the ring is still healing)
+                    await asyncio.sleep(min(0.05 * (1 << attempt), 0.5))
+                    continue
             if owner.id == self.ring.me.id:
                 return await self.local(op, path, args)
             try:
@@ -272,10 +284,12 @@ class MetaService:
                 last = exc
                 self.cache.forget(owner.id)
                 self.ring.failed(owner)
-                await asyncio.sleep(0.1 * attempt)  # give stabilization a moment
-                continue
-            self._learn(rep.get("range"))
-            return rep.get("result")
+            except Unavailable as exc:
+                last = exc  # the owner could not reach a third node it needed
+            else:
+                self._learn(rep.get("range"))
+                return rep.get("result")
+            await asyncio.sleep(min(0.05 * (1 << attempt), 0.5))
         assert last is not None
         raise last
 
@@ -538,7 +552,9 @@ class MetaService:
                 not isinstance(old, FileRecord) or old.blob != expect_blob
             ):
                 raise AlreadyExists(f"{path} changed while it was being removed")
-            staged = self._stage(Gone(path=path, v=self._tick(old), mtime=self.now()))
+            moved = a.get("moved_to")
+            moved = rec.normalize(moved) if isinstance(moved, str) else ""
+            staged = self._stage(Gone(path=path, v=self._tick(old), mtime=self.now(), moved=moved))
         await self._commit([staged])
         return {"old": rec.to_builtins(old)}
 

@@ -100,6 +100,7 @@ class FsService:
 
     def describe(self, r: FileRecord | DirRecord) -> dict[str, Any]:
         alive = self.node.alive_ids()
+        draining = self.node.draining_ids()
         if isinstance(r, DirRecord):
             return {
                 "path": r.path,
@@ -121,7 +122,8 @@ class FsService:
                 {
                     "id": nid,
                     "address": m.addr if m else addr,
-                    "state": "up" if nid in alive else "down",
+                    # "draining": readable, but being moved off (not counted as healthy).
+                    "state": "up" if nid in alive else "draining" if nid in draining else "down",
                     "topology": m.topology if m else "",
                 }
             )
@@ -230,13 +232,16 @@ class FsService:
         await self.ensure_dir(path, parents=parents, exist_ok=parents)
         return self.describe(await self.must_get(path)) if path != "/" else None
 
-    def _candidates(self) -> list[placement.Candidate]:
+    def _candidates(self, *, reachable: bool = False) -> list[placement.Candidate]:
+        """Nodes that take new replicas (up, not draining); with ``reachable`` also
+        the draining ones (repair reads from them)."""
         now = time.monotonic()
+        members = self.node.members
         return [
             placement.Candidate(
                 node_id=m.id, addr=m.addr, host=m.host, topology=m.topology, free=m.free
             )
-            for m in self.node.members.alive(now)
+            for m in (members.reachable(now) if reachable else members.alive(now))
         ]
 
     async def _h_begin_put(self, a: dict[str, Any]) -> Any:
@@ -415,11 +420,14 @@ class FsService:
                 ctime=r.ctime,
                 mtime=time.time(),
             )
+            # Holders learn the new path before the record moves (best effort): their
+            # collector keeps a blob any of its paths claims (see node/gc.py).
+            await self._gather([self._alias(addr, r.blob, dst) for _nid, addr in r.replicas])
             await self.node.meta.call(dst, "put_file", {"record": rec.to_builtins(moved)})
             await self.node.meta.call(
                 rec.parent(dst), "add_child", {"name": rec.basename(dst), "kind": "file"}
             )
-            await self.node.meta.call(r.path, "delete", {"blob": r.blob})
+            await self.node.meta.call(r.path, "delete", {"blob": r.blob, "moved_to": dst})
         else:
             await self.ensure_dir(dst, parents=False, exist_ok=True)
             names = list(rec.live_children(r))
@@ -435,6 +443,10 @@ class FsService:
         await self.node.meta.call(
             rec.parent(r.path), "remove_child", {"name": rec.basename(r.path)}
         )
+
+    async def _alias(self, addr: str, blob: str, path: str) -> None:
+        with contextlib.suppress(SectorError, OSError):
+            await self.node.pool.call(addr, "blob.alias", {"blob": blob, "path": path}, timeout=5.0)
 
     async def _h_setrf(self, a: dict[str, Any]) -> Any:
         """Change a file's replica target; its owner's repair worker adds or trims copies."""
@@ -452,7 +464,7 @@ class FsService:
         view = self.node.member_view()
 
         async def info(m: dict[str, Any]) -> dict[str, Any] | None:
-            if m["state"] != "up":
+            if m["state"] not in ("up", "draining"):
                 return None
             if m["id"] == self.node.members.me_id:
                 return await self.node._h_info({})
@@ -464,12 +476,18 @@ class FsService:
 
         infos = await asyncio.gather(*(info(m) for m in view))
         files = under = size = queued = 0
+        held: dict[str, int] = {}
+        answered = True
         for m, inf in zip(view, infos, strict=True):
             if inf is None:
                 m["files"] = None
-                if m["state"] == "up":
+                if m["state"] in ("up", "draining"):
                     m["state"] = "unreachable"
+                    answered = False
                 continue
+            m["workers"] = inf.get("workers", [])
+            for nid, n in (inf.get("draining_held") or {}).items():
+                held[nid] = held.get(nid, 0) + int(n)
             m["files"] = inf.get("blobs", 0)
             m["bytes_used"] = inf.get("bytes_used", m["bytes_used"])
             m["bytes_free"] = inf.get("bytes_free", m["bytes_free"])
@@ -478,6 +496,15 @@ class FsService:
             size += int(inf.get("bytes", 0))
             m["repair_queue"] = int(inf.get("repair_queue", 0))
             queued += m["repair_queue"]
+        for m in view:
+            if m["state"] != "draining":
+                continue
+            # Drained = no owner's record lists the node any more (every copy it had is
+            # at rf elsewhere). Only claimed when every reachable node answered: a
+            # missing answer may be the owner still listing it.
+            m["drain_remaining"] = held.get(m["id"])
+            if answered and m["id"] in held and held[m["id"]] == 0:
+                m["state"] = "drained"
         return {
             "nodes": view,
             "files": files,

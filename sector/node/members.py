@@ -15,6 +15,10 @@ Rules:
   saw it advance, by our own clock, so clocks of different hosts never compare;
 - a member whose heartbeat has not advanced for ``dead_after`` seconds is "down";
   one that announced a graceful leave is "left"; after ``forget_after`` it is dropped;
+- a member that announced "draining" (``sector node drain``) is "draining" while its
+  heartbeat advances and "down" when it stops, like an "up" one: it still serves
+  reads, metadata and gossip, but takes no new replicas (``alive`` leaves it out,
+  ``reachable`` keeps it);
 - ``suspect(id)`` (a failed RPC, Chord dropping a successor) marks a member down at
   once, until a newer heartbeat proves it alive.
 """
@@ -32,7 +36,7 @@ class Member(msgspec.Struct, frozen=True):
     pid: int
     incarnation: int
     hb: int
-    state: str = "up"  # "up" | "leaving" | "left"
+    state: str = "up"  # "up" | "draining" | "leaving" | "left"
     used: int = 0
     free: int = 0
     files: int = 0
@@ -98,13 +102,13 @@ class Members:
     def state_of(self, m: Member, now: float) -> str:
         if m.id == self.me_id:
             return m.state
-        if m.state != "up":
+        if m.state not in ("up", "draining"):
             return m.state
         if m.id in self._suspect:
             return "down"
         if now - self._seen.get(m.id, now) > self.dead_after:
             return "down"
-        return "up"
+        return m.state
 
     def entries(self) -> list[Member]:
         return list(self._table.values())
@@ -119,7 +123,12 @@ class Members:
         return None
 
     def alive(self, now: float) -> list[Member]:
+        """Members that are up and take new replicas."""
         return [m for m in self._table.values() if self.state_of(m, now) == "up"]
+
+    def reachable(self, now: float) -> list[Member]:
+        """Members that answer: the alive ones and the draining ones."""
+        return [m for m in self._table.values() if self.state_of(m, now) in ("up", "draining")]
 
     def view(self, now: float) -> list[tuple[Member, str]]:
         """Every known member with its state as seen from here, sorted by address."""

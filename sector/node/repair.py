@@ -19,6 +19,9 @@ Rules:
   targets (``blob.replicate``: a chain write verified against the record's checksum),
   set the record's replica list by compare-and-set, then delete trimmed or bad
   copies. The record is changed before any copy is deleted and never loses a good one.
+- A draining node's copies are "moving" (``repair_policy`` rule 5): copied elsewhere,
+  then dropped. A member turning "draining" leaves ``alive_ids``, so it triggers the
+  same urgent scan as a crash; ``held_on`` counts what still waits (drain progress).
 """
 
 from __future__ import annotations
@@ -148,8 +151,9 @@ class RepairWorker:
     async def scan(self, lost: set[str] | None = None) -> int:
         """Queue every owned file that is not exactly right; returns how many."""
         live = self._live()
+        draining = self.node.draining_ids()
         lost = lost or set()
-        n = await asyncio.to_thread(self._scan_sync, live, lost)
+        n = await asyncio.to_thread(self._scan_sync, live, draining, lost)
         self.counters["scans"] += 1
         if n:
             log.info(
@@ -158,13 +162,13 @@ class RepairWorker:
             self._wake.set()
         return n
 
-    def _scan_sync(self, live: dict[str, Candidate], lost: set[str]) -> int:
+    def _scan_sync(self, live: dict[str, Candidate], draining: set[str], lost: set[str]) -> int:
         # Runs in a thread: decoding the whole shard on the loop would stall heartbeats.
         paths = []
         for r in self.node.meta.store.all():
             if not isinstance(r, FileRecord) or not self.node.responsible_for(key_id(r.path)):
                 continue
-            p = repair_policy.plan(r.replicas, r.rf, live, seed=r.blob)
+            p = repair_policy.plan(r.replicas, r.rf, live, draining=draining, seed=r.blob)
             if not p.ok or any(nid in lost for nid, _ in r.replicas):
                 paths.append(r.path)
         if paths:
@@ -173,6 +177,23 @@ class RepairWorker:
             )
         self._qlen = len(self.queue)
         return len(paths)
+
+    def held_on(self, ids: set[str]) -> dict[str, int]:
+        """Owned files whose record still lists each of ``ids`` (blocking: run in a thread).
+
+        A drained node is one no record lists: every copy it had is at ``rf`` elsewhere
+        (the record dropped it only then) and the rest of its bytes are orphans.
+        """
+        out = dict.fromkeys(ids, 0)
+        if not ids:
+            return out
+        for r in self.node.meta.store.all():
+            if not isinstance(r, FileRecord) or not self.node.responsible_for(key_id(r.path)):
+                continue
+            for nid, _ in r.replicas:
+                if nid in out:
+                    out[nid] += 1
+        return out
 
     async def _h_report(self, a: dict[str, Any]) -> Any:
         """``{path, node_id?}``: a copy is bad (or the file needs a look); routed to the owner."""
@@ -247,7 +268,8 @@ class RepairWorker:
             self._wake.set()
 
     def _live(self) -> dict[str, Candidate]:
-        return {c.node_id: c for c in self.node.fs._candidates()}
+        # Draining nodes included: they still serve their copies (policy rule 5).
+        return {c.node_id: c for c in self.node.fs._candidates(reachable=True)}
 
     async def repair(self, e: Entry) -> None:
         """Bring one path to its target (see the module rules). Raises to back off."""
@@ -258,19 +280,26 @@ class RepairWorker:
         if not isinstance(r, FileRecord):
             return  # deleted, or a directory now: nothing to keep
         live = self._live()
-        p = repair_policy.plan(r.replicas, r.rf, live, bad=e.bad, seed=r.blob)
+        draining = node.draining_ids()
+        p = repair_policy.plan(r.replicas, r.rf, live, bad=e.bad, draining=draining, seed=r.blob)
         if p.ok:
             return
         shortfall = ""
         if p.need:
-            if not p.good:
+            if not p.sources:
                 raise Unavailable(
                     f"no good copy of {e.path} is up ({len(p.dead)} down, {len(p.bad)} bad)"
                 )
             targets = repair_policy.targets(
-                p, r.replicas, live, size=r.size, seed=r.blob, min_free=node.cfg.min_free
+                p,
+                r.replicas,
+                live,
+                size=r.size,
+                seed=r.blob,
+                min_free=node.cfg.min_free,
+                draining=draining,
             )
-            stored = await self._copy(e, r, p.good, targets) if targets else []
+            stored = await self._copy(e, r, p.sources, targets) if targets else []
             new, _ = repair_policy.after_copy(p, stored)
             good_after = len(p.good) + len(stored)
             if good_after < r.rf:
@@ -281,7 +310,7 @@ class RepairWorker:
         else:
             new = p.keep()
         new_ids = {nid for nid, _ in new}
-        drop = [x for x in p.good + p.bad if x[0] not in new_ids and x[0] in live]
+        drop = [x for x in p.good + p.bad + p.moving if x[0] not in new_ids and x[0] in live]
         if new != [tuple(x) for x in r.replicas]:
             res = await node.meta.call(
                 e.path,
@@ -322,7 +351,9 @@ class RepairWorker:
         for nid, addr in order:
             try:
                 if nid == me:
-                    got = await self.node.transfer.replicate(r.blob, r.size, r.checksum, chain)
+                    got = await self.node.transfer.replicate(
+                        r.blob, r.size, r.checksum, chain, r.path
+                    )
                 else:
                     rep = await self.node.call(
                         addr,
@@ -332,6 +363,7 @@ class RepairWorker:
                             "size": r.size,
                             "checksum": r.checksum,
                             "targets": [list(c) for c in chain],
+                            "path": r.path,
                         },
                         timeout=30.0 + r.size / COPY_RATE_FLOOR,
                     )

@@ -41,15 +41,20 @@ from sector.ids import node_id, to_hex
 from sector.meta.service import MetaService
 from sector.meta.store import MetaStore
 from sector.node.fs import FsService
+from sector.node.gc import GcWorker
 from sector.node.members import Member, Members, members_from_wire
 from sector.node.repair import RepairWorker
+from sector.node.scrub import ScrubWorker
 from sector.routing.chord import ChordState, Peer
 from sector.routing.driver import ChordDriver
 from sector.storage.blobs import BlobStore
+from sector.storage.inventory import Inventory
 from sector.storage.transfer import BlobService
 from sector.transport.rpc import RpcPool, Server, split_addr
 
 log = logging.getLogger("sector.node")
+
+DRAIN_MARK = "draining"  # file in the data directory: this node is being drained
 
 
 def host_identity(addr: str, explicit: str | None) -> str:
@@ -164,7 +169,9 @@ class Node:
         self.data.mkdir(parents=True, exist_ok=True)
         self.uuid = load_uuid(self.data)
         nid = node_id(self.uuid)
-        self.blobs = BlobStore(self.data, quota=cfg.quota)
+        self.inventory = Inventory(str(self.data / "inventory.sqlite3"))
+        self.blobs = BlobStore(self.data, quota=cfg.quota, inventory=self.inventory)
+        self.blobs.min_free = cfg.min_free
         self.store = MetaStore(str(self.data / "meta.sqlite3"))
         host, port = split_addr(cfg.listen)
         if host in ("0.0.0.0", "::", ""):
@@ -199,6 +206,8 @@ class Node:
             ),
             dead_after=cfg.dead_after,
         )
+        if (self.data / DRAIN_MARK).exists():
+            self._set_draining(True)  # a drain survives a restart until cancelled
         self.meta = MetaService(self.store, self, k=cfg.meta_replicas, rpc_timeout=cfg.rpc_timeout)
         self.transfer = BlobService(self)
         self.fs = FsService(self)
@@ -214,8 +223,22 @@ class Node:
         self.handlers.update(self.fs.handlers())
         self.handlers.update(self.transfer.handlers())
         self.handlers.update(self.repair.handlers())
+        # Scrub and gc (issue 3, parts 2-3): like repair, wait for the member table.
+        self.scrub = ScrubWorker(
+            self, rate=cfg.scrub_rate, interval=cfg.scrub_interval, settle=cfg.dead_after + 1.0
+        )
+        self.gc = GcWorker(
+            self, grace=cfg.gc_grace, interval=cfg.gc_interval, settle=cfg.dead_after + 1.0
+        )
+        self.handlers.update(self.scrub.handlers())
+        self.handlers.update(self.gc.handlers())
         self.handlers.update(
-            {"node.gossip": self._h_gossip, "node.info": self._h_info, "node.ping": self._h_ping}
+            {
+                "node.gossip": self._h_gossip,
+                "node.info": self._h_info,
+                "node.ping": self._h_ping,
+                "node.drain": self._h_drain,
+            }
         )
         self.server.bulk_handlers.update(self.transfer.bulk_handlers())
         self._refresh_self()
@@ -227,6 +250,8 @@ class Node:
         await self.driver.start()
         self._tasks.append(asyncio.create_task(self._gossip_loop(), name="gossip"))
         await self.repair.start()
+        await self.scrub.start()
+        await self.gc.start()
         self._write_ready()
         log.info(
             "node %s listening on %s (%s)", to_hex(nid)[:8], addr, cfg.topology or "no topology"
@@ -287,12 +312,17 @@ class Node:
             await self.driver.stop()
         with contextlib.suppress(Exception):
             await self.repair.stop()
+        for name in ("scrub", "gc"):
+            with contextlib.suppress(Exception):
+                await getattr(self, name).stop()
         await self.meta.stop()
         await self.server.close()
         self.transfer.io.shutdown(wait=True)
         self.transfer.pumps.shutdown(wait=False, cancel_futures=True)
         await self.pool.close()
         self.store.close()
+        with contextlib.suppress(AttributeError):
+            self.inventory.close()
         with contextlib.suppress(OSError):
             (self.data / "node.json").unlink()
         self._stopped.set()
@@ -324,7 +354,7 @@ class Node:
         now = time.monotonic()
         self._refresh_self()
         self.members.expire(now)
-        peers = {m.addr for m in self.members.alive(now) if m.id != self.members.me_id}
+        peers = {m.addr for m in self.members.reachable(now) if m.id != self.members.me_id}
         peers |= {p.addr for p in self.state.known_peers() if p.id != self.state.me.id}
         if not peers:
             return
@@ -382,7 +412,41 @@ class Node:
         return out
 
     def alive_ids(self) -> set[str]:
+        """Members that are up and take new replicas (draining ones excluded)."""
         return {m.id for m in self.members.alive(time.monotonic())}
+
+    def draining_ids(self) -> set[str]:
+        now = time.monotonic()
+        return {m.id for m in self.members.reachable(now) if m.state == "draining"}
+
+    # ------------------------------------------------------------------ drain
+
+    def _set_draining(self, on: bool) -> None:
+        # Gossiped state does the work: placement skips a draining member, and every
+        # owner's repair worker sees it leave ``alive_ids``, scans, and moves the copies
+        # it lists there (repair_policy rule 5). The local refusal covers writers whose
+        # member table has not heard yet.
+        self.members.update_self(time.monotonic(), state="draining" if on else "up")
+        self.blobs.refuse = "node is draining: it takes no new replicas" if on else ""
+        mark = self.data / DRAIN_MARK
+        if on:
+            mark.touch()
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                mark.unlink()
+
+    async def _h_drain(self, a: dict[str, Any]) -> Any:
+        """``{cancel?}``: start (or cancel) draining this node; progress is in fs.status."""
+        if self.leaving:
+            raise BadRequest("node is leaving")
+        self._set_draining(not a.get("cancel"))
+        with contextlib.suppress(Exception):
+            await self._gossip_round()
+        return {
+            "id": to_hex(self.state.me.id),
+            "address": self.addr,
+            "state": self.members.me.state,
+        }
 
     async def _h_ping(self, a: dict[str, Any]) -> Any:
         now = time.monotonic()
@@ -392,11 +456,15 @@ class Node:
             "members": [m.addr for m in self.members.alive(now)],
             # Live members by ring id: lets a client send single-record requests
             # straight to the likely owner (one hop; a wrong guess is forwarded).
-            "ring": [[m.id, m.addr] for m in self.members.alive(now) if m.state == "up"],
+            # Draining members still own their metadata, so they stay in the hints.
+            "ring": [
+                [m.id, m.addr] for m in self.members.reachable(now) if m.state in ("up", "draining")
+            ],
         }
 
     async def _h_info(self, a: dict[str, Any]) -> Any:
         counts = await asyncio.to_thread(self.meta.counts, self.alive_ids())
+        held = await asyncio.to_thread(self.repair.held_on, self.draining_ids())
         repair = self.repair.status()
         return {
             "id": to_hex(self.state.me.id),
@@ -404,10 +472,14 @@ class Node:
             "pid": os.getpid(),
             "bytes_used": self.blobs.used,
             "bytes_free": self.blobs.free(),
+            "min_free": self.cfg.min_free,
+            "state": self.members.me.state,
+            # Owned files still listing each draining node: 0 everywhere = drained.
+            "draining_held": held,
             "blobs": self.blobs.count,
             **counts,
             "repair_queue": repair["queue"],
-            "workers": [repair],
+            "workers": [repair, self.scrub.status(), self.gc.status()],
             "ring": {
                 "predecessor": self.state.predecessor.addr if self.state.predecessor else None,
                 "successors": [p.addr for p in self.state.successors],

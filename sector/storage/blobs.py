@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import IO
@@ -28,6 +29,7 @@ from typing import IO
 import blake3
 
 from sector.errors import AlreadyExists, BadRequest, ChecksumMismatch, NoSpace, NotFound
+from sector.storage.inventory import Inventory
 
 _BLOB_RE = re.compile(r"^[0-9a-f]{32}$")
 CHUNK = 1 << 20
@@ -107,10 +109,11 @@ class WriteBehind:
 class BlobWriter:
     """One incoming blob: append bytes, then commit (verify, fsync, rename) or abort."""
 
-    def __init__(self, store: BlobStore, blob: str, size: int) -> None:
+    def __init__(self, store: BlobStore, blob: str, size: int, path: str = "") -> None:
         self.store = store
         self.blob = blob
         self.size = size
+        self.path = path  # the file it is written for: the inventory's key to its record
         self.written = 0
         self.tmp = store.tmp_dir / f"{blob}.{uuid.uuid4().hex[:8]}.part"
         self._f: IO[bytes] | None = open(self.tmp, "wb")  # noqa: SIM115 - closed in commit/abort
@@ -166,6 +169,8 @@ class BlobWriter:
                     raise AlreadyExists(f"blob {self.blob} exists with other content") from None
             os.unlink(self.tmp)
             fsync_dir(final.parent)
+            if self.store.inventory is not None:
+                self.store.inventory.record(self.blob, self.path, self.size, got, time.time())
         except OSError as exc:
             self.abort()
             raise NoSpace(f"cannot store blob {self.blob}: {exc.strerror}") from None
@@ -187,8 +192,16 @@ class BlobWriter:
 class BlobStore:
     """The sealed files of one node."""
 
-    def __init__(self, root: Path, *, quota: int | None = None) -> None:
+    # The free-space floor: a write that would leave less than this is refused, so a
+    # node near full keeps room for its metadata and the writes already under way.
+    min_free: int = 0
+    refuse: str = ""  # non-empty: every new blob is refused with this reason (a drain)
+
+    def __init__(
+        self, root: Path, *, quota: int | None = None, inventory: Inventory | None = None
+    ) -> None:
         self.root = root
+        self.inventory = inventory
         self.blob_dir = root / "blobs"
         self.tmp_dir = root / "tmp"
         self.blob_dir.mkdir(parents=True, exist_ok=True)
@@ -223,13 +236,16 @@ class BlobStore:
             return max(0, min(disk, self.quota - self.used))
         return disk
 
-    def writer(self, blob: str, size: int) -> BlobWriter:
+    def writer(self, blob: str, size: int, path: str = "") -> BlobWriter:
         check_blob_id(blob)
         if size < 0:
             raise BadRequest("negative size")
-        if size > self.free():
-            raise NoSpace(f"not enough space for {size} bytes ({self.free()} free)")
-        return BlobWriter(self, blob, size)
+        if self.refuse:
+            raise NoSpace(self.refuse)
+        free = self.free()
+        if size + self.min_free > free:
+            raise NoSpace(f"not enough space for {size} bytes ({free} free, floor {self.min_free})")
+        return BlobWriter(self, blob, size, path)
 
     def committed(self, w: BlobWriter) -> None:
         if w.fresh:
@@ -249,9 +265,20 @@ class BlobStore:
             p.unlink()
         except FileNotFoundError:
             return False
+        if self.inventory is not None:
+            self.inventory.remove(blob)
         self.used = max(0, self.used - size)
         self.count = max(0, self.count - 1)
         return True
 
-    def inventory(self) -> list[str]:
+    def listing(self) -> list[str]:
         return [p.name for p in self.blob_dir.glob("*/*") if _BLOB_RE.match(p.name)]
+
+    def sizes(self) -> dict[str, int]:
+        """Every sealed blob and its size (a walk of the disk: call from a thread)."""
+        out = {}
+        for p in self.blob_dir.glob("*/*"):
+            if _BLOB_RE.match(p.name):
+                with contextlib.suppress(OSError):
+                    out[p.name] = p.stat().st_size
+        return out

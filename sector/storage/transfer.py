@@ -111,6 +111,14 @@ def _pump(
     return down_ok
 
 
+def _file_path(a: dict[str, Any]) -> str:
+    """The optional ``path`` of a blob write: the file it is for (the inventory's key)."""
+    p = a.get("path", "")
+    if not isinstance(p, str) or len(p) > 4096:
+        raise BadRequest("path must be a string")
+    return p
+
+
 def _int(a: dict[str, Any], name: str, default: int | None = None) -> int:
     v = a.get(name, default)
     if not isinstance(v, int) or isinstance(v, bool) or v < 0:
@@ -141,7 +149,12 @@ class BlobService:
         return {"blob.put": self._h_put, "blob.get": self._h_get}
 
     async def _open_downstream(
-        self, blob: str, size: int, checksum: str | None, chain: list[tuple[str, str]]
+        self,
+        blob: str,
+        size: int,
+        checksum: str | None,
+        chain: list[tuple[str, str]],
+        path: str = "",
     ) -> BulkChannel | None:
         for i, (_nid, addr) in enumerate(chain):
             args = {
@@ -149,6 +162,7 @@ class BlobService:
                 "size": size,
                 "checksum": checksum,
                 "chain": [list(c) for c in chain[i + 1 :]],
+                "path": path,
             }
             try:
                 return await self.node.pool.open_bulk(addr, "blob.put", args)
@@ -163,8 +177,9 @@ class BlobService:
         if checksum is not None and not isinstance(checksum, str):
             raise BadRequest("checksum must be a string")
         chain = _chain(a.get("chain", []))
-        w = self.node.blobs.writer(blob, size)
-        down = await self._open_downstream(blob, size, checksum, chain) if chain else None
+        path = _file_path(a)
+        w = self.node.blobs.writer(blob, size, path)
+        down = await self._open_downstream(blob, size, checksum, chain, path) if chain else None
         try:
             src = chan.raw_socket()
             if src is not None:
@@ -221,9 +236,10 @@ class BlobService:
         if checksum is not None and not isinstance(checksum, str):
             raise BadRequest("checksum must be a string")
         chain = _chain(a.get("chain", []))
+        path = _file_path(a)
 
         async def store() -> str:
-            w = self.node.blobs.writer(blob, len(data))
+            w = self.node.blobs.writer(blob, len(data), path)
             try:
                 w.write(data)
                 mine = await asyncio.get_running_loop().run_in_executor(self.io, w.commit, checksum)
@@ -240,6 +256,7 @@ class BlobService:
                     "data": data,
                     "checksum": checksum,
                     "chain": [list(c) for c in chain[i + 1 :]],
+                    "path": path,
                 }
                 try:
                     rep = await self.node.pool.call(addr, "blob.put_small", args)
@@ -325,10 +342,11 @@ class BlobService:
         checksum = a.get("checksum")
         if not isinstance(checksum, str):
             raise BadRequest("blob.replicate needs the record's checksum")
-        return {"stored": await self.replicate(blob, size, checksum, _chain(a.get("targets")))}
+        targets = _chain(a.get("targets"))
+        return {"stored": await self.replicate(blob, size, checksum, targets, _file_path(a))}
 
     async def replicate(
-        self, blob: str, size: int, checksum: str, targets: list[tuple[str, str]]
+        self, blob: str, size: int, checksum: str, targets: list[tuple[str, str]], path: str = ""
     ) -> list[list[str]]:
         if not targets:
             return []
@@ -342,6 +360,7 @@ class BlobService:
                 "size": size,
                 "checksum": checksum,
                 "chain": [list(c) for c in targets[i + 1 :]],
+                "path": path,
             }
             try:
                 chan = await self.node.pool.open_bulk(addr, "blob.put", args)

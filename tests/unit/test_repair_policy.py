@@ -89,3 +89,23 @@ def test_no_target_fits_when_every_node_is_full() -> None:
     up = {"a": node("a"), "b": node("b"), "d": node("d", free=10)}
     p = plan(reps("a", "b", "c"), 3, up)
     assert targets(p, reps("a", "b", "c"), up, size=1000, seed="x") == []
+
+
+def test_a_draining_copy_is_a_source_not_a_copy_and_is_dropped_once_replaced() -> None:
+    up = live("a", "b", "c", "d", "e")
+    p = plan(reps("a", "b", "c"), 3, up, draining={"c"})
+    assert not p.ok and p.need == 1 and p.moving == reps("c")
+    assert p.sources == reps("a", "b", "c")
+    # Never a target: the draining node, nor one already listed.
+    t = targets(p, reps("a", "b", "c"), up, size=1, seed="s", draining={"c", "d"})
+    assert [c.node_id for c in t] == ["e"]
+    replicas, delete = after_copy(p, reps("e"))
+    assert replicas == reps("a", "b", "e") and delete == reps("c")
+    # No copy made yet: the moving copy stays listed (never fewer copies).
+    replicas, delete = after_copy(p, [])
+    assert replicas == reps("a", "b", "c") and delete == []
+
+
+def test_the_last_copy_on_a_draining_node_still_feeds_the_repair() -> None:
+    p = plan(reps("c"), 2, live("a", "b", "c"), draining={"c"})
+    assert p.good == [] and p.sources == reps("c") and p.need == 2

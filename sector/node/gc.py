@@ -1,0 +1,202 @@
+"""The collector: removes local blobs no file record claims (issue 3, part 3).
+
+Orphans come from a writer killed between its upload and its commit, from a repair
+whose record update lost a race, from a delete or overwrite whose ``blob.delete``
+did not reach this node (it was down), and from copies trimmed while we were away.
+
+Rules:
+- Only blobs committed more than ``grace`` seconds ago are looked at: a put commits
+  its record right after its blobs, a repair right after its copy.
+- For each, the owner of the file's record is asked (``meta.get``, routed) and the
+  pure ``inventory.verdict`` decides: the record's blob is this blob and lists this
+  node -> keep; a tombstone, another blob, or a list without us -> collect. Deleting
+  is only ever on the metadata's word, so a returning node's copies never bring a
+  deleted file back, and its current copies are kept.
+- "No record at all" is not trusted (a shard may still be filling after a restart):
+  a blob is collected only when two passes at least ``confirm`` seconds apart agree
+  it is unclaimed; any failure to ask keeps it. Nothing is collected during ``settle``
+  seconds after start.
+- A blob with no known path (written by an older node or client) is kept and counted
+  as "unknown": nothing tells us which record could claim it.
+- A rename adds the new path to the holders' inventories (``blob.alias``) before the
+  record moves, so a moved file's blob is claimed by one of its paths; a holder that
+  was down then still finds it, through the tombstone's ``moved`` pointer.
+- Temp files of writes (``tmp/*.part``) untouched for ``grace`` seconds are removed:
+  a live upload writes its file continuously.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from sector.errors import BadRequest, SectorError
+from sector.ids import to_hex
+from sector.meta.records import FileRecord, Gone, kind_of
+from sector.storage.blobs import check_blob_id
+from sector.storage.inventory import COLLECT, KEEP, UNSURE, Row, verdict
+
+if TYPE_CHECKING:
+    from sector.node.server import Node
+
+log = logging.getLogger("sector.gc")
+MAX_MOVES = 16  # renames of a renamed file followed before giving up (keep the blob)
+
+
+class GcWorker:
+    name = "gc"
+
+    def __init__(self, node: Node, *, grace: float, interval: float, settle: float) -> None:
+        self.node = node
+        self.grace = grace
+        self.interval = interval
+        self.settle = settle
+        self.confirm = max(1.0, min(grace / 2, 60.0))
+        self.counters = {
+            "passes": 0,
+            "checked": 0,
+            "collected": 0,
+            "collected_bytes": 0,
+            "parts_removed": 0,
+            "unknown": 0,
+        }
+        self.state = "settling"
+        self.last_error = ""
+        self._suspects: dict[str, float] = {}  # blob -> when first seen with no record
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="gc")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+
+    def handlers(self) -> dict[str, Any]:
+        return {"gc.now": self._h_now, "blob.alias": self._h_alias}
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "state": self.state,
+            **self.counters,
+            "grace": self.grace,
+            "last_error": self.last_error,
+        }
+
+    async def _h_now(self, a: dict[str, Any]) -> Any:
+        await self.run_pass()
+        return self.status()
+
+    async def _h_alias(self, a: dict[str, Any]) -> Any:
+        """``{blob, path}``: the file of this blob is being renamed to ``path``."""
+        blob = check_blob_id(a.get("blob"))
+        path = a.get("path")
+        if not isinstance(path, str) or not path.startswith("/") or len(path) > 4096:
+            raise BadRequest("blob.alias needs an absolute path")
+        return await asyncio.to_thread(self.node.inventory.add_alias, blob, path)
+
+    async def _loop(self) -> None:
+        await asyncio.sleep(self.settle)
+        while True:
+            try:
+                await self.run_pass()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.exception("gc pass failed")
+                self.last_error = str(exc)
+            await asyncio.sleep(self.interval)
+
+    async def run_pass(self) -> None:
+        async with self._lock:
+            self.state = "collecting"
+            try:
+                await self._pass()
+                self.counters["passes"] += 1
+            finally:
+                self.state = "idle"
+
+    async def _pass(self) -> None:
+        now = time.time()
+        if now - self.node.started < self.settle:
+            return
+        self.counters["parts_removed"] += await asyncio.to_thread(self._sweep_parts, now)
+        rows = await asyncio.to_thread(self._rows, now)
+        unknown = 0
+        seen: set[str] = set()
+        for row in rows:
+            if row.committed_at > now - self.grace:
+                continue
+            seen.add(row.blob)
+            paths = await asyncio.to_thread(self.node.inventory.paths, row.blob)
+            if not paths:
+                unknown += 1
+                continue
+            self.counters["checked"] += 1
+            v = await self._ask(row.blob, paths)
+            if v == KEEP or v is None:
+                self._suspects.pop(row.blob, None)
+                continue
+            if v == UNSURE:
+                first = self._suspects.setdefault(row.blob, now)
+                if now - first < self.confirm:
+                    continue
+            log.info("collecting blob %s (%s): no record claims it here", row.blob, paths[0])
+            if await asyncio.to_thread(self.node.blobs.delete, row.blob):
+                self.counters["collected"] += 1
+                self.counters["collected_bytes"] += row.size
+            self._suspects.pop(row.blob, None)
+        self.counters["unknown"] = unknown
+        for b in list(self._suspects):
+            if b not in seen:
+                del self._suspects[b]
+
+    def _rows(self, now: float) -> list[Row]:
+        self.node.inventory.reconcile(self.node.blobs.sizes(), now)
+        return self.node.inventory.rows()
+
+    async def _ask(self, blob: str, paths: list[str]) -> str | None:
+        """KEEP, COLLECT or UNSURE over every path of the blob; None if a question failed."""
+        me = to_hex(self.node.me.id)
+        answers = []
+        for first in paths:
+            p = first
+            try:
+                r = await self.node.meta.get(p)
+                # A renamed file's tombstone names where it went: follow it, so a copy
+                # whose holder missed the rename (it was down) is still claimed.
+                for _ in range(MAX_MOVES):
+                    if not (isinstance(r, Gone) and r.moved):
+                        break
+                    p = r.moved
+                    r = await self.node.meta.get(p)
+            except SectorError as exc:
+                self.last_error = f"{p}: {exc}"
+                return None  # cannot ask: keep it
+            if isinstance(r, Gone) and r.moved:
+                return None  # a longer chain of renames than we follow: keep it
+            holders = [nid for nid, _ in r.replicas] if isinstance(r, FileRecord) else []
+            rblob = r.blob if isinstance(r, FileRecord) else None
+            v = verdict(kind_of(r) if r is not None else None, rblob, holders, blob, me)
+            if v == KEEP:
+                if len(paths) > 1 or p != paths[0]:
+                    await asyncio.to_thread(self.node.inventory.confirm_path, blob, p)
+                return KEEP
+            answers.append(v)
+        return UNSURE if UNSURE in answers else COLLECT
+
+    def _sweep_parts(self, now: float) -> int:
+        n = 0
+        for p in self.node.blobs.tmp_dir.glob("*.part"):
+            with contextlib.suppress(OSError):
+                if p.stat().st_mtime < now - self.grace:
+                    p.unlink()
+                    n += 1
+        return n

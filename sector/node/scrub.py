@@ -1,0 +1,183 @@
+"""The scrubber: re-verifies this node's blobs against their checksums (issue 3,
+part 2; HDFS's block scanner, garage's ``block/repair.rs`` scrub worker).
+
+Rules:
+- A pass walks the inventory least-recently-verified first and re-hashes each blob
+  in a worker thread, paced to ``rate`` bytes/s (0 = no cap) so a pass never
+  competes with client reads for the disk; the loop is never blocked.
+- A blob with no recorded checksum (adopted from before the inventory) gets the one
+  it has now: there is nothing to check it against.
+- A mismatch (or a size that differs from the row) is a corrupt copy: it is reported
+  to the owner of the file's record (``repair.report {path, node_id}``, routed as
+  repair routes it), then deleted here; the owner's repair worker copies a good one
+  to a new holder and drops this node from the record. If the report cannot be
+  delivered the corrupt copy stays (reads fail over past it) and the next pass tries
+  again: deleting it unreported would leave the record naming a copy that is gone.
+- Passes start ``interval`` seconds apart, counted from the last pass's start as
+  recorded in ``<data>/scrub.last`` (a node restarted every day still scrubs, and a
+  restart loop does not become a re-hash loop); ``scrub.now`` (tests, operators)
+  runs one at once and answers when it is done, with the worker's status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import blake3
+
+from sector.errors import SectorError
+from sector.ids import to_hex
+from sector.storage.blobs import CHUNK
+from sector.storage.inventory import Row
+
+if TYPE_CHECKING:
+    from sector.node.server import Node
+
+log = logging.getLogger("sector.scrub")
+
+
+def hash_paced(path: Path, rate: int, stop: threading.Event) -> tuple[str, int] | None:
+    """BLAKE3 of a file read at no more than ``rate`` bytes/s; (checksum, size), or
+    None if stopped. Runs in a thread (it sleeps to keep the pace)."""
+    h = blake3.blake3()
+    n = 0
+    started = time.monotonic()
+    with open(path, "rb") as f:
+        buf = bytearray(CHUNK)
+        view = memoryview(buf)
+        while k := f.readinto(buf):
+            if stop.is_set():
+                return None
+            h.update(view[:k])
+            n += k
+            if rate:
+                ahead = n / rate - (time.monotonic() - started)
+                if ahead > 0:
+                    stop.wait(ahead)
+    return "blake3:" + h.hexdigest(), n
+
+
+class ScrubWorker:
+    name = "scrub"
+
+    def __init__(self, node: Node, *, rate: int, interval: float, settle: float) -> None:
+        self.node = node
+        self.rate = rate
+        self.interval = interval
+        self.settle = settle
+        self.counters = {"verified": 0, "bytes": 0, "corrupt": 0, "passes": 0, "adopted": 0}
+        self.progress = 0.0  # % of the current (or last) pass
+        self.state = "settling"
+        self.last_error = ""
+        self._lock = asyncio.Lock()
+        self._stop = threading.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="scrub")
+
+    async def stop(self) -> None:
+        self._stop.set()  # a hashing thread notices within one chunk
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+
+    def handlers(self) -> dict[str, Any]:
+        return {"scrub.now": self._h_now}
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "state": self.state,
+            "progress": round(self.progress, 1),
+            **self.counters,
+            "rate": self.rate,
+            "last_error": self.last_error,
+        }
+
+    async def _h_now(self, a: dict[str, Any]) -> Any:
+        await self.run_pass()
+        return self.status()
+
+    def _last_start(self) -> float:
+        try:
+            return float((self.node.data / "scrub.last").read_text())
+        except (OSError, ValueError):
+            return 0.0
+
+    async def _loop(self) -> None:
+        await asyncio.sleep(self.settle)
+        self.state = "idle"
+        while True:
+            wait = self._last_start() + self.interval - time.time()
+            if wait > 0:
+                await asyncio.sleep(min(wait, 60.0))
+                continue
+            try:
+                (self.node.data / "scrub.last").write_text(f"{time.time()}\n")
+                await self.run_pass()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.exception("scrub pass failed")
+                self.last_error = str(exc)
+
+    async def run_pass(self) -> None:
+        async with self._lock:  # scrub.now during a scheduled pass waits for it
+            self.state = "scrubbing"
+            self.progress = 0.0
+            try:
+                rows = await asyncio.to_thread(self._reconcile)
+                for i, row in enumerate(rows):
+                    await self._check(row)
+                    self.progress = 100.0 * (i + 1) / len(rows)
+                self.progress = 100.0
+                self.counters["passes"] += 1
+            finally:
+                self.state = "idle"
+
+    def _reconcile(self) -> list[Row]:
+        inv = self.node.inventory
+        now = time.time()
+        adopted, _ = inv.reconcile(self.node.blobs.sizes(), now)
+        self.counters["adopted"] += adopted
+        return inv.rows()
+
+    async def _check(self, row: Row) -> None:
+        p = self.node.blobs.path(row.blob)
+        try:
+            got = await asyncio.to_thread(hash_paced, p, self.rate, self._stop)
+        except FileNotFoundError:
+            return  # deleted since the listing
+        if got is None:
+            return
+        checksum, size = got
+        self.counters["verified"] += 1
+        self.counters["bytes"] += size
+        if row.checksum is None or (checksum == row.checksum and size == row.size):
+            await asyncio.to_thread(self.node.inventory.verified, row.blob, checksum, time.time())
+            return
+        self.counters["corrupt"] += 1
+        log.warning("blob %s (%s) is corrupt: %s != %s", row.blob, row.path, checksum, row.checksum)
+        await self.condemn(row.blob, row.path)
+
+    async def condemn(self, blob: str, path: str) -> bool:
+        """Report a bad local copy to its file's owner, then delete it (module rules)."""
+        # Every path the blob may be known by (a rename leaves an alias until confirmed).
+        paths = await asyncio.to_thread(self.node.inventory.paths, blob)
+        for p in paths or ([path] if path else []):
+            try:
+                await self.node.repair.report(p, to_hex(self.node.me.id))
+            except SectorError as exc:
+                self.last_error = f"report of corrupt {blob} ({path}) failed: {exc}"
+                log.warning("%s", self.last_error)
+                return False
+        await asyncio.to_thread(self.node.blobs.delete, blob)
+        return True
