@@ -149,7 +149,10 @@ def test_thrash(tmp_path: Path) -> None:
     seed = int(os.environ.get("SECTOR_THRASH_SEED", str(random.randrange(1 << 30))))
     print(f"\nthrash: {NODES} nodes, R={R}, {seconds:g} s, seed {seed}")
     rng = random.Random(seed)
-    with ProcCluster(tmp_path / "cl", replicas=R) as cl:
+    # The collector looks at blobs older than a few seconds (default 10 min), so the
+    # end of the test can check that no orphan bytes remain.
+    gc_args = ["--gc-grace", "5", "--gc-interval", "2"]
+    with ProcCluster(tmp_path / "cl", replicas=R, node_args=gc_args) as cl:
         cl.start(NODES)
         chaos = Chaos(cl, random.Random(seed + 1))
         t = threading.Thread(target=chaos.run, name="chaos", daemon=True)
@@ -198,6 +201,22 @@ def test_thrash(tmp_path: Path) -> None:
             for path in deleted:
                 with pytest.raises(NotFound):
                     c.stat(path)
+
+            def no_orphans() -> bool:
+                """Every blob on every disk is claimed by a live record naming that node,
+                and no partial upload is left."""
+                claimed: dict[str, set[str]] = {n.node_id: set() for n in cl.nodes}
+                for path in acked:
+                    st = c.stat(path)
+                    for r in st["replicas"]:
+                        claimed.setdefault(r["id"], set()).add(st["blob"])
+                for node in cl.nodes:
+                    on_disk = {p.name for p in (node.data / "blobs").glob("*/*")}
+                    if on_disk - claimed[node.node_id] or list((node.data / "tmp").glob("*.part")):
+                        return False
+                return True
+
+            wait_for(no_orphans, SETTLE_DEADLINE, interval=2.0, what="no orphan bytes on any node")
             st = c.status()
             repairs = sum(
                 int(w.get("copies", 0))
