@@ -130,7 +130,7 @@ def cmd_status(c: ClientLike, args: argparse.Namespace) -> None:
             str(n.get("topology") or "-"),
             output.fmt_bytes(n.get("bytes_used")),
             output.fmt_bytes(n.get("bytes_free")),
-            str(n.get("files", "-")),
+            "-" if n.get("files") is None else str(n["files"]),
         )
     output.print_rich(table)
     for n in nodes:
