@@ -30,6 +30,7 @@ test-slow: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/storage.py
 	$(BIN)/python bench/metadata.py
+	$(BIN)/python bench/repair.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
