@@ -120,6 +120,7 @@ class BlobWriter:
         self._hash = blake3.blake3()
         self._behind = WriteBehind(self._f)
         self.fresh = False  # set by commit when this write created the blob
+        self.regrown = 0  # bytes added by replacing a rotten copy (not fresh)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self.written + len(data) > self.size:
@@ -160,17 +161,31 @@ class BlobWriter:
             final = self.store.path(self.blob)
             final.parent.mkdir(exist_ok=True)
             # Write-once: link, never replace. A sealed blob is never overwritten; the
-            # same bytes again (a retried chain write) are accepted as they are.
+            # same bytes again (a retried chain write) are accepted as they are. One
+            # exception: other bytes already here while the new ones match the checksum
+            # the writer announced (the record's). A blob id names one content, so the
+            # copy here is rotten (an orphan hit by bit rot, which the collector may
+            # never reach): refusing would fail every repair that places a copy here,
+            # and placement picks the same node for this blob every time.
+            rotten = False
             try:
                 os.link(self.tmp, final)
                 self.fresh = True
             except FileExistsError:
                 if checksum_file(final) != got:
-                    raise AlreadyExists(f"blob {self.blob} exists with other content") from None
-            os.unlink(self.tmp)
+                    if expected is None:
+                        raise AlreadyExists(f"blob {self.blob} exists with other content") from None
+                    rotten = True
+            if rotten:
+                self.regrown = self.size - final.stat().st_size  # for ``committed``
+                os.replace(self.tmp, final)
+            else:
+                os.unlink(self.tmp)
             fsync_dir(final.parent)
             if self.store.inventory is not None:
-                self.store.inventory.record(self.blob, self.path, self.size, got, time.time())
+                self.store.inventory.record(
+                    self.blob, self.path, self.size, got, time.time(), replace=rotten
+                )
         except OSError as exc:
             self.abort()
             raise NoSpace(f"cannot store blob {self.blob}: {exc.strerror}") from None
@@ -251,6 +266,7 @@ class BlobStore:
         if w.fresh:
             self.used += w.size
             self.count += 1
+        self.used += w.regrown
 
     def open(self, blob: str) -> IO[bytes]:
         try:

@@ -76,14 +76,26 @@ class Inventory:
         with self._lock:
             self._db.close()
 
-    def record(self, blob: str, path: str, size: int, checksum: str | None, now: float) -> None:
+    def record(
+        self,
+        blob: str,
+        path: str,
+        size: int,
+        checksum: str | None,
+        now: float,
+        *,
+        replace: bool = False,
+    ) -> None:
         """A blob was committed. A second commit of the same blob (a retried chain
-        write) keeps the first row, only filling in a path it did not know."""
+        write) keeps the first row, only filling in a path it did not know;
+        ``replace``: the bytes replaced a rotten copy, whose size and checksum go."""
+        keep = "COALESCE(checksum, excluded.checksum)"
         with self._lock:
             self._db.execute(
                 "INSERT INTO blobs VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(blob) DO UPDATE SET"
                 " path = CASE WHEN path = '' THEN excluded.path ELSE path END,"
-                " checksum = COALESCE(checksum, excluded.checksum)",
+                f" checksum = {'excluded.checksum' if replace else keep},"
+                " size = excluded.size",
                 (blob, path, size, checksum, now, now),
             )
 

@@ -98,3 +98,23 @@ def test_a_sealed_blob_is_never_overwritten(tmp_path: Path) -> None:
     with s.open(b) as f:
         assert f.read() == b"first"
     assert not list((tmp_path / "tmp").iterdir())
+
+
+def test_a_rotten_copy_is_replaced_by_verified_bytes(tmp_path: Path) -> None:
+    """Other bytes under the id while the new ones match the announced checksum: the
+    copy here is rotten (a blob id names one content), so the verified bytes win."""
+    s = BlobStore(tmp_path)
+    b = new_blob_id()
+    w = s.writer(b, 5)
+    w.write(b"first")
+    good = w.commit(None)
+    s.committed(w)
+    p = s.path(b)
+    p.write_bytes(b"fiRst")  # bit rot
+    w = s.writer(b, 5)
+    w.write(b"first")
+    assert w.commit(good) == good
+    s.committed(w)
+    assert p.read_bytes() == b"first"
+    assert s.used == 5 and s.count == 1
+    assert not list((tmp_path / "tmp").iterdir())
