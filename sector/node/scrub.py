@@ -107,10 +107,17 @@ class ScrubWorker:
         return self.status()
 
     def _last_start(self) -> float:
+        """When the schedule last started a pass. A node with no record yet starts its
+        schedule now rather than scrubbing at once: every copy it holds was verified
+        against its checksum when it was written."""
+        mark = self.node.data / "scrub.last"
         try:
-            return float((self.node.data / "scrub.last").read_text())
+            return float(mark.read_text())
         except (OSError, ValueError):
-            return 0.0
+            now = time.time()
+            with contextlib.suppress(OSError):
+                mark.write_text(f"{now}\n")
+            return now
 
     async def _loop(self) -> None:
         await asyncio.sleep(self.settle)

@@ -287,9 +287,6 @@ class BlobStore:
         self.count = max(0, self.count - 1)
         return True
 
-    def listing(self) -> list[str]:
-        return [p.name for p in self.blob_dir.glob("*/*") if _BLOB_RE.match(p.name)]
-
     def sizes(self) -> dict[str, int]:
         """Every sealed blob and its size (a walk of the disk: call from a thread)."""
         out = {}
