@@ -49,6 +49,8 @@ class NodeConfig:
     # longer than that gap, so only true orphans are old enough to be looked at.
     gc_grace: float = 600.0
     gc_interval: float = 300.0  # seconds between passes
+    # Sphere: processing engines (worker processes running UDFs); 0 = one per core.
+    engines: int = 0
     extra: dict[str, str] = field(default_factory=dict)
 
 

@@ -14,6 +14,7 @@
     │   ├── ReplicationError         fewer replicas than needed answered ("1 of 3 ...")
     │   ├── BadRequest               the node refused a malformed message
     │   ├── Unavailable              a node could not reach another one it needed
+    │   ├── JobFailed                a Sphere job failed (a UDF raised: carries its traceback)
     │   └── RemoteError              an unexpected failure on a node (carries its type)
     └── TransportError               the network: cannot connect, timeout, connection lost
         ├── ConnectError
@@ -99,6 +100,10 @@ class RemoteError(ClusterError):
     pass
 
 
+class JobFailed(ClusterError):
+    """A Sphere job failed; ``data["traceback"]`` has the UDF's traceback if it raised."""
+
+
 class TransportError(SectorError):
     pass
 
@@ -132,6 +137,7 @@ _WIRE_TYPES: dict[str, type[SectorError]] = {
         BadRequest,
         Unavailable,
         RemoteError,
+        JobFailed,
     )
 }
 

@@ -84,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--dir", type=Path, default=None, help="cluster directory (default $SECTOR_HOME/cluster)"
     )
+    s.add_argument(
+        "--engines",
+        type=arg_type(positive_int),
+        default=None,
+        help="Sphere processing engines per node (default: one per core)",
+    )
 
     s = cmd("down", "stop the local cluster")
     s.add_argument(
@@ -127,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=arg_type(parse_size),
         default=None,
         help="free-space floor: below it the node takes no new replicas (default 64M)",
+    )
+    s.add_argument(
+        "--engines",
+        type=arg_type(positive_int),
+        default=None,
+        help="Sphere processing engines (default: one per core)",
     )
     s.add_argument(
         "--host-id",
@@ -241,6 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = cmd("mv", "rename or move a file or directory")
     s.add_argument("src", metavar="SRC")
     s.add_argument("dst", metavar="DST")
+
+    from sector.cli import sphere
+
+    sphere.add_parsers(cmd, common)
     return p
 
 
@@ -258,7 +274,12 @@ def run(args: argparse.Namespace) -> int:
 
     client = commands.connect(args.cluster)
     try:
-        commands.COMMANDS[args.command](client, args)
+        if args.command in ("sphere", "terasort"):
+            from sector.cli import sphere
+
+            sphere.run(client, args)
+        else:
+            commands.COMMANDS[args.command](client, args)
     finally:
         client.close()
     return EXIT_OK
@@ -286,6 +307,7 @@ def _node(args: argparse.Namespace) -> int:
                 ("scrub_interval", args.scrub_interval),
                 ("gc_grace", args.gc_grace),
                 ("gc_interval", args.gc_interval),
+                ("engines", args.engines),
             )
             if v is not None
         },
@@ -301,7 +323,7 @@ def _up(args: argparse.Namespace) -> int:
     directory = args.dir or default_cluster_dir()
     if sys.stderr.isatty():
         sys.stderr.write(f"starting {args.nodes} nodes in {directory} ...\n")
-    info = start_cluster(directory, args.nodes, args.replicas)
+    info = start_cluster(directory, args.nodes, args.replicas, engines=args.engines)
     if args.json:
         output.emit_json(info)
     else:

@@ -132,6 +132,9 @@ class AsyncClient:
         self._ring: list[tuple[int, str]] = []
         self._ring_ids: list[int] = []
         self._ring_at = 0.0
+        from sector.sphere.api import AsyncSphere
+
+        self.sphere = AsyncSphere(self)  # Sphere jobs: ``c.sphere.run(udf, input=...)``
 
     async def __aenter__(self) -> AsyncClient:
         await self.connect()

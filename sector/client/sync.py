@@ -37,6 +37,9 @@ class Client:
         except BaseException:
             self.close()
             raise
+        from sector.sphere.api import Sphere
+
+        self.sphere = Sphere(self)  # Sphere jobs: ``c.sphere.run(udf, input=...)``
 
     async def _make(self, address: str | None, timeout: float) -> AsyncClient:
         return AsyncClient(address, timeout=timeout)

@@ -56,6 +56,7 @@ def start_cluster(
     replicas: int = 3,
     *,
     python: str = sys.executable,
+    engines: int | None = None,
     start_timeout: float = START_TIMEOUT,
     ready_timeout: float = READY_TIMEOUT,
 ) -> dict[str, Any]:
@@ -68,10 +69,13 @@ def start_cluster(
     directory.mkdir(parents=True, exist_ok=True)
     _unlink(directory / "cluster.json")  # stale: its nodes are gone
     started: list[_Started] = []
+    extra = ["--engines", str(engines)] if engines else []
     try:
-        started.append(_spawn(directory, 0, replicas, None, python))
+        started.append(_spawn(directory, 0, replicas, None, python, extra))
         (first,) = _wait_listening(started, start_timeout)
-        rest = [_spawn(directory, i, replicas, first["address"], python) for i in range(1, nodes)]
+        rest = [
+            _spawn(directory, i, replicas, first["address"], python, extra) for i in range(1, nodes)
+        ]
         started += rest
         infos = [first, *_wait_listening(rest, start_timeout)]
         addresses = [str(i["address"]) for i in infos]
@@ -135,13 +139,20 @@ def stop_cluster(directory: Path, timeout: float = STOP_TIMEOUT) -> int:
 # ---- starting --------------------------------------------------------------------
 
 
-def _spawn(directory: Path, i: int, replicas: int, join: str | None, python: str) -> _Started:
+def _spawn(
+    directory: Path,
+    i: int,
+    replicas: int,
+    join: str | None,
+    python: str,
+    extra: list[str] | None = None,
+) -> _Started:
     data = directory / f"node-{i}"
     data.mkdir(parents=True, exist_ok=True)
     # A node.json left by the previous run must not be taken for this one's.
     _unlink(data / "node.json")
     cmd = [python, "-m", "sector", "node", "--data", str(data), "--listen", "127.0.0.1:0"]
-    cmd += ["--replicas", str(replicas)] + (["--join", join] if join else [])
+    cmd += ["--replicas", str(replicas)] + (["--join", join] if join else []) + (extra or [])
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     # The package may be run from a source tree rather than installed.
     root = str(Path(__file__).resolve().parents[2])

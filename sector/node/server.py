@@ -45,6 +45,7 @@ from sector.node.gc import GcWorker
 from sector.node.members import Member, Members, members_from_wire
 from sector.node.repair import RepairWorker
 from sector.node.scrub import ScrubWorker
+from sector.node.sphere import SphereService
 from sector.routing.chord import ChordState, Peer
 from sector.routing.driver import ChordDriver
 from sector.storage.blobs import BlobStore
@@ -232,6 +233,9 @@ class Node:
         )
         self.handlers.update(self.scrub.handlers())
         self.handlers.update(self.gc.handlers())
+        self.sphere = SphereService(self)
+        self.handlers.update(self.sphere.handlers())
+        self.server.bulk_handlers.update(self.sphere.bulk_handlers())
         self.handlers.update(
             {
                 "node.gossip": self._h_gossip,
@@ -312,7 +316,7 @@ class Node:
             await self.driver.stop()
         with contextlib.suppress(Exception):
             await self.repair.stop()
-        for name in ("scrub", "gc"):
+        for name in ("scrub", "gc", "sphere"):
             with contextlib.suppress(Exception):
                 await getattr(self, name).stop()
         await self.meta.stop()
@@ -479,7 +483,7 @@ class Node:
             "blobs": self.blobs.count,
             **counts,
             "repair_queue": repair["queue"],
-            "workers": [repair, self.scrub.status(), self.gc.status()],
+            "workers": [repair, self.scrub.status(), self.gc.status(), self.sphere.status()],
             "ring": {
                 "predecessor": self.state.predecessor.addr if self.state.predecessor else None,
                 "successors": [p.addr for p in self.state.successors],

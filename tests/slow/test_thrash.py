@@ -174,29 +174,48 @@ def test_thrash(tmp_path: Path) -> None:
             t0 = time.monotonic()
             read_failures = 0
 
+            problems: dict[str, str] = {}  # path -> why it is not settled (the last pass)
+
             def settled() -> bool:
                 nonlocal read_failures
-                ok = True
+                problems.clear()
                 for path, data in acked.items():
                     try:
                         assert c.read(path) == data, f"{path}: wrong bytes"
-                    except SectorError:
+                    except SectorError as exc:
                         read_failures += 1
-                        ok = False
+                        problems[path] = f"read failed: {exc}"
                         continue
                     st = c.stat(path)
                     ids = [r["id"] for r in st["replicas"]]
                     if len(set(ids)) != R or any(r["state"] != "up" for r in st["replicas"]):
-                        ok = False
+                        problems[path] = (
+                            f"replicas {[(r['id'][:8], r['state']) for r in st['replicas']]}"
+                        )
                         continue
                     for node in cl.nodes:
                         if node.node_id in ids:
                             p = node.data / "blobs" / st["blob"][:2] / st["blob"]
-                            if not p.is_file() or checksum_file(p) != st["checksum"]:
-                                ok = False
-                return ok
+                            if not p.is_file():
+                                problems[path] = f"blob {st['blob']} missing on node {node.index}"
+                            elif checksum_file(p) != st["checksum"]:
+                                problems[path] = f"blob {st['blob']} rotten on node {node.index}"
+                return not problems
 
-            wait_for(settled, SETTLE_DEADLINE, interval=1.0, what=f"{R} good copies of every file")
+            try:
+                wait_for(
+                    settled, SETTLE_DEADLINE, interval=1.0, what=f"{R} good copies of every file"
+                )
+            except TimeoutError:
+                # What failed, for the next person: which files, why, and the repair state.
+                for path, why in sorted(problems.items())[:20]:
+                    print(f"UNSETTLED {path}: {why}")
+                with contextlib.suppress(SectorError):
+                    for n in c.status()["nodes"]:
+                        for w in n.get("workers") or []:
+                            if w.get("name") == "repair":
+                                print(f"REPAIR {n['address']}: {w}")
+                raise
             took = time.monotonic() - t0
             for path in deleted:
                 with pytest.raises(NotFound):

@@ -1,0 +1,531 @@
+"""The node's side of Sphere: run segment attempts, take bucket parts, commit output.
+
+The job's driver (a client) schedules; a node only does what it is told, and keeps
+no state that outlives a job except files in ``<data>/sphere/<job>/``:
+
+- ``sphere.run``: start one *attempt* of a segment in an engine (``sector.sphere.spe``).
+  The reply comes at once; the outcome is collected by ``sphere.poll``, a long poll
+  (the original's one-per-second progress report), so no RPC is held for the minutes
+  a segment may take, and a dead node shows as a failed poll.
+- With buckets, a finished attempt pushes each bucket's part to the bucket's node
+  (``sphere.push``, bulk, sendfile) before it counts as done. Parts are kept per
+  attempt on both sides: a speculative duplicate or a retried segment never doubles
+  records, because commit takes exactly one attempt per segment (the winner), and the
+  mapper keeps its parts until the job ends so a lost bucket node can be fed again
+  (``sphere.resend``) without re-running the UDF.
+- ``sphere.commit``: turn staged output into Sector files (concatenated in segment
+  order, then put through the node itself, so the first replica is local -- the data
+  waits for the next stage there).
+- ``sphere.cleanup``: forget the job and remove its files. Jobs whose driver vanished
+  are removed after ``JOB_TTL`` of silence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import re
+import shutil
+import socket
+import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sector.errors import BadRequest, ConnectError, NoSpace, NotFound, SectorError, from_wire
+from sector.ids import to_hex
+from sector.meta import records as rec
+from sector.sphere import spe
+from sector.storage.blobs import check_blob_id, checksum_file
+from sector.transport.rpc import BulkChannel
+
+if TYPE_CHECKING:
+    from sector.client.aio import AsyncClient
+    from sector.node.server import Node
+
+log = logging.getLogger("sector.sphere")
+
+JOB_RE = re.compile(r"^[0-9a-f]{8,32}$")
+KINDS = ("file", "lines", "fixed", "idx", "task")
+MODES = ("client", "files", "buckets", "none")
+MAX_BUCKETS = 1 << 16
+JOB_TTL = 1800.0  # seconds without a word from its driver before a job is dropped
+REPORT_MAX = 12 << 20  # client-bound output bytes in one poll reply
+RECV_CHUNK = 4 << 20
+
+
+@dataclass(slots=True)
+class Attempt:
+    id: int
+    seg: int
+    state: str = "running"  # running | done
+    result: dict[str, Any] | None = None
+    task: asyncio.Task[None] | None = None
+    parts: dict[int, int] = field(default_factory=dict)  # bucket -> bytes (staged here)
+
+
+@dataclass(slots=True)
+class JobState:
+    id: str
+    dir: Path
+    attempts: dict[int, Attempt] = field(default_factory=dict)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    touched: float = field(default_factory=time.monotonic)
+
+
+def _int(a: dict[str, Any], name: str, lo: int = 0, hi: int = 1 << 62) -> int:
+    v = a.get(name)
+    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+        raise BadRequest(f"{name} must be an integer from {lo} to {hi}")
+    return v
+
+
+def _job(a: dict[str, Any]) -> str:
+    j = a.get("job")
+    if not isinstance(j, str) or not JOB_RE.match(j):
+        raise BadRequest("job must be a hex job id")
+    return j
+
+
+def _recv_into_file(sock: socket.socket, first: bytes, size: int, path: Path) -> None:
+    buf = bytearray(RECV_CHUNK)
+    view = memoryview(buf)
+    with open(path, "wb") as f:
+        f.write(first)
+        got = len(first)
+        while got < size:
+            try:
+                n = sock.recv_into(view[: min(RECV_CHUNK, size - got)])
+            except OSError as exc:
+                raise ConnectError(f"bucket stream failed: {exc}") from None
+            if n == 0:
+                raise ConnectError("the sender closed the bucket stream early")
+            f.write(view[:n])
+            got += n
+
+
+def _concat(parts: list[Path], out: Path) -> int:
+    """Join files in the kernel (copy_file_range/sendfile), not through Python bytes."""
+    total = 0
+    with open(out, "wb") as o:
+        for p in parts:
+            with open(p, "rb") as i:
+                n = os.fstat(i.fileno()).st_size
+                done = 0
+                while done < n:
+                    k = os.sendfile(o.fileno(), i.fileno(), done, n - done)
+                    if k == 0:
+                        break
+                    done += k
+                total += done
+    return total
+
+
+class SphereService:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.root = node.data / "sphere"
+        # Staged files of jobs from before a restart are dead: their driver has
+        # re-run or failed those attempts (a restarted node answers no polls for them).
+        shutil.rmtree(self.root, ignore_errors=True)
+        self.engines = node.cfg.engines or os.cpu_count() or 1
+        self._pool: ProcessPoolExecutor | None = None
+        self.jobs: dict[str, JobState] = {}
+        self._client: AsyncClient | None = None
+        self._fetching: dict[str, asyncio.Future[Path]] = {}
+        self.stats = {"attempts": 0, "failed": 0, "pushed": 0, "received": 0}
+
+    def handlers(self) -> dict[str, Any]:
+        return {
+            "sphere.info": self._h_info,
+            "sphere.run": self._h_run,
+            "sphere.poll": self._h_poll,
+            "sphere.resend": self._h_resend,
+            "sphere.commit": self._h_commit,
+            "sphere.cleanup": self._h_cleanup,
+        }
+
+    def bulk_handlers(self) -> dict[str, Any]:
+        return {"sphere.push": self._h_push}
+
+    def status(self) -> dict[str, Any]:
+        running = sum(
+            1 for j in self.jobs.values() for t in j.attempts.values() if t.state == "running"
+        )
+        return {
+            "name": "sphere",
+            "state": "busy" if running else "idle",
+            "engines": self.engines,
+            "jobs": len(self.jobs),
+            "running": running,
+            **self.stats,
+        }
+
+    async def stop(self) -> None:
+        for j in list(self.jobs.values()):
+            self._drop(j)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._client is not None:
+            await self._client.close()
+
+    # ------------------------------------------------------------------ engines
+
+    def pool(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            # spawn, not fork: the node has threads (fsync, copy pumps) and a running
+            # loop, and a forked child would inherit their locks mid-flight.
+            self._pool = ProcessPoolExecutor(
+                self.engines, mp_context=multiprocessing.get_context("spawn")
+            )
+        return self._pool
+
+    def _job_state(self, job: str, *, create: bool = False) -> JobState:
+        self._expire()
+        j = self.jobs.get(job)
+        if j is None:
+            if not create:
+                raise NotFound(f"no job {job} on this node")
+            j = self.jobs[job] = JobState(job, self.root / job)
+            j.dir.mkdir(parents=True, exist_ok=True)
+        j.touched = time.monotonic()
+        return j
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for j in [j for j in self.jobs.values() if now - j.touched > JOB_TTL]:
+            log.info("job %s: no word from its driver for %.0f s, dropping it", j.id, JOB_TTL)
+            self._drop(j)
+
+    def _drop(self, j: JobState) -> None:
+        for t in j.attempts.values():
+            if t.task is not None and not t.task.done():
+                t.task.cancel()
+        self.jobs.pop(j.id, None)
+        shutil.rmtree(j.dir, ignore_errors=True)
+
+    # ------------------------------------------------------------------ handlers
+
+    async def _h_info(self, a: dict[str, Any]) -> Any:
+        return {"id": to_hex(self.node.state.me.id), "address": self.node.addr, **self.status()}
+
+    async def _h_run(self, a: dict[str, Any]) -> Any:
+        job = _job(a)
+        attempt = _int(a, "attempt", 0, 1 << 40)
+        seg = a.get("seg")
+        udf, digest = a.get("udf"), a.get("digest")
+        mode = a.get("mode")
+        if not isinstance(seg, dict) or not isinstance(udf, bytes) or not isinstance(digest, str):
+            raise BadRequest("sphere.run needs seg, udf and digest")
+        if mode not in MODES:
+            raise BadRequest(f"mode must be one of {', '.join(MODES)}")
+        kind = seg.get("kind")
+        if kind not in KINDS:
+            raise BadRequest(f"segment kind must be one of {', '.join(KINDS)}")
+        nbuckets = _int(a, "nbuckets", 0, MAX_BUCKETS)
+        buckets = a.get("buckets") or {}
+        if mode == "buckets":
+            if nbuckets < 1 or not isinstance(buckets, dict) or len(buckets) != nbuckets:
+                raise BadRequest("a bucket job needs nbuckets >= 1 and an address per bucket")
+            if not all(isinstance(v, str) for v in buckets.values()):
+                raise BadRequest("bucket addresses must be strings")
+        task: dict[str, Any] = {
+            "udf": udf,
+            "digest": digest,
+            "kind": kind,
+            "segment": _int(seg, "id", 0, 1 << 40),
+            "offset": _int(seg, "offset") if kind != "task" else 0,
+            "length": _int(seg, "length") if kind != "task" else 0,
+            "size": _int(seg, "size") if kind != "task" else 0,
+            "record_size": _int(seg, "record_size", 0, 1 << 30) if "record_size" in seg else 0,
+            "first": _int(seg, "first") if "first" in seg else 0,
+            "index": seg.get("index") if isinstance(seg.get("index"), bytes) else None,
+            "param": seg.get("param") if isinstance(seg.get("param"), bytes) else None,
+            "path": rec.normalize(seg["path"]) if isinstance(seg.get("path"), str) else "",
+            "node": to_hex(self.node.state.me.id),
+            "mode": mode,
+            "nbuckets": nbuckets,
+        }
+        src = None
+        if kind != "task":
+            src = {
+                "blob": check_blob_id(seg.get("blob")),
+                "checksum": seg.get("checksum"),
+                "holders": [h for h in seg.get("holders", []) if isinstance(h, str)][:16],
+                "size": task["size"],
+            }
+        j = self._job_state(job, create=True)
+        if attempt in j.attempts:
+            return {"accepted": True, "duplicate": True}
+        t = j.attempts[attempt] = Attempt(attempt, task["segment"])
+        task["out"] = str(j.dir / f"a{attempt}")
+        t.task = asyncio.create_task(
+            self._run(j, t, task, src, {int(k): v for k, v in buckets.items()}),
+            name=f"sphere-{job}-{attempt}",
+        )
+        self.stats["attempts"] += 1
+        return {"accepted": True}
+
+    async def _run(
+        self,
+        j: JobState,
+        t: Attempt,
+        task: dict[str, Any],
+        src: dict[str, Any] | None,
+        buckets: dict[int, str],
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            if src is not None and task["size"] > 0:
+                task["file"] = str(await self._local_copy(src))
+            res = await loop.run_in_executor(self.pool(), spe.run_task, task)
+        except asyncio.CancelledError:
+            raise
+        except BrokenProcessPool:
+            self._pool = None
+            res = {
+                "error": "the engine process died (did the UDF exit or crash?)",
+                "retryable": True,
+            }
+        except (SectorError, OSError) as exc:
+            res = {"error": f"cannot get the segment's data: {exc}", "retryable": True}
+        except Exception as exc:  # a bug of ours: report it, keep the node up
+            log.exception("attempt %s of job %s", t.id, j.id)
+            res = {"error": f"{type(exc).__name__}: {exc}", "retryable": True}
+        if res.get("ok"):
+            t.parts = {int(b): n for b, n in (res.get("parts") or {}).items()}
+            if task["mode"] == "buckets":
+                res["undelivered"] = await self._push(j, t, buckets)
+        else:
+            self.stats["failed"] += 1
+        res["attempt"], res["seg"] = t.id, t.seg
+        t.result, t.state = res, "done"
+        j.changed.set()
+
+    async def _local_copy(self, src: dict[str, Any]) -> Path:
+        """The path of a local replica, or of a verified copy fetched from a holder."""
+        blob = src["blob"]
+        if self.node.blobs.exists(blob):
+            return self.node.blobs.path(blob)
+        fut = self._fetching.get(blob)
+        if fut is None:
+            fut = asyncio.ensure_future(self._fetch(src))
+            self._fetching[blob] = fut
+            fut.add_done_callback(lambda _f: self._fetching.pop(blob, None))
+        return await asyncio.shield(fut)
+
+    async def _fetch(self, src: dict[str, Any]) -> Path:
+        cache = self.root / "cache"
+        cache.mkdir(parents=True, exist_ok=True)
+        dst = cache / src["blob"]
+        if dst.exists():
+            return dst
+        errors = []
+        for addr in src["holders"]:
+            tmp = dst.with_suffix(".part")
+            try:
+                chan = await self.node.pool.open_bulk(addr, "blob.get", {"blob": src["blob"]})
+                try:
+                    head = await chan.read_frame()
+                    if head.e is not None:
+                        raise from_wire(head.e)
+                    size = int(head.r["size"])
+                    raw = chan.raw_socket()
+                    if raw is None:
+                        raise ConnectError("no raw socket for the segment fetch")
+                    try:
+                        await asyncio.to_thread(
+                            _recv_into_file, raw, chan.take_buffered(size), size, tmp
+                        )
+                    finally:
+                        raw.close()
+                finally:
+                    await chan.close()
+                if isinstance(src["checksum"], str):
+                    got = await asyncio.to_thread(checksum_file, tmp)
+                    if got != src["checksum"]:
+                        raise SectorError(f"copy at {addr} does not match its checksum")
+                os.replace(tmp, dst)
+                return dst
+            except (SectorError, OSError) as exc:
+                errors.append(f"{addr}: {exc}")
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+        raise NotFound(f"no holder served blob {src['blob']} ({'; '.join(errors) or 'none'})")
+
+    async def _push(self, j: JobState, t: Attempt, buckets: dict[int, str]) -> list[int]:
+        """Send this attempt's bucket parts to their nodes; the buckets that failed."""
+        sem = asyncio.Semaphore(4)
+
+        async def one(b: int, n: int) -> int | None:
+            addr = buckets.get(b)
+            if addr is None:
+                return b
+            async with sem:
+                try:
+                    await self._send_part(j, t, b, n, addr)
+                    return None
+                except (SectorError, OSError) as exc:
+                    log.warning("job %s: part of bucket %d to %s failed: %s", j.id, b, addr, exc)
+                    return b
+
+        got = await asyncio.gather(*(one(b, n) for b, n in sorted(t.parts.items())))
+        return [b for b in got if b is not None]
+
+    async def _send_part(self, j: JobState, t: Attempt, b: int, n: int, addr: str) -> None:
+        path = j.dir / f"a{t.id}" / f"b{b}"
+        if addr == self.node.addr:
+            recv = j.dir / "recv"
+            recv.mkdir(exist_ok=True)
+            dst = recv / f"b{b}.a{t.id}"
+            with contextlib.suppress(FileNotFoundError):
+                dst.unlink()
+            os.link(path, dst)  # the mapper keeps its own name for a resend
+            self.stats["pushed"] += n
+            return
+        args = {"job": j.id, "bucket": b, "attempt": t.id, "size": n}
+        chan = await self.node.pool.open_bulk(addr, "sphere.push", args)
+        try:
+            with open(path, "rb") as f:
+                await chan.sendfile(f, 0, n)
+            await chan.read_reply()
+        finally:
+            await chan.close()
+        self.stats["pushed"] += n
+
+    async def _h_push(self, a: dict[str, Any], chan: BulkChannel) -> Any:
+        job = _job(a)
+        b = _int(a, "bucket", 0, MAX_BUCKETS)
+        attempt = _int(a, "attempt", 0, 1 << 40)
+        size = _int(a, "size")
+        if self.node.blobs.free() - size < self.node.cfg.min_free:
+            raise NoSpace(f"node {self.node.addr} has no room for a {size}-byte bucket part")
+        j = self._job_state(job, create=True)
+        recv = j.dir / "recv"
+        recv.mkdir(exist_ok=True)
+        dst = recv / f"b{b}.a{attempt}"
+        tmp = recv / f".b{b}.a{attempt}.part"
+        raw = chan.raw_socket()
+        if raw is None:
+            raise BadRequest("bucket parts need a plain TCP stream")
+        try:
+            await asyncio.to_thread(_recv_into_file, raw, chan.take_buffered(size), size, tmp)
+        finally:
+            raw.close()
+        os.replace(tmp, dst)
+        self.stats["received"] += size
+        return {"ok": True}
+
+    async def _h_poll(self, a: dict[str, Any]) -> Any:
+        """``{job, ack: [attempt], wait}``: finished attempts not yet acknowledged."""
+        job = _job(a)
+        wait = a.get("wait", 0.0)
+        if not isinstance(wait, int | float) or not 0 <= wait <= 30:
+            raise BadRequest("wait must be 0 to 30 seconds")
+        ack = a.get("ack") or []
+        if not isinstance(ack, list):
+            raise BadRequest("ack must be a list of attempt ids")
+        j = self.jobs.get(job)
+        if j is None:
+            return {"done": [], "running": []}
+        j.touched = time.monotonic()
+        for x in ack:
+            t = j.attempts.get(x) if isinstance(x, int) else None
+            if t is not None and t.state == "done" and t.result is not None:
+                # Keep the attempt (its parts may be resent or committed), drop the report.
+                t.result = {"acked": True}
+        if not self._unreported(j) and wait > 0:
+            j.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(j.changed.wait(), wait)
+        done: list[dict[str, Any]] = []
+        budget = REPORT_MAX
+        for t in self._unreported(j):
+            assert t.result is not None
+            n = len(t.result.get("data") or b"")
+            if done and n > budget:
+                break
+            budget -= n
+            done.append(t.result)
+        running = [t.id for t in j.attempts.values() if t.state == "running"]
+        return {"done": done, "running": running}
+
+    def _unreported(self, j: JobState) -> list[Attempt]:
+        return [
+            t
+            for t in j.attempts.values()
+            if t.state == "done" and t.result is not None and not t.result.get("acked")
+        ]
+
+    async def _h_resend(self, a: dict[str, Any]) -> Any:
+        """``{job, attempt, buckets: {b: addr}}``: push parts of a finished attempt again
+        (their first bucket node was lost)."""
+        j = self._job_state(_job(a))
+        t = j.attempts.get(_int(a, "attempt", 0, 1 << 40))
+        if t is None or t.state != "done":
+            raise NotFound("no such finished attempt on this node")
+        want = a.get("buckets")
+        if not isinstance(want, dict):
+            raise BadRequest("buckets must map bucket ids to addresses")
+        targets = {int(b): addr for b, addr in want.items() if int(b) in t.parts}
+        sub = Attempt(t.id, t.seg, parts={b: t.parts[b] for b in targets})
+        return {"undelivered": await self._push(j, sub, targets)}
+
+    async def _h_commit(self, a: dict[str, Any]) -> Any:
+        """``{job, rf, items: [{path, bucket, attempts} | {path, attempt}]}``: make Sector
+        files of staged output (buckets: the winning attempts' parts in segment order)."""
+        j = self._job_state(_job(a))
+        items = a.get("items")
+        if not isinstance(items, list):
+            raise BadRequest("commit needs a list of items")
+        rf = a.get("rf")
+        if rf is not None and (not isinstance(rf, int) or not 1 <= rf <= 16):
+            raise BadRequest("rf must be from 1 to 16")
+        if self._client is None:
+            from sector.client.aio import AsyncClient
+
+            self._client = AsyncClient(self.node.addr, timeout=self.node.cfg.rpc_timeout * 6)
+        sem = asyncio.Semaphore(2)
+        commit = j.dir / "commit"
+        commit.mkdir(exist_ok=True)
+
+        async def one(i: int, item: Any) -> dict[str, Any]:
+            if not isinstance(item, dict) or not isinstance(item.get("path"), str):
+                raise BadRequest("each commit item needs a path")
+            if "bucket" in item:
+                b = _int(item, "bucket", 0, MAX_BUCKETS)
+                ids = item.get("attempts")
+                if not isinstance(ids, list) or not all(isinstance(x, int) for x in ids):
+                    raise BadRequest("attempts must be a list of attempt ids")
+                parts = [j.dir / "recv" / f"b{b}.a{x}" for x in ids]
+                parts = [p for p in parts if p.exists() or _missing(p)]
+            else:
+                parts = [j.dir / f"a{_int(item, 'attempt', 0, 1 << 40)}" / "out"]
+                if not parts[0].exists():
+                    parts = []
+            async with sem:
+                out = commit / f"f{i}"
+                await asyncio.to_thread(_concat, parts, out)
+                assert self._client is not None
+                st = await self._client.put(out, item["path"], replicas=rf)
+                with contextlib.suppress(OSError):
+                    out.unlink()
+                return st
+
+        files = await asyncio.gather(*(one(i, it) for i, it in enumerate(items)))
+        return {"files": files}
+
+    async def _h_cleanup(self, a: dict[str, Any]) -> Any:
+        j = self.jobs.get(_job(a))
+        if j is not None:
+            self._drop(j)
+        return {"ok": True}
+
+
+def _missing(p: Path) -> bool:
+    raise NotFound(f"bucket part {p.name} is not on this node (lost in a restart?)")

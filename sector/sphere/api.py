@@ -1,0 +1,123 @@
+"""The Sphere face of the clients: ``c.sphere.run(udf, input=..., ...)``.
+
+    with sector.connect() as c:
+        job = c.sphere.run(count_words, input="/logs", output="/counts", buckets=8,
+                           records="lines")
+        job.wait()          # a live progress bar on a terminal; job.progress() otherwise
+
+Options (keyword-only; see ``driver.job_options``):
+    input     a path, a directory (walked), a glob, or a list of them
+    tasks     instead of input: one generator task per item (the UDF gets it as
+              ``seg.param``), e.g. to generate data on the nodes
+    records   "file" (whole files, the default), "lines", "idx" (NAME.idx offsets),
+              or an int: fixed-size records of that many bytes
+    output    a Sector directory for the output (must not exist); without it the
+              output comes back to the client (``job.results()``)
+    buckets   N > 0: the UDF returns (records, bucket_ids) and bucket i becomes
+              ``output/bucket-0000i``; otherwise each segment's output becomes
+              ``output/part-<segment>`` on the node that ran it
+    param     any picklable object, handed to the UDF as ``seg.param``
+    replicas  replica target of the output files (default: the cluster's)
+    min_unit / max_unit   bounds of a segment's size in bytes (1 MiB / 256 MiB)
+    speculate run a backup of a straggling segment elsewhere (default True)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from sector.sphere.driver import AsyncJob, job_options
+
+if TYPE_CHECKING:
+    from sector.client.aio import AsyncClient
+    from sector.client.sync import Client
+
+
+class AsyncSphere:
+    def __init__(self, client: AsyncClient) -> None:
+        self._c = client
+
+    def run(self, udf: Callable[..., Any], input: Any = None, **opts: Any) -> AsyncJob:
+        """Start a job (it runs in the background); ``await job.wait()`` for its result."""
+        return AsyncJob(self._c, udf, **job_options(input=input, **opts)).start()
+
+
+class Job:
+    """A job of the sync client: it runs in the client's loop thread meanwhile."""
+
+    def __init__(self, client: Client, job: AsyncJob) -> None:
+        self._client = client
+        self._job = job
+
+    @property
+    def id(self) -> str:
+        return self._job.id
+
+    def progress(self) -> dict[str, Any]:
+        return self._job.progress()
+
+    def done(self) -> bool:
+        return self._job.done()
+
+    def wait(self, *, progress: bool | None = None, timeout: float | None = None) -> dict[str, Any]:
+        """Block until the job ends; its result, or the error that failed it."""
+        if progress is None:
+            progress = sys.stderr.isatty()
+        fut = asyncio.run_coroutine_threadsafe(self._job.wait(), self._client._loop)
+        if progress:
+            _show(self._job, fut)
+        try:
+            return fut.result(timeout)
+        except TimeoutError:
+            raise TimeoutError(f"job {self.id} still running after {timeout} s") from None
+
+    def results(self) -> list[bytes]:
+        """The output of every segment, in segment order (jobs without an output)."""
+        return list(self.wait(progress=False).get("results", []))
+
+    def cancel(self) -> None:
+        self._client._run(self._job.cancel())
+
+
+class Sphere:
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def run(self, udf: Callable[..., Any], input: Any = None, **opts: Any) -> Job:
+        """Start a job in the background and return its handle (see the module doc)."""
+        opts = job_options(input=input, **opts)
+
+        async def start() -> AsyncJob:
+            return AsyncJob(self._client._aio, udf, **opts).start()
+
+        return Job(self._client, self._client._run(start()))
+
+
+def _show(job: AsyncJob, fut: Any) -> None:
+    """A rich progress bar of segments done, with what runs where, until ``fut`` ends."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        transient=False,
+    ) as bar:
+        task = bar.add_task(job.progress()["name"], total=None, info="")
+        while not fut.done():
+            p = job.progress()
+            info = f"{p['phase']} · {p['running']} running"
+            if p.get("failed_attempts"):
+                info += f" · {p['failed_attempts']} failed"
+            if p.get("speculative"):
+                info += f" · {p['speculative']} speculative"
+            bar.update(task, total=p["segments"] or None, completed=p["done"], info=info)
+            time.sleep(0.2)
+        p = job.progress()
+        bar.update(task, total=p["segments"] or 1, completed=p["done"], info=p["phase"])

@@ -1,0 +1,692 @@
+"""The client-side driver of a Sphere job (DESIGN "Sphere"; original §3 "Scheduling").
+
+One job is one stage: a UDF over a stream of Sector files (or a list of generator
+tasks), with output back to the client, to files on the processing nodes, or to N
+buckets. A multi-stage job chains stages: one stage's output directory is the next
+one's input. The driver is an asyncio task of the client, so one client runs several
+jobs at once.
+
+How a stage runs:
+1. Resolve the input to files with their replica holders; cut segments (``segments``).
+2. Ask every live node how many engines it has; the pure ``Scheduler`` decides which
+   segment attempt runs where (locality, pull, retries, speculation); the driver sends
+   ``sphere.run`` and collects outcomes with one long poll per node.
+3. A node that stops answering is lost: its running attempts are re-run elsewhere, and
+   if it held buckets they move to other nodes and are fed again -- from the mappers'
+   kept parts (``sphere.resend``), or by re-running segments whose mapper died too.
+   (The original failed the whole job here.)
+4. Commit: staged output becomes Sector files under ``/.sphere/<job>``, which is then
+   renamed to the output path -- readers see all of a job's output or none of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fnmatch
+import hashlib
+import logging
+import os
+import secrets
+import sys
+import sysconfig
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import cloudpickle
+import numpy as np
+
+from sector.errors import (
+    AlreadyExists,
+    ClusterError,
+    JobFailed,
+    NotFound,
+    SectorError,
+    TransportError,
+    UsageError,
+)
+from sector.meta import records as rec
+from sector.sphere.schedule import Scheduler, Start, Work
+from sector.sphere.segments import InputFile, Segment, check_index, plan_segments, task_segments
+
+if TYPE_CHECKING:
+    from sector.client.aio import AsyncClient
+
+log = logging.getLogger("sector.sphere.driver")
+
+STAGING = "/.sphere"
+POLL_WAIT = 1.0
+LOST_AFTER = 2  # consecutive failed polls before a node counts as lost
+MAX_ROUNDS = 5  # commit rounds (each may re-run segments whose output was lost)
+
+
+def _installed(mod: Any) -> bool:
+    """Is the module importable on the nodes as it is (stdlib or site-packages)?"""
+    f = getattr(mod, "__file__", None)
+    if f is None:
+        return True  # builtin
+    f = os.path.realpath(f)
+    roots = {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    return any(f.startswith(os.path.realpath(r) + os.sep) for r in roots) or "-packages" in f
+
+
+def pickle_udf(fn: Callable[..., Any], param: Any) -> bytes:
+    """cloudpickle the UDF with its parameter. A UDF from the user's own module (a
+    script, a test file) is pickled *by value*: the nodes cannot import that module."""
+    if not callable(fn):
+        raise UsageError(f"the UDF must be a function, not {type(fn).__name__}")
+    name = getattr(fn, "__module__", None) or "__main__"
+    mod = sys.modules.get(name)
+    by_value = (
+        mod is not None
+        and name != "__main__"
+        and not name.startswith("sector.")
+        and not _installed(mod)
+    )
+    if by_value:
+        cloudpickle.register_pickle_by_value(mod)
+    try:
+        return bytes(cloudpickle.dumps((fn, param)))
+    except Exception as exc:
+        raise UsageError(f"cannot pickle the UDF or its parameter: {exc}") from None
+    finally:
+        if by_value:
+            cloudpickle.unregister_pickle_by_value(mod)
+
+
+class AsyncJob:
+    """A running stage. ``await job.wait()`` returns its result dict; ``progress()``
+    is a live view (segments done/running/failed per node)."""
+
+    def __init__(self, client: AsyncClient, fn: Callable[..., Any], **opts: Any) -> None:
+        self.c = client
+        self.id = secrets.token_hex(8)
+        self.fn = fn
+        self.opts = opts
+        self.phase = "starting"
+        self.started = time.monotonic()
+        self.sched: Scheduler | None = None
+        self.segments: list[Segment] = []
+        self.error: str | None = None
+        self.result: dict[str, Any] | None = None
+        self._task: asyncio.Task[dict[str, Any]] | None = None
+        # node id -> address, and the nodes the job lost
+        self.addr: dict[str, str] = {}
+        self.lost: set[str] = set()
+        self.running: dict[int, Start] = {}  # attempt -> start
+        self.winners: dict[
+            int, tuple[int, str, dict[str, Any]]
+        ] = {}  # seg -> (attempt, node, result)
+        self.bucket_node: dict[int, str] = {}  # bucket -> node id
+        self.delivered: dict[int, dict[int, str]] = {}  # seg -> bucket -> node id holding its part
+        self.touched: set[str] = set()  # nodes that may hold files of this job
+        self.speculative = 0
+        # per input path: size, checksum, replica addresses, record index (idx jobs)
+        self._fsizes: dict[str, int] = {}
+        self._checksums: dict[str, str] = {}
+        self._replicas: dict[str, list[str]] = {}
+        self._idx: dict[str, np.ndarray] = {}
+        self._tb: str | None = None
+
+    # ------------------------------------------------------------------ public
+
+    def start(self) -> AsyncJob:
+        self._task = asyncio.ensure_future(self._main())
+        return self
+
+    async def wait(self) -> dict[str, Any]:
+        assert self._task is not None
+        return await asyncio.shield(self._task)
+
+    def done(self) -> bool:
+        return self._task is not None and self._task.done()
+
+    async def cancel(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+
+    def progress(self) -> dict[str, Any]:
+        p: dict[str, Any] = {
+            "job": self.id,
+            "name": self.opts.get("name") or getattr(self.fn, "__name__", "udf"),
+            "phase": self.phase,
+            "elapsed": round(time.monotonic() - self.started, 3),
+            "segments": len(self.segments),
+            "done": 0,
+            "running": 0,
+            "pending": len(self.segments),
+            "failed_attempts": 0,
+            "speculative": self.speculative,
+            "nodes": {},
+        }
+        if self.sched is not None:
+            p.update(self.sched.progress())
+            p["speculative"] = self.speculative
+            p["nodes"] = {self.addr.get(n, n): v for n, v in p["nodes"].items()}
+        if self.error:
+            p["error"] = self.error
+        return p
+
+    # ------------------------------------------------------------------ main
+
+    async def _main(self) -> dict[str, Any]:
+        output = self.opts.get("output")
+        staged = False
+        try:
+            await self._prepare()
+            if output is not None:
+                await self.c.mkdir(f"{STAGING}/{self.id}", parents=True)
+                staged = True
+            files: list[dict[str, Any]] = []
+            for _round in range(MAX_ROUNDS):
+                await self._run_all()
+                self.phase = "committing"
+                try:
+                    files = await self._commit()
+                    break
+                except _Reopened:
+                    continue
+            else:
+                raise JobFailed(f"job {self.id}: output kept being lost while committing")
+            if output is not None:
+                self.phase = "renaming"
+                parent = rec.parent(output)
+                if parent != "/":
+                    await self.c.mkdir(parent, parents=True)
+                await self.c.mv(f"{STAGING}/{self.id}", output)
+                staged = False
+                files = [{**f, "path": rec.join(output, rec.basename(f["path"]))} for f in files]
+            self.phase = "done"
+            self.result = self._summary(files)
+            return self.result
+        except BaseException as exc:
+            self.phase = "failed"
+            self.error = self.error or str(exc)
+            raise
+        finally:
+            await self._cleanup(staged)
+
+    def _summary(self, files: list[dict[str, Any]]) -> dict[str, Any]:
+        ordered = [self.winners[s.id][2] for s in self.segments if s.id in self.winners]
+        res: dict[str, Any] = {
+            "job": self.id,
+            "output": self.opts.get("output"),
+            "segments": len(self.segments),
+            "seconds": round(time.monotonic() - self.started, 3),
+            "records_out": sum(int(r.get("records_out", 0)) for r in ordered),
+            "bytes_in": sum(int(r.get("bytes_in", 0)) for r in ordered),
+            "bytes_out": sum(int(r.get("bytes_out", 0)) for r in ordered),
+            "speculative": self.speculative,
+            "failed_attempts": self.sched.progress()["failed_attempts"] if self.sched else 0,
+            "lost_nodes": sorted(self.addr.get(n, n) for n in self.lost),
+            "files": files,
+        }
+        if self.opts.get("mode") == "client":
+            res["results"] = [r.get("data", b"") for r in ordered]
+        return res
+
+    async def _cleanup(self, staged: bool) -> None:
+        async def one(nid: str) -> None:
+            with contextlib.suppress(SectorError, OSError):
+                await self.c.pool.call(
+                    self.addr[nid], "sphere.cleanup", {"job": self.id}, timeout=5
+                )
+
+        with contextlib.suppress(BaseException):
+            await asyncio.gather(*(one(n) for n in self.touched if n not in self.lost))
+        if staged:
+            with contextlib.suppress(BaseException):
+                await self.c.rm(f"{STAGING}/{self.id}", recursive=True)
+
+    # ------------------------------------------------------------------ preparation
+
+    async def _prepare(self) -> None:
+        o = self.opts
+        output = o.get("output")
+        if output is not None:
+            output = o["output"] = rec.normalize(output)
+            if await self.c.exists(output):
+                raise AlreadyExists(f"output {output} already exists (remove it or pick another)")
+        self.udf = pickle_udf(self.fn, o.get("param"))
+        self.digest = hashlib.blake2b(self.udf, digest_size=16).hexdigest()
+        st = await self.c.status()
+        topo: dict[str, str] = {}
+        for m in st["nodes"]:
+            if m.get("state") == "up":
+                self.addr[m["id"]] = m["address"]
+                topo[m["id"]] = m.get("topology") or ""
+        engines: dict[str, int] = {}
+
+        async def info(nid: str) -> None:
+            with contextlib.suppress(SectorError):
+                r = await self.c.pool.call(self.addr[nid], "sphere.info", {}, timeout=5)
+                engines[nid] = max(1, int(r.get("engines", 1)))
+
+        await asyncio.gather(*(info(n) for n in list(self.addr)))
+        if not engines:
+            raise ClusterError("no node of the cluster runs Sphere engines")
+        per_node = o.get("engines")
+        if per_node:
+            engines = {n: min(k, per_node) for n, k in engines.items()}
+        if o.get("tasks") is not None:
+            self.segments = task_segments(list(o["tasks"]))
+        else:
+            files = await self._input_files(o.get("input"), o.get("records", "file"))
+            self.segments = plan_segments(
+                files,
+                o.get("records", "file"),
+                engines=sum(engines.values()),
+                min_unit=o.get("min_unit", 1 << 20),
+                max_unit=o.get("max_unit", 256 << 20),
+            )
+        nb = int(o.get("buckets") or 0)
+        nodes = sorted(engines)
+        start = int(self.id[:8], 16) % len(nodes)
+        self.bucket_node = {b: nodes[(start + b) % len(nodes)] for b in range(nb)}
+
+        def distance(a: str, b: str) -> int:
+            if a == b:
+                return 0
+            ta, tb = topo.get(a, "").split("/"), topo.get(b, "").split("/")
+            common = 0
+            for x, y in zip(ta[1:], tb[1:], strict=False):
+                if x != y or not x:
+                    break
+                common += 1
+            return 1 + max(len(ta), len(tb)) - 1 - common
+
+        work = [
+            Work(s.id, tuple(h for h in s.holders if h in engines), s.length) for s in self.segments
+        ]
+        self.sched = Scheduler(
+            work,
+            engines,
+            distance=distance,
+            max_attempts=o.get("max_attempts", 4),
+            speculate=o.get("speculate", True),
+        )
+        self.phase = "running"
+
+    async def _input_files(self, spec: Any, records: Any) -> list[InputFile]:
+        if spec is None:
+            raise UsageError("a job needs an input (files, a directory or a glob) or tasks")
+        specs = [spec] if isinstance(spec, str) else list(spec)
+        stats: list[dict[str, Any]] = []
+        for s in specs:
+            if not isinstance(s, str):
+                raise UsageError(f"input paths must be strings, not {type(s).__name__}")
+            stats += await self._expand(s)
+        if not stats:
+            raise NotFound(f"the input {spec} has no files")
+        out = []
+        for st in stats:
+            holders = tuple(r["id"] for r in st["replicas"] if r["state"] == "up")
+            index = None
+            if records == "idx":
+                try:
+                    raw = await self.c.read(st["path"] + ".idx")
+                except NotFound:
+                    raise UsageError(f"{st['path']} has no index file {st['path']}.idx") from None
+                index = check_index(np.frombuffer(raw, dtype=np.int64), st["size"], st["path"])
+                self._idx[st["path"]] = index
+            out.append(InputFile(st["path"], st["size"], st["blob"], holders, index))
+            self._fsizes[st["path"]] = st["size"]
+            self._checksums[st["path"]] = st["checksum"]
+            self._replicas[st["path"]] = [r["address"] for r in st["replicas"]]
+        return out
+
+    async def _expand(self, spec: str) -> list[dict[str, Any]]:
+        if any(ch in spec for ch in "*?["):
+            base = rec.parent(rec.normalize(spec.split("*")[0].split("?")[0].split("[")[0] + "x"))
+            pattern = rec.normalize(spec)
+            found = [
+                st for st in await self._walk(base) if fnmatch.fnmatchcase(st["path"], pattern)
+            ]
+            return sorted(found, key=lambda s: s["path"])
+        st = await self.c.stat(spec)
+        if st["type"] == "dir":
+            return await self._walk(st["path"])
+        return [st]
+
+    async def _walk(self, path: str) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for e in sorted(await self.c.ls(path), key=lambda e: e["name"]):
+            if e["type"] == "dir":
+                out += await self._walk(e["path"])
+            elif not e["name"].endswith(".idx") and not e["name"].startswith("."):
+                out.append(await self.c.stat(e["path"]))
+        return out
+
+    # ------------------------------------------------------------------ running
+
+    async def _run_all(self) -> None:
+        assert self.sched is not None
+        pollers: dict[str, asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
+        try:
+            while True:
+                now = time.monotonic()
+                if self.sched.error:
+                    raise JobFailed(
+                        f"job {self.id} failed: {self.sched.error}", traceback=self._tb or ""
+                    )
+                if self.sched.done:
+                    return
+                starts = self.sched.schedule(now)
+                if starts:
+                    await asyncio.gather(*(self._start(s) for s in starts))
+                for nid in {s.node for s in self.running.values()}:
+                    if nid not in pollers or pollers[nid].done():
+                        pollers[nid] = asyncio.create_task(self._poll(nid))
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), 0.5)
+        finally:
+            for t in pollers.values():
+                t.cancel()
+            for t in pollers.values():
+                with contextlib.suppress(BaseException):
+                    await t
+
+    def _seg_args(self, seg: Segment) -> dict[str, Any]:
+        a: dict[str, Any] = {"id": seg.id, "kind": seg.kind}
+        if seg.kind == "task":
+            a["param"] = bytes(cloudpickle.dumps(seg.param))
+            return a
+        a.update(
+            path=seg.path,
+            blob=seg.blob,
+            offset=seg.offset,
+            length=seg.length,
+            size=self._fsizes[seg.path],
+            record_size=seg.record_size,
+            first=seg.first,
+            checksum=self._checksums.get(seg.path),
+            holders=self._replicas.get(seg.path, []),
+        )
+        if seg.kind == "idx":
+            idx = self._idx[seg.path][seg.first : seg.first + seg.count + 1]
+            a["index"] = (idx - idx[0]).astype(np.int64).tobytes()
+        return a
+
+    async def _start(self, s: Start) -> None:
+        assert self.sched is not None
+        seg = self.segments[s.seg]
+        if s.speculative:
+            self.speculative += 1
+        mode = self.opts.get("mode", "none")
+        args = {
+            "job": self.id,
+            "attempt": s.attempt,
+            "seg": self._seg_args(seg),
+            "udf": self.udf,
+            "digest": self.digest,
+            "mode": mode,
+            "nbuckets": len(self.bucket_node),
+            "buckets": {str(b): self.addr[n] for b, n in self.bucket_node.items()},
+        }
+        self.running[s.attempt] = s
+        self.touched.add(s.node)
+        try:
+            await self.c.pool.call(self.addr[s.node], "sphere.run", args, timeout=30)
+        except TransportError as exc:
+            self.running.pop(s.attempt, None)
+            self.sched.failed(s.attempt, time.monotonic(), f"{self.addr[s.node]}: {exc}")
+            await self._node_lost(s.node)
+        except SectorError as exc:
+            self.running.pop(s.attempt, None)
+            self.sched.failed(
+                s.attempt, time.monotonic(), f"{self.addr[s.node]}: {exc}", retryable=True
+            )
+
+    async def _poll(self, nid: str) -> None:
+        """Long-poll one node while it runs attempts of this job."""
+        assert self.sched is not None
+        misses = 0
+        ack: list[int] = []
+        addr = self.addr[nid]
+        while any(s.node == nid for s in self.running.values()) or ack:
+            try:
+                rep = await self.c.pool.call(
+                    addr,
+                    "sphere.poll",
+                    {"job": self.id, "ack": ack, "wait": POLL_WAIT},
+                    timeout=POLL_WAIT + 15,
+                )
+            except (TransportError, SectorError) as exc:
+                misses += 1
+                if misses >= LOST_AFTER:
+                    log.warning("job %s: node %s lost (%s)", self.id, addr, exc)
+                    await self._node_lost(nid)
+                    self._wake.set()
+                    return
+                await asyncio.sleep(0.3)
+                continue
+            misses = 0
+            ack = []
+            for r in rep.get("done", []):
+                if not isinstance(r, dict) or not isinstance(r.get("attempt"), int):
+                    continue
+                ack.append(r["attempt"])
+                await self._finished(nid, r)
+            alive = set(rep.get("running", [])) | set(ack)
+            for att, s in list(self.running.items()):
+                if s.node == nid and att not in alive:
+                    # The node does not know the attempt: it restarted and lost it.
+                    self.running.pop(att, None)
+                    self.sched.failed(att, time.monotonic(), f"{addr} forgot the attempt")
+            self._wake.set()
+            if not ack and not any(s.node == nid for s in self.running.values()):
+                return
+
+    async def _finished(self, nid: str, r: dict[str, Any]) -> None:
+        assert self.sched is not None
+        att = r["attempt"]
+        s = self.running.pop(att, None)
+        if s is None:
+            return  # already written off (the node was declared lost meanwhile)
+        now = time.monotonic()
+        if not r.get("ok"):
+            if r.get("traceback"):
+                self._tb = str(r["traceback"])
+                self.error = f"{r.get('error')}\n{self._tb}"
+            self.sched.failed(
+                att,
+                now,
+                f"{self.addr[nid]}: {r.get('error')}",
+                retryable=bool(r.get("retryable", True)),
+            )
+            return
+        won, _cancels = self.sched.succeeded(att, now)
+        if not won:
+            return
+        self.winners[s.seg] = (att, nid, r)
+        parts = {int(b) for b in (r.get("parts") or {})}
+        bad = {int(b) for b in r.get("undelivered") or []}
+        self.delivered[s.seg] = {b: self.bucket_node[b] for b in parts - bad}
+        if bad:
+            # Whoever held those buckets did not take the part: treat it as lost.
+            for b in bad:
+                holder = self.bucket_node[b]
+                if holder not in self.lost:
+                    with contextlib.suppress(Exception):
+                        await self.c.pool.call(self.addr[holder], "sphere.info", {}, timeout=3)
+                        continue
+                    await self._node_lost(holder)
+
+    async def _node_lost(self, nid: str) -> None:
+        assert self.sched is not None
+        if nid in self.lost:
+            return
+        self.lost.add(nid)
+        for att, s in list(self.running.items()):
+            if s.node == nid:
+                self.running.pop(att, None)
+        self.sched.node_lost(nid, time.monotonic())
+        # Buckets it held move to the survivors; their parts are fed again below.
+        moved = [b for b, n in self.bucket_node.items() if n == nid]
+        live = sorted(n for n in self.addr if n not in self.lost)
+        if not live:
+            self.sched.reopen([], time.monotonic())
+            raise JobFailed(f"job {self.id}: every node was lost")
+        for i, b in enumerate(moved):
+            self.bucket_node[b] = live[i % len(live)]
+        reopen = [seg for seg, (_a, n, _r) in self.winners.items() if n == nid]
+        for seg in reopen:
+            self.winners.pop(seg, None)
+            self.delivered.pop(seg, None)
+        if self.opts.get("mode") == "files" or self.opts.get("mode") == "buckets":
+            self.sched.reopen(reopen, time.monotonic())
+
+    async def _redeliver(self) -> None:
+        """Make every winner's parts sit on their bucket's current node (resend)."""
+        for _round in range(MAX_ROUNDS):
+            todo: dict[int, dict[int, str]] = {}
+            for seg, (_att, _nid, r) in self.winners.items():
+                have = self.delivered.get(seg, {})
+                for b in (int(x) for x in (r.get("parts") or {})):
+                    if have.get(b) != self.bucket_node[b]:
+                        todo.setdefault(seg, {})[b] = self.bucket_node[b]
+            if not todo:
+                return
+
+            async def one(seg: int, want: dict[int, str]) -> None:
+                att, nid, _r = self.winners[seg]
+                try:
+                    rep = await self.c.pool.call(
+                        self.addr[nid],
+                        "sphere.resend",
+                        {
+                            "job": self.id,
+                            "attempt": att,
+                            "buckets": {str(b): self.addr[n] for b, n in want.items()},
+                        },
+                        timeout=600,
+                    )
+                except (TransportError, SectorError):
+                    await self._node_lost(nid)
+                    return
+                bad = {int(b) for b in rep.get("undelivered", [])}
+                for b, n in want.items():
+                    if b not in bad:
+                        self.delivered.setdefault(seg, {})[b] = n
+                for b in bad:
+                    await self._node_lost(self.bucket_node[b])
+
+            await asyncio.gather(*(one(s, w) for s, w in todo.items()))
+            if self.sched is not None and not self.sched.done:
+                raise _Reopened()
+        raise JobFailed(f"job {self.id}: bucket nodes kept failing")
+
+    # ------------------------------------------------------------------ commit
+
+    async def _commit(self) -> list[dict[str, Any]]:
+        mode = self.opts.get("mode")
+        if mode not in ("files", "buckets"):
+            return []
+        rf = self.opts.get("replicas")
+        stage = f"{STAGING}/{self.id}"
+        items: dict[str, list[dict[str, Any]]] = {}
+        if mode == "buckets":
+            await self._redeliver()
+            for b, nid in sorted(self.bucket_node.items()):
+                atts = [
+                    self.winners[s.id][0]
+                    for s in self.segments
+                    if s.id in self.winners and str(b) in (self.winners[s.id][2].get("parts") or {})
+                ]
+                items.setdefault(nid, []).append(
+                    {"path": f"{stage}/bucket-{b:05d}", "bucket": b, "attempts": atts}
+                )
+        else:
+            for s in self.segments:
+                att, nid, _r = self.winners[s.id]
+                items.setdefault(nid, []).append(
+                    {"path": f"{stage}/part-{s.id:05d}", "attempt": att}
+                )
+        files: list[dict[str, Any]] = []
+        lost: list[str] = []
+
+        async def one(nid: str, its: list[dict[str, Any]]) -> None:
+            try:
+                rep = await self.c.pool.call(
+                    self.addr[nid],
+                    "sphere.commit",
+                    {"job": self.id, "rf": rf, "items": its},
+                    timeout=3600,
+                )
+                files.extend(rep.get("files", []))
+            except TransportError:
+                lost.append(nid)
+            except NotFound:
+                lost.append(nid)  # it restarted: its staged parts are gone
+
+        await asyncio.gather(*(one(n, its) for n, its in items.items()))
+        if lost:
+            for nid in lost:
+                await self._node_lost(nid)
+            raise _Reopened()
+        return sorted(files, key=lambda f: f["path"])
+
+
+class _Reopened(Exception):
+    """Output of some segments was lost; run them again, then commit again."""
+
+
+def job_options(
+    *,
+    input: Any = None,
+    output: str | None = None,
+    buckets: int = 0,
+    records: Any = "file",
+    param: Any = None,
+    tasks: Sequence[Any] | None = None,
+    replicas: int | None = None,
+    min_unit: int = 1 << 20,
+    max_unit: int = 256 << 20,
+    speculate: bool = True,
+    max_attempts: int = 4,
+    engines: int | None = None,
+    name: str | None = None,
+    to_client: bool | None = None,
+) -> dict[str, Any]:
+    """Check a job's options; the mode follows from them (buckets > files > client)."""
+    if not isinstance(buckets, int) or buckets < 0:
+        raise UsageError("buckets must be a whole number >= 0")
+    if buckets and output is None:
+        raise UsageError("a job with buckets needs an output directory")
+    if replicas is not None and not 1 <= replicas <= 16:
+        raise UsageError("replicas must be from 1 to 16")
+    if not 1 <= min_unit <= max_unit:
+        raise UsageError("min_unit must be >= 1 and <= max_unit")
+    if tasks is None and input is None:
+        raise UsageError("a job needs an input (files, a directory or a glob) or tasks")
+    if tasks is not None and input is not None:
+        raise UsageError("give a job either an input or tasks, not both")
+    if buckets:
+        mode = "buckets"
+    elif output is not None:
+        mode = "files"
+    elif to_client is False:
+        mode = "none"
+    else:
+        mode = "client"
+    return {
+        "input": input,
+        "output": output,
+        "buckets": buckets,
+        "records": records,
+        "param": param,
+        "tasks": tasks,
+        "replicas": replicas,
+        "min_unit": min_unit,
+        "max_unit": max_unit,
+        "speculate": speculate,
+        "max_attempts": max_attempts,
+        "engines": engines,
+        "name": name,
+        "mode": mode,
+    }

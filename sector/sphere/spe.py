@@ -1,0 +1,171 @@
+"""Sphere processing engines (SPEs): the worker processes that run UDFs on a node.
+
+A node keeps a pool of worker processes (one per core by default). The node's asyncio
+side never touches segment bytes: it hands a worker a small task (where the segment
+is on the local disk, the UDF, the output mode) and the worker does the bulk work --
+map the file, call the UDF once with the whole batch, split its output by bucket with
+numpy, write the parts to the node's staging directory -- and returns a summary.
+Why processes, not threads: UDFs are Python and would hold the GIL; why the file, not
+a pipe: a segment is up to 256 MB and the kernel's page cache already has it.
+
+A UDF that raises is caught here and reported with its traceback (the job fails with
+it, the worker lives on). A UDF that kills its process breaks the pool; the node makes
+a new one and the attempt counts as failed (retried elsewhere, up to the job's limit).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import numpy as np
+
+from sector.sphere.batch import Batch, normalize, split
+from sector.sphere.segments import line_bounds
+
+CLIENT_MAX = 12 << 20  # output of one segment returned to the client in a reply frame
+
+# Per worker process: digest -> (function, job parameter). A job sends the same UDF
+# with every segment; unpickling it once per process is enough.
+_UDFS: dict[str, tuple[Callable[..., Any], Any]] = {}
+
+
+def _load(udf: bytes, digest: str) -> tuple[Callable[..., Any], Any]:
+    got = _UDFS.get(digest)
+    if got is None:
+        fn, param = cloudpickle.loads(udf)
+        if not callable(fn):
+            raise TypeError(f"the UDF is a {type(fn).__name__}, not a function")
+        if len(_UDFS) >= 32:
+            _UDFS.clear()
+        got = _UDFS[digest] = (fn, param)
+    return got
+
+
+def _write(path: Path, data: bytes | memoryview) -> int:
+    with open(path, "wb") as f:
+        f.write(data)
+    return len(data)
+
+
+def run_task(task: dict[str, Any]) -> dict[str, Any]:
+    """Run one segment attempt (in a worker process). Never raises: failures are data.
+
+    ``task``: udf (cloudpickled (function, job parameter)), digest, kind, file (local path or None), offset, length, size,
+    record_size, first, index (int64 bytes or None), param, segment, path, node,
+    mode ("client" | "files" | "buckets" | "none"), nbuckets, out (staging dir).
+    """
+    t0 = time.perf_counter()
+    try:
+        fn, param = _load(task["udf"], task["digest"])
+        if task.get("param") is not None:  # a generator task's own parameter
+            param = cloudpickle.loads(task["param"])
+    except Exception as exc:
+        return {
+            "error": f"cannot load the UDF: {type(exc).__name__}: {exc}",
+            "traceback": traceback.format_exc(),
+            "retryable": False,
+        }
+    mm: mmap.mmap | None = None
+    try:
+        try:
+            data, mm, start = _read(task)
+        except OSError as exc:
+            return {"error": f"cannot read the segment: {exc}", "retryable": True}
+        kind = task["kind"]
+        offsets = None
+        if kind == "idx" and task.get("index") is not None:
+            offsets = np.frombuffer(task["index"], dtype=np.int64)
+        batch = Batch(
+            data,
+            kind=kind,
+            record_size=int(task.get("record_size") or 0),
+            offsets=offsets,
+            path=task.get("path", ""),
+            segment=int(task.get("segment", 0)),
+            offset=start,
+            first=int(task.get("first", 0)),
+            param=param,
+            node=task.get("node", ""),
+        )
+        try:
+            ret = fn(batch)
+            out = normalize(ret)
+            parts = _deliver(out, task)
+        except Exception as exc:
+            return {
+                "error": f"the UDF raised {type(exc).__name__}: {exc}",
+                "traceback": traceback.format_exc(),
+                "retryable": False,
+            }
+        return {
+            "ok": True,
+            "records_out": len(out),
+            "bytes_in": len(data),
+            "bytes_out": out.nbytes,
+            "seconds": time.perf_counter() - t0,
+            **parts,
+        }
+    finally:
+        if mm is not None:
+            # A UDF may keep views of the map (in a global, say): then the map stays
+            # until the views go, rather than failing the attempt.
+            with contextlib.suppress(BufferError):
+                mm.close()
+
+
+def _read(task: dict[str, Any]) -> tuple[memoryview | bytes, mmap.mmap | None, int]:
+    """The segment's bytes (a view of the mapped file) and where they start."""
+    if task["kind"] == "task" or task.get("file") is None:
+        return b"", None, 0
+    size = int(task["size"])
+    if size == 0:
+        return b"", None, 0
+    with open(task["file"], "rb") as f:
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    if len(mm) != size:
+        mm.close()
+        raise OSError(f"local copy has {len(mm)} bytes, the record says {size}")
+    kind, offset, length = task["kind"], int(task["offset"]), int(task["length"])
+    if kind == "file":
+        a, b = 0, size
+    elif kind == "lines":
+        a, b = line_bounds(mm, offset, length, size)
+    else:
+        a, b = offset, offset + length
+    with contextlib.suppress(OSError, AttributeError):
+        mm.madvise(mmap.MADV_SEQUENTIAL)
+    return memoryview(mm)[a : max(a, b)], mm, a
+
+
+def _deliver(out: Any, task: dict[str, Any]) -> dict[str, Any]:
+    mode = task["mode"]
+    if mode == "none":
+        return {}
+    if mode == "client":
+        if out.nbytes > CLIENT_MAX:
+            raise ValueError(
+                f"a segment's output of {out.nbytes} bytes is too big to return to the "
+                f"client (limit {CLIENT_MAX}); write it to files with output=..."
+            )
+        return {"data": bytes(out.data)}
+    outdir = Path(task["out"])
+    outdir.mkdir(parents=True, exist_ok=True)
+    if mode == "files":
+        return {"parts": {"0": _write(outdir / "out", out.data)}}
+    parts: dict[str, int] = {}
+    for bucket, chunk in split(out, int(task["nbuckets"])):
+        parts[str(bucket)] = _write(outdir / f"b{bucket}", chunk)
+    return {"parts": parts}
+
+
+def warm() -> int:
+    """A no-op task: makes the pool start its processes (and import numpy) ahead."""
+    return os.getpid()

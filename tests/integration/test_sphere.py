@@ -1,0 +1,317 @@
+"""Sphere on real node processes: UDFs over segments, output modes, buckets, multi-stage
+jobs, several jobs at once, a UDF that raises, a node killed mid-stage, a straggler
+finished by speculation, and TeraSort end to end (issue 4)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import sector
+from sector.errors import AlreadyExists, JobFailed
+from sector.sphere import terasort as ts
+from sector.sphere import tsjob
+from sector.testing.cluster import ProcCluster
+
+# Two engines a node: these tests run beside others on a 2-core machine.
+ENGINES = ["--engines", "2"]
+
+
+def _put(c: Any, tmp: Path, path: str, data: bytes, replicas: int | None = None) -> None:
+    f = tmp / "up.bin"
+    f.write_bytes(data)
+    c.put(f, path, replicas=replicas)
+
+
+# UDFs. Module-level: pickled by value (this test module is not installed on the nodes).
+
+
+def count_words(seg: Any) -> Any:
+    words = Counter(bytes(seg.data).split())
+    lines = [b"%s %d\n" % (w, n) for w, n in sorted(words.items())]
+    return lines, [hash(w) % seg.param for w in sorted(words)]
+
+
+def sum_words(seg: Any) -> Any:
+    total: Counter[bytes] = Counter()
+    for line in bytes(seg.data).splitlines():
+        w, n = line.rsplit(b" ", 1)
+        total[w] += int(n)
+    return b"".join(b"%s %d\n" % (w, n) for w, n in sorted(total.items()))
+
+
+def record_sums(seg: Any) -> Any:
+    recs = seg.records.astype(np.int64)
+    return np.array([recs.sum(), len(recs)], dtype=np.int64)
+
+
+def echo_lines(seg: Any) -> Any:
+    return bytes(seg.data)
+
+
+def where_am_i(seg: Any) -> Any:
+    return f"{seg.segment} {seg.node} {seg.param}\n"
+
+
+def boom(seg: Any) -> Any:
+    raise ValueError(f"bad record in segment {seg.segment}")
+
+
+def slow_on(seg: Any) -> Any:
+    if seg.node == seg.param:
+        time.sleep(60)
+    return bytes(seg.data)[:10]
+
+
+def slow_everywhere(seg: Any) -> Any:
+    time.sleep(1.5)
+    return seg.records, seg.records[:, 0].astype(np.int64) % 4
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    root = tmp_path_factory.mktemp("sphere")
+    with ProcCluster(root / "cl", replicas=2, node_args=ENGINES) as cl:
+        cl.start(3)
+        yield cl
+
+
+def test_word_count_two_stages_with_buckets(cluster: ProcCluster, tmp_path: Path) -> None:
+    text = b"".join(
+        b"the quick brown fox %d jumps over the lazy dog\n" % (i % 50) for i in range(20000)
+    )
+    with sector.connect(cluster.address) as c:
+        _put(c, tmp_path, "/wc/in/a.txt", text)
+        _put(c, tmp_path, "/wc/in/b.txt", text[: len(text) // 3])
+        s1 = c.sphere.run(
+            count_words,
+            "/wc/in",
+            records="lines",
+            output="/wc/mid",
+            buckets=4,
+            param=4,
+            min_unit=64 << 10,
+            max_unit=128 << 10,
+        ).wait()
+        assert s1["segments"] > 2  # lines segments of <= 128 KiB
+        assert sorted(f["path"] for f in s1["files"]) == [
+            f"/wc/mid/bucket-{b:05d}" for b in range(4)
+        ]
+        s2 = c.sphere.run(sum_words, "/wc/mid", output="/wc/out").wait()
+        got: Counter[bytes] = Counter()
+        for f in s2["files"]:
+            for line in c.read(f["path"]).splitlines():
+                w, n = line.rsplit(b" ", 1)
+                got[w] += int(n)
+    want = Counter((text + text[: len(text) // 3]).split())
+    assert got == want
+
+
+def test_fixed_records_to_client_in_segment_order(cluster: ProcCluster, tmp_path: Path) -> None:
+    recs = np.random.default_rng(1).integers(0, 255, size=(30000, 20), dtype=np.uint8)
+    with sector.connect(cluster.address) as c:
+        _put(c, tmp_path, "/fx/r.bin", recs.tobytes())
+        job = c.sphere.run(record_sums, "/fx/r.bin", records=20, min_unit=100_000, max_unit=100_000)
+        outs = job.results()
+    pairs = np.frombuffer(b"".join(outs), dtype=np.int64).reshape(-1, 2)
+    assert len(pairs) == 6  # 600,000 bytes in 100,000-byte segments
+    assert pairs[:, 1].sum() == 30000
+    assert pairs[:, 0].sum() == recs.astype(np.int64).sum()
+
+
+def test_lines_segments_cover_every_line_once(cluster: ProcCluster, tmp_path: Path) -> None:
+    text = b"".join(b"line %06d %s\n" % (i, b"x" * (i % 97)) for i in range(40000))
+    with sector.connect(cluster.address) as c:
+        _put(c, tmp_path, "/ln/t.txt", text)
+        outs = c.sphere.run(
+            echo_lines, "/ln/t.txt", records="lines", min_unit=1 << 16, max_unit=1 << 16
+        ).results()
+    assert len(outs) > 10
+    assert b"".join(outs) == text
+
+
+def test_generator_tasks_run_on_every_node_and_output_is_local(cluster: ProcCluster) -> None:
+    with sector.connect(cluster.address) as c:
+        res = c.sphere.run(where_am_i, tasks=list(range(12)), output="/gen/out", replicas=1).wait()
+        assert len(res["files"]) == 12
+        ran_on = set()
+        for f in res["files"]:
+            seg, node, param = c.read(f["path"]).split()
+            ran_on.add(node.decode())
+            # Output is written where the UDF ran: its one replica is that node.
+            assert [r["id"] for r in c.stat(f["path"])["replicas"]] == [node.decode()]
+            assert int(seg) == int(param)
+    assert len(ran_on) == 3  # pulled by every node's engines
+
+
+def test_output_must_not_exist_and_failed_job_leaves_nothing(
+    cluster: ProcCluster, tmp_path: Path
+) -> None:
+    with sector.connect(cluster.address) as c:
+        _put(c, tmp_path, "/bad/in.txt", b"a\nb\nc\n" * 1000)
+        with pytest.raises(JobFailed) as ei:
+            c.sphere.run(boom, "/bad/in.txt", output="/bad/out").wait()
+        assert "ValueError: bad record in segment 0" in str(ei.value)
+        assert "Traceback" in ei.value.data["traceback"]
+        assert not c.exists("/bad/out")
+        assert (
+            not [e for e in c.ls("/.sphere") if e["type"] == "dir"]
+            if c.exists("/.sphere")
+            else True
+        )
+        # The engines lived through it: the next job runs.
+        assert c.sphere.run(echo_lines, "/bad/in.txt").results() == [b"a\nb\nc\n" * 1000]
+        with pytest.raises(AlreadyExists):
+            c.sphere.run(echo_lines, "/bad/in.txt", output="/bad").wait()
+
+
+def test_several_jobs_from_one_client_at_once(cluster: ProcCluster, tmp_path: Path) -> None:
+    with sector.connect(cluster.address) as c:
+        _put(c, tmp_path, "/many/x.txt", b"hello\n" * 100)
+        jobs = [c.sphere.run(where_am_i, tasks=[i], param=i) for i in range(4)]
+        for i, j in enumerate(jobs):
+            assert j.results()[0].split()[2] == str(i).encode()
+
+
+def test_terasort_round_trip(cluster: ProcCluster) -> None:
+    n = 60_000
+    with sector.connect(cluster.address) as c:
+        g = tsjob.gen(c, "/ts/in", n, files=3, progress=False)
+        assert len(g["files"]) == 3
+        res = tsjob.sort(c, "/ts/in", "/ts/out", buckets=5, progress=False)
+        assert res["records"] == n
+        v = tsjob.validate(c, "/ts/out", input="/ts/in", progress=False)
+        assert v["ok"] and v["sorted"] and v["same_records"], v
+        assert v["records"] == n
+        assert int(v["checksum"], 16) == ts.checksum(ts.gen_records(0, n, 0))
+        assert not c.exists("/.sphere") or not c.ls("/.sphere")
+
+
+def test_straggler_is_finished_by_speculation(tmp_path: Path) -> None:
+    with ProcCluster(tmp_path / "cl", replicas=3, node_args=["--engines", "1"]) as cl:
+        cl.start(3)
+        slow = cl.nodes[1].node_id
+        with sector.connect(cl.address) as c:
+            for i in range(6):
+                _put(c, tmp_path, f"/sp/f{i}", os.urandom(1000))
+            t0 = time.monotonic()
+            res = c.sphere.run(slow_on, "/sp", param=slow).wait()
+            took = time.monotonic() - t0
+        assert took < 30, took  # the slow attempt sleeps 60 s; its backup won
+        assert res["speculative"] >= 1
+        assert len(res["results"]) == 6
+
+
+def test_job_survives_sigkill_of_a_node_mid_stage(tmp_path: Path) -> None:
+    with ProcCluster(tmp_path / "cl", replicas=2, node_args=ENGINES) as cl:
+        cl.start(4)
+        recs = np.random.default_rng(7).integers(0, 255, size=(24 * 1000, 100), dtype=np.uint8)
+        with sector.connect(cl.address) as c:
+            for i in range(24):
+                _put(c, tmp_path, f"/k/in/f{i:02d}", recs[i * 1000 : (i + 1) * 1000].tobytes())
+            job = c.sphere.run(
+                slow_everywhere, "/k/in", records=100, output="/k/out", buckets=4, replicas=2
+            )
+            # Kill a node (not the entry) once the job is under way.
+            victim = cl.nodes[2]
+            deadline = time.monotonic() + 30
+            while job.progress()["done"] < 3 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            os.kill(victim.proc.pid, signal.SIGKILL)
+            res = job.wait(timeout=180)
+            assert victim.address in res["lost_nodes"]
+            got = b"".join(c.read(f"/k/out/bucket-{b:05d}") for b in range(4))
+        out = np.frombuffer(got, dtype=np.uint8).reshape(-1, 100)
+        assert len(out) == len(recs)
+        # Same multiset of records: nothing lost, nothing doubled.
+        assert ts.checksum(out) == ts.checksum(recs)
+
+
+# ---- the command line -------------------------------------------------------------
+
+
+UDF_MODULE = """
+def upper(seg):
+    return bytes(seg.data).upper()
+"""
+
+
+def test_cli_sphere_run_stream_and_terasort(
+    cluster: ProcCluster, tmp_path: Path, sector_cli: Any
+) -> None:
+    addr = cluster.address
+    text = b"".join(b"%d word%d\n" % (i % 3, i) for i in range(3000))
+    (tmp_path / "in.txt").write_bytes(text)
+    assert sector_cli("put", str(tmp_path / "in.txt"), "/cli/in.txt", cluster=addr).returncode == 0
+
+    # sphere run MODULE:FUNCTION, output to stdout (module from the current directory)
+    (tmp_path / "myudfs.py").write_text(UDF_MODULE)
+    env = {"PYTHONPATH": str(tmp_path)}
+    r = sector_cli("sphere", "run", "myudfs:upper", "/cli/in.txt", cluster=addr, env=env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == text.upper()
+
+    # sphere stream with buckets: the first token of each line is its bucket
+    r = sector_cli(
+        "sphere",
+        "stream",
+        "-c",
+        "cat",
+        "-b",
+        "3",
+        "/cli/in.txt",
+        "-o",
+        "/cli/st",
+        "--json",
+        cluster=addr,
+    )
+    assert r.returncode == 0, r.stderr
+    import json
+
+    res = json.loads(r.stdout)
+    assert len(res["files"]) == 3
+    for b in range(3):
+        got = sector_cli("cat", f"/cli/st/bucket-{b:05d}", cluster=addr).stdout
+        want = b"".join(
+            line.split(b" ", 1)[1] + b"\n"
+            for line in text.splitlines()
+            if line.startswith(b"%d " % b)
+        )
+        assert got == want
+
+    # a failing shell command: one clear line, exit 1
+    r = sector_cli("sphere", "stream", "-c", "exit 3", "/cli/in.txt", cluster=addr)
+    assert r.returncode == 1
+    assert r.stderr.count(b"\n") == 1 and b"command exited with 3" in r.stderr
+
+    # bad usage: exit 2 / 1 with one line, no traceback
+    r = sector_cli("sphere", "run", "nosuchmodule:f", "/cli/in.txt", cluster=addr)
+    assert r.returncode == 1 and b"cannot import nosuchmodule" in r.stderr
+    assert b"Traceback" not in r.stderr
+
+    # terasort gen / sort / validate through the CLI, with --json
+    assert (
+        sector_cli(
+            "terasort", "gen", "--records", "20000", "--files", "2", "/cli/ts", cluster=addr
+        ).returncode
+        == 0
+    )
+    r = sector_cli("terasort", "sort", "/cli/ts", "/cli/tsout", "--json", cluster=addr)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["records"] == 20000
+    r = sector_cli(
+        "terasort", "validate", "/cli/tsout", "--input", "/cli/ts", "--json", cluster=addr
+    )
+    assert r.returncode == 0, r.stderr
+    v = json.loads(r.stdout)
+    assert v["sorted"] and v["same_records"] and v["records"] == 20000
+    # validate of unsorted data fails with exit 1
+    r = sector_cli("terasort", "validate", "/cli/ts", cluster=addr)
+    assert r.returncode == 1 and b"not sorted" in r.stderr
