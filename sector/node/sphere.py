@@ -42,7 +42,7 @@ from sector.ids import to_hex
 from sector.meta import records as rec
 from sector.sphere import spe
 from sector.storage.blobs import check_blob_id, checksum_file
-from sector.transport.rpc import BulkChannel
+from sector.transport.rpc import BulkChannel, split_addr
 
 if TYPE_CHECKING:
     from sector.client.aio import AsyncClient
@@ -486,10 +486,6 @@ class SphereService:
         rf = a.get("rf")
         if rf is not None and (not isinstance(rf, int) or not 1 <= rf <= 16):
             raise BadRequest("rf must be from 1 to 16")
-        if self._client is None:
-            from sector.client.aio import AsyncClient
-
-            self._client = AsyncClient(self.node.addr, timeout=self.node.cfg.rpc_timeout * 6)
         sem = asyncio.Semaphore(2)
         commit = j.dir / "commit"
         commit.mkdir(exist_ok=True)
@@ -509,16 +505,59 @@ class SphereService:
                 if not parts[0].exists():
                     parts = []
             async with sem:
-                out = commit / f"f{i}"
-                await asyncio.to_thread(_concat, parts, out)
-                assert self._client is not None
-                st = await self._client.put(out, item["path"], replicas=rf)
-                with contextlib.suppress(OSError):
-                    out.unlink()
-                return st
+                if len(parts) == 1:
+                    out = parts[0]  # sealed as it is (a link, no copy)
+                else:
+                    out = commit / f"f{i}"
+                    await asyncio.to_thread(_concat, parts, out)
+                return await self._store(out, rec.normalize(item["path"]), rf)
 
         files = await asyncio.gather(*(one(i, it) for i, it in enumerate(items)))
         return {"files": files}
+
+    async def _store(self, src: Path, path: str, rf: int | None) -> dict[str, Any]:
+        """Make a Sector file of a local file: first copy here (sealed in place), the
+        others chain-copied from here, then the record -- as a put would, minus the
+        two copies of the bytes through this node's own socket."""
+        node = self.node
+        size = src.stat().st_size if src.exists() else 0
+        if not src.exists():
+            src.parent.mkdir(parents=True, exist_ok=True)
+            src.touch()
+        host = split_addr(node.addr)[0]
+        plan = await node.fs._h_begin_put(
+            {"path": path, "size": size, "rf": rf, "client_host": host}
+        )
+        me = [to_hex(node.state.me.id), node.addr]
+        targets = [tuple(t) for t in plan["targets"]]
+        if not targets or list(targets[0]) != me:
+            # Placement would not put a copy here (draining, full): a plain put.
+            if self._client is None:
+                from sector.client.aio import AsyncClient
+
+                self._client = AsyncClient(node.addr, timeout=node.cfg.rpc_timeout * 6)
+            return await self._client.put(src, path, replicas=rf)
+        blob = plan["blob"]
+        size, checksum = await asyncio.to_thread(node.blobs.adopt, src, blob, plan["path"])
+        stored: list[list[str]] = [me]
+        if len(targets) > 1:
+            chain = [(str(n), str(a)) for n, a in targets[1:]]
+            try:
+                stored += await node.transfer.replicate(blob, size, checksum, chain, plan["path"])
+            except SectorError as exc:
+                # Fewer copies now; the file's owner repairs it to its target.
+                log.warning("output %s: replication failed (%s)", path, exc)
+        res: dict[str, Any] = await node.fs._h_commit_put(
+            {
+                "path": plan["path"],
+                "blob": blob,
+                "size": size,
+                "checksum": checksum,
+                "replicas": stored,
+                "rf": plan["rf"],
+            }
+        )
+        return res
 
     async def _h_cleanup(self, a: dict[str, Any]) -> Any:
         j = self.jobs.get(_job(a))

@@ -58,6 +58,7 @@ log = logging.getLogger("sector.sphere.driver")
 STAGING = "/.sphere"
 POLL_WAIT = 1.0
 LOST_AFTER = 2  # consecutive failed polls before a node counts as lost
+SPEC_MIN = 5.0  # seconds a segment runs before a backup of it is considered
 MAX_ROUNDS = 5  # commit rounds (each may re-run segments whose output was lost)
 
 
@@ -128,6 +129,7 @@ class AsyncJob:
         self._replicas: dict[str, list[str]] = {}
         self._idx: dict[str, np.ndarray] = {}
         self._tb: str | None = None
+        self._failed: BaseException | None = None
 
     # ------------------------------------------------------------------ public
 
@@ -307,6 +309,9 @@ class AsyncJob:
             distance=distance,
             max_attempts=o.get("max_attempts", 4),
             speculate=o.get("speculate", True),
+            # A backup of a segment that takes seconds cannot win much, and on busy
+            # cores it only slows the others: speculate on real stragglers.
+            spec_min=SPEC_MIN,
         )
         self.phase = "running"
 
@@ -369,6 +374,8 @@ class AsyncJob:
         try:
             while True:
                 now = time.monotonic()
+                if self._failed is not None:
+                    raise JobFailed(f"job {self.id} failed: {self.error}")
                 if self.sched.error:
                     raise JobFailed(
                         f"job {self.id} failed: {self.sched.error}", traceback=self._tb or ""
@@ -444,6 +451,17 @@ class AsyncJob:
 
     async def _poll(self, nid: str) -> None:
         """Long-poll one node while it runs attempts of this job."""
+        try:
+            await self._poll_loop(nid)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug of ours must fail the job, not hang it
+            log.exception("job %s: poller of %s failed", self.id, self.addr.get(nid))
+            self.error = self.error or f"internal error: {type(exc).__name__}: {exc}"
+            self._failed = exc
+            self._wake.set()
+
+    async def _poll_loop(self, nid: str) -> None:
         assert self.sched is not None
         misses = 0
         ack: list[int] = []
@@ -504,6 +522,8 @@ class AsyncJob:
         if not won:
             return
         self.winners[s.seg] = (att, nid, r)
+        if self.opts.get("mode") != "buckets":
+            return
         parts = {int(b) for b in (r.get("parts") or {})}
         bad = {int(b) for b in r.get("undelivered") or []}
         self.delivered[s.seg] = {b: self.bucket_node[b] for b in parts - bad}
