@@ -1,4 +1,4 @@
-"""Sector: a peer-to-peer storage cloud (and, soon, Sphere, its compute cloud).
+"""Sector: a peer-to-peer storage cloud, and Sphere, its compute cloud.
 
 import sector
 with sector.connect() as c:          # the local cluster started by `sector up`
@@ -15,6 +15,7 @@ from sector.errors import (
     DirectoryNotEmpty,
     InvalidPath,
     IsADirectory,
+    JobFailed,
     NoSpace,
     NotADirectory,
     NotFound,
@@ -52,6 +53,7 @@ __all__ = [
     "DirectoryNotEmpty",
     "InvalidPath",
     "IsADirectory",
+    "JobFailed",
     "NoSpace",
     "NotADirectory",
     "NotFound",
