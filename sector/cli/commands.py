@@ -36,7 +36,7 @@ class ClientLike(Protocol):
     def get(self, remote: str, local: str, *, progress: Any = ...) -> dict[str, Any]: ...
     def open(self, remote: str, mode: str = ...) -> Any: ...
     def ls(self, path: str) -> list[dict[str, Any]]: ...
-    def stat(self, path: str) -> dict[str, Any]: ...
+    def stat(self, path: str, *, verify: bool = ...) -> dict[str, Any]: ...
     def mkdir(self, path: str, *, parents: bool = ...) -> Any: ...
     def rm(self, path: str, *, recursive: bool = ...) -> Any: ...
     def mv(self, src: str, dst: str) -> Any: ...
@@ -323,7 +323,8 @@ def _display_name(e: dict[str, Any]) -> str:
 
 
 def cmd_stat(c: ClientLike, args: argparse.Namespace) -> None:
-    info = c.stat(remote_path(args.path))
+    verify = getattr(args, "verify", False)
+    info = c.stat(remote_path(args.path), verify=True) if verify else c.stat(remote_path(args.path))
     if args.json:
         output.emit_json(info)
         return
@@ -337,6 +338,7 @@ def cmd_stat(c: ClientLike, args: argparse.Namespace) -> None:
         rows.append(["replicas", f"{len(reps)} of {info.get('rf', '?')} ({state})"])
         holders = [
             [str(r.get("id", ""))[:8], str(r.get("address", "")), str(r.get("state", "?"))]
+            + ([str(r.get("health", "?"))] if verify else [])
             for r in reps
         ]
         rows += [["", "  " + line] for line in output.columns(holders)]

@@ -236,6 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("path", nargs="?", default="/", metavar="PATH")
 
     s = cmd("stat", "describe a file: size, checksum, replicas and their nodes")
+    s.add_argument(
+        "--verify",
+        action="store_true",
+        help="have every replica re-hash its copy: health ok/corrupt/missing per replica",
+    )
     s.add_argument("path", metavar="PATH")
 
     s = cmd("mkdir", "create a directory")

@@ -216,10 +216,35 @@ class AsyncClient:
 
     # ------------------------------------------------------------------ namespace
 
-    async def stat(self, path: str) -> dict[str, Any]:
+    async def stat(self, path: str, *, verify: bool = False) -> dict[str, Any]:
+        """A file's record; with ``verify`` every replica re-hashes its copy and each
+        gets a ``health``: ok, corrupt, missing, down or unreachable (a bad copy found
+        this way is reported to the file's owner, which replaces it)."""
         p = rec.normalize(path)
         res: dict[str, Any] = await self._call_owner(p, "fs.stat", {"path": p})
+        if verify and res.get("type") == "file":
+            await asyncio.gather(*(self._verify(res, r) for r in res["replicas"]))
         return res
+
+    async def _verify(self, st: dict[str, Any], r: dict[str, Any]) -> None:
+        if r["state"] == "down":
+            r["health"] = "down"
+            return
+        try:
+            rep = await self.pool.call(
+                r["address"],
+                "blob.verify",
+                {"blob": st["blob"], "checksum": st["checksum"]},
+                timeout=max(30.0, st["size"] / (50 << 20)),
+            )
+            r["health"] = str(rep.get("health"))
+        except SectorError:
+            r["health"] = "unreachable"
+            return
+        if r["health"] == "corrupt":
+            await self._report_bad(st, r["address"], ChecksumMismatch("corrupt"))
+        elif r["health"] == "missing":
+            await self._report_bad(st, r["address"], NotFound("missing"))
 
     async def exists(self, path: str) -> bool:
         try:

@@ -98,8 +98,8 @@ class Client:
     def ls(self, path: str = "/") -> list[dict[str, Any]]:
         return self._run(self._aio.ls(path))
 
-    def stat(self, path: str) -> dict[str, Any]:
-        return self._run(self._aio.stat(path))
+    def stat(self, path: str, *, verify: bool = False) -> dict[str, Any]:
+        return self._run(self._aio.stat(path, verify=verify))
 
     def exists(self, path: str) -> bool:
         return self._run(self._aio.exists(path))

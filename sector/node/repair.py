@@ -275,7 +275,18 @@ class RepairWorker:
         """Bring one path to its target (see the module rules). Raises to back off."""
         node = self.node
         if not node.responsible_for(key_id(e.path)):
-            return  # the owner repairs; it finds the file by its own scan
+            # The owner repairs; it finds a missing copy by its own scan, but not a
+            # rotten one (the scan sees only the record): a bad-copy report queued
+            # here before ownership moved is handed on, not dropped.
+            if e.bad:
+                owner = await node.lookup(key_id(e.path))
+                if owner.id == node.me.id:
+                    raise Unavailable(f"ownership of {e.path} is settling; retrying")
+                for bad in sorted(e.bad):
+                    await node.call(
+                        owner.addr, "repair.report", {"path": e.path, "node_id": bad, "hops": 1}
+                    )
+            return
         r = await node.meta.get(e.path)
         if not isinstance(r, FileRecord):
             return  # deleted, or a directory now: nothing to keep

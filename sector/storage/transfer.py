@@ -32,7 +32,7 @@ from sector.errors import (
     TransportError,
 )
 from sector.ids import to_hex
-from sector.storage.blobs import CHUNK, BlobWriter, check_blob_id
+from sector.storage.blobs import CHUNK, BlobWriter, check_blob_id, checksum_file
 from sector.transport.rpc import BulkChannel
 from sector.wire import codec
 
@@ -141,6 +141,7 @@ class BlobService:
         return {
             "blob.delete": self._h_delete,
             "blob.has": self._h_has,
+            "blob.verify": self._h_verify,
             "blob.put_small": self._h_put_small,
             "blob.replicate": self._h_replicate,
         }
@@ -383,6 +384,20 @@ class BlobService:
             self.stats["bytes_out"] += size
             return [list(c) for c in _chain(rep.get("stored", []))]
         raise last or TransportError(f"no target took a copy of {blob}")
+
+    async def _h_verify(self, a: dict[str, Any]) -> Any:
+        """``{blob, checksum}``: re-hash the local copy; ok, corrupt or missing."""
+        blob = check_blob_id(a.get("blob"))
+        checksum = a.get("checksum")
+        if not isinstance(checksum, str):
+            raise BadRequest("blob.verify needs the record's checksum")
+        p = self.node.blobs.path(blob)
+        loop = asyncio.get_running_loop()
+        try:
+            got = await loop.run_in_executor(self.io, checksum_file, p)
+        except FileNotFoundError:
+            return {"health": "missing"}
+        return {"health": "ok" if got == checksum else "corrupt"}
 
     async def _h_has(self, a: dict[str, Any]) -> Any:
         blob = check_blob_id(a.get("blob"))

@@ -118,6 +118,37 @@ def test_a_read_of_a_corrupt_copy_fails_over_and_triggers_its_repair(
         assert _worker(c, holder, "scrub")["corrupt"] == before  # the read found it
 
 
+def test_stat_verify_shows_each_replicas_health_and_a_corrupt_one_is_replaced(
+    cluster: ProcCluster, tmp_path: Path, sector_cli: Any
+) -> None:
+    cl = cluster
+    data = b"health check " * 5000
+    src = tmp_path / "h.bin"
+    src.write_bytes(data)
+    with sector.connect(cl.address) as c:
+        st = c.put(src, "/scrub/h.bin")
+        healthy = c.stat("/scrub/h.bin", verify=True)
+        assert [r["health"] for r in healthy["replicas"]] == ["ok", "ok", "ok"]
+        holder = next(n for n in cl.nodes if n.node_id == st["replicas"][2]["id"])
+        _flip_byte(_blob_file(holder, st["blob"]))
+        r = sector_cli("stat", "--verify", "--json", "/scrub/h.bin", cluster=cl.address)
+        assert r.returncode == 0, r.stderr
+        import json
+
+        health = {x["id"]: x["health"] for x in json.loads(r.stdout)["replicas"]}
+        assert health[holder.node_id] == "corrupt"
+        assert sorted(health.values()) == ["corrupt", "ok", "ok"]
+        # The verify reported the bad copy to the owner, which replaces it.
+        wait_for(
+            lambda: _healthy(cl, c, "/scrub/h.bin", data, bad=holder.node_id),
+            DEADLINE,
+            interval=0.3,
+            what="the copy found corrupt by stat --verify replaced",
+        )
+        r = sector_cli("stat", "--verify", "/scrub/h.bin", cluster=cl.address)
+        assert r.returncode == 0 and r.stdout.count(b" ok") == 3, r.stdout
+
+
 UPLOADER = textwrap.dedent(
     """
     import asyncio, os, sys
