@@ -97,27 +97,50 @@ class Sphere:
         return Job(self._client, self._client._run(start()))
 
 
-def _show(job: AsyncJob, fut: Any) -> None:
-    """A rich progress bar of segments done, with what runs where, until ``fut`` ends."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+def _table(p: dict[str, Any]) -> Any:
+    from rich.table import Table
 
-    with Progress(
+    t = Table(box=None, header_style="bold", pad_edge=False)
+    for name in ("node", "engines", "running", "done", "failed"):
+        t.add_column(name, justify="left" if name == "node" else "right")
+    for addr, n in sorted(p.get("nodes", {}).items()):
+        t.add_row(
+            addr + (" (lost)" if n.get("gone") else ""),
+            str(n.get("slots", "")),
+            str(n.get("running", 0)),
+            str(n.get("done", 0)),
+            str(n.get("failed", 0)),
+        )
+    return t
+
+
+def _show(job: AsyncJob, fut: Any) -> None:
+    """A live view until ``fut`` ends: a bar of segments done, and per node what runs
+    there, what finished and what failed."""
+    from rich.console import Console, Group
+    from rich.live import Live
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    bar = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-        transient=False,
-    ) as bar:
-        task = bar.add_task(job.progress()["name"], total=None, info="")
-        while not fut.done():
-            p = job.progress()
-            info = f"{p['phase']} · {p['running']} running"
-            if p.get("failed_attempts"):
-                info += f" · {p['failed_attempts']} failed"
-            if p.get("speculative"):
-                info += f" · {p['speculative']} speculative"
-            bar.update(task, total=p["segments"] or None, completed=p["done"], info=info)
-            time.sleep(0.2)
+    )
+    task = bar.add_task(job.progress()["name"], total=None, info="")
+
+    def view() -> Any:
         p = job.progress()
-        bar.update(task, total=p["segments"] or 1, completed=p["done"], info=p["phase"])
+        info = f"{p['phase']} · {p['elapsed']:.1f} s"
+        if p.get("failed_attempts"):
+            info += f" · {p['failed_attempts']} failed attempts"
+        if p.get("speculative"):
+            info += f" · {p['speculative']} speculative"
+        bar.update(task, total=p["segments"] or None, completed=p["done"], info=info)
+        return Group(bar, _table(p))
+
+    with Live(view(), console=Console(stderr=True), refresh_per_second=5, transient=False) as live:
+        while not fut.done():
+            time.sleep(0.2)
+            live.update(view())
+        live.update(view())

@@ -550,16 +550,17 @@ class AsyncJob:
         moved = [b for b, n in self.bucket_node.items() if n == nid]
         live = sorted(n for n in self.addr if n not in self.lost)
         if not live:
-            self.sched.reopen([], time.monotonic())
             raise JobFailed(f"job {self.id}: every node was lost")
         for i, b in enumerate(moved):
             self.bucket_node[b] = live[i % len(live)]
+        if self.opts.get("mode") not in ("files", "buckets"):
+            return  # finished segments' output is already here, at the client
+        # Their staged output died with the node: those segments run again.
         reopen = [seg for seg, (_a, n, _r) in self.winners.items() if n == nid]
         for seg in reopen:
             self.winners.pop(seg, None)
             self.delivered.pop(seg, None)
-        if self.opts.get("mode") == "files" or self.opts.get("mode") == "buckets":
-            self.sched.reopen(reopen, time.monotonic())
+        self.sched.reopen(reopen, time.monotonic())
 
     async def _redeliver(self) -> None:
         """Make every winner's parts sit on their bucket's current node (resend)."""
