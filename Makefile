@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow check bench clean
+.PHONY: demo test test-slow check bench bench-terasort clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -31,6 +31,11 @@ bench: $(STAMP)
 	$(BIN)/python bench/storage.py
 	$(BIN)/python bench/metadata.py
 	$(BIN)/python bench/repair.py
+
+# TeraSort against numpy, GNU sort, Dask and PySpark (installs the peers first).
+bench-terasort: $(STAMP)
+	$(BIN)/pip install -q -e '.[dev,bench]'
+	$(BIN)/python bench/terasort.py --sizes 1G,4G
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -64,13 +65,12 @@ def test_generation_independent_of_chunking(start: int) -> None:
 
 def test_bucket_monotonic_and_in_range() -> None:
     recs = gen_records(0, 20_000)
+    order = np.argsort(np.array(keys(recs), dtype=object), kind="stable")  # key order
     for n in (1, 2, 3, 7, 64, 1000, 2**31, 2**32):
         b = bucket_of(recs, n)
         assert b.dtype == np.int64 and len(b) == len(recs)
         assert b.min() >= 0 and b.max() < n
-        # Monotonic: in key order the bucket never goes down.
-        order = np.argsort(np.array(keys(recs), dtype=object), kind="stable")
-        assert (np.diff(b[order]) >= 0).all()
+        assert (np.diff(b[order]) >= 0).all()  # monotonic: in key order, never down
     counts = np.bincount(bucket_of(recs, 4), minlength=4)
     assert counts.min() > 4000  # uniform keys spread evenly
     edge = np.zeros((3, RECORD), dtype=np.uint8)
@@ -209,8 +209,6 @@ def test_gnu_sort_agrees() -> None:
 
 def test_kernels_are_vectorised_enough() -> None:
     # A loose floor (the target is >= 100 MB/s on one core), to catch a per-record loop.
-    import time
-
     t0 = time.perf_counter()
     recs = gen_records(0, 200_000)
     gen_s = time.perf_counter() - t0

@@ -1,0 +1,1000 @@
+"""TeraSort: Sector against numpy, GNU sort, Dask and PySpark on the same records.
+
+    python bench/terasort.py [--sizes 1G,4G] [--only sector,numpy,...] [--nodes 3] [--dir DIR]
+
+One run, one machine, one disk. For each size, every system sorts the same gensort
+records -- rows [0, N) of ``gen_records(0, N, seed=0)``, N = size / 100 -- by their
+10-byte key, and writes them back durably:
+
+    sector     ``sector up -n NODES``; ``sector terasort gen`` makes the records on the
+               nodes (not timed); the clock runs over ``sector terasort sort`` (two
+               Sphere stages: buckets by key range, then each bucket sorted on its node)
+    numpy      one process: read the file, ``sort_records``, write it back, fsync
+    gnusort    ``LC_ALL=C sort --parallel=2 -S 50%`` of the text form (each record as
+               200 hex digits and a newline; written beforehand, not timed), then fsync
+    dask       ``LocalCluster(n_workers=2, threads_per_worker=1)``: the file read in
+               partitions into a dask.dataframe (key columns + the record's other bytes
+               as integer columns), ``sort_values``, each partition written, fsync
+    spark      PySpark ``local[2]`` DataFrame: partitions read with ``mapInArrow``,
+               ``orderBy("key")`` (Spark's range-partitioned sort in the JVM), each
+               partition written by ``mapInArrow``, fsync
+    spark-rdd  (only with --only) PySpark RDD: ``binaryRecords``, ``sortByKey``, each
+               partition written: the per-record Python path
+
+The peers run in child processes of this script (``--child``). Not timed: cluster and
+session start-up (in the JSON as ``setup_seconds``) and a warm-up run of the same job on
+20,000 records (imports, JIT, worker pools: Sector's nodes are warm from ``gen`` too).
+The page cache is dropped just before the clock starts, where the kernel allows it
+(root and a writable /proc/sys/vm/drop_caches; the table says whether it was). Every
+output is validated with the kernels of ``sector.sphere.terasort``: globally sorted,
+the same record count and the same order-independent checksum as the input. Peak RSS
+is the largest sum of the resident sets of a system's whole process tree during the
+timed run (Sector: its nodes with their engines, and the CLI client), sampled every
+0.1 s with psutil; without psutil, the largest single process, from wait4.
+
+``x Sector`` is the peer's seconds over Sector's: how many times faster Sector is. The
+goals of issue 4: >= 3 against Dask, >= 4 against Spark, >= 1 against GNU sort.
+Results: a rich table on stdout and ``bench/results/terasort.json``. MB = 10^6 bytes,
+1G = 10^9 bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import itertools
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from _common import MB, drop_caches, machine, mbps, write_result
+
+from sector.sphere import terasort as ts
+
+SYSTEMS = ("sector", "numpy", "gnusort", "dask", "spark", "spark-rdd")
+DEFAULT = ("sector", "numpy", "gnusort", "dask", "spark")
+GOALS = {"dask": 3.0, "spark": 4.0, "spark-rdd": 4.0, "gnusort": 1.0}
+GEN_BATCH = 1 << 20  # records per generated / validated chunk: 100 MB
+FILE_BYTES = 256 * MB  # Sector: about this much per generated file, a multiple of nodes
+
+
+class NotInstalled(Exception):
+    """A peer whose software is missing: reported, not fatal."""
+
+
+# -- sizes, files, validation -----------------------------------------------------------
+
+
+def parse_size(text: str) -> int:
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)[bB]?\s*", text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 100M, 1G)")
+    scale = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}[m.group(2).lower()]
+    size = int(float(m.group(1)) * scale)
+    if size < ts.RECORD:
+        raise argparse.ArgumentTypeError(f"{text!r} is less than one record")
+    return size
+
+
+def show_size(size: int) -> str:
+    for unit, scale in (("TB", 10**12), ("GB", 10**9), ("MB", 10**6)):
+        if size >= scale:
+            return f"{size / scale:g} {unit}"
+    return f"{size} B"
+
+
+def fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def make_input(path: Path, nrecords: int) -> dict[str, Any]:
+    """Write the records to ``path`` (fsynced) and return their merged summary."""
+    parts = []
+    with open(path, "wb") as f:
+        for start in range(0, nrecords, GEN_BATCH):
+            recs = ts.gen_records(start, min(GEN_BATCH, nrecords - start), seed=0)
+            parts.append(ts.summary(recs))
+            f.write(memoryview(recs).cast("B"))
+        f.flush()
+        os.fsync(f.fileno())
+    return ts.merge_summaries(parts)
+
+
+def input_checksum(nrecords: int) -> dict[str, Any]:
+    """The summary of the input without writing it (when only Sector runs)."""
+    return ts.merge_summaries(
+        [
+            ts.summary(ts.gen_records(s, min(GEN_BATCH, nrecords - s), seed=0))
+            for s in range(0, nrecords, GEN_BATCH)
+        ]
+    )
+
+
+def make_text(src: Path, dst: Path) -> None:
+    """The text form of ``src`` for GNU sort (not timed)."""
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        while buf := fin.read(GEN_BATCH * ts.RECORD):
+            fout.write(ts.to_text(buf))
+        fout.flush()
+        os.fsync(fout.fileno())
+
+
+def summarize_files(paths: Sequence[Path], *, text: bool = False) -> dict[str, Any]:
+    """Merged summary of output files read in order, in chunks (bounded memory)."""
+    unit = ts.TEXT_LINE if text else ts.RECORD
+    parts = []
+    for p in paths:
+        with open(p, "rb") as f:
+            while buf := f.read(GEN_BATCH * unit):
+                if len(buf) % unit:
+                    raise ValueError(f"{p}: {len(buf) % unit} stray bytes at the end")
+                parts.append(ts.summary(ts.from_text(buf) if text else ts.as_records(buf)))
+    return ts.merge_summaries(parts)
+
+
+def verdict(got: dict[str, Any], want: dict[str, Any]) -> str:
+    """'ok' or what is wrong with an output's merged summary against the input's."""
+    problems = []
+    if not got.get("sorted"):
+        problems.append(f"not sorted ({got.get('error')})")
+    if int(got["records"]) != int(want["records"]):
+        problems.append(f"{got['records']} records, input has {want['records']}")
+    elif _as_int(got["checksum"]) != int(want["checksum"]):
+        problems.append("checksum differs from the input's")
+    return "; ".join(problems) or "ok"
+
+
+def _as_int(value: Any) -> int:
+    # Sector's validate prints the checksum as 16 hex digits; the kernels give an int.
+    return int(value, 16) if isinstance(value, str) else int(value)
+
+
+def part_ranges(nrecords: int, nparts: int) -> list[tuple[int, int]]:
+    """[(first record, count)] of nparts nearly equal consecutive ranges."""
+    cuts = [nrecords * i // nparts for i in range(nparts + 1)]
+    return [(a, b - a) for a, b in itertools.pairwise(cuts) if b > a]
+
+
+# -- running a system's processes, with their peak memory ----------------------------------
+
+
+class RssSampler:
+    """Peak summed RSS of some process trees, polled every 0.1 s with psutil.
+
+    ``peak_total`` is the largest sum over all trees at one instant, ``peak_by_root``
+    the largest sum of each tree (a Sector node with its engines), ``peak_proc`` the
+    largest single process.
+    """
+
+    def __init__(self, roots: Callable[[], list[int]]) -> None:
+        self._roots = roots
+        self.peak_total = 0
+        self.peak_proc = 0
+        self.peak_by_root: dict[int, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+
+    @staticmethod
+    def available() -> bool:
+        return importlib.util.find_spec("psutil") is not None
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        import psutil
+
+        while True:
+            total = 0
+            for pid in self._roots():
+                tree = 0
+                try:
+                    root = psutil.Process(pid)
+                    procs = [root, *root.children(recursive=True)]
+                except psutil.Error:
+                    continue
+                for p in procs:
+                    with contextlib.suppress(psutil.Error):
+                        rss = int(p.memory_info().rss)
+                        tree += rss
+                        self.peak_proc = max(self.peak_proc, rss)
+                self.peak_by_root[pid] = max(self.peak_by_root.get(pid, 0), tree)
+                total += tree
+            self.peak_total = max(self.peak_total, total)
+            if self._stop.wait(0.1):
+                return
+
+
+def run_measured(
+    cmd: list[str],
+    log: Path,
+    timeout: float,
+    *,
+    env: dict[str, str] | None = None,
+    also: Sequence[int] = (),
+) -> dict[str, Any]:
+    """Run cmd to the end: wall seconds, exit code, peak RSS of its tree (and of ``also``)."""
+    roots: list[int] = list(also)
+    sampler = RssSampler(lambda: roots[:]) if RssSampler.available() else None
+    killed: list[bool] = []
+    with open(log, "ab") as out:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+        roots.append(proc.pid)
+        timer = threading.Timer(timeout, lambda: killed.append(_kill_group(proc.pid)))
+        timer.start()
+        try:
+            with sampler or contextlib.nullcontext():
+                # wait4 rather than wait: it also gives this child's own rusage.
+                _, status, usage = os.wait4(proc.pid, 0)
+        finally:
+            timer.cancel()
+        seconds = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    # Whatever the child left behind in its group (a stray worker) goes with it.
+    _kill_group(proc.pid)
+    res: dict[str, Any] = {
+        "seconds": seconds,
+        "returncode": proc.returncode,
+        "timed_out": bool(killed),
+    }
+    if sampler:
+        res |= {
+            "peak_rss_bytes": sampler.peak_total,
+            "peak_rss_proc_bytes": sampler.peak_proc,
+            "peak_rss_by_root": sampler.peak_by_root,
+            "rss_method": "psutil: summed RSS of the process tree, sampled every 0.1 s",
+        }
+    else:
+        res |= {
+            "peak_rss_bytes": usage.ru_maxrss * 1024,
+            "peak_rss_proc_bytes": usage.ru_maxrss * 1024,
+            "rss_method": "wait4 ru_maxrss: the largest single process (no psutil)",
+        }
+    return res
+
+
+def _kill_group(pid: int) -> bool:
+    # The group of a child this script started (start_new_session): its workers too.
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def tail(log: Path, lines: int = 3) -> str:
+    try:
+        text = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    useful = [ln.strip() for ln in text if ln.strip()]
+    return " | ".join(useful[-lines:])[-300:]
+
+
+# -- Sector ---------------------------------------------------------------------------
+
+
+def sector_cmd() -> list[str]:
+    exe = Path(sys.executable).parent / "sector"
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "sector.cli.main"]
+
+
+def _sector(args: list[str], log: Path, timeout: float = 600.0) -> str:
+    """Run one ``sector`` command; its stdout, or RuntimeError with its last stderr line."""
+    with open(log, "ab") as err:
+        proc = subprocess.run(
+            sector_cmd() + args, stdout=subprocess.PIPE, stderr=err, timeout=timeout, check=False
+        )
+    out = proc.stdout.decode(errors="replace")
+    if proc.returncode != 0:
+        what = " ".join(a for a in args if not a.startswith("/"))[:60]
+        raise RuntimeError(f"sector {what}: exit {proc.returncode}: {tail(log, 1)}")
+    return out
+
+
+def _node_pids(cluster_dir: Path, addr: str, log: Path) -> list[int]:
+    """The node processes of a local cluster: cluster.json, else ``sector status --json``."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        info = json.loads((cluster_dir / "cluster.json").read_text())
+        pids = [n["pid"] for n in info.get("nodes", []) if isinstance(n.get("pid"), int)]
+        if pids:
+            return pids
+    with contextlib.suppress(RuntimeError, ValueError, AttributeError, subprocess.SubprocessError):
+        st = json.loads(_sector(["--cluster", addr, "status", "--json"], log))
+        return [n["pid"] for n in st.get("nodes", []) if isinstance(n.get("pid"), int)]
+    return []
+
+
+def run_sector(
+    size_bytes: int,
+    workdir: Path,
+    nodes: int,
+    *,
+    files: int | None = None,
+    expect: dict[str, Any] | None = None,
+    timeout: float = 3600.0,
+) -> dict[str, Any]:
+    """TeraSort on a local Sector cluster, through the ``sector`` CLI.
+
+    ``sector up``; ``terasort gen`` (not timed); drop the page cache; time ``terasort
+    sort``; ``terasort validate --json`` checked against the input's summary (``expect``,
+    else computed here); ``sector down``. Raises on any failure, for the caller to
+    report. Returns seconds, validated (bool) and validation ('ok' or what is wrong),
+    generation throughput and peak memory (nodes with their engines, and the CLI client).
+    """
+    nrecords = size_bytes // ts.RECORD
+    files = files or nodes * max(1, math.ceil(size_bytes / (nodes * FILE_BYTES)))
+    cdir = workdir / "sector"
+    log = workdir / "sector.log"
+    up = _sector(["up", "-n", str(nodes), "--dir", str(cdir)], log, timeout=300)
+    found = re.findall(r"[\w.\-\[\]:]+:\d+", up)
+    if not found:
+        raise RuntimeError(f"sector up printed no address: {up.strip()[:200]!r}")
+    a = ["--cluster", found[-1]]
+    try:
+        gen = [*a, "terasort", "gen", "--records", str(nrecords), "--files", str(files), "/ts/in"]
+        t0 = time.perf_counter()
+        _sector(gen, log, timeout=timeout)
+        gen_s = time.perf_counter() - t0
+        pids = _node_pids(cdir, found[-1], log)
+        dropped = drop_caches()
+        sort = run_measured(
+            [*sector_cmd(), *a, "terasort", "sort", "/ts/in", "/ts/out"], log, timeout, also=pids
+        )
+        if sort["returncode"] != 0:
+            raise RuntimeError(f"terasort sort: exit {sort['returncode']}: {tail(log, 1)}")
+        proc = subprocess.run(
+            [*sector_cmd(), *a, "terasort", "validate", "/ts/out", "--json"],
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+        )
+        try:
+            got = json.loads(proc.stdout)
+        except ValueError:
+            err = proc.stderr.decode(errors="replace").strip()[-200:]
+            raise RuntimeError(f"terasort validate: exit {proc.returncode}: {err}") from None
+        check = verdict(got, expect or input_checksum(nrecords))
+        by_root = sort.get("peak_rss_by_root", {})
+        per_node = [by_root[p] for p in pids if p in by_root]
+        return {
+            "seconds": sort["seconds"],
+            "validated": check == "ok",
+            "validation": check,
+            "caches_dropped": dropped,
+            "files": files,
+            "gen_seconds": round(gen_s, 3),
+            "gen_mb_s_per_node": round(mbps(size_bytes, gen_s) / nodes, 1),
+            "peak_rss_bytes": sort["peak_rss_bytes"],
+            "peak_rss_proc_bytes": sort["peak_rss_proc_bytes"],
+            "peak_rss_per_node_bytes": per_node,
+            "rss_method": sort["rss_method"] + " (the nodes and the CLI client)",
+        }
+    finally:
+        with contextlib.suppress(Exception):
+            _sector(["down", "--dir", str(cdir)], log, timeout=120)
+
+
+# -- the peers, parent side -------------------------------------------------------------
+
+
+def _have(*modules: str) -> None:
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise NotInstalled(", ".join(missing))
+
+
+def run_child(
+    system: str, inp: Path, workdir: Path, nrecords: int, args: argparse.Namespace
+) -> dict[str, Any]:
+    """Run one peer in a child process of this script; its figures and output files."""
+    outdir = workdir / f"out-{system}"
+    outdir.mkdir()
+    result = workdir / f"{system}.json"
+    log = workdir / f"{system}.log"
+    opts = {
+        "--child": system,
+        "--input": inp,
+        "--outdir": outdir,
+        "--records": nrecords,
+        "--result": result,
+        "--part-mb": args.part_mb,
+        "--spark-memory": args.spark_memory,
+    }
+    cmd = [sys.executable, str(Path(__file__).resolve())]
+    cmd += [str(x) for kv in opts.items() for x in kv]
+    # The Spark workers must be this Python, with this venv's packages.
+    env = {
+        **os.environ,
+        "PYSPARK_PYTHON": sys.executable,
+        "PYSPARK_DRIVER_PYTHON": sys.executable,
+        "SPARK_LOCAL_IP": "127.0.0.1",
+    }
+    run = run_measured(cmd, log, args.timeout, env=env)
+    if run["timed_out"]:
+        raise RuntimeError(f"timed out after {args.timeout:.0f} s")
+    if run["returncode"] != 0 or not result.exists():
+        raise RuntimeError(f"exit {run['returncode']}: {tail(log)}")
+    child = json.loads(result.read_text())
+    return {**run, **child, "outputs": [Path(p) for p in child["outputs"]]}
+
+
+def run_gnusort(text: Path, workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    sort = shutil.which("sort")
+    if sort is None:
+        raise NotInstalled("sort")
+    out = workdir / "out-gnusort.txt"
+    tmp = workdir / "gnusort-tmp"
+    tmp.mkdir()
+    cmd = [sort, "--parallel=2", "-S", "50%", "-T", str(tmp), "-o", str(out), str(text)]
+    dropped = drop_caches()
+    env = {**os.environ, "LC_ALL": "C"}
+    t0 = time.perf_counter()
+    run = run_measured(cmd, workdir / "gnusort.log", args.timeout, env=env)
+    if run["returncode"] != 0:
+        raise RuntimeError(f"exit {run['returncode']}: {tail(workdir / 'gnusort.log')}")
+    fsync_path(out)
+    run["seconds"] = time.perf_counter() - t0
+    return {**run, "caches_dropped": dropped, "outputs": [out], "setup_seconds": 0.0}
+
+
+PEER_NEEDS = {
+    "numpy": (),
+    "dask": ("dask", "distributed", "pandas", "pyarrow"),
+    "spark": ("pyspark", "pyarrow", "pandas"),
+    "spark-rdd": ("pyspark",),
+}
+
+
+def run_peer(
+    system: str, inp: Path, text: Path | None, workdir: Path, n: int, args: argparse.Namespace
+) -> dict[str, Any]:
+    if system == "gnusort":
+        assert text is not None
+        return run_gnusort(text, workdir, args)
+    _have(*PEER_NEEDS[system])
+    if (
+        system.startswith("spark")
+        and shutil.which("java") is None
+        and not os.environ.get("JAVA_HOME")
+    ):
+        raise NotInstalled("java")
+    return run_child(system, inp, workdir, n, args)
+
+
+# -- the peers, child side (python bench/terasort.py --child SYSTEM ...) ---------------------
+
+
+def _read_range(path: str, start: int, count: int) -> np.ndarray:
+    with open(path, "rb") as f:
+        f.seek(start * ts.RECORD)
+        buf = bytearray(count * ts.RECORD)
+        got = f.readinto(buf)
+    if got != len(buf):
+        raise OSError(f"{path}: short read at record {start}")
+    return ts.as_records(np.frombuffer(buf, dtype=np.uint8))
+
+
+def _write_durably(path: str, chunks: Any) -> int:
+    n = 0
+    with open(path, "wb") as f:
+        for recs in chunks:
+            f.write(memoryview(np.ascontiguousarray(recs)).cast("B"))
+            n += len(recs)
+        f.flush()
+        os.fsync(f.fileno())
+    return n
+
+
+WARM_RECORDS = 20_000  # a warm-up run of the same job first: imports, JIT, worker pools
+
+
+def _nparts(nrecords: int, part_mb: int) -> int:
+    return max(2, math.ceil(nrecords * ts.RECORD / (part_mb * MB)))
+
+
+def _timed(a: argparse.Namespace, job: Callable[[int, str], dict[str, Any]]) -> dict[str, Any]:
+    """Run ``job`` untimed on a few records, drop the page cache, then time it on all.
+
+    The warm-up makes the timed run start where a long-running service would be: code
+    imported and compiled (Python and JVM), workers up; only the data is cold.
+    ``job(n, outdir)`` sorts the first n records of the input into files in outdir.
+    """
+    warm = os.path.join(os.path.dirname(a.outdir), "warm-up")
+    os.makedirs(warm)
+    job(min(a.records, WARM_RECORDS), warm)
+    shutil.rmtree(warm, ignore_errors=True)
+    dropped = drop_caches()
+    t0 = time.perf_counter()
+    res = job(a.records, a.outdir)
+    return {"seconds": time.perf_counter() - t0, "caches_dropped": dropped, **res}
+
+
+def child_numpy(a: argparse.Namespace) -> dict[str, Any]:
+    def job(n: int, outdir: str) -> dict[str, Any]:
+        out = os.path.join(outdir, "part-00000.bin")
+        written = _write_durably(out, [ts.sort_records(_read_range(a.input, 0, n))])
+        return {"outputs": [out], "records_written": written}
+
+    return _timed(a, job) | {"setup_seconds": 0.0, "how": "read, sort_records, write, fsync"}
+
+
+# Dask: a record as a pandas row of integer columns -- the key's first 8 and last 2 bytes
+# as big-endian integers (so numeric order is memcmp order) and the other 90 bytes as 11
+# uint64 and one uint16 -- since pandas has no fixed-size bytes type that sorts and
+# shuffles without a Python object per record.
+_BODY = [f"b{i}" for i in range(11)]
+
+
+def _frame_of(recs: np.ndarray) -> Any:
+    import pandas as pd
+
+    n = len(recs)
+    body = np.ascontiguousarray(recs[:, 10:98]).view("<u8").reshape(n, 11)
+    cols: dict[str, Any] = {
+        "k8": np.ascontiguousarray(recs[:, :8]).view(">u8").ravel().astype(np.uint64),
+        "k2": np.ascontiguousarray(recs[:, 8:10]).view(">u2").ravel().astype(np.uint16),
+    }
+    cols |= {name: body[:, i] for i, name in enumerate(_BODY)}
+    cols["tail"] = np.ascontiguousarray(recs[:, 98:]).view("<u2").ravel()
+    return pd.DataFrame(cols)
+
+
+def _records_of(df: Any) -> np.ndarray:
+    n = len(df)
+    out = np.empty((n, ts.RECORD), dtype=np.uint8)
+    out[:, :8] = df["k8"].to_numpy(np.uint64).astype(">u8").view(np.uint8).reshape(n, 8)
+    out[:, 8:10] = df["k2"].to_numpy(np.uint16).astype(">u2").view(np.uint8).reshape(n, 2)
+    body = np.stack([df[c].to_numpy(np.uint64) for c in _BODY], axis=1).astype("<u8")
+    out[:, 10:98] = body.view(np.uint8).reshape(n, 88)
+    out[:, 98:] = df["tail"].to_numpy(np.uint16).astype("<u2").view(np.uint8).reshape(n, 2)
+    return out
+
+
+def _dask_read(rng: tuple[int, int], path: str) -> Any:
+    return _frame_of(_read_range(path, *rng))
+
+
+def _dask_write(df: Any, path: str) -> int:
+    return _write_durably(path, [_records_of(df)])
+
+
+def child_dask(a: argparse.Namespace) -> dict[str, Any]:
+    import logging
+
+    import dask
+    import dask.dataframe as dd
+    from dask.distributed import Client, LocalCluster
+
+    def job(n: int, outdir: str) -> dict[str, Any]:
+        ranges = part_ranges(n, _nparts(n, a.part_mb))
+        meta = _frame_of(np.empty((0, ts.RECORD), dtype=np.uint8))
+        ddf = dd.from_map(_dask_read, ranges, path=a.input, meta=meta, enforce_metadata=False)
+        parts = ddf.sort_values(["k8", "k2"]).to_delayed()
+        outs = [os.path.join(outdir, f"part-{i:05d}.bin") for i in range(len(parts))]
+        writes = [dask.delayed(_dask_write)(p, o) for p, o in zip(parts, outs, strict=True)]
+        counts = dask.compute(*writes)
+        return {"outputs": outs, "partitions": len(ranges), "records_written": int(sum(counts))}
+
+    t0 = time.perf_counter()
+    cluster = LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=None,
+        local_directory=os.path.join(os.path.dirname(a.outdir), "dask-local"),
+        silence_logs=logging.ERROR,
+    )
+    with cluster, Client(cluster) as client:
+        client.wait_for_workers(2)
+        setup = time.perf_counter() - t0
+        res = _timed(a, job)
+    how = "dask.dataframe.from_map -> sort_values(['k8', 'k2']) -> to_delayed writes"
+    return res | {"setup_seconds": setup, "how": how}
+
+
+def _spark_session(a: argparse.Namespace) -> Any:
+    from pyspark.sql import SparkSession
+
+    local = os.path.join(os.path.dirname(a.outdir), "spark-local")
+    os.makedirs(local, exist_ok=True)
+    spark = (
+        SparkSession.builder.master("local[2]")
+        .appName("terasort-bench")
+        .config("spark.driver.memory", a.spark_memory)
+        .config("spark.local.dir", local)
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.sql.shuffle.partitions", str(_nparts(a.records, a.part_mb)))
+        .config("spark.sql.execution.arrow.maxRecordsPerBatch", str(_ARROW_BATCH))
+        .config("spark.driver.extraJavaOptions", f"-Djava.io.tmpdir={local}")
+        .getOrCreate()
+    )
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark
+
+
+_ARROW_BATCH = 1 << 16  # records per Arrow batch
+
+
+def _binary_column(data: np.ndarray) -> Any:
+    """An Arrow binary array over an (n, w) uint8 array: w bytes per value, no Python loop."""
+    import pyarrow as pa
+
+    n, w = data.shape
+    offsets = np.arange(0, (n + 1) * w, w, dtype=np.int32)
+    bufs = [None, pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(data))]
+    return pa.Array.from_buffers(pa.binary(), n, bufs)
+
+
+def _column_bytes(col: Any, width: int) -> np.ndarray:
+    """(n, width) uint8 of an Arrow binary array whose values are all ``width`` bytes."""
+    n = len(col)
+    _, offsets_buf, data_buf = col.buffers()
+    offsets = np.frombuffer(offsets_buf, dtype=np.int32)[col.offset : col.offset + n + 1]
+    if n and not (np.diff(offsets) == width).all():
+        raise ValueError(f"a value is not {width} bytes")
+    data = np.frombuffer(data_buf, dtype=np.uint8)[offsets[0] : offsets[0] + n * width]
+    return data.reshape(n, width)
+
+
+def _spark_arrow_read(path: str) -> Callable[[Any], Any]:
+    def read(batches: Any) -> Any:
+        import pyarrow as pa
+
+        for batch in batches:
+            starts = batch.column("start").to_pylist()
+            for start, count in zip(starts, batch.column("count").to_pylist(), strict=True):
+                for s in range(start, start + count, _ARROW_BATCH):
+                    recs = _read_range(path, s, min(_ARROW_BATCH, start + count - s))
+                    cols = [_binary_column(recs[:, : ts.KEY]), _binary_column(recs[:, ts.KEY :])]
+                    yield pa.RecordBatch.from_arrays(cols, names=["key", "value"])
+
+    return read
+
+
+def _spark_arrow_write(outdir: str) -> Callable[[Any], Any]:
+    def write(batches: Any) -> Any:
+        import pyarrow as pa
+        from pyspark import TaskContext
+
+        ctx = TaskContext.get()
+        part = ctx.partitionId() if ctx else 0
+        out = os.path.join(outdir, f"part-{part:05d}.bin")
+
+        def chunks() -> Any:
+            for batch in batches:
+                recs = np.empty((batch.num_rows, ts.RECORD), dtype=np.uint8)
+                recs[:, : ts.KEY] = _column_bytes(batch.column("key"), ts.KEY)
+                recs[:, ts.KEY :] = _column_bytes(batch.column("value"), ts.RECORD - ts.KEY)
+                yield recs
+
+        n = _write_durably(out, chunks())
+        yield pa.RecordBatch.from_arrays(
+            [pa.array([part], pa.int32()), pa.array([n], pa.int64())], names=["part", "n"]
+        )
+
+    return write
+
+
+def _spark_parts(rows: Any, outdir: str, nparts: int) -> dict[str, Any]:
+    parts = sorted((int(r[0]), int(r[1])) for r in rows)
+    return {
+        "outputs": [os.path.join(outdir, f"part-{p:05d}.bin") for p, _ in parts],
+        "partitions": nparts,
+        "records_written": sum(n for _, n in parts),
+    }
+
+
+def child_spark(a: argparse.Namespace) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    spark = _spark_session(a)
+    setup = time.perf_counter() - t0
+
+    def job(n: int, outdir: str) -> dict[str, Any]:
+        ranges = part_ranges(n, _nparts(n, a.part_mb))
+        src = spark.sparkContext.parallelize(ranges, len(ranges)).toDF("start long, count long")
+        df = src.mapInArrow(_spark_arrow_read(a.input), "key binary, value binary")
+        rows = df.orderBy("key").mapInArrow(_spark_arrow_write(outdir), "part int, n long")
+        return _spark_parts(rows.collect(), outdir, len(ranges))
+
+    res = _timed(a, job)
+    spark.stop()
+    how = "mapInArrow read -> orderBy('key') -> mapInArrow write (Arrow batches)"
+    return res | {"setup_seconds": setup, "how": how}
+
+
+def child_spark_rdd(a: argparse.Namespace) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    spark = _spark_session(a)
+    setup = time.perf_counter() - t0
+
+    def job(n: int, outdir: str) -> dict[str, Any]:
+        def write(part: int, items: Any) -> Any:
+            out = os.path.join(outdir, f"part-{part:05d}.bin")
+            batch: list[bytes] = []
+            count = 0
+            with open(out, "wb") as f:
+                for _, rec in items:
+                    batch.append(rec)
+                    if len(batch) >= _ARROW_BATCH:
+                        count += f.write(b"".join(batch)) // ts.RECORD
+                        batch.clear()
+                count += f.write(b"".join(batch)) // ts.RECORD
+                f.flush()
+                os.fsync(f.fileno())
+            yield part, count
+
+        nparts = _nparts(n, a.part_mb)
+        path = a.input
+        if n < a.records:  # the warm-up: its own file of the first n records
+            path = os.path.join(outdir, "input.bin")
+            _write_durably(path, [_read_range(a.input, 0, n)])
+        rdd = spark.sparkContext.binaryRecords(path, ts.RECORD)
+        pairs = rdd.map(lambda r: (bytes(r[: ts.KEY]), bytes(r))).sortByKey(numPartitions=nparts)
+        return _spark_parts(pairs.mapPartitionsWithIndex(write).collect(), outdir, nparts)
+
+    res = _timed(a, job)
+    spark.stop()
+    how = "binaryRecords -> map (key, record) -> sortByKey -> mapPartitionsWithIndex write"
+    return res | {"setup_seconds": setup, "how": how}
+
+
+CHILDREN: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
+    "numpy": child_numpy,
+    "dask": child_dask,
+    "spark": child_spark,
+    "spark-rdd": child_spark_rdd,
+}
+
+
+def child_main(a: argparse.Namespace) -> int:
+    res = CHILDREN[a.child](a)
+    Path(a.result).write_text(json.dumps(res))
+    return 0
+
+
+# -- the run --------------------------------------------------------------------------
+
+
+def run_one(
+    system: str,
+    size: int,
+    inputs: tuple[Path, Path | None, dict[str, Any]],
+    wdir: Path,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """One system at one size, as a row of the results; failures are rows too."""
+    inp, text, want = inputs
+    n = size // ts.RECORD
+    row: dict[str, Any] = {"system": system, "size_bytes": size, "records": n}
+    try:
+        if system == "sector":
+            res = run_sector(
+                size, wdir, args.nodes, files=args.files, expect=want, timeout=args.timeout
+            )
+        else:
+            res = run_peer(system, inp, text, wdir, n, args)
+            got = summarize_files(res["outputs"], text=system == "gnusort")
+            res["validation"] = verdict(got, want)
+            res["output_files"] = len(res.pop("outputs"))
+    except NotInstalled as exc:
+        return row | {"status": f"not installed ({exc})"}
+    except Exception as exc:
+        return row | {"status": f"failed: {' '.join(str(exc).split())[:200]}"}
+    for key in ("returncode", "timed_out", "peak_rss_by_root"):
+        res.pop(key, None)
+    if "setup_seconds" in res:
+        res["setup_seconds"] = round(res["setup_seconds"], 3)
+    return (
+        row
+        | res
+        | {
+            "validated": res["validation"] == "ok",
+            "status": "ok" if res["validation"] == "ok" else "invalid",
+            "seconds": round(res["seconds"], 3),
+            "mb_s": round(mbps(size, res["seconds"]), 1),
+        }
+    )
+
+
+def run(args: argparse.Namespace, console: Any) -> dict[str, Any]:
+    base = Path(args.dir) if args.dir else Path(tempfile.gettempdir())
+    base.mkdir(parents=True, exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix="sector-bench-terasort-", dir=base))
+    runs: list[dict[str, Any]] = []
+    try:
+        for size in args.sizes:
+            n = size // ts.RECORD
+            sdir = root / f"size-{size}"
+            sdir.mkdir()
+            inp, text = sdir / "input.bin", None
+            if any(s != "sector" for s in args.only):
+                console.log(f"{show_size(size)}: writing {n:,} records to {inp}")
+                t0 = time.perf_counter()
+                want = make_input(inp, n)
+                console.log(f"  {mbps(size, time.perf_counter() - t0):,.0f} MB/s (one core)")
+                if "gnusort" in args.only:
+                    text = sdir / "input.txt"
+                    console.log(f"{show_size(size)}: writing the text form for GNU sort")
+                    make_text(inp, text)
+            else:
+                want = input_checksum(n)
+            rows = []
+            for system in args.only:
+                console.log(f"{show_size(size)}: {system} ...")
+                wdir = sdir / system
+                wdir.mkdir()
+                try:
+                    rows.append(run_one(system, size, (inp, text, want), wdir, args))
+                finally:
+                    if not args.keep:
+                        shutil.rmtree(wdir, ignore_errors=True)
+                console.log(f"  {_line(rows[-1])}")
+            ours = [r["seconds"] for r in rows if r["system"] == "sector" and r["status"] == "ok"]
+            for r in rows:
+                if ours and "seconds" in r:
+                    r["x_sector"] = round(r["seconds"] / ours[0], 2)
+            runs += rows
+            if not args.keep:
+                shutil.rmtree(sdir, ignore_errors=True)
+    finally:
+        if args.keep:
+            console.log(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    dropped = [bool(r.get("caches_dropped")) for r in runs if "seconds" in r]
+    return {
+        "benchmark": "terasort",
+        "mb": MB,
+        "sizes": args.sizes,
+        "systems": args.only,
+        "nodes": args.nodes,
+        "caches_dropped": bool(dropped) and all(dropped),
+        "goals": {"x_sector": GOALS},
+        "runs": runs,
+        "machine": machine(),
+    }
+
+
+def _line(row: dict[str, Any]) -> str:
+    if "seconds" not in row:
+        return str(row["status"])
+    return f"{row['seconds']:.2f} s, {row['mb_s']:,.1f} MB/s, {row['validation']}"
+
+
+def _mb(value: Any) -> str:
+    return f"{value / MB:,.0f}" if isinstance(value, int) and value else ""
+
+
+def show(res: dict[str, Any], console: Any) -> None:
+    from rich.table import Table
+
+    t = Table(
+        title=f"TeraSort: Sector ({res['nodes']} nodes) and its peers"
+        f" (MB = 10^6 bytes; page caches dropped: {'yes' if res['caches_dropped'] else 'no'})"
+    )
+    for col, just in (
+        ("system", "left"),
+        ("size", "right"),
+        ("seconds", "right"),
+        ("MB/s", "right"),
+        ("x Sector", "right"),
+        ("goal", "right"),
+        ("peak RSS MB", "right"),
+        ("validated", "left"),
+    ):
+        t.add_column(col, justify=just)
+    last = None
+    for r in res["runs"]:
+        if last is not None and r["size_bytes"] != last:
+            t.add_section()
+        last = r["size_bytes"]
+        goal = GOALS.get(r["system"])
+        if "seconds" in r:
+            cells = [f"{r['seconds']:.2f}", f"{r['mb_s']:,.1f}"]
+            x = r.get("x_sector")
+            cells.append(f"{x:.2f}" if x is not None else "-")
+            valid = r["validation"]
+        else:
+            cells = ["", "", ""]
+            valid = r["status"]
+        t.add_row(
+            r["system"],
+            show_size(r["size_bytes"]),
+            *cells,
+            f">= {goal:g}" if goal else "",
+            _mb(r.get("peak_rss_bytes")),
+            valid,
+        )
+    console.print(t)
+    for r in res["runs"]:
+        if r["system"] == "sector" and "gen_mb_s_per_node" in r:
+            per_node = ", ".join(_mb(b) for b in r.get("peak_rss_per_node_bytes") or [])
+            console.print(
+                f"sector {show_size(r['size_bytes'])}: generation {r['gen_mb_s_per_node']:,.1f}"
+                f" MB/s per node ({r['files']} files); peak RSS per node (MB): {per_node or '?'}"
+            )
+    if not res["caches_dropped"]:
+        console.print("page caches were NOT dropped (needs root and a writable drop_caches)")
+    load = ", ".join(f"{x:.1f}" for x in res["machine"]["loadavg"])
+    console.print(f"load average at the end: {load} on {res['machine']['cpus']} cores")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    ap.add_argument(
+        "--sizes",
+        default="1G",
+        type=lambda s: [parse_size(x) for x in s.split(",") if x.strip()],
+        help="comma-separated sizes, 10^n units (1G)",
+    )
+    ap.add_argument("--only", default=",".join(DEFAULT), help=f"systems, of {','.join(SYSTEMS)}")
+    ap.add_argument("--nodes", type=int, default=3, help="Sector node processes (3)")
+    ap.add_argument(
+        "--files",
+        type=int,
+        default=None,
+        help="Sector input files (a multiple of nodes, about 256 MB each)",
+    )
+    ap.add_argument(
+        "--part-mb", type=int, default=64, help="Dask/Spark input partition size, MB (64)"
+    )
+    ap.add_argument("--spark-memory", default="6g", help="spark.driver.memory for local[2] (6g)")
+    ap.add_argument("--timeout", type=float, default=3600.0, help="seconds allowed per system")
+    ap.add_argument("--dir", help="where to put the temp dir (default: the system temp dir)")
+    ap.add_argument("--keep", action="store_true", help="keep the temp dir and the logs")
+    ap.add_argument("--out", default="terasort.json", help="file name under bench/results/")
+    # Child mode: one peer's timed run, started by the parent (not for direct use).
+    ap.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
+    ap.add_argument("--input", help=argparse.SUPPRESS)
+    ap.add_argument("--outdir", help=argparse.SUPPRESS)
+    ap.add_argument("--records", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--result", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        return child_main(args)
+    chosen = {s.strip() for s in args.only.split(",") if s.strip()}
+    unknown = sorted(chosen - set(SYSTEMS))
+    args.only = [s for s in SYSTEMS if s in chosen]  # Sector first: the ratios need it
+    if unknown or not args.only:
+        ap.error(f"unknown systems {unknown}; choose from {', '.join(SYSTEMS)}")
+    if not args.sizes or args.nodes < 1:
+        ap.error("need --sizes and --nodes >= 1")
+
+    from rich.console import Console
+
+    console = Console()
+    res = run(args, console)
+    show(res, console)
+    console.print(f"results: {write_result(args.out, res)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
