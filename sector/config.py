@@ -41,6 +41,10 @@ class NodeConfig:
     repair_concurrency: int = 2
     repair_rate: int = 0  # bytes/s copied by repair, 0 = no cap
     repair_scan_interval: float = 30.0  # periodic scan for what the triggers missed
+    # Audit: the owner asks each holder whether the copies its records list are there
+    # (HDFS's block report, pulled by the owner). Catches copies lost behind the
+    # metadata's back (a disk swapped, a file removed by hand) that no read meets.
+    audit_interval: float = 600.0
     # Scrub: a full re-hash of a 4 TB disk at 32 MiB/s takes ~1.5 days, well inside
     # a weekly pass, while leaving the disk's bandwidth to clients.
     scrub_rate: int = 32 << 20  # bytes/s re-hashed, 0 = no cap

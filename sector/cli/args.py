@@ -44,7 +44,10 @@ def parse_size(text: str) -> int:
     m = _SIZE.fullmatch(text.strip())
     if not m:
         raise ValueError(f"invalid size {text!r}: expected BYTES or a number with K/M/G/T/P")
-    return int(float(m.group(1)) * 1024 ** _UNITS[m.group(2).lower()])
+    try:
+        return int(float(m.group(1)) * 1024 ** _UNITS[m.group(2).lower()])
+    except OverflowError:  # "1e400" digits: float infinity has no int
+        raise ValueError(f"invalid size {text!r}: too large") from None
 
 
 def parse_topology(text: str) -> str:

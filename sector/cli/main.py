@@ -175,6 +175,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between scrub passes (default 86400; the scrub.now op runs one at once)",
     )
     s.add_argument(
+        "--audit-interval",
+        metavar="SECONDS",
+        type=float,
+        default=None,
+        help="seconds between audits of the copies this node's records list (default 600)",
+    )
+    s.add_argument(
         "--gc-grace",
         metavar="SECONDS",
         type=float,
@@ -313,6 +320,7 @@ def _node(args: argparse.Namespace) -> int:
                 ("gc_grace", args.gc_grace),
                 ("gc_interval", args.gc_interval),
                 ("engines", args.engines),
+                ("audit_interval", args.audit_interval),
             )
             if v is not None
         },

@@ -32,6 +32,7 @@ def add_parsers(cmd: Callable[[str, str], argparse.ArgumentParser], common: Any)
         p.add_argument("-b", "--buckets", type=arg_type(positive_int), default=0)
         p.add_argument(
             "--records",
+            type=arg_type(_records),
             default=None,
             metavar="KIND",
             help="file (whole files), lines, idx, or a record size in bytes",
@@ -43,7 +44,9 @@ def add_parsers(cmd: Callable[[str, str], argparse.ArgumentParser], common: Any)
     r = sub.add_parser("run", help="run MODULE:FUNCTION over INPUT", parents=[common])
     r.add_argument("udf", metavar="MODULE:FUNCTION")
     job_args(r)
-    r.add_argument("--param", metavar="JSON", default=None, help="passed as seg.param")
+    r.add_argument(
+        "--param", type=arg_type(_json), metavar="JSON", default=None, help="passed as seg.param"
+    )
 
     st = sub.add_parser(
         "stream", help="pipe each segment through a shell command", parents=[common]
@@ -71,9 +74,8 @@ def add_parsers(cmd: Callable[[str, str], argparse.ArgumentParser], common: Any)
     v.add_argument("--input", metavar="DIR", default=None)
 
 
-def _records(spec: str | None) -> Any:
-    if spec is None:
-        return None
+# Checked as the command line is parsed (a usage error, before any connection).
+def _records(spec: str) -> Any:
     if spec in ("file", "lines", "idx"):
         return spec
     try:
@@ -81,8 +83,15 @@ def _records(spec: str | None) -> Any:
     except ValueError:
         n = 0
     if n < 1:
-        raise UsageError(f"--records must be file, lines, idx or a size in bytes, not {spec!r}")
+        raise ValueError(f"must be file, lines, idx or a record size in bytes, not {spec!r}")
     return n
+
+
+def _json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"not JSON: {exc}") from None
 
 
 def _load_udf(spec: str) -> Callable[..., Any]:
@@ -115,14 +124,11 @@ def run(c: Any, args: argparse.Namespace) -> None:
     if args.max_unit:
         opts["max_unit"] = args.max_unit
         opts["min_unit"] = min(1 << 20, args.max_unit)
-    records = _records(args.records)
+    records = args.records
     if args.action == "run":
         fn = _load_udf(args.udf)
         if args.param is not None:
-            try:
-                opts["param"] = json.loads(args.param)
-            except ValueError as exc:
-                raise UsageError(f"--param is not JSON: {exc}") from None
+            opts["param"] = args.param
         name = args.udf
     else:
         from sector.sphere.stream import stream_udf

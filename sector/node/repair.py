@@ -46,6 +46,7 @@ from sector.meta.records import FileRecord
 from sector.storage import repair_policy
 from sector.storage.placement import Candidate
 from sector.storage.repair_queue import Entry, RepairQueue
+from sector.storage.transfer import MAX_AUDIT
 
 if TYPE_CHECKING:
     from sector.node.server import Node
@@ -66,15 +67,27 @@ class RepairWorker:
         concurrency: int = 2,
         rate: int = 0,
         scan_interval: float = 30.0,
+        audit_interval: float = 600.0,
         settle: float = 5.0,
     ) -> None:
         self.node = node
         self.concurrency = max(1, concurrency)
         self.rate = rate
         self.scan_interval = scan_interval
+        self.audit_interval = audit_interval
+        self._last_audit = time.monotonic()
         self.settle = settle
         self.queue = RepairQueue(str(node.data / "repair.sqlite3"))
-        self.counters = {"done": 0, "failed": 0, "copies": 0, "trimmed": 0, "bytes": 0, "scans": 0}
+        self.counters = {
+            "done": 0,
+            "failed": 0,
+            "copies": 0,
+            "trimmed": 0,
+            "bytes": 0,
+            "scans": 0,
+            "audits": 0,
+            "missing": 0,  # copies an audit found listed but absent
+        }
         self.last_error = ""
         self._running: dict[str, asyncio.Task[None]] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -105,7 +118,11 @@ class RepairWorker:
         self.queue.close()
 
     def handlers(self) -> dict[str, Any]:
-        return {"repair.report": self._h_report}
+        return {"repair.report": self._h_report, "repair.audit": self._h_audit}
+
+    async def _h_audit(self, a: dict[str, Any]) -> Any:
+        """Run an audit now (tests, operators); how many missing copies it queued."""
+        return {"missing": await self.audit()}
 
     def status(self) -> dict[str, Any]:
         state = "settling" if not self._settled.is_set() else "busy" if self._running else "idle"
@@ -143,10 +160,54 @@ class RepairWorker:
             lost, self._lost = self._lost, set()
             try:
                 await self.scan(lost)
+                if time.monotonic() - self._last_audit >= self.audit_interval:
+                    self._last_audit = time.monotonic()
+                    await self.audit()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("repair scan failed")
+
+    async def audit(self) -> int:
+        """Ask every live holder whether the copies our records list are there; queue
+        the files whose copies are missing, as a failed read would. Returns how many."""
+        live = self._live()
+        by_node = await asyncio.to_thread(self._audit_plan, live)
+        found: list[tuple[str, str]] = []
+
+        async def one(nid: str, items: list[tuple[str, str]]) -> None:
+            paths = dict((b, p) for p, b in items)
+            blobs = list(paths)
+            for i in range(0, len(blobs), MAX_AUDIT):
+                try:
+                    rep = await self.node.call(
+                        live[nid].addr, "blob.missing", {"blobs": blobs[i : i + MAX_AUDIT]}
+                    )
+                except SectorError:
+                    return  # unreachable: the scans handle a node that is down
+                found.extend((paths[b], nid) for b in rep.get("missing", []) if b in paths)
+
+        await asyncio.gather(*(one(n, it) for n, it in by_node.items()))
+        for path, nid in found:
+            await asyncio.to_thread(
+                self.queue.enqueue, path, f"missing on {nid[:8]}", time.time(), bad=nid, urgent=True
+            )
+        self.counters["audits"] += 1
+        self.counters["missing"] += len(found)
+        if found:
+            log.info("repair audit: %d listed copies are missing", len(found))
+            self._wake.set()
+        return len(found)
+
+    def _audit_plan(self, live: dict[str, Candidate]) -> dict[str, list[tuple[str, str]]]:
+        out: dict[str, list[tuple[str, str]]] = {}
+        for r in self.node.meta.store.all():
+            if not isinstance(r, FileRecord) or not self.node.responsible_for(key_id(r.path)):
+                continue
+            for nid, _addr in r.replicas:
+                if nid in live:
+                    out.setdefault(nid, []).append((r.path, r.blob))
+        return out
 
     async def scan(self, lost: set[str] | None = None) -> int:
         """Queue every owned file that is not exactly right; returns how many."""

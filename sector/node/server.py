@@ -217,6 +217,7 @@ class Node:
             concurrency=cfg.repair_concurrency,
             rate=cfg.repair_rate,
             scan_interval=cfg.repair_scan_interval,
+            audit_interval=cfg.audit_interval,
             settle=cfg.dead_after + 1.0,
         )
         self.handlers.update(self.driver.handlers())
@@ -464,6 +465,8 @@ class Node:
             "ring": [
                 [m.id, m.addr] for m in self.members.reachable(now) if m.state in ("up", "draining")
             ],
+            # Sphere's scheduler places segments by topology distance.
+            "topology": {m.id: m.topology for m in self.members.alive(now)},
         }
 
     async def _h_info(self, a: dict[str, Any]) -> Any:

@@ -37,10 +37,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from sector.errors import BadRequest, ConnectError, NoSpace, NotFound, SectorError, from_wire
 from sector.ids import to_hex
 from sector.meta import records as rec
 from sector.sphere import spe
+from sector.sphere.driver import STAGING
 from sector.storage.blobs import check_blob_id, checksum_file
 from sector.transport.rpc import BulkChannel, split_addr
 
@@ -90,6 +93,42 @@ def _job(a: dict[str, Any]) -> str:
     if not isinstance(j, str) or not JOB_RE.match(j):
         raise BadRequest("job must be a hex job id")
     return j
+
+
+def _bucket_map(v: Any) -> dict[int, str]:
+    """``{"<bucket id>": "host:port"}`` from a message, checked."""
+    if not isinstance(v, dict):
+        raise BadRequest("buckets must map bucket ids to addresses")
+    out: dict[int, str] = {}
+    for k, addr in v.items():
+        if not isinstance(k, str) or not k.isdigit() or len(k) > 6 or int(k) >= MAX_BUCKETS:
+            raise BadRequest(f"bucket id {k!r:.40} is not a number from 0 to {MAX_BUCKETS - 1}")
+        try:
+            split_addr(addr)
+        except (TypeError, ValueError, AttributeError):
+            raise BadRequest(f"bucket address {addr!r:.60} is not HOST:PORT") from None
+        out[int(k)] = addr
+    return out
+
+
+def _check_range(seg: dict[str, Any], kind: str) -> None:
+    """A data segment's byte range (and records) must lie within its file."""
+    offset, length, size = _int(seg, "offset"), _int(seg, "length"), _int(seg, "size")
+    if offset + length > size:
+        raise BadRequest(f"segment range {offset}+{length} is past the file's {size} bytes")
+    if not isinstance(seg.get("path"), str):
+        raise BadRequest("a data segment needs the path of its file")
+    if kind == "fixed":
+        rs = _int(seg, "record_size", 1, 1 << 30)
+        if length % rs:
+            raise BadRequest(f"segment length {length} is not a whole number of {rs}-byte records")
+    elif kind == "idx":
+        raw = seg.get("index")
+        if not isinstance(raw, bytes) or not raw or len(raw) % 8:
+            raise BadRequest("an idx segment needs its index as int64 offsets")
+        idx = np.frombuffer(raw, dtype=np.int64)
+        if idx[0] != 0 or idx[-1] != length or bool(np.any(idx[1:] < idx[:-1])):
+            raise BadRequest(f"the segment's index must run from 0 up to its length {length}")
 
 
 def _recv_into_file(sock: socket.socket, first: bytes, size: int, path: Path) -> None:
@@ -222,18 +261,27 @@ class SphereService:
         mode = a.get("mode")
         if not isinstance(seg, dict) or not isinstance(udf, bytes) or not isinstance(digest, str):
             raise BadRequest("sphere.run needs seg, udf and digest")
+        if len(digest) > 128:
+            raise BadRequest("digest must be at most 128 characters")
         if mode not in MODES:
             raise BadRequest(f"mode must be one of {', '.join(MODES)}")
         kind = seg.get("kind")
         if kind not in KINDS:
             raise BadRequest(f"segment kind must be one of {', '.join(KINDS)}")
         nbuckets = _int(a, "nbuckets", 0, MAX_BUCKETS)
-        buckets = a.get("buckets") or {}
+        buckets: dict[int, str] = {}
         if mode == "buckets":
-            if nbuckets < 1 or not isinstance(buckets, dict) or len(buckets) != nbuckets:
-                raise BadRequest("a bucket job needs nbuckets >= 1 and an address per bucket")
-            if not all(isinstance(v, str) for v in buckets.values()):
-                raise BadRequest("bucket addresses must be strings")
+            if nbuckets < 1:
+                raise BadRequest("a bucket job needs nbuckets >= 1")
+            buckets = _bucket_map(a.get("buckets"))
+            if sorted(buckets) != list(range(nbuckets)):
+                raise BadRequest(
+                    f"a bucket job needs an address for each of buckets 0..{nbuckets - 1}"
+                )
+        elif not isinstance(a.get("buckets", {}), dict):
+            raise BadRequest("buckets must map bucket ids to addresses")
+        if kind != "task":
+            _check_range(seg, kind)
         task: dict[str, Any] = {
             "udf": udf,
             "digest": digest,
@@ -246,17 +294,22 @@ class SphereService:
             "first": _int(seg, "first") if "first" in seg else 0,
             "index": seg.get("index") if isinstance(seg.get("index"), bytes) else None,
             "param": seg.get("param") if isinstance(seg.get("param"), bytes) else None,
-            "path": rec.normalize(seg["path"]) if isinstance(seg.get("path"), str) else "",
+            "path": rec.normalize(seg["path"]) if kind != "task" else "",
             "node": to_hex(self.node.state.me.id),
             "mode": mode,
             "nbuckets": nbuckets,
         }
         src = None
         if kind != "task":
+            holders = seg.get("holders", [])
+            if not isinstance(holders, list) or not all(isinstance(h, str) for h in holders):
+                raise BadRequest("holders must be a list of addresses")
+            if not isinstance(seg.get("checksum"), str | None):
+                raise BadRequest("checksum must be a string")
             src = {
                 "blob": check_blob_id(seg.get("blob")),
                 "checksum": seg.get("checksum"),
-                "holders": [h for h in seg.get("holders", []) if isinstance(h, str)][:16],
+                "holders": holders[:16],
                 "size": task["size"],
             }
         j = self._job_state(job, create=True)
@@ -265,7 +318,7 @@ class SphereService:
         t = j.attempts[attempt] = Attempt(attempt, task["segment"])
         task["out"] = str(j.dir / f"a{attempt}")
         t.task = asyncio.create_task(
-            self._run(j, t, task, src, {int(k): v for k, v in buckets.items()}),
+            self._run(j, t, task, src, buckets),
             name=f"sphere-{job}-{attempt}",
         )
         self.stats["attempts"] += 1
@@ -415,6 +468,11 @@ class SphereService:
             raise BadRequest("bucket parts need a plain TCP stream")
         try:
             await asyncio.to_thread(_recv_into_file, raw, chan.take_buffered(size), size, tmp)
+        except BaseException:
+            # A sender that hung up (or a job dropped meanwhile) leaves no partial part.
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
         finally:
             raw.close()
         os.replace(tmp, dst)
@@ -469,10 +527,7 @@ class SphereService:
         t = j.attempts.get(_int(a, "attempt", 0, 1 << 40))
         if t is None or t.state != "done":
             raise NotFound("no such finished attempt on this node")
-        want = a.get("buckets")
-        if not isinstance(want, dict):
-            raise BadRequest("buckets must map bucket ids to addresses")
-        targets = {int(b): addr for b, addr in want.items() if int(b) in t.parts}
+        targets = {b: addr for b, addr in _bucket_map(a.get("buckets")).items() if b in t.parts}
         sub = Attempt(t.id, t.seg, parts={b: t.parts[b] for b in targets})
         return {"undelivered": await self._push(j, sub, targets)}
 
@@ -484,35 +539,52 @@ class SphereService:
         if not isinstance(items, list):
             raise BadRequest("commit needs a list of items")
         rf = a.get("rf")
-        if rf is not None and (not isinstance(rf, int) or not 1 <= rf <= 16):
+        if rf is not None and (
+            not isinstance(rf, int) or isinstance(rf, bool) or not 1 <= rf <= 16
+        ):
             raise BadRequest("rf must be from 1 to 16")
+        # Every item is checked, and every part found, before any file is made: a bad
+        # commit stores nothing. Output goes only under the job's staging directory
+        # (the driver renames it into place), never elsewhere in the namespace.
+        stage = f"{STAGING}/{j.id}/"
+        plan: list[tuple[str, list[Path]]] = []
+        for item in items:
+            if not isinstance(item, dict) or not isinstance(item.get("path"), str):
+                raise BadRequest("each commit item needs a path")
+            path = rec.normalize(item["path"])
+            if not path.startswith(stage):
+                raise BadRequest(f"commit paths must be under {stage}, not {path}")
+            if "bucket" in item:
+                b = _int(item, "bucket", 0, MAX_BUCKETS)
+                ids = item.get("attempts")
+                if not isinstance(ids, list) or not all(
+                    isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= 1 << 40
+                    for x in ids
+                ):
+                    raise BadRequest("attempts must be a list of attempt ids")
+                parts = [j.dir / "recv" / f"b{b}.a{x}" for x in ids]
+            else:
+                parts = [j.dir / f"a{_int(item, 'attempt', 0, 1 << 40)}" / "out"]
+            for p in parts:
+                if not p.exists():
+                    _missing(p)
+            plan.append((path, parts))
+        if len({path for path, _ in plan}) != len(plan):
+            raise BadRequest("commit items must have distinct paths")
         sem = asyncio.Semaphore(2)
         commit = j.dir / "commit"
         commit.mkdir(exist_ok=True)
 
-        async def one(i: int, item: Any) -> dict[str, Any]:
-            if not isinstance(item, dict) or not isinstance(item.get("path"), str):
-                raise BadRequest("each commit item needs a path")
-            if "bucket" in item:
-                b = _int(item, "bucket", 0, MAX_BUCKETS)
-                ids = item.get("attempts")
-                if not isinstance(ids, list) or not all(isinstance(x, int) for x in ids):
-                    raise BadRequest("attempts must be a list of attempt ids")
-                parts = [j.dir / "recv" / f"b{b}.a{x}" for x in ids]
-                parts = [p for p in parts if p.exists() or _missing(p)]
-            else:
-                parts = [j.dir / f"a{_int(item, 'attempt', 0, 1 << 40)}" / "out"]
-                if not parts[0].exists():
-                    parts = []
+        async def one(i: int, path: str, parts: list[Path]) -> dict[str, Any]:
             async with sem:
                 if len(parts) == 1:
                     out = parts[0]  # sealed as it is (a link, no copy)
                 else:
                     out = commit / f"f{i}"
                     await asyncio.to_thread(_concat, parts, out)
-                return await self._store(out, rec.normalize(item["path"]), rf)
+                return await self._store(out, path, rf)
 
-        files = await asyncio.gather(*(one(i, it) for i, it in enumerate(items)))
+        files = await asyncio.gather(*(one(i, path, parts) for i, (path, parts) in enumerate(plan)))
         return {"files": files}
 
     async def _store(self, src: Path, path: str, rf: int | None) -> dict[str, Any]:
@@ -566,5 +638,10 @@ class SphereService:
         return {"ok": True}
 
 
-def _missing(p: Path) -> bool:
-    raise NotFound(f"bucket part {p.name} is not on this node (lost in a restart?)")
+def _missing(p: Path) -> None:
+    what = (
+        f"bucket part {p.name}"
+        if p.parent.name == "recv"
+        else f"output of attempt {p.parent.name[1:]}"
+    )
+    raise NotFound(f"{what} is not on this node (lost in a restart?)")

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from sector.sphere.driver import AsyncJob, job_options
+from sector.sphere.driver import AsyncJob, cluster_engines, job_options
 
 if TYPE_CHECKING:
     from sector.client.aio import AsyncClient
@@ -44,6 +44,11 @@ class AsyncSphere:
     def run(self, udf: Callable[..., Any], input: Any = None, **opts: Any) -> AsyncJob:
         """Start a job (it runs in the background); ``await job.wait()`` for its result."""
         return AsyncJob(self._c, udf, **job_options(input=input, **opts)).start()
+
+    async def engines(self) -> dict[str, int]:
+        """Processing engines per live node, by address."""
+        found, _topo = await cluster_engines(self._c)
+        return {addr: k for addr, k in found.values()}
 
 
 class Job:
@@ -95,6 +100,10 @@ class Sphere:
             return AsyncJob(self._client._aio, udf, **opts).start()
 
         return Job(self._client, self._client._run(start()))
+
+    def engines(self) -> dict[str, int]:
+        """Processing engines per live node, by address."""
+        return self._client._run(AsyncSphere(self._client._aio).engines())
 
 
 def _table(p: dict[str, Any]) -> Any:

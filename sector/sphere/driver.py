@@ -72,6 +72,28 @@ def _installed(mod: Any) -> bool:
     return any(f.startswith(os.path.realpath(r) + os.sep) for r in roots) or "-packages" in f
 
 
+async def cluster_engines(
+    c: AsyncClient,
+) -> tuple[dict[str, tuple[str, int]], dict[str, str]]:
+    """Live nodes that run engines: ``{node id: (address, engines)}``, and topologies.
+
+    From the entry node's member view (one cheap ping), then ``sphere.info`` of each
+    node in parallel -- not ``status``, which walks every node's records.
+    """
+    info = await c._call("node.ping", {})
+    topo = info.get("topology") or {}
+    alive = [(str(i), str(a)) for i, a in info.get("ring", []) if str(i) in topo]
+    out: dict[str, tuple[str, int]] = {}
+
+    async def one(nid: str, addr: str) -> None:
+        with contextlib.suppress(SectorError):
+            r = await c.pool.call(addr, "sphere.info", {}, timeout=5)
+            out[nid] = (addr, max(1, int(r.get("engines", 1))))
+
+    await asyncio.gather(*(one(n, a) for n, a in alive))
+    return out, {str(k): str(v or "") for k, v in topo.items()}
+
+
 def pickle_udf(fn: Callable[..., Any], param: Any) -> bytes:
     """cloudpickle the UDF with its parameter. A UDF from the user's own module (a
     script, a test file) is pickled *by value*: the nodes cannot import that module."""
@@ -105,6 +127,10 @@ class AsyncJob:
         self.id = secrets.token_hex(8)
         self.fn = fn
         self.opts = opts
+        # Pickled here, not when the job runs: a UDF that cannot be shipped is a
+        # UsageError at run(), before anything starts.
+        self.udf = pickle_udf(fn, opts.get("param"))
+        self.digest = hashlib.blake2b(self.udf, digest_size=16).hexdigest()
         self.phase = "starting"
         self.started = time.monotonic()
         self.sched: Scheduler | None = None
@@ -252,22 +278,9 @@ class AsyncJob:
             output = o["output"] = rec.normalize(output)
             if await self.c.exists(output):
                 raise AlreadyExists(f"output {output} already exists (remove it or pick another)")
-        self.udf = pickle_udf(self.fn, o.get("param"))
-        self.digest = hashlib.blake2b(self.udf, digest_size=16).hexdigest()
-        st = await self.c.status()
-        topo: dict[str, str] = {}
-        for m in st["nodes"]:
-            if m.get("state") == "up":
-                self.addr[m["id"]] = m["address"]
-                topo[m["id"]] = m.get("topology") or ""
-        engines: dict[str, int] = {}
-
-        async def info(nid: str) -> None:
-            with contextlib.suppress(SectorError):
-                r = await self.c.pool.call(self.addr[nid], "sphere.info", {}, timeout=5)
-                engines[nid] = max(1, int(r.get("engines", 1)))
-
-        await asyncio.gather(*(info(n) for n in list(self.addr)))
+        found, topo = await cluster_engines(self.c)
+        self.addr.update({nid: a for nid, (a, _k) in found.items()})
+        engines = {nid: k for nid, (_a, k) in found.items()}
         if not engines:
             raise ClusterError("no node of the cluster runs Sphere engines")
         per_node = o.get("engines")
@@ -335,6 +348,11 @@ class AsyncJob:
                     raw = await self.c.read(st["path"] + ".idx")
                 except NotFound:
                     raise UsageError(f"{st['path']} has no index file {st['path']}.idx") from None
+                if len(raw) % 8:
+                    raise UsageError(
+                        f"{st['path']}: the index {st['path']}.idx has {len(raw)} bytes, "
+                        "not a whole number of 8-byte offsets (int64)"
+                    )
                 index = check_index(np.frombuffer(raw, dtype=np.int64), st["size"], st["path"])
                 self._idx[st["path"]] = index
             out.append(InputFile(st["path"], st["size"], st["blob"], holders, index))
@@ -346,9 +364,13 @@ class AsyncJob:
     async def _expand(self, spec: str) -> list[dict[str, Any]]:
         if any(ch in spec for ch in "*?["):
             base = rec.parent(rec.normalize(spec.split("*")[0].split("?")[0].split("[")[0] + "x"))
-            pattern = rec.normalize(spec)
+            # Matched name by name, as a shell does: "*" never crosses a "/".
+            pattern = rec.normalize(spec).split("/")
             found = [
-                st for st in await self._walk(base) if fnmatch.fnmatchcase(st["path"], pattern)
+                st
+                for st in await self._walk(base)
+                if len(parts := st["path"].split("/")) == len(pattern)
+                and all(fnmatch.fnmatchcase(n, p) for n, p in zip(parts, pattern, strict=True))
             ]
             return sorted(found, key=lambda s: s["path"])
         st = await self.c.stat(spec)
@@ -675,8 +697,8 @@ def job_options(
     to_client: bool | None = None,
 ) -> dict[str, Any]:
     """Check a job's options; the mode follows from them (buckets > files > client)."""
-    if not isinstance(buckets, int) or buckets < 0:
-        raise UsageError("buckets must be a whole number >= 0")
+    if not isinstance(buckets, int) or isinstance(buckets, bool) or not 0 <= buckets <= 1 << 16:
+        raise UsageError(f"buckets must be a whole number from 0 to 65536, not {buckets!r}")
     if buckets and output is None:
         raise UsageError("a job with buckets needs an output directory")
     if replicas is not None and not 1 <= replicas <= 16:

@@ -80,21 +80,24 @@ def run_task(task: dict[str, Any]) -> dict[str, Any]:
         except OSError as exc:
             return {"error": f"cannot read the segment: {exc}", "retryable": True}
         kind = task["kind"]
-        offsets = None
-        if kind == "idx" and task.get("index") is not None:
-            offsets = np.frombuffer(task["index"], dtype=np.int64)
-        batch = Batch(
-            data,
-            kind=kind,
-            record_size=int(task.get("record_size") or 0),
-            offsets=offsets,
-            path=task.get("path", ""),
-            segment=int(task.get("segment", 0)),
-            offset=start,
-            first=int(task.get("first", 0)),
-            param=param,
-            node=task.get("node", ""),
-        )
+        try:
+            offsets = None
+            if kind == "idx" and task.get("index") is not None:
+                offsets = np.frombuffer(task["index"], dtype=np.int64)
+            batch = Batch(
+                data,
+                kind=kind,
+                record_size=int(task.get("record_size") or 0),
+                offsets=offsets,
+                path=task.get("path", ""),
+                segment=int(task.get("segment", 0)),
+                offset=start,
+                first=int(task.get("first", 0)),
+                param=param,
+                node=task.get("node", ""),
+            )
+        except ValueError as exc:  # a segment that does not fit its records (the node checks)
+            return {"error": f"bad segment: {exc}", "retryable": False}
         try:
             ret = fn(batch)
             out = normalize(ret)

@@ -65,7 +65,7 @@ def gen(
     if records < 1:
         raise UsageError("--records must be at least 1")
     if files is None:
-        files = max(len(c.status()["nodes"]), math.ceil(records * ts.RECORD / FILE_BYTES))
+        files = max(len(c.sphere.engines()), math.ceil(records * ts.RECORD / FILE_BYTES))
     if not 1 <= files <= records:
         raise UsageError("--files must be from 1 to the number of records")
     bounds = [records * i // files for i in range(files + 1)]
@@ -86,12 +86,7 @@ def sort(
 ) -> dict[str, Any]:
     if buckets is None:
         total = sum(e["size"] for e in c.ls(src) if e["type"] == "file")
-        engines = sum(
-            w.get("engines", 1)
-            for n in c.status()["nodes"]
-            for w in n.get("workers", [])
-            if w.get("name") == "sphere"
-        )
+        engines = sum(c.sphere.engines().values())
         buckets = max(engines or 2, math.ceil(total / BUCKET_BYTES))
     if not 1 <= buckets <= 1 << 16:
         raise UsageError("--buckets must be from 1 to 65536")

@@ -9,7 +9,8 @@ Rules
    with the good holders as the existing copies (so the spread rules hold for the
    repaired set), never on a node that is already listed for the file: a dead node may
    come back with its copy, and a bad copy's node would refuse the same blob id
-   (blobs are write-once).
+   (blobs are write-once). 2b: only when no other node can take one, a bad copy is
+   re-made on its own node (the write replaces bytes that fail the checksum).
 3. The record never names fewer good copies than before a repair. Dead and bad
    replicas are dropped only once the good ones reach ``rf``: until then a dead node
    may still return with its copy, and a "bad" report is not proof (a bad copy is the
@@ -132,7 +133,16 @@ def targets(
     listed = {nid for nid, _ in replicas}
     cands = [c for nid, c in live.items() if nid not in listed and nid not in draining]
     existing = [live[nid] for nid, _ in p.good]
-    return placement.choose(cands, p.rf, size=size, existing=existing, seed=seed, min_free=min_free)
+    out = placement.choose(cands, p.rf, size=size, existing=existing, seed=seed, min_free=min_free)
+    if len(out) < p.need:
+        # Rule 2b: no unlisted node can take a copy (a 3-node cluster at rf 3): re-make
+        # a bad copy in place. Its node accepts the blob id again because the bytes
+        # match the record's checksum (``BlobWriter.commit`` replaces a rotten copy).
+        again = [live[nid] for nid, _ in p.bad if nid in live and nid not in draining]
+        out += placement.choose(
+            again, p.rf, size=size, existing=existing + out, seed=seed, min_free=min_free
+        )
+    return out
 
 
 def after_copy(p: Plan, stored: Sequence[Replica]) -> tuple[list[Replica], list[Replica]]:

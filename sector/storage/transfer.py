@@ -46,6 +46,7 @@ PUMP_BUF = 1 << 20
 MIN_RATE = 64 << 10  # bytes/s an upload must average after RATE_GRACE seconds
 RATE_GRACE = 30.0
 SMALL_MAX = 256 << 10  # blobs up to this size travel inline in control frames
+MAX_AUDIT = 20_000  # blob ids in one blob.missing request
 
 
 def _chain(obj: Any) -> list[tuple[str, str]]:
@@ -142,6 +143,7 @@ class BlobService:
             "blob.delete": self._h_delete,
             "blob.has": self._h_has,
             "blob.verify": self._h_verify,
+            "blob.missing": self._h_missing,
             "blob.put_small": self._h_put_small,
             "blob.replicate": self._h_replicate,
         }
@@ -398,6 +400,15 @@ class BlobService:
         except FileNotFoundError:
             return {"health": "missing"}
         return {"health": "ok" if got == checksum else "corrupt"}
+
+    async def _h_missing(self, a: dict[str, Any]) -> Any:
+        """``{blobs: [id]}``: the ones this node does not hold (a repair audit)."""
+        blobs = a.get("blobs")
+        if not isinstance(blobs, list) or len(blobs) > MAX_AUDIT:
+            raise BadRequest(f"blob.missing needs a list of at most {MAX_AUDIT} blob ids")
+        ids = [check_blob_id(b) for b in blobs]
+        exists = self.node.blobs.exists
+        return {"missing": await asyncio.to_thread(lambda: [b for b in ids if not exists(b)])}
 
     async def _h_has(self, a: dict[str, Any]) -> Any:
         blob = check_blob_id(a.get("blob"))

@@ -153,3 +153,26 @@ def test_rf_lowered_trims_raised_adds_and_a_reported_bad_copy_is_replaced(
             info = c._run(c._aio.pool.call(cl.address, "node.info", {}))
             [worker] = [w for w in info["workers"] if w["name"] == "repair"]
             assert {"queue", "in_flight", "done", "failed", "last_error"} <= set(worker)
+
+
+def test_three_nodes_at_rf_3_remake_a_lost_copy_in_place(tmp_path: Path) -> None:
+    """Rule 2b: with no spare node, a copy missing from (or rotten on) its holder is
+    written there again, so `sector up`'s default cluster heals too."""
+    with ProcCluster(tmp_path / "cl", replicas=3) as cl:
+        cl.start(3)
+        data = os.urandom(5000)
+        src = tmp_path / "x.bin"
+        src.write_bytes(data)
+        with sector.connect(cl.nodes[0].address) as c:
+            st = c.put(src, "/inplace/x.bin")
+            victim = next(n for n in cl.nodes if n.node_id == st["replicas"][1]["id"])
+            copy = victim.data / "blobs" / st["blob"][:2] / st["blob"]
+            copy.unlink()
+
+            def back() -> bool:
+                assert c.read("/inplace/x.bin") == data  # reads fail over meanwhile
+                return copy.is_file() and copy.read_bytes() == data
+
+            wait_for(back, REPAIR_DEADLINE, interval=0.2, what="the lost copy re-made in place")
+            ids = sorted(r["id"] for r in c.stat("/inplace/x.bin")["replicas"])
+            assert ids == sorted(n.node_id for n in cl.nodes)

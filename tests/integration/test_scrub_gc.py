@@ -149,6 +149,29 @@ def test_stat_verify_shows_each_replicas_health_and_a_corrupt_one_is_replaced(
         assert r.returncode == 0 and r.stdout.count(b" ok") == 3, r.stdout
 
 
+def test_audit_finds_a_copy_deleted_behind_the_metadatas_back(
+    cluster: ProcCluster, tmp_path: Path
+) -> None:
+    """No read meets it and the scrubber cannot see what is not there: the owners'
+    audit (holders asked for the blobs their records list) finds it."""
+    cl = cluster
+    data = b"audited " * 3000
+    src = tmp_path / "a.bin"
+    src.write_bytes(data)
+    with sector.connect(cl.address) as c:
+        st = c.put(src, "/scrub/a.bin")
+        holder = next(n for n in cl.nodes if n.node_id == st["replicas"][1]["id"])
+        _blob_file(holder, st["blob"]).unlink()
+        found = sum(_call(c, n.address, "repair.audit")["missing"] for n in cl.nodes)
+        assert found == 1  # exactly one owner lists it, and says so once
+        wait_for(
+            lambda: _healthy(cl, c, "/scrub/a.bin", data, bad=holder.node_id),
+            DEADLINE,
+            interval=0.3,
+            what="the missing copy re-made elsewhere",
+        )
+
+
 UPLOADER = textwrap.dedent(
     """
     import asyncio, os, sys

@@ -151,7 +151,8 @@ def test_thrash(tmp_path: Path) -> None:
     rng = random.Random(seed)
     # The collector looks at blobs older than a few seconds (default 10 min), so the
     # end of the test can check that no orphan bytes remain.
-    gc_args = ["--gc-grace", "5", "--gc-interval", "2"]
+    # Time scales shrunk to fit a test: the collector and the audit run every few seconds.
+    gc_args = ["--gc-grace", "5", "--gc-interval", "2", "--audit-interval", "20"]
     with ProcCluster(tmp_path / "cl", replicas=R, node_args=gc_args) as cl:
         cl.start(NODES)
         chaos = Chaos(cl, random.Random(seed + 1))

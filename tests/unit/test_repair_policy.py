@@ -59,6 +59,20 @@ def test_a_bad_copy_is_replaced_then_deleted_but_never_the_last_one() -> None:
     assert only.good == [] and after_copy(only, [])[0] == reps("b")
 
 
+def test_a_bad_copy_is_remade_in_place_only_when_no_other_node_can_take_it() -> None:
+    # Rule 2b. Three nodes at rf 3: the bad copy's own node is the only place left.
+    up = live("a", "b", "c")
+    p = plan(reps("a", "b", "c"), 3, up, bad={"b"})
+    new = targets(p, reps("a", "b", "c"), up, size=10, seed="x")
+    assert [c.node_id for c in new] == ["b"]
+    replicas, _ = after_copy(p, reps("b"))
+    assert sorted(replicas) == sorted(reps("a", "b", "c"))
+    # A fourth node up: the copy goes there, never back onto the bad node.
+    up4 = live("a", "b", "c", "d")
+    p4 = plan(reps("a", "b", "c"), 3, up4, bad={"b"})
+    assert [c.node_id for c in targets(p4, reps("a", "b", "c"), up4, size=10, seed="x")] == ["d"]
+
+
 def test_extra_copies_are_trimmed_keeping_the_spread() -> None:
     up = {
         "a": node("a", "/dc1/r1"),
