@@ -133,6 +133,8 @@ class AsyncJob:
         self.digest = hashlib.blake2b(self.udf, digest_size=16).hexdigest()
         self.phase = "starting"
         self.started = time.monotonic()
+        self.phases: dict[str, float] = {}  # seconds spent in each phase (the result's)
+        self._phase_at = self.started
         self.sched: Scheduler | None = None
         self.segments: list[Segment] = []
         self.error: str | None = None
@@ -211,7 +213,7 @@ class AsyncJob:
             files: list[dict[str, Any]] = []
             for _round in range(MAX_ROUNDS):
                 await self._run_all()
-                self.phase = "committing"
+                self._set_phase("committing")
                 try:
                     files = await self._commit()
                     break
@@ -220,22 +222,27 @@ class AsyncJob:
             else:
                 raise JobFailed(f"job {self.id}: output kept being lost while committing")
             if output is not None:
-                self.phase = "renaming"
+                self._set_phase("renaming")
                 parent = rec.parent(output)
                 if parent != "/":
                     await self.c.mkdir(parent, parents=True)
                 await self.c.mv(f"{STAGING}/{self.id}", output)
                 staged = False
                 files = [{**f, "path": rec.join(output, rec.basename(f["path"]))} for f in files]
-            self.phase = "done"
+            self._set_phase("done")
             self.result = self._summary(files)
             return self.result
         except BaseException as exc:
-            self.phase = "failed"
+            self._set_phase("failed")
             self.error = self.error or str(exc)
             raise
         finally:
             await self._cleanup(staged)
+
+    def _set_phase(self, phase: str) -> None:
+        now = time.monotonic()
+        self.phases[self.phase] = round(self.phases.get(self.phase, 0.0) + now - self._phase_at, 3)
+        self.phase, self._phase_at = phase, now
 
     def _summary(self, files: list[dict[str, Any]]) -> dict[str, Any]:
         ordered = [self.winners[s.id][2] for s in self.segments if s.id in self.winners]
@@ -250,6 +257,7 @@ class AsyncJob:
             "speculative": self.speculative,
             "failed_attempts": self.sched.progress()["failed_attempts"] if self.sched else 0,
             "lost_nodes": sorted(self.addr.get(n, n) for n in self.lost),
+            "phases": dict(self.phases),
             "files": files,
         }
         if self.opts.get("mode") == "client":
@@ -326,7 +334,7 @@ class AsyncJob:
             # cores it only slows the others: speculate on real stragglers.
             spec_min=SPEC_MIN,
         )
-        self.phase = "running"
+        self._set_phase("running")
 
     async def _input_files(self, spec: Any, records: Any) -> list[InputFile]:
         if spec is None:

@@ -117,7 +117,10 @@ def sort(
         "records": s2["records_out"],
         "seconds": round(s1["seconds"] + s2["seconds"], 3),
         "stages": [
-            {k: s[k] for k in ("job", "seconds", "segments", "speculative", "failed_attempts")}
+            {
+                k: s[k]
+                for k in ("job", "seconds", "segments", "speculative", "failed_attempts", "phases")
+            }
             for s in (s1, s2)
         ],
     }
