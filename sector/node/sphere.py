@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import multiprocessing
 import os
@@ -543,6 +544,9 @@ class SphereService:
             not isinstance(rf, int) or isinstance(rf, bool) or not 1 <= rf <= 16
         ):
             raise BadRequest("rf must be from 1 to 16")
+        durable = a.get("durable", True)
+        if not isinstance(durable, bool):
+            raise BadRequest("durable must be true or false")
         # Every item is checked, and every part found, before any file is made: a bad
         # commit stores nothing. Output goes only under the job's staging directory
         # (the driver renames it into place), never elsewhere in the namespace.
@@ -582,12 +586,14 @@ class SphereService:
                 else:
                     out = commit / f"f{i}"
                     await asyncio.to_thread(_concat, parts, out)
-                return await self._store(out, path, rf)
+                return await self._store(out, path, rf, durable)
 
         files = await asyncio.gather(*(one(i, path, parts) for i, (path, parts) in enumerate(plan)))
         return {"files": files}
 
-    async def _store(self, src: Path, path: str, rf: int | None) -> dict[str, Any]:
+    async def _store(
+        self, src: Path, path: str, rf: int | None, durable: bool = True
+    ) -> dict[str, Any]:
         """Make a Sector file of a local file: first copy here (sealed in place), the
         others chain-copied from here, then the record -- as a put would, minus the
         two copies of the bytes through this node's own socket."""
@@ -610,7 +616,9 @@ class SphereService:
                 self._client = AsyncClient(node.addr, timeout=node.cfg.rpc_timeout * 6)
             return await self._client.put(src, path, replicas=rf)
         blob = plan["blob"]
-        size, checksum = await asyncio.to_thread(node.blobs.adopt, src, blob, plan["path"])
+        size, checksum = await asyncio.to_thread(
+            functools.partial(node.blobs.adopt, src, blob, plan["path"], sync=durable)
+        )
         stored: list[list[str]] = [me]
         if len(targets) > 1:
             chain = [(str(n), str(a)) for n, a in targets[1:]]

@@ -20,6 +20,8 @@ Options (keyword-only; see ``driver.job_options``):
     replicas  replica target of the output files (default: the cluster's)
     min_unit / max_unit   bounds of a segment's size in bytes (1 MiB / 256 MiB)
     speculate run a backup of a straggling segment elsewhere (default True)
+    durable   fsync the output (default True); False for intermediate data that a
+              later stage consumes and the job would recompute if lost
 """
 
 from __future__ import annotations

@@ -666,7 +666,12 @@ class AsyncJob:
                 rep = await self.c.pool.call(
                     self.addr[nid],
                     "sphere.commit",
-                    {"job": self.id, "rf": rf, "items": its},
+                    {
+                        "job": self.id,
+                        "rf": rf,
+                        "items": its,
+                        "durable": bool(self.opts.get("durable", True)),
+                    },
                     timeout=3600,
                 )
                 files.extend(rep.get("files", []))
@@ -703,6 +708,7 @@ def job_options(
     engines: int | None = None,
     name: str | None = None,
     to_client: bool | None = None,
+    durable: bool = True,
 ) -> dict[str, Any]:
     """Check a job's options; the mode follows from them (buckets > files > client)."""
     if not isinstance(buckets, int) or isinstance(buckets, bool) or not 0 <= buckets <= 1 << 16:
@@ -740,4 +746,5 @@ def job_options(
         "engines": engines,
         "name": name,
         "mode": mode,
+        "durable": durable,
     }

@@ -100,6 +100,7 @@ def sort(
             buckets=buckets,
             param=buckets,
             replicas=1,
+            durable=False,  # intermediate: only stage 2 reads it, and its output is fsynced
             name="terasort 1/2 (buckets)",
         ).wait(progress=progress)
         s2 = c.sphere.run(

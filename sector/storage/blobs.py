@@ -262,13 +262,14 @@ class BlobStore:
             raise NoSpace(f"not enough space for {size} bytes ({free} free, floor {self.min_free})")
         return BlobWriter(self, blob, size, path)
 
-    def adopt(self, src: Path, blob: str, path: str = "") -> tuple[int, str]:
+    def adopt(self, src: Path, blob: str, path: str = "", *, sync: bool = True) -> tuple[int, str]:
         """Seal a file already on this node's disk as a new blob; (size, checksum).
 
         For output made on the node itself (Sphere): hashing it, fsyncing it and
         linking it into place costs no copy of the bytes, where a put through the
         node's own socket would copy them twice. ``src`` must be on the data disk and
-        never written again. Blocking: call from a thread.
+        never written again. ``sync=False`` skips the fsyncs: for a job's intermediate
+        output, which the job recomputes if it is lost. Blocking: call from a thread.
         """
         check_blob_id(blob)
         if self.refuse:
@@ -278,13 +279,15 @@ class BlobStore:
         size = src.stat().st_size
         checksum = checksum_file(src)
         try:
-            fd = os.open(src, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            if sync:
+                fd = os.open(src, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
             os.link(src, final)
-            fsync_dir(final.parent)
+            if sync:
+                fsync_dir(final.parent)
         except FileExistsError:
             raise AlreadyExists(f"blob {blob} already exists") from None
         except OSError as exc:
