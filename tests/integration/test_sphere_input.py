@@ -20,6 +20,7 @@ import math
 import struct
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,13 +42,17 @@ from sector.testing.cluster import NodeProc, ProcCluster, wait_for
 from sector.transport.rpc import RpcPool
 
 CALL_TIMEOUT = 10.0
+STALL_TIMEOUT = 1.5  # --stall-timeout of the nodes (the default is 10 s)
+BULK_STALL = 3 * STALL_TIMEOUT  # a bulk stream may pause this long
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcCluster]:
     root = tmp_path_factory.mktemp("sphere-input")
     # One engine a node: these tests run beside others on a 2-core machine.
-    with ProcCluster(root / "cl", replicas=2, node_args=["--engines", "1"]) as cl:
+    with ProcCluster(
+        root / "cl", replicas=2, node_args=["--engines", "1", "--stall-timeout", str(STALL_TIMEOUT)]
+    ) as cl:
         cl.start(2)
         yield cl
 
@@ -206,12 +211,29 @@ def run_to_end(node: NodeProc, args: dict[str, Any]) -> dict[str, Any]:
     return got
 
 
-def assert_unharmed(cluster: ProcCluster, node: NodeProc, attempts: int, dirs: set[str]) -> None:
-    """Alive, answering, nothing started or staged by the bad calls, and still working."""
+@dataclass(frozen=True)
+class Before:
+    """What bad messages must not change: attempts started, job directories on the
+    node, the namespace."""
+
+    attempts: int
+    dirs: set[str]
+    names: list[str]
+
+
+def snapshot(cluster: ProcCluster, node: NodeProc) -> Before:
+    with sector.connect(cluster.address) as c:
+        return Before(attempts_on(node), job_dirs(node), namespace(c))
+
+
+def assert_unharmed(cluster: ProcCluster, node: NodeProc, before: Before) -> None:
+    """Alive, answering, nothing started or stored by the bad calls, and still working."""
     assert node.alive, "the node process died"
     assert rpc(node.address, "node.ping", {})["address"] == node.address
-    assert attempts_on(node) == attempts, "a malformed sphere.run started an attempt"
-    assert job_dirs(node) == dirs, "a malformed message left a job directory"
+    assert attempts_on(node) == before.attempts, "a malformed sphere.run started an attempt"
+    assert job_dirs(node) == before.dirs, "a malformed message left a job directory"
+    with sector.connect(cluster.address) as c:
+        assert namespace(c) == before.names, "a malformed message stored a file"
     # No handler fell over into "handler failed" (logged with a traceback).
     assert "Traceback" not in node.log.read_text(errors="replace"), node.log.read_text()[-3000:]
     job = new_job()
@@ -337,9 +359,9 @@ def test_sphere_run_refuses_malformed_messages(
         ("idx index not covering", seg(kind="idx", index=short_idx), BadRequest),
         ("idx index backwards", seg(kind="idx", index=backwards), BadRequest),
     ]
-    attempts, dirs = attempts_on(target), job_dirs(target)
+    before = snapshot(cluster, target)
     assert_refused(addr, "sphere.run", cases)
-    assert_unharmed(cluster, target, attempts, dirs)
+    assert_unharmed(cluster, target, before)
 
 
 # ---------------------------------------------------------------- sphere.poll / info / cleanup
@@ -363,7 +385,7 @@ def test_sphere_poll_info_cleanup_refuse_malformed_messages(
         ("ack a string", {**base, "ack": "1"}, BadRequest),
         ("ack a map", {**base, "ack": {"1": 1}}, BadRequest),
     ]
-    attempts, dirs = attempts_on(target), job_dirs(target)
+    before = snapshot(cluster, target)
     assert_refused(addr, "sphere.poll", cases)
     assert_refused(
         addr,
@@ -380,7 +402,7 @@ def test_sphere_poll_info_cleanup_refuse_malformed_messages(
     assert rpc(addr, "sphere.cleanup", {"job": job}) == {"ok": True}
     # info takes no arguments: junk ones are ignored.
     assert rpc(addr, "sphere.info", {"job": [1], "x": None})["engines"] == 1
-    assert_unharmed(cluster, target, attempts, dirs)
+    assert_unharmed(cluster, target, before)
 
 
 # ---------------------------------------------------------------- sphere.push
@@ -407,45 +429,63 @@ def test_sphere_push_refuses_malformed_headers(cluster: ProcCluster, target: Nod
         ("size negative", {**base, "size": -1}, BadRequest),
         ("size bigger than the disk", {**base, "size": 1 << 62}, NoSpace),
     ]
-    attempts, dirs = attempts_on(target), job_dirs(target)
+    before = snapshot(cluster, target)
     for name, args, want in cases:
         with pytest.raises(SectorError) as ei:
             bulk(addr, "sphere.push", args, b"abc")
         assert type(ei.value) is want, f"[{name}]: {type(ei.value).__name__}: {ei.value}"
-    assert_unharmed(cluster, target, attempts, dirs)
+    assert_unharmed(cluster, target, before)
 
 
-def test_sphere_push_cut_off_leaves_no_part(cluster: ProcCluster, target: NodeProc) -> None:
-    """A push that promises 1 MiB, sends 1000 bytes and hangs up: no part is kept,
-    not even a temp file, and the node goes on."""
+@pytest.mark.parametrize("how", ["hangs up", "goes silent"])
+def test_sphere_push_cut_off_leaves_no_part(
+    cluster: ProcCluster, target: NodeProc, how: str
+) -> None:
+    """A push that promises 1 MiB, sends 1000 bytes, then hangs up or sends nothing
+    more: no part is kept, not even a temp file, and the node goes on."""
     job = new_job()
     args = {"job": job, "bucket": 3, "attempt": 0, "size": 1 << 20}
-    attempts = attempts_on(target)
+    before = snapshot(cluster, target)
+    tag = ""
 
     async def cut() -> None:
+        nonlocal tag
         pool = RpcPool(timeout=CALL_TIMEOUT)
         chan = await pool.open_bulk(target.address, "sphere.push", args)
         try:
+            host, port = chan.writer.get_extra_info("sockname")[:2]
+            tag = f"('{host}', {port})"  # how the node's log names this connection
             await chan.write(b"x" * 1000)
             # The receiver is writing its temp file before we hang up on it.
             await asyncio.to_thread(
                 wait_for, lambda: recv_files(target, job), 10, 0.02, "the push to start"
             )
+            if how == "goes silent":
+                # The node gives up on its own after the bulk stall timeout.
+                await asyncio.to_thread(
+                    wait_for,
+                    lambda: not recv_files(target, job),
+                    BULK_STALL + 10,
+                    0.05,
+                    "the stalled part to be removed",
+                )
         finally:
             await chan.close()
             await pool.close()
 
     asyncio.run(cut())
     wait_for(lambda: not recv_files(target, job), 10, what="the cut-off part to be removed")
-    assert "b3.a0" not in recv_files(target, job)
-    log = wait_for(
-        lambda: [ln for ln in target.log.read_text().splitlines() if "sphere.push" in ln],
+    wait_for(
+        lambda: [
+            ln
+            for ln in target.log.read_text().splitlines()
+            if tag in ln and "sphere.push" in ln and "failed" in ln
+        ],
         10,
         what="a log line about the cut-off push",
     )
-    assert "Traceback" not in target.log.read_text(), log
     rpc(target.address, "sphere.cleanup", {"job": job})
-    assert_unharmed(cluster, target, attempts, job_dirs(target))
+    assert_unharmed(cluster, target, before)
 
 
 # ---------------------------------------------------------------- sphere.resend / commit
@@ -496,11 +536,11 @@ def test_sphere_resend_refuses_malformed_messages(
         ("bucket address an int", {**base, "buckets": {"1": 5}}, BadRequest),
         ("bucket address no port", {**base, "buckets": {"1": "nohost"}}, BadRequest),
     ]
-    attempts, dirs = attempts_on(target), job_dirs(target)
+    before = snapshot(cluster, target)
     assert_refused(addr, "sphere.resend", cases)
     # The well-formed one still works: the part is linked again where it is.
     assert rpc(addr, "sphere.resend", base) == {"undelivered": []}
-    assert_unharmed(cluster, target, attempts, dirs)
+    assert_unharmed(cluster, target, before)
 
 
 def test_sphere_commit_refuses_malformed_messages_and_stores_nothing(
@@ -552,12 +592,12 @@ def test_sphere_commit_refuses_malformed_messages_and_stores_nothing(
         ("rf zero", {**items(good), "rf": 0}, BadRequest),
         ("rf huge", {**items(good), "rf": 17}, BadRequest),
         ("rf a string", {**items(good), "rf": "2"}, BadRequest),
+        ("durable a string", {**items(good), "durable": "no"}, BadRequest),
     ]
+    before = snapshot(cluster, target)
     with sector.connect(cluster.address) as c:
-        before = namespace(c)
-        attempts, dirs = attempts_on(target), job_dirs(target)
         assert_refused(addr, "sphere.commit", cases)
-        assert namespace(c) == before, "a refused commit stored a file"
+        assert namespace(c) == before.names, "a refused commit stored a file"
         assert not c.exists(stage)
         assert not c.exists("/evil")
         # The same job's well-formed commit works after all that: both modes.
@@ -573,7 +613,7 @@ def test_sphere_commit_refuses_malformed_messages_and_stores_nothing(
         assert c.read(f"{stage}/bucket-00000") == b"a"
         assert c.read(f"{stage}/part-00000") == b"42"
         c.rm(stage, recursive=True)
-        assert_unharmed(cluster, target, attempts, dirs)
+    assert_unharmed(cluster, target, before)
 
 
 # ---------------------------------------------------------------- records="idx"
