@@ -205,7 +205,9 @@ class FsService:
             return
         for _nid, addr in r.replicas:
             with contextlib.suppress(SectorError, OSError):
-                await self.node.pool.call(addr, "blob.delete", {"blobs": [r.blob]}, timeout=5.0)
+                await self.node.pool.call(
+                    addr, "blob.delete", {"blobs": [r.blob], "path": r.path}, timeout=5.0
+                )
 
     def _spawn_delete(self, r: Record | None, keep: str | None = None) -> None:
         task = asyncio.create_task(self.delete_blobs(r, keep=keep), name="blob-delete")
