@@ -32,7 +32,7 @@ import re
 import shutil
 import socket
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -178,6 +178,11 @@ class SphereService:
         self.jobs: dict[str, JobState] = {}
         self._client: AsyncClient | None = None
         self._fetching: dict[str, asyncio.Future[Path]] = {}
+        # Bulk file work of the shuffle (receive, concatenate, hash) on threads of its
+        # own: on the loop's default executor a burst of pushes would queue the
+        # metadata service's work behind minutes of copying. Its size is the cap on
+        # parts received at once; the others wait in their senders' TCP buffers.
+        self.io = ThreadPoolExecutor(8, thread_name_prefix="sphere-io")
         self.stats = {"attempts": 0, "failed": 0, "pushed": 0, "received": 0}
 
     def handlers(self) -> dict[str, Any]:
@@ -211,8 +216,12 @@ class SphereService:
             self._drop(j)
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
+        self.io.shutdown(wait=False, cancel_futures=True)
         if self._client is not None:
             await self._client.close()
+
+    async def _io(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.io, fn, *args)
 
     # ------------------------------------------------------------------ engines
 
@@ -393,15 +402,13 @@ class SphereService:
                     if raw is None:
                         raise ConnectError("no raw socket for the segment fetch")
                     try:
-                        await asyncio.to_thread(
-                            _recv_into_file, raw, chan.take_buffered(size), size, tmp
-                        )
+                        await self._io(_recv_into_file, raw, chan.take_buffered(size), size, tmp)
                     finally:
                         raw.close()
                 finally:
                     await chan.close()
                 if isinstance(src["checksum"], str):
-                    got = await asyncio.to_thread(checksum_file, tmp)
+                    got = await self._io(checksum_file, tmp)
                     if got != src["checksum"]:
                         raise SectorError(f"copy at {addr} does not match its checksum")
                 os.replace(tmp, dst)
@@ -468,7 +475,7 @@ class SphereService:
         if raw is None:
             raise BadRequest("bucket parts need a plain TCP stream")
         try:
-            await asyncio.to_thread(_recv_into_file, raw, chan.take_buffered(size), size, tmp)
+            await self._io(_recv_into_file, raw, chan.take_buffered(size), size, tmp)
         except BaseException:
             # A sender that hung up (or a job dropped meanwhile) leaves no partial part.
             with contextlib.suppress(OSError):
@@ -585,7 +592,7 @@ class SphereService:
                     out = parts[0]  # sealed as it is (a link, no copy)
                 else:
                     out = commit / f"f{i}"
-                    await asyncio.to_thread(_concat, parts, out)
+                    await self._io(_concat, parts, out)
                 return await self._store(out, path, rf, durable)
 
         files = await asyncio.gather(*(one(i, path, parts) for i, (path, parts) in enumerate(plan)))
@@ -616,7 +623,7 @@ class SphereService:
                 self._client = AsyncClient(node.addr, timeout=node.cfg.rpc_timeout * 6)
             return await self._client.put(src, path, replicas=rf)
         blob = plan["blob"]
-        size, checksum = await asyncio.to_thread(
+        size, checksum = await self._io(
             functools.partial(node.blobs.adopt, src, blob, plan["path"], sync=durable)
         )
         stored: list[list[str]] = [me]
