@@ -158,6 +158,8 @@ class AsyncJob:
         self._idx: dict[str, np.ndarray] = {}
         self._tb: str | None = None
         self._failed: BaseException | None = None
+        # seg -> (attempt, its commit started as soon as it won; files mode)
+        self._early: dict[int, tuple[int, asyncio.Future[list[dict[str, Any]] | None]]] = {}
 
     # ------------------------------------------------------------------ public
 
@@ -265,6 +267,12 @@ class AsyncJob:
         return res
 
     async def _cleanup(self, staged: bool) -> None:
+        # Early commits finish first: one still running would write into the staging
+        # directory after it is removed.
+        for _att, fut in self._early.values():
+            with contextlib.suppress(BaseException):
+                await fut
+
         async def one(nid: str) -> None:
             with contextlib.suppress(SectorError, OSError):
                 await self.c.pool.call(
@@ -552,6 +560,12 @@ class AsyncJob:
         if not won:
             return
         self.winners[s.seg] = (att, nid, r)
+        if self.opts.get("mode") == "files" and self.opts.get("output") is not None:
+            # Seal this segment's output now, while others still run: its hashing and
+            # fsync overlap their work instead of queueing at the end (it is still under
+            # the staging directory; the job's output appears only at the rename).
+            item = {"path": f"{STAGING}/{self.id}/part-{s.seg:05d}", "attempt": att}
+            self._early[s.seg] = (att, asyncio.ensure_future(self._commit_on(nid, [item])))
         if self.opts.get("mode") != "buckets":
             return
         parts = {int(b) for b in (r.get("parts") or {})}
@@ -638,7 +652,6 @@ class AsyncJob:
         mode = self.opts.get("mode")
         if mode not in ("files", "buckets"):
             return []
-        rf = self.opts.get("replicas")
         stage = f"{STAGING}/{self.id}"
         items: dict[str, list[dict[str, Any]]] = {}
         if mode == "buckets":
@@ -652,33 +665,27 @@ class AsyncJob:
                 items.setdefault(nid, []).append(
                     {"path": f"{stage}/bucket-{b:05d}", "bucket": b, "attempts": atts}
                 )
-        else:
+        files: list[dict[str, Any]] = []
+        if mode == "files":
             for s in self.segments:
                 att, nid, _r = self.winners[s.id]
+                early = self._early.get(s.id)
+                if early is not None and early[0] == att:
+                    got = await early[1]  # committed while the stage ran
+                    if got is not None:
+                        files.extend(got)
+                        continue
                 items.setdefault(nid, []).append(
                     {"path": f"{stage}/part-{s.id:05d}", "attempt": att}
                 )
-        files: list[dict[str, Any]] = []
         lost: list[str] = []
 
         async def one(nid: str, its: list[dict[str, Any]]) -> None:
-            try:
-                rep = await self.c.pool.call(
-                    self.addr[nid],
-                    "sphere.commit",
-                    {
-                        "job": self.id,
-                        "rf": rf,
-                        "items": its,
-                        "durable": bool(self.opts.get("durable", True)),
-                    },
-                    timeout=3600,
-                )
-                files.extend(rep.get("files", []))
-            except TransportError:
+            got = await self._commit_on(nid, its)
+            if got is None:
                 lost.append(nid)
-            except NotFound:
-                lost.append(nid)  # it restarted: its staged parts are gone
+            else:
+                files.extend(got)
 
         await asyncio.gather(*(one(n, its) for n, its in items.items()))
         if lost:
@@ -686,6 +693,27 @@ class AsyncJob:
                 await self._node_lost(nid)
             raise _Reopened()
         return sorted(files, key=lambda f: f["path"])
+
+    async def _commit_on(
+        self, nid: str, items: list[dict[str, Any]]
+    ) -> list[dict[str, Any]] | None:
+        """Have a node seal staged output as Sector files; None if the node is gone (or
+        restarted, which lost its staged parts)."""
+        try:
+            rep = await self.c.pool.call(
+                self.addr[nid],
+                "sphere.commit",
+                {
+                    "job": self.id,
+                    "rf": self.opts.get("replicas"),
+                    "items": items,
+                    "durable": bool(self.opts.get("durable", True)),
+                },
+                timeout=3600,
+            )
+        except (TransportError, NotFound):
+            return None
+        return list(rep.get("files", []))
 
 
 class _Reopened(Exception):
