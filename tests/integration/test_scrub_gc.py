@@ -172,6 +172,65 @@ def test_audit_finds_a_copy_deleted_behind_the_metadatas_back(
         )
 
 
+def test_a_rename_cut_short_leaves_both_names_and_removing_one_keeps_the_other(
+    cluster: ProcCluster, tmp_path: Path
+) -> None:
+    """A rename is: holders learn the new path, the new record, then the old one goes.
+    Cut after the new record (the entry node killed), two records name one blob;
+    removing the old name must not take the new one's bytes -- now or when the
+    collector looks after its grace."""
+    from sector.meta import records as rec
+    from sector.meta.records import FileRecord
+
+    cl = cluster
+    data = b"renamed but cut short " * 2000
+    src = tmp_path / "m.bin"
+    src.write_bytes(data)
+    with sector.connect(cl.address) as c:
+        st = c.put(src, "/scrub/m1.bin")
+        # The first two steps of a rename, by hand (what fs.mv does before the delete).
+        for r in st["replicas"]:
+            _call(c, r["address"], "blob.alias", {"blob": st["blob"], "path": "/scrub/m2.bin"})
+        moved = FileRecord(
+            path="/scrub/m2.bin",
+            v=(0, 0, ""),
+            size=st["size"],
+            checksum=st["checksum"],
+            blob=st["blob"],
+            replicas=[(r["id"], r["address"]) for r in st["replicas"]],
+            rf=st["rf"],
+            ctime=st["ctime"],
+            mtime=st["mtime"],
+        )
+        args = {
+            "path": "/scrub/m2.bin",
+            "op": "put_file",
+            "args": {"record": rec.to_builtins(moved)},
+        }
+        _call(c, cl.address, "meta.op", args)
+        _call(
+            c,
+            cl.address,
+            "meta.op",
+            {"path": "/scrub", "op": "add_child", "args": {"name": "m2.bin", "kind": "file"}},
+        )
+        assert c.read("/scrub/m2.bin") == data
+        c.rm("/scrub/m1.bin")
+        assert c.read("/scrub/m2.bin") == data
+        # Past the collector's grace (and two confirming passes), still there.
+        by_id = {n.node_id: n for n in cl.nodes}
+        holders = [by_id[r["id"]] for r in st["replicas"]]
+        passes = {n.index: _worker(c, n, "gc")["passes"] for n in holders}
+        wait_for(
+            lambda: all(_worker(c, n, "gc")["passes"] >= passes[n.index] + 3 for n in holders),
+            DEADLINE,
+            interval=0.5,
+            what="three collector passes on every holder",
+        )
+        assert all(_blob_file(n, st["blob"]).is_file() for n in holders)
+        assert c.read("/scrub/m2.bin") == data
+
+
 UPLOADER = textwrap.dedent(
     """
     import asyncio, os, sys
