@@ -168,6 +168,12 @@ class BlobWriter:
             # never reach): refusing would fail every repair that places a copy here,
             # and placement picks the same node for this blob every time.
             rotten = False
+            # The inventory learns the blob's path *before* the blob appears: a kill
+            # between the two leaves a row without a blob (dropped by the next
+            # reconcile), never a blob without a path, which the collector could not
+            # ask the metadata about and would keep for ever.
+            if self.store.inventory is not None:
+                self.store.inventory.record(self.blob, self.path, self.size, got, time.time())
             try:
                 os.link(self.tmp, final)
                 self.fresh = True
@@ -182,9 +188,9 @@ class BlobWriter:
             else:
                 os.unlink(self.tmp)
             fsync_dir(final.parent)
-            if self.store.inventory is not None:
+            if rotten and self.store.inventory is not None:
                 self.store.inventory.record(
-                    self.blob, self.path, self.size, got, time.time(), replace=rotten
+                    self.blob, self.path, self.size, got, time.time(), replace=True
                 )
         except OSError as exc:
             self.abort()
@@ -278,6 +284,8 @@ class BlobStore:
         final.parent.mkdir(exist_ok=True)
         size = src.stat().st_size
         checksum = checksum_file(src)
+        if self.inventory is not None:  # before the link: see BlobWriter.commit
+            self.inventory.record(blob, path, size, checksum, time.time())
         try:
             if sync:
                 fd = os.open(src, os.O_RDONLY)
@@ -292,8 +300,6 @@ class BlobStore:
             raise AlreadyExists(f"blob {blob} already exists") from None
         except OSError as exc:
             raise NoSpace(f"cannot store blob {blob}: {exc.strerror}") from None
-        if self.inventory is not None:
-            self.inventory.record(blob, path, size, checksum, time.time())
         self.used += size
         self.count += 1
         return size, checksum

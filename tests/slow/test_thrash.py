@@ -35,7 +35,9 @@ pytestmark = pytest.mark.slow
 
 R = 3
 NODES = 7
-SETTLE_DEADLINE = 300.0  # seconds for repair to bring every file back to R good copies
+SETTLE_DEADLINE = (
+    600.0  # seconds for repair to bring every file back to R good copies (~40-130 s seen)
+)
 
 
 class Chaos:
@@ -174,6 +176,9 @@ def settle_unknown(
                 deleted.add(path)
 
 
+# The workload, then up to SETTLE_DEADLINE for the copies and as long for the orphans:
+# past the suite's default 600 s per test.
+@pytest.mark.timeout(1800)
 def test_thrash(tmp_path: Path) -> None:
     seconds = float(os.environ.get("SECTOR_THRASH_SECONDS", "180"))
     seed = int(os.environ.get("SECTOR_THRASH_SEED", str(random.randrange(1 << 30))))

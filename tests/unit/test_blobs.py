@@ -118,3 +118,39 @@ def test_a_rotten_copy_is_replaced_by_verified_bytes(tmp_path: Path) -> None:
     assert p.read_bytes() == b"first"
     assert s.used == 5 and s.count == 1
     assert not list((tmp_path / "tmp").iterdir())
+
+
+class _Killed(BaseException):
+    """Stands for SIGKILL at one instruction: nothing after it runs."""
+
+
+def test_the_inventory_knows_a_blobs_path_before_the_blob_exists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kill between the two must leave a row without a blob (dropped by reconcile),
+    never a blob without a path (which the collector could never ask about)."""
+    import os
+
+    from sector.storage.inventory import Inventory
+
+    inv = Inventory(str(tmp_path / "inv.sqlite3"))
+    s = BlobStore(tmp_path, inventory=inv)
+    b = new_blob_id()
+    w = s.writer(b, 3, "/f")
+    w.write(b"abc")
+
+    def killed(*_a: object) -> None:
+        raise _Killed
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "link", killed)
+        with pytest.raises(_Killed):
+            w.commit(checksum_of(b"abc"))
+    assert not s.exists(b)
+    assert inv.paths(b) == ["/f"]  # the path was down first
+    assert inv.reconcile({}, now=1e18) == (0, 1)  # and the blob-less row goes
+    # The same write completing: blob and path together.
+    w = s.writer(b, 3, "/f")
+    w.write(b"abc")
+    w.commit(checksum_of(b"abc"))
+    assert s.exists(b) and inv.paths(b) == ["/f"]
