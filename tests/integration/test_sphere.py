@@ -139,8 +139,15 @@ def test_lines_segments_cover_every_line_once(cluster: ProcCluster, tmp_path: Pa
 
 def test_generator_tasks_run_on_every_node_and_output_is_local(cluster: ProcCluster) -> None:
     with sector.connect(cluster.address) as c:
-        res = c.sphere.run(where_am_i, tasks=list(range(12)), output="/gen/out", replicas=1).wait()
+        job = c.sphere.run(where_am_i, tasks=list(range(12)), output="/gen/out", replicas=1)
+        res = job.wait()
         assert len(res["files"]) == 12
+        # The live view, per node: what each one did (every node pulled work).
+        p = job.progress()
+        assert p["phase"] == "done" and p["done"] == 12 and p["segments"] == 12
+        assert sorted(p["nodes"]) == sorted(cluster.addresses())
+        assert sum(n["done"] for n in p["nodes"].values()) >= 12
+        assert all(n["done"] > 0 and n["running"] == 0 for n in p["nodes"].values())
         ran_on = set()
         for f in res["files"]:
             seg, node, param = c.read(f["path"]).split()
