@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import mmap
-import os
 import time
 import traceback
 from collections.abc import Callable
@@ -167,8 +166,3 @@ def _deliver(out: Any, task: dict[str, Any]) -> dict[str, Any]:
     for bucket, chunk in split(out, int(task["nbuckets"])):
         parts[str(bucket)] = _write(outdir / f"b{bucket}", chunk)
     return {"parts": parts}
-
-
-def warm() -> int:
-    """A no-op task: makes the pool start its processes (and import numpy) ahead."""
-    return os.getpid()

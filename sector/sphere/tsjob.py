@@ -17,13 +17,14 @@ reference and the engines import them.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import secrets
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from sector.errors import UsageError
+from sector.errors import SectorError, UsageError
 from sector.sphere import terasort as ts
 from sector.sphere.batch import Batch
 
@@ -107,10 +108,8 @@ def sort(
             sort_udf, tmp, output=dst, replicas=replicas, name="terasort 2/2 (sort)"
         ).wait(progress=progress)
     finally:
-        try:
-            c.rm(tmp, recursive=True)
-        except Exception:
-            pass  # never made (stage 1 failed early) or already gone
+        with contextlib.suppress(SectorError):
+            c.rm(tmp, recursive=True)  # never made (stage 1 failed early) or gone
     return {
         "input": src,
         "output": dst,
