@@ -37,6 +37,7 @@ from typing import Any, Protocol
 
 import msgspec
 
+from sector.aio import cancel_and_wait, wait_event
 from sector.errors import (
     AlreadyExists,
     BadRequest,
@@ -128,10 +129,7 @@ class _Batcher:
         return not self._pending and not self._waiters
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._task
+        await cancel_and_wait([self._task])
 
     def submit(self, records: Iterable[Record]) -> asyncio.Future[None]:
         if self._task is None:
@@ -211,10 +209,7 @@ class MetaService:
         self._sync_task = asyncio.create_task(self._sync_loop(), name="meta-sync")
 
     async def stop(self) -> None:
-        if self._sync_task is not None:
-            self._sync_task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._sync_task
+        await cancel_and_wait([self._sync_task])
         await self._committer.stop()
         for b in self._replicators.values():
             await b.stop()
@@ -622,8 +617,7 @@ class MetaService:
     async def _sync_loop(self) -> None:
         period = 15.0
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._sync_wanted.wait(), period)
+            await wait_event(self._sync_wanted, period)
             self._sync_wanted.clear()
             await asyncio.sleep(0.2)  # let a burst of ring changes settle into one sync
             try:

@@ -33,6 +33,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from sector.aio import cancel_and_wait
 from sector.errors import BadRequest, SectorError
 from sector.ids import to_hex
 from sector.meta.records import FileRecord, Gone, kind_of
@@ -73,10 +74,7 @@ class GcWorker:
         self._task = asyncio.create_task(self._loop(), name="gc")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._task
+        await cancel_and_wait([self._task])
 
     def handlers(self) -> dict[str, Any]:
         return {"gc.now": self._h_now, "blob.alias": self._h_alias}

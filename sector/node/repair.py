@@ -27,11 +27,11 @@ Rules:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from sector.aio import cancel_and_wait, wait_event
 from sector.errors import (
     BadRequest,
     ChecksumMismatch,
@@ -109,12 +109,7 @@ class RepairWorker:
         ]
 
     async def stop(self) -> None:
-        tasks = self._tasks + list(self._running.values())
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(BaseException):
-                await t
+        await cancel_and_wait(self._tasks + list(self._running.values()))
         self.queue.close()
 
     def handlers(self) -> dict[str, Any]:
@@ -153,8 +148,7 @@ class RepairWorker:
     async def _scan_loop(self) -> None:
         await self._settled.wait()
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._scan_wanted.wait(), self.scan_interval)
+            await wait_event(self._scan_wanted, self.scan_interval)
             self._scan_wanted.clear()
             await asyncio.sleep(0.2)  # let a burst of changes make one scan
             lost, self._lost = self._lost, set()
@@ -307,8 +301,7 @@ class RepairWorker:
             nd = await asyncio.to_thread(self.queue.next_due)
             self._qlen = await asyncio.to_thread(len, self.queue)
             wait = 5.0 if nd is None else min(5.0, max(0.2, nd - time.time()))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), wait)
+            await wait_event(self._wake, wait)
 
     async def _one(self, e: Entry) -> None:
         try:

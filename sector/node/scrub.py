@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import blake3
 
+from sector.aio import cancel_and_wait
 from sector.errors import SectorError
 from sector.ids import to_hex
 from sector.storage.blobs import CHUNK
@@ -84,10 +85,7 @@ class ScrubWorker:
 
     async def stop(self) -> None:
         self._stop.set()  # a hashing thread notices within one chunk
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._task
+        await cancel_and_wait([self._task])
 
     def handlers(self) -> dict[str, Any]:
         return {"scrub.now": self._h_now}

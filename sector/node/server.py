@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import ipaddress
 import json
 import logging
@@ -28,6 +29,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from sector.aio import cancel_and_wait
 from sector.config import NodeConfig
 from sector.errors import (
     BadRequest,
@@ -296,10 +298,12 @@ class Node:
             await self._gossip_round()
         succ = next((p for p in self.state.successors if p.id != self.state.me.id), None)
         if succ is not None:
+            log.info("leaving: handing metadata to %s", succ.addr)
             try:
                 await self.meta.handoff_all(succ)
             except SectorError as exc:
                 log.warning("handoff to %s failed: %s", succ.addr, exc)
+        log.info("leaving: handoff done, stopping")
         self.members.update_self(time.monotonic(), state="left")
         with contextlib.suppress(Exception):
             await self._gossip_round()
@@ -308,11 +312,8 @@ class Node:
         await self.stop()
 
     async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(BaseException):
-                await t
+        for t in await cancel_and_wait(self._tasks):
+            log.warning("background task %s did not stop", t.get_name())
         with contextlib.suppress(Exception):
             await self.driver.stop()
         with contextlib.suppress(Exception):
@@ -496,8 +497,10 @@ class Node:
 
 def run_node(cfg: NodeConfig) -> int:
     """Run one node in the foreground until SIGTERM/SIGINT (graceful leave)."""
+    import faulthandler
     import signal
 
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # stacks on demand, for debugging
     logging.basicConfig(
         level=os.environ.get("SECTOR_LOG", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -515,8 +518,22 @@ def run_node(cfg: NodeConfig) -> int:
             return 1
         print(f"sector node {to_hex(node.state.me.id)[:8]} listening on {node.addr}", flush=True)
         loop = asyncio.get_running_loop()
+        leaving: set[asyncio.Task[None]] = set()  # a strong reference to the leave task
+
+        def on_term() -> None:
+            task = asyncio.ensure_future(node.leave())
+            leaving.add(task)
+            task.add_done_callback(leaving.discard)
+
+        def dump_tasks() -> None:
+            for task in asyncio.all_tasks():
+                buf = io.StringIO()
+                task.print_stack(file=buf)
+                log.warning("task %s:\n%s", task.get_name(), buf.getvalue())
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, lambda: asyncio.ensure_future(node.leave()))
+            loop.add_signal_handler(sig, on_term)
+        loop.add_signal_handler(signal.SIGUSR2, dump_tasks)
         await node.wait_stopped()
         return 0
 

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from sector.aio import wait_event
 from sector.errors import BadRequest, ConnectError, NoSpace, NotFound, SectorError, from_wire
 from sector.ids import to_hex
 from sector.meta import records as rec
@@ -507,8 +508,7 @@ class SphereService:
                 t.result = {"acked": True}
         if not self._unreported(j) and wait > 0:
             j.changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(j.changed.wait(), wait)
+            await wait_event(j.changed, wait)
         done: list[dict[str, Any]] = []
         budget = REPORT_MAX
         for t in self._unreported(j):

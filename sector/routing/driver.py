@@ -19,11 +19,11 @@ RPC ops (args -> result; ids travel as 40-digit hex, peers as ``[id_hex, addr]``
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+from sector.aio import cancel_and_wait
 from sector.errors import BadRequest, ClusterError, SectorError, TransportError
 from sector.ids import short, to_hex
 from sector.routing.chord import ChordState, Peer, parse_id
@@ -191,11 +191,7 @@ class ChordDriver:
 
     async def stop(self) -> None:
         tasks, self._tasks = self._tasks, []
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        await cancel_and_wait(tasks)
 
     async def _every(self, name: str, step: Callable[[], Awaitable[None]], every: float) -> None:
         while True:

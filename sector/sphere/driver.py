@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 import cloudpickle
 import numpy as np
 
+from sector.aio import wait_event
 from sector.errors import (
     AlreadyExists,
     ClusterError,
@@ -427,8 +428,7 @@ class AsyncJob:
                     if nid not in pollers or pollers[nid].done():
                         pollers[nid] = asyncio.create_task(self._poll(nid))
                 self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), 0.5)
+                await wait_event(self._wake, 0.5)
         finally:
             for t in pollers.values():
                 t.cancel()

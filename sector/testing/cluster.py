@@ -210,7 +210,17 @@ class ProcCluster:
         """SIGTERM: a graceful leave (handoff, then exit)."""
         if node.proc is not None and node.alive:
             node.proc.send_signal(signal.SIGTERM)
-            node.proc.wait(timeout)
+            try:
+                node.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                node.proc.send_signal(signal.SIGUSR1)  # the node dumps its threads' stacks
+                node.proc.send_signal(signal.SIGUSR2)  # ... and its asyncio tasks'
+                time.sleep(1)
+                tail = node.log.read_text(errors="replace")[-6000:]
+                raise TimeoutError(
+                    f"node {node.index} did not exit within {timeout:g} s of SIGTERM; "
+                    f"its log ends:\n{tail}"
+                ) from None
 
     def restart(self, node: NodeProc) -> None:
         if node.alive:
