@@ -55,6 +55,9 @@ class NodeConfig:
     gc_interval: float = 300.0  # seconds between passes
     # Sphere: processing engines (worker processes running UDFs); 0 = one per core.
     engines: int = 0
+    # Security: a directory with node.crt, node.key and ca.crt makes the node secure
+    # (TLS only, peers must prove membership, every request checked); None = open.
+    tls: Path | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
 

@@ -15,11 +15,14 @@
     │   ├── BadRequest               the node refused a malformed message
     │   ├── Unavailable              a node could not reach another one it needed
     │   ├── JobFailed                a Sphere job failed (a UDF raised: carries its traceback)
+    │   ├── PermissionDenied         the caller's identity lacks the right (write, compute, admin)
+    │   ├── CredentialError          a user credential or policy is forged, expired, revoked
     │   └── RemoteError              an unexpected failure on a node (carries its type)
     └── TransportError               the network: cannot connect, timeout, connection lost
         ├── ConnectError
         ├── Timeout
-        └── ProtocolError            garbage, oversize or malformed frames
+        ├── ProtocolError            garbage, oversize or malformed frames
+        └── CertificateError         a peer's certificate does not prove cluster membership
 
 Remote failures travel as typed error replies (``{"type": name, "msg": ..., "data": ...}``)
 and are raised again at the caller as the same class (see ``from_wire``), except
@@ -104,6 +107,14 @@ class JobFailed(ClusterError):
     """A Sphere job failed; ``data["traceback"]`` has the UDF's traceback if it raised."""
 
 
+class PermissionDenied(ClusterError):
+    """The caller is who it says, but may not do this ("alice cannot write /data/x")."""
+
+
+class CredentialError(ClusterError):
+    """A credential or policy blob was refused: forged, expired, revoked or malformed."""
+
+
 class TransportError(SectorError):
     pass
 
@@ -118,6 +129,14 @@ class Timeout(TransportError):
 
 class ProtocolError(TransportError):
     pass
+
+
+class CertificateError(TransportError):
+    """A peer's TLS certificate was not issued by the cluster CA, or is out of date.
+
+    A transport error, not a cluster one: the peer is not (provably) part of the
+    cluster, so nothing it said can be trusted, like garbage on the wire.
+    """
 
 
 # Error types that may cross the wire, by name. Anything else arrives as RemoteError.
@@ -138,6 +157,8 @@ _WIRE_TYPES: dict[str, type[SectorError]] = {
         Unavailable,
         RemoteError,
         JobFailed,
+        PermissionDenied,
+        CredentialError,
     )
 }
 

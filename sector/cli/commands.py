@@ -48,7 +48,9 @@ class ClientLike(Protocol):
 Command = Callable[[ClientLike, argparse.Namespace], None]
 
 
-def connect(address: str | None) -> ClientLike:
+def connect(
+    address: str | None, *, token: str | None = None, anonymous: bool = False
+) -> ClientLike:
     """Connect to the cluster named by ``--cluster``, ``SECTOR_CLUSTER`` or `sector up`."""
     import sector
     from sector.cli.args import parse_address
@@ -62,7 +64,7 @@ def connect(address: str | None) -> ClientLike:
         # from cluster.json, so say where to look.
         origin = "SECTOR_CLUSTER" if os.environ.get("SECTOR_CLUSTER") == addr else "cluster file"
         raise UsageError(f"{e} (from {origin})") from None
-    client: ClientLike = sector.connect(addr)
+    client: ClientLike = sector.connect(addr, token=token, anonymous=anonymous)
     return client
 
 

@@ -34,7 +34,7 @@ def _member(st: dict[str, Any], address: str) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     from sector.cli import commands
 
-    c = commands.connect(args.cluster)
+    c = commands.connect(args.cluster, token=args.token, anonymous=args.anonymous)
     try:
         rep = c.drain(args.address, cancel=args.cancel)
         if args.cancel or args.no_wait:

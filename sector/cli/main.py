@@ -56,6 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output"
     )
+    cred_help = "present this credential (default: $SECTOR_TOKEN, else `sector login`'s)"
+    common.add_argument("--token", default=argparse.SUPPRESS, help=cred_help)
+    common.add_argument(
+        "--anonymous",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="present no credential (read public data only)",
+    )
 
     p = _Parser(prog=PROG, description="Sector: a peer-to-peer storage cloud.")
     p.add_argument(
@@ -66,6 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
         help=cluster_help,
     )
     p.add_argument("--json", action="store_true", default=False, help="machine-readable output")
+    p.add_argument("--token", default=None, help=cred_help)
+    p.add_argument(
+        "--anonymous",
+        action="store_true",
+        default=False,
+        help="present no credential (read public data only)",
+    )
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def cmd(name: str, help: str) -> argparse.ArgumentParser:
@@ -89,6 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=arg_type(positive_int),
         default=None,
         help="Sphere processing engines per node (default: one per core)",
+    )
+    s.add_argument(
+        "--insecure",
+        action="store_true",
+        help="no TLS, no credentials: anyone who can reach the ports may write",
     )
 
     s = cmd("down", "stop the local cluster")
@@ -139,6 +159,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=arg_type(positive_int),
         default=None,
         help="Sphere processing engines (default: one per core)",
+    )
+    s.add_argument(
+        "--tls",
+        metavar="DIR",
+        type=Path,
+        default=None,
+        help="node.crt, node.key and ca.crt (from `sector cluster add-node`): TLS, "
+        "membership proved, every request checked (default: an open node)",
     )
     s.add_argument(
         "--host-id",
@@ -266,9 +294,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("src", metavar="SRC")
     s.add_argument("dst", metavar="DST")
 
-    from sector.cli import sphere
+    from sector.cli import security, sphere
 
     sphere.add_parsers(cmd, common)
+    security.add_parsers(cmd)
     return p
 
 
@@ -284,7 +313,18 @@ def run(args: argparse.Namespace) -> int:
         return _up(args) if args.command == "up" else _down(args)
     from sector.cli import commands
 
-    client = commands.connect(args.cluster)
+    if args.command in ("cluster", "user", "login", "logout", "whoami"):
+        from sector.cli import security
+
+        if not security.needs_client(args):
+            return security.run_local(args)
+        anonymous = args.anonymous or args.command in ("login", "logout")
+        client = commands.connect(args.cluster, token=args.token, anonymous=anonymous)
+        try:
+            return security.run_remote(client, args)
+        finally:
+            client.close()
+    client = commands.connect(args.cluster, token=args.token, anonymous=args.anonymous)
     try:
         if args.command in ("sphere", "terasort"):
             from sector.cli import sphere
@@ -321,6 +361,7 @@ def _node(args: argparse.Namespace) -> int:
                 ("gc_interval", args.gc_interval),
                 ("engines", args.engines),
                 ("audit_interval", args.audit_interval),
+                ("tls", args.tls),
             )
             if v is not None
         },
@@ -336,7 +377,9 @@ def _up(args: argparse.Namespace) -> int:
     directory = args.dir or default_cluster_dir()
     if sys.stderr.isatty():
         sys.stderr.write(f"starting {args.nodes} nodes in {directory} ...\n")
-    info = start_cluster(directory, args.nodes, args.replicas, engines=args.engines)
+    info = start_cluster(
+        directory, args.nodes, args.replicas, engines=args.engines, secure=not args.insecure
+    )
     if args.json:
         output.emit_json(info)
     else:

@@ -23,6 +23,7 @@ import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
+from ssl import SSLContext
 from typing import Any
 
 import blake3
@@ -41,6 +42,7 @@ from sector.errors import (
 )
 from sector.ids import key_id
 from sector.meta import records as rec
+from sector.security.client import ClientAuth
 from sector.storage.blobs import WriteBehind, checksum_of
 from sector.storage.transfer import SMALL_MAX
 from sector.transport.rpc import RpcPool, split_addr
@@ -120,13 +122,35 @@ def _recv_loop(
 class AsyncClient:
     """``async with AsyncClient("host:port") as c: await c.put(...)``."""
 
-    def __init__(self, address: str | None = None, *, timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        timeout: float = 60.0,
+        token: str | None = None,
+        anonymous: bool = False,
+        ssl: SSLContext | None = None,
+    ) -> None:
+        """``token``: a credential to present (default: ``SECTOR_TOKEN``, then the one
+        ``sector login`` stored for the cluster); ``anonymous``: present none. ``ssl``:
+        a context with a node certificate (a node's own client), TLS only."""
         self.address = resolve_address(address)
         try:
             split_addr(self.address)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
-        self.pool = RpcPool(timeout=timeout, connect_timeout=5.0)
+        if ssl is not None:
+            self.auth = None
+            self.pool = RpcPool(timeout=timeout, connect_timeout=5.0, ssl=ssl, tls="on")
+        else:
+            self.auth = ClientAuth(token=token, anonymous=anonymous)
+            self.pool = RpcPool(
+                timeout=timeout,
+                connect_timeout=5.0,
+                ssl=self.auth.context(),
+                tls="auto",
+                on_open=self.auth.on_open,
+            )
         self._entries = [self.address, *local_cluster_addresses(self.address)]
         self._client_host = _local_ip(self.address)
         self._ring: list[tuple[int, str]] = []
@@ -276,6 +300,28 @@ class AsyncClient:
 
     async def status(self) -> dict[str, Any]:
         res: dict[str, Any] = await self._call("fs.status", {})
+        return res
+
+    # ------------------------------------------------------------------ security
+
+    def whoami(self) -> dict[str, Any]:
+        """Who the cluster takes this client for: user (None = anonymous), cluster, tls."""
+        a = self.auth
+        return {
+            "user": a.user if a else None,
+            "cluster": a.cluster if a else None,
+            "tls": bool(a and a.secure),
+        }
+
+    async def policy(self) -> dict[str, Any]:
+        """The cluster policy as the entry node has it: version, revoked users, private
+        prefixes, the signed document and the cluster CA (``cluster`` None: open)."""
+        res: dict[str, Any] = await self._call("sec.policy", {"have": -1})
+        return res
+
+    async def put_policy(self, signed: str) -> dict[str, Any]:
+        """Hand a policy signed by the admin key to the cluster; it spreads to every node."""
+        res: dict[str, Any] = await self._call("sec.policy_put", {"policy": signed})
         return res
 
     async def drain(self, address: str, *, cancel: bool = False) -> dict[str, Any]:

@@ -25,14 +25,21 @@ READ_AHEAD = 4 << 20
 class Client:
     """``with sector.connect() as c: c.put("a.bin", "/data/a.bin")``."""
 
-    def __init__(self, address: str | None = None, *, timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        timeout: float = 60.0,
+        token: str | None = None,
+        anonymous: bool = False,
+    ) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="sector-client", daemon=True
         )
         self._thread.start()
         try:
-            self._aio = self._run(self._make(address, timeout))
+            self._aio = self._run(self._make(address, timeout, token, anonymous))
             self._run(self._aio.connect())
         except BaseException:
             self.close()
@@ -41,8 +48,10 @@ class Client:
 
         self.sphere = Sphere(self)  # Sphere jobs: ``c.sphere.run(udf, input=...)``
 
-    async def _make(self, address: str | None, timeout: float) -> AsyncClient:
-        return AsyncClient(address, timeout=timeout)
+    async def _make(
+        self, address: str | None, timeout: float, token: str | None, anonymous: bool
+    ) -> AsyncClient:
+        return AsyncClient(address, timeout=timeout, token=token, anonymous=anonymous)
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
@@ -116,6 +125,15 @@ class Client:
     def status(self) -> dict[str, Any]:
         return self._run(self._aio.status())
 
+    def whoami(self) -> dict[str, Any]:
+        return self._aio.whoami()
+
+    def policy(self) -> dict[str, Any]:
+        return self._run(self._aio.policy())
+
+    def put_policy(self, signed: str) -> dict[str, Any]:
+        return self._run(self._aio.put_policy(signed))
+
     def drain(self, address: str, *, cancel: bool = False) -> dict[str, Any]:
         return self._run(self._aio.drain(address, cancel=cancel))
 
@@ -163,6 +181,15 @@ class _RemoteRaw(io.RawIOBase):
         return len(data)
 
 
-def connect(address: str | None = None, *, timeout: float = 60.0) -> Client:
-    """A sync client; ``address`` defaults to SECTOR_CLUSTER, then the local cluster."""
-    return Client(address, timeout=timeout)
+def connect(
+    address: str | None = None,
+    *,
+    timeout: float = 60.0,
+    token: str | None = None,
+    anonymous: bool = False,
+) -> Client:
+    """A sync client; ``address`` defaults to SECTOR_CLUSTER, then the local cluster.
+
+    On a secure cluster the client presents ``token``, else ``SECTOR_TOKEN``, else the
+    credential ``sector login`` stored for that cluster; ``anonymous=True``: none."""
+    return Client(address, timeout=timeout, token=token, anonymous=anonymous)

@@ -34,6 +34,7 @@ from sector.errors import (
 )
 from sector.meta import records as rec
 from sector.meta.records import DirRecord, FileRecord, Gone, Record
+from sector.security import guard
 from sector.storage import placement
 from sector.storage.blobs import check_blob_id, new_blob_id
 from sector.transport.rpc import split_addr
@@ -217,10 +218,13 @@ class FsService:
     # ------------------------------------------------------------------ handlers
 
     async def _h_stat(self, a: dict[str, Any]) -> Any:
-        return self.describe(await self.must_get(_path(a)))
+        path = _path(a)
+        guard.read(path)
+        return self.describe(await self.must_get(path))
 
     async def _h_ls(self, a: dict[str, Any]) -> Any:
         path = _path(a)
+        guard.read(path)
         r = await self.must_get(path)
         if isinstance(r, FileRecord):
             return [self.entry(r)]
@@ -230,6 +234,7 @@ class FsService:
 
     async def _h_mkdir(self, a: dict[str, Any]) -> Any:
         path = _path(a)
+        guard.write(path)
         parents = bool(a.get("parents", False))
         await self.ensure_dir(path, parents=parents, exist_ok=parents)
         return self.describe(await self.must_get(path)) if path != "/" else None
@@ -253,6 +258,7 @@ class FsService:
             path = rec.join("/", rec.check_name(name))
         if path == "/":
             raise IsADirectory("/ is a directory")
+        guard.write(path)
         size = _opt_int(a, "size", 0, 1 << 62)
         if size is None:
             raise BadRequest("begin_put needs a size")
@@ -299,6 +305,7 @@ class FsService:
 
     async def _h_commit_put(self, a: dict[str, Any]) -> Any:
         path = _path(a)
+        guard.write(path)
         blob = check_blob_id(a.get("blob"))
         size = _opt_int(a, "size", 0, 1 << 62)
         rf = _opt_int(a, "rf", 1, MAX_RF) or self.node.cfg.replicas
@@ -351,6 +358,7 @@ class FsService:
 
     async def _h_rm(self, a: dict[str, Any]) -> Any:
         path = _path(a)
+        guard.write(path)
         if path == "/":
             raise UsageError("refusing to remove /")
         recursive = bool(a.get("recursive", False))
@@ -386,6 +394,7 @@ class FsService:
 
     async def _h_mv(self, a: dict[str, Any]) -> Any:
         src, dst = _path(a, "src"), _path(a, "dst")
+        guard.write(src)
         if src == "/":
             raise UsageError("cannot move /")
         r = await self.must_get(src)
@@ -393,6 +402,7 @@ class FsService:
         if isinstance(d, DirRecord):
             dst = rec.join(dst, rec.basename(src))
             d = await self.get(dst)
+        guard.write(dst)
         if dst == src:
             return self.describe(r)
         if d is not None:
@@ -453,6 +463,7 @@ class FsService:
     async def _h_setrf(self, a: dict[str, Any]) -> Any:
         """Change a file's replica target; its owner's repair worker adds or trims copies."""
         path = _path(a)
+        guard.write(path)
         rf = _opt_int(a, "rf", 1, MAX_RF)
         if rf is None:
             raise BadRequest("setrf needs rf")

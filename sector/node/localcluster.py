@@ -32,6 +32,7 @@ from typing import Any
 
 from sector.config import read_cluster_file, sector_home
 from sector.errors import ClusterError, SectorError, UsageError
+from sector.security import local as local_security
 
 START_TIMEOUT = 15.0  # per wave of nodes, until each has written node.json
 READY_TIMEOUT = 30.0  # until status() reports every node "up"
@@ -57,10 +58,15 @@ def start_cluster(
     *,
     python: str = sys.executable,
     engines: int | None = None,
+    secure: bool = True,
     start_timeout: float = START_TIMEOUT,
     ready_timeout: float = READY_TIMEOUT,
 ) -> dict[str, Any]:
-    """Start ``nodes`` nodes in ``directory``, wait for the ring, return cluster.json."""
+    """Start ``nodes`` nodes in ``directory``, wait for the ring, return cluster.json.
+
+    ``secure`` (the default): a cluster CA and node certificates are made in the
+    directory (once), nodes serve TLS only and check every request, and the admin
+    credential is stored for this user (``sector.security.local``)."""
     if nodes < 1 or replicas < 1:
         raise UsageError("a cluster needs at least 1 node and a replica target of at least 1")
     directory = directory.expanduser().resolve()
@@ -70,11 +76,24 @@ def start_cluster(
     _unlink(directory / "cluster.json")  # stale: its nodes are gone
     started: list[_Started] = []
     extra = ["--engines", str(engines)] if engines else []
+    cluster_id = None
+    if secure:
+        ca = local_security.ensure_ca(directory)
+        local_security.ensure_admin(ca, directory)
+        cluster_id = ca.cluster_id
+
+    def node_args(i: int) -> list[str]:
+        if not secure:
+            return extra
+        tls = local_security.ensure_node_cert(ca, directory / f"node-{i}", f"local-{i}")
+        return [*extra, "--tls", str(tls)]
+
     try:
-        started.append(_spawn(directory, 0, replicas, None, python, extra))
+        started.append(_spawn(directory, 0, replicas, None, python, node_args(0)))
         (first,) = _wait_listening(started, start_timeout)
         rest = [
-            _spawn(directory, i, replicas, first["address"], python, extra) for i in range(1, nodes)
+            _spawn(directory, i, replicas, first["address"], python, node_args(i))
+            for i in range(1, nodes)
         ]
         started += rest
         infos = [first, *_wait_listening(rest, start_timeout)]
@@ -92,6 +111,8 @@ def start_cluster(
                 for s, i in zip(started, infos, strict=True)
             ],
             "replicas": replicas,
+            "secure": secure,
+            "cluster": cluster_id,
         }
         # Written before the readiness wait so that a `sector down` from another
         # terminal can stop a cluster whose ring never converges.

@@ -47,6 +47,7 @@ from sector.node.gc import GcWorker
 from sector.node.members import Member, Members, members_from_wire
 from sector.node.repair import RepairWorker
 from sector.node.scrub import ScrubWorker
+from sector.node.security import NodeSecurity
 from sector.node.sphere import SphereService
 from sector.routing.chord import ChordState, Peer
 from sector.routing.driver import ChordDriver
@@ -112,10 +113,21 @@ class Node:
         self.cfg = cfg
         self.data = cfg.data
         self.started = time.time()
-        self.pool = RpcPool(timeout=cfg.rpc_timeout, max_frame=cfg.max_frame)
+        self.security = NodeSecurity(cfg.tls, cfg.data) if cfg.tls is not None else None
+        sec = self.security
+        self.pool = RpcPool(
+            timeout=cfg.rpc_timeout,
+            max_frame=cfg.max_frame,
+            ssl=sec.client_ctx if sec else None,
+        )
         self.handlers: dict[str, Any] = {}
         self.server = Server(
-            self.handlers, {}, max_frame=cfg.max_frame, stall_timeout=cfg.stall_timeout
+            self.handlers,
+            {},
+            max_frame=cfg.max_frame,
+            stall_timeout=cfg.stall_timeout,
+            ssl=sec.server_ctx if sec else None,
+            authenticator=sec.auth if sec else None,
         )
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = asyncio.Event()
@@ -248,6 +260,11 @@ class Node:
             }
         )
         self.server.bulk_handlers.update(self.transfer.bulk_handlers())
+        if self.security is not None:
+            self.security.node = self
+            self.handlers.update(self.security.handlers())
+        else:
+            self.handlers["sec.policy"] = self._h_open_policy
         self._refresh_self()
         if cfg.join:
             await self._join(cfg.join)
@@ -256,6 +273,8 @@ class Node:
         await self.meta.start()
         await self.driver.start()
         self._tasks.append(asyncio.create_task(self._gossip_loop(), name="gossip"))
+        if self.security is not None:
+            self._tasks.append(asyncio.create_task(self.security.pull_loop(), name="policy"))
         await self.repair.start()
         await self.scrub.start()
         await self.gc.start()
@@ -454,6 +473,9 @@ class Node:
             "state": self.members.me.state,
         }
 
+    async def _h_open_policy(self, a: dict[str, Any]) -> Any:
+        return {"cluster": None, "version": 0, "policy": None, "revoked": [], "private": []}
+
     async def _h_ping(self, a: dict[str, Any]) -> Any:
         now = time.monotonic()
         return {
@@ -484,6 +506,7 @@ class Node:
             "state": self.members.me.state,
             # Owned files still listing each draining node: 0 everywhere = drained.
             "draining_held": held,
+            "security": self.security.describe() if self.security else {"tls": False},
             "blobs": self.blobs.count,
             **counts,
             "repair_queue": repair["queue"],

@@ -44,6 +44,7 @@ from sector.aio import wait_event
 from sector.errors import BadRequest, ConnectError, NoSpace, NotFound, SectorError, from_wire
 from sector.ids import to_hex
 from sector.meta import records as rec
+from sector.security import guard
 from sector.sphere import spe
 from sector.sphere.driver import STAGING
 from sector.storage.blobs import check_blob_id, checksum_file
@@ -265,6 +266,7 @@ class SphereService:
         return {"id": to_hex(self.node.state.me.id), "address": self.node.addr, **self.status()}
 
     async def _h_run(self, a: dict[str, Any]) -> Any:
+        guard.compute()
         job = _job(a)
         attempt = _int(a, "attempt", 0, 1 << 40)
         seg = a.get("seg")
@@ -323,6 +325,10 @@ class SphereService:
                 "holders": holders[:16],
                 "size": task["size"],
             }
+            guard.read(task["path"])  # a UDF reads the segment: its caller must be able to
+            if guard.private_reads():
+                for p in self.node.inventory.paths(src["blob"]):
+                    guard.read(p)
         j = self._job_state(job, create=True)
         if attempt in j.attempts:
             return {"accepted": True, "duplicate": True}
@@ -490,6 +496,7 @@ class SphereService:
 
     async def _h_poll(self, a: dict[str, Any]) -> Any:
         """``{job, ack: [attempt], wait}``: finished attempts not yet acknowledged."""
+        guard.compute()
         job = _job(a)
         wait = a.get("wait", 0.0)
         if not isinstance(wait, int | float) or not 0 <= wait <= 30:
@@ -531,6 +538,7 @@ class SphereService:
     async def _h_resend(self, a: dict[str, Any]) -> Any:
         """``{job, attempt, buckets: {b: addr}}``: push parts of a finished attempt again
         (their first bucket node was lost)."""
+        guard.compute()
         j = self._job_state(_job(a))
         t = j.attempts.get(_int(a, "attempt", 0, 1 << 40))
         if t is None or t.state != "done":
@@ -542,6 +550,7 @@ class SphereService:
     async def _h_commit(self, a: dict[str, Any]) -> Any:
         """``{job, rf, items: [{path, bucket, attempts} | {path, attempt}]}``: make Sector
         files of staged output (buckets: the winning attempts' parts in segment order)."""
+        guard.compute()
         j = self._job_state(_job(a))
         items = a.get("items")
         if not isinstance(items, list):
@@ -620,7 +629,11 @@ class SphereService:
             if self._client is None:
                 from sector.client.aio import AsyncClient
 
-                self._client = AsyncClient(node.addr, timeout=node.cfg.rpc_timeout * 6)
+                self._client = AsyncClient(
+                    node.addr,
+                    timeout=node.cfg.rpc_timeout * 6,
+                    ssl=node.security.client_ctx if node.security else None,
+                )
             return await self._client.put(src, path, replicas=rf)
         blob = plan["blob"]
         size, checksum = await self._io(
@@ -647,6 +660,7 @@ class SphereService:
         return res
 
     async def _h_cleanup(self, a: dict[str, Any]) -> Any:
+        guard.compute()
         j = self.jobs.get(_job(a))
         if j is not None:
             self._drop(j)

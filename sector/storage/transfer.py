@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from sector.errors import (
+    AlreadyExists,
     BadRequest,
     ChecksumMismatch,
     ProtocolError,
@@ -32,6 +33,8 @@ from sector.errors import (
     TransportError,
 )
 from sector.ids import to_hex
+from sector.meta import records as rec
+from sector.security import guard
 from sector.storage.blobs import CHUNK, BlobWriter, check_blob_id, checksum_file
 from sector.transport.rpc import BulkChannel
 from sector.wire import codec
@@ -173,6 +176,23 @@ class BlobService:
                 log.warning("chain write of %s: %s unreachable (%s), skipping it", blob, addr, exc)
         return None
 
+    def _check_write(self, blob: str, path: str) -> None:
+        """A user (not a node) may write a new blob for a file it may write, and only a
+        new one: overwriting a stored blob is for the cluster's own repairs."""
+        if guard.is_node():
+            return
+        if not path:
+            raise BadRequest("a blob write from a client must name its file's path")
+        guard.write(rec.normalize(path))
+        if self.node.blobs.exists(blob):
+            raise AlreadyExists(f"blob {blob} exists")
+
+    def _check_read(self, blob: str) -> None:
+        """Reading a blob is reading its files: checked only where paths are private."""
+        if guard.private_reads():
+            for p in self.node.inventory.paths(blob):
+                guard.read(p)
+
     async def _h_put(self, a: dict[str, Any], chan: BulkChannel) -> Any:
         blob = check_blob_id(a.get("blob"))
         size = _int(a, "size")
@@ -181,6 +201,7 @@ class BlobService:
             raise BadRequest("checksum must be a string")
         chain = _chain(a.get("chain", []))
         path = _file_path(a)
+        self._check_write(blob, path)
         w = self.node.blobs.writer(blob, size, path)
         down = await self._open_downstream(blob, size, checksum, chain, path) if chain else None
         try:
@@ -240,6 +261,7 @@ class BlobService:
             raise BadRequest("checksum must be a string")
         chain = _chain(a.get("chain", []))
         path = _file_path(a)
+        self._check_write(blob, path)
 
         async def store() -> str:
             w = self.node.blobs.writer(blob, len(data), path)
@@ -307,6 +329,7 @@ class BlobService:
     async def _h_get(self, a: dict[str, Any], chan: BulkChannel) -> Any:
         blob = check_blob_id(a.get("blob"))
         offset = _int(a, "offset", 0)
+        self._check_read(blob)
         f = self.node.blobs.open(blob)
         with f:
             total = self.node.blobs.size(blob)
@@ -404,6 +427,7 @@ class BlobService:
         checksum = a.get("checksum")
         if not isinstance(checksum, str):
             raise BadRequest("blob.verify needs the record's checksum")
+        self._check_read(blob)
         p = self.node.blobs.path(blob)
         loop = asyncio.get_running_loop()
         try:

@@ -31,8 +31,11 @@ import logging
 import os
 import socket
 import ssl as _ssl
+from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import IO, Any
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import IO, Any, Protocol
 
 from sector.errors import (
     BadRequest,
@@ -55,6 +58,43 @@ BulkHandler = Callable[[dict[str, Any], "BulkChannel"], Awaitable[Any]]
 READ_CHUNK = 1 << 20
 SOCK_BUF = 4 << 20
 STREAM_LIMIT = 8 << 20
+HELLO = "auth.hello"  # answered inline, before any later frame of the connection is read
+TLS_RECORD = b"\x16\x03"  # the first bytes of a TLS ClientHello
+
+
+@dataclass(slots=True)
+class Session:
+    """Who is at the other end of one server connection.
+
+    ``identity`` is set by the server's ``Authenticator`` when the connection opens (a
+    node proved by its certificate, or anonymous) and again by ``auth.hello`` (a user
+    credential). Handlers read it through ``current_session``; on a node with no
+    authenticator (an open cluster) it stays None and every check passes.
+    """
+
+    peer: str
+    tls: bool = False
+    peer_cert: bytes | None = None  # DER of a certificate the TLS layer verified
+    identity: Any = None
+    auth: Any = None  # the Authenticator that set ``identity``
+
+
+current_session: ContextVar[Session | None] = ContextVar("sector_session", default=None)
+
+
+class Authenticator(Protocol):
+    """The server's hook for who a connection is (``sector.security.guard`` has one)."""
+
+    def on_connect(self, session: Session) -> None: ...
+
+    def hello(self, session: Session, args: dict[str, Any]) -> Any: ...
+
+    def authorize(self, op: str) -> None:
+        """Raise if the caller (``current_session``) may not call ``op`` at all."""
+
+
+# Called on every new client connection before it is used (TLS peer check, auth.hello).
+ConnectHook = Callable[[str, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
 def split_addr(addr: str) -> tuple[str, int]:
@@ -245,8 +285,10 @@ class Server:
         stall_timeout: float = 10.0,
         idle_timeout: float = 600.0,
         max_connections: int = 1024,
+        max_connections_per_peer: int = 256,
         max_inflight_per_conn: int = 128,
         ssl: _ssl.SSLContext | None = None,
+        authenticator: Authenticator | None = None,
     ) -> None:
         self.handlers = handlers
         self.bulk_handlers = bulk_handlers or {}
@@ -255,7 +297,10 @@ class Server:
         self.idle_timeout = idle_timeout
         self.max_inflight = max_inflight_per_conn
         self._conn_slots = asyncio.Semaphore(max_connections)
+        self.max_per_peer = max_connections_per_peer
+        self._per_peer: Counter[str] = Counter()
         self._ssl = ssl
+        self.authenticator = authenticator
         self._server: asyncio.Server | None = None
         self._conns: set[asyncio.Task[None]] = set()
         self.address = ""
@@ -263,7 +308,14 @@ class Server:
 
     async def start(self, host: str, port: int) -> str:
         self._server = await asyncio.start_server(
-            self._on_conn, host, port, ssl=self._ssl, limit=STREAM_LIMIT, backlog=1024
+            self._on_conn,
+            host,
+            port,
+            ssl=self._ssl,
+            limit=STREAM_LIMIT,
+            backlog=1024,
+            # A TLS handshake that stalls is a slow-loris too.
+            ssl_handshake_timeout=self.stall_timeout if self._ssl else None,
         )
         sock = self._server.sockets[0]
         bound = sock.getsockname()
@@ -285,26 +337,41 @@ class Server:
         task = asyncio.current_task()
         assert task is not None
         self._conns.add(task)
+        peername = writer.get_extra_info("peername")
+        host = str(peername[0]) if isinstance(peername, tuple) else str(peername)
+        self._per_peer[host] += 1
         try:
-            if self._conn_slots.locked():
-                log.warning(
-                    "connection limit reached; refusing %s", writer.get_extra_info("peername")
-                )
+            if self._conn_slots.locked() or self._per_peer[host] > self.max_per_peer:
+                log.warning("connection limit reached; refusing %s", peername)
                 writer.close()
                 return
             async with self._conn_slots:
                 self.stats["connections"] += 1
                 _tune(writer.get_extra_info("socket"))
-                await self._serve(reader, writer)
+                sess = Session(
+                    peer=f"{host}:{peername[1]}" if isinstance(peername, tuple) else host
+                )
+                sslobj = writer.get_extra_info("ssl_object")
+                if sslobj is not None:
+                    sess.tls = True
+                    sess.peer_cert = sslobj.getpeercert(binary_form=True)
+                if self.authenticator is not None:
+                    self.authenticator.on_connect(sess)
+                await self._serve(reader, writer, sess)
         except asyncio.CancelledError:
             pass
         finally:
+            self._per_peer[host] -= 1
+            if self._per_peer[host] <= 0:
+                del self._per_peer[host]
             self._conns.discard(task)
             writer.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), 1.0)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, sess: Session
+    ) -> None:
         peer = writer.get_extra_info("peername")
         dec = FrameDecoder(self.max_frame)
         inflight = asyncio.Semaphore(self.max_inflight)
@@ -313,6 +380,7 @@ class Server:
         closing = asyncio.Event()
         try:
             frame_started: float | None = None
+            first = True
             loop = asyncio.get_running_loop()
             while not closing.is_set():
                 # A frame must arrive whole within stall_timeout of its first byte: a
@@ -336,6 +404,11 @@ class Server:
                     return
                 if not data:
                     return
+                if first and self._ssl is None and data.startswith(TLS_RECORD):
+                    # A client trying TLS first on an open cluster; it falls back to plain.
+                    log.debug("closing %s: TLS hello on a plain node", peer)
+                    return
+                first = False
                 dec.push(data)
                 while True:
                     try:
@@ -351,6 +424,10 @@ class Server:
                         log.warning("closing %s: a reply frame where a request was expected", peer)
                         return
                     op = env.op or ""
+                    if op == HELLO:
+                        cork.write(self._hello(env, sess))
+                        cork.flush()
+                        continue
                     if op in self.bulk_handlers:
                         chan = BulkChannel(
                             reader,
@@ -359,15 +436,28 @@ class Server:
                             stall_timeout=self.stall_timeout * 3,
                             max_frame=self.max_frame,
                         )
-                        await self._run_bulk(env, chan)
+                        await self._run_bulk(env, chan, sess)
                         return
                     await inflight.acquire()
-                    t = asyncio.create_task(self._run(env, writer, cork, inflight, closing))
+                    t = asyncio.create_task(self._run(env, writer, cork, inflight, closing, sess))
                     tasks.add(t)
                     t.add_done_callback(tasks.discard)
         finally:
             for t in tasks:
                 t.cancel()
+
+    def _hello(self, env: Envelope, sess: Session) -> bytes:
+        """``auth.hello``: present a credential; the connection's identity becomes it."""
+        self.stats["requests"] += 1
+        try:
+            if self.authenticator is None:
+                return codec.reply(env.i, {"identity": None})
+            return codec.reply(env.i, self.authenticator.hello(sess, env.a or {}))
+        except SectorError as exc:
+            return codec.error(env.i, to_wire(exc))
+        except Exception as exc:
+            log.exception("auth.hello failed")
+            return codec.error(env.i, to_wire(exc))
 
     async def _run(
         self,
@@ -376,12 +466,16 @@ class Server:
         cork: _Cork,
         inflight: asyncio.Semaphore,
         closing: asyncio.Event,
+        sess: Session,
     ) -> None:
         self.stats["requests"] += 1
+        current_session.set(sess)  # this task's own context: handlers see their caller
         try:
             handler = self.handlers.get(env.op or "")
             if handler is None:
                 raise BadRequest(f"unknown operation {env.op!r}")
+            if self.authenticator is not None:
+                self.authenticator.authorize(env.op or "")
             result = await handler(env.a or {})
             frame = codec.reply(env.i, result)
         except asyncio.CancelledError:
@@ -409,9 +503,12 @@ class Server:
         if closing.is_set():
             writer.close()
 
-    async def _run_bulk(self, env: Envelope, chan: BulkChannel) -> None:
+    async def _run_bulk(self, env: Envelope, chan: BulkChannel, sess: Session) -> None:
         self.stats["requests"] += 1
+        token = current_session.set(sess)
         try:
+            if self.authenticator is not None:
+                self.authenticator.authorize(env.op or "")
             result = await self.bulk_handlers[env.op or ""](env.a or {}, chan)
             frame = codec.reply(env.i, result)
         except asyncio.CancelledError:
@@ -424,6 +521,8 @@ class Server:
         except Exception as exc:
             log.exception("bulk handler %s failed", env.op)
             frame = codec.error(env.i, to_wire(exc))
+        finally:
+            current_session.reset(token)
         with contextlib.suppress(ConnectionError, OSError, TransportError):
             await chan.write(frame)
 
@@ -498,6 +597,33 @@ class _Conn:
             await asyncio.wait_for(self.writer.wait_closed(), 1.0)
 
 
+def _connect_error(addr: str, exc: OSError) -> ConnectError:
+    reason = os.strerror(exc.errno) if exc.errno else str(exc)
+    return ConnectError(f"cannot connect to {addr}: {reason.lower()}", node=addr)
+
+
+async def hello(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    args: dict[str, Any],
+    max_frame: int = codec.DEFAULT_MAX_FRAME,
+) -> Any:
+    """Send ``auth.hello`` on a fresh connection and return the node's answer."""
+    writer.write(codec.request(0, HELLO, args))
+    await writer.drain()
+    dec = FrameDecoder(max_frame)
+    while True:
+        data = await reader.read(READ_CHUNK)
+        if not data:
+            raise ConnectError("connection closed during auth.hello")
+        envs = dec.feed(data)
+        if envs:
+            env = envs[0]
+            if env.e is not None:
+                raise from_wire(env.e)
+            return env.r
+
+
 class RpcPool:
     """Client side of the RPC: pooled control connections and fresh bulk channels."""
 
@@ -508,11 +634,19 @@ class RpcPool:
         timeout: float = 30.0,
         max_frame: int = codec.DEFAULT_MAX_FRAME,
         ssl: _ssl.SSLContext | None = None,
+        tls: str = "on",
+        on_open: ConnectHook | None = None,
     ) -> None:
+        """``ssl`` with ``tls``: "on" = TLS only; "auto" = TLS first and, if the node
+        does not speak it, plain TCP (remembered per address); without ``ssl``: plain.
+        ``on_open`` runs on each new connection before use (peer check, credential)."""
         self.connect_timeout = connect_timeout
         self.timeout = timeout
         self.max_frame = max_frame
         self._ssl = ssl
+        self.tls = tls if ssl is not None else "off"
+        self.on_open = on_open
+        self.plain: set[str] = set()  # addresses found to speak plain TCP (auto mode)
         self._conns: dict[str, _Conn] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -521,18 +655,53 @@ class RpcPool:
             host, port = split_addr(addr)
         except ValueError as exc:
             raise ConnectError(str(exc), node=addr) from None
+        use_tls = self.tls == "on" or (self.tls == "auto" and addr not in self.plain)
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(host, port, ssl=self._ssl, limit=STREAM_LIMIT),
-                self.connect_timeout,
-            )
+            reader, writer = await self._connect(host, port, self._ssl if use_tls else None)
+        except (_ssl.SSLError, ConnectionResetError, asyncio.IncompleteReadError) as exc:
+            if self.tls != "auto" or not use_tls:
+                raise ConnectError(
+                    f"cannot connect to {addr}: TLS handshake failed: {exc}", node=addr
+                ) from None
+            # Not a TLS node (it closed on our hello): an open cluster speaks plain TCP.
+            self.plain.add(addr)
+            reader, writer = await self._connect_or_raise(addr, host, port, None)
         except TimeoutError:
             raise ConnectError(f"cannot connect to {addr}: timed out", node=addr) from None
         except OSError as exc:
-            reason = os.strerror(exc.errno) if exc.errno else str(exc)
-            raise ConnectError(f"cannot connect to {addr}: {reason.lower()}", node=addr) from None
+            raise _connect_error(addr, exc) from None
         _tune(writer.get_extra_info("socket"))
+        if self.on_open is not None:
+            try:
+                await asyncio.wait_for(self.on_open(addr, reader, writer), self.connect_timeout)
+            except BaseException:
+                writer.close()
+                raise
         return reader, writer
+
+    async def _connect(
+        self, host: str, port: int, ssl: _ssl.SSLContext | None
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.wait_for(
+            asyncio.open_connection(
+                host,
+                port,
+                ssl=ssl,
+                limit=STREAM_LIMIT,
+                ssl_handshake_timeout=self.connect_timeout if ssl else None,
+            ),
+            self.connect_timeout,
+        )
+
+    async def _connect_or_raise(
+        self, addr: str, host: str, port: int, ssl: _ssl.SSLContext | None
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        try:
+            return await self._connect(host, port, ssl)
+        except TimeoutError:
+            raise ConnectError(f"cannot connect to {addr}: timed out", node=addr) from None
+        except OSError as exc:
+            raise _connect_error(addr, exc) from None
 
     async def _conn(self, addr: str) -> _Conn:
         conn = self._conns.get(addr)

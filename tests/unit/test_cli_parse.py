@@ -149,7 +149,7 @@ def test_error_message_is_one_line() -> None:
 def test_failure_prints_one_line_and_exits_1(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    def refuse(address: str | None) -> Any:
+    def refuse(address: str | None, **kw: Any) -> Any:
         raise ConnectError(f"cannot connect to {address}: connection refused")
 
     monkeypatch.setattr(sector, "connect", refuse, raising=False)
@@ -162,7 +162,7 @@ def test_failure_prints_one_line_and_exits_1(
 def test_debug_shows_traceback(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    def boom(address: str | None) -> Any:
+    def boom(address: str | None, **kw: Any) -> Any:
         raise RuntimeError("bug")
 
     monkeypatch.setattr(sector, "connect", boom, raising=False)
@@ -183,7 +183,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_address_resolution(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[str | None] = []
 
-    def fake_connect(address: str | None) -> FakeClient:
+    def fake_connect(address: str | None, **kw: Any) -> FakeClient:
         seen.append(address)
         return FakeClient()
 
@@ -313,7 +313,7 @@ class FakeClient:
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch) -> FakeClient:
     client = FakeClient()
-    monkeypatch.setattr(commands, "connect", lambda address: client)
+    monkeypatch.setattr(commands, "connect", lambda address, **kw: client)
     return client
 
 

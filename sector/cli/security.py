@@ -1,0 +1,272 @@
+"""`sector cluster ...`, `sector user ...`, `sector login/logout/whoami`.
+
+The admin's directory holds the cluster CA (``ca.crt``, ``ca.key``: the admin key). It
+is ``--admin-dir``, else ``$SECTOR_ADMIN_DIR``, else the ``security/`` directory of the
+local cluster that ``sector up`` started, else ``$SECTOR_HOME/admin`` (where
+``sector cluster init`` puts it). Issuing a credential or a node certificate needs only
+that directory, no cluster: every node verifies them against the CA on its own.
+Revoking, and restricting reads, changes the signed cluster policy, which is handed to
+one node and spreads to all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sector.cli import output
+from sector.errors import UsageError
+
+EXIT_OK = 0
+DAY = 86400.0
+
+
+def add_parsers(cmd: Callable[[str, str], argparse.ArgumentParser]) -> None:
+    s = cmd("cluster", "cluster identity: CA, node certificates, read restrictions")
+    sub = s.add_subparsers(dest="action", metavar="ACTION", required=True)
+    a = sub.add_parser("init", help="create a cluster CA and an admin credential")
+    _admin_dir(a)
+    a.add_argument("--force", action="store_true", help="replace an existing CA")
+    a = sub.add_parser("add-node", help="issue a node certificate (for `sector node --tls`)")
+    a.add_argument("name", metavar="NAME")
+    a.add_argument("--out", type=Path, required=True, help="directory to write it to")
+    a.add_argument("--ip", action="append", default=None, help="address of the node (repeat)")
+    a.add_argument("--dns", action="append", default=None, help="host name of the node")
+    _admin_dir(a)
+    for name, text in (
+        ("restrict", "make reads under PREFIX need a read grant"),
+        ("unrestrict", "make PREFIX public again"),
+    ):
+        a = sub.add_parser(name, help=text)
+        a.add_argument("prefix", metavar="PREFIX")
+        _admin_dir(a)
+    sub.add_parser("policy", help="the cluster policy: version, revoked users, private prefixes")
+
+    s = cmd("user", "issue and revoke user credentials")
+    sub = s.add_subparsers(dest="action", metavar="ACTION", required=True)
+    a = sub.add_parser("add", help="issue a credential for NAME (printed, or written to -o)")
+    a.add_argument("name", metavar="NAME")
+    a.add_argument("--write", action="append", default=[], metavar="PREFIX")
+    a.add_argument("--read", action="append", default=[], metavar="PREFIX")
+    a.add_argument("--compute", action="store_true", help="may run Sphere jobs")
+    a.add_argument("--admin", action="store_true", help="may drain nodes and run workers")
+    a.add_argument("--days", type=float, default=365.0, help="lifetime (default 365; 0 = none)")
+    a.add_argument("-o", "--output", type=Path, default=None, help="write the credential here")
+    _admin_dir(a)
+    a = sub.add_parser("revoke", help="refuse every credential of NAME issued so far")
+    a.add_argument("name", metavar="NAME")
+    _admin_dir(a)
+
+    s = cmd("login", "store a credential for later commands")
+    s.add_argument("credential", nargs="?", default=None, help="the credential (default: stdin)")
+    s.add_argument("--file", type=Path, default=None, help="read the credential from a file")
+    cmd("logout", "forget the stored credential of the cluster")
+    cmd("whoami", "who the cluster takes you for")
+
+
+def _admin_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--admin-dir", type=Path, default=None, help="the CA's directory")
+
+
+def admin_dir(given: Path | None) -> Path:
+    if given is not None:
+        return given.expanduser()
+    env = os.environ.get("SECTOR_ADMIN_DIR")
+    if env:
+        return Path(env).expanduser()
+    from sector.config import current_cluster_dir, sector_home
+
+    d = current_cluster_dir()
+    if d is not None and (d / "security" / "ca.key").exists():
+        return d / "security"
+    return sector_home() / "admin"
+
+
+def _ca(given: Path | None) -> Any:
+    from sector.security.pki import ClusterCA
+
+    d = admin_dir(given)
+    ca = ClusterCA.load(d)
+    if ca.key is None:
+        raise UsageError(f"no admin key in {d} (ca.key): only the cluster admin can do this")
+    return ca
+
+
+def needs_client(args: argparse.Namespace) -> bool:
+    if args.command in ("login", "logout", "whoami"):
+        return True
+    if args.command == "user":
+        return bool(args.action == "revoke")
+    return bool(args.action in ("restrict", "unrestrict", "policy"))
+
+
+def run_local(args: argparse.Namespace) -> int:
+    """The commands that need only the admin directory."""
+    from sector.security import credstore, tokens
+    from sector.security.pki import ClusterCA
+
+    now = time.time()
+    if args.command == "cluster" and args.action == "init":
+        d = admin_dir(args.admin_dir)
+        if (d / "ca.key").exists() and not args.force:
+            raise UsageError(f"a cluster CA already exists in {d} (--force replaces it)")
+        ca = ClusterCA.create()
+        ca.save(d)
+        token = tokens.issue(ca, "admin", write=["/"], compute=True, admin=True, ttl=None, now=now)
+        _write_secret(d / "admin.token", token)
+        credstore.save(ca.cluster_id, ca_pem=ca.cert_pem, token=token, user="admin")
+        _emit(args, {"cluster": ca.cluster_id, "dir": str(d)}, f"cluster {ca.cluster_id} in {d}")
+    elif args.command == "cluster" and args.action == "add-node":
+        ca = _ca(args.admin_dir)
+        ident = ca.issue_node(
+            args.name, ips=args.ip or ["127.0.0.1"], dns=args.dns or ["localhost"]
+        )
+        ident.save(args.out)
+        _emit(
+            args,
+            {"node": args.name, "dir": str(args.out), "cluster": ca.cluster_id},
+            f"node certificate for {args.name} in {args.out} (sector node --tls {args.out})",
+        )
+    elif args.command == "user" and args.action == "add":
+        ca = _ca(args.admin_dir)
+        ttl = args.days * DAY if args.days > 0 else None
+        token = tokens.issue(
+            ca,
+            args.name,
+            write=args.write,
+            read=args.read,
+            compute=args.compute,
+            admin=args.admin,
+            ttl=ttl,
+            now=now,
+        )
+        if args.output is not None:
+            _write_secret(args.output, token)
+        info = {
+            "user": args.name,
+            "cluster": ca.cluster_id,
+            "write": args.write,
+            "read": args.read,
+            "compute": args.compute,
+            "admin": args.admin,
+            "expires": now + ttl if ttl else None,
+            "token": token,
+        }
+        if args.json:
+            output.emit_json(info)
+        elif args.output is not None:
+            output.echo(f"credential for {args.name} written to {args.output}")
+        else:
+            output.echo(token)
+    else:
+        raise UsageError(f"unknown command {args.command} {getattr(args, 'action', '')}")
+    return EXIT_OK
+
+
+def run_remote(client: Any, args: argparse.Namespace) -> int:
+    """The commands that talk to the cluster."""
+    from sector.security import credstore, tokens
+    from sector.security.client import peek
+    from sector.security.pki import ClusterCA
+
+    if args.command == "whoami":
+        me = client.whoami()
+        text = f"{me['user'] or 'anonymous'}" + (
+            f" on cluster {me['cluster']} (TLS)" if me["tls"] else " on an open cluster"
+        )
+        _emit(args, me, text)
+        return EXIT_OK
+    pol = client.policy()
+    cid = pol.get("cluster")
+    if not cid:
+        raise UsageError("this cluster is open (no TLS, no credentials): nothing to do")
+    if args.command == "login":
+        token = _read_credential(args)
+        grant = peek(token)
+        if grant is None:
+            raise UsageError("that is not a Sector credential")
+        ca = ClusterCA.from_pem(str(pol.get("ca", "")))
+        if ca.cluster_id != cid or grant.cluster != cid:
+            raise UsageError(f"that credential is for cluster {grant.cluster}, not {cid}")
+        tokens.verify(token, ca, None, time.time())  # signature and expiry, here and now
+        credstore.save(cid, ca_pem=ca.cert_pem, token=token, user=grant.user)
+        _emit(args, {"user": grant.user, "cluster": cid}, f"logged in as {grant.user} on {cid}")
+    elif args.command == "logout":
+        removed = credstore.remove(cid)
+        _emit(
+            args, {"cluster": cid, "removed": removed}, "logged out" if removed else "not logged in"
+        )
+    elif args.command == "cluster" and args.action == "policy":
+        pol.pop("policy", None)
+        pol.pop("ca", None)
+        _emit(args, pol, _policy_text(pol))
+    else:
+        ca = _ca(args.admin_dir)
+        if ca.cluster_id != cid:
+            raise UsageError(
+                f"the admin key in {admin_dir(args.admin_dir)} is not of cluster {cid}"
+            )
+        current = tokens.Policy.initial(cid)
+        if isinstance(pol.get("policy"), str):
+            current = tokens.verify_policy(pol["policy"], ca)
+        now = time.time()
+        if args.command == "user":
+            new = tokens.revoke(current, args.name, now)
+        elif args.action == "restrict":
+            new = tokens.restrict(current, args.prefix, now)
+        else:
+            new = tokens.unrestrict(current, args.prefix, now)
+        rep = client.put_policy(tokens.sign_policy(ca, new))
+        info = {
+            "cluster": cid,
+            "version": rep.get("version"),
+            "revoked": sorted(new.revoked),
+            "private": list(new.private),
+        }
+        what = (
+            f"revoked {args.name}" if args.command == "user" else f"{args.action}ed {args.prefix}"
+        )
+        _emit(args, info, f"{what} (policy version {info['version']})")
+    return EXIT_OK
+
+
+def _policy_text(pol: dict[str, Any]) -> str:
+    return (
+        f"cluster {pol.get('cluster')} policy version {pol.get('version')}\n"
+        f"revoked: {', '.join(pol.get('revoked') or []) or '-'}\n"
+        f"private: {', '.join(pol.get('private') or []) or '-'}"
+    )
+
+
+def _read_credential(args: argparse.Namespace) -> str:
+    if args.file is not None:
+        try:
+            return args.file.read_text().strip()
+        except OSError as exc:
+            raise UsageError(f"cannot read {args.file}: {exc.strerror}") from None
+    if args.credential:
+        return str(args.credential).strip()
+    if sys.stdin.isatty():
+        raise UsageError("give the credential as an argument, with --file, or on stdin")
+    return sys.stdin.read().strip()
+
+
+def _write_secret(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text + "\n")
+    os.replace(tmp, path)
+
+
+def _emit(args: argparse.Namespace, info: dict[str, Any], text: str) -> None:
+    if args.json:
+        output.emit_json(info)
+    else:
+        output.echo(text)

@@ -1,0 +1,129 @@
+"""A node's security: its certificate, TLS contexts, and the cluster policy's spread.
+
+A node started with ``--tls DIR`` (``node.crt``, ``node.key`` and ``ca.crt``, as written
+by ``sector cluster add-node`` or ``sector up``) is *secure*: it serves TLS only,
+dials other nodes with its certificate and accepts only peers whose certificate the
+cluster CA signed, and checks every request (``sector.security.guard``). Without
+``--tls`` a node is open, as a cluster on a private network may choose to be.
+
+The policy (revocations, private prefixes) spreads two ways: a node that takes a newer
+version pushes it to every live member at once, and every few seconds each node asks
+one random member for its version, so a node that was away catches up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import ssl
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sector.errors import BadRequest, SectorError, UsageError
+from sector.security import pki
+from sector.security.guard import NodeAuth
+
+if TYPE_CHECKING:
+    from sector.node.server import Node
+
+log = logging.getLogger("sector.security")
+
+POLICY_PULL = 5.0  # seconds between anti-entropy pulls of the policy
+
+
+class NodeSecurity:
+    def __init__(self, tls_dir: Path, data: Path) -> None:
+        try:
+            self.identity = pki.NodeIdentity.load(tls_dir)
+        except SectorError:
+            raise
+        except Exception as exc:  # unreadable or mismatched files: one clear line
+            raise UsageError(f"cannot load the node certificate in {tls_dir}: {exc}") from None
+        self.ca = pki.ClusterCA(cert=self.identity.ca, key=None)
+        self.server_ctx: ssl.SSLContext = pki.server_context(tls_dir)
+        self.client_ctx: ssl.SSLContext = pki.node_client_context(tls_dir)
+        self.auth = NodeAuth(self.ca, data)
+        self.node: Node | None = None
+        self._pushes: set[asyncio.Task[None]] = set()
+
+    @property
+    def cluster_id(self) -> str:
+        return self.ca.cluster_id
+
+    def handlers(self) -> dict[str, Any]:
+        return {"sec.policy": self._h_policy, "sec.policy_put": self._h_policy_put}
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "tls": True,
+            "cluster": self.cluster_id,
+            "node_cert": self.identity.name,
+            "policy_version": self.auth.policy.version,
+        }
+
+    async def _h_policy(self, a: dict[str, Any]) -> Any:
+        have = a.get("have", -1)
+        if not isinstance(have, int) or isinstance(have, bool):
+            raise BadRequest("have must be an integer")
+        pol = self.auth.policy
+        newer = pol.version > have and self.auth.policy_blob is not None
+        return {
+            "cluster": self.cluster_id,
+            "ca": self.ca.cert_pem.decode(),
+            "version": pol.version,
+            "policy": self.auth.policy_blob if newer else None,
+            "revoked": sorted(pol.revoked),
+            "private": list(pol.private),
+        }
+
+    async def _h_policy_put(self, a: dict[str, Any]) -> Any:
+        blob = a.get("policy")
+        if not isinstance(blob, str):
+            raise BadRequest("sec.policy_put needs a 'policy' string")
+        taken = self.auth.offer_policy(blob)
+        if taken:
+            self._spread(blob)
+        return {"taken": taken, "version": self.auth.policy.version}
+
+    def _spread(self, blob: str) -> None:
+        node = self.node
+        if node is None:
+            return
+        for m in node.members.alive(time.monotonic()):
+            if m.addr != node.addr:
+                t = asyncio.create_task(self._push(m.addr, blob))
+                self._pushes.add(t)
+                t.add_done_callback(self._pushes.discard)
+
+    async def _push(self, addr: str, blob: str) -> None:
+        assert self.node is not None
+        try:
+            await self.node.pool.call(addr, "sec.policy_put", {"policy": blob}, timeout=5.0)
+        except SectorError as exc:
+            log.debug("policy push to %s failed: %s", addr, exc)
+
+    async def pull_loop(self) -> None:
+        """Anti-entropy: ask a random live member for a newer policy."""
+        assert self.node is not None
+        while True:
+            await asyncio.sleep(POLICY_PULL * (0.5 + random.random()))
+            peers = [m.addr for m in self.node.members.alive(time.monotonic())]
+            peers = [p for p in peers if p != self.node.addr]
+            if not peers:
+                continue
+            try:
+                rep = await self.node.pool.call(
+                    random.choice(peers),
+                    "sec.policy",
+                    {"have": self.auth.policy.version},
+                    timeout=5.0,
+                )
+                blob = rep.get("policy") if isinstance(rep, dict) else None
+                if isinstance(blob, str):
+                    self.auth.offer_policy(blob)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.debug("policy pull failed: %s", exc)

@@ -1,0 +1,89 @@
+"""The client's side of security: which node to trust, which credential to present.
+
+A client dials TLS first (``tls="auto"``: a node of an open cluster closes on the TLS
+hello and the client falls back to plain TCP, remembered per address). On a TLS
+connection it reads the node's certificate, which names the cluster it belongs to; if
+the client knows that cluster (``sector login`` or ``sector up`` stored its CA and a
+credential under ``$SECTOR_HOME/credentials``), the certificate must verify against
+that CA or the connection is refused, and the stored credential is presented with
+``auth.hello``. A client that knows nothing of the cluster reads as anonymous over an
+encrypted but unauthenticated link, which is all public data needs; it never sends a
+credential to a node it cannot verify. Credentials never travel over plain TCP.
+
+Order of credentials: an explicit ``token`` (``--token``/``SECTOR_TOKEN``), then the
+stored one for the cluster; ``anonymous=True`` presents none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import ssl
+import time
+from typing import Any
+
+import msgspec
+
+from sector.errors import CertificateError
+from sector.security import credstore, pki, tokens
+from sector.transport import rpc
+
+
+class ClientAuth:
+    def __init__(self, *, token: str | None = None, anonymous: bool = False) -> None:
+        self.token = token if token is not None else os.environ.get("SECTOR_TOKEN") or None
+        self.anonymous = anonymous
+        self.user: str | None = None  # who the cluster says we are, after a hello
+        self.cluster: str | None = None
+        self.secure = False  # True once a node answered over TLS
+
+    def context(self) -> ssl.SSLContext:
+        return pki.user_client_context()
+
+    async def on_open(
+        self, addr: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        sslobj = writer.get_extra_info("ssl_object")
+        if sslobj is None:
+            return  # an open cluster: nothing to verify, and no credential goes in clear
+        leaf = sslobj.getpeercert(binary_form=True)
+        if not leaf:
+            raise CertificateError(f"node {addr} presented no certificate")
+        cid = pki.cluster_id_of_leaf(leaf)
+        stored = credstore.load(cid) if cid else None
+        ca = stored.ca if stored is not None else None
+        if ca is not None:
+            try:
+                ca.verify_leaf(leaf, time.time())
+            except CertificateError as exc:
+                raise CertificateError(
+                    f"node {addr} does not prove membership of cluster {cid}: {exc}"
+                ) from None
+        self.secure, self.cluster = True, cid
+        if self.anonymous:
+            return
+        token = self.token or (stored.token if stored else None)
+        if not token:
+            return
+        if ca is None and _token_cluster(token) != cid:
+            # Never hand a credential to a node of another (or an unknown) cluster.
+            return
+        rep: Any = await rpc.hello(reader, writer, {"token": token})
+        if isinstance(rep, dict) and isinstance(rep.get("user"), str):
+            self.user = rep["user"]
+
+
+def peek(token: str) -> tokens.Grant | None:
+    """What a credential says, unchecked (its signature is the nodes' business)."""
+    try:
+        head = token.strip().split(".")[0]
+        payload = base64.urlsafe_b64decode(head + "=" * (-len(head) % 4))
+        return msgspec.msgpack.decode(payload, type=tokens.Grant)
+    except (ValueError, msgspec.DecodeError, msgspec.ValidationError):
+        return None
+
+
+def _token_cluster(token: str) -> str | None:
+    g = peek(token)
+    return g.cluster if g is not None else None

@@ -1,0 +1,223 @@
+"""The node's side of security: who a connection is, and what each request may do.
+
+``NodeAuth`` is the RPC server's authenticator on a secure node (one started with a
+cluster certificate). A connection's identity is set once when it opens: a peer whose
+TLS certificate was signed by the cluster CA as ``node:*`` is a *node*; anyone else is
+*anonymous* until it presents a credential with ``auth.hello``, which every node
+verifies on its own against the cluster key: no account server is asked.
+
+Every request then passes two checks, both on the node that serves it:
+
+1. ``authorize(op)``, by op name, before the handler runs. Ops that only nodes call
+   (metadata replication, ring maintenance, replica copies) are refused to anyone
+   else. An op missing from ``OPS`` counts as node-only: new ops fail closed.
+2. Inside the handler, for what depends on the arguments: ``read(path)``,
+   ``write(path)``, ``compute()``, ``admin()``. They read the caller from
+   ``current_session``; on an open node (no authenticator) they allow everything.
+
+The cluster *policy* (revoked users, private path prefixes) is a document signed by the
+admin key. A node accepts a newer version from anyone (the signature is what counts),
+stores it in its data directory, and passes it on; see ``Node._policy_loop``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from sector.errors import BadRequest, CredentialError, PermissionDenied
+from sector.security import authz, pki, tokens
+from sector.security.authz import ANONYMOUS, Identity
+from sector.transport.rpc import Session, current_session
+
+log = logging.getLogger("sector.security")
+
+# How each op is checked before its handler runs: "any" (the handler checks paths or
+# rights itself, or the op reveals nothing), "admin" (an admin credential or a node),
+# anything else: nodes only.
+OPS: dict[str, str] = {
+    # namespace: the handlers check read/write on their paths
+    "fs.stat": "any",
+    "fs.ls": "any",
+    "fs.mkdir": "any",
+    "fs.begin_put": "any",
+    "fs.commit_put": "any",
+    "fs.rm": "any",
+    "fs.mv": "any",
+    "fs.setrf": "any",
+    "fs.status": "any",
+    # data: blob.get checks read on the blob's path, the puts check write
+    "blob.get": "any",
+    "blob.put": "any",
+    "blob.put_small": "any",
+    "blob.verify": "any",
+    "repair.report": "any",  # a reader telling the owner of a bad copy (it re-checks)
+    "node.info": "any",
+    "node.ping": "any",
+    "sec.policy": "any",
+    "sec.policy_put": "any",  # signed by the admin key: the signature is the check
+    # Sphere: the handlers check the compute right
+    "sphere.info": "any",
+    "sphere.run": "any",
+    "sphere.poll": "any",
+    "sphere.resend": "any",
+    "sphere.commit": "any",
+    "sphere.cleanup": "any",
+    # operators
+    "node.drain": "admin",
+    "scrub.now": "admin",
+    "gc.now": "admin",
+    "repair.audit": "admin",
+}
+
+POLICY_FILE = "policy.tok"
+
+
+class NodeAuth:
+    """The authenticator of a secure node (see the module docstring)."""
+
+    def __init__(self, ca: pki.ClusterCA, data: Path) -> None:
+        self.ca = ca
+        self.path = data / POLICY_FILE
+        self.policy = tokens.Policy.initial(ca.cluster_id)
+        self.policy_blob: str | None = None
+        with contextlib.suppress(OSError):
+            blob = self.path.read_text().strip()
+            try:
+                self.policy = tokens.verify_policy(blob, ca)
+                self.policy_blob = blob
+            except CredentialError as exc:
+                log.warning("ignoring the stored policy: %s", exc)
+
+    # ------------------------------------------------------------------ Authenticator
+
+    def on_connect(self, session: Session) -> None:
+        session.auth = self
+        session.identity = ANONYMOUS
+        if session.peer_cert is not None:
+            try:
+                cn = self.ca.verify_leaf(session.peer_cert, time.time())
+            except Exception:
+                return  # the TLS layer checked the chain; anything odd stays anonymous
+            if cn.startswith("node:"):
+                session.identity = Identity.node(cn[5:])
+
+    def hello(self, session: Session, args: dict[str, Any]) -> Any:
+        token = args.get("token")
+        if not isinstance(token, str):
+            raise BadRequest("auth.hello needs a 'token' string")
+        grant = tokens.verify(token, self.ca, self.policy, time.time())
+        session.identity = Identity(kind="user", name=grant.user, grant=grant)
+        return {"user": grant.user, "cluster": self.ca.cluster_id}
+
+    def authorize(self, op: str) -> None:
+        authorize(op)
+
+    # ------------------------------------------------------------------ policy
+
+    def offer_policy(self, blob: str) -> bool:
+        """Take a signed policy if it is newer than ours; True if it was."""
+        if not isinstance(blob, str) or len(blob) > (1 << 20):
+            raise BadRequest("a policy is a string of at most 1 MiB")
+        pol = tokens.verify_policy(blob, self.ca)
+        if pol.cluster != self.ca.cluster_id:
+            raise CredentialError("credential refused: a policy of another cluster")
+        if pol.version <= self.policy.version:
+            return False
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(blob + "\n")
+        os.replace(tmp, self.path)
+        self.policy, self.policy_blob = pol, blob
+        log.info("policy version %d taken", pol.version)
+        return True
+
+
+# ---------------------------------------------------------------------- checks
+
+
+def _caller() -> tuple[Identity, NodeAuth] | None:
+    sess = current_session.get()
+    if sess is None or not isinstance(sess.auth, NodeAuth):
+        return None  # an open node, or a call from the node itself
+    ident = sess.identity if isinstance(sess.identity, Identity) else ANONYMOUS
+    if ident.kind == "user" and ident.grant is not None:
+        _still_valid(ident, sess.auth)
+    return ident, sess.auth
+
+
+def _still_valid(ident: Identity, auth: NodeAuth) -> None:
+    """A credential revoked or expired after its connection said hello stops working."""
+    g = ident.grant
+    assert g is not None
+    if g.exp and time.time() > g.exp:
+        raise CredentialError(f"credential refused: {g.user}'s credential has expired")
+    at = auth.policy.revoked.get(g.user)
+    if at is not None and g.iat <= at:
+        raise CredentialError(f"credential refused: {g.user} was revoked")
+
+
+def caller() -> Identity | None:
+    """Who sent the request being served; None on an open node."""
+    got = _caller()
+    return None if got is None else got[0]
+
+
+def authorize(op: str) -> None:
+    got = _caller()
+    if got is None:
+        return
+    ident, _ = got
+    rule = OPS.get(op, "node")
+    if rule == "any" or ident.kind == "node":
+        return
+    if rule == "admin":
+        authz.require_admin(ident)
+        return
+    authz.require_node(ident, op)
+
+
+def read(path: str) -> None:
+    got = _caller()
+    if got is not None:
+        authz.require_read(got[0], path, got[1].policy)
+
+
+def write(path: str) -> None:
+    got = _caller()
+    if got is not None:
+        authz.require_write(got[0], path)
+
+
+def compute() -> None:
+    got = _caller()
+    if got is not None:
+        authz.require_compute(got[0])
+
+
+def private_reads() -> bool:
+    """Whether reads by this caller need their paths checked (some paths are private)."""
+    got = _caller()
+    return got is not None and got[0].kind != "node" and bool(got[1].policy.private)
+
+
+def is_node() -> bool:
+    got = _caller()
+    return got is None or got[0].kind == "node"
+
+
+__all__ = [
+    "OPS",
+    "NodeAuth",
+    "PermissionDenied",
+    "authorize",
+    "caller",
+    "compute",
+    "is_node",
+    "private_reads",
+    "read",
+    "write",
+]
