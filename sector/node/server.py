@@ -51,6 +51,7 @@ from sector.node.security import NodeSecurity
 from sector.node.sphere import SphereService
 from sector.routing.chord import ChordState, Peer
 from sector.routing.driver import ChordDriver
+from sector.security import guard
 from sector.storage.blobs import BlobStore
 from sector.storage.inventory import Inventory
 from sector.storage.transfer import BlobService
@@ -265,6 +266,7 @@ class Node:
             self.handlers.update(self.security.handlers())
         else:
             self.handlers["sec.policy"] = self._h_open_policy
+        self.handlers["sec.check"] = guard.h_check
         self._refresh_self()
         if cfg.join:
             await self._join(cfg.join)

@@ -41,8 +41,10 @@ from sector.aio import wait_event
 from sector.errors import (
     AlreadyExists,
     ClusterError,
+    CredentialError,
     JobFailed,
     NotFound,
+    PermissionDenied,
     SectorError,
     TransportError,
     UsageError,
@@ -209,6 +211,8 @@ class AsyncJob:
         output = self.opts.get("output")
         staged = False
         try:
+            # Rights first (compute, and write on the output), before any work is done.
+            await self.c._call("sec.check", {"compute": True, "write": [output] if output else []})
             await self._prepare()
             if output is not None:
                 await self.c.mkdir(f"{STAGING}/{self.id}", parents=True)
@@ -481,6 +485,12 @@ class AsyncJob:
             self.running.pop(s.attempt, None)
             self.sched.failed(s.attempt, time.monotonic(), f"{self.addr[s.node]}: {exc}")
             await self._node_lost(s.node)
+        except (PermissionDenied, CredentialError) as exc:
+            # Another node would say the same: fail now, not after every retry.
+            self.running.pop(s.attempt, None)
+            self.error = self.error or str(exc)
+            self._failed = exc
+            self._wake.set()
         except SectorError as exc:
             self.running.pop(s.attempt, None)
             self.sched.failed(
