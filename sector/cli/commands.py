@@ -152,6 +152,13 @@ def cmd_status(c: ClientLike, args: argparse.Namespace) -> None:
         f" ({output.fmt_bytes(st.get('bytes', 0))}), {st.get('under_replicated', 0)} under-replicated,"
         f" {st.get('repair_queue', 0)} queued for repair"
     )
+    sec = st.get("security") or {}
+    if sec.get("tls"):
+        output.echo(
+            f"secure cluster {sec.get('cluster')} (TLS), policy v{sec.get('policy_version')}"
+        )
+    else:
+        output.echo("open cluster (no TLS, no credentials)")
 
 
 def _worker_line(w: dict[str, Any]) -> str:

@@ -499,6 +499,7 @@ class FsService:
                     answered = False
                 continue
             m["workers"] = inf.get("workers", [])
+            m["tls"] = bool((inf.get("security") or {}).get("tls"))
             for nid, n in (inf.get("draining_held") or {}).items():
                 held[nid] = held.get(nid, 0) + int(n)
             m["files"] = inf.get("blobs", 0)
@@ -526,4 +527,6 @@ class FsService:
             "repair_queue": queued,
             "replicas": self.node.cfg.replicas,
             "entry": self.node.addr,
+            # The cluster's id (from its CA) and whether it is secure (TLS, credentials).
+            "security": (self.node.security.describe() if self.node.security else {"tls": False}),
         }

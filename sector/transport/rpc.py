@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import os
@@ -73,6 +74,7 @@ class Session:
     """
 
     peer: str
+    host: str = ""
     tls: bool = False
     peer_cert: bytes | None = None  # DER of a certificate the TLS layer verified
     identity: Any = None
@@ -273,6 +275,41 @@ class BulkChannel:
             await asyncio.wait_for(self.writer.wait_closed(), 2.0)
 
 
+class _PeerBudget:
+    """Bytes of requests read from one peer host and not yet answered, capped.
+
+    A peer that floods a node with large requests (on one connection or many) stops
+    being read once it has ``limit`` bytes in flight, until its handlers finish: TCP
+    back-pressure then holds it. A single request larger than the budget still runs
+    when nothing else of that peer is in flight, so no legal frame is refused.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used: Counter[str] = Counter()
+        self._freed: dict[str, asyncio.Event] = {}
+
+    async def acquire(self, host: str, n: int) -> None:
+        while self.used[host] > 0 and self.used[host] + n > self.limit:
+            ev = self._freed.setdefault(host, asyncio.Event())
+            ev.clear()
+            await ev.wait()
+        self.used[host] += n
+
+    def done(self, host: str, n: int, _task: object) -> None:
+        self.release(host, n)
+
+    def release(self, host: str, n: int) -> None:
+        self.used[host] -= n
+        if self.used[host] <= 0:
+            del self.used[host]
+        ev = self._freed.get(host)
+        if ev is not None:
+            ev.set()
+            if host not in self.used:
+                del self._freed[host]
+
+
 class Server:
     """Serves a handler table on one TCP port (port 0 = ephemeral)."""
 
@@ -287,6 +324,7 @@ class Server:
         max_connections: int = 1024,
         max_connections_per_peer: int = 256,
         max_inflight_per_conn: int = 128,
+        max_inflight_bytes_per_peer: int = 64 << 20,
         ssl: _ssl.SSLContext | None = None,
         authenticator: Authenticator | None = None,
     ) -> None:
@@ -299,6 +337,7 @@ class Server:
         self._conn_slots = asyncio.Semaphore(max_connections)
         self.max_per_peer = max_connections_per_peer
         self._per_peer: Counter[str] = Counter()
+        self._budget = _PeerBudget(max_inflight_bytes_per_peer)
         self._ssl = ssl
         self.authenticator = authenticator
         self._server: asyncio.Server | None = None
@@ -349,7 +388,8 @@ class Server:
                 self.stats["connections"] += 1
                 _tune(writer.get_extra_info("socket"))
                 sess = Session(
-                    peer=f"{host}:{peername[1]}" if isinstance(peername, tuple) else host
+                    peer=f"{host}:{peername[1]}" if isinstance(peername, tuple) else host,
+                    host=host,
                 )
                 sslobj = writer.get_extra_info("ssl_object")
                 if sslobj is not None:
@@ -439,7 +479,10 @@ class Server:
                         await self._run_bulk(env, chan, sess)
                         return
                     await inflight.acquire()
+                    size = dec.last_size
+                    await self._budget.acquire(sess.host, size)
                     t = asyncio.create_task(self._run(env, writer, cork, inflight, closing, sess))
+                    t.add_done_callback(functools.partial(self._budget.done, sess.host, size))
                     tasks.add(t)
                     t.add_done_callback(tasks.discard)
         finally:

@@ -75,6 +75,7 @@ class FrameDecoder:
         self._buf = bytearray()
         self._need: int | None = None  # body length of the frame being read
         self._broken: ProtocolError | None = None
+        self.last_size = 0  # body bytes of the frame ``pop`` returned last
 
     @property
     def pending(self) -> bool:
@@ -116,7 +117,7 @@ class FrameDecoder:
                 return None
             body = bytes(self._buf[: self._need])
             del self._buf[: self._need]
-            self._need = None
+            self.last_size, self._need = self._need, None
             return _decode_body(body)
         except ProtocolError as exc:
             self._broken = exc

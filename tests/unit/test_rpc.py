@@ -639,3 +639,46 @@ def test_read_frame_refuses_an_oversize_reply() -> None:
             await chan.close()
 
     run(main())
+
+
+def test_a_peer_with_its_byte_budget_in_flight_is_not_read_until_a_request_finishes() -> None:
+    async def main() -> None:
+        h = Handlers()
+        async with serving(h, max_inflight_bytes_per_peer=1 << 20) as (server, pool, _):
+            pad = b"x" * (600 << 10)  # two of these exceed the peer's 1 MiB budget
+            first = asyncio.create_task(pool.call(server.address, "gate", {"k": "a", "p": pad}))
+            await h.some_waiting.wait()
+            second = asyncio.create_task(pool.call(server.address, "gate", {"k": "b", "p": pad}))
+            small = asyncio.create_task(pool.call(server.address, "echo", {"x": 1}))
+            done, _ = await asyncio.wait({second, small}, timeout=0.5)
+            assert not done and h.waiting == 1  # held back: nothing behind it was read
+            h.gates.setdefault("a", asyncio.Event()).set()
+            assert await first == "a"
+            assert await small == {"x": 1}
+            while h.waiting < 2:  # the second now runs
+                await asyncio.sleep(0.01)
+            h.gates.setdefault("b", asyncio.Event()).set()
+            assert await second == "b"
+            assert not server._budget.used  # every byte given back
+
+    run(main())
+
+
+def test_connections_past_the_per_peer_limit_are_closed_and_the_rest_served() -> None:
+    async def main() -> None:
+        async with serving(max_connections_per_peer=2) as (server, pool, _):
+            host, port = server.address.rsplit(":", 1)
+            held = [await asyncio.open_connection(host, int(port)) for _ in range(2)]
+            r, w = await asyncio.open_connection(host, int(port))
+            assert await r.read(1) == b""  # the third from this host: closed at once
+            w.close()
+            _, hw = held.pop()
+            hw.close()
+            await hw.wait_closed()
+            while len(server._per_peer) and server._per_peer[host] > 1:
+                await asyncio.sleep(0.01)
+            assert await pool.call(server.address, "echo", {"ok": 1}) == {"ok": 1}
+            for _, hw in held:
+                hw.close()
+
+    run(main())
