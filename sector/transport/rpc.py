@@ -59,6 +59,7 @@ BulkHandler = Callable[[dict[str, Any], "BulkChannel"], Awaitable[Any]]
 READ_CHUNK = 1 << 20
 SOCK_BUF = 4 << 20
 STREAM_LIMIT = 8 << 20
+TLS_SEND_CHUNK = 4 << 20  # file bytes per write on a TLS bulk stream
 HELLO = "auth.hello"  # answered inline, before any later frame of the connection is read
 TLS_RECORD = b"\x16\x03"  # the first bytes of a TLS ClientHello
 
@@ -228,9 +229,37 @@ class BulkChannel:
         await self._drain()
         loop = asyncio.get_running_loop()
         try:
-            await loop.sendfile(self.writer.transport, f, offset, count)
+            if self.writer.get_extra_info("sslcontext") is None:
+                await loop.sendfile(self.writer.transport, f, offset, count)
+            else:
+                await self._send_tls(f, offset, count)
         except (ConnectionError, OSError) as exc:
             raise ConnectError(f"bulk stream to {self.peer} lost: {exc}") from None
+
+    async def _send_tls(self, f: IO[bytes], offset: int, count: int) -> None:
+        """The file through the TLS transport in large pieces.
+
+        asyncio's own fallback for TLS reads 256 KiB and waits for the buffer to drain
+        after each piece (about 85 MB/s here); reading the next piece in a thread
+        while the transport encrypts and sends this one, with a deeper write buffer,
+        is several times faster.
+        """
+        loop = asyncio.get_running_loop()
+        self.writer.transport.set_write_buffer_limits(high=TLS_SEND_CHUNK * 2)
+        fd = f.fileno()
+        end = offset + count
+        nxt = loop.run_in_executor(None, os.pread, fd, min(TLS_SEND_CHUNK, count), offset)
+        while offset < end:
+            data = await nxt
+            if not data:
+                raise ProtocolError(f"file ended {end - offset} bytes early")
+            offset += len(data)
+            if offset < end:
+                nxt = loop.run_in_executor(
+                    None, os.pread, fd, min(TLS_SEND_CHUNK, end - offset), offset
+                )
+            self.writer.write(data)
+            await self._drain()
 
     def raw_socket(self, *, reading: bool = True) -> socket.socket | None:
         """A blocking duplicate of the connection's socket, for a copy loop in a thread.
