@@ -307,23 +307,35 @@ class BlobService:
     async def _copy_async(
         self, chan: BulkChannel, size: int, w: BlobWriter, down: BulkChannel | None
     ) -> BulkChannel | None:
-        """The portable path (TLS): through the transports, chunk by chunk."""
+        """The portable path (TLS): through the transports, chunk by chunk.
+
+        Each chunk is handed to the next node first, then written and hashed in a
+        thread while the event loop decrypts the next one: the loop does only the TLS.
+        """
+        loop = asyncio.get_running_loop()
         remaining = size
-        while remaining:
-            chunk = await chan.read_some(min(CHUNK, remaining))
-            if not chunk:
-                raise ProtocolError(
-                    f"upload of {w.blob} cut off after {size - remaining} of {size} bytes"
-                )
-            w.write(chunk)
-            remaining -= len(chunk)
-            if down is not None:
-                try:
-                    await down.write(chunk)
-                except TransportError as exc:
-                    log.warning("chain write of %s: downstream failed (%s)", w.blob, exc)
-                    await down.close()
-                    down = None
+        writing: asyncio.Future[None] | None = None
+        try:
+            while remaining:
+                chunk = await chan.read_some(min(CHUNK, remaining))
+                if not chunk:
+                    raise ProtocolError(
+                        f"upload of {w.blob} cut off after {size - remaining} of {size} bytes"
+                    )
+                remaining -= len(chunk)
+                if down is not None:
+                    try:
+                        await down.write(chunk)
+                    except TransportError as exc:
+                        log.warning("chain write of %s: downstream failed (%s)", w.blob, exc)
+                        await down.close()
+                        down = None
+                if writing is not None:
+                    await writing
+                writing = loop.run_in_executor(self.pumps, w.write, chunk)
+        finally:
+            if writing is not None:
+                await writing
         return down
 
     async def _h_get(self, a: dict[str, Any], chan: BulkChannel) -> Any:
