@@ -146,12 +146,6 @@ def cmd_status(c: ClientLike, args: argparse.Namespace) -> None:
         # Scrub progress is a cluster figure of the issue: shown even without --workers.
         if getattr(args, "workers", False) or w.get("name") == "scrub":
             output.echo(f"{n.get('address')} {_worker_line(w)}")
-    up = sum(1 for n in nodes if n.get("state") == "up")
-    output.echo(
-        f"{up}/{len(nodes)} nodes up, {st.get('files', 0)} files"
-        f" ({output.fmt_bytes(st.get('bytes', 0))}), {st.get('under_replicated', 0)} under-replicated,"
-        f" {st.get('repair_queue', 0)} queued for repair"
-    )
     sec = st.get("security") or {}
     if sec.get("tls"):
         output.echo(
@@ -159,6 +153,12 @@ def cmd_status(c: ClientLike, args: argparse.Namespace) -> None:
         )
     else:
         output.echo("open cluster (no TLS, no credentials)")
+    up = sum(1 for n in nodes if n.get("state") == "up")
+    output.echo(
+        f"{up}/{len(nodes)} nodes up, {st.get('files', 0)} files"
+        f" ({output.fmt_bytes(st.get('bytes', 0))}), {st.get('under_replicated', 0)} under-replicated,"
+        f" {st.get('repair_queue', 0)} queued for repair"
+    )
 
 
 def _worker_line(w: dict[str, Any]) -> str:

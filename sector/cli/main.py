@@ -297,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     from sector.cli import security, sphere
 
     sphere.add_parsers(cmd, common)
-    security.add_parsers(cmd)
+    security.add_parsers(cmd, common)
     return p
 
 

@@ -26,9 +26,11 @@ EXIT_OK = 0
 DAY = 86400.0
 
 
-def add_parsers(cmd: Callable[[str, str], argparse.ArgumentParser]) -> None:
+def add_parsers(
+    cmd: Callable[[str, str], argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
     s = cmd("cluster", "cluster identity: CA, node certificates, read restrictions")
-    sub = s.add_subparsers(dest="action", metavar="ACTION", required=True)
+    sub = _Sub(s, common)
     a = sub.add_parser("init", help="create a cluster CA and an admin credential")
     _admin_dir(a)
     a.add_argument("--force", action="store_true", help="replace an existing CA")
@@ -48,7 +50,7 @@ def add_parsers(cmd: Callable[[str, str], argparse.ArgumentParser]) -> None:
     sub.add_parser("policy", help="the cluster policy: version, revoked users, private prefixes")
 
     s = cmd("user", "issue and revoke user credentials")
-    sub = s.add_subparsers(dest="action", metavar="ACTION", required=True)
+    sub = _Sub(s, common)
     a = sub.add_parser("add", help="issue a credential for NAME (printed, or written to -o)")
     a.add_argument("name", metavar="NAME")
     a.add_argument("--write", action="append", default=[], metavar="PREFIX")
@@ -67,6 +69,17 @@ def add_parsers(cmd: Callable[[str, str], argparse.ArgumentParser]) -> None:
     s.add_argument("--file", type=Path, default=None, help="read the credential from a file")
     cmd("logout", "forget the stored credential of the cluster")
     cmd("whoami", "who the cluster takes you for")
+
+
+class _Sub:
+    """Sub-actions that take the global options (--json, --cluster, ...) after them too."""
+
+    def __init__(self, parent: argparse.ArgumentParser, common: argparse.ArgumentParser):
+        self._sub = parent.add_subparsers(dest="action", metavar="ACTION", required=True)
+        self._common = common
+
+    def add_parser(self, name: str, help: str) -> argparse.ArgumentParser:
+        return self._sub.add_parser(name, help=help, description=help, parents=[self._common])
 
 
 def _admin_dir(p: argparse.ArgumentParser) -> None:

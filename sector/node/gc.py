@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from sector.aio import cancel_and_wait
 from sector.errors import BadRequest, SectorError
 from sector.ids import to_hex
+from sector.meta import records as rec
 from sector.meta.records import FileRecord, Gone, kind_of
 from sector.storage.blobs import check_blob_id
 from sector.storage.inventory import COLLECT, KEEP, UNSURE, Row, verdict
@@ -98,6 +99,7 @@ class GcWorker:
         path = a.get("path")
         if not isinstance(path, str) or not path.startswith("/") or len(path) > 4096:
             raise BadRequest("blob.alias needs an absolute path")
+        path = rec.normalize(path)
         return await asyncio.to_thread(self.node.inventory.add_alias, blob, path)
 
     async def _loop(self) -> None:

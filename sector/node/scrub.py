@@ -34,7 +34,7 @@ import blake3
 from sector.aio import cancel_and_wait
 from sector.errors import SectorError
 from sector.ids import to_hex
-from sector.storage.blobs import CHUNK
+from sector.storage.blobs import CHUNK, open_nofollow
 from sector.storage.inventory import Row
 
 if TYPE_CHECKING:
@@ -49,7 +49,7 @@ def hash_paced(path: Path, rate: int, stop: threading.Event) -> tuple[str, int] 
     h = blake3.blake3()
     n = 0
     started = time.monotonic()
-    with open(path, "rb") as f:
+    with open(open_nofollow(path), "rb") as f:  # a link planted mid-pass is not read
         buf = bytearray(CHUNK)
         view = memoryview(buf)
         while k := f.readinto(buf):

@@ -46,7 +46,7 @@ from sector.ids import to_hex
 from sector.meta import records as rec
 from sector.security import guard
 from sector.sphere import spe
-from sector.sphere.driver import STAGING
+from sector.sphere.driver import STAGING, staging_owner
 from sector.storage.blobs import check_blob_id, checksum_file
 from sector.transport.rpc import BulkChannel, split_addr
 
@@ -93,7 +93,7 @@ def _int(a: dict[str, Any], name: str, lo: int = 0, hi: int = 1 << 62) -> int:
 
 def _job(a: dict[str, Any]) -> str:
     j = a.get("job")
-    if not isinstance(j, str) or not JOB_RE.match(j):
+    if not isinstance(j, str) or not JOB_RE.fullmatch(j):
         raise BadRequest("job must be a hex job id")
     return j
 
@@ -566,7 +566,7 @@ class SphereService:
         # Every item is checked, and every part found, before any file is made: a bad
         # commit stores nothing. Output goes only under the job's staging directory
         # (the driver renames it into place), never elsewhere in the namespace.
-        stage = f"{STAGING}/{j.id}/"
+        stage = f"{STAGING}/{staging_owner(guard.user())}/{j.id}/"
         plan: list[tuple[str, list[Path]]] = []
         for item in items:
             if not isinstance(item, dict) or not isinstance(item.get("path"), str):

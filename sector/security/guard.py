@@ -195,9 +195,19 @@ def write(path: str) -> None:
     if got is None:
         return
     ident = got[0]
-    if authz.covers(STAGING, path) and path != STAGING and authz.can_compute(ident):
-        return  # a job's staging area: the compute right covers it, the final mv is checked
+    if ident.kind == "user" and authz.can_compute(ident):
+        mine = f"{STAGING}/{ident.name}"
+        if path == STAGING or authz.covers(mine, path):
+            return  # one's own jobs' staging: covered by the compute right; the mv out is checked
     authz.require_write(ident, path)
+
+
+def user() -> str | None:
+    """The user name of the caller; None for a node, anonymous or on an open node."""
+    got = _caller()
+    if got is None or got[0].kind != "user":
+        return None
+    return got[0].name
 
 
 async def h_check(a: dict[str, Any]) -> Any:

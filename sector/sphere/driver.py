@@ -59,6 +59,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("sector.sphere.driver")
 
 STAGING = "/.sphere"
+
+
+def staging_owner(user: str | None) -> str:
+    """The directory under STAGING of a user's jobs ("_" on an open cluster)."""
+    return user or "_"
+
+
 POLL_WAIT = 1.0
 LOST_AFTER = 2  # consecutive failed polls before a node counts as lost
 SPEC_MIN = 5.0  # seconds a segment runs before a backup of it is considered
@@ -128,6 +135,9 @@ class AsyncJob:
     def __init__(self, client: AsyncClient, fn: Callable[..., Any], **opts: Any) -> None:
         self.c = client
         self.id = secrets.token_hex(8)
+        # Staging is per user (``/.sphere/<user>/<job>``): the compute right covers
+        # one's own jobs' staging, not another user's (sector.security.guard.write).
+        self.stage = f"{STAGING}/{staging_owner(client.whoami().get('user'))}/{self.id}"
         self.fn = fn
         self.opts = opts
         # Pickled here, not when the job runs: a UDF that cannot be shipped is a
@@ -215,7 +225,7 @@ class AsyncJob:
             await self.c._call("sec.check", {"compute": True, "write": [output] if output else []})
             await self._prepare()
             if output is not None:
-                await self.c.mkdir(f"{STAGING}/{self.id}", parents=True)
+                await self.c.mkdir(self.stage, parents=True)
                 staged = True
             files: list[dict[str, Any]] = []
             for _round in range(MAX_ROUNDS):
@@ -233,7 +243,7 @@ class AsyncJob:
                 parent = rec.parent(output)
                 if parent != "/":
                     await self.c.mkdir(parent, parents=True)
-                await self.c.mv(f"{STAGING}/{self.id}", output)
+                await self.c.mv(self.stage, output)
                 staged = False
                 files = [{**f, "path": rec.join(output, rec.basename(f["path"]))} for f in files]
             self._set_phase("done")
@@ -288,7 +298,11 @@ class AsyncJob:
             await asyncio.gather(*(one(n) for n in self.touched if n not in self.lost))
         if staged:
             with contextlib.suppress(BaseException):
-                await self.c.rm(f"{STAGING}/{self.id}", recursive=True)
+                await self.c.rm(self.stage, recursive=True)
+        # The user's staging directory goes too once empty (another job of the same
+        # user keeps it: a plain rm refuses a directory that is not empty).
+        with contextlib.suppress(BaseException):
+            await self.c.rm(rec.parent(self.stage))
 
     # ------------------------------------------------------------------ preparation
 
@@ -574,7 +588,7 @@ class AsyncJob:
             # Seal this segment's output now, while others still run: its hashing and
             # fsync overlap their work instead of queueing at the end (it is still under
             # the staging directory; the job's output appears only at the rename).
-            item = {"path": f"{STAGING}/{self.id}/part-{s.seg:05d}", "attempt": att}
+            item = {"path": f"{self.stage}/part-{s.seg:05d}", "attempt": att}
             self._early[s.seg] = (att, asyncio.ensure_future(self._commit_on(nid, [item])))
         if self.opts.get("mode") != "buckets":
             return
@@ -662,7 +676,7 @@ class AsyncJob:
         mode = self.opts.get("mode")
         if mode not in ("files", "buckets"):
             return []
-        stage = f"{STAGING}/{self.id}"
+        stage = self.stage
         items: dict[str, list[dict[str, Any]]] = {}
         if mode == "buckets":
             await self._redeliver()

@@ -28,6 +28,7 @@ import numpy as np
 
 from sector.sphere.batch import Batch, normalize, split
 from sector.sphere.segments import line_bounds
+from sector.storage.blobs import open_nofollow
 
 CLIENT_MAX = 12 << 20  # output of one segment returned to the client in a reply frame
 
@@ -130,7 +131,7 @@ def _read(task: dict[str, Any]) -> tuple[memoryview | bytes, mmap.mmap | None, i
     size = int(task["size"])
     if size == 0:
         return b"", None, 0
-    with open(task["file"], "rb") as f:
+    with open(open_nofollow(task["file"]), "rb") as f:  # never through a planted link
         mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     if len(mm) != size:
         mm.close()

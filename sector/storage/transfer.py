@@ -161,6 +161,7 @@ class BlobService:
         checksum: str | None,
         chain: list[tuple[str, str]],
         path: str = "",
+        new: bool = False,
     ) -> BulkChannel | None:
         for i, (_nid, addr) in enumerate(chain):
             args = {
@@ -169,6 +170,7 @@ class BlobService:
                 "checksum": checksum,
                 "chain": [list(c) for c in chain[i + 1 :]],
                 "path": path,
+                "new": new,
             }
             try:
                 return await self.node.pool.open_bulk(addr, "blob.put", args)
@@ -176,16 +178,24 @@ class BlobService:
                 log.warning("chain write of %s: %s unreachable (%s), skipping it", blob, addr, exc)
         return None
 
-    def _check_write(self, blob: str, path: str) -> None:
+    def _check_write(self, a: dict[str, Any], blob: str, path: str) -> bool:
         """A user (not a node) may write a new blob for a file it may write, and only a
-        new one: overwriting a stored blob is for the cluster's own repairs."""
-        if guard.is_node():
-            return
-        if not path:
-            raise BadRequest("a blob write from a client must name its file's path")
-        guard.write(rec.normalize(path))
-        if self.node.blobs.exists(blob):
+        new one: overwriting a stored blob is for the cluster's own repairs.
+
+        Returns whether the write must be of a new blob. That travels down the chain
+        (``new``), so a node forwarding a user's write refuses an existing blob too:
+        otherwise a user could name a blob id of someone else's file and have the next
+        node "repair" that file's copy with the user's bytes.
+        """
+        new = a.get("new") is True
+        if not guard.is_node():
+            if not path:
+                raise BadRequest("a blob write from a client must name its file's path")
+            guard.write(rec.normalize(path))
+            new = True
+        if new and self.node.blobs.exists(blob):
             raise AlreadyExists(f"blob {blob} exists")
+        return new
 
     def _check_read(self, blob: str) -> None:
         """Reading a blob is reading its files: checked only where paths are private."""
@@ -201,9 +211,11 @@ class BlobService:
             raise BadRequest("checksum must be a string")
         chain = _chain(a.get("chain", []))
         path = _file_path(a)
-        self._check_write(blob, path)
+        new = self._check_write(a, blob, path)
         w = self.node.blobs.writer(blob, size, path)
-        down = await self._open_downstream(blob, size, checksum, chain, path) if chain else None
+        down = (
+            await self._open_downstream(blob, size, checksum, chain, path, new) if chain else None
+        )
         try:
             src = chan.raw_socket()
             if src is not None:
@@ -261,7 +273,7 @@ class BlobService:
             raise BadRequest("checksum must be a string")
         chain = _chain(a.get("chain", []))
         path = _file_path(a)
-        self._check_write(blob, path)
+        new = self._check_write(a, blob, path)
 
         async def store() -> str:
             w = self.node.blobs.writer(blob, len(data), path)
@@ -282,6 +294,7 @@ class BlobService:
                     "checksum": checksum,
                     "chain": [list(c) for c in chain[i + 1 :]],
                     "path": path,
+                    "new": new,
                 }
                 try:
                     rep = await self.node.pool.call(addr, "blob.put_small", args)
@@ -366,8 +379,8 @@ class BlobService:
             raise BadRequest("path must be a string")
         inv = self.node.inventory
         n = 0
-        for b in blobs:
-            b = check_blob_id(b)
+        ids = [check_blob_id(b) for b in blobs]  # all checked before any is deleted
+        for b in ids:
             # A file's delete (``path`` given) spares a blob another path also claims:
             # a rename cut short by a crash leaves two records on one blob, and removing
             # one must not take the other's bytes. The collector decides, after its

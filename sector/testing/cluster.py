@@ -4,6 +4,12 @@
 a node writes its real address into ``<data>/node.json`` when it is ready), and gives
 fault hooks: ``kill`` (SIGKILL), ``stop`` (SIGTERM: graceful leave), ``restart``,
 ``add``. ``wait_for`` polls a condition against a deadline, never sleeps and hopes.
+
+``ProcCluster(root, secure=True)`` makes a *secure* cluster (issue 5): a cluster CA is
+created and saved in ``root/security``, each node gets a certificate of it in
+``<data>/tls`` and is started with ``--tls``; ``token(user, ...)`` issues credentials
+and ``admin_token`` is an admin's. The cluster's own checks (``status``, ``wait_ring``)
+present the admin credential, so they never depend on ``$SECTOR_HOME``.
 """
 
 from __future__ import annotations
@@ -18,7 +24,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from sector.client import Client
+    from sector.security.pki import ClusterCA
 
 T = TypeVar("T")
 
@@ -74,12 +84,41 @@ class ProcCluster:
         replicas: int = 3,
         env: dict[str, str] | None = None,
         node_args: list[str] | None = None,
+        secure: bool = False,
     ) -> None:
         self.root = root
         self.replicas = replicas
         self.node_args = list(node_args or [])
         self.nodes: list[NodeProc] = []
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.secure = secure
+        self.ca: ClusterCA | None = None
+        self.admin_token: str | None = None
+        if secure:
+            from sector.security.pki import ClusterCA
+
+            self.ca = ClusterCA.create("test")
+            self.ca.save(root / "security")
+            self.admin_token = self.token("admin", write=["/"], compute=True, admin=True)
+
+    def token(self, user: str, **grant: Any) -> str:
+        """A credential of this (secure) cluster for ``user``: ``tokens.issue`` keywords
+        (``write``, ``read``, ``compute``, ``admin``, ``ttl``; ``now`` defaults to now)."""
+        from sector.security import tokens
+
+        if self.ca is None:
+            raise RuntimeError("an open cluster has no credentials (ProcCluster(secure=True))")
+        grant.setdefault("now", time.time())
+        return tokens.issue(self.ca, user, **grant)
+
+    def connect(self, address: str | None = None, **kw: Any) -> Client:
+        """A client of this cluster; on a secure one it presents the admin credential
+        unless ``token=`` or ``anonymous=True`` is given."""
+        from sector.client import connect
+
+        if self.admin_token is not None and not kw.get("anonymous"):
+            kw.setdefault("token", self.admin_token)
+        return connect(address or self.address, **kw)
 
     @property
     def address(self) -> str:
@@ -103,6 +142,11 @@ class ProcCluster:
         self._wait_ready(node)
         return node
 
+    def spawn(self, join: str | None = None, **kw: Any) -> NodeProc:
+        """Start a node and do not wait for it: one that may never become ready (a
+        rogue trying to join); ``_spawn``'s keywords. Its output is in ``node.log``."""
+        return self._spawn(join=join, **kw)
+
     def _spawn(
         self,
         join: str | None = None,
@@ -111,12 +155,19 @@ class ProcCluster:
         data: Path | None = None,
         listen: str = "127.0.0.1:0",
         wrap: list[str] | None = None,
+        tls: Path | None = None,
     ) -> NodeProc:
         """``wrap``: a command prefix, e.g. ``["ip", "netns", "exec", NS]`` to run the
-        node on another (emulated) host."""
+        node on another (emulated) host. ``tls``: a directory with ``node.crt``,
+        ``node.key`` and ``ca.crt`` (default on a secure cluster: a certificate of its CA
+        for ``n<i>``, issued into ``<data>/tls``)."""
         i = len(self.nodes)
         data = data or self.root / f"node-{i}"
         data.mkdir(parents=True, exist_ok=True)
+        if tls is None and self.ca is not None:
+            tls = data / "tls"
+            if not (tls / "node.crt").exists():
+                self.ca.issue_node(f"n{i}").save(tls)
         args = [
             *(wrap or []),
             sys.executable,
@@ -136,6 +187,8 @@ class ProcCluster:
             args += ["--topology", topology]
         if quota is not None:
             args += ["--quota", str(quota)]
+        if tls is not None:
+            args += ["--tls", str(tls)]
         args += self.node_args
         node = NodeProc(i, data, args)
         self.nodes.append(node)
@@ -165,9 +218,7 @@ class ProcCluster:
         node.node_id = found["id"]
 
     def status(self) -> dict[str, Any]:
-        from sector.client import connect
-
-        with connect(self.address) as c:
+        with self.connect() as c:
             return c.status()
 
     def wait_ring(self, timeout: float = 30.0) -> None:
@@ -184,10 +235,8 @@ class ProcCluster:
 
     def ring_consistent(self) -> bool:
         """Each live node's successor is the next live node by id, and predecessors agree."""
-        from sector.client import connect
-
         live = sorted((n for n in self.nodes if n.alive), key=lambda n: int(n.node_id, 16))
-        with connect(self.address) as c:
+        with self.connect() as c:
             for i, n in enumerate(live):
                 info: dict[str, Any] = c._run(c._aio.pool.call(n.address, "node.info", {}))
                 succ = live[(i + 1) % len(live)]

@@ -747,7 +747,13 @@ class RpcPool:
             try:
                 await asyncio.wait_for(self.on_open(addr, reader, writer), self.connect_timeout)
             except BaseException:
+                # Closed here and now: a refused client may shut its event loop next,
+                # and a TLS close left pending would leak the socket.
                 writer.close()
+                try:
+                    await asyncio.wait_for(writer.wait_closed(), 1.0)
+                except BaseException:
+                    writer.transport.abort()
                 raise
         return reader, writer
 

@@ -137,7 +137,8 @@ def _decode_body(body: bytes) -> Envelope:
         env = _decoder.decode(body)
     except msgspec.ValidationError as exc:
         raise ProtocolError(f"malformed message: {exc}") from None
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        # msgspec lets a str that is not UTF-8 through as UnicodeDecodeError.
         raise ProtocolError(f"undecodable frame: {exc}") from None
     if env.op is not None and env.a is None:
         env.a = {}

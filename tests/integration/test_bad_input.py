@@ -147,7 +147,7 @@ def test_path_with_dot_dot(
     assert not (tmp_path / "out").exists()
 
 
-def test_path_with_nul_is_refused_by_the_api(client: sector.Client) -> None:
+def test_path_with_nul_is_refused_by_the_api(client: sector.Client, tree: dict[str, bytes]) -> None:
     # A command-line argument cannot hold a NUL byte, so this one is for the API.
     for call in (
         lambda: client.stat("/a\x00b"),

@@ -160,12 +160,19 @@ def job_dirs(node: NodeProc) -> set[str]:
 
 
 def namespace(c: sector.Client) -> list[str]:
-    """The top of the namespace, and what is staged in /.sphere (which a job makes once
-    and leaves, empty)."""
+    """The top of the namespace, and every file staged under /.sphere (whose per-user
+    directories a job makes and may leave, empty)."""
     names = sorted(e["path"] for e in c.ls("/") if e["path"] != "/.sphere")
-    if c.exists("/.sphere"):
-        names += sorted(e["path"] for e in c.ls("/.sphere"))
-    return names
+    return names + sorted(_files_under(c, "/.sphere"))
+
+
+def _files_under(c: sector.Client, d: str) -> list[str]:
+    if not c.exists(d):
+        return []
+    out: list[str] = []
+    for e in c.ls(d):
+        out += _files_under(c, e["path"]) if e["type"] == "dir" else [e["path"]]
+    return out
 
 
 def new_job() -> str:
@@ -548,7 +555,7 @@ def test_sphere_commit_refuses_malformed_messages_and_stores_nothing(
 ) -> None:
     job, target = finished
     addr = target.address
-    stage = f"/.sphere/{job}"
+    stage = f"/.sphere/_/{job}"
     good = {"path": f"{stage}/bucket-00000", "bucket": 0, "attempts": [0]}
 
     def items(*its: Any) -> dict[str, Any]:
@@ -567,7 +574,7 @@ def test_sphere_commit_refuses_malformed_messages_and_stores_nothing(
         ("path dotdot", items({**good, "path": f"{stage}/../../etc/passwd"}), InvalidPath),
         ("path NUL", items({**good, "path": f"{stage}/a\x00b"}), InvalidPath),
         ("path outside the job", items({**good, "path": "/evil"}), BadRequest),
-        ("path of another job", items({**good, "path": f"/.sphere/{new_job()}/x"}), BadRequest),
+        ("path of another job", items({**good, "path": f"/.sphere/_/{new_job()}/x"}), BadRequest),
         ("path is the stage", items({**good, "path": stage}), BadRequest),
         ("bucket negative", items({**good, "bucket": -1}), BadRequest),
         ("bucket a string", items({**good, "bucket": "0"}), BadRequest),

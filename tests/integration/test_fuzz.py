@@ -1,0 +1,392 @@
+"""Random and mutated frames at live nodes (issue 5): the node stays up, answers a
+valid client afterwards, and no file changes.
+
+Hypothesis draws each example: (a) random bytes, with or without a plausible length
+prefix; (b) well-formed request frames (``codec.request``) of the nodes' real ops (and
+a few unknown ones), either with random arguments or with a plausible template of the
+op's arguments in which some values are replaced by random ones, some keys dropped and
+some added, so that requests get past the first check and into the handlers' bodies.
+Random values are msgpack of every kind: wrong types, huge and negative integers, NaN,
+nested lists and maps, long strings, hostile paths and blob ids. (c) Such frames
+mutated: bits flipped, cut short, the length prefix rewritten, sent twice, pipelined,
+followed by garbage or by raw "bulk" bytes. Each goes to one of the two nodes on a raw
+socket of its own, which reads whatever comes back until the node closes it or a short
+timeout, then closes (half-closing first, or not).
+
+The run is bounded by wall time (``BUDGET`` s), not only by example count. After it:
+both nodes alive; a fresh client puts and gets a file, byte-exact, through either
+node; the files written before are unchanged (content, checksum, every replica verified)
+and the namespace holds nothing else; nothing appeared next to the data directories; no
+node log has a traceback (an unhandled error in a handler is logged with one), but those
+of KNOWN_UNFIXED, bugs found here in modules to be fixed by their owners.
+
+Left out on purpose: ``node.drain``, whose valid form is any map without ``cancel``:
+fuzzing it drains the node, by design (an operator's command, not input to survive).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import struct
+import time
+from collections import deque
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+
+import sector
+from sector.testing.cluster import NodeProc, ProcCluster, wait_for
+from sector.wire import codec
+
+# Seconds of fuzzing, all strategies together (SECTOR_FUZZ_SECONDS runs it longer). The
+# example cap is about what fits in the default budget on a 2-core machine: examples past
+# the budget are no-ops, but hypothesis still spends ~10 ms generating each.
+BUDGET = float(os.environ.get("SECTOR_FUZZ_SECONDS", "22"))
+MAX_EXAMPLES = max(600, int(BUDGET * 40))
+READ_TIMEOUT = 0.1  # how long an example waits for the node to answer or close
+STALL_TIMEOUT = 2.0  # the nodes' --stall-timeout: cut-off frames are dropped soon
+
+# Every handler a node serves (sector/node/server.py and the services it composes), and
+# a few it does not: unknown ops must be refused like the rest.
+OPS = [
+    *("fs.stat", "fs.ls", "fs.mkdir", "fs.begin_put", "fs.commit_put", "fs.rm", "fs.mv"),
+    *("fs.status", "fs.setrf"),
+    *("blob.put", "blob.get", "blob.put_small", "blob.replicate", "blob.delete", "blob.has"),
+    *("blob.verify", "blob.missing", "blob.alias"),
+    *("meta.op", "meta.replicate", "meta.fetch", "meta.absorb"),
+    *("chord.next_hop", "chord.state", "chord.notify", "chord.ping", "chord.leaving"),
+    *("node.gossip", "node.info", "node.ping"),
+    *("repair.report", "repair.audit", "scrub.now", "gc.now"),
+    *("sphere.info", "sphere.run", "sphere.poll", "sphere.resend", "sphere.commit"),
+    *("sphere.cleanup", "sphere.push"),
+    *("auth.hello", "sec.policy", "sec.policy_put"),
+    *("", "no.such.op", "fs.", "blob.put\x00", "fs.stat "),
+]
+# Argument names the handlers read: random values under them reach past the first check.
+KEYS = [
+    *("path", "src", "dst", "name", "parents", "recursive", "size", "rf", "client_host"),
+    *("blob", "blobs", "data", "checksum", "chain", "targets", "offset", "length", "replicas"),
+    *("op", "args", "hops", "record", "records", "paths", "moved_to", "key", "exclude"),
+    *("peer", "pred", "successors", "entries", "node_id", "job", "attempt", "seg", "udf"),
+    *("digest", "mode", "nbuckets", "buckets", "bucket", "items", "wait", "ack", "durable"),
+    *("token", "credential", "policy", "cancel"),
+]
+# Strings meant to hurt: paths that climb out, NUL and control characters, ids of the
+# wrong shape. None is a path that names something (no valid mkdir, rm or mv).
+HOSTILE = [
+    *("../../../etc/passwd", "/../../etc/passwd", "/a/../../b", "/a/./b", "a/b", ""),
+    *("/a\x00b", "\x00", "/a\nb", "/\x7f", "..", ".", "/" + "n" * 300, "/" + "x" * 5000),
+    *("../" * 50, "a" * 32 + "\n", "A" * 32, "ab/../../..", "0" * 31, "0" * 33, "%2e%2e/"),
+    *("127.0.0.1:1", "127.0.0.1:0", "nohost", ":99999", "[::1]:1", "x" * 70_000),
+    *("blake3:", "blake3:" + "0" * 64),
+]
+
+_ints = st.one_of(
+    st.integers(-3, 3),
+    st.integers(-(2**63), 2**64 - 1),
+    st.sampled_from([2**31, 2**32, 2**62, 2**63 - 1, 2**64 - 1, -(2**63), 1 << 40]),
+)
+# Words that would turn a template into a real change (meta.op's operations).
+_VERBS = {"put_file", "mkdir", "add_child", "remove_child", "delete", "set_replicas", "set_rf"}
+_texts = st.one_of(
+    st.sampled_from(HOSTILE),
+    st.text(max_size=40).filter(lambda s: not s.startswith("/") and s not in _VERBS),
+)
+_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    _ints,
+    st.floats(allow_nan=True, allow_infinity=True),
+    _texts,
+    st.binary(max_size=64),
+)
+_values = st.recursive(
+    _scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=6),
+        st.dictionaries(
+            st.one_of(st.sampled_from(KEYS), st.text(max_size=8), _ints), inner, max_size=5
+        ),
+    ),
+    max_leaves=16,
+)
+_args = st.dictionaries(st.one_of(st.sampled_from(KEYS), st.text(max_size=12)), _values, max_size=6)
+
+
+def templates(blob: str, size: int, checksum: str, node_id: str) -> dict[str, dict[str, Any]]:
+    """Plausible arguments for each op, so that a few replaced values get a request past
+    its first checks and into the handler's body. None of them changes the namespace or
+    the files as it is (paths that do not exist, mkdir of an existing directory, commit
+    without replicas, peers that are not ids), and the replacements cannot make them:
+    no random value is a path that names something."""
+    job = "abcdef0123456789"
+    dead = "127.0.0.1:1"
+    orphan = "f" * 32  # a blob id no file uses
+    return {
+        "fs.stat": {"path": "/keep"},
+        "fs.ls": {"path": "/keep"},
+        "fs.mkdir": {"path": "/keep/dir", "parents": True},
+        "fs.begin_put": {"path": "/fuzz/none", "size": 10, "rf": 2, "client_host": "127.0.0.1"},
+        "fs.commit_put": {
+            "path": "/fuzz/none",
+            "blob": orphan,
+            "size": 10,
+            "checksum": checksum,
+            "replicas": [],
+            "rf": 2,
+        },
+        "fs.rm": {"path": "/fuzz/none", "recursive": True},
+        "fs.mv": {"src": "/fuzz/none", "dst": "/fuzz/none2"},
+        "fs.setrf": {"path": "/fuzz/none", "rf": 3},
+        "blob.get": {"blob": blob, "offset": 0, "length": size},
+        "blob.put": {"blob": orphan, "size": 64, "checksum": None, "chain": [], "path": ""},
+        "blob.put_small": {"blob": orphan, "data": b"x" * 64, "checksum": None, "chain": []},
+        "blob.replicate": {
+            "blob": blob,
+            "size": size,
+            "checksum": checksum,
+            "targets": [[node_id, dead]],
+        },
+        "blob.delete": {"blobs": [orphan], "path": "/fuzz/none"},
+        "blob.has": {"blob": blob},
+        "blob.verify": {"blob": blob, "checksum": checksum},
+        "blob.missing": {"blobs": [blob, orphan]},
+        "blob.alias": {"blob": orphan, "path": "/fuzz/none"},
+        "meta.op": {"path": "/keep", "op": "get", "args": {}, "hops": 0},
+        "meta.fetch": {"paths": ["/keep", "/fuzz/none"]},
+        "meta.replicate": {"records": []},
+        "meta.absorb": {"records": [], "sender": node_id},
+        "chord.next_hop": {"key": "0" * 40, "exclude": []},
+        "chord.notify": {"peer": ["zz" * 20, dead]},
+        "chord.leaving": {"peer": ["zz" * 20, dead], "pred": None, "successors": []},
+        "node.gossip": {"entries": []},
+        "repair.report": {"path": "/fuzz/none", "node_id": node_id, "hops": 0},
+        "sphere.run": {
+            "job": job,
+            "attempt": 0,
+            "seg": {"id": 0, "kind": "task", "param": b""},
+            "udf": b"not a pickle",
+            "digest": "d" * 32,
+            "mode": "bogus",  # refused last: everything before it is checked
+            "nbuckets": 0,
+            "buckets": {},
+        },
+        "sphere.poll": {"job": job, "ack": [0], "wait": 0.05},
+        "sphere.resend": {"job": job, "attempt": 0, "buckets": {"0": dead}},
+        "sphere.commit": {"job": job, "items": [{"path": f"/.sphere/{job}/x", "attempt": 0}]},
+        "sphere.cleanup": {"job": job},
+        "sphere.push": {"job": job, "bucket": 0, "attempt": 0, "size": 64},
+        "auth.hello": {"token": "junk"},
+        "sec.policy_put": {"token": "junk"},
+    }
+
+
+def payloads(tmpl: dict[str, dict[str, Any]]) -> st.SearchStrategy[bytes]:
+    @st.composite
+    def near_valid(draw: st.DrawFn) -> bytes:
+        """A template with some values replaced, some keys dropped, some added."""
+        op = draw(st.sampled_from(sorted(tmpl)))
+        args: dict[str, Any] = {}
+        for k, v in tmpl[op].items():
+            how = draw(st.sampled_from(["keep", "keep", "replace", "drop"]))
+            if how == "keep":
+                args[k] = v
+            elif how == "replace":
+                args[k] = draw(_values)
+        args.update(draw(st.dictionaries(st.sampled_from(KEYS), _values, max_size=2)))
+        return codec.request(draw(_ints), op, args)
+
+    @st.composite
+    def random_args(draw: st.DrawFn) -> bytes:
+        return codec.request(draw(_ints), draw(st.sampled_from(OPS)), draw(_args))
+
+    requests = st.one_of(near_valid(), random_args())
+
+    @st.composite
+    def mutated(draw: st.DrawFn) -> bytes:
+        frame = bytearray(draw(requests))
+        how = draw(st.sampled_from(["flip", "cut", "length", "twice", "garbage", "bulk", "many"]))
+        if how == "flip":
+            for _ in range(draw(st.integers(1, 8))):
+                i = draw(st.integers(0, len(frame) - 1))
+                frame[i] ^= 1 << draw(st.integers(0, 7))
+        elif how == "cut":
+            del frame[draw(st.integers(0, len(frame) - 1)) :]
+        elif how == "length":
+            n = draw(st.one_of(st.integers(0, 2**32 - 1), st.integers(0, len(frame) + 8)))
+            frame[:4] = struct.pack(">I", n)
+        elif how == "twice":
+            frame += bytes(frame)
+        elif how == "garbage":
+            frame += draw(st.binary(min_size=1, max_size=256))
+        elif how == "bulk":  # a header, then raw bytes as if they were a blob's
+            frame += draw(st.binary(max_size=4096))
+        else:  # pipelined requests, the last maybe cut
+            for _ in range(draw(st.integers(1, 4))):
+                frame += draw(requests)
+            if draw(st.booleans()):
+                del frame[len(frame) - draw(st.integers(1, 8)) :]
+        return bytes(frame)
+
+    random_bytes = st.one_of(
+        st.binary(max_size=2048),
+        st.binary(max_size=512).map(lambda b: struct.pack(">I", len(b)) + b),
+    )
+    return st.one_of(random_bytes, requests, mutated())
+
+
+def throw(node: NodeProc, payload: bytes, half_close: bool) -> None:
+    """Send, read until closed or quiet, close. The node may hang up at any point."""
+    host, port = node.address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as s:
+        try:
+            s.sendall(payload)
+            if half_close:
+                s.shutdown(socket.SHUT_WR)
+            end = time.monotonic() + READ_TIMEOUT
+            while (left := end - time.monotonic()) > 0:
+                s.settimeout(left)
+                if not s.recv(65536):
+                    break
+        except (TimeoutError, OSError):
+            pass
+
+
+# ---------------------------------------------------------------- the cluster
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcCluster]:
+    root = tmp_path_factory.mktemp("fuzz")
+    (root / "sentinel").mkdir()
+    args = ["--stall-timeout", str(STALL_TIMEOUT), "--engines", "1"]
+    args += ["--scrub-interval", "3600", "--audit-interval", "3600"]
+    with ProcCluster(root, replicas=2, node_args=args) as cl:
+        cl.start(2)
+        yield cl
+
+
+@pytest.fixture(scope="module")
+def written(cluster: ProcCluster, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Files put before the fuzz: path -> (sha256, stat checksum, blob, size)."""
+    d = tmp_path_factory.mktemp("fuzz-files")
+    out: dict[str, Any] = {}
+    with sector.connect(cluster.address) as c:
+        for name, size in [("small.txt", 100), ("empty", 0), ("bulk.bin", 700_000)]:
+            data = os.urandom(size)
+            (d / name).write_bytes(data)
+            got = c.put(d / name, f"/keep/{name}")
+            sha = hashlib.sha256(data).hexdigest()
+            out[got["path"]] = (sha, got["checksum"], got["blob"], size)
+        c.mkdir("/keep/dir")
+    return out
+
+
+def namespace(c: sector.Client, path: str = "/") -> set[str]:
+    out = set()
+    for e in c.ls(path):
+        out.add(e["path"])
+        if e["type"] == "dir":
+            out |= namespace(c, e["path"])
+    return out
+
+
+# Bugs this test found in modules its author could not change, reported to be fixed
+# there: (exception, the function it escaped from). Tolerated only in that place; remove
+# an entry once fixed, and the test fails on any recurrence.
+KNOWN_UNFIXED: list[tuple[str, str]] = []  # tracebacks tolerated: none (all fixed)
+
+
+def tracebacks(node: NodeProc) -> list[str]:
+    """Each traceback of the node's log (with the line that announced it), but those
+    of KNOWN_UNFIXED."""
+    lines = node.log.read_text(errors="replace").splitlines()
+    out = []
+    for i, line in enumerate(lines):
+        if not line.startswith("Traceback"):
+            continue
+        end = next((j for j in range(i + 1, len(lines)) if not lines[j].startswith(" ")), i)
+        text = "\n".join(lines[max(0, i - 1) : end + 1])
+        if not any(lines[end].startswith(exc) and where in text for exc, where in KNOWN_UNFIXED):
+            out.append(text)
+    return out
+
+
+# ---------------------------------------------------------------- the fuzz
+
+
+def test_a_string_that_is_not_utf8_closes_the_connection_as_a_protocol_error(
+    cluster: ProcCluster,
+) -> None:
+    node = cluster.nodes[0]
+    frame = bytearray(codec.request(7, "fs.stat", {"path": "/keep"}))
+    at = frame.index(b"fs.stat")
+    frame[at : at + 2] = b"\xc2\x00"  # a lead byte without its continuation
+    host, port = node.address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as s:
+        me = "('{}', {})".format(*s.getsockname()[:2])  # how the node's log names us
+        s.sendall(frame)
+        assert s.recv(65536) == b"", "an answer to a frame that is not msgpack"
+
+    def closed_as_undecodable() -> bool:
+        log = node.log.read_text(errors="replace").splitlines()
+        return any(me in line and "undecodable frame" in line for line in log)
+
+    wait_for(closed_as_undecodable, 3, what="the node to log the frame as undecodable")
+
+
+def test_random_and_mutated_frames_leave_the_nodes_up_and_the_files_unchanged(
+    cluster: ProcCluster, written: dict[str, Any], tmp_path: Path
+) -> None:
+    sentinel = cluster.root / "sentinel"
+    end = time.monotonic() + BUDGET
+    recent: deque[tuple[int, bytes]] = deque(maxlen=20)  # shown if a node dies
+    counts = {"sent": 0}
+    some = written["/keep/bulk.bin"]
+    tmpl = templates(some[2], some[3], some[1], cluster.nodes[1].node_id)
+    assert set(tmpl) <= set(OPS), "a template for an op missing from OPS"
+
+    @settings(
+        max_examples=MAX_EXAMPLES,
+        deadline=None,
+        database=None,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(payload=payloads(tmpl), target=st.integers(0, 1), half_close=st.booleans())
+    def fuzz(payload: bytes, target: int, half_close: bool) -> None:
+        if time.monotonic() > end:
+            return  # over budget: the remaining examples are no-ops
+        recent.append((target, payload[:300]))
+        throw(cluster.nodes[target], payload, half_close)
+        counts["sent"] += 1
+
+    fuzz()
+    dead = [n.index for n in cluster.nodes if not n.alive]
+    assert not dead, f"node(s) {dead} died; the last payloads: {list(recent)}"
+    assert counts["sent"] > 30, counts
+
+    with sector.connect(cluster.address) as c:
+        local = tmp_path / "after.bin"
+        local.write_bytes(os.urandom(300_000))
+        c.put(local, "/after.bin")
+        assert c.read("/after.bin") == local.read_bytes()
+        for path, (sha, checksum, blob, _) in written.items():
+            now = c.stat(path)
+            assert (now["checksum"], now["blob"]) == (checksum, blob), path
+            assert hashlib.sha256(c.read(path)).hexdigest() == sha, path
+            assert all(r["health"] == "ok" for r in c.stat(path, verify=True)["replicas"]), path
+        assert namespace(c) == {"/keep", "/keep/dir", "/after.bin", *written}
+    for n in cluster.nodes:
+        assert n.alive
+        with sector.connect(n.address) as c:
+            assert c.read("/after.bin") == local.read_bytes()
+    assert not any(sentinel.iterdir())
+    found = {n.index: tracebacks(n) for n in cluster.nodes}
+    assert not any(found.values()), "\n\n".join(t for ts in found.values() for t in ts)
