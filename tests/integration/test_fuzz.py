@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import ssl
 import struct
 import time
 from collections import deque
@@ -41,6 +42,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 import sector
+from sector.security import pki
 from sector.testing.cluster import NodeProc, ProcCluster, wait_for
 from sector.wire import codec
 
@@ -241,10 +243,22 @@ def payloads(tmpl: dict[str, dict[str, Any]]) -> st.SearchStrategy[bytes]:
     return st.one_of(random_bytes, requests, mutated())
 
 
-def throw(node: NodeProc, payload: bytes, half_close: bool) -> None:
-    """Send, read until closed or quiet, close. The node may hang up at any point."""
+_TLS = pki.user_client_context()
+
+
+def throw(node: NodeProc, payload: bytes, half_close: bool, tls: bool = False) -> None:
+    """Send, read until closed or quiet, close. The node may hang up at any point.
+
+    ``tls``: inside a TLS connection with no client certificate (anonymous), as any
+    stranger on a secure cluster's port can open one."""
     host, port = node.address.rsplit(":", 1)
-    with socket.create_connection((host, int(port)), timeout=5) as s:
+    raw = socket.create_connection((host, int(port)), timeout=5)
+    try:
+        s = _TLS.wrap_socket(raw) if tls else raw
+    except (ssl.SSLError, OSError):
+        raw.close()
+        return
+    with s:
         try:
             s.sendall(payload)
             if half_close:
@@ -261,13 +275,17 @@ def throw(node: NodeProc, payload: bytes, half_close: bool) -> None:
 # ---------------------------------------------------------------- the cluster
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcCluster]:
+@pytest.fixture(scope="module", params=["open", "secure"])
+def cluster(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ProcCluster]:
+    """Two nodes: open (plain TCP), or secure (TLS; frames from an anonymous stranger)."""
     root = tmp_path_factory.mktemp("fuzz")
     (root / "sentinel").mkdir()
     args = ["--stall-timeout", str(STALL_TIMEOUT), "--engines", "1"]
     args += ["--scrub-interval", "3600", "--audit-interval", "3600"]
-    with ProcCluster(root, replicas=2, node_args=args) as cl:
+    secure = request.param == "secure"
+    with ProcCluster(root, replicas=2, node_args=args, secure=secure) as cl:
         cl.start(2)
         yield cl
 
@@ -277,7 +295,7 @@ def written(cluster: ProcCluster, tmp_path_factory: pytest.TempPathFactory) -> d
     """Files put before the fuzz: path -> (sha256, stat checksum, blob, size)."""
     d = tmp_path_factory.mktemp("fuzz-files")
     out: dict[str, Any] = {}
-    with sector.connect(cluster.address) as c:
+    with cluster.connect() as c:
         for name, size in [("small.txt", 100), ("empty", 0), ("bulk.bin", 700_000)]:
             data = os.urandom(size)
             (d / name).write_bytes(data)
@@ -329,7 +347,8 @@ def test_a_string_that_is_not_utf8_closes_the_connection_as_a_protocol_error(
     at = frame.index(b"fs.stat")
     frame[at : at + 2] = b"\xc2\x00"  # a lead byte without its continuation
     host, port = node.address.rsplit(":", 1)
-    with socket.create_connection((host, int(port)), timeout=5) as s:
+    raw = socket.create_connection((host, int(port)), timeout=5)
+    with _TLS.wrap_socket(raw) if cluster.ca is not None else raw as s:
         me = "('{}', {})".format(*s.getsockname()[:2])  # how the node's log names us
         s.sendall(frame)
         assert s.recv(65536) == b"", "an answer to a frame that is not msgpack"
@@ -345,7 +364,8 @@ def test_random_and_mutated_frames_leave_the_nodes_up_and_the_files_unchanged(
     cluster: ProcCluster, written: dict[str, Any], tmp_path: Path
 ) -> None:
     sentinel = cluster.root / "sentinel"
-    end = time.monotonic() + BUDGET
+    tls = cluster.ca is not None
+    end = time.monotonic() + BUDGET / 2  # two clusters (open, secure) share the budget
     recent: deque[tuple[int, bytes]] = deque(maxlen=20)  # shown if a node dies
     counts = {"sent": 0}
     some = written["/keep/bulk.bin"]
@@ -364,7 +384,7 @@ def test_random_and_mutated_frames_leave_the_nodes_up_and_the_files_unchanged(
         if time.monotonic() > end:
             return  # over budget: the remaining examples are no-ops
         recent.append((target, payload[:300]))
-        throw(cluster.nodes[target], payload, half_close)
+        throw(cluster.nodes[target], payload, half_close, tls)
         counts["sent"] += 1
 
     fuzz()
@@ -372,7 +392,7 @@ def test_random_and_mutated_frames_leave_the_nodes_up_and_the_files_unchanged(
     assert not dead, f"node(s) {dead} died; the last payloads: {list(recent)}"
     assert counts["sent"] > 30, counts
 
-    with sector.connect(cluster.address) as c:
+    with cluster.connect() as c:
         local = tmp_path / "after.bin"
         local.write_bytes(os.urandom(300_000))
         c.put(local, "/after.bin")
@@ -385,7 +405,7 @@ def test_random_and_mutated_frames_leave_the_nodes_up_and_the_files_unchanged(
         assert namespace(c) == {"/keep", "/keep/dir", "/after.bin", *written}
     for n in cluster.nodes:
         assert n.alive
-        with sector.connect(n.address) as c:
+        with cluster.connect(n.address) as c:
             assert c.read("/after.bin") == local.read_bytes()
     assert not any(sentinel.iterdir())
     found = {n.index: tracebacks(n) for n in cluster.nodes}
