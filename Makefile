@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/storage.py
 	$(BIN)/python bench/metadata.py
 	$(BIN)/python bench/repair.py
+	$(BIN)/python bench/tls.py
 
 # TeraSort against numpy, GNU sort, Dask and PySpark (installs the peers first).
 bench-terasort: $(STAMP)
