@@ -225,6 +225,33 @@ class SphereService:
     async def _io(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.io, fn, *args)
 
+    async def _recv(self, chan: BulkChannel, size: int, path: Path) -> None:
+        """``size`` raw bytes of a bulk stream into a new file: ``recv_into`` in a
+        thread on plain TCP; on TLS through the transport, each chunk written in a
+        thread while the next is decrypted."""
+        raw = chan.raw_socket()
+        if raw is not None:
+            try:
+                await self._io(_recv_into_file, raw, chan.take_buffered(size), size, path)
+            finally:
+                raw.close()
+            return
+        with open(path, "wb") as f:
+            got = 0
+            writing: Any = None
+            try:
+                while got < size:
+                    chunk = await chan.read_some(min(RECV_CHUNK, size - got))
+                    if not chunk:
+                        raise ConnectError("the sender closed the stream early")
+                    got += len(chunk)
+                    if writing is not None:
+                        await writing
+                    writing = asyncio.ensure_future(self._io(f.write, chunk))
+            finally:
+                if writing is not None:
+                    await writing
+
     # ------------------------------------------------------------------ engines
 
     def pool(self) -> ProcessPoolExecutor:
@@ -405,13 +432,7 @@ class SphereService:
                     if head.e is not None:
                         raise from_wire(head.e)
                     size = int(head.r["size"])
-                    raw = chan.raw_socket()
-                    if raw is None:
-                        raise ConnectError("no raw socket for the segment fetch")
-                    try:
-                        await self._io(_recv_into_file, raw, chan.take_buffered(size), size, tmp)
-                    finally:
-                        raw.close()
+                    await self._recv(chan, size, tmp)
                 finally:
                     await chan.close()
                 if isinstance(src["checksum"], str):
@@ -478,18 +499,13 @@ class SphereService:
         recv.mkdir(exist_ok=True)
         dst = recv / f"b{b}.a{attempt}"
         tmp = recv / f".b{b}.a{attempt}.part"
-        raw = chan.raw_socket()
-        if raw is None:
-            raise BadRequest("bucket parts need a plain TCP stream")
         try:
-            await self._io(_recv_into_file, raw, chan.take_buffered(size), size, tmp)
+            await self._recv(chan, size, tmp)
         except BaseException:
             # A sender that hung up (or a job dropped meanwhile) leaves no partial part.
             with contextlib.suppress(OSError):
                 tmp.unlink()
             raise
-        finally:
-            raw.close()
         os.replace(tmp, dst)
         self.stats["received"] += size
         return {"ok": True}

@@ -27,6 +27,7 @@ import msgspec
 from sector.errors import SectorError, UsageError
 from sector.sphere import terasort as ts
 from sector.sphere.batch import Batch
+from sector.sphere.driver import STAGING, staging_owner
 
 if TYPE_CHECKING:
     from sector.client.sync import Client
@@ -91,7 +92,8 @@ def sort(
         buckets = max(engines or 2, math.ceil(total / BUCKET_BYTES))
     if not 1 <= buckets <= 1 << 16:
         raise UsageError("--buckets must be from 1 to 65536")
-    tmp = f"/.sphere/terasort-{secrets.token_hex(6)}"
+    # Intermediate buckets live in the user's staging area (its compute right covers it).
+    tmp = f"{STAGING}/{staging_owner(c.whoami().get('user'))}/terasort-{secrets.token_hex(6)}"
     try:
         s1 = c.sphere.run(
             bucket_udf,

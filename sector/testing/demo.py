@@ -4,7 +4,8 @@ Starts 5 node processes on loopback (`sector up`), stores sample files (small,
 unicode-named, and 64 MiB), lists and reads them back byte for byte, shows `stat` and
 `status`, then runs Sphere's hello world -- TeraSort of 1M records generated on the
 nodes, sorted in two stages where the data lives, validated -- and a shell-command
-job (`sphere stream`), SIGKILLs one node and reads everything again, then stops the
+job (`sphere stream`), shows the write ACL (a user who may write only /alice;
+anonymous reads), SIGKILLs one node and reads everything again, then stops the
 cluster (`KEEP=1` leaves it running for you to play with).
 """
 
@@ -23,12 +24,21 @@ from pathlib import Path
 
 def sector(*args: str, capture: bool = False) -> str:
     cmd = [sys.executable, "-m", "sector", *args]
-    print("$ sector " + " ".join(args), flush=True)
+    print("$ sector " + " ".join(a if len(a) < 40 else a[:12] + "..." for a in args), flush=True)
     if capture:
         out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
         return out
     subprocess.run(cmd, check=True)
     return ""
+
+
+def refused(args: list[str]) -> None:
+    """A command that must fail with a one-line permission error."""
+    print("$ sector " + " ".join(a if len(a) < 40 else a[:12] + "..." for a in args), flush=True)
+    cmd = [sys.executable, "-m", "sector", *args]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 1 and "permission denied" in r.stderr, r
+    print(r.stderr.strip(), flush=True)
 
 
 def main() -> int:
@@ -78,6 +88,12 @@ def main() -> int:
         lines = sum(int(x) for x in out.split())
         assert lines == 10000, f"sphere stream counted {lines} lines"
         print(f"sphere stream -c 'wc -l': {lines} lines, counted on the nodes: ok", flush=True)
+        print("\nSecurity: anyone reads, only the write ACL writes", flush=True)
+        cred = sector("user", "add", "alice", "--write", "/alice", capture=True).strip()
+        refused(["--anonymous", "put", str(src / "hello.txt"), "/demo/in/x.txt"])
+        sector("--anonymous", "cat", "/demo/in/hello.txt")
+        sector("--token", cred, "put", str(src / "hello.txt"), "/alice/hello.txt")
+        refused(["--token", cred, "rm", "/demo/in/hello.txt"])
         info = json.loads((cluster / "cluster.json").read_text())
         victim = info["nodes"][-1]
         print(f"\nkill -9 node at {victim['address']} (pid {victim['pid']})", flush=True)

@@ -36,6 +36,7 @@ import sector
 from sector.errors import CredentialError, JobFailed, PermissionDenied
 from sector.security import pki, tokens
 from sector.security.pki import ClusterCA
+from sector.sphere import tsjob
 from sector.storage.blobs import new_blob_id
 from sector.testing.cluster import NodeProc, ProcCluster, wait_for
 from sector.wire import codec
@@ -311,6 +312,23 @@ def test_user_with_compute_runs_a_job_writing_only_where_it_may(
         assert "carl cannot write /elsewhere/out" in str(ei.value)
     assert not admin.exists("/elsewhere")
     assert not staged_files(admin)  # no staging left
+
+
+def test_a_user_with_compute_runs_terasort_over_tls(cluster: ProcCluster) -> None:
+    """A two-stage bucket job on a secure cluster: parts are pushed node to node over
+    TLS, intermediate buckets staged under the user's own staging area."""
+    n = 20_000
+    fay = cluster.token("fay", write=["/fay"], compute=True)
+    with sector.connect(cluster.address, token=fay) as c:
+        tsjob.gen(c, "/fay/in", n, files=3, progress=False)
+        res = tsjob.sort(c, "/fay/in", "/fay/out", buckets=4, progress=False)
+        assert res["records"] == n
+        v = tsjob.validate(c, "/fay/out", input="/fay/in", progress=False)
+        assert v["ok"] and v["sorted"] and v["same_records"], v
+        with pytest.raises(PermissionDenied, match="fay cannot write /elsewhere"):
+            tsjob.sort(c, "/fay/in", "/elsewhere/out", buckets=4, progress=False)
+    with cluster.connect() as admin:
+        assert not staged_files(admin)
 
 
 def test_the_compute_right_covers_only_ones_own_staging(cluster: ProcCluster) -> None:
