@@ -43,6 +43,7 @@ from sector.errors import (
 from sector.ids import key_id, to_hex
 from sector.meta import records as rec
 from sector.meta.records import FileRecord
+from sector.security import guard
 from sector.storage import repair_policy
 from sector.storage.placement import Candidate
 from sector.storage.repair_queue import Entry, RepairQueue
@@ -263,15 +264,23 @@ class RepairWorker:
             and all(c in "0123456789abcdef" for c in nid)
         ):
             raise BadRequest("repair.report: node_id must be a hex node id")
-        return await self.report(rec.normalize(path), nid, hops=hops)
+        # A report from a client (not a node) is checked before it is believed: anyone
+        # may read, so anyone may report, and a false report must not make the cluster
+        # drop good copies. The flag travels with the report to the owner.
+        check = a.get("check") is True or not guard.is_node()
+        return await self.report(rec.normalize(path), nid, hops=hops, check=check)
 
-    async def report(self, path: str, node_id: str | None = None, *, hops: int = 0) -> Any:
+    async def report(
+        self, path: str, node_id: str | None = None, *, hops: int = 0, check: bool = False
+    ) -> Any:
         key = key_id(path)
         if not self.node.responsible_for(key) and hops < MAX_HOPS:
             owner = await self.node.lookup(key)
             if owner.id != self.node.me.id:
-                args = {"path": path, "node_id": node_id, "hops": hops + 1}
+                args = {"path": path, "node_id": node_id, "hops": hops + 1, "check": check}
                 return await self.node.call(owner.addr, "repair.report", args)
+        if node_id and check and await self._copy_is_good(path, node_id):
+            return {"queued": False, "owner": self.node.addr, "health": "ok"}
         reason = f"bad copy on {node_id[:8]}" if node_id else "reported"
         await asyncio.to_thread(
             self.queue.enqueue, path, reason, time.time(), bad=node_id, urgent=True
@@ -279,6 +288,25 @@ class RepairWorker:
         self._qlen += 1
         self._wake.set()
         return {"queued": True, "owner": self.node.addr}
+
+    async def _copy_is_good(self, path: str, node_id: str) -> bool:
+        """Whether the holder ``node_id`` says its copy of ``path`` hashes right."""
+        r = await self.node.fs.get(path)
+        if not isinstance(r, FileRecord):
+            return False
+        addr = next((ad for nid, ad in r.replicas if nid == node_id), None)
+        if addr is None:
+            return True  # not a holder: nothing of ours to drop
+        try:
+            rep = await self.node.call(
+                addr,
+                "blob.verify",
+                {"blob": r.blob, "checksum": r.checksum},
+                timeout=max(30.0, r.size / (50 << 20)),
+            )
+        except SectorError:
+            return False  # unreachable: let the repair look
+        return isinstance(rep, dict) and rep.get("health") == "ok"
 
     # ------------------------------------------------------------------ the queue runner
 

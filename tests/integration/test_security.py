@@ -331,6 +331,37 @@ def test_a_user_with_compute_runs_terasort_over_tls(cluster: ProcCluster) -> Non
         assert not staged_files(admin)
 
 
+def test_a_clients_bad_copy_report_is_checked_before_it_is_believed(
+    cluster: ProcCluster, admin: sector.Client, tmp_path: Path
+) -> None:
+    """Anyone may read, so anyone may report a bad copy: a false report (the copy is
+    fine) drops nothing, a true one (a byte flipped on disk) gets the copy replaced."""
+    data = os.urandom(50_000)
+    put_bytes(admin, tmp_path, "/reports/r.bin", data)
+    st = admin.stat("/reports/r.bin")
+    holder = st["replicas"][0]
+    report = {"path": "/reports/r.bin", "node_id": holder["id"]}
+    with sector.connect(cluster.address, anonymous=True) as anon:
+        rep = anon._run(anon._aio.pool.call(cluster.address, "repair.report", report))
+        assert rep["queued"] is False and rep["health"] == "ok", rep
+        assert admin.stat("/reports/r.bin")["replicas"] == st["replicas"]
+
+        node = next(n for n in cluster.nodes if n.node_id == holder["id"])
+        f = node.data / "blobs" / st["blob"][:2] / st["blob"]
+        raw = bytearray(f.read_bytes())
+        raw[1234] ^= 0xFF
+        f.write_bytes(bytes(raw))
+        rep = anon._run(anon._aio.pool.call(cluster.address, "repair.report", report))
+        assert rep["queued"] is True, rep
+
+    def healed() -> bool:
+        reps = admin.stat("/reports/r.bin", verify=True)["replicas"]
+        return len(reps) == 3 and all(r["health"] == "ok" for r in reps)
+
+    wait_for(healed, 30, what="the reported copy to be replaced")
+    assert admin.read("/reports/r.bin") == data
+
+
 def test_the_compute_right_covers_only_ones_own_staging(cluster: ProcCluster) -> None:
     """Jobs stage under /.sphere/<user>/<job>: a compute user may write there, not in
     another user's staging (where it could add files to, or remove, their output)."""
