@@ -224,9 +224,13 @@ def run_remote(client: Any, args: argparse.Namespace) -> int:
             raise UsageError(
                 f"the admin key in {admin_dir(args.admin_dir)} is not of cluster {cid}"
             )
+        # Build on the newest policy any node has (one that was away may lag), so the
+        # new version supersedes every copy in the cluster.
         current = tokens.Policy.initial(cid)
-        if isinstance(pol.get("policy"), str):
-            current = tokens.verify_policy(pol["policy"], ca)
+        for blob in _policies(client, pol):
+            got = tokens.verify_policy(blob, ca)
+            if tokens.supersedes(got, current):
+                current = got
         now = time.time()
         if args.command == "user":
             new = tokens.revoke(current, args.name, now)
@@ -235,6 +239,8 @@ def run_remote(client: Any, args: argparse.Namespace) -> int:
         else:
             new = tokens.unrestrict(current, args.prefix, now)
         rep = client.put_policy(tokens.sign_policy(ca, new))
+        if not rep.get("taken"):
+            raise UsageError("the cluster holds a newer policy than the one read: try again")
         info = {
             "cluster": cid,
             "version": rep.get("version"),
@@ -246,6 +252,21 @@ def run_remote(client: Any, args: argparse.Namespace) -> int:
         )
         _emit(args, info, f"{what} (policy version {info['version']})")
     return EXIT_OK
+
+
+def _policies(client: Any, entry: dict[str, Any]) -> list[str]:
+    """The signed policy of the entry node and of every other node that answers."""
+    out = [entry["policy"]] if isinstance(entry.get("policy"), str) else []
+    for n in client.status().get("nodes", []):
+        if n.get("state") != "up":
+            continue
+        try:
+            rep = client._run(client._aio.pool.call(n["address"], "sec.policy", {"have": -1}))
+        except Exception:
+            continue  # a node that does not answer catches up by anti-entropy
+        if isinstance(rep, dict) and isinstance(rep.get("policy"), str):
+            out.append(rep["policy"])
+    return out
 
 
 def _policy_text(pol: dict[str, Any]) -> str:

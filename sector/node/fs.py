@@ -32,6 +32,7 @@ from sector.errors import (
     TransportError,
     UsageError,
 )
+from sector.ids import to_hex
 from sector.meta import records as rec
 from sector.meta.records import DirRecord, FileRecord, Gone, Record
 from sector.security import guard
@@ -324,6 +325,14 @@ class FsService:
                 raise BadRequest("replicas must be [node id, address] pairs")
             if (x[0], x[1]) not in reps:
                 reps.append((x[0], x[1]))
+        owner = str(a.get("owner") or "")
+        if not guard.is_node():
+            # A client's word is not enough: only copies that their holders say were
+            # written for this path, at this size, go into the record. Otherwise a user
+            # could point a record of its own at another file's blob and have repair
+            # trim (delete) that file's copies, or list any address as a holder.
+            reps = await self._confirmed(path, blob, size, reps)
+            owner = guard.user() or ""
         par = rec.parent(path)
         now = time.time()
         record = FileRecord(
@@ -336,7 +345,7 @@ class FsService:
             rf=rf,
             ctime=now,
             mtime=now,
-            owner=str(a.get("owner") or ""),
+            owner=owner,
         )
         res = await self.node.meta.call(path, "put_file", {"record": rec.to_builtins(record)})
         try:
@@ -355,6 +364,36 @@ class FsService:
         stored = rec.from_builtins(res["record"])
         assert isinstance(stored, FileRecord)
         return self.describe(stored)
+
+    async def _confirmed(
+        self, path: str, blob: str, size: int, reps: list[tuple[str, str]]
+    ) -> list[tuple[str, str]]:
+        async def one(nid: str, addr: str) -> bool:
+            try:
+                if addr == self.node.addr:
+                    ok = nid == to_hex(self.node.state.me.id)
+                    return (
+                        ok
+                        and self.node.blobs.size(blob) == size
+                        and (self.node.transfer.claimed(blob, path))
+                    )
+                rep = await self.node.pool.call(
+                    addr, "blob.has", {"blob": blob, "path": path}, timeout=5.0
+                )
+            except SectorError:
+                return False
+            return (
+                isinstance(rep, dict)
+                and rep.get("node") == nid
+                and rep.get("size") == size
+                and rep.get("claimed") is True
+            )
+
+        oks = await asyncio.gather(*(one(n, ad) for n, ad in reps[:MAX_RF]))
+        good = [r for r, ok in zip(reps, oks, strict=False) if ok]
+        if not good:
+            raise BadRequest(f"no listed replica holds blob {blob} written for {path}")
+        return good
 
     async def _h_rm(self, a: dict[str, Any]) -> Any:
         path = _path(a)

@@ -41,9 +41,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from sector.aio import wait_event
-from sector.errors import BadRequest, ConnectError, NoSpace, NotFound, SectorError, from_wire
+from sector.errors import (
+    BadRequest,
+    ConnectError,
+    NoSpace,
+    NotFound,
+    PermissionDenied,
+    SectorError,
+    from_wire,
+)
 from sector.ids import to_hex
 from sector.meta import records as rec
+from sector.meta.records import FileRecord
 from sector.security import guard
 from sector.sphere import spe
 from sector.sphere.driver import STAGING, staging_owner
@@ -82,6 +91,7 @@ class JobState:
     attempts: dict[int, Attempt] = field(default_factory=dict)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     touched: float = field(default_factory=time.monotonic)
+    owner: str | None = None  # the user whose driver runs the job (secure clusters)
 
 
 def _int(a: dict[str, Any], name: str, lo: int = 0, hi: int = 1 << 62) -> int:
@@ -271,6 +281,14 @@ class SphereService:
                 raise NotFound(f"no job {job} on this node")
             j = self.jobs[job] = JobState(job, self.root / job)
             j.dir.mkdir(parents=True, exist_ok=True)
+        # A job is its user's: the first user to name it owns it here, and no other
+        # user may poll, commit, resend or clean it up (nodes pushing parts may).
+        who = guard.user()
+        if who is not None:
+            if j.owner is None:
+                j.owner = who
+            elif j.owner != who:
+                raise PermissionDenied(f"permission denied: job {job} is not {who}'s")
         j.touched = time.monotonic()
         return j
 
@@ -353,9 +371,17 @@ class SphereService:
                 "size": task["size"],
             }
             guard.read(task["path"])  # a UDF reads the segment: its caller must be able to
-            if guard.private_reads():
-                for p in self.node.inventory.paths(src["blob"]):
-                    guard.read(p)
+            if not guard.is_node():
+                # A user's word for which blob a path is, and where it lives, is not
+                # taken: the file's record says (else a public path could be paired with
+                # a private file's blob, or with a copy planted on a node that is not a
+                # holder), and the checksum fetched copies are checked against is its.
+                r = await self.node.fs.get(task["path"])
+                if not isinstance(r, FileRecord) or r.blob != src["blob"]:
+                    raise BadRequest(f"segment of {task['path']}: not that file's blob")
+                src["checksum"] = r.checksum
+                src["holders"] = [ad for _, ad in r.replicas][:16]
+                src["local"] = to_hex(self.node.state.me.id) in {n for n, _ in r.replicas}
         j = self._job_state(job, create=True)
         if attempt in j.attempts:
             return {"accepted": True, "duplicate": True}
@@ -407,7 +433,7 @@ class SphereService:
     async def _local_copy(self, src: dict[str, Any]) -> Path:
         """The path of a local replica, or of a verified copy fetched from a holder."""
         blob = src["blob"]
-        if self.node.blobs.exists(blob):
+        if src.get("local", True) and self.node.blobs.exists(blob):
             return self.node.blobs.path(blob)
         fut = self._fetching.get(blob)
         if fut is None:

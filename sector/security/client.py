@@ -37,6 +37,7 @@ class ClientAuth:
         self.user: str | None = None  # who the cluster says we are, after a hello
         self.cluster: str | None = None
         self.secure = False  # True once a node answered over TLS
+        self._cas: dict[str, pki.ClusterCA] = {}  # learnt this session (see _learn_ca)
 
     def context(self) -> ssl.SSLContext:
         return pki.user_client_context()
@@ -64,14 +65,44 @@ class ClientAuth:
         if self.anonymous:
             return
         token = self.token or (stored.token if stored else None)
-        if not token:
-            return
-        if ca is None and _token_cluster(token) != cid:
-            # Never hand a credential to a node of another (or an unknown) cluster.
-            return
+        if not token or not cid or _token_cluster(token) != cid:
+            return  # never hand a credential to a node of another (or an unknown) cluster
+        if ca is None:
+            ca = self._cas.get(cid) or await self._learn_ca(addr, cid, leaf, reader, writer)
         rep: Any = await rpc.hello(reader, writer, {"token": token})
         if isinstance(rep, dict) and isinstance(rep.get("user"), str):
             self.user = rep["user"]
+
+    async def _learn_ca(
+        self,
+        addr: str,
+        cid: str,
+        leaf: bytes,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> pki.ClusterCA:
+        """The cluster's CA, asked of the node, before a credential is shown to it.
+
+        A cluster's id is a hash of its CA's public key, so the CA the node hands over
+        must hash to the id the credential names, and the node's certificate must be
+        signed by it: a stranger who copied the cluster id into a CA of its own fails
+        here and never sees the credential.
+        """
+        rep: Any = await rpc.call_once(reader, writer, "sec.policy", {"have": 0})
+        try:
+            ca = pki.ClusterCA.from_pem(str(rep.get("ca", "")))
+        except Exception:
+            raise CertificateError(f"node {addr} gave no usable cluster CA") from None
+        if ca.cluster_id != cid:
+            raise CertificateError(f"node {addr} is not of cluster {cid}")
+        try:
+            ca.verify_leaf(leaf, time.time())
+        except CertificateError as exc:
+            raise CertificateError(
+                f"node {addr} does not prove membership of {cid}: {exc}"
+            ) from None
+        self._cas[cid] = ca
+        return ca
 
 
 def peek(token: str) -> tokens.Grant | None:

@@ -76,6 +76,7 @@ OPS: dict[str, str] = {
 }
 
 POLICY_FILE = "policy.tok"
+VERIFIED_CACHE = 4096
 
 
 class NodeAuth:
@@ -86,6 +87,9 @@ class NodeAuth:
         self.path = data / POLICY_FILE
         self.policy = tokens.Policy.initial(ca.cluster_id)
         self.policy_blob: str | None = None
+        # Credentials whose signature was checked: a reconnecting client (or a flood of
+        # hellos with one credential) costs a dict lookup, not an ECDSA verify.
+        self._verified: dict[str, tokens.Grant] = {}
         with contextlib.suppress(OSError):
             blob = self.path.read_text().strip()
             try:
@@ -111,8 +115,14 @@ class NodeAuth:
         token = args.get("token")
         if not isinstance(token, str):
             raise BadRequest("auth.hello needs a 'token' string")
-        grant = tokens.verify(token, self.ca, self.policy, time.time())
+        grant = self._verified.get(token)
+        if grant is None:
+            grant = tokens.verify(token, self.ca, self.policy, time.time())
+            if len(self._verified) >= VERIFIED_CACHE:
+                self._verified.pop(next(iter(self._verified)))
+            self._verified[token] = grant
         session.identity = Identity(kind="user", name=grant.user, grant=grant)
+        _still_valid(session.identity, self)  # expiry and revocation: checked every time
         return {"user": grant.user, "cluster": self.ca.cluster_id}
 
     def authorize(self, op: str) -> None:
@@ -127,7 +137,7 @@ class NodeAuth:
         pol = tokens.verify_policy(blob, self.ca)
         if pol.cluster != self.ca.cluster_id:
             raise CredentialError("credential refused: a policy of another cluster")
-        if pol.version <= self.policy.version:
+        if not tokens.supersedes(pol, self.policy):
             return False
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(blob + "\n")
@@ -183,8 +193,16 @@ def authorize(op: str) -> None:
 
 def read(path: str) -> None:
     got = _caller()
-    if got is not None:
-        authz.require_read(got[0], path, got[1].policy)
+    if got is None:
+        return
+    ident = got[0]
+    if authz.covers(STAGING, path) and path != STAGING and ident.kind != "node":
+        # Jobs' staging areas are private to their users (job ids, unfinished output).
+        own = ident.kind == "user" and authz.covers(f"{STAGING}/{ident.name}", path)
+        if not (own or authz.is_admin(ident)):
+            raise PermissionDenied(f"permission denied: {ident.describe()} cannot read {path}")
+        return
+    authz.require_read(ident, path, got[1].policy)
 
 
 STAGING = "/.sphere"  # where Sphere jobs stage output (see sector.sphere.driver)
@@ -195,10 +213,9 @@ def write(path: str) -> None:
     if got is None:
         return
     ident = got[0]
-    if ident.kind == "user" and authz.can_compute(ident):
-        mine = f"{STAGING}/{ident.name}"
-        if path == STAGING or authz.covers(mine, path):
-            return  # one's own jobs' staging: covered by the compute right; the mv out is checked
+    own_staging = ident.kind == "user" and authz.covers(f"{STAGING}/{ident.name}", path)
+    if own_staging and authz.can_compute(ident):
+        return  # one's own jobs' staging: covered by the compute right; the mv out is checked
     authz.require_write(ident, path)
 
 

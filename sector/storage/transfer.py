@@ -471,10 +471,31 @@ class BlobService:
         return {"missing": await asyncio.to_thread(lambda: [b for b in ids if not exists(b)])}
 
     async def _h_has(self, a: dict[str, Any]) -> Any:
+        """``{blob}``: its size here, or None. ``{blob, path}``: also whether the copy
+        here was written for ``path`` (``claimed``), and this node's id."""
         blob = check_blob_id(a.get("blob"))
+        size = None
         with contextlib.suppress(SectorError):
-            return self.node.blobs.size(blob)
-        return None
+            size = self.node.blobs.size(blob)
+        path = a.get("path")
+        if path is None:
+            return size
+        if not isinstance(path, str):
+            raise BadRequest("path must be a string")
+        return {
+            "size": size,
+            "claimed": size is not None and self.claimed(blob, path),
+            "node": to_hex(self.node.state.me.id),
+        }
+
+    def claimed(self, blob: str, path: str) -> bool:
+        """Whether this node's copy of ``blob`` was written for ``path``."""
+        want = rec.normalize(path)
+        for p in self.node.inventory.paths(blob):
+            with contextlib.suppress(SectorError):
+                if rec.normalize(p) == want:
+                    return True
+        return False
 
 
 __all__ = ["BlobService", "BlobWriter"]

@@ -60,6 +60,7 @@ READ_CHUNK = 1 << 20
 SOCK_BUF = 4 << 20
 STREAM_LIMIT = 8 << 20
 TLS_SEND_CHUNK = 4 << 20  # file bytes per write on a TLS bulk stream
+MAX_HELLOS = 4  # per connection: a client says hello once
 HELLO = "auth.hello"  # answered inline, before any later frame of the connection is read
 TLS_RECORD = b"\x16\x03"  # the first bytes of a TLS ClientHello
 
@@ -80,6 +81,7 @@ class Session:
     peer_cert: bytes | None = None  # DER of a certificate the TLS layer verified
     identity: Any = None
     auth: Any = None  # the Authenticator that set ``identity``
+    hellos: int = 0  # auth.hello requests seen (a few per connection at most)
 
 
 current_session: ContextVar[Session | None] = ContextVar("sector_session", default=None)
@@ -461,7 +463,11 @@ class Server:
                     timeout = max(0.0, frame_started + self.stall_timeout - loop.time())
                 else:
                     frame_started = None
+                    # A connection that has said nothing yet gets little time to start:
+                    # idle slots held open by strangers would lock out real clients.
                     timeout = self.idle_timeout
+                    if first:
+                        timeout = min(timeout, self.stall_timeout * 3)
                 try:
                     data = await asyncio.wait_for(reader.read(READ_CHUNK), timeout)
                 except TimeoutError:
@@ -494,6 +500,10 @@ class Server:
                         return
                     op = env.op or ""
                     if op == HELLO:
+                        sess.hellos += 1
+                        if sess.hellos > MAX_HELLOS:  # each costs a signature check
+                            log.warning("closing %s: %d auth.hello", peer, sess.hellos)
+                            return
                         cork.write(self._hello(env, sess))
                         cork.flush()
                         continue
@@ -681,13 +691,24 @@ async def hello(
     max_frame: int = codec.DEFAULT_MAX_FRAME,
 ) -> Any:
     """Send ``auth.hello`` on a fresh connection and return the node's answer."""
-    writer.write(codec.request(0, HELLO, args))
+    return await call_once(reader, writer, HELLO, args, max_frame)
+
+
+async def call_once(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    op: str,
+    args: dict[str, Any],
+    max_frame: int = codec.DEFAULT_MAX_FRAME,
+) -> Any:
+    """One request on a fresh connection nothing else uses yet; its answer."""
+    writer.write(codec.request(0, op, args))
     await writer.drain()
     dec = FrameDecoder(max_frame)
     while True:
         data = await reader.read(READ_CHUNK)
         if not data:
-            raise ConnectError("connection closed during auth.hello")
+            raise ConnectError(f"connection closed during {op}")
         envs = dec.feed(data)
         if envs:
             env = envs[0]
