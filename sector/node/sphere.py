@@ -281,16 +281,19 @@ class SphereService:
                 raise NotFound(f"no job {job} on this node")
             j = self.jobs[job] = JobState(job, self.root / job)
             j.dir.mkdir(parents=True, exist_ok=True)
-        # A job is its user's: the first user to name it owns it here, and no other
-        # user may poll, commit, resend or clean it up (nodes pushing parts may).
+        self._own(j)
+        j.touched = time.monotonic()
+        return j
+
+    def _own(self, j: JobState) -> None:
+        """A job is its user's: the first user to name it owns it here, and no other
+        user may poll, commit, resend or clean it up (nodes pushing parts may)."""
         who = guard.user()
         if who is not None:
             if j.owner is None:
                 j.owner = who
             elif j.owner != who:
-                raise PermissionDenied(f"permission denied: job {job} is not {who}'s")
-        j.touched = time.monotonic()
-        return j
+                raise PermissionDenied(f"permission denied: job {j.id} is not {who}'s")
 
     def _expire(self) -> None:
         now = time.monotonic()
@@ -549,6 +552,7 @@ class SphereService:
         j = self.jobs.get(job)
         if j is None:
             return {"done": [], "running": []}
+        self._own(j)
         j.touched = time.monotonic()
         for x in ack:
             t = j.attempts.get(x) if isinstance(x, int) else None
@@ -705,6 +709,7 @@ class SphereService:
         guard.compute()
         j = self.jobs.get(_job(a))
         if j is not None:
+            self._own(j)
             self._drop(j)
         return {"ok": True}
 

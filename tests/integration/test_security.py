@@ -33,7 +33,7 @@ import msgspec
 import pytest
 
 import sector
-from sector.errors import CredentialError, JobFailed, PermissionDenied
+from sector.errors import BadRequest, CredentialError, JobFailed, NotFound, PermissionDenied
 from sector.security import pki, tokens
 from sector.security.pki import ClusterCA
 from sector.sphere import tsjob
@@ -909,3 +909,123 @@ def test_a_refused_connect_leaks_no_socket(cluster: ProcCluster) -> None:
     assert still_open == 0 and not unclosed, (
         f"10 refused connects left {still_open} sockets open; finalisers warned: {unclosed}"
     )
+
+
+# ---------------------------------------------------------------- review findings (fixed)
+
+
+def slow_udf(seg: Any) -> Any:
+    time.sleep(4)
+    return b"done"
+
+
+def test_a_record_cannot_point_at_another_files_blob(
+    cluster: ProcCluster, admin: sector.Client, tmp_path: Path
+) -> None:
+    """A user with write on /c commits /c/evil naming /pub/big's blob and holders with
+    rf=1: the holders never wrote that blob for /c/evil, so the commit is refused, and
+    repair never trims the victim's copies on account of a record it does not own."""
+    data = os.urandom(80_000)
+    put_bytes(admin, tmp_path, "/pub/big", data)
+    st = admin.stat("/pub/big")
+    carol = cluster.token("carol", write=["/c"])
+    with sector.connect(cluster.address, token=carol) as c:
+        args = {
+            "path": "/c/evil",
+            "blob": st["blob"],
+            "size": st["size"],
+            "checksum": st["checksum"],
+            "rf": 1,
+            "replicas": [[r["id"], r["address"]] for r in st["replicas"]],
+            "owner": "admin",
+        }
+        for n in cluster.nodes:
+            with pytest.raises(BadRequest, match="written for /c/evil"):
+                c._run(c._aio.pool.call(n.address, "fs.commit_put", args))
+        assert not c.exists("/c/evil")
+    now = admin.stat("/pub/big", verify=True)["replicas"]
+    assert [r["id"] for r in now] == [r["id"] for r in st["replicas"]]  # none trimmed
+    assert all(r["health"] in ("ok", "down") for r in now), now
+    assert admin.read("/pub/big") == data
+
+
+def test_a_job_belongs_to_its_user_and_staging_is_private(cluster: ProcCluster) -> None:
+    """Another user can neither see a job's staging (job ids, unfinished output) nor
+    poll, clean up or commit its attempts on the nodes."""
+    gil = cluster.token("gil", write=["/gil"], compute=True)
+    hal = cluster.token("hal", write=["/hal"], compute=True)
+    with (
+        sector.connect(cluster.address, token=gil) as g,
+        sector.connect(cluster.address, token=hal) as h,
+    ):
+        job = g.sphere.run(slow_udf, tasks=[1, 2, 3])
+        try:
+            nodes = [n.address for n in cluster.nodes]
+
+            def refused_somewhere() -> bool:
+                # Each node that runs a task of gil's job refuses hal's poll of it.
+                denied = 0
+                for addr in nodes:
+                    try:
+                        h._run(h._aio.pool.call(addr, "sphere.poll", {"job": job.id, "wait": 0}))
+                    except PermissionDenied as exc:
+                        assert f"job {job.id} is not hal's" in str(exc)
+                        denied += 1
+                    except NotFound:
+                        pass
+                return denied > 0
+
+            wait_for(refused_somewhere, 10, what="a node running gil's job to refuse hal")
+            for addr in nodes:
+                with contextlib.suppress(NotFound), pytest.raises(PermissionDenied):
+                    h._run(h._aio.pool.call(addr, "sphere.cleanup", {"job": job.id}))
+        finally:
+            assert job.results() == [b"done"] * 3  # gil's job was not disturbed
+        g.mkdir("/.sphere/gil/keep", parents=True)
+        with pytest.raises(PermissionDenied, match=r"hal cannot read /\.sphere/gil"):
+            h.ls("/.sphere/gil")
+        with pytest.raises(PermissionDenied):
+            h.rm("/.sphere", recursive=True)
+        with (
+            sector.connect(cluster.address, anonymous=True) as anon,
+            pytest.raises(PermissionDenied, match=r"anonymous cannot read /\.sphere/gil"),
+        ):
+            anon.ls("/.sphere/gil")
+        g.rm("/.sphere/gil", recursive=True)
+
+
+def test_a_job_cannot_read_a_private_blob_under_a_public_path(
+    cluster: ProcCluster, admin: sector.Client, tmp_path: Path
+) -> None:
+    """sphere.run names a segment's path and blob: a node takes the blob (and its
+    holders and checksum) from the path's record, not from the caller."""
+    put_bytes(admin, tmp_path, "/pubx/f", b"public\n")
+    put_bytes(admin, tmp_path, "/privx/s", b"TOP SECRET\n")
+    secret = admin.stat("/privx/s")
+    public = admin.stat("/pubx/f")
+    ivy = cluster.token("ivy", write=["/ivy"], compute=True)
+    with sector.connect(cluster.address, token=ivy) as c:
+        seg = {
+            "id": 0,
+            "kind": "file",
+            "path": "/pubx/f",
+            "blob": secret["blob"],
+            "checksum": public["checksum"],
+            "holders": [r["address"] for r in secret["replicas"]],
+            "offset": 0,
+            "length": secret["size"],
+            "size": secret["size"],
+        }
+        args = {
+            "job": "ab" * 8,
+            "attempt": 0,
+            "seg": seg,
+            "udf": b"x",
+            "digest": "d",
+            "mode": "none",
+            "nbuckets": 0,
+            "buckets": {},
+        }
+        for n in cluster.nodes:
+            with pytest.raises(BadRequest, match="not that file's blob"):
+                c._run(c._aio.pool.call(n.address, "sphere.run", args))
