@@ -148,7 +148,9 @@ class AsyncClient:
                 timeout=timeout,
                 connect_timeout=5.0,
                 ssl=self.auth.context(),
-                tls="auto",
+                # A client given a credential expects a secure cluster: no fallback to
+                # plain TCP, which a man in the middle could otherwise force.
+                tls="on" if self.auth.token and not anonymous else "auto",
                 on_open=self.auth.on_open,
             )
         self._entries = [self.address, *local_cluster_addresses(self.address)]

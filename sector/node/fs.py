@@ -558,6 +558,14 @@ class FsService:
             m["drain_remaining"] = held.get(m["id"])
             if answered and m["id"] in held and held[m["id"]] == 0:
                 m["state"] = "drained"
+        if not guard.is_node() and not guard.is_admin():
+            # Strangers see the cluster's shape, not its hosts' insides.
+            for m in view:
+                m.pop("data", None)
+                m.pop("pid", None)
+                for w in m.get("workers") or []:
+                    if isinstance(w, dict):
+                        w.pop("last_error", None)
         return {
             "nodes": view,
             "files": files,

@@ -183,6 +183,8 @@ class Node:
                 f"listen on a specific address, not {host} (peers dial what a node listens on)"
             )
         self.data.mkdir(parents=True, exist_ok=True)
+        if self.security is not None:
+            self.data.chmod(0o700)  # replicas of private files: for the node's user only
         self.uuid = load_uuid(self.data)
         nid = node_id(self.uuid)
         self.inventory = Inventory(str(self.data / "inventory.sqlite3"))

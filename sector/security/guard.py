@@ -255,6 +255,12 @@ def private_reads() -> bool:
     return got is not None and got[0].kind != "node" and bool(got[1].policy.private)
 
 
+def is_admin() -> bool:
+    """Whether the caller holds an admin credential (True on an open node)."""
+    got = _caller()
+    return got is None or authz.is_admin(got[0])
+
+
 def is_node() -> bool:
     got = _caller()
     return got is None or got[0].kind == "node"
@@ -267,6 +273,7 @@ __all__ = [
     "authorize",
     "caller",
     "compute",
+    "is_admin",
     "is_node",
     "private_reads",
     "read",

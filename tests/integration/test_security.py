@@ -1029,3 +1029,24 @@ def test_a_job_cannot_read_a_private_blob_under_a_public_path(
         for n in cluster.nodes:
             with pytest.raises(BadRequest, match="not that file's blob"):
                 c._run(c._aio.pool.call(n.address, "sphere.run", args))
+
+
+def test_status_shows_hosts_insides_to_the_admin_only(cluster: ProcCluster) -> None:
+    with sector.connect(cluster.address, anonymous=True) as anon:
+        nodes = anon.status()["nodes"]
+        assert nodes and all("data" not in n and "pid" not in n for n in nodes)
+    with cluster.connect() as admin:
+        assert all("data" in n and "pid" in n for n in admin.status()["nodes"])
+
+
+def test_a_client_with_a_credential_never_falls_back_to_plain_tcp(tmp_path: Path) -> None:
+    """Given a credential, a client expects a secure cluster: a node (or a man in the
+    middle) that does not speak TLS gets no plain-TCP fallback."""
+    ca = ClusterCA.create("other")
+    token = tokens.issue(ca, "jo", write=["/jo"], now=time.time())
+    with ProcCluster(tmp_path / "open") as open_cluster:
+        open_cluster.start(1)
+        with pytest.raises(sector.ConnectError, match="TLS"):
+            sector.connect(open_cluster.address, token=token).close()
+        with sector.connect(open_cluster.address) as c:  # without one: plain, as before
+            assert c.whoami()["tls"] is False
