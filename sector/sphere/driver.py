@@ -157,6 +157,8 @@ class AsyncJob:
         self.addr: dict[str, str] = {}
         self.lost: set[str] = set()
         self.running: dict[int, Start] = {}  # attempt -> start
+        # attempt -> when its node accepted it: a poll sent before that cannot list it.
+        self.accepted: dict[int, float] = {}
         self.winners: dict[
             int, tuple[int, str, dict[str, Any]]
         ] = {}  # seg -> (attempt, node, result)
@@ -495,6 +497,7 @@ class AsyncJob:
         self.touched.add(s.node)
         try:
             await self.c.pool.call(self.addr[s.node], "sphere.run", args, timeout=30)
+            self.accepted[s.attempt] = time.monotonic()
         except TransportError as exc:
             self.running.pop(s.attempt, None)
             self.sched.failed(s.attempt, time.monotonic(), f"{self.addr[s.node]}: {exc}")
@@ -529,6 +532,7 @@ class AsyncJob:
         ack: list[int] = []
         addr = self.addr[nid]
         while any(s.node == nid for s in self.running.values()) or ack:
+            sent = time.monotonic()
             try:
                 rep = await self.c.pool.call(
                     addr,
@@ -554,6 +558,9 @@ class AsyncJob:
                 await self._finished(nid, r)
             alive = set(rep.get("running", [])) | set(ack)
             for att, s in list(self.running.items()):
+                took = self.accepted.get(att)
+                if took is None or took > sent:
+                    continue  # not accepted when this poll left: its absence says nothing
                 if s.node == nid and att not in alive:
                     # The node does not know the attempt: it restarted and lost it.
                     self.running.pop(att, None)
