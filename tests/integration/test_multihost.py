@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import sector
-from sector.testing.cluster import ProcCluster
+from sector.testing.cluster import ProcCluster, wait_for
 from sector.testing.netns import Hosts
 
 
@@ -20,6 +20,18 @@ def test_nodes_on_separate_hosts_never_put_two_copies_on_one_host(tmp_path: Path
         # Any node is a valid place to join through, not only the first.
         cl.add(join=f"{hosts.ips[1]}:7000", listen=f"{hosts.ips[2]}:7000", wrap=hosts.wrap(2))
         cl.wait_ring()
+
+        def all_up_everywhere() -> bool:
+            # Placement uses each entry's member view: every node must see every node
+            # up (a ring that is whole can still have a newcomer "joining" in a view).
+            for addr in cl.addresses():
+                with sector.connect(addr) as c:
+                    states = {n["address"]: n["state"] for n in c.status()["nodes"]}
+                if states != dict.fromkeys(cl.addresses(), "up"):
+                    return False
+            return True
+
+        wait_for(all_up_everywhere, 30, what="every node to see every node up")
         src = tmp_path / "f.bin"
         src.write_bytes(b"z" * 70_000)
         # A client may enter through any node.
