@@ -40,6 +40,9 @@ def add_parsers(
     a.add_argument("--ip", action="append", default=None, help="address of the node (repeat)")
     a.add_argument("--dns", action="append", default=None, help="host name of the node")
     _admin_dir(a)
+    a = sub.add_parser("remove-node", help="refuse node NAME's certificate from now on")
+    a.add_argument("name", metavar="NAME")
+    _admin_dir(a)
     for name, text in (
         ("restrict", "make reads under PREFIX need a read grant"),
         ("unrestrict", "make PREFIX public again"),
@@ -115,7 +118,7 @@ def needs_client(args: argparse.Namespace) -> bool:
         return True
     if args.command == "user":
         return bool(args.action == "revoke")
-    return bool(args.action in ("restrict", "unrestrict", "policy"))
+    return bool(args.action in ("restrict", "unrestrict", "policy", "remove-node"))
 
 
 def run_local(args: argparse.Namespace) -> int:
@@ -234,6 +237,8 @@ def run_remote(client: Any, args: argparse.Namespace) -> int:
         now = time.time()
         if args.command == "user":
             new = tokens.revoke(current, args.name, now)
+        elif args.action == "remove-node":
+            new = tokens.remove_node(current, args.name, now)
         elif args.action == "restrict":
             new = tokens.restrict(current, args.prefix, now)
         else:
@@ -246,9 +251,14 @@ def run_remote(client: Any, args: argparse.Namespace) -> int:
             "version": rep.get("version"),
             "revoked": sorted(new.revoked),
             "private": list(new.private),
+            "removed_nodes": list(new.removed_nodes),
         }
         what = (
-            f"revoked {args.name}" if args.command == "user" else f"{args.action}ed {args.prefix}"
+            f"revoked {args.name}"
+            if args.command == "user"
+            else f"removed node {args.name}"
+            if args.action == "remove-node"
+            else f"{args.action}ed {args.prefix}"
         )
         _emit(args, info, f"{what} (policy version {info['version']})")
     return EXIT_OK

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sector.errors import BadRequest, SectorError, UsageError
+from sector.errors import BadRequest, CertificateError, SectorError, UsageError
 from sector.security import pki
 from sector.security.guard import NodeAuth
 
@@ -52,6 +52,18 @@ class NodeSecurity:
     def cluster_id(self) -> str:
         return self.ca.cluster_id
 
+    async def on_open(
+        self, addr: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """Each connection this node dials: the peer must not be a removed node."""
+        sslobj = writer.get_extra_info("ssl_object")
+        leaf = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
+        if not leaf:
+            raise CertificateError(f"{addr} presented no certificate")
+        cn = self.ca.verify_leaf(leaf, time.time())
+        if cn.startswith("node:") and cn[5:] in self.auth.policy.removed_nodes:
+            raise CertificateError(f"{addr} is node {cn[5:]}, removed from the cluster")
+
     def handlers(self) -> dict[str, Any]:
         return {"sec.policy": self._h_policy, "sec.policy_put": self._h_policy_put}
 
@@ -76,16 +88,26 @@ class NodeSecurity:
             "policy": self.auth.policy_blob if newer else None,
             "revoked": sorted(pol.revoked),
             "private": list(pol.private),
+            "removed_nodes": list(pol.removed_nodes),
         }
 
     async def _h_policy_put(self, a: dict[str, Any]) -> Any:
         blob = a.get("policy")
         if not isinstance(blob, str):
             raise BadRequest("sec.policy_put needs a 'policy' string")
-        taken = self.auth.offer_policy(blob)
+        taken = self.offer(blob)
         if taken:
             self._spread(blob)
         return {"taken": taken, "version": self.auth.policy.version}
+
+    def offer(self, blob: str) -> bool:
+        """Take a newer policy; if it removes nodes, pooled connections are dropped so
+        that each is opened (and its peer checked) again."""
+        before = set(self.auth.policy.removed_nodes)
+        taken = self.auth.offer_policy(blob)
+        if taken and set(self.auth.policy.removed_nodes) - before and self.node is not None:
+            self.node.pool.forget_all()
+        return taken
 
     def _spread(self, blob: str) -> None:
         node = self.node
@@ -122,7 +144,7 @@ class NodeSecurity:
                 )
                 blob = rep.get("policy") if isinstance(rep, dict) else None
                 if isinstance(blob, str):
-                    self.auth.offer_policy(blob)
+                    self.offer(blob)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

@@ -120,6 +120,7 @@ class Node:
             timeout=cfg.rpc_timeout,
             max_frame=cfg.max_frame,
             ssl=sec.client_ctx if sec else None,
+            on_open=sec.on_open if sec else None,
         )
         self.handlers: dict[str, Any] = {}
         self.server = Server(

@@ -108,7 +108,7 @@ class NodeAuth:
                 cn = self.ca.verify_leaf(session.peer_cert, time.time())
             except Exception:
                 return  # the TLS layer checked the chain; anything odd stays anonymous
-            if cn.startswith("node:"):
+            if cn.startswith("node:") and cn[5:] not in self.policy.removed_nodes:
                 session.identity = Identity.node(cn[5:])
 
     def hello(self, session: Session, args: dict[str, Any]) -> Any:
@@ -157,6 +157,8 @@ def _caller() -> tuple[Identity, NodeAuth] | None:
     ident = sess.identity if isinstance(sess.identity, Identity) else ANONYMOUS
     if ident.kind == "user" and ident.grant is not None:
         _still_valid(ident, sess.auth)
+    elif ident.kind == "node" and ident.name in sess.auth.policy.removed_nodes:
+        raise PermissionDenied(f"permission denied: node {ident.name} was removed")
     return ident, sess.auth
 
 

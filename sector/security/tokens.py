@@ -82,6 +82,8 @@ class Policy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     revoked: dict[str, float]  # user -> credentials issued at or before this are refused
     private: tuple[str, ...]  # prefixes whose reading needs a read (or write) grant
     issued_at: float
+    # Node certificates no longer admitted, by node name (``sector cluster remove-node``).
+    removed_nodes: tuple[str, ...] = ()
 
     @classmethod
     def initial(cls, cluster_id: str) -> Policy:
@@ -286,3 +288,12 @@ def unrestrict(policy: Policy, prefix: str, now: float | None = None) -> Policy:
         listed = ", ".join(policy.private) or "none"
         raise UsageError(f"{p} is not a private prefix (private prefixes: {listed})")
     return _next(policy, now, private=tuple(x for x in policy.private if x != p))
+
+
+def remove_node(policy: Policy, name: str, now: float) -> Policy:
+    """Refuse the certificate of node ``name`` from now on (a retired or stolen node)."""
+    if not name or len(name) > 64:
+        raise UsageError(f"invalid node name {name!r:.80}")
+    if name in policy.removed_nodes:
+        raise UsageError(f"node {name} is already removed")
+    return _next(policy, now, removed_nodes=(*policy.removed_nodes, name))

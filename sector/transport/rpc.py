@@ -835,6 +835,11 @@ class RpcPool:
         await chan.write(codec.request(1, op, args))
         return chan
 
+    def forget_all(self) -> None:
+        """Drop every pooled connection (new ones are checked again when opened)."""
+        for addr in list(self._conns):
+            self.forget(addr)
+
     def forget(self, addr: str) -> None:
         """Drop a pooled connection (after its peer was found dead)."""
         conn = self._conns.pop(addr, None)

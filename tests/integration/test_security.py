@@ -1050,3 +1050,39 @@ def test_a_client_with_a_credential_never_falls_back_to_plain_tcp(tmp_path: Path
             sector.connect(open_cluster.address, token=token).close()
         with sector.connect(open_cluster.address) as c:  # without one: plain, as before
             assert c.whoami()["tls"] is False
+
+
+def test_a_removed_node_is_refused_as_a_node_and_dropped_by_the_others(tmp_path: Path) -> None:
+    """`sector cluster remove-node`: the policy names the node; every node then treats a
+    connection with its certificate as a stranger and refuses to dial it, so the ring
+    drops it (a retired or stolen node key stops working before it expires)."""
+    with ProcCluster(tmp_path / "cl", secure=True) as cl:
+        cl.start(3)
+        assert cl.ca is not None
+        victim = cl.nodes[2]
+        as_victim = pki.node_client_context(victim.data / "tls")
+        others = [n.address for n in cl.nodes[:2]]
+        for addr in others:
+            with tls_socket(addr, as_victim) as s:
+                assert raw_call(s, "chord.ping", {}).e is None  # a node, before
+
+        with cl.connect() as admin:
+            pol = tokens.remove_node(tokens.Policy.initial(cl.ca.cluster_id), "n2", time.time())
+            assert admin.put_policy(tokens.sign_policy(cl.ca, pol))["taken"]
+
+            def refused_everywhere() -> bool:
+                for addr in others:
+                    with tls_socket(addr, as_victim) as s:
+                        env = raw_call(s, "chord.ping", {})
+                    if env.e is None or "only cluster nodes" not in str(env.e.get("msg")):
+                        return False
+                return True
+
+            wait_for(refused_everywhere, 20, what="every node to refuse the removed node")
+
+            def dropped() -> bool:
+                states = {n["address"]: n["state"] for n in admin.status()["nodes"]}
+                return states.get(victim.address) != "up"
+
+            wait_for(dropped, 30, what="the removed node to be out of the ring")
+            assert admin.policy()["removed_nodes"] == ["n2"]
