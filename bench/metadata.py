@@ -63,7 +63,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from _common import machine, percentile, write_result
+from _common import cpu_seconds, machine, percentile, write_result
 from rich.console import Console
 from rich.table import Table
 
@@ -330,17 +330,6 @@ class Clients:
 
 
 # -- the parent -----------------------------------------------------------------------
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU the processes have used so far (Linux /proc; 0 elsewhere)."""
-    total = 0.0
-    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-    for pid in pids:
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
-    return total
 
 
 def machine_busy_seconds() -> float:

@@ -60,7 +60,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from _common import MB, drop_caches, machine, mbps, write_result
+from _common import MB, cpu_seconds, drop_caches, machine, mbps, write_result
 from rich.console import Console
 from rich.table import Table
 
@@ -85,17 +85,6 @@ def make_source(path: Path, size: int, seed: int = 1) -> None:
             left -= n
         f.flush()
         os.fsync(f.fileno())
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU the processes have used so far (Linux /proc; 0 elsewhere)."""
-    total = 0.0
-    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-    for pid in pids:
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
-    return total
 
 
 def _tune(sock: socket.socket) -> None:
