@@ -187,7 +187,6 @@ def run_local(args: argparse.Namespace) -> int:
 def run_remote(client: Any, args: argparse.Namespace) -> int:
     """The commands that talk to the cluster."""
     from sector.security import credstore, tokens
-    from sector.security.client import peek
     from sector.security.pki import ClusterCA
 
     if args.command == "whoami":
@@ -203,7 +202,7 @@ def run_remote(client: Any, args: argparse.Namespace) -> int:
         raise UsageError("this cluster is open (no TLS, no credentials): nothing to do")
     if args.command == "login":
         token = _read_credential(args)
-        grant = peek(token)
+        grant = tokens.peek(token)
         if grant is None:
             raise UsageError("that is not a Sector credential")
         ca = ClusterCA.from_pem(str(pol.get("ca", "")))
@@ -301,12 +300,10 @@ def _read_credential(args: argparse.Namespace) -> str:
 
 
 def _write_secret(path: Path, text: str) -> None:
+    from sector.security._files import write_atomic
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, (text + "\n").encode(), 0o600)
 
 
 def _emit(args: argparse.Namespace, info: dict[str, Any], text: str) -> None:

@@ -32,7 +32,6 @@ from sector.errors import (
     TransportError,
     UsageError,
 )
-from sector.ids import to_hex
 from sector.meta import records as rec
 from sector.meta.records import DirRecord, FileRecord, Gone, Record
 from sector.security import guard
@@ -369,17 +368,12 @@ class FsService:
         self, path: str, blob: str, size: int, reps: list[tuple[str, str]]
     ) -> list[tuple[str, str]]:
         async def one(nid: str, addr: str) -> bool:
+            args = {"blob": blob, "path": path}
             try:
-                if addr == self.node.addr:
-                    ok = nid == to_hex(self.node.state.me.id)
-                    return (
-                        ok
-                        and self.node.blobs.size(blob) == size
-                        and (self.node.transfer.claimed(blob, path))
-                    )
-                rep = await self.node.pool.call(
-                    addr, "blob.has", {"blob": blob, "path": path}, timeout=5.0
-                )
+                if addr == self.node.addr:  # the same answer, without the round trip
+                    rep = await self.node.transfer.handlers()["blob.has"](args)
+                else:
+                    rep = await self.node.pool.call(addr, "blob.has", args, timeout=5.0)
             except SectorError:
                 return False
             return (

@@ -17,13 +17,10 @@ stored one for the cluster; ``anonymous=True`` presents none.
 from __future__ import annotations
 
 import asyncio
-import base64
 import os
 import ssl
 import time
 from typing import Any
-
-import msgspec
 
 from sector.errors import CertificateError
 from sector.security import credstore, pki, tokens
@@ -105,16 +102,6 @@ class ClientAuth:
         return ca
 
 
-def peek(token: str) -> tokens.Grant | None:
-    """What a credential says, unchecked (its signature is the nodes' business)."""
-    try:
-        head = token.strip().split(".")[0]
-        payload = base64.urlsafe_b64decode(head + "=" * (-len(head) % 4))
-        return msgspec.msgpack.decode(payload, type=tokens.Grant)
-    except (ValueError, msgspec.DecodeError, msgspec.ValidationError):
-        return None
-
-
 def _token_cluster(token: str) -> str | None:
-    g = peek(token)
+    g = tokens.peek(token)
     return g.cluster if g is not None else None

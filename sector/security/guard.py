@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 from sector.errors import BadRequest, CredentialError, PermissionDenied
+from sector.meta import records as rec
 from sector.security import authz, pki, tokens
+from sector.security._files import write_atomic
 from sector.security.authz import ANONYMOUS, Identity
 from sector.transport.rpc import Session, current_session
 
@@ -139,9 +140,7 @@ class NodeAuth:
             raise CredentialError("credential refused: a policy of another cluster")
         if not tokens.supersedes(pol, self.policy):
             return False
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(blob + "\n")
-        os.replace(tmp, self.path)
+        write_atomic(self.path, (blob + "\n").encode())
         self.policy, self.policy_blob = pol, blob
         log.info("policy version %d taken", pol.version)
         return True
@@ -234,8 +233,6 @@ async def h_check(a: dict[str, Any]) -> Any:
     paths = {k: a.get(k, []) for k in ("write", "read")}
     if not all(isinstance(v, list) and len(v) <= 64 for v in paths.values()):
         raise BadRequest("write and read must be lists of at most 64 paths")
-    from sector.meta import records as rec
-
     if a.get("compute"):
         compute()
     for p in paths["write"]:

@@ -15,6 +15,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from sector.security import credstore, tokens
+from sector.security._files import write_atomic
 from sector.security.pki import ClusterCA, NodeIdentity
 
 ADMIN_TTL = None  # the local admin's credential does not expire
@@ -59,9 +60,6 @@ def ensure_admin(ca: ClusterCA, directory: Path) -> str:
         token = tokens.issue(
             ca, "admin", write=["/"], compute=True, admin=True, ttl=ADMIN_TTL, now=time.time()
         )
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(token + "\n")
-        tmp.chmod(0o600)
-        tmp.replace(path)
+        write_atomic(path, (token + "\n").encode(), 0o600)
     credstore.save(ca.cluster_id, ca_pem=ca.cert_pem, token=token, user="admin")
     return token

@@ -148,6 +148,15 @@ def _decode(payload: bytes, typ: type[_S], what: str) -> _S:
         raise CredentialError(f"{what} refused: malformed {what}") from None
 
 
+def peek(token: str) -> Grant | None:
+    """What a credential says, unchecked: a client uses it to see which cluster a
+    credential is for (the signature is for the nodes to check)."""
+    try:
+        return _decode(_b64d(token.strip().split(".")[0]), Grant, "credential")
+    except (CredentialError, ValueError, binascii.Error):
+        return None
+
+
 def _when(t: float) -> str:
     return f"{dt.datetime.fromtimestamp(t, dt.UTC):%Y-%m-%d %H:%M:%S} UTC"
 
