@@ -373,7 +373,7 @@ class FsService:
                 if addr == self.node.addr:  # the same answer, without the round trip
                     rep = await self.node.transfer.handlers()["blob.has"](args)
                 else:
-                    rep = await self.node.pool.call(addr, "blob.has", args, timeout=5.0)
+                    rep = await self.node.pool.call(addr, "blob.has", args, timeout=15.0)
             except SectorError:
                 return False
             return (

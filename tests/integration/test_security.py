@@ -96,6 +96,24 @@ def snapshot(cluster: ProcCluster, admin: sector.Client) -> tuple[Any, Any]:
     return walk(admin), blob_files(cluster)
 
 
+def settled_snapshot(cluster: ProcCluster, admin: sector.Client) -> tuple[Any, Any]:
+    """A snapshot once background work is done: every file at its replication factor
+    and exactly as many blob files on disk as the records list (a put that acknowledged
+    fewer copies is topped up by repair, an rm's copies are deleted after it returns),
+    so a later difference can only come from what the test did since."""
+
+    def settled() -> tuple[Any, Any] | None:
+        snap = snapshot(cluster, admin)
+        files = [e for e in snap[0] if e["type"] == "file"]
+        if any(e["replicas"] != e["rf"] for e in files):
+            return None
+        if len(snap[1]) != sum(e["replicas"] for e in files):
+            return None
+        return snap
+
+    return wait_for(settled, timeout=60, what="every file at R copies, and no stray blob")
+
+
 def split(addr: str) -> tuple[str, int]:
     host, port = addr.rsplit(":", 1)
     return host, int(port)
@@ -212,7 +230,7 @@ def test_anonymous_reads_public_data_but_cannot_change_anything(
     data = b"public bytes\n" * 100
     put_bytes(admin, tmp_path, "/anon/f.txt", data)
     admin.mkdir("/anon/d")
-    before = snapshot(cluster, admin)
+    before = settled_snapshot(cluster, admin)
     local = tmp_path / "local.bin"
     local.write_bytes(b"anonymous would write this")
     for node in cluster.nodes:
@@ -259,7 +277,7 @@ def test_user_writes_only_under_its_prefixes(
         c.rm("/a/gone.txt")
         assert not c.exists("/a/gone.txt")
 
-        before = snapshot(cluster, admin)
+        before = settled_snapshot(cluster, admin)
         refused: list[tuple[str, Callable[[], Any]]] = [
             ("/b/new.txt", lambda: put_bytes(c, tmp_path, "/b/new.txt", b"no\n")),
             ("/b/dir", lambda: c.mkdir("/b/dir")),
