@@ -6,9 +6,13 @@ One run, one machine, one disk. For each size, every system sorts the same genso
 records -- rows [0, N) of ``gen_records(0, N, seed=0)``, N = size / 100 -- by their
 10-byte key, and writes them back durably:
 
-    sector     ``sector up -n NODES``; ``sector terasort gen`` makes the records on the
-               nodes (not timed); the clock runs over ``sector terasort sort`` (two
-               Sphere stages: buckets by key range, then each bucket sorted on its node)
+    sector     ``sector up -n NODES --insecure`` (plain TCP, as the peers' shuffles);
+               ``sector terasort gen`` makes the records on the nodes (not timed); the
+               clock runs over ``sector terasort sort`` (one Sphere job: buckets by key
+               range, each bucket sorted on its node by the job's reduce)
+    sector-tls the same on a cluster as ``sector up`` makes it by default: every
+               connection TLS, the shuffle included (its ratio to ``sector`` is the
+               price of encryption)
     numpy      one process: read the file, ``sort_records``, write it back, fsync
     gnusort    ``LC_ALL=C sort --parallel=2 -S 50%`` of the text form (each record as
                200 hex digits and a newline; written beforehand, not timed), then fsync
@@ -64,8 +68,8 @@ from _common import MB, drop_caches, machine, mbps, write_result
 
 from sector.sphere import terasort as ts
 
-SYSTEMS = ("sector", "numpy", "gnusort", "dask", "spark", "spark-rdd")
-DEFAULT = ("sector", "numpy", "gnusort", "dask", "spark")
+SYSTEMS = ("sector", "sector-tls", "numpy", "gnusort", "dask", "spark", "spark-rdd")
+DEFAULT = ("sector", "sector-tls", "numpy", "gnusort", "dask", "spark")
 GOALS = {"dask": 3.0, "spark": 4.0, "spark-rdd": 4.0, "gnusort": 1.0}
 GEN_BATCH = 1 << 20  # records per generated / validated chunk: 100 MB
 FILE_BYTES = 256 * MB  # Sector: about this much per generated file, a multiple of nodes
@@ -338,8 +342,13 @@ def run_sector(
     files: int | None = None,
     expect: dict[str, Any] | None = None,
     timeout: float = 3600.0,
+    secure: bool = False,
 ) -> dict[str, Any]:
     """TeraSort on a local Sector cluster, through the ``sector`` CLI.
+
+    ``secure``: a cluster as ``sector up`` makes it by default, every connection TLS
+    (the shuffle included); otherwise ``sector up --insecure``, plain TCP like the
+    peers' own shuffles.
 
     ``sector up``; ``terasort gen`` (not timed); drop the page cache; time ``terasort
     sort``; ``terasort validate --json`` checked against the input's summary (``expect``,
@@ -351,7 +360,8 @@ def run_sector(
     files = files or nodes * max(1, math.ceil(size_bytes / (nodes * FILE_BYTES)))
     cdir = workdir / "sector"
     log = workdir / "sector.log"
-    up = _sector(["up", "-n", str(nodes), "--dir", str(cdir)], log, timeout=300)
+    up_args = ["up", "-n", str(nodes), "--dir", str(cdir)] + ([] if secure else ["--insecure"])
+    up = _sector(up_args, log, timeout=300)
     found = re.findall(r"[\w.\-\[\]:]+:\d+", up)
     if not found:
         raise RuntimeError(f"sector up printed no address: {up.strip()[:200]!r}")
@@ -794,9 +804,15 @@ def run_one(
     n = size // ts.RECORD
     row: dict[str, Any] = {"system": system, "size_bytes": size, "records": n}
     try:
-        if system == "sector":
+        if system in ("sector", "sector-tls"):
             res = run_sector(
-                size, wdir, args.nodes, files=args.files, expect=want, timeout=args.timeout
+                size,
+                wdir,
+                args.nodes,
+                files=args.files,
+                expect=want,
+                timeout=args.timeout,
+                secure=system == "sector-tls",
             )
         else:
             res = run_peer(system, inp, text, wdir, n, args)
@@ -841,7 +857,7 @@ def run(args: argparse.Namespace, console: Any) -> dict[str, Any]:
                 # no run starts right after gigabytes of someone else's writes (the
                 # host's disk cache is still draining them: Sector, run first, measured
                 # 53.6 s at 4 GB after the 8 GB text form, 33.4 s without it).
-                if system != "sector" and not inp.exists():
+                if not system.startswith("sector") and not inp.exists():
                     console.log(f"{show_size(size)}: writing {n:,} records to {inp}")
                     t0 = time.perf_counter()
                     want = make_input(inp, n)
@@ -937,10 +953,10 @@ def show(res: dict[str, Any], console: Any) -> None:
         )
     console.print(t)
     for r in res["runs"]:
-        if r["system"] == "sector" and "gen_mb_s_per_node" in r:
+        if r["system"].startswith("sector") and "gen_mb_s_per_node" in r:
             per_node = ", ".join(_mb(b) for b in r.get("peak_rss_per_node_bytes") or [])
             console.print(
-                f"sector {show_size(r['size_bytes'])}: generation {r['gen_mb_s_per_node']:,.1f}"
+                f"{r['system']} {show_size(r['size_bytes'])}: generation {r['gen_mb_s_per_node']:,.1f}"
                 f" MB/s per node ({r['files']} files); peak RSS per node (MB): {per_node or '?'}"
             )
     if not res["caches_dropped"]:

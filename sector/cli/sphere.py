@@ -62,9 +62,18 @@ def add_parsers(cmd: Callable[[str, str], argparse.ArgumentParser], common: Any)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--replicas", type=arg_type(positive_int), default=None)
     g.add_argument("path", metavar="DIR")
-    so = tsub.add_parser("sort", help="sort DIR into OUT (two Sphere stages)", parents=[common])
+    so = tsub.add_parser(
+        "sort", help="sort DIR into OUT (bucket by key range, sort each bucket)", parents=[common]
+    )
     so.add_argument("--buckets", type=arg_type(positive_int), default=None)
     so.add_argument("--replicas", type=arg_type(positive_int), default=1)
+    so.add_argument(
+        "--stages",
+        type=int,
+        choices=(1, 2),
+        default=1,
+        help="1: the sort is the bucket job's reduce (default); 2: a second job",
+    )
     so.add_argument("src", metavar="DIR")
     so.add_argument("dst", metavar="OUT")
     v = tsub.add_parser(
@@ -171,7 +180,13 @@ def _terasort(c: Any, args: argparse.Namespace, progress: bool | None) -> None:
         msg = f"generated {res['records']} records in {len(res['files'])} files ({res['seconds']:.1f} s)"
     elif args.action == "sort":
         res = tsjob.sort(
-            c, args.src, args.dst, buckets=args.buckets, replicas=args.replicas, progress=progress
+            c,
+            args.src,
+            args.dst,
+            buckets=args.buckets,
+            replicas=args.replicas,
+            stages=args.stages,
+            progress=progress,
         )
         msg = f"sorted {res['records']} records into {res['output']} ({res['seconds']:.1f} s)"
     else:

@@ -44,6 +44,7 @@ from sector.aio import wait_event
 from sector.errors import (
     BadRequest,
     ConnectError,
+    JobFailed,
     NoSpace,
     NotFound,
     PermissionDenied,
@@ -613,7 +614,7 @@ class SphereService:
         # commit stores nothing. Output goes only under the job's staging directory
         # (the driver renames it into place), never elsewhere in the namespace.
         stage = f"{STAGING}/{staging_owner(guard.user())}/{j.id}/"
-        plan: list[tuple[str, list[Path]]] = []
+        plan: list[tuple[str, list[Path], int | None]] = []
         for item in items:
             if not isinstance(item, dict) or not isinstance(item.get("path"), str):
                 raise BadRequest("each commit item needs a path")
@@ -629,19 +630,29 @@ class SphereService:
                 ):
                     raise BadRequest("attempts must be a list of attempt ids")
                 parts = [j.dir / "recv" / f"b{b}.a{x}" for x in ids]
+                bucket: int | None = b
             else:
                 parts = [j.dir / f"a{_int(item, 'attempt', 0, 1 << 40)}" / "out"]
+                bucket = None
             for p in parts:
                 if not p.exists():
                     _missing(p)
-            plan.append((path, parts))
-        if len({path for path, _ in plan}) != len(plan):
+            plan.append((path, parts, bucket))
+        if len({path for path, _, _ in plan}) != len(plan):
             raise BadRequest("commit items must have distinct paths")
-        sem = asyncio.Semaphore(2)
+        reduce = _reduce_spec(a.get("reduce"))
+        # Reduces run on the engines, one per engine at a time; plain commits are bulk
+        # file work and two at a time keep the disk busy without thrashing it.
+        sem = asyncio.Semaphore(self.engines if reduce else 2)
         commit = j.dir / "commit"
         commit.mkdir(exist_ok=True)
 
-        async def one(i: int, path: str, parts: list[Path]) -> dict[str, Any]:
+        async def one(i: int, path: str, parts: list[Path], bucket: int | None) -> dict[str, Any]:
+            if reduce is not None and bucket is not None:
+                out = commit / f"f{i}"
+                async with sem:  # the engine's part; the next reduce starts as this stores
+                    await self._reduce(reduce, bucket, path, parts, out)
+                return await self._store(out, path, rf, durable)
             async with sem:
                 if len(parts) == 1:
                     out = parts[0]  # sealed as it is (a link, no copy)
@@ -650,8 +661,43 @@ class SphereService:
                     await self._io(_concat, parts, out)
                 return await self._store(out, path, rf, durable)
 
-        files = await asyncio.gather(*(one(i, path, parts) for i, (path, parts) in enumerate(plan)))
-        return {"files": files}
+        # Every item ends before the reply, even when one fails: a commit still running
+        # after the driver gave up would store a file into a staging directory that
+        # the driver's cleanup has already removed.
+        got = await asyncio.gather(
+            *(one(i, *p) for i, p in enumerate(plan)), return_exceptions=True
+        )
+        for r in got:
+            if isinstance(r, BaseException):
+                raise r
+        return {"files": got}
+
+    async def _reduce(
+        self, spec: dict[str, Any], bucket: int, path: str, parts: list[Path], out: Path
+    ) -> None:
+        """Run the job's reduce over one bucket's parts in an engine, into ``out``."""
+        task = {
+            **spec,
+            "parts": [str(p) for p in parts],
+            "bucket": bucket,
+            "path": path,
+            "node": to_hex(self.node.state.me.id),
+            "out": str(out),
+        }
+        loop = asyncio.get_running_loop()
+        try:
+            res = await loop.run_in_executor(self.pool(), spe.run_reduce, task)
+        except BrokenProcessPool:
+            self._pool = None
+            raise JobFailed(
+                f"bucket {bucket}: the engine process died in the reduce "
+                "(did the UDF exit or crash?)"
+            ) from None
+        if not res.get("ok"):
+            raise JobFailed(
+                f"bucket {bucket} on {self.node.addr}: {res.get('error')}",
+                traceback=str(res.get("traceback") or ""),
+            )
 
     async def _store(
         self, src: Path, path: str, rf: int | None, durable: bool = True
@@ -712,6 +758,23 @@ class SphereService:
             self._own(j)
             self._drop(j)
         return {"ok": True}
+
+
+def _reduce_spec(raw: Any) -> dict[str, Any] | None:
+    """A commit's ``reduce``: {udf, digest, kind, record_size}, checked, or None."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise BadRequest("reduce must be a map")
+    udf, digest, kind = raw.get("udf"), raw.get("digest"), raw.get("kind")
+    if not isinstance(udf, bytes) or not isinstance(digest, str) or len(digest) > 128:
+        raise BadRequest("reduce needs udf (bytes) and digest (a short string)")
+    if kind not in ("file", "lines", "fixed"):
+        raise BadRequest("reduce kind must be file, lines or fixed")
+    size = _int(raw, "record_size", 0, 1 << 30) if "record_size" in raw else 0
+    if kind == "fixed" and size < 1:
+        raise BadRequest("a fixed-size reduce needs record_size >= 1")
+    return {"udf": udf, "digest": digest, "kind": kind, "record_size": size}
 
 
 def _missing(p: Path) -> None:

@@ -16,7 +16,13 @@ Options (keyword-only; see ``driver.job_options``):
     buckets   N > 0: the UDF returns (records, bucket_ids) and bucket i becomes
               ``output/bucket-0000i``; otherwise each segment's output becomes
               ``output/part-<segment>`` on the node that ran it
-    param     any picklable object, handed to the UDF as ``seg.param``
+    reduce    with buckets: a second UDF run on each bucket's node over the whole
+              bucket (its parts in segment order, one ``Batch``) before it is stored;
+              what it returns is the bucket file. The bucket never becomes an
+              intermediate file (e.g. TeraSort: map = key range, reduce = sort)
+    reduce_records   how the reduce sees the bucket's records: "file" (one record,
+              the default), "lines" or an int (fixed size)
+    param     any picklable object, handed to the UDF (and the reduce) as ``seg.param``
     replicas  replica target of the output files (default: the cluster's)
     min_unit / max_unit   bounds of a segment's size in bytes (1 MiB / 256 MiB)
     speculate run a backup of a straggling segment elsewhere (default True)

@@ -144,6 +144,16 @@ class AsyncJob:
         # UsageError at run(), before anything starts.
         self.udf = pickle_udf(fn, opts.get("param"))
         self.digest = hashlib.blake2b(self.udf, digest_size=16).hexdigest()
+        self.reduce: dict[str, Any] | None = None
+        if opts.get("reduce") is not None:
+            udf = pickle_udf(opts["reduce"], opts.get("param"))
+            spec = opts.get("reduce_records", "file")
+            self.reduce = {
+                "udf": udf,
+                "digest": hashlib.blake2b(udf, digest_size=16).hexdigest(),
+                "kind": "fixed" if isinstance(spec, int) else spec,
+                "record_size": spec if isinstance(spec, int) else 0,
+            }
         self.phase = "starting"
         self.started = time.monotonic()
         self.phases: dict[str, float] = {}  # seconds spent in each phase (the result's)
@@ -232,7 +242,7 @@ class AsyncJob:
             files: list[dict[str, Any]] = []
             for _round in range(MAX_ROUNDS):
                 await self._run_all()
-                self._set_phase("committing")
+                self._set_phase("reducing" if self.reduce else "committing")
                 try:
                     files = await self._commit()
                     break
@@ -533,11 +543,14 @@ class AsyncJob:
         addr = self.addr[nid]
         while any(s.node == nid for s in self.running.values()) or ack:
             sent = time.monotonic()
+            # Only an acknowledgement left to send (nothing runs there): no long poll,
+            # which would hold the job for POLL_WAIT before its commit.
+            wait = POLL_WAIT if any(s.node == nid for s in self.running.values()) else 0.0
             try:
                 rep = await self.c.pool.call(
                     addr,
                     "sphere.poll",
-                    {"job": self.id, "ack": ack, "wait": POLL_WAIT},
+                    {"job": self.id, "ack": ack, "wait": wait},
                     timeout=POLL_WAIT + 15,
                 )
             except (TransportError, SectorError) as exc:
@@ -718,7 +731,14 @@ class AsyncJob:
             else:
                 files.extend(got)
 
-        await asyncio.gather(*(one(n, its) for n, its in items.items()))
+        # Wait for every node's commit, even when one fails (a reduce that raised): the
+        # cleanup that follows a failure must not race files still being stored.
+        outcomes = await asyncio.gather(
+            *(one(n, its) for n, its in items.items()), return_exceptions=True
+        )
+        for r in outcomes:
+            if isinstance(r, BaseException):
+                raise r
         if lost:
             for nid in lost:
                 await self._node_lost(nid)
@@ -730,20 +750,22 @@ class AsyncJob:
     ) -> list[dict[str, Any]] | None:
         """Have a node seal staged output as Sector files; None if the node is gone (or
         restarted, which lost its staged parts)."""
+        args = {
+            "job": self.id,
+            "rf": self.opts.get("replicas"),
+            "items": items,
+            "durable": bool(self.opts.get("durable", True)),
+        }
+        if self.reduce is not None and any("bucket" in it for it in items):
+            args["reduce"] = self.reduce
         try:
-            rep = await self.c.pool.call(
-                self.addr[nid],
-                "sphere.commit",
-                {
-                    "job": self.id,
-                    "rf": self.opts.get("replicas"),
-                    "items": items,
-                    "durable": bool(self.opts.get("durable", True)),
-                },
-                timeout=3600,
-            )
+            rep = await self.c.pool.call(self.addr[nid], "sphere.commit", args, timeout=3600)
         except (TransportError, NotFound):
             return None
+        except JobFailed as exc:  # the reduce raised: the job fails with its traceback
+            self._tb = str(exc.data.get("traceback") or "") or None
+            self.error = self.error or (f"{exc}\n{self._tb}" if self._tb else str(exc))
+            raise JobFailed(f"job {self.id} failed: {exc}", traceback=self._tb or "") from None
         return list(rep.get("files", []))
 
 
@@ -768,8 +790,26 @@ def job_options(
     name: str | None = None,
     to_client: bool | None = None,
     durable: bool = True,
+    reduce: Callable[..., Any] | None = None,
+    reduce_records: Any = "file",
 ) -> dict[str, Any]:
     """Check a job's options; the mode follows from them (buckets > files > client)."""
+    if reduce is not None:
+        if not buckets:
+            raise UsageError("reduce needs buckets: it runs on each bucket's node")
+        if not callable(reduce):
+            raise UsageError(f"reduce must be a function, not {type(reduce).__name__}")
+    if not (
+        reduce_records in ("file", "lines")
+        or (
+            isinstance(reduce_records, int)
+            and not isinstance(reduce_records, bool)
+            and 1 <= reduce_records <= 1 << 30
+        )
+    ):
+        raise UsageError(
+            f"reduce_records must be 'file', 'lines' or a record size, not {reduce_records!r}"
+        )
     if not isinstance(buckets, int) or isinstance(buckets, bool) or not 0 <= buckets <= 1 << 16:
         raise UsageError(f"buckets must be a whole number from 0 to 65536, not {buckets!r}")
     if buckets and output is None:
@@ -806,4 +846,6 @@ def job_options(
         "name": name,
         "mode": mode,
         "durable": durable,
+        "reduce": reduce,
+        "reduce_records": reduce_records,
     }

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import mmap
+import os
 import time
 import traceback
 from collections.abc import Callable
@@ -122,6 +123,85 @@ def run_task(task: dict[str, Any]) -> dict[str, Any]:
             # until the views go, rather than failing the attempt.
             with contextlib.suppress(BufferError):
                 mm.close()
+
+
+def run_reduce(task: dict[str, Any]) -> dict[str, Any]:
+    """Run a job's reduce UDF over one bucket (in a worker process); never raises.
+
+    ``task``: udf, digest (the cloudpickled (reduce, job parameter)), parts (the
+    bucket's part files in segment order), kind ("file", "lines", "fixed"),
+    record_size, bucket, path (the bucket file's), node, out (the file to write).
+    The parts are read into one buffer (a single part is mapped): the reduce sees the
+    whole bucket at once, which is what a sort needs, and nothing is written between
+    the shuffle and the output.
+    """
+    t0 = time.perf_counter()
+    try:
+        fn, param = _load(task["udf"], task["digest"])
+    except Exception as exc:
+        return {"error": f"cannot load the reduce: {type(exc).__name__}: {exc}"}
+    mm: mmap.mmap | None = None
+    try:
+        try:
+            data, mm = _read_parts([Path(p) for p in task["parts"]])
+        except OSError as exc:
+            return {"error": f"cannot read the bucket's parts: {exc}"}
+        try:
+            batch = Batch(
+                data,
+                kind=task["kind"],
+                record_size=int(task.get("record_size") or 0),
+                path=task.get("path", ""),
+                segment=int(task.get("bucket", 0)),
+                param=param,
+                node=task.get("node", ""),
+            )
+        except ValueError as exc:
+            return {"error": f"bucket {task.get('bucket')}: {exc}"}
+        try:
+            out = normalize(fn(batch))
+            if out.buckets is not None:
+                raise TypeError("a reduce returns records, not (records, bucket_ids)")
+            size = _write(Path(task["out"]), out.data)
+        except Exception as exc:
+            return {
+                "error": f"the reduce raised {type(exc).__name__}: {exc}",
+                "traceback": traceback.format_exc(),
+            }
+        return {
+            "ok": True,
+            "records_out": len(out),
+            "bytes_in": len(data),
+            "bytes_out": size,
+            "seconds": time.perf_counter() - t0,
+        }
+    finally:
+        if mm is not None:
+            with contextlib.suppress(BufferError):
+                mm.close()
+
+
+def _read_parts(parts: list[Path]) -> tuple[memoryview | bytes, mmap.mmap | None]:
+    """A bucket's parts as one buffer: a map of a single part, else one read of each
+    into a buffer of their total size (no per-part Python bytes, no concat file)."""
+    with contextlib.ExitStack() as stack:
+        files = [stack.enter_context(open(open_nofollow(str(p)), "rb")) for p in parts]
+        sizes = [os.fstat(f.fileno()).st_size for f in files]
+        total = sum(sizes)
+        if total == 0:
+            return b"", None
+        if len(files) == 1:
+            mm = mmap.mmap(files[0].fileno(), 0, access=mmap.ACCESS_READ)
+            return memoryview(mm), mm
+        buf = bytearray(total)
+        view = memoryview(buf)
+        at = 0
+        for f, n in zip(files, sizes, strict=True):
+            got = f.readinto(view[at : at + n])
+            if got != n:
+                raise OSError(f"a bucket part changed size while read ({got} of {n} bytes)")
+            at += n
+        return view, None
 
 
 def _read(task: dict[str, Any]) -> tuple[memoryview | bytes, mmap.mmap | None, int]:

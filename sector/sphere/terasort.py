@@ -157,21 +157,35 @@ def bucket_of(records: Any, nbuckets: int) -> npt.NDArray[np.int64]:
     return ((hi * _U64(nbuckets)) >> _U64(32)).astype(np.int64)
 
 
+_IDX_BITS = 24  # records per sort of packed keys: up to 2**24 (a 1.6 GB bucket)
+_IDX_MASK = _U64((1 << _IDX_BITS) - 1)
+
+
 def sort_order(records: Any) -> npt.NDArray[np.intp]:
     """The stable permutation that sorts ``records`` by key (memcmp order)."""
     recs = as_records(records)
     n = len(recs)
     hi = _key_hi(recs)
-    # One stable sort on the first 8 bytes decides all but ties, which random keys
-    # almost never have (lexsort on both parts costs a second full sort). Runs of equal
-    # first 8 bytes are then re-sorted on the last 2 bytes, stably, so records with
-    # equal keys keep their input order.
-    order = np.argsort(hi, kind="stable")
     if n < 2:
-        return order
-    shi = hi[order]
-    tie = shi[1:] == shi[:-1]
+        return np.arange(n, dtype=np.intp)
+    if n <= 1 << _IDX_BITS:
+        # One sort of values, not an argsort: the key's top 40 bits above the record's
+        # index in 24 bits, in one uint64. numpy sorts plain uint64 several times
+        # faster than it argsorts them (SIMD; 18 ms against 137 ms for 1.25 M keys), and
+        # the index makes the sort stable and gives the permutation back.
+        packed = (hi & ~_IDX_MASK) | np.arange(n, dtype=_U64)
+        packed.sort()
+        order = (packed & _IDX_MASK).astype(np.intp)
+        top = packed >> _U64(_IDX_BITS)
+        tie = top[1:] == top[:-1]
+    else:
+        order = np.argsort(hi, kind="stable")
+        shi = hi[order]
+        tie = shi[1:] == shi[:-1]
     if tie.any():
+        # Runs that the first sort could not tell apart (equal top 40 bits; random
+        # keys give a handful per million) are re-sorted on the whole key, stably, so
+        # records with equal keys keep their input order.
         in_run = np.zeros(n, dtype=bool)
         in_run[1:] |= tie
         in_run[:-1] |= tie
@@ -180,7 +194,7 @@ def sort_order(records: Any) -> npt.NDArray[np.intp]:
         starts[1:] = ~tie[pos[:-1]]  # a run starts where the previous pair is not a tie
         run = np.cumsum(starts)
         sub = order[pos]
-        order[pos] = sub[np.lexsort((_key_lo(recs)[sub], run))]
+        order[pos] = sub[np.lexsort((_key_lo(recs)[sub], hi[sub], run))]
     return order
 
 

@@ -6,8 +6,11 @@
 - ``sort``: stage 1 reads 100-byte records where they are stored and sends each to a
   bucket by key range (bucket i holds keys below bucket i+1's), so the buckets in
   order are the sorted output once each is sorted; stage 2 sorts each bucket on the
-  node that holds it (no data moves). Bucket files are intermediate: one replica, and
-  a lost one is recomputed by the job (see ``driver``).
+  node that holds it (no data moves). By default stage 2 is the job's *reduce*: it
+  runs on the bucket's node over the parts it received, as the bucket is committed,
+  so no intermediate file is written, hashed and read again. ``stages=2`` runs it as
+  a second job over intermediate bucket files (one replica; a lost one is recomputed
+  by the job, see ``driver``).
 - ``validate``: every output file's summary (count, order-independent checksum, first
   and last key, sorted?) computed on its node; merged in file order by the client.
 
@@ -84,46 +87,74 @@ def sort(
     *,
     buckets: int | None = None,
     replicas: int | None = 1,
+    stages: int = 1,
     progress: bool | None = None,
 ) -> dict[str, Any]:
+    """Sort ``src`` into ``dst``: bucket by key range, then sort each bucket on its node.
+
+    ``stages=1`` (the default) runs both steps as one job: the sort is the job's
+    reduce, run on each bucket's node over the parts it received, so the buckets never
+    become intermediate Sector files. ``stages=2`` runs them as two jobs, the second
+    reading the first's bucket files (the classic Sphere form; slower: every byte is
+    written, hashed and read once more).
+    """
+    if stages not in (1, 2):
+        raise UsageError("--stages must be 1 or 2")
     if buckets is None:
         total = sum(e["size"] for e in c.ls(src) if e["type"] == "file")
         engines = sum(c.sphere.engines().values())
         buckets = max(engines or 2, math.ceil(total / BUCKET_BYTES))
     if not 1 <= buckets <= 1 << 16:
         raise UsageError("--buckets must be from 1 to 65536")
-    # Intermediate buckets live in the user's staging area (its compute right covers it).
-    tmp = f"{STAGING}/{staging_owner(c.whoami().get('user'))}/terasort-{secrets.token_hex(6)}"
-    try:
-        s1 = c.sphere.run(
+    if stages == 1:
+        s = c.sphere.run(
             bucket_udf,
             src,
             records=ts.RECORD,
-            output=tmp,
+            output=dst,
             buckets=buckets,
             param=buckets,
-            replicas=1,
-            durable=False,  # intermediate: only stage 2 reads it, and its output is fsynced
-            name="terasort 1/2 (buckets)",
+            reduce=sort_udf,
+            replicas=replicas,
+            name="terasort (bucket, sort)",
         ).wait(progress=progress)
-        s2 = c.sphere.run(
-            sort_udf, tmp, output=dst, replicas=replicas, name="terasort 2/2 (sort)"
-        ).wait(progress=progress)
-    finally:
-        with contextlib.suppress(SectorError):
-            c.rm(tmp, recursive=True)  # never made (stage 1 failed early) or gone
+        done = [s]
+    else:
+        # Intermediate buckets live in the user's staging area (its compute right
+        # covers it).
+        owner = staging_owner(c.whoami().get("user"))
+        tmp = f"{STAGING}/{owner}/terasort-{secrets.token_hex(6)}"
+        try:
+            s1 = c.sphere.run(
+                bucket_udf,
+                src,
+                records=ts.RECORD,
+                output=tmp,
+                buckets=buckets,
+                param=buckets,
+                replicas=1,
+                durable=False,  # intermediate: only stage 2 reads it; its output is fsynced
+                name="terasort 1/2 (buckets)",
+            ).wait(progress=progress)
+            s2 = c.sphere.run(
+                sort_udf, tmp, output=dst, replicas=replicas, name="terasort 2/2 (sort)"
+            ).wait(progress=progress)
+        finally:
+            with contextlib.suppress(SectorError):
+                c.rm(tmp, recursive=True)  # never made (stage 1 failed early) or gone
+        done = [s1, s2]
     return {
         "input": src,
         "output": dst,
         "buckets": buckets,
-        "records": s2["records_out"],
-        "seconds": round(s1["seconds"] + s2["seconds"], 3),
+        "records": done[-1]["records_out"],
+        "seconds": round(sum(s["seconds"] for s in done), 3),
         "stages": [
             {
                 k: s[k]
                 for k in ("job", "seconds", "segments", "speculative", "failed_attempts", "phases")
             }
-            for s in (s1, s2)
+            for s in done
         ],
     }
 

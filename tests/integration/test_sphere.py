@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import sector
-from sector.errors import AlreadyExists, JobFailed
+from sector.errors import AlreadyExists, JobFailed, UsageError
 from sector.sphere import terasort as ts
 from sector.sphere import tsjob
 from sector.testing.cluster import ProcCluster
@@ -62,6 +62,37 @@ def where_am_i(seg: Any) -> Any:
 
 def boom(seg: Any) -> Any:
     raise ValueError(f"bad record in segment {seg.segment}")
+
+
+def sum_words_sorted(seg: Any) -> Any:
+    """A reduce: the whole bucket (every segment's part) in one batch, counts summed."""
+    assert seg.kind == "lines" and seg.path.endswith(f"bucket-{seg.segment:05d}")
+    total: Counter[bytes] = Counter()
+    for line in seg.lines():
+        w, n = line.rsplit(b" ", 1)
+        total[w] += int(n)
+    return [b"%s %d\n" % (w, n) for w, n in sorted(total.items())]
+
+
+def reduce_boom(seg: Any) -> Any:
+    if seg.segment == 1:
+        raise KeyError(f"bucket {seg.segment} is cursed")
+    return bytes(seg.data)
+
+
+def first_byte_buckets(seg: Any) -> Any:
+    return seg.records, seg.records[:, 0].astype(np.int64) % seg.param
+
+
+def sort_fixed(seg: Any) -> Any:
+    recs = seg.records  # reduce_records=16: fixed-size records of the bucket
+    return recs[np.lexsort(recs.T[::-1])]
+
+
+def slow_sort(seg: Any) -> Any:
+    time.sleep(1.5)  # long enough to kill a node while buckets are being reduced
+    recs = seg.records
+    return recs[np.lexsort(recs.T[::-1])]
 
 
 def slow_on(seg: Any) -> Any:
@@ -112,6 +143,97 @@ def test_word_count_two_stages_with_buckets(cluster: ProcCluster, tmp_path: Path
                 got[w] += int(n)
     want = Counter((text + text[: len(text) // 3]).split())
     assert got == want
+
+
+def test_reduce_runs_on_each_whole_bucket_without_intermediate_files(
+    cluster: ProcCluster, tmp_path: Path
+) -> None:
+    text = b"".join(b"alpha beta %d gamma %d\n" % (i % 40, i % 7) for i in range(30000))
+    with sector.connect(cluster.address) as c:
+        _put(c, tmp_path, "/rd/in/a.txt", text)
+        _put(c, tmp_path, "/rd/in/b.txt", text[: len(text) // 2])
+        res = c.sphere.run(
+            count_words,
+            "/rd/in",
+            records="lines",
+            output="/rd/out",
+            buckets=4,
+            param=4,
+            reduce=sum_words_sorted,
+            reduce_records="lines",
+            min_unit=64 << 10,
+            max_unit=128 << 10,
+        ).wait()
+        assert res["segments"] > 4  # several parts per bucket, merged by the reduce
+        assert "reducing" in res["phases"]
+        assert sorted(f["path"] for f in res["files"]) == [
+            f"/rd/out/bucket-{b:05d}" for b in range(4)
+        ]
+        got: Counter[bytes] = Counter()
+        for f in res["files"]:
+            lines = c.read(f["path"]).splitlines()
+            words = [line.rsplit(b" ", 1)[0] for line in lines]
+            assert words == sorted(set(words))  # one line per word: the whole bucket
+            for line in lines:
+                w, n = line.rsplit(b" ", 1)
+                got[w] += int(n)
+        assert not c.exists("/.sphere") or not c.ls("/.sphere")
+
+        # Fixed-size records: the reduce sees the bucket as records of that size.
+        recs = np.random.default_rng(5).integers(0, 255, size=(20000, 16), dtype=np.uint8)
+        _put(c, tmp_path, "/rd/fx.bin", recs.tobytes())
+        fx = c.sphere.run(
+            first_byte_buckets,
+            "/rd/fx.bin",
+            records=16,
+            output="/rd/fx-out",
+            buckets=3,
+            param=3,
+            reduce=sort_fixed,
+            reduce_records=16,
+            min_unit=32_000,
+            max_unit=32_000,
+        ).wait()
+        for b, f in enumerate(sorted(fx["files"], key=lambda f: f["path"])):
+            mine = recs[recs[:, 0] % 3 == b]
+            want = mine[np.lexsort(mine.T[::-1])]
+            assert c.read(f["path"]) == want.tobytes()
+    assert got == Counter((text + text[: len(text) // 2]).split())
+
+
+def test_reduce_that_raises_fails_the_job_with_its_traceback_and_leaves_nothing(
+    cluster: ProcCluster, tmp_path: Path
+) -> None:
+    with sector.connect(cluster.address) as c:
+        _put(c, tmp_path, "/rb/in.txt", b"x y z\n" * 3000)
+        with pytest.raises(JobFailed) as ei:
+            c.sphere.run(
+                count_words,
+                "/rb/in.txt",
+                records="lines",
+                output="/rb/out",
+                buckets=3,
+                param=3,
+                reduce=reduce_boom,
+            ).wait()
+        assert "KeyError" in str(ei.value) and "bucket 1 is cursed" in str(ei.value)
+        assert "Traceback" in ei.value.data["traceback"]
+        assert "reduce_boom" in ei.value.data["traceback"]
+        assert not c.exists("/rb/out")
+        assert not c.exists("/.sphere") or not c.ls("/.sphere")
+        # Misuse is a usage error before anything runs.
+        with pytest.raises(UsageError, match="reduce needs buckets"):
+            c.sphere.run(echo_lines, "/rb/in.txt", output="/rb/o2", reduce=echo_lines)
+        with pytest.raises(UsageError, match="reduce_records"):
+            c.sphere.run(
+                count_words,
+                "/rb/in.txt",
+                output="/rb/o2",
+                buckets=2,
+                reduce=echo_lines,
+                reduce_records="idx",
+            )
+        assert not c.exists("/rb/o2")
 
 
 def test_fixed_records_to_client_in_segment_order(cluster: ProcCluster, tmp_path: Path) -> None:
@@ -189,13 +311,15 @@ def test_terasort_round_trip(cluster: ProcCluster) -> None:
     with sector.connect(cluster.address) as c:
         g = tsjob.gen(c, "/ts/in", n, files=3, progress=False)
         assert len(g["files"]) == 3
-        res = tsjob.sort(c, "/ts/in", "/ts/out", buckets=5, progress=False)
-        assert res["records"] == n
-        v = tsjob.validate(c, "/ts/out", input="/ts/in", progress=False)
-        assert v["ok"] and v["sorted"] and v["same_records"], v
-        assert v["records"] == n
-        assert int(v["checksum"], 16) == ts.checksum(ts.gen_records(0, n, 0))
-        assert not c.exists("/.sphere") or not c.ls("/.sphere")
+        for stages in (1, 2):  # the sort as the bucket job's reduce, or a second job
+            out = f"/ts/out{stages}"
+            res = tsjob.sort(c, "/ts/in", out, buckets=5, stages=stages, progress=False)
+            assert res["records"] == n and len(res["stages"]) == stages
+            v = tsjob.validate(c, out, input="/ts/in", progress=False)
+            assert v["ok"] and v["sorted"] and v["same_records"], v
+            assert v["records"] == n and v["files"] == 5
+            assert int(v["checksum"], 16) == ts.checksum(ts.gen_records(0, n, 0))
+            assert not c.exists("/.sphere") or not c.ls("/.sphere")
 
 
 def test_straggler_is_finished_by_speculation(tmp_path: Path) -> None:
@@ -236,6 +360,41 @@ def test_job_survives_sigkill_of_a_node_mid_stage(tmp_path: Path) -> None:
         assert len(out) == len(recs)
         # Same multiset of records: nothing lost, nothing doubled.
         assert ts.checksum(out) == ts.checksum(recs)
+
+
+def test_job_survives_sigkill_of_a_bucket_node_while_reducing(tmp_path: Path) -> None:
+    with ProcCluster(tmp_path / "cl", replicas=2, node_args=ENGINES) as cl:
+        cl.start(4)
+        recs = np.random.default_rng(8).integers(0, 255, size=(8 * 1000, 100), dtype=np.uint8)
+        with sector.connect(cl.address) as c:
+            for i in range(8):
+                _put(c, tmp_path, f"/kr/in/f{i:02d}", recs[i * 1000 : (i + 1) * 1000].tobytes())
+            job = c.sphere.run(
+                first_byte_buckets,
+                "/kr/in",
+                records=100,
+                output="/kr/out",
+                buckets=8,
+                param=8,
+                reduce=slow_sort,
+                reduce_records=100,
+                replicas=2,
+            )
+            victim = cl.nodes[3]  # not the entry node
+            deadline = time.monotonic() + 60
+            while job.progress()["phase"] != "reducing" and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert job.progress()["phase"] == "reducing"
+            os.kill(victim.proc.pid, signal.SIGKILL)
+            res = job.wait(timeout=180)
+            assert victim.address in res["lost_nodes"]
+            files = sorted(f["path"] for f in res["files"])
+            assert files == [f"/kr/out/bucket-{b:05d}" for b in range(8)]
+            for b, path in enumerate(files):
+                mine = recs[recs[:, 0] % 8 == b]
+                want = mine[np.lexsort(mine.T[::-1])]
+                assert c.read(path) == want.tobytes(), path
+            assert not c.exists("/.sphere") or not c.ls("/.sphere")
 
 
 # ---- the command line -------------------------------------------------------------
