@@ -29,6 +29,7 @@ import logging
 import multiprocessing
 import os
 import re
+import secrets
 import shutil
 import socket
 import time
@@ -270,7 +271,10 @@ class SphereService:
             # spawn, not fork: the node has threads (fsync, copy pumps) and a running
             # loop, and a forked child would inherit their locks mid-flight.
             self._pool = ProcessPoolExecutor(
-                self.engines, mp_context=multiprocessing.get_context("spawn")
+                self.engines,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=spe.init_engine,
+                initargs=(os.getpid(),),
             )
         return self._pool
 
@@ -307,7 +311,19 @@ class SphereService:
             if t.task is not None and not t.task.done():
                 t.task.cancel()
         self.jobs.pop(j.id, None)
-        shutil.rmtree(j.dir, ignore_errors=True)
+        # A job's staged files can be gigabytes: move them aside at once (the job's
+        # directory name is free again) and delete them on a thread, off the loop.
+        trash = self.root / f".gone-{j.id}-{secrets.token_hex(4)}"
+        try:
+            os.rename(j.dir, trash)
+        except FileNotFoundError:
+            return
+        except OSError:
+            trash = j.dir
+        try:
+            self.io.submit(shutil.rmtree, trash, True)
+        except RuntimeError:  # the node is stopping: its restart clears the directory
+            pass
 
     # ------------------------------------------------------------------ handlers
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -48,6 +49,24 @@ def _load(udf: bytes, digest: str) -> tuple[Callable[..., Any], Any]:
             _UDFS.clear()
         got = _UDFS[digest] = (fn, param)
     return got
+
+
+def init_engine(parent: int) -> None:
+    """Worker start-up: end this engine when its node dies.
+
+    A pool worker waits for tasks on a pipe that its siblings also hold open, so a
+    node killed with SIGKILL never closes it: without this the node's engines would
+    live on as orphans, each holding its memory, for ever. A daemon thread checks once
+    a second that the node is still the parent and exits the process when not.
+    """
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                os._exit(0)
+
+    threading.Thread(target=watch, name="engine-watchdog", daemon=True).start()
 
 
 def _write(path: Path, data: bytes | memoryview) -> int:

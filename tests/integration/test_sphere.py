@@ -397,6 +397,45 @@ def test_job_survives_sigkill_of_a_bucket_node_while_reducing(tmp_path: Path) ->
             assert not c.exists("/.sphere") or not c.ls("/.sphere")
 
 
+def _children(pid: int) -> set[int]:
+    out = set()
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.add(int(d.name))
+    return out
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a container's init may never reap an orphan)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_engines_end_when_their_node_is_killed(tmp_path: Path) -> None:
+    with ProcCluster(tmp_path / "cl", replicas=1, node_args=ENGINES) as cl:
+        cl.start(1)
+        node = cl.nodes[0]
+        with sector.connect(cl.address) as c:
+            assert len(c.sphere.run(where_am_i, tasks=[1, 2, 3, 4]).results()) == 4
+        assert node.proc is not None
+        engines = _children(node.proc.pid)
+        assert len(engines) >= 2  # the engines that ran the tasks
+        os.kill(node.proc.pid, signal.SIGKILL)
+        node.proc.wait(10)
+        deadline = time.monotonic() + 15
+        while any(_running(p) for p in engines) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [p for p in engines if _running(p)], "engines outlived their node"
+
+
 # ---- the command line -------------------------------------------------------------
 
 
