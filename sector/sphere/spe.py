@@ -212,8 +212,8 @@ def _read_parts(parts: list[Path]) -> tuple[memoryview | bytes, mmap.mmap | None
         if len(files) == 1:
             mm = mmap.mmap(files[0].fileno(), 0, access=mmap.ACCESS_READ)
             return memoryview(mm), mm
-        buf = bytearray(total)
-        view = memoryview(buf)
+        # numpy, not bytearray: no zero-filling pass, and numpy asks for huge pages
+        view = np.empty(total, np.uint8).data
         at = 0
         for f, n in zip(files, sizes, strict=True):
             got = f.readinto(view[at : at + n])
