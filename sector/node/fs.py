@@ -473,6 +473,13 @@ class FsService:
                 rec.parent(dst), "add_child", {"name": rec.basename(dst), "kind": "file"}
             )
             await self.node.meta.call(r.path, "delete", {"blob": r.blob, "moved_to": dst})
+            # The old name no longer claims the blob: holders make the new one its only
+            # path (best effort; the collector does the same later for one that missed
+            # it), so removing the moved file deletes its copies at once rather than
+            # leaving them to the collector's grace.
+            await self._gather(
+                [self._alias(addr, r.blob, dst, confirm=True) for _nid, addr in r.replicas]
+            )
         else:
             await self.ensure_dir(dst, parents=False, exist_ok=True)
             names = list(rec.live_children(r))
@@ -489,9 +496,10 @@ class FsService:
             rec.parent(r.path), "remove_child", {"name": rec.basename(r.path)}
         )
 
-    async def _alias(self, addr: str, blob: str, path: str) -> None:
+    async def _alias(self, addr: str, blob: str, path: str, *, confirm: bool = False) -> None:
+        args = {"blob": blob, "path": path, "confirm": confirm}
         with contextlib.suppress(SectorError, OSError):
-            await self.node.pool.call(addr, "blob.alias", {"blob": blob, "path": path}, timeout=5.0)
+            await self.node.pool.call(addr, "blob.alias", args, timeout=5.0)
 
     async def _h_setrf(self, a: dict[str, Any]) -> Any:
         """Change a file's replica target; its owner's repair worker adds or trims copies."""

@@ -94,13 +94,21 @@ class GcWorker:
         return self.status()
 
     async def _h_alias(self, a: dict[str, Any]) -> Any:
-        """``{blob, path}``: the file of this blob is being renamed to ``path``."""
+        """``{blob, path}``: the file of this blob is being renamed to ``path``.
+        ``{blob, path, confirm: true}``: the rename is done, ``path`` (already an alias)
+        becomes the blob's only path."""
         blob = check_blob_id(a.get("blob"))
         path = a.get("path")
         if not isinstance(path, str) or not path.startswith("/") or len(path) > 4096:
             raise BadRequest("blob.alias needs an absolute path")
+        confirm = a.get("confirm", False)
+        if not isinstance(confirm, bool):
+            raise BadRequest("confirm must be true or false")
         path = rec.normalize(path)
-        return await asyncio.to_thread(self.node.inventory.add_alias, blob, path)
+        inv = self.node.inventory
+        if confirm:
+            return await asyncio.to_thread(inv.confirm_alias, blob, path)
+        return await asyncio.to_thread(inv.add_alias, blob, path)
 
     async def _loop(self) -> None:
         await asyncio.sleep(self.settle)

@@ -125,6 +125,20 @@ class Inventory:
             self._db.execute("INSERT OR IGNORE INTO aliases VALUES (?, ?)", (blob, path))
         return True
 
+    def confirm_alias(self, blob: str, path: str) -> bool:
+        """A finished rename: ``path``, if the blob is known by it, becomes its only path."""
+        with self._lock:
+            known = self._db.execute(
+                "SELECT 1 FROM blobs WHERE blob = ? AND path = ? UNION ALL "
+                "SELECT 1 FROM aliases WHERE blob = ? AND path = ?",
+                (blob, path, blob, path),
+            ).fetchone()
+            if not known:
+                return False
+            self._db.execute("UPDATE blobs SET path = ? WHERE blob = ?", (path, blob))
+            self._db.execute("DELETE FROM aliases WHERE blob = ?", (blob,))
+        return True
+
     def confirm_path(self, blob: str, path: str) -> None:
         """``path`` claims the blob: it becomes the path, the aliases go."""
         with self._lock:

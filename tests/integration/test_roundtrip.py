@@ -275,6 +275,25 @@ def test_rm_removes_a_file_and_its_replicas(
     assert client.read("/rmf/kept.bin") == src.read_bytes()
 
 
+def test_rm_of_a_renamed_file_drops_its_replicas_at_once(
+    cluster: ProcCluster, client: sector.Client, tmp_path: Path
+) -> None:
+    """A renamed file's holders know its blob by the new name alone once the rename is
+    done, so removing it deletes the copies now, not after the collector's grace
+    (600 s here): a job's output, renamed out of staging, used to linger on disk."""
+    src = tmp_path / "f"
+    src.write_bytes(os.urandom(5000))
+    client.put(src, "/rmmv/a.bin")
+    client.mv("/rmmv/a.bin", "/rmmv/b.bin")
+    client.mkdir("/rmmv/d")
+    client.mv("/rmmv/b.bin", "/rmmv/d/c.bin")  # twice, the second into a directory
+    client.mv("/rmmv/d", "/rmmv/e")  # and with its directory
+    st = client.stat("/rmmv/e/c.bin")
+    assert holders(client, cluster, st["blob"]) == {r["address"] for r in st["replicas"]}
+    client.rm("/rmmv", recursive=True)
+    wait_for(lambda: not holders(client, cluster, st["blob"]), 15, what="replicas to drop the blob")
+
+
 def test_rm_r_removes_a_whole_tree(
     cluster: ProcCluster, client: sector.Client, sector_cli: Callable[..., Any], tmp_path: Path
 ) -> None:
