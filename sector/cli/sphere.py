@@ -47,6 +47,19 @@ def add_parsers(cmd: Callable[[str, str], argparse.ArgumentParser], common: Any)
     r.add_argument(
         "--param", type=arg_type(_json), metavar="JSON", default=None, help="passed as seg.param"
     )
+    r.add_argument(
+        "--reduce",
+        metavar="MODULE:FUNCTION",
+        default=None,
+        help="with -b: run on each bucket's node over the whole bucket",
+    )
+    r.add_argument(
+        "--reduce-records",
+        type=arg_type(_reduce_records),
+        default="file",
+        metavar="KIND",
+        help="how the reduce sees the bucket: file (one record), lines, or a record size",
+    )
 
     st = sub.add_parser(
         "stream", help="pipe each segment through a shell command", parents=[common]
@@ -84,6 +97,15 @@ def add_parsers(cmd: Callable[[str, str], argparse.ArgumentParser], common: Any)
 
 
 # Checked as the command line is parsed (a usage error, before any connection).
+def _reduce_records(spec: str) -> Any:
+    if spec in ("file", "lines"):
+        return spec
+    got = _records(spec)
+    if got == "idx":
+        raise ValueError("must be file, lines or a record size in bytes, not 'idx'")
+    return got
+
+
 def _records(spec: str) -> Any:
     if spec in ("file", "lines", "idx"):
         return spec
@@ -138,6 +160,9 @@ def run(c: Any, args: argparse.Namespace) -> None:
         fn = _load_udf(args.udf)
         if args.param is not None:
             opts["param"] = args.param
+        if args.reduce is not None:
+            opts["reduce"] = _load_udf(args.reduce)
+            opts["reduce_records"] = args.reduce_records
         name = args.udf
     else:
         from sector.sphere.stream import stream_udf

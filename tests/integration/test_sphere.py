@@ -442,6 +442,13 @@ def test_engines_end_when_their_node_is_killed(tmp_path: Path) -> None:
 UDF_MODULE = """
 def upper(seg):
     return bytes(seg.data).upper()
+
+def by_first_digit(seg):
+    lines = seg.lines()
+    return [ln + b"\\n" for ln in lines], [int(ln[:1]) for ln in lines]
+
+def sort_lines(seg):
+    return b"".join(sorted(bytes(seg.data).splitlines(keepends=True)))
 """
 
 
@@ -459,6 +466,40 @@ def test_cli_sphere_run_stream_and_terasort(
     r = sector_cli("sphere", "run", "myudfs:upper", "/cli/in.txt", cluster=addr, env=env)
     assert r.returncode == 0, r.stderr
     assert r.stdout == text.upper()
+
+    # sphere run with buckets and a reduce: each bucket sorted on its node
+    r = sector_cli(
+        "sphere",
+        "run",
+        "myudfs:by_first_digit",
+        "/cli/in.txt",
+        "--records",
+        "lines",
+        "-b",
+        "3",
+        "--reduce",
+        "myudfs:sort_lines",
+        "-o",
+        "/cli/rd",
+        cluster=addr,
+        env=env,
+    )
+    assert r.returncode == 0, r.stderr
+    for b in range(3):
+        got = sector_cli("cat", f"/cli/rd/bucket-{b:05d}", cluster=addr).stdout
+        assert got == b"".join(sorted(ln for ln in text.splitlines(True) if ln[:1] == b"%d" % b))
+    r = sector_cli(
+        "sphere",
+        "run",
+        "myudfs:upper",
+        "/cli/in.txt",
+        "--reduce",
+        "myudfs:sort_lines",
+        cluster=addr,
+        env=env,
+    )
+    assert r.returncode == 1 and b"reduce needs buckets" in r.stderr
+    assert r.stderr.count(b"\n") == 1
 
     # sphere stream with buckets: the first token of each line is its bucket
     r = sector_cli(
