@@ -89,8 +89,14 @@ def sort_fixed(seg: Any) -> Any:
     return recs[np.lexsort(recs.T[::-1])]
 
 
-def slow_sort(seg: Any) -> Any:
-    time.sleep(1.5)  # long enough to kill a node while buckets are being reduced
+def first_byte_of_n(seg: Any) -> Any:
+    n, _victim = seg.param
+    return seg.records, seg.records[:, 0].astype(np.int64) % n
+
+
+def sort_slow_on_victim(seg: Any) -> Any:
+    # Still reducing on the victim when it is killed, however late the kill comes.
+    time.sleep(120 if seg.node == seg.param[1] else 0.2)
     recs = seg.records
     return recs[np.lexsort(recs.T[::-1])]
 
@@ -369,18 +375,18 @@ def test_job_survives_sigkill_of_a_bucket_node_while_reducing(tmp_path: Path) ->
         with sector.connect(cl.address) as c:
             for i in range(8):
                 _put(c, tmp_path, f"/kr/in/f{i:02d}", recs[i * 1000 : (i + 1) * 1000].tobytes())
+            victim = cl.nodes[3]  # not the entry node
             job = c.sphere.run(
-                first_byte_buckets,
+                first_byte_of_n,
                 "/kr/in",
                 records=100,
                 output="/kr/out",
                 buckets=8,
-                param=8,
-                reduce=slow_sort,
+                param=(8, victim.node_id),
+                reduce=sort_slow_on_victim,
                 reduce_records=100,
                 replicas=2,
             )
-            victim = cl.nodes[3]  # not the entry node
             deadline = time.monotonic() + 60
             while job.progress()["phase"] != "reducing" and time.monotonic() < deadline:
                 time.sleep(0.05)
