@@ -50,6 +50,7 @@ MIN_RATE = 64 << 10  # bytes/s an upload must average after RATE_GRACE seconds
 RATE_GRACE = 30.0
 SMALL_MAX = 256 << 10  # blobs up to this size travel inline in control frames
 MAX_AUDIT = 20_000  # blob ids in one blob.missing request
+VERIFY_AT_ONCE = 2  # blob.verify hashes running at once on a node (each a whole copy)
 
 
 def _chain(obj: Any) -> list[tuple[str, str]]:
@@ -140,6 +141,9 @@ class BlobService:
         # default executor (or each other's commits).
         self.pumps = ThreadPoolExecutor(64, thread_name_prefix="blob-pump")
         self.stats = {"puts": 0, "gets": 0, "bytes_in": 0, "bytes_out": 0}
+        # blob.verify is open to anyone (``stat --verify``) and one small request costs
+        # a hash of the whole copy: at most two run at once, the rest wait their turn.
+        self._verifying = asyncio.Semaphore(VERIFY_AT_ONCE)
 
     def handlers(self) -> dict[str, Any]:
         return {
@@ -456,7 +460,8 @@ class BlobService:
         p = self.node.blobs.path(blob)
         loop = asyncio.get_running_loop()
         try:
-            got = await loop.run_in_executor(self.io, checksum_file, p)
+            async with self._verifying:
+                got = await loop.run_in_executor(self.io, checksum_file, p)
         except FileNotFoundError:
             return {"health": "missing"}
         return {"health": "ok" if got == checksum else "corrupt"}
