@@ -561,6 +561,10 @@ def test_sphere_commit_refuses_malformed_messages_and_stores_nothing(
     def items(*its: Any) -> dict[str, Any]:
         return {"job": job, "items": list(its)}
 
+    def reduce_of(**kw: Any) -> dict[str, Any]:
+        spec = {"udf": b"not a pickle", "digest": "d0", "kind": "file", **kw}
+        return {k: v for k, v in spec.items() if v is not None}
+
     cases: list[Case] = [
         ("no job", {"items": [good]}, BadRequest),
         ("job an int", {"job": 1, "items": [good]}, BadRequest),
@@ -600,6 +604,19 @@ def test_sphere_commit_refuses_malformed_messages_and_stores_nothing(
         ("rf huge", {**items(good), "rf": 17}, BadRequest),
         ("rf a string", {**items(good), "rf": "2"}, BadRequest),
         ("durable a string", {**items(good), "durable": "no"}, BadRequest),
+        ("reduce a string", {**items(good), "reduce": "sort"}, BadRequest),
+        ("reduce without udf", {**items(good), "reduce": reduce_of(udf=None)}, BadRequest),
+        ("reduce udf a string", {**items(good), "reduce": reduce_of(udf="f")}, BadRequest),
+        ("reduce digest huge", {**items(good), "reduce": reduce_of(digest="d" * 200)}, BadRequest),
+        ("reduce kind idx", {**items(good), "reduce": reduce_of(kind="idx")}, BadRequest),
+        ("reduce fixed, no size", {**items(good), "reduce": reduce_of(kind="fixed")}, BadRequest),
+        (
+            "reduce size negative",
+            {**items(good), "reduce": reduce_of(kind="fixed", record_size=-1)},
+            BadRequest,
+        ),
+        # Well-formed but not a pickled function: the engine says so, the job fails.
+        ("reduce not a UDF", {**items(good), "reduce": reduce_of()}, JobFailed),
     ]
     before = snapshot(cluster, target)
     with sector.connect(cluster.address) as c:

@@ -48,6 +48,19 @@ def test_aliases_until_one_path_is_confirmed(tmp_path: Path) -> None:
     assert inv.paths(B1) == [] and inv.get(B1) is None
 
 
+def test_a_finished_rename_confirms_only_a_name_the_blob_already_has(tmp_path: Path) -> None:
+    inv = Inventory(str(tmp_path / "inv.sqlite3"))
+    assert not inv.confirm_alias(B1, "/a")  # no such blob
+    inv.record(B1, "/a", 1, None, 1.0)
+    assert not inv.confirm_alias(B1, "/elsewhere")  # never an alias: nothing changes
+    assert inv.paths(B1) == ["/a"]
+    assert inv.add_alias(B1, "/b") and inv.add_alias(B1, "/c")
+    assert inv.confirm_alias(B1, "/c")
+    assert inv.paths(B1) == ["/c"]
+    assert inv.confirm_alias(B1, "/c")  # again: the same
+    assert inv.paths(B1) == ["/c"]
+
+
 def test_blob_store_records_commits_and_forgets_deletes(tmp_path: Path) -> None:
     inv = Inventory(str(tmp_path / "inv.sqlite3"))
     store = BlobStore(tmp_path, inventory=inv)
