@@ -280,33 +280,36 @@ class BlobWriter:
             # between the two leaves a row without a blob (dropped by the next
             # reconcile), never a blob without a path, which the collector could not
             # ask the metadata about and would keep for ever.
-            if self.store.inventory is not None:
-                self.store.inventory.record(self.blob, self.path, self.size, got, time.time())
-            try:
-                os.link(self.tmp, final)  # link(2) never follows a symlink at the new name
-                self.fresh = True
-            except FileExistsError:
-                # A symlink (or other non-file) in the blob's place is no copy at all:
-                # replaced like a rotten one, the link itself, never what it points at.
-                there = self.store.regular(self.blob)
-                if there is None or checksum_file(final) != got:
-                    if expected is None and there is not None:
-                        raise AlreadyExists(f"blob {self.blob} exists with other content") from None
-                    rotten = True
-            if rotten:
-                # For ``committed``: a replaced non-file was never counted.
-                if there is None:
+            with self.store.lock(self.blob):
+                if self.store.inventory is not None:
+                    self.store.inventory.record(self.blob, self.path, self.size, got, time.time())
+                try:
+                    os.link(self.tmp, final)  # link(2) never follows a symlink at the name
                     self.fresh = True
+                except FileExistsError:
+                    # A symlink (or other non-file) in the blob's place is no copy at
+                    # all: replaced like a rotten one, the link, never what it points at.
+                    there = self.store.regular(self.blob)
+                    if there is None or checksum_file(final) != got:
+                        if expected is None and there is not None:
+                            raise AlreadyExists(
+                                f"blob {self.blob} exists with other content"
+                            ) from None
+                        rotten = True
+                if rotten:
+                    # For ``committed``: a replaced non-file was never counted.
+                    if there is None:
+                        self.fresh = True
+                    else:
+                        self.regrown = self.size - there.st_size
+                    os.replace(self.tmp, final)  # rename(2) replaces a symlink, not its target
+                    if self.store.inventory is not None:
+                        self.store.inventory.record(
+                            self.blob, self.path, self.size, got, time.time(), replace=True
+                        )
                 else:
-                    self.regrown = self.size - there.st_size
-                os.replace(self.tmp, final)  # rename(2) replaces a symlink, not its target
-            else:
-                os.unlink(self.tmp)
+                    os.unlink(self.tmp)
             fsync_dir(final.parent)
-            if rotten and self.store.inventory is not None:
-                self.store.inventory.record(
-                    self.blob, self.path, self.size, got, time.time(), replace=True
-                )
         except OSError as exc:
             self.abort()
             raise NoSpace(f"cannot store blob {self.blob}: {exc.strerror}") from None
@@ -338,6 +341,13 @@ class BlobStore:
     ) -> None:
         self.root = root
         self.inventory = inventory
+        # A blob's inventory row and its file change together: a commit records the
+        # row then links the file, a delete unlinks the file then drops the row. Run
+        # one of each at once on the same blob (a repair's copy landing while the
+        # collector removes the copy it judged) and the delete could drop the row the
+        # commit just wrote, then the link make a file no row names: an orphan of no
+        # known path, kept for ever. Striped locks, by blob id, keep them apart.
+        self._locks = [threading.Lock() for _ in range(64)]
         self.blob_dir = root / "blobs"
         self.tmp_dir = root / "tmp"
         self._blobs = str(self.blob_dir)
@@ -361,6 +371,10 @@ class BlobStore:
         for p in self.tmp_dir.glob("*.part"):
             with contextlib.suppress(OSError):
                 p.unlink()
+
+    def lock(self, blob: str) -> threading.Lock:
+        """The lock that orders the row-and-file changes of ``blob`` (see __init__)."""
+        return self._locks[hash(blob) % len(self._locks)]
 
     def path(self, blob: str) -> Path:
         check_blob_id(blob)
@@ -454,11 +468,12 @@ class BlobStore:
                 os.fsync(fd)
         try:
             self.fanout(blob)
-            if self.inventory is not None:  # before the link: see BlobWriter.commit
-                self.inventory.record(blob, path, size, checksum, time.time())
-            # Not following a symlink at src, and then checking that the name now holds
-            # the very file hashed above: sealed bytes are the bytes checked.
-            os.link(src, final, follow_symlinks=False)
+            with self.lock(blob):
+                if self.inventory is not None:  # before the link: see BlobWriter.commit
+                    self.inventory.record(blob, path, size, checksum, time.time())
+                # Not following a symlink at src, and then checking that the name now
+                # holds the very file hashed above: sealed bytes are the bytes checked.
+                os.link(src, final, follow_symlinks=False)
             there = self.regular(blob)
             if there is None or (there.st_dev, there.st_ino) != (st.st_dev, st.st_ino):
                 with contextlib.suppress(OSError):
@@ -496,15 +511,16 @@ class BlobStore:
             dfd = open_dir(self._where(blob))
         except FileNotFoundError:
             return False
-        try:
-            st = os.stat(blob, dir_fd=dfd, follow_symlinks=False)
-            os.unlink(blob, dir_fd=dfd)
-        except (FileNotFoundError, IsADirectoryError):  # a directory there is no blob either
-            return False
-        finally:
-            os.close(dfd)
-        if self.inventory is not None:
-            self.inventory.remove(blob)
+        with self.lock(blob):
+            try:
+                st = os.stat(blob, dir_fd=dfd, follow_symlinks=False)
+                os.unlink(blob, dir_fd=dfd)
+            except (FileNotFoundError, IsADirectoryError):  # a directory is no blob either
+                return False
+            finally:
+                os.close(dfd)
+            if self.inventory is not None:
+                self.inventory.remove(blob)
         if stat.S_ISREG(st.st_mode):  # only regular files were counted
             self.used = max(0, self.used - st.st_size)
             self.count = max(0, self.count - 1)

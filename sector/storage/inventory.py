@@ -87,15 +87,17 @@ class Inventory:
         replace: bool = False,
     ) -> None:
         """A blob was committed. A second commit of the same blob (a retried chain
-        write) keeps the first row, only filling in a path it did not know;
-        ``replace``: the bytes replaced a rotten copy, whose size and checksum go."""
+        write) keeps the first row, only filling in a path it did not know and taking
+        the new commit time (``reconcile`` must not drop a row re-recorded while the
+        disk was listed, before its file was linked); ``replace``: the bytes replaced a
+        rotten copy, whose size and checksum go."""
         keep = "COALESCE(checksum, excluded.checksum)"
         with self._lock:
             self._db.execute(
                 "INSERT INTO blobs VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(blob) DO UPDATE SET"
                 " path = CASE WHEN path = '' THEN excluded.path ELSE path END,"
                 f" checksum = {'excluded.checksum' if replace else keep},"
-                " size = excluded.size",
+                " size = excluded.size, committed_at = excluded.committed_at",
                 (blob, path, size, checksum, now, now),
             )
 

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import threading
+import time
 from pathlib import Path
+
+import pytest
 
 from sector.storage.blobs import BlobStore, checksum_of
 from sector.storage.inventory import COLLECT, KEEP, UNSURE, Inventory, verdict
@@ -16,9 +21,22 @@ def test_record_keeps_the_first_row_and_fills_a_missing_path(tmp_path: Path) -> 
     inv.record(B1, "/f", 10, "blake3:x", 2.0)  # a retried chain write, now with a path
     inv.record(B1, "/g", 10, "blake3:x", 3.0)  # a known path is not replaced
     r = inv.get(B1)
-    assert r is not None and (r.path, r.committed_at, r.checksum) == ("/f", 1.0, "blake3:x")
+    # The path and checksum of the first row stay; the time is the latest commit's.
+    assert r is not None and (r.path, r.committed_at, r.checksum) == ("/f", 3.0, "blake3:x")
     assert len(inv) == 1
     inv.close()
+
+
+def test_reconcile_keeps_a_row_recommitted_while_the_disk_was_listed(tmp_path: Path) -> None:
+    """A stale row (its file gone), then a new copy of the same blob: recorded, listing
+    taken, linked. The listing missed the file; the row must survive, or the linked
+    file would be a blob of no known path, which the collector keeps for ever."""
+    inv = Inventory(str(tmp_path / "inv.sqlite3"))
+    inv.record(B1, "/f", 5, "blake3:x", 1.0)
+    inv.record(B1, "/f", 5, "blake3:x", 9.0)  # the new copy's commit
+    assert inv.reconcile({}, now=5.0) == (0, 0)  # listed at 5.0, before its link
+    r = inv.get(B1)
+    assert r is not None and r.path == "/f"
 
 
 def test_reconcile_adopts_unknown_blobs_and_drops_rows_without_a_file(tmp_path: Path) -> None:
@@ -83,3 +101,37 @@ def test_verdict() -> None:
     assert verdict("gone", None, [], B1, me) == COLLECT  # deleted (or moved: an alias)
     assert verdict("dir", None, [], B1, me) == COLLECT
     assert verdict(None, None, [], B1, me) == UNSURE  # no record: maybe a shard filling
+
+
+def test_a_delete_racing_a_commit_never_leaves_a_file_without_its_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The collector deletes a copy it judged unclaimed while a repair commits a new
+    copy of the same blob. The commit records the row, then links the file; a delete
+    in between took the row and freed the name, and the link then made a file no row
+    names (seen in a thrash run: an orphan kept for ever). The store orders them."""
+    inv = Inventory(str(tmp_path / "inv.sqlite3"))
+    store = BlobStore(tmp_path, inventory=inv)
+
+    def commit() -> None:
+        w = store.writer(B1, 3, "/f")
+        w.write(b"abc")
+        w.commit(checksum_of(b"abc"))
+        store.committed(w)
+
+    commit()  # the copy the collector is about to delete
+    linking = threading.Event()
+    real_link = os.link
+
+    def slow_link(*args: object, **kw: object) -> None:
+        linking.set()
+        time.sleep(0.3)  # the window between the row and the file, made wide
+        real_link(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "link", slow_link)
+    t = threading.Thread(target=commit)
+    t.start()
+    assert linking.wait(10)
+    store.delete(B1)
+    t.join(10)
+    assert store.exists(B1) == (inv.get(B1) is not None)
