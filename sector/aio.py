@@ -9,8 +9,10 @@ graceful leave waits for it for ever. ``asyncio.timeout`` has no such race.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Awaitable, Iterable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 async def wait_event(event: asyncio.Event, timeout: float) -> bool:
@@ -41,3 +43,13 @@ async def cancel_and_wait(
             break
         _, pending = await asyncio.wait(pending, timeout=min(1.0, left))
     return list(pending)
+
+
+async def gather_all(*aws: Awaitable[T]) -> list[T]:
+    """``asyncio.gather`` that lets every awaitable finish before raising the first
+    error (plain gather raises at once and leaves the others running unwatched)."""
+    got = await asyncio.gather(*aws, return_exceptions=True)
+    for r in got:
+        if isinstance(r, BaseException):
+            raise r
+    return got  # type: ignore[return-value]

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from sector.aio import wait_event
+from sector.aio import gather_all, wait_event
 from sector.errors import (
     BadRequest,
     ConnectError,
@@ -680,13 +680,7 @@ class SphereService:
         # Every item ends before the reply, even when one fails: a commit still running
         # after the driver gave up would store a file into a staging directory that
         # the driver's cleanup has already removed.
-        got = await asyncio.gather(
-            *(one(i, *p) for i, p in enumerate(plan)), return_exceptions=True
-        )
-        for r in got:
-            if isinstance(r, BaseException):
-                raise r
-        return {"files": got}
+        return {"files": await gather_all(*(one(i, *p) for i, p in enumerate(plan)))}
 
     async def _reduce(
         self, spec: dict[str, Any], bucket: int, path: str, parts: list[Path], out: Path

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import cloudpickle
 import numpy as np
 
-from sector.aio import wait_event
+from sector.aio import gather_all, wait_event
 from sector.errors import (
     AlreadyExists,
     ClusterError,
@@ -733,12 +733,7 @@ class AsyncJob:
 
         # Wait for every node's commit, even when one fails (a reduce that raised): the
         # cleanup that follows a failure must not race files still being stored.
-        outcomes = await asyncio.gather(
-            *(one(n, its) for n, its in items.items()), return_exceptions=True
-        )
-        for r in outcomes:
-            if isinstance(r, BaseException):
-                raise r
+        await gather_all(*(one(n, its) for n, its in items.items()))
         if lost:
             for nid in lost:
                 await self._node_lost(nid)

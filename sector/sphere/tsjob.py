@@ -111,14 +111,14 @@ def sort(
         buckets = engines * math.ceil(want / engines)
     if not 1 <= buckets <= 1 << 16:
         raise UsageError("--buckets must be from 1 to 65536")
+    # The map of both forms: each 100-byte record to its bucket by key range.
+    by_key = {"records": ts.RECORD, "buckets": buckets, "param": buckets}
     if stages == 1:
         s = c.sphere.run(
             bucket_udf,
             src,
-            records=ts.RECORD,
+            **by_key,
             output=dst,
-            buckets=buckets,
-            param=buckets,
             reduce=sort_udf,
             replicas=replicas,
             name="terasort (bucket, sort)",
@@ -133,10 +133,8 @@ def sort(
             s1 = c.sphere.run(
                 bucket_udf,
                 src,
-                records=ts.RECORD,
+                **by_key,
                 output=tmp,
-                buckets=buckets,
-                param=buckets,
                 replicas=1,
                 durable=False,  # intermediate: only stage 2 reads it; its output is fsynced
                 name="terasort 1/2 (buckets)",

@@ -7,7 +7,7 @@ import contextlib
 
 import pytest
 
-from sector.aio import cancel_and_wait, wait_event
+from sector.aio import cancel_and_wait, gather_all, wait_event
 
 
 async def _loop_on(ev: asyncio.Event, waits: list[int]) -> None:
@@ -53,5 +53,26 @@ def test_cancel_and_wait_cancels_again_a_task_that_swallowed_one_cancel() -> Non
         await asyncio.sleep(0.01)
         left = await cancel_and_wait([task, None], grace=5.0)
         assert left == [] and task.cancelled()
+
+    asyncio.run(main())
+
+
+def test_gather_all_lets_every_awaitable_finish_before_raising() -> None:
+    finished: list[str] = []
+
+    async def fails() -> None:
+        raise KeyError("first")
+
+    async def slow() -> str:
+        await asyncio.sleep(0.05)
+        finished.append("slow")
+        return "slow"
+
+    async def main() -> None:
+        assert await gather_all(slow(), slow()) == ["slow", "slow"]
+        finished.clear()
+        with pytest.raises(KeyError):
+            await gather_all(fails(), slow())
+        assert finished == ["slow"]  # plain gather would raise before it ended
 
     asyncio.run(main())
