@@ -153,6 +153,16 @@ def cmd_status(c: ClientLike, args: argparse.Namespace) -> None:
         )
     else:
         output.echo("open cluster (no TLS, no credentials)")
+    if st.get("split"):
+        far = sorted(
+            {a for n in nodes for a in ((n.get("partition") or {}).get("unreachable") or [])}
+        )
+        output.echo(
+            "SPLIT: the cluster is partitioned or its ring is still merging"
+            + (f" (out of reach somewhere: {', '.join(far)})" if far else "")
+        )
+    if st.get("quorum") is False:
+        output.echo("no quorum at this node: it refuses writes until it reaches a majority")
     up = sum(1 for n in nodes if n.get("state") == "up")
     output.echo(
         f"{up}/{len(nodes)} nodes up, {st.get('files', 0)} files"

@@ -3,6 +3,10 @@
 acknowledged after commit and replication) through the same ``_lock``/``_stage``/
 ``_commit`` steps.
 
+Neither makes a new version of the file: they bump the record's ``rv`` (records rule
+4a), so a repair or ``setrf`` that worked from a stale record loses to any overwrite or
+delete made meanwhile, wherever it was made.
+
 Both are compare-and-set on the blob: a repair works on one *version* of a file, and
 if the file was overwritten, moved away or deleted while its copies were being made,
 the update is a no-op (the new version has replicas of its own, or none are needed).
@@ -36,6 +40,13 @@ def _replicas(obj: Any) -> list[tuple[str, str]]:
     return out
 
 
+def _rv_tick(svc: MetaService, old: FileRecord) -> rec.Stamp:
+    """A replica-list stamp later than the record's version and its current list."""
+    if old.rv is not None:
+        svc.clock.observe(old.rv)
+    return svc._tick(old)
+
+
 async def set_replicas(svc: MetaService, path: str, a: dict[str, Any]) -> Any:
     """``{blob, replicas, expect?}``: replace the replica list of the current version.
 
@@ -54,7 +65,8 @@ async def set_replicas(svc: MetaService, path: str, a: dict[str, Any]) -> Any:
             return {"updated": False, "reason": "changed"}
         if expect is not None and [list(r) for r in old.replicas] != [list(r) for r in expect]:
             return {"updated": False, "reason": "raced"}
-        staged = svc._stage(msgspec.structs.replace(old, replicas=new, v=svc._tick(old)))
+        # rv, not v (records rule 4a): a new list for this version, never a new version.
+        staged = svc._stage(msgspec.structs.replace(old, replicas=new, rv=_rv_tick(svc, old)))
     await svc._commit([staged])
     return {"updated": True, "record": rec.to_builtins(staged)}
 
@@ -72,6 +84,6 @@ async def set_rf(svc: MetaService, path: str, a: dict[str, Any]) -> Any:
             raise NotFound(f"no such file: {path}")
         if a.get("blob") not in (None, old.blob):
             return {"updated": False, "reason": "changed"}
-        staged = svc._stage(msgspec.structs.replace(old, rf=rf, v=svc._tick(old)))
+        staged = svc._stage(msgspec.structs.replace(old, rf=rf, rv=_rv_tick(svc, old)))
     await svc._commit([staged])
     return {"updated": True, "record": rec.to_builtins(staged)}

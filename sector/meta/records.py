@@ -13,7 +13,15 @@ Rules
    what lets metadata survive handoff when ownership moves on join, leave or crash.
 4. The record with the higher ``v`` wins whole (an exact tie of stamps, which a correct
    clock never makes, is broken by comparing the encoded records, so it is still
-   deterministic).
+   deterministic). ``v`` versions what a user wrote: content, existence, name.
+4a. Where a file's copies are (``replicas``) and how many it should have (``rf``) are
+   versioned apart, by ``rv``: repair and ``setrf`` bump ``rv`` and keep ``v``, and
+   ``rv`` only orders two records of the *same* ``v``. So a change of the replica list
+   never outranks a change of content or a delete, however late it was made: a repair
+   that worked from a stale record (the far side of a partition, a new owner that has
+   not caught up) cannot bring an overwritten or deleted version back. Rejected: one
+   stamp for both (what we had), where a repair re-stamped the version it repaired
+   and so beat a later overwrite made elsewhere.
 5. A directory's children are a versioned add/remove set: per name, the entry with the
    higher ``Child.v`` wins; removing a name leaves a ``"gone"`` entry (a tombstone)
    until ``purge_tombstones`` drops it after a grace period. Two directory records
@@ -147,6 +155,9 @@ class FileRecord(msgspec.Struct, frozen=True, tag="file", omit_defaults=True):
     mtime: float = 0.0
     # Children of a directory that lived at this path before (rule 6). Not a listing.
     shadow: dict[str, Child] = {}
+    # Version of ``replicas`` and ``rf`` within version ``v`` (rule 4a); None (not
+    # encoded: records written before it existed read the same) until first changed.
+    rv: Stamp | None = None
 
 
 class DirRecord(msgspec.Struct, frozen=True, tag="dir", omit_defaults=True):
@@ -213,10 +224,19 @@ def _beats(a: Record, b: Record) -> bool:
     """True if a's attributes win over b's (a >= b in the record order)."""
     if a.v != b.v:
         return a.v > b.v
+    if isinstance(a, FileRecord) and isinstance(b, FileRecord) and a.rv != b.rv:
+        return _rv(a) > _rv(b)  # rule 4a: the same version, a newer replica list
     # Equal stamps: only a buggy or replayed origin makes them. Compare the encoded
     # records without their children (those are merged anyway): a total order on
     # distinct attribute sets, the same on every node.
     return _tiebreak(a) >= _tiebreak(b)
+
+
+_ZERO: Stamp = (0, 0, "")
+
+
+def _rv(r: FileRecord) -> Stamp:
+    return r.rv if r.rv is not None else _ZERO
 
 
 def _tiebreak(r: Record) -> bytes:
@@ -342,6 +362,8 @@ def _check(r: Record) -> None:
         if normalize(r.path) != r.path:
             raise BadRequest(f"metadata record path {r.path!r:.100} is not normalised")
         _check_stamp(r.v)
+        if isinstance(r, FileRecord) and r.rv is not None:
+            _check_stamp(r.rv)
         for name, c in _entries(r).items():
             check_name(name)
             _check_stamp(c.v)

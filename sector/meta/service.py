@@ -18,9 +18,20 @@ Rules:
   the records it owns to its current replica peers; a record this node does not own is
   pushed to its owner, and dropped here if the owner says this node is not among its
   replicas. Merges are idempotent, so pushing too much is only wasted bandwidth.
-- After the predecessor changes (a join in front of us, or a crash behind), this node
-  may own keys whose records it has not received yet: for ``warm_period`` seconds a
-  miss is confirmed with the replica peers before it is believed.
+- After the predecessor changes (a join in front of us, a crash behind, two rings
+  merging after a partition), this node may own keys whose newest records are still
+  elsewhere: for ``warm_period`` seconds every read is merged with the copies held by
+  its successors (where the previous owner of a gained key is) before it is answered,
+  so a client reads its own acknowledged writes also right after a heal.
+- Partitions (README "Consistency"): an update is accepted only by a node that has
+  quorum (reaches a majority of the members) and that both the ring and the member
+  view name as the key's owner (``Ring.write_refusal``); elsewhere it is refused with
+  ``Unavailable``, which the entry node retries for ``RETRY_WINDOW`` while the ring
+  converges. It is acknowledged only once durable on a majority of its k replicas
+  ("1 of 3 metadata replicas answered" otherwise): a node cut off with a minority can
+  never acknowledge a write that the majority side does not hold.
+- Reads and writes take one route (``_route``): the ring's owner, unless the member
+  view names another live node, which then is asked (the ring has not converged).
 """
 
 from __future__ import annotations
@@ -61,6 +72,11 @@ from sector.routing.rangecache import RangeCache
 log = logging.getLogger("sector.meta")
 
 MAX_HOPS = 4
+# Owner-side operations that change a record: refused without quorum (module rules).
+WRITE_OPS = frozenset(
+    {"put_file", "mkdir", "add_child", "remove_child", "delete", "set_replicas", "set_rf"}
+)
+FULL_SYNC_EVERY = 300.0  # seconds between anti-entropy pushes of a whole shard
 RETRY_WINDOW = 6.0  # seconds a routed request keeps trying through a crash
 CACHE_RECORDS = 4096
 BATCH = 512
@@ -74,6 +90,9 @@ class Ring(Protocol):
     def responsible_for(self, key: int) -> bool: ...
     def predecessor(self) -> Peer | None: ...
     def replica_peers(self, k: int) -> list[Peer]: ...
+    def owner_hint(self, key: int) -> Peer | None: ...
+    def write_refusal(self, key: int) -> str | None: ...
+    def voters(self) -> int: ...
     async def lookup(self, key: int, *, verify: bool = False) -> Peer: ...
     def failed(self, peer: Peer) -> None: ...
     async def call(
@@ -198,6 +217,7 @@ class MetaService:
         self._last_pred: int | None = None
         self._sync_wanted = asyncio.Event()
         self._pushed_layout: tuple[int | None, tuple[int, ...]] | None = None
+        self._full_at = time.monotonic()
         self._sync_task: asyncio.Task[None] | None = None
         self.stats = {"syncs": 0, "pushed": 0, "handed_off": 0}
         self.on_delete: Callable[[Record], Awaitable[None]] | None = None
@@ -251,46 +271,73 @@ class MetaService:
         key = key_id(path)
         last: SectorError | None = None
         # Right after a crash, lookups may name the dead node until stabilization has
-        # run (a second or two): keep trying for a while, with the answers pinged,
-        # rather than fail a read whose record is safe on the successors.
+        # run (a second or two), and after a heal two rings take a few seconds to
+        # merge: keep trying for a while, with the answers pinged, rather than fail a
+        # request whose record is safe on the successors.
         deadline = time.monotonic() + RETRY_WINDOW
         attempt = 0
         while attempt == 0 or time.monotonic() < deadline:
             attempt += 1
-            if self.ring.responsible_for(key):
-                return await self.local(op, path, args)
-            hit = self.cache.find(key) if last is None else None
-            if hit is not None:
-                owner = Peer(hit[0], hit[1])
+            try:
+                owner = await self._route(key, fresh=last is not None)
+            except (TransportError, ClusterError) as exc:
+                last = exc  # no route yet (the ring is still healing)
+                await asyncio.sleep(min(0.05 * (1 << attempt), 0.5))
+                continue
+            if owner.id == self.ring.me.id:
+                try:
+                    return await self.local(op, path, args)
+                except Unavailable as exc:
+                    last = exc  # not ours to write yet, or no quorum: wait and re-route
             else:
                 try:
-                    owner = await self.ring.lookup(key, verify=last is not None)
-                except (TransportError, ClusterError) as exc:
-                    last = exc  # no route yet (the ring is still healing)
-                    await asyncio.sleep(min(0.05 * (1 << attempt), 0.5))
-                    continue
-            if owner.id == self.ring.me.id:
-                return await self.local(op, path, args)
-            try:
-                rep = await self.ring.call(
-                    owner.addr, "meta.op", {"path": path, "op": op, "args": args, "hops": 1}
-                )
-            except TransportError as exc:
-                last = exc
-                self.cache.forget(owner.id)
-                self.ring.failed(owner)
-            except Unavailable as exc:
-                last = exc  # the owner could not reach a third node it needed
-            else:
-                self._learn(rep.get("range"))
-                return rep.get("result")
+                    rep = await self.ring.call(
+                        owner.addr, "meta.op", {"path": path, "op": op, "args": args, "hops": 1}
+                    )
+                except TransportError as exc:
+                    last = exc
+                    self.cache.forget(owner.id)
+                    self.ring.failed(owner)
+                except Unavailable as exc:
+                    last = exc  # the owner could not reach a node it needed, or refused
+                else:
+                    self._learn(rep.get("range"))
+                    return rep.get("result")
             await asyncio.sleep(min(0.05 * (1 << attempt), 0.5))
         assert last is not None
         raise last
 
+    def _mine(self, key: int) -> bool:
+        """The ring says this node owns key, and the member view does not say otherwise."""
+        if not self.ring.responsible_for(key):
+            return False
+        hint = self.ring.owner_hint(key)
+        return hint is None or hint.id == self.ring.me.id
+
+    async def _route(self, key: int, *, fresh: bool = False) -> Peer:
+        """Who should serve key: the one route of reads and writes.
+
+        The ring's owner (range cache, else a lookup; ``fresh`` skips the cache and
+        pings the answer), unless the member view names another live node as owner:
+        then the ring has not converged yet (a join, a crash not yet noticed, two rings
+        after a heal), and the node the members name is asked; it serves, or routes on,
+        or refuses a write, by the same rule.
+        """
+        me = self.ring.me
+        hint = self.ring.owner_hint(key)
+        if self.ring.responsible_for(key):
+            return me if hint is None else hint
+        hit = None if fresh else self.cache.find(key)
+        owner = (
+            Peer(hit[0], hit[1]) if hit is not None else await self.ring.lookup(key, verify=fresh)
+        )
+        if owner.id == me.id and hint is not None:
+            return hint
+        return owner
+
     async def get(self, path: str) -> Record | None:
         """The current record of a path (routed; no conversion when this node owns it)."""
-        if self.ring.responsible_for(key_id(path)):
+        if self._mine(key_id(path)):
             r = await self._read(path)
             if r is None and path == "/":
                 return _root((0, 0, ""))
@@ -312,9 +359,8 @@ class MetaService:
         if not isinstance(args, dict) or not isinstance(hops, int):
             raise BadRequest("meta.op: bad arguments")
         key = key_id(path)
-        if not self.ring.responsible_for(key) and hops < MAX_HOPS:
-            owner = self.cache.find(key)
-            peer = Peer(owner[0], owner[1]) if owner else await self.ring.lookup(key)
+        if hops < MAX_HOPS and not self._mine(key):
+            peer = await self._route(key)
             if peer.id != self.ring.me.id:
                 try:
                     return await self.ring.call(
@@ -325,7 +371,8 @@ class MetaService:
                 except TransportError:
                     self.cache.forget(peer.id)
                     self.ring.failed(peer)
-                    # fall through: serve it here, merge rules reconcile later
+                    # fall through: a read is served here (merge rules reconcile); a
+                    # write is refused by ``local`` unless this node may own the key
         return {"result": await self.local(op, path, args), "range": self._range()}
 
     # ------------------------------------------------------------------ owner-side ops
@@ -360,15 +407,23 @@ class MetaService:
 
     async def _read(self, path: str) -> Record | None:
         r = self._read_local(path)
-        if r is None and self.now() < self._warm_until:
-            r = await self._fetch_from_replicas(path)
+        if self.now() < self._warm_until:
+            r = await self._fetch_from_replicas(path, r)
         return r
 
-    async def _fetch_from_replicas(self, path: str) -> Record | None:
+    async def _fetch_from_replicas(self, path: str, have: Record | None) -> Record | None:
+        """``have`` merged with the copies our successors hold (the whole list: after
+        two rings merge, the node that owned a gained key on the majority side is the
+        first of them that was on that side, not always within k)."""
         found: Record | None = None
-        peers = self.ring.replica_peers(self.k)[1:]
+        # The whole successor list (replica_peers caps it), only the members seen live.
+        peers = [
+            p
+            for p in self.ring.replica_peers(1 << 10)[1:]
+            if (hint := self.ring.owner_hint(p.id)) is None or hint.id == p.id
+        ]
         replies = await asyncio.gather(
-            *(self.ring.call(p.addr, "meta.fetch", {"paths": [path]}, 3.0) for p in peers),
+            *(self.ring.call(p.addr, "meta.fetch", {"paths": [path]}, 1.5) for p in peers),
             return_exceptions=True,
         )
         for rep in replies:
@@ -376,9 +431,13 @@ class MetaService:
                 for obj in rep:
                     with contextlib.suppress(SectorError):
                         found = rec.merge(found, rec.from_builtins(obj))
-        if found is not None:
-            await self._commit([self._stage(found)])
-        return found
+        if found is None:
+            return have
+        merged = rec.merge(have, found)
+        if merged != have:
+            await self._commit([self._stage(found)], quorum=False)
+            return self._read_local(path)
+        return have
 
     def _stage(self, r: Record, *, derived_from: Record | None = None) -> Record:
         """Merge r into the current record of its path, visible to readers at once.
@@ -394,18 +453,28 @@ class MetaService:
         return merged
 
     async def _commit(
-        self, staged: list[Record], *, replicate: bool = True, deltas: list[Record] | None = None
+        self,
+        staged: list[Record],
+        *,
+        replicate: bool = True,
+        deltas: list[Record] | None = None,
+        quorum: bool = True,
     ) -> None:
         """Durable here and on the replica peers before returning.
 
         The local fsync and the replicas' run concurrently: the guarantee is the same
-        (acknowledged = on disk on every live copy) at half the latency.
+        (acknowledged = on disk on every live copy) at half the latency. With
+        ``quorum`` (every owner-side update), fewer than a majority of the k copies
+        durable is an error: the update stays here (merges reconcile it) but is not
+        acknowledged.
         """
         try:
             if replicate:
-                await asyncio.gather(
+                _, ok = await asyncio.gather(
                     self._committer.submit(staged), self._replicate(deltas or staged)
                 )
+                if quorum:
+                    self._check_quorum(1 + ok, staged)
             else:
                 await self._committer.submit(staged)
         except BaseException:
@@ -432,19 +501,38 @@ class MetaService:
             b = self._replicators[peer.addr] = _Batcher(f"meta-replicate {peer.addr}", send)
         return b
 
-    async def _replicate(self, records: list[Record]) -> None:
-        """Send records to the replica peers; wait until each has them durably or failed."""
+    def _check_quorum(self, durable: int, staged: list[Record]) -> None:
+        """Raise Unavailable unless ``durable`` copies are a majority of the k copies
+        a record should have (k capped by the number of members)."""
+        n = max(1, min(self.k, self.ring.voters()))
+        need = n // 2 + 1
+        if durable < need:
+            what = staged[0].path if len(staged) == 1 else f"{len(staged)} records"
+            raise Unavailable(
+                f"metadata of {what}: {durable} of {n} replicas answered "
+                f"(a write needs {need}); the cluster may be partitioned",
+                replicas=durable,
+                need=need,
+            )
+
+    async def _replicate(self, records: list[Record]) -> int:
+        """Send records to the replica peers; wait until each has them durably or
+        failed. The number of peers that have them."""
         peers = self.ring.replica_peers(self.k)[1:]
         if not peers or not records:
-            return
+            return 0
         replies = await asyncio.gather(
             *(self._replicator(p).submit(records) for p in peers), return_exceptions=True
         )
+        ok = 0
         for p, rep in zip(peers, replies, strict=True):
             if isinstance(rep, TransportError):
                 self.ring.failed(p)
             elif isinstance(rep, BaseException):
                 log.warning("replicating to %s failed: %s", p.addr, rep)
+            else:
+                ok += 1
+        return ok
 
     def _tick(self, after: Record | None = None, entry: str | None = None) -> rec.Stamp:
         """A new stamp, later than ``after`` (and its entry ``entry``, if named).
@@ -464,6 +552,10 @@ class MetaService:
         fn = self._ops.get(op)
         if fn is None:
             raise BadRequest(f"unknown metadata operation {op!r}")
+        if op in WRITE_OPS:
+            refusal = self.ring.write_refusal(key_id(path))
+            if refusal is not None:
+                raise Unavailable(f"cannot change {path} here: {refusal}", node=self.ring.me.addr)
         return await fn(self, path, a)
 
     async def _op_get(self, path: str, a: dict[str, Any]) -> Any:
@@ -588,6 +680,8 @@ class MetaService:
         records = self._records_arg(a)
         for r in records:
             self.clock.observe(r.v)
+            if isinstance(r, FileRecord) and r.rv is not None:
+                self.clock.observe(r.rv)
         await self._commit([self._stage(r) for r in records], replicate=False)
         return len(records)
 
@@ -608,7 +702,8 @@ class MetaService:
         sender = _str(a, "sender")
         for r in records:
             self.clock.observe(r.v)
-        await self._commit([self._stage(r) for r in records])
+        # A merge of what exists (no new version): no quorum asked, as for meta.replicate.
+        await self._commit([self._stage(r) for r in records], quorum=False)
         keep = sender in {to_hex(p.id) for p in self.ring.replica_peers(self.k)}
         return {"keep": keep}
 
@@ -636,9 +731,13 @@ class MetaService:
         peers = self.ring.replica_peers(self.k)[1:]
         pred = self.ring.predecessor()
         layout = (pred.id if pred else None, tuple(p.id for p in peers))
-        if layout != self._pushed_layout:
+        full = time.monotonic() - self._full_at > FULL_SYNC_EVERY
+        if layout != self._pushed_layout or full:
             # Our arc or our replica peers changed: they may lack what we own. (With an
-            # unchanged layout every update already went to them synchronously.)
+            # unchanged layout every update already went to them synchronously; the
+            # periodic full push is anti-entropy for whatever that missed, e.g. an
+            # update acknowledged while one replica was cut off.)
+            self._full_at = time.monotonic()
             for i in range(0, len(owned), BATCH):
                 await self._replicate(owned[i : i + BATCH])
                 self.stats["pushed"] += len(owned[i : i + BATCH])

@@ -30,6 +30,7 @@ from sector.errors import (
     NotFound,
     SectorError,
     TransportError,
+    Unavailable,
     UsageError,
 )
 from sector.meta import records as rec
@@ -158,6 +159,13 @@ class FsService:
             "rf": d["rf"],
         }
 
+    def writable(self) -> None:
+        """Refuse a namespace change at once on a node without quorum (the minority
+        side of a partition), before any byte moves; the owners check again."""
+        refusal = self.node.quorum_refusal()
+        if refusal is not None:
+            raise Unavailable(refusal, node=self.node.addr)
+
     async def _gather(self, coros: list[Any]) -> list[Any]:
         sem = asyncio.Semaphore(FANOUT)
 
@@ -235,6 +243,7 @@ class FsService:
     async def _h_mkdir(self, a: dict[str, Any]) -> Any:
         path = _path(a)
         guard.write(path)
+        self.writable()
         parents = bool(a.get("parents", False))
         await self.ensure_dir(path, parents=parents, exist_ok=parents)
         return self.describe(await self.must_get(path)) if path != "/" else None
@@ -259,6 +268,7 @@ class FsService:
         if path == "/":
             raise IsADirectory("/ is a directory")
         guard.write(path)
+        self.writable()
         size = _opt_int(a, "size", 0, 1 << 62)
         if size is None:
             raise BadRequest("begin_put needs a size")
@@ -392,6 +402,7 @@ class FsService:
     async def _h_rm(self, a: dict[str, Any]) -> Any:
         path = _path(a)
         guard.write(path)
+        self.writable()
         if path == "/":
             raise UsageError("refusing to remove /")
         recursive = bool(a.get("recursive", False))
@@ -428,6 +439,7 @@ class FsService:
     async def _h_mv(self, a: dict[str, Any]) -> Any:
         src, dst = _path(a, "src"), _path(a, "dst")
         guard.write(src)
+        self.writable()
         if src == "/":
             raise UsageError("cannot move /")
         r = await self.must_get(src)
@@ -505,6 +517,7 @@ class FsService:
         """Change a file's replica target; its owner's repair worker adds or trims copies."""
         path = _path(a)
         guard.write(path)
+        self.writable()
         rf = _opt_int(a, "rf", 1, MAX_RF)
         if rf is None:
             raise BadRequest("setrf needs rf")
@@ -513,6 +526,33 @@ class FsService:
         r = rec.from_builtins(res["record"])
         assert isinstance(r, FileRecord)
         return self.describe(r)
+
+    @staticmethod
+    def _split(view: list[dict[str, Any]], infos: list[dict[str, Any] | None]) -> bool:
+        """Whether the cluster is split, from the entry's view and every node's report;
+        each node's report goes into its row as ``partition``."""
+        split = False
+        succ: dict[str, str] = {}
+        for m, inf in zip(view, infos, strict=True):
+            if m["state"] in ("leaving", "left"):
+                continue
+            if inf is None:
+                split = True  # down or unreachable from here
+                continue
+            part = inf.get("partition")
+            if isinstance(part, dict):
+                m["partition"] = part
+                split = split or not part.get("converged", True)
+                succ[m["address"]] = str(part.get("successor"))
+        # Two rings: following successors from any node must visit every answering node.
+        if succ and not split:
+            start = next(iter(succ))
+            seen, cur = set(), start
+            while cur in succ and cur not in seen:
+                seen.add(cur)
+                cur = succ[cur]
+            split = seen != set(succ)
+        return split
 
     async def _h_status(self, a: dict[str, Any]) -> Any:
         view = self.node.member_view()
@@ -551,6 +591,7 @@ class FsService:
             size += int(inf.get("bytes", 0))
             m["repair_queue"] = int(inf.get("repair_queue", 0))
             queued += m["repair_queue"]
+        split = self._split(view, infos)
         for m in view:
             if m["state"] != "draining":
                 continue
@@ -574,6 +615,12 @@ class FsService:
             "under_replicated": under,
             "bytes": size,
             "repair_queue": queued,
+            # A partition is never shown as "all up" (README "Consistency"): split is
+            # true while a member is out of reach of the entry or of any node, or the
+            # nodes' rings disagree with their member views; quorum: whether the entry
+            # node may accept writes.
+            "split": split,
+            "quorum": self.node.quorum_refusal() is None,
             "replicas": self.node.cfg.replicas,
             "entry": self.node.addr,
             # The cluster's id (from its CA) and whether it is secure (TLS, credentials).

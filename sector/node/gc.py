@@ -21,6 +21,9 @@ Rules:
 - A rename adds the new path to the holders' inventories (``blob.alias``) before the
   record moves, so a moved file's blob is claimed by one of its paths; a holder that
   was down then still finds it, through the tombstone's ``moved`` pointer.
+- Nothing is collected while the cluster is not whole (a member out of reach, or the
+  ring not yet agreeing with the member view): the far side of a partition may hold
+  the only record that still claims a blob. The pass is skipped and counted.
 - Temp files of writes (``tmp/*.part``) untouched for ``grace`` seconds are removed:
   a live upload writes its file continuously.
 """
@@ -64,6 +67,7 @@ class GcWorker:
             "collected_bytes": 0,
             "parts_removed": 0,
             "unknown": 0,
+            "deferred": 0,
         }
         self.state = "settling"
         self.last_error = ""
@@ -134,6 +138,12 @@ class GcWorker:
     async def _pass(self) -> None:
         now = time.time()
         if now - self.node.started < self.settle:
+            return
+        if not self.node.converged():
+            # A blob is deleted only when no record on any side can still name it: with
+            # a member out of reach (a partition, or a node down) or the ring not yet
+            # agreeing with the members, the records we can ask are not all there are.
+            self.counters["deferred"] += 1
             return
         self.counters["parts_removed"] += await asyncio.to_thread(self._sweep_parts, now)
         rows = await asyncio.to_thread(self._rows, now)

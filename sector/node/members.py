@@ -21,9 +21,26 @@ Rules:
   ``reachable`` keeps it);
 - ``suspect(id)`` (a failed RPC, Chord dropping a successor) marks a member down at
   once, until a newer heartbeat proves it alive.
+
+Quorum and ownership (the partition rules, see README "Consistency"):
+- the *voters* are the members that have not left (up, draining or down): a member
+  seen down is still one of the cluster, possibly alive on the far side of a
+  partition. Only a graceful leave, or ``forget_down_after`` (a day) without a word,
+  takes a member off the roll;
+- this node *has quorum* while it reaches (itself included) a strict majority of the
+  voters. Two sides of a partition can never both have it, so at most one side
+  accepts writes;
+- ``owner_of(key)`` is the successor of key among the members this node reaches: what
+  the ring must also say once it has converged. A node writes a key only when the
+  ring and this view agree that it owns it;
+- the table is saved in the data directory (``load``): a restarted node knows its
+  cluster before it hears from anyone, so alone it has no quorum, and it knows whom
+  to look for to merge its ring back (every loaded entry starts "down").
 """
 
 from __future__ import annotations
+
+import bisect
 
 import msgspec
 
@@ -52,10 +69,20 @@ def members_from_wire(obj: object) -> list[Member]:
 
 
 class Members:
-    def __init__(self, me: Member, *, dead_after: float = 4.0, forget_after: float = 600.0) -> None:
+    def __init__(
+        self,
+        me: Member,
+        *,
+        dead_after: float = 4.0,
+        forget_after: float = 600.0,
+        forget_down_after: float = 86400.0,
+    ) -> None:
         self.me_id = me.id
         self.dead_after = dead_after
         self.forget_after = forget_after
+        self.forget_down_after = forget_down_after
+        # (when computed, sorted ids, entries) of the reachable members: owner_of.
+        self._owners: tuple[float, list[int], list[tuple[str, str]]] | None = None
         self._table: dict[str, Member] = {me.id: me}
         self._seen: dict[str, float] = {}
         # id -> (incarnation, hb) at the time of suspicion: a newer heartbeat, or any
@@ -92,12 +119,58 @@ class Members:
                 if e.id in self._suspect and (e.incarnation, e.hb) > self._suspect[e.id]:
                     del self._suspect[e.id]
                 changed = changed or cur is None or cur.addr != e.addr or cur.state != e.state
+        if changed:
+            self._owners = None
         return changed
 
     def suspect(self, member_id: str) -> None:
         m = self._table.get(member_id)
         if m is not None and member_id != self.me_id:
             self._suspect[member_id] = (m.incarnation, m.hb)
+            self._owners = None
+
+    def load(self, entries: list[Member], now: float) -> None:
+        """Entries saved by an earlier run: known, but down until they prove alive."""
+        for e in entries:
+            if e.id == self.me_id or e.id in self._table or e.state == "left":
+                continue
+            self._table[e.id] = e
+            self._seen[e.id] = now
+            self._suspect[e.id] = (e.incarnation, e.hb)
+        self._owners = None
+
+    # -- quorum and ownership -------------------------------------------------------
+
+    def voters(self) -> list[Member]:
+        """Members that count for a majority: all but those that left."""
+        return [m for m in self._table.values() if m.state not in ("leaving", "left")]
+
+    def quorum(self, now: float) -> tuple[int, int]:
+        """(voters this node reaches, itself included; voters)."""
+        voters = self.voters()
+        up = sum(
+            1 for m in voters if m.id == self.me_id or self.state_of(m, now) in ("up", "draining")
+        )
+        return up, len(voters)
+
+    def has_quorum(self, now: float) -> bool:
+        up, n = self.quorum(now)
+        return 2 * up > n
+
+    def owner_of(self, key: int, now: float) -> tuple[str, str] | None:
+        """(id, address) of successor(key) among the members this node reaches."""
+        cached = self._owners
+        if cached is None or now - cached[0] > 0.25:
+            live = sorted(
+                (int(m.id, 16), (m.id, m.addr))
+                for m in self._table.values()
+                if m.id == self.me_id or self.state_of(m, now) in ("up", "draining")
+            )
+            cached = self._owners = (now, [i for i, _ in live], [e for _, e in live])
+        ids, addrs = cached[1], cached[2]
+        if not ids:
+            return None
+        return addrs[bisect.bisect_left(ids, key) % len(ids)]
 
     def state_of(self, m: Member, now: float) -> str:
         if m.id == self.me_id:
@@ -138,7 +211,10 @@ class Members:
 
     def expire(self, now: float) -> None:
         for mid, seen in list(self._seen.items()):
-            if mid != self.me_id and now - seen > self.forget_after:
+            m = self._table.get(mid)
+            left = m is not None and m.state in ("leaving", "left")
+            limit = self.forget_after if left else self.forget_down_after
+            if mid != self.me_id and now - seen > limit:
                 self._table.pop(mid, None)
                 self._seen.pop(mid, None)
                 self._suspect.pop(mid, None)

@@ -84,6 +84,7 @@ class RepairWorker:
             "failed": 0,
             "copies": 0,
             "trimmed": 0,
+            "trims_deferred": 0,
             "bytes": 0,
             "scans": 0,
             "audits": 0,
@@ -369,6 +370,11 @@ class RepairWorker:
                         owner.addr, "repair.report", {"path": e.path, "node_id": bad, "hops": 1}
                     )
             return
+        refusal = node.quorum_refusal()
+        if refusal is not None:
+            # The minority side of a partition changes nothing (README "Consistency"):
+            # its view of the records may be stale, and the majority side repairs.
+            raise Unavailable(f"repair of {e.path} waits: {refusal}")
         r = await node.meta.get(e.path)
         if not isinstance(r, FileRecord):
             return  # deleted, or a directory now: nothing to keep
@@ -418,6 +424,12 @@ class RepairWorker:
                 if res.get("reason") == "raced":
                     raise Unavailable(f"{e.path} changed during its repair; retrying")
                 return  # overwritten or removed meanwhile: this version needs nothing
+        if drop and not node.converged():
+            # Deleting a copy needs the whole cluster in view: a record on the far side
+            # of a partition may still list it. The copies stay, unlisted, and the
+            # collector removes them once the cluster is whole again.
+            self.counters["trims_deferred"] += len(drop)
+            drop = []
         for nid, addr in drop:
             try:
                 await node.call(addr, "blob.delete", {"blobs": [r.blob]}, timeout=10.0)

@@ -34,6 +34,11 @@ Applications", SIGCOMM 2001; section numbers refer to that paper):
    predecessor rather than declaring ourselves alone, so the ring can still repair.
 7. Voluntary departure (§5.3). A leaving node hands its predecessor its successor
    list and its successor its predecessor, so neither waits for a timeout.
+8. Merging rings (TON 2003 §IV-E). A partition leaves each side a consistent ring of
+   its own, and rule 4 never looks outside it. Every node therefore looks up
+   successor(me + 1) now and then through a random member it knows (also one it last
+   saw down); an answer between it and its successor is a successor it did not know
+   (``on_merge_probe``). Repeated on every node, this joins the rings again.
 
 The driver (``driver.py``) or a simulator (``sector.testing.chordsim``) performs the
 remote calls and feeds their outcomes back through these methods; nothing here awaits.
@@ -311,6 +316,29 @@ class ChordState:
         if known:
             nearest = min(known, key=lambda p: distance(self.me.id, p.id))
             self._set_successors([nearest], "refill")
+
+    # -- ring merge (rule 8) ------------------------------------------------------------
+
+    def on_merge_probe(self, found: Peer) -> bool:
+        """Apply the answer of a lookup of successor(me + 1) made through a random
+        known member, which may live in another ring; True if we took it as successor.
+
+        After a partition heals, each side has settled into a consistent ring of its
+        own, and stabilization alone never joins them: every node asks only its own
+        successor. The remedy the Chord paper gives (TON 2003, §IV-E, "rings that are
+        disjoint") is to look our own id up now and then through a node we knew. If
+        the answer lies between us and our successor, it is a closer successor we did
+        not know: adopting it weaves the two rings together one link at a time, and
+        stabilization/notify do the rest (the answer's old predecessor learns of us
+        through it). An answer that is us or beyond our successor changes nothing.
+        """
+        if found.id == self.me.id:
+            return False
+        if self.successors and not between(found.id, self.me.id, self.successors[0].id):
+            return False
+        # found precedes every entry of the list, so the list stays strictly clockwise.
+        self._set_successors([found, *self.successors][: self.r], "merge")
+        return True
 
     # -- fingers ----------------------------------------------------------------------
 

@@ -13,6 +13,10 @@ RPC ops (args -> result; ids travel as 40-digit hex, peers as ``[id_hex, addr]``
     chord.ping      {}                          -> me
     chord.leaving   {peer, pred, successors}    -> None
 
+A fourth worker, the merge probe (chord.py rule 8), looks successor(me + 1) up through
+a random member that ``probe_targets`` names (the node's member table, including
+members last seen down), so that two rings left by a partition join again.
+
 ``sector.testing.chordsim`` performs the same steps synchronously; keep them in step.
 """
 
@@ -20,12 +24,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from sector.aio import cancel_and_wait
 from sector.errors import BadRequest, ClusterError, SectorError, TransportError
-from sector.ids import short, to_hex
+from sector.ids import MASK, short, to_hex
 from sector.routing.chord import ChordState, Peer, parse_id
 from sector.routing.lookup import Lookup
 
@@ -62,6 +67,8 @@ class ChordDriver:
         check_pred_interval: float = 1.0,
         rpc_timeout: float = 2.0,
         on_change: Callable[[], None] | None = None,
+        merge_interval: float = 2.0,
+        probe_targets: Callable[[], list[Peer]] | None = None,
     ) -> None:
         self.state = state
         self.pool = pool
@@ -70,6 +77,9 @@ class ChordDriver:
         self.check_pred_interval = check_pred_interval
         self.rpc_timeout = rpc_timeout
         self.on_change = on_change
+        self.merge_interval = merge_interval
+        self.probe_targets = probe_targets
+        self.merges = 0  # successors adopted from a merge probe (status)
         self._tasks: list[asyncio.Task[None]] = []
         self._bootstrap: str | None = None
         self._joining = False
@@ -184,6 +194,7 @@ class ChordDriver:
             ("stabilize", self.stabilize_once, self.stabilize_interval),
             ("fix-fingers", self.fix_finger_once, self.fix_fingers_interval),
             ("check-predecessor", self.check_predecessor_once, self.check_pred_interval),
+            ("merge-probe", self.merge_probe_once, self.merge_interval),
         ):
             self._tasks.append(
                 asyncio.create_task(self._every(name, step, every), name=f"chord.{name}[{tag}]")
@@ -256,6 +267,27 @@ class ChordDriver:
             await self.join(self._bootstrap)
         except SectorError as exc:
             log.debug("rejoin via %s failed: %s", self._bootstrap, exc)
+
+    async def merge_probe_once(self) -> None:
+        """Look successor(me + 1) up through a random known member (chord.py rule 8)."""
+        if self.probe_targets is None:
+            return
+        st = self.state
+        targets = [p for p in self.probe_targets() if p.id != st.me.id]
+        if not targets:
+            return
+        start = random.choice(targets)
+        lk = Lookup((st.me.id + 1) & MASK, (False, start), max_hops=MAX_HOPS)
+        try:
+            found = await self._run(lk, origin=False)
+        except SectorError as exc:
+            log.debug("merge probe through %s failed: %s", start, exc)
+            return
+        if found is not None and st.on_merge_probe(found):
+            self.merges += 1
+            log.info("%s: merge probe through %s found successor %s", st.me, start, found)
+            self._changed()
+            await self.stabilize_once()
 
     async def fix_finger_once(self) -> None:
         i, start = self.state.next_finger()

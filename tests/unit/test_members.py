@@ -100,3 +100,52 @@ def test_wire_entries_are_validated() -> None:
         members_from_wire([{"id": 1}])
     with pytest.raises(ValueError):
         members_from_wire("garbage")
+
+
+# --------------------------------------------------------------------------- partitions
+
+
+def test_quorum_needs_a_strict_majority_of_the_members_that_have_not_left() -> None:
+    t = Members(member(0), dead_after=4.0)
+    t.merge([member(i, hb=1) for i in range(1, 5)], now=0.0)
+    assert t.quorum(1.0) == (5, 5) and t.has_quorum(1.0)
+    # Cut off from 3 of the 4 others: 2 of 5 reachable, no quorum.
+    for i in (2, 3, 4):
+        t.suspect(member(i).id)
+    assert t.quorum(1.0) == (2, 5) and not t.has_quorum(1.0)
+    # A member that left gracefully no longer counts: 2 of 4 is still no majority...
+    t.merge([member(4, hb=2, state="left")], now=1.0)
+    assert t.quorum(1.0) == (2, 4) and not t.has_quorum(1.0)
+    # ...and a silent one is still a member, only down (it may be across a partition).
+    t.merge([member(2, hb=5)], now=2.0)
+    assert t.quorum(2.0) == (3, 4) and t.has_quorum(2.0)
+    assert t.quorum(100.0) == (1, 4)
+
+
+def test_down_members_are_remembered_far_longer_than_departed_ones() -> None:
+    t = Members(member(0), forget_after=600.0, forget_down_after=86400.0)
+    t.merge([member(1, hb=1), member(2, hb=1, state="left")], now=0.0)
+    t.expire(now=1000.0)
+    ids = {m.id for m in t.entries()}
+    assert member(1).id in ids and member(2).id not in ids
+    t.expire(now=90000.0)
+    assert member(1).id not in {m.id for m in t.entries()}
+
+
+def test_owner_of_is_the_successor_among_reachable_members() -> None:
+    t = Members(member(10))
+    t.merge([member(20, hb=1), member(30, hb=1)], now=0.0)
+    assert t.owner_of(15, now=0.0) == (member(20).id, member(20).addr)
+    assert t.owner_of(31, now=0.0) == (member(10).id, member(10).addr)  # wraps round
+    t.suspect(member(20).id)
+    assert t.owner_of(15, now=0.0) == (member(30).id, member(30).addr)
+
+
+def test_a_loaded_table_starts_down_until_members_prove_alive() -> None:
+    saved = [member(1, hb=7), member(2, hb=7), member(3, hb=1, state="left")]
+    t = Members(member(0))
+    t.load(saved, now=0.0)
+    # A restarted node alone knows it is one of three, not a cluster of one.
+    assert t.quorum(0.0) == (1, 3) and not t.has_quorum(0.0)
+    t.merge([member(1, hb=8)], now=1.0)
+    assert t.quorum(1.0) == (2, 3) and t.has_quorum(1.0)

@@ -6,9 +6,10 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
-from sector.errors import DirectoryNotEmpty, IsADirectory, NotFound
+from sector.errors import ConnectError, DirectoryNotEmpty, IsADirectory, NotFound, Unavailable
 from sector.ids import node_id
 from sector.meta import records as rec
 from sector.meta.records import DirRecord, FileRecord, Gone
@@ -31,6 +32,15 @@ class OneNodeRing:
 
     def replica_peers(self, k: int) -> list[Peer]:
         return [self.me]
+
+    def owner_hint(self, key: int) -> Peer | None:
+        return None
+
+    def write_refusal(self, key: int) -> str | None:
+        return None
+
+    def voters(self) -> int:
+        return 1
 
     async def lookup(self, key: int, *, verify: bool = False) -> Peer:
         return self.me
@@ -101,6 +111,112 @@ def test_directory_rules_at_the_owner(tmp_path: Path) -> None:
         )
         d = m.store.get("/d")
         assert isinstance(d, DirRecord) and len(rec.live_children(d)) == 51
+        await m.stop()
+        m.store.close()
+
+    asyncio.run(main())
+
+
+# --------------------------------------------------------------------------- partitions
+
+
+class ThreeReplicaRing(OneNodeRing):
+    """Owns every key, with two replica peers that answer or not as the test says."""
+
+    def __init__(self, answering: set[str], *, refusal: str | None = None) -> None:
+        super().__init__()
+        self.peers = [Peer(node_id("p1"), "127.0.0.1:2"), Peer(node_id("p2"), "127.0.0.1:3")]
+        self.answering = answering
+        self.refusal = refusal
+        self.failed_peers: list[Peer] = []
+
+    def replica_peers(self, k: int) -> list[Peer]:
+        return [self.me, *self.peers][:k]
+
+    def write_refusal(self, key: int) -> str | None:
+        return self.refusal
+
+    def voters(self) -> int:
+        return 5
+
+    def failed(self, peer: Peer) -> None:
+        self.failed_peers.append(peer)
+
+    async def call(
+        self, addr: str, op: str, args: dict[str, Any], timeout: float | None = None
+    ) -> Any:
+        if addr not in self.answering:
+            raise ConnectError(f"{addr} is unreachable", node=addr)
+        return len(args.get("records", []))
+
+
+def test_an_update_is_acknowledged_only_on_a_majority_of_its_replicas(tmp_path: Path) -> None:
+    async def main() -> None:
+        ring = ThreeReplicaRing(answering={"127.0.0.1:2"})
+        m = MetaService(MetaStore(str(tmp_path / "m.db")), ring, now=lambda: 1_000.0)
+        await m.start()
+        # 2 of 3 durable (here and one peer): acknowledged.
+        await m.local("put_file", "/a", {"record": file_record("/a")})
+        # Cut off from both peers, as a node alone on the minority side: refused,
+        # naming how many copies answered, although the record is durable here.
+        ring.answering = set()
+        with pytest.raises(Unavailable, match=r"1 of 3 replicas answered \(a write needs 2\)"):
+            await m.local("put_file", "/b", {"record": file_record("/b")})
+        with pytest.raises(Unavailable, match="1 of 3"):
+            await m.local("mkdir", "/d", {})
+        assert {p.addr for p in ring.failed_peers} == {"127.0.0.1:2", "127.0.0.1:3"}
+        await m.stop()
+        m.store.close()
+
+    asyncio.run(main())
+
+
+def test_a_node_without_quorum_refuses_writes_but_serves_reads(tmp_path: Path) -> None:
+    async def main() -> None:
+        ring = ThreeReplicaRing(answering={"127.0.0.1:2", "127.0.0.1:3"})
+        m = MetaService(MetaStore(str(tmp_path / "m.db")), ring, now=lambda: 1_000.0)
+        await m.start()
+        await m.local("put_file", "/a", {"record": file_record("/a")})
+        ring.refusal = "no quorum: this node reaches 2 of 5 members"
+        for op, args in [
+            ("put_file", {"record": file_record("/a", blob="b" * 32)}),
+            ("delete", {}),
+            ("mkdir", {}),
+            ("set_rf", {"rf": 2}),
+        ]:
+            with pytest.raises(Unavailable, match="no quorum"):
+                await m.local(op, "/a", args)
+        got = await m.local("get", "/a", {})
+        assert got is not None and got["blob"] == "a" * 32  # unchanged, and readable
+        await m.stop()
+        m.store.close()
+
+    asyncio.run(main())
+
+
+def test_set_replicas_keeps_the_version_so_a_later_overwrite_still_wins(tmp_path: Path) -> None:
+    async def main() -> None:
+        m = await service(tmp_path / "m.db", now=1_000.0)
+        first = rec.from_builtins(
+            (await m.local("put_file", "/f", {"record": file_record("/f")}))["record"]
+        )
+        assert isinstance(first, FileRecord)
+        rep = await m.local(
+            "set_replicas", "/f", {"blob": first.blob, "replicas": [["n1", "h:1"], ["n2", "h:2"]]}
+        )
+        repaired = rec.from_builtins(rep["record"])
+        assert isinstance(repaired, FileRecord)
+        assert repaired.v == first.v and repaired.rv is not None and repaired.rv > first.v
+        # An overwrite made elsewhere before the repair (an older stamp than the
+        # repair's rv, a newer one than the version repaired) still wins the merge.
+        over = FileRecord(
+            **{
+                **msgspec.structs.asdict(first),
+                "blob": "c" * 32,
+                "v": (first.v[0], first.v[1] + 1, "zz"),
+            }
+        )
+        assert rec.merge(repaired, over) == over and rec.merge(over, repaired) == over
         await m.stop()
         m.store.close()
 

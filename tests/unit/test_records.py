@@ -57,6 +57,7 @@ files = st.builds(
     rf=st.integers(0, 3),
     mode=st.sampled_from([0o644, 0o600]),
     shadow=children,
+    rv=st.one_of(st.none(), stamps),
 )
 dirs = st.builds(
     DirRecord,
@@ -406,3 +407,54 @@ def test_parent_basename_join() -> None:
 def test_stamp_alias_is_a_tuple() -> None:
     s: Stamp = Clock("x").tick(1)
     assert isinstance(s, tuple) and s == (1, 0, "x")
+
+
+# --------------------------------------------------------------------------- rule 4a
+
+
+def _file(v: Stamp, blob: str, *, rv: Stamp | None = None, reps: int = 3) -> FileRecord:
+    return FileRecord(
+        path=P,
+        v=v,
+        size=1,
+        checksum="c",
+        blob=blob,
+        replicas=[(f"n{i}", f"h:{i}") for i in range(reps)],
+        rf=3,
+        rv=rv,
+    )
+
+
+def test_a_repair_of_an_old_version_never_beats_a_later_overwrite() -> None:
+    # The old version repaired long after the overwrite (a stale owner on the far side
+    # of a partition): its replica list is newer, its content is not.
+    old = _file((10, 0, "a"), "b1", reps=2)
+    overwrite = _file((20, 0, "b"), "b2")
+    repaired = msgspec.structs.replace(
+        old, replicas=[*old.replicas, ("n9", "h:9")], rv=(99, 0, "c")
+    )
+    assert merge(overwrite, repaired) == overwrite
+    assert merge(repaired, overwrite) == overwrite
+
+
+def test_a_repair_of_an_old_version_never_undoes_a_delete() -> None:
+    repaired = _file((10, 0, "a"), "b1", rv=(99, 0, "c"))
+    gone = Gone(path=P, v=(20, 0, "b"))
+    assert merge(repaired, gone) == gone
+    assert merge(gone, repaired) == gone
+
+
+def test_the_newer_replica_list_of_one_version_wins() -> None:
+    base = _file((10, 0, "a"), "b1", reps=2)
+    repaired = msgspec.structs.replace(
+        base, replicas=[*base.replicas, ("n9", "h:9")], rv=(11, 0, "a")
+    )
+    assert merge(base, repaired) == repaired
+    assert merge(repaired, base) == repaired
+
+
+def test_records_without_rv_decode_as_before() -> None:
+    r = _file((10, 0, "a"), "b1")
+    raw = encode(r)
+    assert b"rv" not in raw  # the zero stamp is not encoded: old bytes, same record
+    assert decode(raw) == r
