@@ -336,17 +336,25 @@ class Node:
 
     async def _join(self, bootstrap: str) -> None:
         deadline = time.monotonic() + 60
+        # The --join address first, then every member the saved table names: a node
+        # whose bootstrap host is down (or moved) rejoins through any node it knew.
+        others = [m.addr for m in self.members.voters() if m.id != self.members.me_id]
+        tries = [bootstrap, *sorted(a for a in others if a != bootstrap)]
+        k = 0
         while True:
+            via = tries[k % len(tries)]
+            k += 1
             try:
-                await self.driver.join(bootstrap)
-                await self._gossip_with(bootstrap)
+                await self.driver.join(via)
+                await self._gossip_with(via)
                 return
             except (TransportError, ClusterError) as exc:
                 # Unreachable bootstrap, or a ring still forming (no live successor
                 # found yet): nodes of a cluster may start in any order, so retry.
                 if time.monotonic() > deadline:
                     raise ConnectError(f"cannot join through {bootstrap}: {exc}") from None
-                await asyncio.sleep(0.5)
+                if k % len(tries) == 0:
+                    await asyncio.sleep(0.5)
 
     def _write_ready(self) -> None:
         info = {"id": to_hex(self.state.me.id), "address": self.addr, "pid": os.getpid()}
