@@ -24,6 +24,8 @@ Rules:
 - Nothing is collected while the cluster is not whole (a member out of reach, or the
   ring not yet agreeing with the member view): the far side of a partition may hold
   the only record that still claims a blob. The pass is skipped and counted.
+- A record stamped well before a copy was committed does not disown it at once (the
+  copy may belong to a newer write not merged here yet): it is re-asked, as a miss is.
 - Temp files of writes (``tmp/*.part``) untouched for ``grace`` seconds are removed:
   a live upload writes its file continuously.
 """
@@ -158,7 +160,7 @@ class GcWorker:
                 unknown += 1
                 continue
             self.counters["checked"] += 1
-            v = await self._ask(row.blob, paths)
+            v = await self._ask(row.blob, paths, row.committed_at)
             if v == KEEP or v is None:
                 self._suspects.pop(row.blob, None)
                 continue
@@ -180,7 +182,7 @@ class GcWorker:
         self.node.inventory.reconcile(self.node.blobs.sizes(), now)
         return self.node.inventory.rows()
 
-    async def _ask(self, blob: str, paths: list[str]) -> str | None:
+    async def _ask(self, blob: str, paths: list[str], committed_at: float) -> str | None:
         """KEEP, COLLECT or UNSURE over every path of the blob; None if a question failed."""
         me = to_hex(self.node.me.id)
         answers = []
@@ -203,6 +205,11 @@ class GcWorker:
             holders = [nid for nid, _ in r.replicas] if isinstance(r, FileRecord) else []
             rblob = r.blob if isinstance(r, FileRecord) else None
             v = verdict(kind_of(r) if r is not None else None, rblob, holders, blob, me)
+            if v == COLLECT and r is not None and r.v[0] < committed_at * 1000 - self.grace * 1000:
+                # A record older than the copy cannot be the word that disowns it: the
+                # copy may be of a later write this view has not caught up with yet (a
+                # partition just healed). Ask again after ``confirm``, as for a miss.
+                v = UNSURE
             if v == KEEP:
                 if len(paths) > 1 or p != paths[0]:
                     await asyncio.to_thread(self.node.inventory.confirm_path, blob, p)

@@ -34,8 +34,9 @@ Applications", SIGCOMM 2001; section numbers refer to that paper):
    predecessor rather than declaring ourselves alone, so the ring can still repair.
 7. Voluntary departure (§5.3). A leaving node hands its predecessor its successor
    list and its successor its predecessor, so neither waits for a timeout.
-8. Merging rings (TON 2003 §IV-E). A partition leaves each side a consistent ring of
-   its own, and rule 4 never looks outside it. Every node therefore looks up
+8. Merging rings. A partition leaves each side a consistent ring of its own, and rule
+   4 never looks outside it (disjoint rings are a known Chord state: the ToN 2003
+   paper discusses them, and Zave's analysis shows plain Chord never leaves them). Every node therefore looks up
    successor(me + 1) now and then through a random member it knows (also one it last
    saw down); an answer between it and its successor is a successor it did not know
    (``on_merge_probe``). Repeated on every node, this joins the rings again.
@@ -325,8 +326,7 @@ class ChordState:
 
         After a partition heals, each side has settled into a consistent ring of its
         own, and stabilization alone never joins them: every node asks only its own
-        successor. The remedy the Chord paper gives (TON 2003, §IV-E, "rings that are
-        disjoint") is to look our own id up now and then through a node we knew. If
+        successor. The remedy: look our own id up now and then through a node we knew. If
         the answer lies between us and our successor, it is a closer successor we did
         not know: adopting it weaves the two rings together one link at a time, and
         stabilization/notify do the rest (the answer's old predecessor learns of us
