@@ -342,10 +342,11 @@ class FsService:
             # trim (delete) that file's copies, or list any address as a holder.
             reps = await self._confirmed(path, blob, size, reps)
             owner = guard.user() or ""
-        # A put is acknowledged with at least two durable copies (one where R is 1 or the
-        # cluster has one member): a single copy left by a chain cut short must not be
-        # all there is of an acknowledged file.
-        need = min(2, rf, self.node.voters())
+        # A user's put is acknowledged with at least two durable copies (one where R is
+        # 1 or the cluster has one member): a single copy left by a chain cut short must
+        # not be all there is of an acknowledged file. (Sphere's outputs, committed by
+        # nodes, can be recomputed; a job that lost a node keeps what it has.)
+        need = min(2, rf, self.node.voters()) if not guard.is_node() else 1
         if len(reps) < need:
             raise Unavailable(
                 f"{path}: {len(reps)} of {rf} copies written durably; a put needs {need}"
