@@ -23,8 +23,10 @@ check: $(STAMP)
 test: check
 	$(BIN)/pytest -q -n 2 -m "not slow" tests
 
-# The long suites (the thrash test: SECTOR_THRASH_SECONDS, default 180).
+# The long suites (the thrash test: SECTOR_THRASH_SECONDS, default 180; the partition
+# test). Both cut the network between namespaced hosts with nft: root, and nftables.
 test-slow: $(STAMP)
+	command -v nft >/dev/null || (apt-get update -qq && apt-get install -y -qq nftables)
 	$(BIN)/pytest -q -s -m slow tests
 
 bench: $(STAMP)

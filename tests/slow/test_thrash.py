@@ -1,13 +1,19 @@
-"""Thrash (issue 3): a mixed workload on 7 nodes under SIGKILLs and bit rot, then proof
-that nothing was lost. Not in the default suite: `make test-slow` (``pytest -m slow``).
+"""Thrash (issues 3 and 9): a mixed workload on 7 nodes under SIGKILLs, network
+partitions and bit rot, then proof that nothing was lost. Not in the default suite:
+`make test-slow` (``pytest -m slow``; root, for the network namespaces).
 
-``SECTOR_THRASH_SECONDS`` sets the workload's length (default 180). The rules of the
-chaos loop keep the fault load within what R = 3 promises to survive:
+Each node runs on a host of its own (a network namespace, ``sector.testing.netns``),
+so the chaos loop can cut the network between them with nft. ``SECTOR_THRASH_SECONDS``
+sets the workload's length (default 180). The rules of the chaos loop keep the fault
+load within what R = 3 promises to survive:
 - never more than R - 1 = 2 nodes down at once; node 0 is the workload's entry node
   and is never killed (the client has one entry point; failing it over is not tested
   here);
-- at most one corrupted copy per file, and only while every node is up, so no file
-  is ever left with its only reachable copy rotten.
+- a partition cuts 1 to 3 nodes (never node 0) off from the rest for a few seconds
+  (the minority side refuses writes; the workload's side keeps its quorum unless kills
+  coincide, when writes fail and are settled by looking, as any failed write is);
+- at most one corrupted copy per file, and only while every node is up and the network
+  whole, so no file is ever left with its only reachable copy rotten.
 At the end every node is restarted, every file is read (a read that meets a rotten
 copy fails over and reports it, which queues its replacement, as the scrubber does),
 and the test waits for repair to settle before checking, on disk, that every file
@@ -30,6 +36,7 @@ import sector
 from sector.errors import NotFound, SectorError
 from sector.storage.blobs import checksum_file
 from sector.testing.cluster import NodeProc, ProcCluster, wait_for
+from sector.testing.netns import Hosts
 
 pytestmark = pytest.mark.slow
 
@@ -41,12 +48,14 @@ SETTLE_DEADLINE = (
 
 
 class Chaos:
-    def __init__(self, cl: ProcCluster, rng: random.Random) -> None:
+    def __init__(self, cl: ProcCluster, hosts: Hosts, rng: random.Random) -> None:
         self.cl = cl
+        self.hosts = hosts
         self.rng = rng
         self.down: list[NodeProc] = []
+        self.cut: list[int] = []  # hosts on the minority side of the current partition
         self.corrupted: set[str] = set()  # blob ids with one flipped copy already
-        self.counts = {"kills": 0, "restarts": 0, "corruptions": 0}
+        self.counts = {"kills": 0, "restarts": 0, "corruptions": 0, "partitions": 0}
         self.stop = threading.Event()
         self.lock = threading.Lock()
 
@@ -54,7 +63,15 @@ class Chaos:
         rng = self.rng
         victims = [n for n in self.cl.nodes[1:] if n.alive]
         roll = rng.random()
-        if self.down and (roll < 0.4 or len(self.down) >= R - 1):
+        if self.cut and rng.random() < 0.5:
+            self.hosts.heal()
+            self.cut = []
+        elif not self.cut and rng.random() < 0.25:
+            self.cut = sorted(rng.sample(range(1, NODES), rng.randint(1, 3)))
+            rest = [i for i in range(NODES) if i not in self.cut]
+            self.hosts.partition([self.cut, rest])
+            self.counts["partitions"] += 1
+        elif self.down and (roll < 0.4 or len(self.down) >= R - 1):
             node = self.down.pop(rng.randrange(len(self.down)))
             self.cl.restart(node)
             self.counts["restarts"] += 1
@@ -63,7 +80,7 @@ class Chaos:
             self.cl.kill(node)
             self.down.append(node)
             self.counts["kills"] += 1
-        elif not self.down:
+        elif not self.down and not self.cut:
             self.corrupt_one()
 
     def corrupt_one(self) -> None:
@@ -89,6 +106,8 @@ class Chaos:
 
     def heal(self) -> None:
         with self.lock:
+            self.hosts.heal()
+            self.cut = []
             for node in self.down:
                 self.cl.restart(node)
                 self.counts["restarts"] += 1
@@ -188,9 +207,12 @@ def test_thrash(tmp_path: Path) -> None:
     # end of the test can check that no orphan bytes remain.
     # Time scales shrunk to fit a test: the collector and the audit run every few seconds.
     gc_args = ["--gc-grace", "5", "--gc-interval", "2", "--audit-interval", "20"]
-    with ProcCluster(tmp_path / "cl", replicas=R, node_args=gc_args) as cl:
-        cl.start(NODES)
-        chaos = Chaos(cl, random.Random(seed + 1))
+    with Hosts(NODES) as hosts, ProcCluster(tmp_path / "cl", replicas=R, node_args=gc_args) as cl:
+        first = cl.add(listen=f"{hosts.ips[0]}:7000", wrap=hosts.wrap(0))
+        for i in range(1, NODES):
+            cl.add(join=first.address, listen=f"{hosts.ips[i]}:7000", wrap=hosts.wrap(i))
+        cl.wait_ring(60)
+        chaos = Chaos(cl, hosts, random.Random(seed + 1))
         t = threading.Thread(target=chaos.run, name="chaos", daemon=True)
         with sector.connect(cl.nodes[0].address, timeout=30.0) as c:
             t.start()
@@ -282,6 +304,7 @@ def test_thrash(tmp_path: Path) -> None:
             "kills": chaos.counts["kills"],
             "restarts": chaos.counts["restarts"],
             "corruptions": chaos.counts["corruptions"],
+            "partitions": chaos.counts["partitions"],
             # Counters of the nodes' current lives: a killed node's count died with it.
             "repairs": repairs,
             "files": len(acked),
