@@ -41,6 +41,7 @@ log = logging.getLogger("sector.routing")
 # A lookup may carry this many excluded ids; more is a malformed (or hostile) request.
 MAX_EXCLUDE = 256
 MAX_HOPS = 64
+PROBE_TRIES = 3  # members a merge probe tries until one answers
 
 
 class RpcCaller(Protocol):
@@ -276,16 +277,21 @@ class ChordDriver:
         targets = [p for p in self.probe_targets() if p.id != st.me.id]
         if not targets:
             return
-        start = random.choice(targets)
-        lk = Lookup((st.me.id + 1) & MASK, (False, start), max_hops=MAX_HOPS)
-        try:
-            found = await self._run(lk, origin=False)
-        except SectorError as exc:
-            log.debug("merge probe through %s failed: %s", start, exc)
-            return
+        found = None
+        # Up to PROBE_TRIES members, until one answers: during a partition most of
+        # those we know may be out of reach (a small side knows the whole cluster).
+        for start in random.sample(targets, min(PROBE_TRIES, len(targets))):
+            lk = Lookup((st.me.id + 1) & MASK, (False, start), max_hops=MAX_HOPS)
+            try:
+                found = await self._run(lk, origin=False)
+            except SectorError as exc:
+                log.debug("merge probe through %s failed: %s", start, exc)
+                continue
+            if found is not None:
+                break
         if found is not None and st.on_merge_probe(found):
             self.merges += 1
-            log.info("%s: merge probe through %s found successor %s", st.me, start, found)
+            log.info("%s: a merge probe found successor %s", st.me, found)
             self._changed()
             await self.stabilize_once()
 

@@ -591,9 +591,48 @@ def test_driver_workers_start_and_stop() -> None:
         assert [n.split("[")[0] for n in names] == [
             "chord.check-predecessor",
             "chord.fix-fingers",
+            "chord.merge-probe",
             "chord.stabilize",
         ]
         await d.stop()
         assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("chord.")]
 
     asyncio.run(main())
+
+
+# -- ring merge (rule 8) ------------------------------------------------------------------
+
+
+def test_on_merge_probe_adopts_only_a_closer_successor() -> None:
+    st = ring_state(10, [10, 30, 40, 50])  # r = 3: successors 30, 40, 50
+    assert st.on_merge_probe(P(10)) is False  # ourselves
+    assert st.on_merge_probe(P(30)) is False  # our successor already
+    assert st.on_merge_probe(P(40)) is False  # beyond it
+    assert st.on_merge_probe(P(5)) is False  # behind us (all the way round)
+    assert [p.id for p in st.successors] == [30, 40, 50]
+    assert st.on_merge_probe(P(20)) is True  # a successor we did not know
+    assert [p.id for p in st.successors] == [20, 30, 40]  # cut at r, still clockwise
+    assert st.on_merge_probe(P(15)) is True
+    assert [p.id for p in st.successors] == [15, 20, 30]
+    assert st.predecessor == P(50)  # untouched: stabilize/notify take it from here
+    st.validate_state()
+
+
+def test_on_merge_probe_across_the_wrap_and_in_a_ring_of_one() -> None:
+    st = ring_state(50, [10, 50], r=2)  # successor 10, across the top of the ring
+    assert st.on_merge_probe(P(30)) is False
+    assert st.on_merge_probe(P(MASK)) is True
+    assert st.on_merge_probe(P(5)) is False  # beyond the new successor MASK
+    assert [p.id for p in st.successors] == [MASK, 10]
+    st.validate_state()
+
+    alone = ChordState(P(50), succ_list_len=2)
+    alone.create()
+    assert alone.on_merge_probe(P(50)) is False
+    assert alone.on_merge_probe(P(10)) is True  # a ring of one takes anyone
+    assert alone.successors == [P(10)]
+    assert alone.on_merge_probe(P(20)) is False  # 20 lies beyond 10 seen from 50
+    assert alone.on_merge_probe(P(5)) is True  # 5 does not: it wraps to before 10
+    assert alone.on_merge_probe(P(MASK)) is True
+    assert alone.successors == [P(MASK), P(5)]  # r = 2: 10 falls off the end
+    alone.validate_state()
