@@ -35,6 +35,7 @@ from sector.errors import (
 )
 from sector.meta import records as rec
 from sector.meta.records import DirRecord, FileRecord, Gone, Record
+from sector.node import status
 from sector.security import guard
 from sector.storage import placement
 from sector.storage.blobs import check_blob_id, new_blob_id
@@ -536,33 +537,6 @@ class FsService:
         assert isinstance(r, FileRecord)
         return self.describe(r)
 
-    @staticmethod
-    def _split(view: list[dict[str, Any]], infos: list[dict[str, Any] | None]) -> bool:
-        """Whether the cluster is split, from the entry's view and every node's report;
-        each node's report goes into its row as ``partition``."""
-        split = False
-        succ: dict[str, str] = {}
-        for m, inf in zip(view, infos, strict=True):
-            if m["state"] in ("leaving", "left"):
-                continue
-            if inf is None:
-                split = True  # down or unreachable from here
-                continue
-            part = inf.get("partition")
-            if isinstance(part, dict):
-                m["partition"] = part
-                split = split or not part.get("converged", True)
-                succ[m["address"]] = str(part.get("successor"))
-        # Two rings: following successors from any node must visit every answering node.
-        if succ and not split:
-            start = next(iter(succ))
-            seen, cur = set(), start
-            while cur in succ and cur not in seen:
-                seen.add(cur)
-                cur = succ[cur]
-            split = seen != set(succ)
-        return split
-
     async def _h_status(self, a: dict[str, Any]) -> Any:
         view = self.node.member_view()
 
@@ -578,57 +552,9 @@ class FsService:
                 return None
 
         infos = await asyncio.gather(*(info(m) for m in view))
-        files = under = size = queued = 0
-        held: dict[str, int] = {}
-        answered = True
-        for m, inf in zip(view, infos, strict=True):
-            if inf is None:
-                m["files"] = None
-                if m["state"] in ("up", "draining"):
-                    m["state"] = "unreachable"
-                    answered = False
-                continue
-            m["workers"] = inf.get("workers", [])
-            m["tls"] = bool((inf.get("security") or {}).get("tls"))
-            for nid, n in (inf.get("draining_held") or {}).items():
-                held[nid] = held.get(nid, 0) + int(n)
-            m["files"] = inf.get("blobs", 0)
-            m["bytes_used"] = inf.get("bytes_used", m["bytes_used"])
-            m["bytes_free"] = inf.get("bytes_free", m["bytes_free"])
-            files += int(inf.get("files", 0))
-            under += int(inf.get("under_replicated", 0))
-            size += int(inf.get("bytes", 0))
-            m["repair_queue"] = int(inf.get("repair_queue", 0))
-            queued += m["repair_queue"]
-        split = self._split(view, infos)
-        for m in view:
-            if m["state"] != "draining":
-                continue
-            # Drained = no owner's record lists the node any more (every copy it had is
-            # at rf elsewhere). Only claimed when every reachable node answered: a
-            # missing answer may be the owner still listing it.
-            m["drain_remaining"] = held.get(m["id"])
-            if answered and m["id"] in held and held[m["id"]] == 0:
-                m["state"] = "drained"
-        if not guard.is_node() and not guard.is_admin():
-            # Strangers see the cluster's shape, not its hosts' insides.
-            for m in view:
-                m.pop("data", None)
-                m.pop("pid", None)
-                for w in m.get("workers") or []:
-                    if isinstance(w, dict):
-                        w.pop("last_error", None)
+        stranger = not guard.is_node() and not guard.is_admin()
         return {
-            "nodes": view,
-            "files": files,
-            "under_replicated": under,
-            "bytes": size,
-            "repair_queue": queued,
-            # A partition is never shown as "all up" (README "Consistency"): split is
-            # true while a member is out of reach of the entry or of any node, or the
-            # nodes' rings disagree with their member views; quorum: whether the entry
-            # node may accept writes.
-            "split": split,
+            **status.summarize(view, infos, stranger=stranger),
             "quorum": self.node.quorum_refusal() is None,
             "replicas": self.node.cfg.replicas,
             "entry": self.node.addr,

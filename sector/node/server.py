@@ -29,6 +29,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from sector.aio import cancel_and_wait
 from sector.config import NodeConfig
 from sector.errors import (
@@ -39,12 +41,13 @@ from sector.errors import (
     TransportError,
     UsageError,
 )
-from sector.ids import MASK, node_id, to_hex
+from sector.ids import node_id, to_hex
 from sector.meta.service import MetaService
 from sector.meta.store import MetaStore
 from sector.node.fs import FsService
 from sector.node.gc import GcWorker
 from sector.node.members import Member, Members, members_from_wire
+from sector.node.quorum import Quorum
 from sector.node.repair import RepairWorker
 from sector.node.scrub import ScrubWorker
 from sector.node.security import NodeSecurity
@@ -60,7 +63,6 @@ from sector.transport.rpc import RpcPool, Server, split_addr
 log = logging.getLogger("sector.node")
 
 DRAIN_MARK = "draining"  # file in the data directory: this node is being drained
-MEMBERS_FILE = "members.json"  # the member table, for a restart (members.py rules)
 
 
 def host_identity(addr: str, explicit: str | None) -> str:
@@ -160,48 +162,21 @@ class Node:
     def replica_peers(self, k: int) -> list[Peer]:
         return self.state.replica_peers(k)
 
+    # The partition rules (node/quorum.py) answer for the metadata layer's Ring.
     def owner_hint(self, key: int) -> Peer | None:
-        """successor(key) among the members this node reaches (None: no view yet)."""
-        found = self.members.owner_of(key, time.monotonic())
-        return Peer(int(found[0], 16), found[1]) if found is not None else None
+        return self.quorum.owner_hint(key)
 
     def voters(self) -> int:
-        return len(self.members.voters())
+        return self.quorum.voters()
 
     def quorum_refusal(self) -> str | None:
-        """Why this node may not accept writes now (no majority reachable), or None."""
-        up, n = self.members.quorum(time.monotonic())
-        if 2 * up > n:
-            return None
-        return (
-            f"no quorum: this node reaches {up} of {n} members and writes need "
-            f"{n // 2 + 1} (a network partition?)"
-        )
+        return self.quorum.refusal()
 
     def write_refusal(self, key: int) -> str | None:
-        """Why this node may not write key now, or None (meta.service module rules)."""
-        refusal = self.quorum_refusal()
-        if refusal is not None:
-            return refusal
-        if not self.responsible_for(key):
-            return "this node does not own it (the ring is converging)"
-        hint = self.owner_hint(key)
-        if hint is not None and hint.id != self.state.me.id:
-            return f"the members name {hint.addr} as its owner (the ring is converging)"
-        return None
+        return self.quorum.write_refusal(key)
 
     def converged(self) -> bool:
-        """Every voter reachable and the ring's neighbours those the member view implies."""
-        now = time.monotonic()
-        up, n = self.members.quorum(now)
-        if up < n:
-            return False
-        me = self.state.me
-        succ = self.owner_hint((me.id + 1) & MASK)
-        pred = self.state.predecessor
-        if succ is not None and succ.id != self.state.successor.id:
-            return False
-        return pred is not None or self.state.successor.id == me.id
+        return self.quorum.converged()
 
     async def lookup(self, key: int, *, verify: bool = False) -> Peer:
         peer, _ = await self.driver.lookup(key, verify=verify)
@@ -237,13 +212,6 @@ class Node:
         self.blobs = BlobStore(self.data, quota=cfg.quota, inventory=self.inventory)
         self.blobs.min_free = cfg.min_free
         self.store = MetaStore(str(self.data / "meta.sqlite3"))
-        host, port = split_addr(cfg.listen)
-        if host in ("0.0.0.0", "::", ""):
-            # The listen address is also what peers are told to dial: a wildcard would
-            # have every node advertise an address that means "myself" to the dialer.
-            raise UsageError(
-                f"listen on a specific address, not {host} (peers dial what a node listens on)"
-            )
         addr = await self.server.start(host, port)
         self.addr = addr
         self.host = host_identity(addr, cfg.host_id)
@@ -256,7 +224,7 @@ class Node:
             check_pred_interval=cfg.stabilize_interval * 2,
             rpc_timeout=min(2.0, cfg.rpc_timeout),
             on_change=self._ring_changed,
-            probe_targets=self._probe_targets,
+            probe_targets=lambda: self.quorum.probe_targets(),
         )
         self.members = Members(
             Member(
@@ -271,7 +239,8 @@ class Node:
             ),
             dead_after=cfg.dead_after,
         )
-        self._load_members()
+        self.quorum = Quorum(self.members, self.state, self.responsible_for, self.data)
+        self.quorum.load()
         if (self.data / DRAIN_MARK).exists():
             self._set_draining(True)  # a drain survives a restart until cancelled
         self.meta = MetaService(self.store, self, k=cfg.meta_replicas, rpc_timeout=cfg.rpc_timeout)
@@ -454,46 +423,9 @@ class Node:
             self._probe = asyncio.create_task(self._gossip_with(random.choice(down)))
         if peers:
             await self._gossip_with(random.choice(sorted(peers)))
-        self._save_members()
-
-    def _probe_targets(self) -> list[Peer]:
-        """Members the ring's merge probe may look through (all but those that left)."""
-        return [Peer(int(m.id, 16), m.addr) for m in self.members.voters()]
-
-    def _load_members(self) -> None:
-        import msgspec
-
-        try:
-            raw = (self.data / MEMBERS_FILE).read_bytes()
-            self.members.load(msgspec.json.decode(raw, type=list[Member]), time.monotonic())
-        except FileNotFoundError:
-            pass
-        except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
-            log.warning("ignoring unreadable %s: %s", MEMBERS_FILE, exc)
-        self._saved_members = self._roll()
-
-    def _roll(self) -> list[tuple[str, str, str]]:
-        return sorted((m.id, m.addr, m.state) for m in self.members.entries())
-
-    def _save_members(self) -> None:
-        """Write the member table when its roll (ids, addresses, states) changed."""
-        import msgspec
-
-        roll = self._roll()
-        if roll == self._saved_members:
-            return
-        tmp = self.data / (MEMBERS_FILE + ".tmp")
-        try:
-            tmp.write_bytes(msgspec.json.encode(self.members.entries()))
-            os.replace(tmp, self.data / MEMBERS_FILE)
-        except OSError as exc:
-            log.warning("cannot save %s: %s", MEMBERS_FILE, exc)
-            return
-        self._saved_members = roll
+        self.quorum.save()
 
     async def _gossip_with(self, addr: str) -> None:
-        import msgspec
-
         try:
             rep = await self.pool.call(
                 addr,
@@ -512,8 +444,6 @@ class Node:
             log.warning("bad gossip reply from %s: %s", addr, exc)
 
     async def _h_gossip(self, a: dict[str, Any]) -> Any:
-        import msgspec
-
         try:
             entries = members_from_wire(a.get("entries"))
         except ValueError as exc:
@@ -621,29 +551,7 @@ class Node:
                 "successors": [p.addr for p in self.state.successors],
                 "merges": self.driver.merges,
             },
-            "partition": self.partition_view(),
-        }
-
-    def partition_view(self) -> dict[str, Any]:
-        """This node's view of a split: whom it reaches, quorum, whether the ring agrees."""
-        now = time.monotonic()
-        up, n = self.members.quorum(now)
-        me = self.state.me
-        expected = self.owner_hint((me.id + 1) & MASK)
-        return {
-            "reachable": up,
-            "members": n,
-            "quorum": 2 * up > n,
-            "unreachable": sorted(
-                m.addr
-                for m in self.members.voters()
-                if m.id != self.members.me_id and self.members.state_of(m, now) == "down"
-            ),
-            # The successor the ring uses, and the one the member view implies: two
-            # rings after a partition, until the merge probes join them, differ here.
-            "successor": self.state.successor.addr,
-            "expected_successor": expected.addr if expected is not None else None,
-            "converged": self.converged(),
+            "partition": self.quorum.view(),
         }
 
 

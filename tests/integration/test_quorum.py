@@ -35,6 +35,13 @@ def test_a_node_cut_off_from_the_majority_refuses_writes_and_serves_reads(
         with cl.connect() as c:
             c.put(src, "/q/a.bin")
         survivor = cl.nodes[2]
+
+        def sees_all() -> bool:
+            with sector.connect(survivor.address) as c:
+                return sum(n["state"] == "up" for n in c.status()["nodes"]) == 3
+
+        # The survivor must know the whole roll first (gossip), or it would count 1 of 2.
+        wait_for(sees_all, 30, what="the survivor to see 3 members up")
         cl.kill(cl.nodes[0])
         cl.kill(cl.nodes[1])
         # Once it sees the others down, the survivor is a minority of 1 in 3.
