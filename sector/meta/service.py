@@ -42,17 +42,15 @@ import logging
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import Any
 
 import msgspec
 
-from sector.aio import cancel_and_wait, wait_event
 from sector.errors import (
     AlreadyExists,
     BadRequest,
-    ClusterError,
     DirectoryNotEmpty,
     IsADirectory,
     NotADirectory,
@@ -61,43 +59,25 @@ from sector.errors import (
     TransportError,
     Unavailable,
 )
-from sector.ids import from_hex, key_id, to_hex
+from sector.ids import key_id, to_hex
 from sector.meta import fileops
 from sector.meta import records as rec
+from sector.meta.batch import BATCH, Batcher
+from sector.meta.handoff import Handoff
 from sector.meta.records import DirRecord, FileRecord, Gone, Record
+from sector.meta.ring import Ring
+from sector.meta.route import Router, root_record
 from sector.meta.store import MetaStore
 from sector.routing.chord import Peer
 from sector.routing.rangecache import RangeCache
 
 log = logging.getLogger("sector.meta")
 
-MAX_HOPS = 4
 # Owner-side operations that change a record: refused without quorum (module rules).
 WRITE_OPS = frozenset(
     {"put_file", "mkdir", "add_child", "remove_child", "delete", "set_replicas", "set_rf"}
 )
-FULL_SYNC_EVERY = 300.0  # seconds between anti-entropy pushes of a whole shard
-RETRY_WINDOW = 6.0  # seconds a routed request keeps trying through a crash
 CACHE_RECORDS = 4096
-BATCH = 512
-
-
-class Ring(Protocol):
-    """What the metadata layer needs from routing (implemented by the node)."""
-
-    @property
-    def me(self) -> Peer: ...
-    def responsible_for(self, key: int) -> bool: ...
-    def predecessor(self) -> Peer | None: ...
-    def replica_peers(self, k: int) -> list[Peer]: ...
-    def owner_hint(self, key: int) -> Peer | None: ...
-    def write_refusal(self, key: int) -> str | None: ...
-    def voters(self) -> int: ...
-    async def lookup(self, key: int, *, verify: bool = False) -> Peer: ...
-    def failed(self, peer: Peer) -> None: ...
-    async def call(
-        self, addr: str, op: str, args: dict[str, Any], timeout: float | None = None
-    ) -> Any: ...
 
 
 def _str(a: dict[str, Any], name: str) -> str:
@@ -114,76 +94,6 @@ def _entry_delta(d: DirRecord, name: str) -> DirRecord:
     and joins the one entry; the cost stays O(1) on the wire however large ``d`` is.
     """
     return msgspec.structs.replace(d, children={name: d.children[name]})
-
-
-def _root(v: rec.Stamp) -> DirRecord:
-    return DirRecord(path="/", v=v)
-
-
-class _Batcher:
-    """Coalesces records into batches for one sink (a disk commit, or one replica peer).
-
-    Records of one path in a batch are merged into one (merge is a join, so this holds
-    for whole records and for deltas alike). Callers wait for the flush
-    that contains their record; a failed flush fails its callers, never the node. This
-    is group commit: under load, one fsync (or one RPC) serves many updates.
-    """
-
-    def __init__(
-        self, name: str, flush: Callable[[list[Record]], Awaitable[None]], *, join: bool = True
-    ) -> None:
-        self.name = name
-        self._flush = flush
-        self._join = join
-        self._pending: dict[str, Record] = {}
-        self._waiters: list[asyncio.Future[None]] = []
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=self.name)
-
-    @property
-    def idle(self) -> bool:
-        return not self._pending and not self._waiters
-
-    async def stop(self) -> None:
-        await cancel_and_wait([self._task])
-
-    def submit(self, records: Iterable[Record]) -> asyncio.Future[None]:
-        if self._task is None:
-            self.start()
-        for r in records:
-            if self._join:
-                # A join, not a replace: records may be deltas (one directory entry).
-                self._pending[r.path] = rec.merge(self._pending.get(r.path), r)
-            else:
-                # Staged records are cumulative: the later one carries the earlier.
-                self._pending[r.path] = r
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(fut)
-        self._wake.set()
-        return fut
-
-    async def _run(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            batch, self._pending = list(self._pending.values()), {}
-            waiters, self._waiters = self._waiters, []
-            if not waiters:
-                continue
-            try:
-                for i in range(0, len(batch), BATCH):
-                    await self._flush(batch[i : i + BATCH])
-            except Exception as exc:
-                for fut in waiters:
-                    if not fut.done():
-                        fut.set_exception(exc)
-                continue
-            for fut in waiters:
-                if not fut.done():
-                    fut.set_result(None)
 
 
 class MetaService:
@@ -211,25 +121,33 @@ class MetaService:
         # Commits get a thread of their own: behind blob fsyncs in the shared pool, a
         # metadata commit waited for dozens of them under a burst of small puts.
         self._io = ThreadPoolExecutor(1, thread_name_prefix="meta-io")
-        self._committer = _Batcher("meta-committer", self._write, join=False)
-        self._replicators: dict[str, _Batcher] = {}
+        self._committer = Batcher("meta-committer", self._write, join=False)
+        self._replicators: dict[str, Batcher] = {}
         self._warm_until = 0.0
         self._last_pred: int | None = None
-        self._sync_wanted = asyncio.Event()
-        self._pushed_layout: tuple[int | None, tuple[int, ...]] | None = None
-        self._full_at = time.monotonic()
-        self._sync_task: asyncio.Task[None] | None = None
-        self.stats = {"syncs": 0, "pushed": 0, "handed_off": 0}
+        self.router = Router(ring, self.cache, local=self.local, read=self._read)
+        self.handoff = Handoff(
+            store,
+            ring,
+            k=k,
+            rpc_timeout=rpc_timeout,
+            cache=self.cache,
+            replicate=self._replicate,
+            prune=self._prune_replicators,
+            unchanged=lambda r: self._read_local(r.path) == r,
+            forget=lambda path: self._cache.pop(path, None),
+            io=self._io,
+        )
         self.on_delete: Callable[[Record], Awaitable[None]] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
         self._committer.start()
-        self._sync_task = asyncio.create_task(self._sync_loop(), name="meta-sync")
+        await self.handoff.start()
 
     async def stop(self) -> None:
-        await cancel_and_wait([self._sync_task])
+        await self.handoff.stop()
         await self._committer.stop()
         for b in self._replicators.values():
             await b.stop()
@@ -249,131 +167,25 @@ class MetaService:
         if pid != self._last_pred:
             self._last_pred = pid
             self._warm_until = self.now() + self.warm_period
-        self._sync_wanted.set()
+        self.handoff.wanted.set()
 
     def handlers(self) -> dict[str, Callable[[dict[str, Any]], Awaitable[Any]]]:
         return {
-            "meta.op": self._h_op,
+            "meta.op": self.router.h_op,
             "meta.replicate": self._h_replicate,
             "meta.fetch": self._h_fetch,
             "meta.absorb": self._h_absorb,
         }
 
-    # ------------------------------------------------------------------ routing
-
-    def _range(self) -> list[Any]:
-        pred = self.ring.predecessor()
-        return [to_hex(pred.id) if pred else None, to_hex(self.ring.me.id), self.ring.me.addr]
+    # ------------------------------------------------------------------ routing (route.py)
 
     async def call(self, path: str, op: str, args: dict[str, Any] | None = None) -> Any:
         """Run owner-side ``op`` on the record of ``path``, wherever its owner is."""
-        args = args or {}
-        key = key_id(path)
-        last: SectorError | None = None
-        # Right after a crash, lookups may name the dead node until stabilization has
-        # run (a second or two), and after a heal two rings take a few seconds to
-        # merge: keep trying for a while, with the answers pinged, rather than fail a
-        # request whose record is safe on the successors.
-        deadline = time.monotonic() + RETRY_WINDOW
-        attempt = 0
-        while attempt == 0 or time.monotonic() < deadline:
-            attempt += 1
-            try:
-                owner = await self._route(key, fresh=last is not None)
-            except (TransportError, ClusterError) as exc:
-                last = exc  # no route yet (the ring is still healing)
-                await asyncio.sleep(min(0.05 * (1 << attempt), 0.5))
-                continue
-            if owner.id == self.ring.me.id:
-                try:
-                    return await self.local(op, path, args)
-                except Unavailable as exc:
-                    last = exc  # not ours to write yet, or no quorum: wait and re-route
-            else:
-                try:
-                    rep = await self.ring.call(
-                        owner.addr, "meta.op", {"path": path, "op": op, "args": args, "hops": 1}
-                    )
-                except TransportError as exc:
-                    last = exc
-                    self.cache.forget(owner.id)
-                    self.ring.failed(owner)
-                except Unavailable as exc:
-                    last = exc  # the owner could not reach a node it needed, or refused
-                else:
-                    self._learn(rep.get("range"))
-                    return rep.get("result")
-            await asyncio.sleep(min(0.05 * (1 << attempt), 0.5))
-        assert last is not None
-        raise last
-
-    def _mine(self, key: int) -> bool:
-        """The ring says this node owns key, and the member view does not say otherwise."""
-        if not self.ring.responsible_for(key):
-            return False
-        hint = self.ring.owner_hint(key)
-        return hint is None or hint.id == self.ring.me.id
-
-    async def _route(self, key: int, *, fresh: bool = False) -> Peer:
-        """Who should serve key: the one route of reads and writes.
-
-        The ring's owner (range cache, else a lookup; ``fresh`` skips the cache and
-        pings the answer), unless the member view names another live node as owner:
-        then the ring has not converged yet (a join, a crash not yet noticed, two rings
-        after a heal), and the node the members name is asked; it serves, or routes on,
-        or refuses a write, by the same rule.
-        """
-        me = self.ring.me
-        hint = self.ring.owner_hint(key)
-        if self.ring.responsible_for(key):
-            return me if hint is None else hint
-        hit = None if fresh else self.cache.find(key)
-        owner = (
-            Peer(hit[0], hit[1]) if hit is not None else await self.ring.lookup(key, verify=fresh)
-        )
-        if owner.id == me.id and hint is not None:
-            return hint
-        return owner
+        return await self.router.call(path, op, args)
 
     async def get(self, path: str) -> Record | None:
         """The current record of a path (routed; no conversion when this node owns it)."""
-        if self._mine(key_id(path)):
-            r = await self._read(path)
-            if r is None and path == "/":
-                return _root((0, 0, ""))
-            return r
-        obj = await self.call(path, "get")
-        return rec.from_builtins(obj) if obj is not None else None
-
-    def _learn(self, arc: Any) -> None:
-        if isinstance(arc, list) and len(arc) == 3:
-            with contextlib.suppress(ValueError, TypeError):
-                pred = from_hex(arc[0]) if arc[0] else None
-                self.cache.learn(from_hex(arc[1]), str(arc[2]), pred)
-
-    async def _h_op(self, a: dict[str, Any]) -> Any:
-        path = rec.normalize(_str(a, "path"))
-        op = _str(a, "op")
-        args = a.get("args") or {}
-        hops = a.get("hops", 0)
-        if not isinstance(args, dict) or not isinstance(hops, int):
-            raise BadRequest("meta.op: bad arguments")
-        key = key_id(path)
-        if hops < MAX_HOPS and not self._mine(key):
-            peer = await self._route(key)
-            if peer.id != self.ring.me.id:
-                try:
-                    return await self.ring.call(
-                        peer.addr,
-                        "meta.op",
-                        {"path": path, "op": op, "args": args, "hops": hops + 1},
-                    )
-                except TransportError:
-                    self.cache.forget(peer.id)
-                    self.ring.failed(peer)
-                    # fall through: a read is served here (merge rules reconcile); a
-                    # write is refused by ``local`` unless this node may own the key
-        return {"result": await self.local(op, path, args), "range": self._range()}
+        return await self.router.get(path)
 
     # ------------------------------------------------------------------ owner-side ops
 
@@ -490,7 +302,12 @@ class MetaService:
                 del self._overlay[r.path]
                 self._remember(r)
 
-    def _replicator(self, peer: Peer) -> _Batcher:
+    async def _prune_replicators(self, current: set[str]) -> None:
+        """Stop the idle batchers of peers that are no longer our replica peers."""
+        for addr in [a for a, b in self._replicators.items() if a not in current and b.idle]:
+            await self._replicators.pop(addr).stop()
+
+    def _replicator(self, peer: Peer) -> Batcher:
         b = self._replicators.get(peer.addr)
         if b is None:
 
@@ -498,7 +315,7 @@ class MetaService:
                 payload = {"records": [rec.to_builtins(r) for r in records]}
                 await self.ring.call(addr, "meta.replicate", payload, self.rpc_timeout)
 
-            b = self._replicators[peer.addr] = _Batcher(f"meta-replicate {peer.addr}", send)
+            b = self._replicators[peer.addr] = Batcher(f"meta-replicate {peer.addr}", send)
         return b
 
     def _check_quorum(self, durable: int, staged: list[Record]) -> None:
@@ -561,7 +378,7 @@ class MetaService:
     async def _op_get(self, path: str, a: dict[str, Any]) -> Any:
         r = await self._read(path)
         if r is None and path == "/":
-            return rec.to_builtins(_root((0, 0, "")))
+            return rec.to_builtins(root_record((0, 0, "")))
         return rec.to_builtins(r) if r is not None else None
 
     async def _op_put_file(self, path: str, a: dict[str, Any]) -> Any:
@@ -606,7 +423,7 @@ class MetaService:
         async with self._lock(path):
             d = await self._read(path)
             if d is None and path == "/":
-                d = _root(self._tick())
+                d = root_record(self._tick())
             if isinstance(d, FileRecord):
                 raise NotADirectory(f"{path} is a file, not a directory")
             if not isinstance(d, DirRecord):
@@ -709,106 +526,11 @@ class MetaService:
 
     # ------------------------------------------------------------------ handoff
 
-    async def _sync_loop(self) -> None:
-        period = 15.0
-        while True:
-            await wait_event(self._sync_wanted, period)
-            self._sync_wanted.clear()
-            await asyncio.sleep(0.2)  # let a burst of ring changes settle into one sync
-            try:
-                await self.sync()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("metadata sync failed")
-
     async def sync(self) -> None:
-        """Push owned records to replica peers; hand records we do not own to their owner."""
-        self.stats["syncs"] += 1
-        # The scan decodes the whole shard: off the event loop, or a big shard would
-        # stall heartbeats long enough for peers to think this node dead.
-        owned, foreign = await asyncio.to_thread(self._partition)
-        peers = self.ring.replica_peers(self.k)[1:]
-        pred = self.ring.predecessor()
-        layout = (pred.id if pred else None, tuple(p.id for p in peers))
-        full = time.monotonic() - self._full_at > FULL_SYNC_EVERY
-        if layout != self._pushed_layout or full:
-            # Our arc or our replica peers changed: they may lack what we own. (With an
-            # unchanged layout every update already went to them synchronously; the
-            # periodic full push is anti-entropy for whatever that missed, e.g. an
-            # update acknowledged while one replica was cut off.)
-            self._full_at = time.monotonic()
-            for i in range(0, len(owned), BATCH):
-                await self._replicate(owned[i : i + BATCH])
-                self.stats["pushed"] += len(owned[i : i + BATCH])
-            self._pushed_layout = layout
-        current = {p.addr for p in peers}
-        for addr in [a for a, b in self._replicators.items() if a not in current and b.idle]:
-            await self._replicators.pop(addr).stop()
-        foreign.sort(key=lambda x: x[0])
-        groups: dict[str, tuple[Peer, list[Record]]] = {}
-        for k, r in foreign:
-            hit = self.cache.find(k)
-            owner = Peer(hit[0], hit[1]) if hit else await self.ring.lookup(k)
-            if owner.id == self.ring.me.id:
-                continue
-            groups.setdefault(owner.addr, (owner, []))[1].append(r)
-        me = to_hex(self.ring.me.id)
-        for owner, recs in groups.values():
-            for i in range(0, len(recs), BATCH):
-                chunk = recs[i : i + BATCH]
-                try:
-                    rep = await self.ring.call(
-                        owner.addr,
-                        "meta.absorb",
-                        {"records": [rec.to_builtins(r) for r in chunk], "sender": me},
-                        self.rpc_timeout,
-                    )
-                except TransportError:
-                    self.ring.failed(owner)
-                    break
-                except SectorError as exc:
-                    log.warning("handoff to %s failed: %s", owner.addr, exc)
-                    break
-                self.stats["handed_off"] += len(chunk)
-                if isinstance(rep, dict) and rep.get("keep") is False:
-                    # Drop only what did not change meanwhile.
-                    gone = [r.path for r in chunk if self._read_local(r.path) == r]
-                    for p in gone:
-                        self._cache.pop(p, None)
-                    await asyncio.get_running_loop().run_in_executor(
-                        self._io, self.store.delete_many, gone
-                    )
-
-    def _partition(self) -> tuple[list[Record], list[tuple[int, Record]]]:
-        owned: list[Record] = []
-        foreign: list[tuple[int, Record]] = []
-        for r in self.store.all():
-            k = key_id(r.path)
-            if self.ring.responsible_for(k):
-                owned.append(r)
-            else:
-                foreign.append((k, r))
-        return owned, foreign
+        await self.handoff.sync()
 
     async def handoff_all(self, successor: Peer) -> None:
-        """Graceful leave: give every record to the successor that takes our keys over."""
-        batch: list[Record] = []
-        for r in self.store.all():
-            batch.append(r)
-            if len(batch) >= BATCH:
-                await self._absorb_at(successor, batch)
-                batch = []
-        if batch:
-            await self._absorb_at(successor, batch)
-
-    async def _absorb_at(self, peer: Peer, records: Iterable[Record]) -> None:
-        await self.ring.call(
-            peer.addr,
-            "meta.absorb",
-            {"records": [rec.to_builtins(r) for r in records], "sender": to_hex(self.ring.me.id)},
-            self.rpc_timeout,
-        )
+        await self.handoff.handoff_all(successor)
 
     def counts(self, alive: set[str]) -> dict[str, int]:
         """Counts over the records this node owns (so a cluster sum counts each once).

@@ -1,0 +1,172 @@
+"""The one route of metadata requests (``service.py`` rules): who serves a key, and the
+forwarding of ``meta.op`` to it.
+
+The ring's owner serves (range cache, else a lookup), unless the member view names
+another live node as owner: then the ring has not converged (a join, a crash not yet
+noticed, two rings after a heal) and that node is asked; it serves, routes on, or
+refuses a write, by the same rule. A request forwarded ``MAX_HOPS`` times is served
+where it is (a read; a write is refused there unless that node may own the key). An
+entry keeps retrying for ``RETRY_WINDOW`` while the ring heals or converges.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from sector.errors import BadRequest, ClusterError, SectorError, TransportError, Unavailable
+from sector.ids import from_hex, key_id, to_hex
+from sector.meta import records as rec
+from sector.meta.records import Record
+from sector.meta.ring import Ring
+from sector.routing.chord import Peer
+from sector.routing.rangecache import RangeCache
+
+MAX_HOPS = 4
+RETRY_WINDOW = 6.0  # seconds a routed request keeps trying through a crash
+
+
+def root_record(v: rec.Stamp) -> rec.DirRecord:
+    return rec.DirRecord(path="/", v=v)
+
+
+def _str(a: dict[str, Any], name: str) -> str:
+    v = a.get(name)
+    if not isinstance(v, str):
+        raise BadRequest(f"argument {name!r} must be a string")
+    return v
+
+
+class Router:
+    """``local(op, path, args)`` runs an owner-side op here; ``read(path)`` reads the
+    record here (both the service's)."""
+
+    def __init__(
+        self,
+        ring: Ring,
+        cache: RangeCache,
+        *,
+        local: Callable[[str, str, dict[str, Any]], Awaitable[Any]],
+        read: Callable[[str], Awaitable[Record | None]],
+    ) -> None:
+        self.ring = ring
+        self.cache = cache
+        self.local = local
+        self._read = read
+
+    def arc(self) -> list[Any]:
+        pred = self.ring.predecessor()
+        return [to_hex(pred.id) if pred else None, to_hex(self.ring.me.id), self.ring.me.addr]
+
+    async def call(self, path: str, op: str, args: dict[str, Any] | None = None) -> Any:
+        """Run owner-side ``op`` on the record of ``path``, wherever its owner is."""
+        args = args or {}
+        key = key_id(path)
+        last: SectorError | None = None
+        # Right after a crash, lookups may name the dead node until stabilization has
+        # run (a second or two), and after a heal two rings take a few seconds to
+        # merge: keep trying for a while, with the answers pinged, rather than fail a
+        # request whose record is safe on the successors.
+        deadline = time.monotonic() + RETRY_WINDOW
+        attempt = 0
+        while attempt == 0 or time.monotonic() < deadline:
+            attempt += 1
+            try:
+                owner = await self.route(key, fresh=last is not None)
+            except (TransportError, ClusterError) as exc:
+                last = exc  # no route yet (the ring is still healing)
+                await asyncio.sleep(min(0.05 * (1 << attempt), 0.5))
+                continue
+            if owner.id == self.ring.me.id:
+                try:
+                    return await self.local(op, path, args)
+                except Unavailable as exc:
+                    last = exc  # not ours to write yet, or no quorum: wait and re-route
+            else:
+                try:
+                    rep = await self.ring.call(
+                        owner.addr, "meta.op", {"path": path, "op": op, "args": args, "hops": 1}
+                    )
+                except TransportError as exc:
+                    last = exc
+                    self.cache.forget(owner.id)
+                    self.ring.failed(owner)
+                except Unavailable as exc:
+                    last = exc  # the owner could not reach a node it needed, or refused
+                else:
+                    self.learn(rep.get("range"))
+                    return rep.get("result")
+            await asyncio.sleep(min(0.05 * (1 << attempt), 0.5))
+        assert last is not None
+        raise last
+
+    def mine(self, key: int) -> bool:
+        """The ring says this node owns key, and the member view does not say otherwise."""
+        if not self.ring.responsible_for(key):
+            return False
+        hint = self.ring.owner_hint(key)
+        return hint is None or hint.id == self.ring.me.id
+
+    async def route(self, key: int, *, fresh: bool = False) -> Peer:
+        """Who should serve key: the one route of reads and writes.
+
+        The ring's owner (range cache, else a lookup; ``fresh`` skips the cache and
+        pings the answer), unless the member view names another live node as owner:
+        then the ring has not converged yet (a join, a crash not yet noticed, two rings
+        after a heal), and the node the members name is asked; it serves, or routes on,
+        or refuses a write, by the same rule.
+        """
+        me = self.ring.me
+        hint = self.ring.owner_hint(key)
+        if self.ring.responsible_for(key):
+            return me if hint is None else hint
+        hit = None if fresh else self.cache.find(key)
+        owner = (
+            Peer(hit[0], hit[1]) if hit is not None else await self.ring.lookup(key, verify=fresh)
+        )
+        if owner.id == me.id and hint is not None:
+            return hint
+        return owner
+
+    async def get(self, path: str) -> Record | None:
+        """The current record of a path (routed; no conversion when this node owns it)."""
+        if self.mine(key_id(path)):
+            r = await self._read(path)
+            if r is None and path == "/":
+                return root_record((0, 0, ""))
+            return r
+        obj = await self.call(path, "get")
+        return rec.from_builtins(obj) if obj is not None else None
+
+    def learn(self, arc: Any) -> None:
+        if isinstance(arc, list) and len(arc) == 3:
+            with contextlib.suppress(ValueError, TypeError):
+                pred = from_hex(arc[0]) if arc[0] else None
+                self.cache.learn(from_hex(arc[1]), str(arc[2]), pred)
+
+    async def h_op(self, a: dict[str, Any]) -> Any:
+        path = rec.normalize(_str(a, "path"))
+        op = _str(a, "op")
+        args = a.get("args") or {}
+        hops = a.get("hops", 0)
+        if not isinstance(args, dict) or not isinstance(hops, int):
+            raise BadRequest("meta.op: bad arguments")
+        key = key_id(path)
+        if hops < MAX_HOPS and not self.mine(key):
+            peer = await self.route(key)
+            if peer.id != self.ring.me.id:
+                try:
+                    return await self.ring.call(
+                        peer.addr,
+                        "meta.op",
+                        {"path": path, "op": op, "args": args, "hops": hops + 1},
+                    )
+                except TransportError:
+                    self.cache.forget(peer.id)
+                    self.ring.failed(peer)
+                    # fall through: a read is served here (merge rules reconcile); a
+                    # write is refused by ``local`` unless this node may own the key
+        return {"result": await self.local(op, path, args), "range": self.arc()}
