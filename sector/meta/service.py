@@ -12,8 +12,8 @@ Rules:
   happen with no await in between (``_stage``), so concurrent updates compose. The
   staged record sits in an overlay that reads see at once, while a single committer
   writes all staged records in one SQLite transaction (group commit: one fsync for many
-  updates). An update is acknowledged only after its commit and after the replicas
-  answered (or were found dead).
+  updates). An update is acknowledged only after its commit and once a majority of
+  its k copies is durable (the last replica completes in the background).
 - Handoff (``sync``) runs after every ring change and periodically: the owner pushes
   the records it owns to its current replica peers; a record this node does not own is
   pushed to its owner, and dropped here if the owner says this node is not among its
@@ -274,16 +274,18 @@ class MetaService:
     ) -> None:
         """Durable here and on the replica peers before returning.
 
-        The local fsync and the replicas' run concurrently: the guarantee is the same
-        (acknowledged = on disk on every live copy) at half the latency. With
-        ``quorum`` (every owner-side update), fewer than a majority of the k copies
-        durable is an error: the update stays here (merges reconcile it) but is not
-        acknowledged.
+        The local fsync and the replicas' run concurrently. With ``quorum`` (every
+        owner-side update) it returns once a majority of the k copies is durable (the
+        others complete in the background), and fewer is an error: the update stays
+        here (merges reconcile it) but is not acknowledged. Without, it waits for every
+        live copy.
         """
         try:
             if replicate:
+                enough = self._majority() - 1 if quorum else None
                 _, ok = await asyncio.gather(
-                    self._committer.submit(staged), self._replicate(deltas or staged)
+                    self._committer.submit(staged),
+                    self._replicate(deltas or staged, enough=enough),
                 )
                 if quorum:
                     self._check_quorum(1 + ok, staged)
@@ -318,11 +320,18 @@ class MetaService:
             b = self._replicators[peer.addr] = Batcher(f"meta-replicate {peer.addr}", send)
         return b
 
+    def _copies(self) -> int:
+        """How many copies a record should have: k, capped by the number of members."""
+        return max(1, min(self.k, self.ring.voters()))
+
+    def _majority(self) -> int:
+        return self._copies() // 2 + 1
+
     def _check_quorum(self, durable: int, staged: list[Record]) -> None:
         """Raise Unavailable unless ``durable`` copies are a majority of the k copies
         a record should have (k capped by the number of members)."""
-        n = max(1, min(self.k, self.ring.voters()))
-        need = n // 2 + 1
+        n = self._copies()
+        need = self._majority()
         if durable < need:
             what = staged[0].path if len(staged) == 1 else f"{len(staged)} records"
             raise Unavailable(
@@ -332,23 +341,36 @@ class MetaService:
                 need=need,
             )
 
-    async def _replicate(self, records: list[Record]) -> int:
-        """Send records to the replica peers; wait until each has them durably or
-        failed. The number of peers that have them."""
+    async def _replicate(self, records: list[Record], *, enough: int | None = None) -> int:
+        """Send records to the replica peers and wait until each has them durably or
+        failed, or (``enough``) until that many have them: the rest go on in the
+        background. The number of peers known to have them.
+
+        ``enough`` is what an owner-side update needs for its majority: a replica cut
+        off by a partition then costs nothing until its RPC times out, instead of
+        stalling every write on that arc for ``rpc_timeout``.
+        """
         peers = self.ring.replica_peers(self.k)[1:]
         if not peers or not records:
             return 0
-        replies = await asyncio.gather(
-            *(self._replicator(p).submit(records) for p in peers), return_exceptions=True
-        )
+        futs = {self._replicator(p).submit(records): p for p in peers}
         ok = 0
-        for p, rep in zip(peers, replies, strict=True):
-            if isinstance(rep, TransportError):
+
+        def outcome(f: asyncio.Future[None]) -> bool:
+            p = futs[f]
+            exc = f.exception()
+            if isinstance(exc, TransportError):
                 self.ring.failed(p)
-            elif isinstance(rep, BaseException):
-                log.warning("replicating to %s failed: %s", p.addr, rep)
-            else:
-                ok += 1
+            elif exc is not None:
+                log.warning("replicating to %s failed: %s", p.addr, exc)
+            return exc is None
+
+        pending: set[asyncio.Future[None]] = set(futs)
+        while pending and (enough is None or ok < enough):
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            ok += sum(outcome(f) for f in done)
+        for f in pending:
+            f.add_done_callback(outcome)
         return ok
 
     def _tick(self, after: Record | None = None, entry: str | None = None) -> rec.Stamp:
