@@ -564,9 +564,10 @@ class AsyncClient:
         if nid is None:
             return
         with contextlib.suppress(SectorError):
-            await self._call_owner(
-                st["path"], "repair.report", {"path": st["path"], "node_id": nid}
-            )
+            # The blob read: a report about a version the owner has since replaced (a
+            # stale stat, an overwrite racing the read) is then told apart and ignored.
+            args = {"path": st["path"], "node_id": nid, "blob": st.get("blob")}
+            await self._call_owner(st["path"], "repair.report", args)
 
     async def read(self, remote: str, offset: int = 0, length: int | None = None) -> bytes:
         """Bytes of a file (a range of it with offset/length), verified when whole."""

@@ -269,17 +269,35 @@ class RepairWorker:
         # may read, so anyone may report, and a false report must not make the cluster
         # drop good copies. The flag travels with the report to the owner.
         check = a.get("check") is True or not guard.is_node()
-        return await self.report(rec.normalize(path), nid, hops=hops, check=check)
+        blob = a.get("blob")
+        if blob is not None and not isinstance(blob, str):
+            raise BadRequest("repair.report: blob must be a blob id")
+        return await self.report(rec.normalize(path), nid, hops=hops, check=check, blob=blob)
 
     async def report(
-        self, path: str, node_id: str | None = None, *, hops: int = 0, check: bool = False
+        self,
+        path: str,
+        node_id: str | None = None,
+        *,
+        hops: int = 0,
+        check: bool = False,
+        blob: str | None = None,
     ) -> Any:
         key = key_id(path)
         if not self.node.responsible_for(key) and hops < MAX_HOPS:
             owner = await self.node.lookup(key)
             if owner.id != self.node.me.id:
                 args = {"path": path, "node_id": node_id, "hops": hops + 1, "check": check}
+                if blob is not None:
+                    args["blob"] = blob
                 return await self.node.call(owner.addr, "repair.report", args)
+        if node_id and blob is not None:
+            # A bad copy is a copy of one version: a report about a blob the record no
+            # longer names (the reader's stat was stale, or an overwrite or delete raced
+            # the read) says nothing about the current copies on that node.
+            cur = await self.node.fs.get(path)
+            if not isinstance(cur, FileRecord) or cur.blob != blob:
+                return {"queued": False, "owner": self.node.addr, "stale": True}
         if node_id and check and await self._copy_is_good(path, node_id):
             return {"queued": False, "owner": self.node.addr, "health": "ok"}
         reason = f"bad copy on {node_id[:8]}" if node_id else "reported"

@@ -179,7 +179,7 @@ class ScrubWorker:
         paths = await asyncio.to_thread(self.node.inventory.paths, blob)
         for p in paths or ([path] if path else []):
             try:
-                await self.node.repair.report(p, to_hex(self.node.me.id))
+                await self.node.repair.report(p, to_hex(self.node.me.id), blob=blob)
             except SectorError as exc:
                 self.last_error = f"report of corrupt {blob} ({path}) failed: {exc}"
                 log.warning("%s", self.last_error)

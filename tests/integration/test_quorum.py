@@ -107,3 +107,25 @@ def _put_ok(c: sector.Client, src: Path, remote: str) -> bool:
     except Unavailable:
         return False
     return True
+
+
+def test_a_bad_copy_report_about_a_replaced_version_is_ignored(tmp_path: Path) -> None:
+    # A reader whose stat predates an overwrite finds the old blob gone and reports
+    # "missing" copies: that says nothing of the new version's copies on those nodes.
+    # Before the blob travelled with the report, such reports marked all three current
+    # copies bad, and the file sat in the repair queue for ever ("no good copy is up").
+    with ProcCluster(tmp_path / "cl") as cl:
+        cl.start(3)
+        src = tmp_path / "v.bin"
+        with cl.connect() as c:
+            src.write_bytes(b"version one")
+            old = c.put(src, "/r/v.bin")
+            src.write_bytes(b"version two")
+            new = c.put(src, "/r/v.bin")
+            assert old["blob"] != new["blob"]
+            holder = new["replicas"][0]["id"]
+            args = {"path": "/r/v.bin", "node_id": holder}
+            stale = c._run(c._aio._call("repair.report", {**args, "blob": old["blob"]}))
+            assert stale == {"queued": False, "owner": stale["owner"], "stale": True}
+            current = c._run(c._aio._call("repair.report", {**args, "blob": new["blob"]}))
+            assert current.get("stale") is None
