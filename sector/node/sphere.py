@@ -13,6 +13,8 @@ no state that outlives a job except files in ``<data>/sphere/<job>/``:
   records, because commit takes exactly one attempt per segment (the winner), and the
   mapper keeps its parts until the job ends so a lost bucket node can be fed again
   (``sphere.resend``) without re-running the UDF.
+- ``sphere.cancel``: stop an attempt that lost its segment to another (speculation):
+  its engine is killed and replaced (``engines``), its staged output removed.
 - ``sphere.commit``: turn staged output into Sector files (concatenated in segment
   order, then put through the node itself, so the first replica is local -- the data
   waits for the next stage there).
@@ -26,15 +28,12 @@ import asyncio
 import contextlib
 import functools
 import logging
-import multiprocessing
 import os
 import re
 import secrets
 import shutil
-import socket
 import time
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,7 +43,6 @@ import numpy as np
 from sector.aio import gather_all, wait_event
 from sector.errors import (
     BadRequest,
-    ConnectError,
     JobFailed,
     NoSpace,
     NotFound,
@@ -55,6 +53,8 @@ from sector.errors import (
 from sector.ids import to_hex
 from sector.meta import records as rec
 from sector.meta.records import FileRecord
+from sector.node import bulkfile
+from sector.node.engines import EngineDied, EnginePool
 from sector.security import guard
 from sector.sphere import spe
 from sector.sphere.driver import STAGING, staging_owner
@@ -73,14 +73,13 @@ MODES = ("client", "files", "buckets", "none")
 MAX_BUCKETS = 1 << 16
 JOB_TTL = 1800.0  # seconds without a word from its driver before a job is dropped
 REPORT_MAX = 12 << 20  # client-bound output bytes in one poll reply
-RECV_CHUNK = 4 << 20
 
 
 @dataclass(slots=True)
 class Attempt:
     id: int
     seg: int
-    state: str = "running"  # running | done
+    state: str = "running"  # running | done | cancelled
     result: dict[str, Any] | None = None
     task: asyncio.Task[None] | None = None
     parts: dict[int, int] = field(default_factory=dict)  # bucket -> bytes (staged here)
@@ -146,40 +145,6 @@ def _check_range(seg: dict[str, Any], kind: str) -> None:
             raise BadRequest(f"the segment's index must run from 0 up to its length {length}")
 
 
-def _recv_into_file(sock: socket.socket, first: bytes, size: int, path: Path) -> None:
-    buf = bytearray(RECV_CHUNK)
-    view = memoryview(buf)
-    with open(path, "wb") as f:
-        f.write(first)
-        got = len(first)
-        while got < size:
-            try:
-                n = sock.recv_into(view[: min(RECV_CHUNK, size - got)])
-            except OSError as exc:
-                raise ConnectError(f"bucket stream failed: {exc}") from None
-            if n == 0:
-                raise ConnectError("the sender closed the bucket stream early")
-            f.write(view[:n])
-            got += n
-
-
-def _concat(parts: list[Path], out: Path) -> int:
-    """Join files in the kernel (copy_file_range/sendfile), not through Python bytes."""
-    total = 0
-    with open(out, "wb") as o:
-        for p in parts:
-            with open(p, "rb") as i:
-                n = os.fstat(i.fileno()).st_size
-                done = 0
-                while done < n:
-                    k = os.sendfile(o.fileno(), i.fileno(), done, n - done)
-                    if k == 0:
-                        break
-                    done += k
-                total += done
-    return total
-
-
 class SphereService:
     def __init__(self, node: Node) -> None:
         self.node = node
@@ -188,7 +153,7 @@ class SphereService:
         # re-run or failed those attempts (a restarted node answers no polls for them).
         shutil.rmtree(self.root, ignore_errors=True)
         self.engines = node.cfg.engines or os.cpu_count() or 1
-        self._pool: ProcessPoolExecutor | None = None
+        self.pool = EnginePool(self.engines)
         self.jobs: dict[str, JobState] = {}
         self._client: AsyncClient | None = None
         self._fetching: dict[str, asyncio.Future[Path]] = {}
@@ -197,13 +162,14 @@ class SphereService:
         # metadata service's work behind minutes of copying. Its size is the cap on
         # parts received at once; the others wait in their senders' TCP buffers.
         self.io = ThreadPoolExecutor(8, thread_name_prefix="sphere-io")
-        self.stats = {"attempts": 0, "failed": 0, "pushed": 0, "received": 0}
+        self.stats = {"attempts": 0, "failed": 0, "cancelled": 0, "pushed": 0, "received": 0}
 
     def handlers(self) -> dict[str, Any]:
         return {
             "sphere.info": self._h_info,
             "sphere.run": self._h_run,
             "sphere.poll": self._h_poll,
+            "sphere.cancel": self._h_cancel,
             "sphere.resend": self._h_resend,
             "sphere.commit": self._h_commit,
             "sphere.cleanup": self._h_cleanup,
@@ -220,6 +186,7 @@ class SphereService:
             "name": "sphere",
             "state": "busy" if running else "idle",
             "engines": self.engines,
+            "engines_busy": self.pool.busy,
             "jobs": len(self.jobs),
             "running": running,
             **self.stats,
@@ -228,8 +195,7 @@ class SphereService:
     async def stop(self) -> None:
         for j in list(self.jobs.values()):
             self._drop(j)
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+        await self.pool.close()
         self.io.shutdown(wait=False, cancel_futures=True)
         if self._client is not None:
             await self._client.close()
@@ -237,46 +203,7 @@ class SphereService:
     async def _io(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.io, fn, *args)
 
-    async def _recv(self, chan: BulkChannel, size: int, path: Path) -> None:
-        """``size`` raw bytes of a bulk stream into a new file: ``recv_into`` in a
-        thread on plain TCP; on TLS through the transport, each chunk written in a
-        thread while the next is decrypted."""
-        raw = chan.raw_socket()
-        if raw is not None:
-            try:
-                await self._io(_recv_into_file, raw, chan.take_buffered(size), size, path)
-            finally:
-                raw.close()
-            return
-        with open(path, "wb") as f:
-            got = 0
-            writing: Any = None
-            try:
-                while got < size:
-                    chunk = await chan.read_some(min(RECV_CHUNK, size - got))
-                    if not chunk:
-                        raise ConnectError("the sender closed the stream early")
-                    got += len(chunk)
-                    if writing is not None:
-                        await writing
-                    writing = asyncio.ensure_future(self._io(f.write, chunk))
-            finally:
-                if writing is not None:
-                    await writing
-
     # ------------------------------------------------------------------ engines
-
-    def pool(self) -> ProcessPoolExecutor:
-        if self._pool is None:
-            # spawn, not fork: the node has threads (fsync, copy pumps) and a running
-            # loop, and a forked child would inherit their locks mid-flight.
-            self._pool = ProcessPoolExecutor(
-                self.engines,
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=spe.init_engine,
-                initargs=(os.getpid(),),
-            )
-        return self._pool
 
     def _job_state(self, job: str, *, create: bool = False) -> JobState:
         self._expire()
@@ -328,7 +255,15 @@ class SphereService:
     # ------------------------------------------------------------------ handlers
 
     async def _h_info(self, a: dict[str, Any]) -> Any:
-        return {"id": to_hex(self.node.state.me.id), "address": self.node.addr, **self.status()}
+        # host and topology: where the node is, for the driver's scheduler (placement's
+        # distance, so "near" means the same to both)
+        me = {"host": self.node.host, "topology": self.node.cfg.topology}
+        return {
+            "id": to_hex(self.node.state.me.id),
+            "address": self.node.addr,
+            **me,
+            **self.status(),
+        }
 
     async def _h_run(self, a: dict[str, Any]) -> Any:
         guard.compute()
@@ -422,15 +357,13 @@ class SphereService:
         src: dict[str, Any] | None,
         buckets: dict[int, str],
     ) -> None:
-        loop = asyncio.get_running_loop()
         try:
             if src is not None and task["size"] > 0:
                 task["file"] = str(await self._local_copy(src))
-            res = await loop.run_in_executor(self.pool(), spe.run_task, task)
+            res = await self.pool.run(spe.run_task, task)
         except asyncio.CancelledError:
             raise
-        except BrokenProcessPool:
-            self._pool = None
+        except EngineDied:
             res = {
                 "error": "the engine process died (did the UDF exit or crash?)",
                 "retryable": True,
@@ -478,7 +411,7 @@ class SphereService:
                     if head.e is not None:
                         raise from_wire(head.e)
                     size = int(head.r["size"])
-                    await self._recv(chan, size, tmp)
+                    await bulkfile.recv_file(chan, size, tmp, self.io)
                 finally:
                     await chan.close()
                 if isinstance(src["checksum"], str):
@@ -546,7 +479,7 @@ class SphereService:
         dst = recv / f"b{b}.a{attempt}"
         tmp = recv / f".b{b}.a{attempt}.part"
         try:
-            await self._recv(chan, size, tmp)
+            await bulkfile.recv_file(chan, size, tmp, self.io)
         except BaseException:
             # A sender that hung up (or a job dropped meanwhile) leaves no partial part.
             with contextlib.suppress(OSError):
@@ -597,6 +530,23 @@ class SphereService:
             for t in j.attempts.values()
             if t.state == "done" and t.result is not None and not t.result.get("acked")
         ]
+
+    async def _h_cancel(self, a: dict[str, Any]) -> Any:
+        """``{job, attempt}``: the attempt lost its segment; stop it (its engine is killed
+        and replaced, see ``engines``) and discard its staged output. A cancel that
+        overtakes its ``sphere.run`` leaves a mark that refuses the run."""
+        guard.compute()
+        job, aid = _job(a), _int(a, "attempt", 0, 1 << 40)
+        j = self._job_state(job, create=True)
+        t = j.attempts.setdefault(aid, Attempt(aid, -1, state="cancelled"))
+        was, t.state, t.result, t.parts = t.state, "cancelled", None, {}
+        if t.task is not None and not t.task.done():
+            t.task.cancel()
+            await asyncio.wait([t.task])  # the engine is killed when this returns
+        if was != "cancelled":
+            self.stats["cancelled"] += 1
+            await self._io(shutil.rmtree, j.dir / f"a{aid}", True)
+        return {"cancelled": was == "running"}
 
     async def _h_resend(self, a: dict[str, Any]) -> Any:
         """``{job, attempt, buckets: {b: addr}}``: push parts of a finished attempt again
@@ -674,7 +624,7 @@ class SphereService:
                     out = parts[0]  # sealed as it is (a link, no copy)
                 else:
                     out = commit / f"f{i}"
-                    await self._io(_concat, parts, out)
+                    await self._io(bulkfile.concat, parts, out)
                 return await self._store(out, path, rf, durable)
 
         # Every item ends before the reply, even when one fails: a commit still running
@@ -694,11 +644,9 @@ class SphereService:
             "node": to_hex(self.node.state.me.id),
             "out": str(out),
         }
-        loop = asyncio.get_running_loop()
         try:
-            res = await loop.run_in_executor(self.pool(), spe.run_reduce, task)
-        except BrokenProcessPool:
-            self._pool = None
+            res = await self.pool.run(spe.run_reduce, task)
+        except EngineDied:
             raise JobFailed(
                 f"bucket {bucket}: the engine process died in the reduce "
                 "(did the UDF exit or crash?)"

@@ -66,6 +66,7 @@ OPS: dict[str, str] = {
     "sphere.info": "any",
     "sphere.run": "any",
     "sphere.poll": "any",
+    "sphere.cancel": "any",
     "sphere.resend": "any",
     "sphere.commit": "any",
     "sphere.cleanup": "any",

@@ -55,7 +55,7 @@ class AsyncSphere:
 
     async def engines(self) -> dict[str, int]:
         """Processing engines per live node, by address."""
-        found, _topo = await cluster_engines(self._c)
+        found, _places = await cluster_engines(self._c)
         return {addr: k for addr, k in found.values()}
 
 

@@ -10,7 +10,9 @@ How a stage runs:
 1. Resolve the input to files with their replica holders; cut segments (``segments``).
 2. Ask every live node how many engines it has; the pure ``Scheduler`` decides which
    segment attempt runs where (locality, pull, retries, speculation); the driver sends
-   ``sphere.run`` and collects outcomes with one long poll per node.
+   ``sphere.run`` and collects outcomes with one long poll per node. It sleeps until an
+   outcome or the scheduler's next deadline (``wake_at``), never on a tick, and sends
+   ``sphere.cancel`` for every attempt the scheduler cancels (a backup's loser).
 3. A node that stops answering is lost: its running attempts are re-run elsewhere, and
    if it held buckets they move to other nodes and are fed again -- from the mappers'
    kept parts (``sphere.resend``), or by re-running segments whose mapper died too.
@@ -26,10 +28,7 @@ import contextlib
 import fnmatch
 import hashlib
 import logging
-import os
 import secrets
-import sys
-import sysconfig
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -50,8 +49,10 @@ from sector.errors import (
     UsageError,
 )
 from sector.meta import records as rec
-from sector.sphere.schedule import Scheduler, Start, Work
+from sector.sphere.schedule import Cancel, Scheduler, Start, Work, topology_distance
 from sector.sphere.segments import InputFile, Segment, check_index, plan_segments, task_segments
+from sector.sphere.udf import pickle_udf
+from sector.storage.placement import Candidate
 
 if TYPE_CHECKING:
     from sector.client.aio import AsyncClient
@@ -72,20 +73,11 @@ SPEC_MIN = 5.0  # seconds a segment runs before a backup of it is considered
 MAX_ROUNDS = 5  # commit rounds (each may re-run segments whose output was lost)
 
 
-def _installed(mod: Any) -> bool:
-    """Is the module importable on the nodes as it is (stdlib or site-packages)?"""
-    f = getattr(mod, "__file__", None)
-    if f is None:
-        return True  # builtin
-    f = os.path.realpath(f)
-    roots = {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
-    return any(f.startswith(os.path.realpath(r) + os.sep) for r in roots) or "-packages" in f
-
-
 async def cluster_engines(
     c: AsyncClient,
-) -> tuple[dict[str, tuple[str, int]], dict[str, str]]:
-    """Live nodes that run engines: ``{node id: (address, engines)}``, and topologies.
+) -> tuple[dict[str, tuple[str, int]], dict[str, Candidate]]:
+    """Live nodes that run engines: ``{node id: (address, engines)}``, and where each
+    is (host and topology, as placement sees nodes).
 
     From the entry node's member view (one cheap ping), then ``sphere.info`` of each
     node in parallel -- not ``status``, which walks every node's records.
@@ -94,38 +86,17 @@ async def cluster_engines(
     topo = info.get("topology") or {}
     alive = [(str(i), str(a)) for i, a in info.get("ring", []) if str(i) in topo]
     out: dict[str, tuple[str, int]] = {}
+    places: dict[str, Candidate] = {}
 
     async def one(nid: str, addr: str) -> None:
         with contextlib.suppress(SectorError):
             r = await c.pool.call(addr, "sphere.info", {}, timeout=5)
             out[nid] = (addr, max(1, int(r.get("engines", 1))))
+            where = str(r.get("topology", topo.get(nid)) or "")
+            places[nid] = Candidate(nid, addr, str(r.get("host") or ""), where, 0)
 
     await asyncio.gather(*(one(n, a) for n, a in alive))
-    return out, {str(k): str(v or "") for k, v in topo.items()}
-
-
-def pickle_udf(fn: Callable[..., Any], param: Any) -> bytes:
-    """cloudpickle the UDF with its parameter. A UDF from the user's own module (a
-    script, a test file) is pickled *by value*: the nodes cannot import that module."""
-    if not callable(fn):
-        raise UsageError(f"the UDF must be a function, not {type(fn).__name__}")
-    name = getattr(fn, "__module__", None) or "__main__"
-    mod = sys.modules.get(name)
-    by_value = (
-        mod is not None
-        and name != "__main__"
-        and not name.startswith("sector.")
-        and not _installed(mod)
-    )
-    if by_value:
-        cloudpickle.register_pickle_by_value(mod)
-    try:
-        return bytes(cloudpickle.dumps((fn, param)))
-    except Exception as exc:
-        raise UsageError(f"cannot pickle the UDF or its parameter: {exc}") from None
-    finally:
-        if by_value:
-            cloudpickle.unregister_pickle_by_value(mod)
+    return out, places
 
 
 class AsyncJob:
@@ -183,6 +154,8 @@ class AsyncJob:
         self._idx: dict[str, np.ndarray] = {}
         self._tb: str | None = None
         self._failed: BaseException | None = None
+        self._wake = asyncio.Event()  # the run loop's alarm: news for the scheduler
+        self._cancelling: set[asyncio.Future[None]] = set()  # sphere.cancel calls
         # seg -> (attempt, its commit started as soon as it won; files mode)
         self._early: dict[int, tuple[int, asyncio.Future[list[dict[str, Any]] | None]]] = {}
 
@@ -299,6 +272,8 @@ class AsyncJob:
         for _att, fut in self._early.values():
             with contextlib.suppress(BaseException):
                 await fut
+        with contextlib.suppress(BaseException):
+            await asyncio.gather(*self._cancelling)
 
         async def one(nid: str) -> None:
             with contextlib.suppress(SectorError, OSError):
@@ -325,7 +300,7 @@ class AsyncJob:
             output = o["output"] = rec.normalize(output)
             if await self.c.exists(output):
                 raise AlreadyExists(f"output {output} already exists (remove it or pick another)")
-        found, topo = await cluster_engines(self.c)
+        found, places = await cluster_engines(self.c)
         self.addr.update({nid: a for nid, (a, _k) in found.items()})
         engines = {nid: k for nid, (_a, k) in found.items()}
         if not engines:
@@ -348,25 +323,13 @@ class AsyncJob:
         nodes = sorted(engines)
         start = int(self.id[:8], 16) % len(nodes)
         self.bucket_node = {b: nodes[(start + b) % len(nodes)] for b in range(nb)}
-
-        def distance(a: str, b: str) -> int:
-            if a == b:
-                return 0
-            ta, tb = topo.get(a, "").split("/"), topo.get(b, "").split("/")
-            common = 0
-            for x, y in zip(ta[1:], tb[1:], strict=False):
-                if x != y or not x:
-                    break
-                common += 1
-            return 1 + max(len(ta), len(tb)) - 1 - common
-
         work = [
             Work(s.id, tuple(h for h in s.holders if h in engines), s.length) for s in self.segments
         ]
         self.sched = Scheduler(
             work,
             engines,
-            distance=distance,
+            distance=topology_distance(places),
             max_attempts=o.get("max_attempts", 4),
             speculate=o.get("speculate", True),
             # A backup of a segment that takes seconds cannot win much, and on busy
@@ -439,9 +402,11 @@ class AsyncJob:
     async def _run_all(self) -> None:
         assert self.sched is not None
         pollers: dict[str, asyncio.Task[None]] = {}
-        self._wake = asyncio.Event()
         try:
             while True:
+                # Cleared before the state is read: whatever changes it from here on
+                # sets the event, and the wait below returns at once.
+                self._wake.clear()
                 now = time.monotonic()
                 if self._failed is not None:
                     raise JobFailed(f"job {self.id} failed: {self.error}")
@@ -457,8 +422,14 @@ class AsyncJob:
                 for nid in {s.node for s in self.running.values()}:
                     if nid not in pollers or pollers[nid].done():
                         pollers[nid] = asyncio.create_task(self._poll(nid))
-                self._wake.clear()
-                await wait_event(self._wake, 0.5)
+                # No tick: asleep until an event (a poll's news, a lost node) or the
+                # scheduler's next deadline (a straggler to back up). The margin: a
+                # timer may fire a hair early, and schedule() would find nothing yet.
+                at = self.sched.wake_at(time.monotonic())
+                if at is None:
+                    await self._wake.wait()
+                else:
+                    await wait_event(self._wake, at - time.monotonic() + 0.001)
         finally:
             for t in pollers.values():
                 t.cancel()
@@ -511,6 +482,7 @@ class AsyncJob:
         except TransportError as exc:
             self.running.pop(s.attempt, None)
             self.sched.failed(s.attempt, time.monotonic(), f"{self.addr[s.node]}: {exc}")
+            self._wake.set()
             await self._node_lost(s.node)
         except (PermissionDenied, CredentialError) as exc:
             # Another node would say the same: fail now, not after every retry.
@@ -523,6 +495,7 @@ class AsyncJob:
             self.sched.failed(
                 s.attempt, time.monotonic(), f"{self.addr[s.node]}: {exc}", retryable=True
             )
+            self._wake.set()
 
     async def _poll(self, nid: str) -> None:
         """Long-poll one node while it runs attempts of this job."""
@@ -564,6 +537,7 @@ class AsyncJob:
                 continue
             misses = 0
             ack = []
+            news = bool(rep.get("done"))
             for r in rep.get("done", []):
                 if not isinstance(r, dict) or not isinstance(r.get("attempt"), int):
                     continue
@@ -578,7 +552,9 @@ class AsyncJob:
                     # The node does not know the attempt: it restarted and lost it.
                     self.running.pop(att, None)
                     self.sched.failed(att, time.monotonic(), f"{addr} forgot the attempt")
-            self._wake.set()
+                    news = True
+            if news:
+                self._wake.set()  # an empty reply is no news: the driver sleeps on
             if not ack and not any(s.node == nid for s in self.running.values()):
                 return
 
@@ -600,7 +576,9 @@ class AsyncJob:
                 retryable=bool(r.get("retryable", True)),
             )
             return
-        won, _cancels = self.sched.succeeded(att, now)
+        won, cancels = self.sched.succeeded(att, now)
+        for c in cancels:
+            self._cancel(c)
         if not won:
             return
         self.winners[s.seg] = (att, nid, r)
@@ -625,6 +603,21 @@ class AsyncJob:
                         continue
                     await self._node_lost(holder)
 
+    def _cancel(self, c: Cancel) -> None:
+        """Stop an attempt that lost its segment: its engine is free now, not when its
+        UDF ends. In the background (the poll that brought the winner goes on); a node
+        that cannot be told is no worse off: the job's cleanup ends the attempt there."""
+        self.running.pop(c.attempt, None)
+
+        async def tell() -> None:
+            args = {"job": self.id, "attempt": c.attempt}
+            with contextlib.suppress(SectorError, OSError):
+                await self.c.pool.call(self.addr[c.node], "sphere.cancel", args, timeout=10)
+
+        t = asyncio.ensure_future(tell())
+        self._cancelling.add(t)
+        t.add_done_callback(self._cancelling.discard)
+
     async def _node_lost(self, nid: str) -> None:
         assert self.sched is not None
         if nid in self.lost:
@@ -634,6 +627,7 @@ class AsyncJob:
             if s.node == nid:
                 self.running.pop(att, None)
         self.sched.node_lost(nid, time.monotonic())
+        self._wake.set()
         # Buckets it held move to the survivors; their parts are fed again below.
         moved = [b for b, n in self.bucket_node.items() if n == nid]
         live = sorted(n for n in self.addr if n not in self.lost)

@@ -17,7 +17,9 @@ Rules (Gu & Grossman, "Sector and Sphere", 2009, §3; the original's
    filled together as a bipartite matching, not first come first served (see
    ``_match_local``).
 2. Data moves only when it must. A slot with nothing local takes the nearest pending
-   segment (``distance`` to its closest holder) only if every usable holder is busy or
+   segment (``distance`` to its closest holder; the driver passes
+   ``topology_distance``, placement's own measure, so "near" means one thing to where
+   copies go and to where segments run) only if every usable holder is busy or
    it has none (all gone or excluded). With ``remote_wait`` > 0 such a segment must also
    have been pending that long (delay scheduling: a holder is likely to free up, and
    reading locally is cheaper than moving data). All local work is placed, across all
@@ -54,7 +56,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Cancel", "Scheduler", "Start", "Work"]
+from sector.storage.placement import Candidate, topo_distance
+
+__all__ = ["Cancel", "Scheduler", "Start", "Work", "topology_distance"]
 
 # How many (now, what, detail) entries the debugging log keeps.
 LOG_LEN = 512
@@ -82,7 +86,8 @@ class Start:
 
 @dataclass(frozen=True, slots=True)
 class Cancel:
-    """Instruction: the segment was won elsewhere; this attempt is moot."""
+    """Instruction: the segment was won elsewhere; this attempt is moot (the driver
+    sends ``sphere.cancel``: the node kills the engine running it)."""
 
     attempt: int
     node: str
@@ -107,6 +112,17 @@ def _rotated(pool: dict[int, None], rng: random.Random) -> list[int]:
 
 def _same_or_not(a: str, b: str) -> int:
     return 0 if a == b else 1
+
+
+def topology_distance(places: Mapping[str, Candidate]) -> Callable[[str, str], int]:
+    """A ``distance`` for the scheduler: placement's ``topo_distance`` of the nodes as
+    ``places`` describes them (host and topology path). A node missing from it is of
+    unknown topology on a host of its own: FAR from every other node."""
+
+    def where(n: str) -> Candidate:
+        return places.get(n) or Candidate(node_id=n, addr="", host="", topology="", free=0)
+
+    return lambda a, b: topo_distance(where(a), where(b))
 
 
 class Scheduler:

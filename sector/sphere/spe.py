@@ -9,8 +9,10 @@ Why processes, not threads: UDFs are Python and would hold the GIL; why the file
 a pipe: a segment is up to 256 MB and the kernel's page cache already has it.
 
 A UDF that raises is caught here and reported with its traceback (the job fails with
-it, the worker lives on). A UDF that kills its process breaks the pool; the node makes
-a new one and the attempt counts as failed (retried elsewhere, up to the job's limit).
+it, the worker lives on). A UDF that kills its process ends only that engine; the node
+starts another in its place and the attempt counts as failed (retried elsewhere, up to
+the job's limit). An attempt the driver cancels is stopped the same way: the node kills
+the engine running it (``sector.node.engines``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +70,29 @@ def init_engine(parent: int) -> None:
                 os._exit(0)
 
     threading.Thread(target=watch, name="engine-watchdog", daemon=True).start()
+
+
+def serve(conn: Connection, parent: int) -> None:
+    """An engine's life (the target of its process; ``sector.node.engines`` starts it):
+    take ``(function, task)`` from the node, send back what the function returns, one
+    at a time, until the node closes the pipe or kills this process. ``run_task`` and
+    ``run_reduce`` never raise; anything else that goes wrong is still an answer."""
+    init_engine(parent)
+    while True:
+        try:
+            fn, task = conn.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            res = fn(task)
+        except Exception as exc:  # a bug of ours: an answer, and the engine lives on
+            res = {"error": f"engine: {type(exc).__name__}: {exc}", "retryable": True}
+        try:
+            conn.send(res)
+        except (EOFError, OSError):
+            return
+        except Exception as exc:  # an answer that does not pickle
+            conn.send({"error": f"engine: cannot send the result: {exc}", "retryable": True})
 
 
 def _write(path: Path, data: bytes | memoryview) -> int:

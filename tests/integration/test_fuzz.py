@@ -66,6 +66,7 @@ OPS = [
     *("node.gossip", "node.info", "node.ping"),
     *("repair.report", "repair.audit", "scrub.now", "gc.now"),
     *("sphere.info", "sphere.run", "sphere.poll", "sphere.resend", "sphere.commit"),
+    *("sphere.cancel",),
     *("sphere.cleanup", "sphere.push"),
     *("auth.hello", "sec.policy", "sec.policy_put"),
     *("", "no.such.op", "fs.", "blob.put\x00", "fs.stat "),
