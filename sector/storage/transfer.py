@@ -167,7 +167,7 @@ class BlobService:
         path: str = "",
         new: bool = False,
     ) -> BulkChannel | None:
-        for i, (_nid, addr) in enumerate(chain):
+        for i, (nid, addr) in enumerate(chain):
             args = {
                 "blob": blob,
                 "size": size,
@@ -180,6 +180,7 @@ class BlobService:
                 return await self.node.pool.open_bulk(addr, "blob.put", args)
             except TransportError as exc:
                 log.warning("chain write of %s: %s unreachable (%s), skipping it", blob, addr, exc)
+                self.node.members.suspect(nid)
         return None
 
     def _check_write(self, a: dict[str, Any], blob: str, path: str) -> bool:
@@ -291,7 +292,7 @@ class BlobService:
             return mine
 
         async def forward() -> tuple[list[list[str]], Any]:
-            for i, (_nid, addr) in enumerate(chain):
+            for i, (nid, addr) in enumerate(chain):
                 args = {
                     "blob": blob,
                     "data": data,
@@ -304,6 +305,10 @@ class BlobService:
                     rep = await self.node.pool.call(addr, "blob.put_small", args)
                 except SectorError as exc:
                     log.warning("chain write of %s: %s failed (%s), skipping it", blob, addr, exc)
+                    if isinstance(exc, TransportError):
+                        # Down until its next heartbeat proves otherwise: placement stops
+                        # choosing it now, not after gossip's dead_after (a partition).
+                        self.node.members.suspect(nid)
                     continue
                 if not isinstance(rep, dict):
                     return [], None
