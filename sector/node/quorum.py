@@ -44,6 +44,7 @@ class Quorum:
         self.responsible_for = responsible_for
         self.data = data
         self._saved: list[tuple[str, str, str]] = []
+        self._down: set[str] = set()
 
     # ------------------------------------------------------------------ ownership
 
@@ -87,6 +88,21 @@ class Quorum:
         if succ is not None and succ.id != self.state.successor.id:
             return False
         return self.state.predecessor is not None or self.state.successor.id == me.id
+
+    def newly_down(self) -> list[str]:
+        """Addresses of members that turned down since the last call. The node drops
+        its pooled connections to them: a call in flight into a black hole (a partition
+        drops packets, it does not close connections) then fails now, not at its
+        timeout, and the next is routed elsewhere."""
+        now = time.monotonic()
+        down = {
+            m.addr
+            for m in self.members.voters()
+            if m.id != self.members.me_id and self.members.state_of(m, now) == "down"
+        }
+        new = sorted(down - self._down)
+        self._down = down
+        return new
 
     def probe_targets(self) -> list[Peer]:
         """Members the ring's merge probe may look through (all but those that left)."""

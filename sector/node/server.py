@@ -25,8 +25,6 @@ import logging
 import os
 import random
 import time
-import uuid
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -46,6 +44,7 @@ from sector.meta.service import MetaService
 from sector.meta.store import MetaStore
 from sector.node.fs import FsService
 from sector.node.gc import GcWorker
+from sector.node.identity import load_uuid, next_incarnation
 from sector.node.members import Member, Members, members_from_wire
 from sector.node.quorum import Quorum
 from sector.node.repair import RepairWorker
@@ -82,34 +81,6 @@ def host_identity(addr: str, explicit: str | None) -> str:
         if host == "localhost":
             return addr
     return host
-
-
-def next_incarnation(data: Path) -> int:
-    """A counter bumped at every start: what makes a restarted node's gossip win."""
-    p = data / "incarnation"
-    try:
-        n = int(p.read_text().strip())
-    except (OSError, ValueError):
-        n = 0
-    n += 1
-    tmp = p.with_suffix(".tmp")
-    tmp.write_text(f"{n}\n")
-    os.replace(tmp, p)
-    return n
-
-
-def load_uuid(data: Path) -> str:
-    p = data / "node.uuid"
-    try:
-        u = p.read_text().strip()
-        uuid.UUID(u)
-        return u
-    except (OSError, ValueError):
-        u = str(uuid.uuid4())
-        tmp = p.with_suffix(".tmp")
-        tmp.write_text(u + "\n")
-        os.replace(tmp, p)
-        return u
 
 
 class Node:
@@ -400,9 +371,11 @@ class Node:
                 raise
             except Exception:
                 log.exception("gossip round failed")
-            # Checked every round (a set comparison): a member turning down starts a
-            # repair scan within one gossip interval of the table saying so.
+            # Every round: a member turning down starts a repair scan, and its pooled
+            # connection goes (calls in flight to it fail now, not at their timeout).
             self.repair.members_changed()
+            for addr in self.quorum.newly_down():
+                self.pool.forget(addr)
 
     async def _gossip_round(self) -> None:
         now = time.monotonic()
