@@ -450,7 +450,12 @@ class RepairWorker:
             drop = []
         for nid, addr in drop:
             try:
-                await node.call(addr, "blob.delete", {"blobs": [r.blob]}, timeout=10.0)
+                # With the path: a holder spares a blob another path still claims (a
+                # rename cut short, by a crash or a partition, leaves two records on one
+                # blob, each repaired on its own; one's trim must not take the other's
+                # copy). The collector settles such a blob later, asking every path.
+                args = {"blobs": [r.blob], "path": e.path}
+                await node.call(addr, "blob.delete", args, timeout=10.0)
                 self.counters["trimmed"] += 1
             except SectorError as exc:
                 log.info("trim of %s on %s failed (an orphan now): %s", r.blob, nid[:8], exc)

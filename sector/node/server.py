@@ -412,7 +412,8 @@ class Node:
                 self.members.suspect(m.id)
             return
         try:
-            self.members.merge(members_from_wire(rep), time.monotonic())
+            if self.members.merge(members_from_wire(rep), time.monotonic()):
+                self.quorum.save()  # a new member (or address) is saved at once
         except ValueError as exc:
             log.warning("bad gossip reply from %s: %s", addr, exc)
 
@@ -421,7 +422,8 @@ class Node:
             entries = members_from_wire(a.get("entries"))
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
-        self.members.merge(entries, time.monotonic())
+        if self.members.merge(entries, time.monotonic()):
+            self.quorum.save()
         return msgspec.to_builtins(self.members.entries())
 
     def member_view(self) -> list[dict[str, Any]]:

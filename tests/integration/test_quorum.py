@@ -36,12 +36,27 @@ def test_a_node_cut_off_from_the_majority_refuses_writes_and_serves_reads(
             c.put(src, "/q/a.bin")
         survivor = cl.nodes[2]
 
-        def sees_all() -> bool:
-            with sector.connect(survivor.address) as c:
-                return sum(n["state"] == "up" for n in c.status()["nodes"]) == 3
+        def all_see_all() -> bool:
+            for addr in cl.addresses():
+                with sector.connect(addr) as c:
+                    if sum(n["state"] == "up" for n in c.status()["nodes"]) != 3:
+                        return False
+            return True
 
-        # The survivor must know the whole roll first (gossip), or it would count 1 of 2.
-        wait_for(sees_all, 30, what="the survivor to see 3 members up")
+        # Every node must know the whole roll first (gossip): the survivor would count
+        # 1 of 2, and a restarted node that knew only the dead bootstrap could not
+        # find its way back.
+        wait_for(all_see_all, 30, what="every node to see 3 members up")
+
+        def survivor_holds_the_records() -> bool:
+            # An update is acknowledged on a majority of its 3 copies; the third follows
+            # in the background. This test's minority must hold all three.
+            with sector.connect(survivor.address) as c:
+                args = {"paths": ["/q", "/q/a.bin"]}
+                got = c._run(c._aio.pool.call(survivor.address, "meta.fetch", args))
+            return len(got) == 2 and all("a.bin" in str(r) for r in got)
+
+        wait_for(survivor_holds_the_records, 30, what="the survivor to hold /q and /q/a.bin")
         cl.kill(cl.nodes[0])
         cl.kill(cl.nodes[1])
         # Once it sees the others down, the survivor is a minority of 1 in 3.
