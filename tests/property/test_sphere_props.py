@@ -73,7 +73,9 @@ def test_segments_cover_each_file_once_in_order(
         if records == "file":
             assert [(s.offset, s.length) for s in mine] == [(0, f.size)]
             continue
-        if f.size == 0:
+        # An empty file has no records, except with an index of empty records (N + 1
+        # zeros): those are records, and the idx rules below cover them like any other.
+        if f.size == 0 and not (records == "idx" and f.index is not None and len(f.index) > 1):
             assert mine == []
             continue
         # Contiguous, in order, covering [0, size): every byte exactly once.
