@@ -41,8 +41,9 @@ Applications", SIGCOMM 2001; section numbers refer to that paper):
    saw down); an answer between it and its successor is a successor it did not know
    (``on_merge_probe``). Repeated on every node, this joins the rings again.
 
-The driver (``driver.py``) or a simulator (``sector.testing.chordsim``) performs the
-remote calls and feeds their outcomes back through these methods; nothing here awaits.
+Which remote calls a step makes, and in what order, is ``steps.py`` (also pure); the
+driver (``driver.py``) and the simulator (``sector.testing.chordsim``) both execute
+those steps and feed the outcomes back through these methods; nothing here awaits.
 """
 
 from __future__ import annotations

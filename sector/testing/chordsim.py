@@ -8,30 +8,45 @@ a call to a crashed node does) until ``heal``. Everything random comes from one
 ``random.Random(seed)``, and nodes act in rounds on a virtual clock, so a failing seed
 replays exactly.
 
-The node behaviour here mirrors ``sector.routing.driver.ChordDriver`` step for step
-(stabilize, notify, fix one finger, check the predecessor, the merge probe, iterative
-lookup with failure exclusion, graceful leave), minus the awaits. Keep the two in
-step. The merge probe (rule 8 of ``chord.py``, ``merge_probe``) looks successor(me + 1)
-up through a random member ever known, reachable or not, every ``merge_every`` rounds
-(default 4: 2 s, the driver's ``merge_interval``); it is what joins the rings a healed
-partition leaves behind, and it also repairs a side that the partition broke into
-several rings (``tests/sim/test_chord_partition.py``).
+Node behaviour is not written here: every node runs the step objects of
+``sector.routing.steps`` (stabilize, join, fix a finger, check the predecessor, the
+merge probe, lookups, graceful leave), the very objects ``ChordDriver`` runs over RPC.
+``execute`` is this simulator's executor: it delivers each call a step makes to the
+target's state (``serve`` of ``sector.routing.messages``, typed, no wire encoding) or
+fails it with ConnectError. What the simulation exercises is thus the production
+sequencing; only the pacing is the simulator's own (``round``). The merge probe (rule 8
+of ``chord.py``) looks successor(me + 1) up through a random member ever known,
+reachable or not, every ``merge_every`` rounds (default 4: 2 s, the driver's
+``merge_interval``); it is what joins the rings a healed partition leaves behind, and it
+also repairs a side that the partition broke into several rings
+(``tests/sim/test_chord_partition.py``).
 """
 
 from __future__ import annotations
 
 import bisect
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
 
-from sector.errors import ConnectError
-from sector.ids import BITS, MASK, distance, finger_start
+from sector.errors import ClusterError, ConnectError
+from sector.ids import BITS, MASK, finger_start
 from sector.routing.chord import ChordState, Peer
 from sector.routing.lookup import Lookup
+from sector.routing.steps import (
+    CheckPredecessor,
+    FixFinger,
+    Join,
+    Leave,
+    MergeProbe,
+    RunLookup,
+    Stabilize,
+    Step,
+)
 
 __all__ = ["ChordSim"]
 
-PROBE_TRIES = 3  # as ChordDriver.merge_probe_once: members tried until one answers
+T = TypeVar("T")
 
 
 class ChordSim:
@@ -65,26 +80,38 @@ class ChordSim:
         self.merge_every = merge_every
         self.now = 0.0
         self.rounds = 0
+        self.calls = 0  # remote calls the steps made (answered or failed)
         self.nodes: dict[int, ChordState] = {}  # live nodes only
+        self._by_addr: dict[str, ChordState] = {}  # the same, by address: the network
         self._sorted: list[int] = []  # live ids, ascending: the oracle of the true ring
-        self._bootstrap: dict[int, int] = {}  # node -> the node it joined through
-        # Every id ever in the cluster, dead or alive, in order of arrival: the "known
+        self._bootstrap: dict[int, str] = {}  # node -> address of the node it joined through
+        # Every peer ever in the cluster, dead or alive, in order of arrival: the "known
         # members" a merge probe picks its first hop from.
-        self._members: list[int] = []
+        self._members: list[Peer] = []
         self._member_set: set[int] = set()
         # While partitioned: node id -> group index. Ids not listed (nodes not named in
         # partition()) are in group self._rest. Empty: no partition.
         self._group: dict[int, int] = {}
         self._rest = 0
+        # safe_to_remove's index: which live nodes list each id as a successor, and the
+        # live nodes that have no live successor at all. Kept lazily: whatever may have
+        # changed a node's list, or the liveness of an entry in it, marks it stale
+        # (execute: the caller and every receiver of a message that ``mutates``; a node
+        # added or removed: it and the nodes that list it), and the next check re-reads
+        # only the stale ones. O(r) a check instead of O(N), which 100,000 nodes need.
+        self._listed_by: dict[int, set[int]] = {}
+        self._indexed: dict[int, tuple[int, ...]] = {}
+        self._orphans: set[int] = set()
+        self._stale: set[int] = set()
 
     # -- the simulated network -------------------------------------------------------
 
-    def rpc(self, caller: int, peer: Peer) -> ChordState:
-        """The state of peer as seen by caller; ConnectError if peer crashed or left,
-        or a partition separates the two."""
-        st = self.nodes.get(peer.id)
-        if st is None or not self._same_side(caller, peer.id):
-            raise ConnectError(f"{peer} is unreachable", node=peer.addr)
+    def rpc(self, caller: int, addr: str) -> ChordState:
+        """The state of the node at addr as seen by caller; ConnectError, as the RPC
+        pool raises it, if that node crashed or left or a partition separates the two."""
+        st = self._by_addr.get(addr)
+        if st is None or not self._same_side(caller, st.me.id):
+            raise ConnectError(f"{addr} is unreachable", node=addr)
         return st
 
     def alive(self, peer_id: int) -> bool:
@@ -123,8 +150,9 @@ class ChordSim:
     def new_peer(self) -> Peer:
         while True:
             pid = self.rng.getrandbits(BITS)
-            if pid not in self.nodes:
-                return Peer(pid, f"sim-{pid:040x}"[:16])
+            addr = f"sim-{pid:040x}"[:16]
+            if pid not in self.nodes and addr not in self._by_addr:
+                return Peer(pid, addr)
 
     # -- oracle ----------------------------------------------------------------------
 
@@ -155,134 +183,87 @@ class ChordSim:
         pred = ids[(j - 1) % n] if n > 1 else None
         return pred, succ
 
-    def _add(self, st: ChordState) -> None:
+    def _add(self, st: ChordState, *, sort: bool = True) -> None:
+        if st.me.addr in self._by_addr:
+            raise ValueError(f"address {st.me.addr} is taken")
         self.nodes[st.me.id] = st
-        bisect.insort(self._sorted, st.me.id)
+        self._stale.add(st.me.id)
+        self._stale |= self._listed_by.get(st.me.id, frozenset())
+        self._by_addr[st.me.addr] = st
+        if sort:
+            bisect.insort(self._sorted, st.me.id)
+        else:
+            self._sorted.append(st.me.id)  # the caller sorts once at the end
         if st.me.id not in self._member_set:
             self._member_set.add(st.me.id)
-            self._members.append(st.me.id)
+            self._members.append(st.me)
 
     def _remove(self, node_id: int) -> None:
-        del self.nodes[node_id]
+        st = self.nodes.pop(node_id)
+        self._stale.add(node_id)
+        self._stale |= self._listed_by.get(node_id, frozenset())
+        del self._by_addr[st.me.addr]
         self._bootstrap.pop(node_id, None)
         del self._sorted[bisect.bisect_left(self._sorted, node_id)]
 
-    # -- node behaviour (mirrors ChordDriver) -----------------------------------------
+    # -- node behaviour: the driver's steps, executed on the simulated network ----------
+
+    def execute(self, caller: int, step: Step[T]) -> T | None:
+        """Run step for the node caller until done, as ``ChordDriver._execute`` does
+        over RPC; its result. A call to a node that crashed, left or is across a
+        partition fails with ConnectError; any other is answered by ``serve`` on the
+        target's state, at once."""
+        stale = self._stale
+        stale.add(caller)
+        call = step.start()
+        while call is not None:
+            self.calls += 1
+            try:
+                target = self.rpc(caller, call.addr)
+            except ConnectError as exc:
+                call = step.on_failure(exc)
+            else:
+                msg = call.msg
+                if msg.mutates:
+                    stale.add(target.me.id)
+                call = step.on_reply(msg.serve(target))
+        return step.result
 
     def stabilize(self, st: ChordState, *, rejoin: bool = True) -> None:
-        # As ChordDriver.stabilize_once: a dead successor is dropped and the next one
-        # asked; an adopted closer successor is asked again at once (up to r times); a
-        # node that lost every peer tries its bootstrap node again.
-        me = st.me.id
-        for _ in range(2 * self.r + 1):
-            succ = st.successor
-            if succ.id == me:
-                st.on_stabilize(succ, st.predecessor, [])
-                if st.successor.id == me:
-                    break
-                continue
-            try:
-                remote = self.rpc(me, succ)
-            except ConnectError:
-                st.peer_failed(succ.id)
-                continue
-            st.on_stabilize(succ, remote.predecessor, list(remote.successors))
-            if st.successor.id == succ.id:
-                break
-        succ = st.successor
-        if succ.id != me:
-            try:
-                self.rpc(me, succ).notify(st.me)
-            except ConnectError:
-                st.peer_failed(succ.id)
-        elif rejoin and st.predecessor is None:
-            boot = self._bootstrap.get(me)
-            if boot is not None and self.reachable(me, boot):
-                found = self._find_successor(st.me, boot)
-                if found is not None:
-                    st.join(found)
-                    self.stabilize(st, rejoin=False)
+        """``steps.Stabilize``; with rejoin, a node that lost every peer joins again
+        through the node it joined through (as the driver does)."""
+        via = self._bootstrap.get(st.me.id) if rejoin else None
+        self.execute(st.me.id, Stabilize(st, rejoin_via=via, max_hops=self.max_hops))
 
     def check_predecessor(self, st: ChordState) -> None:
-        # As the driver's ping: a predecessor we cannot reach counts as failed.
-        pred = st.predecessor
-        if pred is not None and not self.reachable(st.me.id, pred.id):
-            st.peer_failed(pred.id)
+        self.execute(st.me.id, CheckPredecessor(st))
 
     def fix_finger(self, st: ChordState) -> None:
-        i, start = st.next_finger()
-        found, _ = self.lookup(st, start)
-        if found is not None and self.reachable(st.me.id, found.id):
-            st.set_finger(i, found)
+        self.execute(st.me.id, FixFinger(st, max_hops=self.max_hops))
 
     def merge_probe(self, st: ChordState) -> bool:
-        """Rule 8, as ChordDriver.merge_probe_once: look successor(me + 1) up through a
-        random known member other than me (any node ever in the cluster, maybe dead or
-        across a partition) the way a joiner looks up its own id, and offer the answer
-        to ``on_merge_probe``; if adopted, stabilize at once. True if adopted."""
+        """``steps.MergeProbe`` through random members ever known other than me (maybe
+        dead or across a partition: the driver's member table keeps those too), drawn
+        one at a time as the probe asks for them; True if a successor was adopted."""
         me = st.me.id
+        starts = self._probe_starts(me) if len(self._members) >= 2 else iter(())
+        via = self._bootstrap.get(me)
+        step = MergeProbe(st, starts, rejoin_via=via, max_hops=self.max_hops)
+        self.execute(me, step)
+        return step.adopted
+
+    def _probe_starts(self, me: int) -> Iterator[Peer]:
         members = self._members
-        if len(members) < 2:
-            return False
-        found = None
-        for _ in range(PROBE_TRIES):
+        while True:
             i = self.rng.randrange(len(members) - 1)
-            member = members[-1] if members[i] == me else members[i]  # uniform, never me
-            if not self.reachable(me, member):
-                continue  # the driver's call to it fails: it tries another
-            lk = Lookup((me + 1) & MASK, (False, self.nodes[member].me), max_hops=self.max_hops)
-            found, _ = self._run(st.me, None, lk, verify=True)
-            if found is not None:
-                break
-        if found is None or not st.on_merge_probe(found):
-            return False
-        self.stabilize(st)
-        return True
+            yield members[-1] if members[i].id == me else members[i]  # uniform, never me
 
     def lookup(self, origin: ChordState, key: int) -> tuple[Peer | None, int]:
-        """Iterative lookup from origin: (successor(key) or None, hops)."""
+        """Iterative lookup from origin, as ``ChordDriver.lookup``: (successor(key) or
+        None, hops)."""
         lk = Lookup(key, origin.next_hop(key), max_hops=self.max_hops)
-        return self._run(origin.me, origin, lk)
-
-    def _run(
-        self, caller: Peer, origin: ChordState | None, lk: Lookup, *, verify: bool = False
-    ) -> tuple[Peer | None, int]:
-        """Drive lk to the end from caller, as ChordDriver._run. origin None: a lookup
-        made without our own table (a joiner's through its bootstrap, a merge probe's
-        through a random member): it routes around caller, who may still be listed,
-        and records no failures. With verify, an unreachable answer reopens it."""
-        me = caller.id
-        skip_me = origin is None
-        while True:
-            if lk.done:
-                res = lk.result
-                if skip_me and res is not None and res.id == me:
-                    lk.on_failure(res)
-                    continue
-                if not verify or res is None or self.reachable(me, res.id):
-                    break
-                if origin is not None:
-                    origin.peer_failed(res.id)
-                lk.on_failure(res)
-                continue
-            nxt = lk.next_peer
-            if nxt is None:
-                if origin is None:  # no table of our own to fall back on
-                    return None, lk.hops
-                lk.restart(origin.next_hop(lk.key, lk.exclude))
-                continue
-            if skip_me and nxt.id == me:
-                lk.on_failure(nxt)
-                continue
-            try:
-                remote = self.rpc(me, nxt)
-            except ConnectError:
-                if origin is not None:
-                    origin.peer_failed(nxt.id)
-                lk.on_failure(nxt)
-                continue
-            lk.on_reply(*remote.next_hop(lk.key, lk.exclude))
-        return lk.result, lk.hops
+        found = self.execute(origin.me.id, RunLookup(origin, lk, origin=True, verify=False))
+        return found, lk.hops
 
     # -- churn ------------------------------------------------------------------------
 
@@ -302,36 +283,22 @@ class ChordSim:
             st.create()
             self._add(st)
             return st
-        boot = bootstrap if bootstrap is not None else self.random_live()
+        boot = self.nodes[bootstrap if bootstrap is not None else self.random_live()].me
         if self._group:
-            self._group[me.id] = self._group.get(boot, self._rest)
-        found = self._find_successor(me, boot)
-        if found is None:
-            raise RuntimeError(f"join of {me} through {boot:x} found no live successor")
-        st.join(found)
+            self._group[me.id] = self._group.get(boot.id, self._rest)
+        try:
+            self.execute(me.id, Join(st, boot.addr, max_hops=self.max_hops))
+        except ClusterError as exc:
+            raise RuntimeError(f"join of {me} through {boot}: {exc}") from None
         self._add(st)
-        self._bootstrap[me.id] = boot
-        self.stabilize(st, rejoin=False)
+        self._bootstrap[me.id] = boot.addr
         return st
 
-    def _find_successor(self, me: Peer, boot: int) -> Peer | None:
-        # The joiner asks the bootstrap node first, exactly like ChordDriver.join, and
-        # checks that the answer is alive (the driver pings it).
-        lk = Lookup(me.id, (False, self.nodes[boot].me), max_hops=self.max_hops)
-        found, _ = self._run(me, None, lk, verify=True)
-        return found
-
     def leave(self, node_id: int) -> None:
-        """Graceful leave: tell predecessor and successor, then go."""
+        """Graceful leave: go, telling predecessor and successor (``steps.Leave``)."""
         st = self.nodes[node_id]
-        pred, succs = st.leave_info()
         self._remove(node_id)
-        told: set[int] = set()
-        for nb in (pred, succs[0] if succs else None):
-            if nb is None or nb.id in told or not self.reachable(node_id, nb.id):
-                continue
-            told.add(nb.id)
-            self.nodes[nb.id].on_neighbour_leaving(st.me, pred, succs)
+        self.execute(node_id, Leave(st))
 
     def crash(self, node_id: int) -> None:
         self._remove(node_id)
@@ -343,14 +310,39 @@ class ChordSim:
         Chord (§5.2) only promises to repair the ring while each node still knows one
         live successor. A node left alone is fine only if it really is the last one.
         """
-        if len(self.nodes) <= 2:
-            return len(self.nodes) == 2
-        for st in self.nodes.values():
-            if st.me.id == node_id:
-                continue
-            if not any(s.id != node_id and s.id in self.nodes for s in st.successors):
+        nodes = self.nodes
+        if len(nodes) <= 2:
+            return len(nodes) == 2
+        self._reindex()
+        if any(o != node_id for o in self._orphans):
+            return False  # someone has no live successor already
+        for x in self._listed_by.get(node_id, ()):
+            st = nodes[x]
+            if not any(s.id != node_id and s.id in nodes for s in st.successors):
                 return False
         return True
+
+    def _reindex(self) -> None:
+        """Bring safe_to_remove's index up to date for the stale nodes."""
+        stale, self._stale = self._stale, set()
+        nodes, listed_by, indexed = self.nodes, self._listed_by, self._indexed
+        for x in stale:
+            for sid in indexed.pop(x, ()):
+                listers = listed_by[sid]
+                listers.discard(x)
+                if not listers:
+                    del listed_by[sid]
+            st = nodes.get(x)
+            if st is None:
+                self._orphans.discard(x)
+                continue
+            ids = indexed[x] = tuple(s.id for s in st.successors)
+            for sid in ids:
+                listed_by.setdefault(sid, set()).add(x)
+            if any(sid in nodes for sid in ids):
+                self._orphans.discard(x)
+            else:
+                self._orphans.add(x)
 
     def random_live(self) -> int:
         return self._sorted[self.rng.randrange(len(self._sorted))]
@@ -414,34 +406,53 @@ class ChordSim:
     # -- bulk set-up ------------------------------------------------------------------
 
     def build(self, n: int) -> None:
-        """A converged ring of n nodes in one go (the churn afterwards is the test).
+        """A converged ring of n nodes in one go: set-up, not protocol (the churn
+        afterwards is the test).
 
-        Joining 1,000 nodes one by one through the protocol costs many stabilization
-        rounds; here predecessors and successor lists come from the oracle and every
-        finger from a lookup through the simulated network. Fingers are filled level by
-        level from the shortest up, so the lookups for level i already route over the
-        shorter fingers of every node (a few hops each, not N / r along successors).
+        Joining 10,000 nodes one by one through the protocol costs many stabilization
+        rounds. Here predecessors, successor lists and fingers come from the oracle:
+        the state each node would hold once the ring has converged, and exactly what
+        ``ChordState.next_finger``/``set_finger`` would leave after one full cycle of
+        correct lookups (covered fingers copied, none at or above the first finger whose
+        successor is the node itself, ``_fingers_to_me`` set there). 100,000 nodes take
+        seconds; the lookups this replaced took minutes.
         """
-        peers = [self.new_peer() for _ in range(n)]
-        for p in peers:
-            st = ChordState(p, succ_list_len=self.r)
+        nodes = self.nodes
+        for _ in range(n):
+            st = ChordState(self.new_peer(), succ_list_len=self.r)
             st.create()
-            self._add(st)
-        by_id = {p.id: p for p in peers}
-        for nid, st in self.nodes.items():
-            pred, succ = self.true_neighbours(nid)
-            st.predecessor = by_id[pred] if pred is not None else None
-            st.successors = [by_id[s] for s in succ]
-            st.fingers[0] = st.successors[0] if st.successors else None
-        for i in range(1, BITS):
-            for st in self.nodes.values():
-                prev = st.fingers[i - 1]
-                if prev is not None and distance(st.me.id, prev.id) >= (1 << i):
-                    st.fingers[i] = prev  # covered, as in ChordState.next_finger
+            self._add(st, sort=False)
+        self._sorted.sort()
+        ids = self._sorted
+        size = len(ids)
+        for j, nid in enumerate(ids):
+            st = nodes[nid]
+            st.predecessor = nodes[ids[j - 1]].me if size > 1 else None
+            st.successors = [
+                nodes[ids[(j + k) % size]].me for k in range(1, min(self.r, size - 1) + 1)
+            ]
+            self._fill_fingers(st, ids)
+
+    def _fill_fingers(self, st: ChordState, ids: list[int]) -> None:
+        """Every finger of st from the oracle ring ids (see build)."""
+        me = st.me.id
+        fingers = st.fingers
+        fingers[0] = st.successors[0] if st.successors else None
+        i = 1
+        while i < BITS:
+            prev = fingers[i - 1]
+            if prev is not None:
+                # prev covers fingers i .. top (their start lies at or before prev).
+                end = min(((prev.id - me) & MASK).bit_length(), BITS)
+                if end > i:
+                    fingers[i:end] = [prev] * (end - i)
+                    i = end
                     continue
-                found, _ = self.lookup(st, finger_start(st.me.id, i))
-                if found is not None:
-                    st.set_finger(i, found)
+            owner = ids[bisect.bisect_left(ids, finger_start(me, i)) % len(ids)]
+            st.set_finger(i, self.nodes[owner].me)
+            if owner == me:
+                break  # none in [me + 2**i, me): no finger above this one either
+            i += 1
 
     def grow(self, n: int, *, batch: int = 1, rounds_per_batch: int = 2) -> None:
         """Grow to n live nodes by protocol joins, stabilizing between batches."""
