@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/metadata.py
 	$(BIN)/python bench/repair.py
 	$(BIN)/python bench/tls.py
+	$(BIN)/python bench/chord_sim.py
 
 # TeraSort against numpy, GNU sort, Dask and PySpark (installs the peers first).
 bench-terasort: $(STAMP)
