@@ -276,11 +276,15 @@ class Node:
         )
 
     async def _join(self, bootstrap: str) -> None:
-        deadline = time.monotonic() + 60
         # The --join address first, then every member the saved table names: a node
         # whose bootstrap host is down (or moved) rejoins through any node it knew.
         others = [m.addr for m in self.members.voters() if m.id != self.members.me_id]
         tries = [bootstrap, *sorted(a for a in others if a != bootstrap)]
+        # A node that knows its cluster (a restart) and reaches none of it, e.g. on the
+        # far side of a partition, serves alone after 15 s: without quorum it takes no
+        # writes, and the merge probe joins it to the ring when the network lets it. A
+        # new node gives up after 60 s with an error (a wrong --join address).
+        deadline = time.monotonic() + (15 if others else 60)
         k = 0
         while True:
             via = tries[k % len(tries)]
@@ -293,6 +297,10 @@ class Node:
                 # Unreachable bootstrap, or a ring still forming (no live successor
                 # found yet): nodes of a cluster may start in any order, so retry.
                 if time.monotonic() > deadline:
+                    if others:
+                        log.warning("no member of the cluster answers (%s); alone for now", exc)
+                        self.driver.create()
+                        return
                     raise ConnectError(f"cannot join through {bootstrap}: {exc}") from None
                 if k % len(tries) == 0:
                     await asyncio.sleep(0.5)

@@ -72,8 +72,9 @@ class Chaos:
             self.hosts.partition([self.cut, rest])
             self.counts["partitions"] += 1
         elif self.down and (roll < 0.4 or len(self.down) >= R - 1):
-            node = self.down.pop(rng.randrange(len(self.down)))
-            self.cl.restart(node)
+            node = self.down[rng.randrange(len(self.down))]
+            self.cl.restart(node)  # raises if it never comes up: the test fails then
+            self.down.remove(node)
             self.counts["restarts"] += 1
         elif roll < 0.75 and victims and len(self.down) < R - 1:
             node = rng.choice(victims)
