@@ -44,7 +44,6 @@ class Quorum:
         self.responsible_for = responsible_for
         self.data = data
         self._saved: list[tuple[str, str, str]] = []
-        self._down: set[str] = set()
 
     # ------------------------------------------------------------------ ownership
 
@@ -88,21 +87,6 @@ class Quorum:
         if succ is not None and succ.id != self.state.successor.id:
             return False
         return self.state.predecessor is not None or self.state.successor.id == me.id
-
-    def newly_down(self) -> list[str]:
-        """Addresses of members that turned down since the last call. (Not used now:
-        dropping the pooled connections to them, so a call in flight into a partition
-        fails at once, coincided with partition runs where a record listed copies its
-        holders lacked; under investigation, see the stop-10 note.)"""
-        now = time.monotonic()
-        down = {
-            m.addr
-            for m in self.members.voters()
-            if m.id != self.members.me_id and self.members.state_of(m, now) == "down"
-        }
-        new = sorted(down - self._down)
-        self._down = down
-        return new
 
     def probe_targets(self) -> list[Peer]:
         """Members the ring's merge probe may look through (all but those that left)."""

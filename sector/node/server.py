@@ -383,7 +383,7 @@ class Node:
             # repair scan within one gossip interval of the table saying so. (Dropping
             # its pooled connection here too, so calls in flight fail at once, was tried
             # and taken back: it coincided with copies listed but missing after
-            # partitions, see quorum.newly_down.)
+            # partitions; see the stop-10 note.)
             self.repair.members_changed()
 
     async def _gossip_round(self) -> None:

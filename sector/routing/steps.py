@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Generator, Iterable
+from collections.abc import Callable, Generator, Iterable
 from typing import Any, Generic, NamedTuple, TypeVar
 
 from sector.errors import ClusterError, SectorError, TransportError
@@ -117,28 +117,20 @@ class Step(Generic[T]):
 
     def on_reply(self, reply: Any) -> Call | None:
         """The typed reply to ``next_call``; returns the next call (None: done)."""
-        gen = self._gen
-        if gen is None or self.done:
-            raise RuntimeError(f"{self!r} is not waiting on a call")
-        try:
-            call = gen.send(reply)
-        except StopIteration as stop:
-            self.done, self.result, self.next_call = True, stop.value, None
-            return None
-        except BaseException:
-            self.done, self.next_call = True, None
-            raise
-        self.next_call = call
-        return call
+        return self._advance(lambda gen: gen.send(reply))
 
     def on_failure(self, exc: BaseException) -> Call | None:
         """``next_call`` raised exc; returns the next call, or raises exc again if this
         step does not handle that kind of failure."""
+        return self._advance(lambda gen: gen.throw(exc))
+
+    def _advance(self, resume: Callable[[Script[T]], Call]) -> Call | None:
+        """Resume the step's body (with a reply or a failure) up to its next call."""
         gen = self._gen
         if gen is None or self.done:
             raise RuntimeError(f"{self!r} is not waiting on a call")
         try:
-            call = gen.throw(exc)
+            call = resume(gen)
         except StopIteration as stop:
             self.done, self.result, self.next_call = True, stop.value, None
             return None
