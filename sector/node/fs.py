@@ -379,6 +379,8 @@ class FsService:
                     await self.node.meta.call(path, "delete", {"blob": blob})
             raise
         old = rec.from_builtins(res["old"]) if res.get("old") else None
+        if isinstance(old, FileRecord) and old.blob != blob:
+            log.info("put of %s: blob %s replaces %s (v %s)", path, blob, old.blob, old.v)
         self._spawn_delete(old, keep=blob)
         stored = rec.from_builtins(res["record"])
         assert isinstance(stored, FileRecord)
@@ -437,6 +439,8 @@ class FsService:
         res = await self.node.meta.call(path, "delete")
         await self.node.meta.call(rec.parent(path), "remove_child", {"name": rec.basename(path)})
         old = rec.from_builtins(res["old"]) if res and res.get("old") else None
+        if isinstance(old, FileRecord):
+            log.info("rm of %s: deleting blob %s (v %s)", path, old.blob, old.v)
         self._spawn_delete(old)
         return count + 1
 

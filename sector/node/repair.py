@@ -456,6 +456,7 @@ class RepairWorker:
                 # copy). The collector settles such a blob later, asking every path.
                 args = {"blobs": [r.blob], "path": e.path}
                 await node.call(addr, "blob.delete", args, timeout=10.0)
+                log.info("repair of %s: trimmed blob %s on %s", e.path, r.blob, nid[:8])
                 self.counters["trimmed"] += 1
             except SectorError as exc:
                 log.info("trim of %s on %s failed (an orphan now): %s", r.blob, nid[:8], exc)

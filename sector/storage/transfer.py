@@ -397,6 +397,7 @@ class BlobService:
             if path is not None and any(p != path for p in inv.paths(b)):
                 continue
             if self.node.blobs.delete(b):
+                log.info("blob %s deleted (a delete of %s)", b, path or "its file")
                 n += 1
         return n
 
