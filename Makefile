@@ -16,9 +16,11 @@ demo: $(STAMP)
 	$(BIN)/python -m sector.testing.demo
 
 check: $(STAMP)
-	$(BIN)/ruff check sector tests bench
-	$(BIN)/ruff format --check sector tests bench
+	$(BIN)/ruff check sector tests bench tools
+	$(BIN)/ruff format --check sector tests bench tools
 	$(BIN)/mypy
+	$(BIN)/lint-imports
+	$(BIN)/python tools/layout.py sector
 
 test: check
 	$(BIN)/pytest -q -n 2 -m "not slow" tests

@@ -1,7 +1,8 @@
 """Owner-side operations on file records used by repair (issue 3), kept out of
 ``service.py``: they follow its rules (read, compute and stage with no await between;
-acknowledged after commit and replication) through the same ``_lock``/``_stage``/
-``_commit`` steps.
+acknowledged after commit and replication) through the same ``path_lock``/``stage``/
+``commit`` steps, which the service offers as ``Owner`` (so this module does not import
+it).
 
 Neither makes a new version of the file: they bump the record's ``rv`` (records rule
 4a), so a repair or ``setrf`` that worked from a stale record loses to any overwrite or
@@ -14,16 +15,27 @@ the update is a no-op (the new version has replicas of its own, or none are need
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import asyncio
+from typing import Any, Protocol
 
 import msgspec
 
 from sector.errors import BadRequest, IsADirectory, NotFound
 from sector.meta import records as rec
-from sector.meta.records import FileRecord
+from sector.meta.records import FileRecord, Record
 
-if TYPE_CHECKING:
-    from sector.meta.service import MetaService
+
+class Owner(Protocol):
+    """The owner-side update steps of ``MetaService`` these operations use."""
+
+    @property
+    def clock(self) -> rec.Clock: ...
+    def tick(self, after: Record | None = None, entry: str | None = None) -> rec.Stamp: ...
+    def path_lock(self, path: str) -> asyncio.Lock: ...
+    async def read(self, path: str) -> Record | None: ...
+    def stage(self, r: Record, *, derived_from: Record | None = None) -> Record: ...
+    async def commit(self, staged: list[Record]) -> None: ...
+
 
 MAX_REPLICAS = 32
 
@@ -40,14 +52,14 @@ def _replicas(obj: Any) -> list[tuple[str, str]]:
     return out
 
 
-def _rv_tick(svc: MetaService, old: FileRecord) -> rec.Stamp:
+def _rv_tick(svc: Owner, old: FileRecord) -> rec.Stamp:
     """A replica-list stamp later than the record's version and its current list."""
     if old.rv is not None:
         svc.clock.observe(old.rv)
-    return svc._tick(old)
+    return svc.tick(old)
 
 
-async def set_replicas(svc: MetaService, path: str, a: dict[str, Any]) -> Any:
+async def set_replicas(svc: Owner, path: str, a: dict[str, Any]) -> Any:
     """``{blob, replicas, expect?}``: replace the replica list of the current version.
 
     ``expect`` (the list the caller planned from) makes it a full compare-and-set: a
@@ -59,31 +71,31 @@ async def set_replicas(svc: MetaService, path: str, a: dict[str, Any]) -> Any:
         raise BadRequest("set_replicas needs a blob id")
     new = _replicas(a.get("replicas"))
     expect = a.get("expect")
-    async with svc._lock(path):
-        old = await svc._read(path)
+    async with svc.path_lock(path):
+        old = await svc.read(path)
         if not isinstance(old, FileRecord) or old.blob != blob:
             return {"updated": False, "reason": "changed"}
         if expect is not None and [list(r) for r in old.replicas] != [list(r) for r in expect]:
             return {"updated": False, "reason": "raced"}
         # rv, not v (records rule 4a): a new list for this version, never a new version.
-        staged = svc._stage(msgspec.structs.replace(old, replicas=new, rv=_rv_tick(svc, old)))
-    await svc._commit([staged])
+        staged = svc.stage(msgspec.structs.replace(old, replicas=new, rv=_rv_tick(svc, old)))
+    await svc.commit([staged])
     return {"updated": True, "record": rec.to_builtins(staged)}
 
 
-async def set_rf(svc: MetaService, path: str, a: dict[str, Any]) -> Any:
+async def set_rf(svc: Owner, path: str, a: dict[str, Any]) -> Any:
     """``{rf, blob?}``: change a file's replica target (repair then adds or trims)."""
     rf = a.get("rf")
     if not isinstance(rf, int) or isinstance(rf, bool) or not 1 <= rf <= MAX_REPLICAS:
         raise BadRequest(f"rf must be an integer from 1 to {MAX_REPLICAS}")
-    async with svc._lock(path):
-        old = await svc._read(path)
+    async with svc.path_lock(path):
+        old = await svc.read(path)
         if not isinstance(old, FileRecord):
             if old is not None and not isinstance(old, rec.Gone):
                 raise IsADirectory(f"{path} is a directory (set rf on its files)")
             raise NotFound(f"no such file: {path}")
         if a.get("blob") not in (None, old.blob):
             return {"updated": False, "reason": "changed"}
-        staged = svc._stage(msgspec.structs.replace(old, rf=rf, rv=_rv_tick(svc, old)))
-    await svc._commit([staged])
+        staged = svc.stage(msgspec.structs.replace(old, rf=rf, rv=_rv_tick(svc, old)))
+    await svc.commit([staged])
     return {"updated": True, "record": rec.to_builtins(staged)}

@@ -9,7 +9,7 @@ Rules:
   served where it is (during churn two nodes may briefly both think they own a key;
   merge rules reconcile them).
 - The owner serialises updates to one path: read, compute and stage the new record
-  happen with no await in between (``_stage``), so concurrent updates compose. The
+  happen with no await in between (``stage``), so concurrent updates compose. The
   staged record sits in an overlay that reads see at once, while a single committer
   writes all staged records in one SQLite transaction (group commit: one fsync for many
   updates). An update is acknowledged only after its commit and once a majority of
@@ -125,7 +125,7 @@ class MetaService:
         self._replicators: dict[str, Batcher] = {}
         self._warm_until = 0.0
         self._last_pred: int | None = None
-        self.router = Router(ring, self.cache, local=self.local, read=self._read)
+        self.router = Router(ring, self.cache, local=self.local, read=self.read)
         self.handoff = Handoff(
             store,
             ring,
@@ -189,7 +189,7 @@ class MetaService:
 
     # ------------------------------------------------------------------ owner-side ops
 
-    def _lock(self, path: str) -> asyncio.Lock:
+    def path_lock(self, path: str) -> asyncio.Lock:
         lock = self._locks.get(path)
         if lock is None:
             lock = asyncio.Lock()
@@ -217,7 +217,7 @@ class MetaService:
         if len(self._cache) > CACHE_RECORDS:
             self._cache.popitem(last=False)
 
-    async def _read(self, path: str) -> Record | None:
+    async def read(self, path: str) -> Record | None:
         r = self._read_local(path)
         if self.now() < self._warm_until:
             r = await self._fetch_from_replicas(path, r)
@@ -247,11 +247,11 @@ class MetaService:
             return have
         merged = rec.merge(have, found)
         if merged != have:
-            await self._commit([self._stage(found)], quorum=False)
+            await self.commit([self.stage(found)], quorum=False)
             return self._read_local(path)
         return have
 
-    def _stage(self, r: Record, *, derived_from: Record | None = None) -> Record:
+    def stage(self, r: Record, *, derived_from: Record | None = None) -> Record:
         """Merge r into the current record of its path, visible to readers at once.
 
         Every record written to the store passes through here, so what is staged always
@@ -264,7 +264,7 @@ class MetaService:
         self._overlay[r.path] = merged
         return merged
 
-    async def _commit(
+    async def commit(
         self,
         staged: list[Record],
         *,
@@ -373,7 +373,7 @@ class MetaService:
             f.add_done_callback(outcome)
         return ok
 
-    def _tick(self, after: Record | None = None, entry: str | None = None) -> rec.Stamp:
+    def tick(self, after: Record | None = None, entry: str | None = None) -> rec.Stamp:
         """A new stamp, later than ``after`` (and its entry ``entry``, if named).
 
         An update must beat the record it replaces whatever this node's wall clock says
@@ -398,7 +398,7 @@ class MetaService:
         return await fn(self, path, a)
 
     async def _op_get(self, path: str, a: dict[str, Any]) -> Any:
-        r = await self._read(path)
+        r = await self.read(path)
         if r is None and path == "/":
             return rec.to_builtins(root_record((0, 0, "")))
         return rec.to_builtins(r) if r is not None else None
@@ -407,69 +407,69 @@ class MetaService:
         new = rec.from_builtins(a.get("record"))
         if not isinstance(new, FileRecord) or new.path != path:
             raise BadRequest("put_file needs a file record of the same path")
-        async with self._lock(path):
-            old = await self._read(path)
+        async with self.path_lock(path):
+            old = await self.read(path)
             if isinstance(old, DirRecord):
                 raise IsADirectory(f"{path} is a directory")
-            staged = self._stage(msgspec.structs.replace(new, v=self._tick(old)))
-        await self._commit([staged])
+            staged = self.stage(msgspec.structs.replace(new, v=self.tick(old)))
+        await self.commit([staged])
         return {
             "old": rec.to_builtins(old) if old is not None else None,
             "record": rec.to_builtins(staged),
         }
 
     async def _op_mkdir(self, path: str, a: dict[str, Any]) -> Any:
-        async with self._lock(path):
-            old = await self._read(path)
+        async with self.path_lock(path):
+            old = await self.read(path)
             if isinstance(old, DirRecord) or path == "/":
                 return {"created": False}
             if isinstance(old, FileRecord):
                 raise AlreadyExists(f"{path} exists and is a file")
             now = self.now()
             rf = a.get("rf", 0)
-            staged = self._stage(
+            staged = self.stage(
                 DirRecord(
                     path=path,
-                    v=self._tick(old),
+                    v=self.tick(old),
                     rf=rf if isinstance(rf, int) else 0,
                     ctime=now,
                     mtime=now,
                 )
             )
-        await self._commit([staged])
+        await self.commit([staged])
         return {"created": True}
 
     async def _op_add_child(self, path: str, a: dict[str, Any]) -> Any:
         name = rec.check_name(_str(a, "name"))
         kind = _str(a, "kind")
-        async with self._lock(path):
-            d = await self._read(path)
+        async with self.path_lock(path):
+            d = await self.read(path)
             if d is None and path == "/":
-                d = root_record(self._tick())
+                d = root_record(self.tick())
             if isinstance(d, FileRecord):
                 raise NotADirectory(f"{path} is a file, not a directory")
             if not isinstance(d, DirRecord):
                 raise NotFound(f"no such directory: {path}")
-            new = rec.add_child(d, name, kind, self._tick(d, name))
-            staged = self._stage(new, derived_from=d)
-        await self._commit([staged], deltas=[_entry_delta(new, name)])
+            new = rec.add_child(d, name, kind, self.tick(d, name))
+            staged = self.stage(new, derived_from=d)
+        await self.commit([staged], deltas=[_entry_delta(new, name)])
         return None
 
     async def _op_remove_child(self, path: str, a: dict[str, Any]) -> Any:
         name = rec.check_name(_str(a, "name"))
-        async with self._lock(path):
-            d = await self._read(path)
+        async with self.path_lock(path):
+            d = await self.read(path)
             if not isinstance(d, DirRecord) or name not in d.children:
                 return None
-            new = rec.remove_child(d, name, self._tick(d, name))
-            staged = self._stage(new, derived_from=d)
-        await self._commit([staged], deltas=[_entry_delta(new, name)])
+            new = rec.remove_child(d, name, self.tick(d, name))
+            staged = self.stage(new, derived_from=d)
+        await self.commit([staged], deltas=[_entry_delta(new, name)])
         return None
 
     async def _op_delete(self, path: str, a: dict[str, Any]) -> Any:
         expect_blob = a.get("blob")
-        async with self._lock(path):
-            old = await self._read(path)
+        async with self.path_lock(path):
+            old = await self.read(path)
             if old is None or isinstance(old, Gone):
                 raise NotFound(f"no such file or directory: {path}")
             if isinstance(old, DirRecord) and rec.live_children(old):
@@ -480,8 +480,8 @@ class MetaService:
                 raise AlreadyExists(f"{path} changed while it was being removed")
             moved = a.get("moved_to")
             moved = rec.normalize(moved) if isinstance(moved, str) else ""
-            staged = self._stage(Gone(path=path, v=self._tick(old), mtime=self.now(), moved=moved))
-        await self._commit([staged])
+            staged = self.stage(Gone(path=path, v=self.tick(old), mtime=self.now(), moved=moved))
+        await self.commit([staged])
         return {"old": rec.to_builtins(old)}
 
     async def _op_get_many(self, path: str, a: dict[str, Any]) -> Any:
@@ -490,7 +490,7 @@ class MetaService:
             raise BadRequest("get_many needs a list of paths")
         out = []
         for p in paths:
-            r = await self._read(p)
+            r = await self.read(p)
             out.append(rec.to_builtins(r) if r is not None else None)
         return out
 
@@ -521,7 +521,7 @@ class MetaService:
             self.clock.observe(r.v)
             if isinstance(r, FileRecord) and r.rv is not None:
                 self.clock.observe(r.rv)
-        await self._commit([self._stage(r) for r in records], replicate=False)
+        await self.commit([self.stage(r) for r in records], replicate=False)
         return len(records)
 
     async def _h_fetch(self, a: dict[str, Any]) -> Any:
@@ -542,7 +542,7 @@ class MetaService:
         for r in records:
             self.clock.observe(r.v)
         # A merge of what exists (no new version): no quorum asked, as for meta.replicate.
-        await self._commit([self._stage(r) for r in records], quorum=False)
+        await self.commit([self.stage(r) for r in records], quorum=False)
         keep = sender in {to_hex(p.id) for p in self.ring.replica_peers(self.k)}
         return {"keep": keep}
 

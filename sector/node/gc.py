@@ -36,27 +36,44 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from sector.aio import cancel_and_wait
 from sector.errors import BadRequest, SectorError
 from sector.ids import to_hex
 from sector.meta import records as rec
-from sector.meta.records import FileRecord, Gone, kind_of
-from sector.storage.blobs import check_blob_id
-from sector.storage.inventory import COLLECT, KEEP, UNSURE, Row, verdict
-
-if TYPE_CHECKING:
-    from sector.node.server import Node
+from sector.meta.records import FileRecord, Gone, Record, kind_of
+from sector.routing.chord import Peer
+from sector.storage.blobs import BlobStore, check_blob_id
+from sector.storage.inventory import COLLECT, KEEP, UNSURE, Inventory, Row, verdict
 
 log = logging.getLogger("sector.gc")
 MAX_MOVES = 16  # renames of a renamed file followed before giving up (keep the blob)
 
 
+class Records(Protocol):
+    async def get(self, path: str) -> Record | None: ...
+
+
+class GcHost(Protocol):
+    """What the collector needs from its node: the local blobs and their inventory,
+    the metadata to ask, and whether the cluster is whole."""
+
+    blobs: BlobStore
+    inventory: Inventory
+    started: float
+
+    @property
+    def me(self) -> Peer: ...
+    @property
+    def meta(self) -> Records: ...
+    def converged(self) -> bool: ...
+
+
 class GcWorker:
     name = "gc"
 
-    def __init__(self, node: Node, *, grace: float, interval: float, settle: float) -> None:
+    def __init__(self, node: GcHost, *, grace: float, interval: float, settle: float) -> None:
         self.node = node
         self.grace = grace
         self.interval = interval

@@ -27,18 +27,37 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import blake3
 
 from sector.aio import cancel_and_wait
 from sector.errors import SectorError
 from sector.ids import to_hex
-from sector.storage.blobs import CHUNK, open_nofollow
-from sector.storage.inventory import Row
+from sector.routing.chord import Peer
+from sector.storage.blobs import CHUNK, BlobStore, open_nofollow
+from sector.storage.inventory import Inventory, Row
 
-if TYPE_CHECKING:
-    from sector.node.server import Node
+
+class Reporter(Protocol):
+    async def report(
+        self, path: str, node_id: str | None = None, *, blob: str | None = None
+    ) -> Any: ...
+
+
+class ScrubHost(Protocol):
+    """What the scrubber needs from its node: the local blobs and their inventory, the
+    data directory (for its marker), and the repair worker to tell of a bad copy."""
+
+    blobs: BlobStore
+    inventory: Inventory
+    data: Path
+
+    @property
+    def me(self) -> Peer: ...
+    @property
+    def repair(self) -> Reporter: ...
+
 
 log = logging.getLogger("sector.scrub")
 
@@ -67,7 +86,7 @@ def hash_paced(path: Path, rate: int, stop: threading.Event) -> tuple[str, int] 
 class ScrubWorker:
     name = "scrub"
 
-    def __init__(self, node: Node, *, rate: int, interval: float, settle: float) -> None:
+    def __init__(self, node: ScrubHost, *, rate: int, interval: float, settle: float) -> None:
         self.node = node
         self.rate = rate
         self.interval = interval

@@ -19,14 +19,23 @@ import random
 import ssl
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from sector.errors import BadRequest, CertificateError, SectorError, UsageError
+from sector.node.members import Members
 from sector.security import pki
 from sector.security.guard import NodeAuth
+from sector.transport.rpc import RpcPool
 
-if TYPE_CHECKING:
-    from sector.node.server import Node
+
+class PolicyPeers(Protocol):
+    """What policy spreading needs from its node: the members, this node's address and
+    the connection pool (to push, pull, and drop connections of removed nodes)."""
+
+    addr: str
+    members: Members
+    pool: RpcPool
+
 
 log = logging.getLogger("sector.security")
 
@@ -45,7 +54,7 @@ class NodeSecurity:
         self.server_ctx: ssl.SSLContext = pki.server_context(tls_dir)
         self.client_ctx: ssl.SSLContext = pki.node_client_context(tls_dir)
         self.auth = NodeAuth(self.ca, data)
-        self.node: Node | None = None
+        self.node: PolicyPeers | None = None
         self._pushes: set[asyncio.Task[None]] = set()
 
     @property

@@ -117,15 +117,7 @@ class Node:
         return self.state.me
 
     def responsible_for(self, key: int) -> bool:
-        # Chord's rule makes a node with no known predecessor own every key. Right after
-        # a join that is false for all but a sliver of the ring: until stabilization
-        # tells us our predecessor, requests are routed on (to the previous owner, who
-        # still has the records) rather than answered from an empty shard.
-        if self.state.predecessor is None and any(
-            p.id != self.state.me.id for p in self.state.successors
-        ):
-            return False
-        return self.state.responsible_for(key)
+        return self.state.serves(key)
 
     def predecessor(self) -> Peer | None:
         return self.state.predecessor

@@ -225,6 +225,19 @@ class ChordState:
             return True
         return between_right(key & MASK, self.predecessor.id, self.me.id)
 
+    def serves(self, key: int) -> bool:
+        """Whether this node answers for ``key`` now: ``responsible_for``, except that a
+        node with successors but no predecessor yet answers for nothing.
+
+        Chord's rule makes a node with no known predecessor own every key. Right after a
+        join that is false for all but a sliver of the ring: until stabilization tells
+        it its predecessor, requests are routed on (to the previous owner, who still has
+        the records) rather than answered from an empty shard. A node alone serves all.
+        """
+        if self.predecessor is None and any(p.id != self.me.id for p in self.successors):
+            return False
+        return self.responsible_for(key)
+
     def replica_peers(self, k: int) -> list[Peer]:
         """Where the replicas of my keys go: me and my first k-1 successors."""
         return [self.me, *self.successors[: max(k - 1, 0)]]

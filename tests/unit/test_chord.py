@@ -113,6 +113,21 @@ def test_two_nodes_form_a_ring_by_stabilize_and_notify() -> None:
 # -- next_hop -----------------------------------------------------------------------------
 
 
+def test_a_joined_node_serves_nothing_until_it_learns_its_predecessor() -> None:
+    a, b = ChordState(P(10)), ChordState(P(20))
+    a.create()
+    assert a.serves(5) and a.serves(15)  # alone: every key is its own
+    b.join(P(10))
+    # Chord's rule says b (no predecessor) owns every key; it must not answer for any
+    # until stabilization names its predecessor.
+    assert b.responsible_for(5) and not b.serves(5) and not b.serves(15)
+    b.on_stabilize(a.me, a.predecessor, list(a.successors))
+    a.notify(b.me)
+    a.on_stabilize(a.me, a.predecessor, [])
+    b.notify(a.me)
+    assert b.serves(15) and not b.serves(5) and a.serves(5)
+
+
 def test_next_hop_done_when_key_in_me_succ_or_own_id() -> None:
     st = ring_state(10, [10, 20, 30, 40])
     assert st.next_hop(11) == (True, P(20))
