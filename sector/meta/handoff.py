@@ -15,8 +15,9 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
-from sector.aio import cancel_and_wait, wait_event
+from sector.aio import Worker
 from sector.errors import SectorError, TransportError
 from sector.ids import key_id, to_hex
 from sector.meta import records as rec
@@ -33,7 +34,7 @@ FULL_SYNC_EVERY = 300.0  # seconds between anti-entropy pushes of a whole shard
 SYNC_EVERY = 15.0  # seconds between syncs when nothing asks for one
 
 
-class Handoff:
+class Handoff(Worker):
     """The sync loop of one shard. ``replicate`` sends records to the replica peers
     (the service's batched path); ``prune`` stops senders to peers no longer ours;
     ``unchanged(r)``: r is still the stored record; ``forget(path)`` drops a decoded
@@ -53,6 +54,9 @@ class Handoff:
         forget: Callable[[str], object],
         io: ThreadPoolExecutor,
     ) -> None:
+        # Woken by every ring change (a burst of them makes one sync), else every
+        # SYNC_EVERY seconds; the first right away (the node has just joined).
+        super().__init__("meta-sync", interval=SYNC_EVERY, coalesce=0.2)
         self.store = store
         self.ring = ring
         self.k = k
@@ -63,29 +67,15 @@ class Handoff:
         self._unchanged = unchanged
         self._forget = forget
         self._io = io
-        self.wanted = asyncio.Event()
         self._pushed_layout: tuple[int | None, tuple[int, ...]] | None = None
         self._full_at = time.monotonic()
-        self._task: asyncio.Task[None] | None = None
         self.stats = {"syncs": 0, "pushed": 0, "handed_off": 0}
 
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="meta-sync")
+    def status(self) -> dict[str, Any]:
+        return {**super().status(), **self.stats}
 
-    async def stop(self) -> None:
-        await cancel_and_wait([self._task])
-
-    async def _loop(self) -> None:
-        while True:
-            await wait_event(self.wanted, SYNC_EVERY)
-            self.wanted.clear()
-            await asyncio.sleep(0.2)  # let a burst of ring changes settle into one sync
-            try:
-                await self.sync()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("metadata sync failed")
+    async def work(self) -> None:
+        await self.sync()
 
     async def sync(self) -> None:
         """Push owned records to replica peers; hand records we do not own to their owner."""

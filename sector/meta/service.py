@@ -167,7 +167,7 @@ class MetaService:
         if pid != self._last_pred:
             self._last_pred = pid
             self._warm_until = self.now() + self.warm_period
-        self.handoff.wanted.set()
+        self.handoff.wake()
 
     def handlers(self) -> dict[str, Callable[[dict[str, Any]], Awaitable[Any]]]:
         return {

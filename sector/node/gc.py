@@ -38,7 +38,7 @@ import logging
 import time
 from typing import Any, Protocol
 
-from sector.aio import cancel_and_wait
+from sector.aio import Worker
 from sector.errors import BadRequest, SectorError
 from sector.ids import to_hex
 from sector.meta import records as rec
@@ -70,14 +70,11 @@ class GcHost(Protocol):
     def converged(self) -> bool: ...
 
 
-class GcWorker:
-    name = "gc"
-
+class GcWorker(Worker):
     def __init__(self, node: GcHost, *, grace: float, interval: float, settle: float) -> None:
+        super().__init__("gc", interval=interval, settle=settle)
         self.node = node
         self.grace = grace
-        self.interval = interval
-        self.settle = settle
         self.confirm = max(1.0, min(grace / 2, 60.0))
         self.counters = {
             "passes": 0,
@@ -88,29 +85,14 @@ class GcWorker:
             "unknown": 0,
             "deferred": 0,
         }
-        self.state = "settling"
-        self.last_error = ""
         self._suspects: dict[str, float] = {}  # blob -> when first seen with no record
         self._lock = asyncio.Lock()
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="gc")
-
-    async def stop(self) -> None:
-        await cancel_and_wait([self._task])
 
     def handlers(self) -> dict[str, Any]:
         return {"gc.now": self._h_now, "blob.alias": self._h_alias}
 
     def status(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "state": self.state,
-            **self.counters,
-            "grace": self.grace,
-            "last_error": self.last_error,
-        }
+        return {**super().status(), **self.counters, "grace": self.grace}
 
     async def _h_now(self, a: dict[str, Any]) -> Any:
         await self.run_pass()
@@ -133,17 +115,8 @@ class GcWorker:
             return await asyncio.to_thread(inv.confirm_alias, blob, path)
         return await asyncio.to_thread(inv.add_alias, blob, path)
 
-    async def _loop(self) -> None:
-        await asyncio.sleep(self.settle)
-        while True:
-            try:
-                await self.run_pass()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.exception("gc pass failed")
-                self.last_error = str(exc)
-            await asyncio.sleep(self.interval)
+    async def work(self) -> None:
+        await self.run_pass()
 
     async def run_pass(self) -> None:
         async with self._lock:

@@ -31,7 +31,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from sector.aio import cancel_and_wait, wait_event
+from sector.aio import Every, Worker, cancel_and_wait
 from sector.errors import (
     BadRequest,
     ChecksumMismatch,
@@ -58,8 +58,9 @@ MAX_HOPS = 3
 COPY_RATE_FLOOR = 4 << 20  # bytes/s assumed when sizing a copy's timeout
 
 
-class RepairWorker:
-    name = "repair"
+class RepairWorker(Worker):
+    """The queue runner (a worker woken by every report), with the scan (and audit)
+    as a second worker, ``scanner``, woken by member and ring changes."""
 
     def __init__(
         self,
@@ -71,13 +72,13 @@ class RepairWorker:
         audit_interval: float = 600.0,
         settle: float = 5.0,
     ) -> None:
+        super().__init__("repair", interval=5.0, settle=settle)
         self.node = node
         self.concurrency = max(1, concurrency)
         self.rate = rate
         self.scan_interval = scan_interval
         self.audit_interval = audit_interval
         self._last_audit = time.monotonic()
-        self.settle = settle
         self.queue = RepairQueue(str(node.data / "repair.sqlite3"))
         self.counters = {
             "done": 0,
@@ -92,10 +93,11 @@ class RepairWorker:
         }
         self.last_error = ""
         self._running: dict[str, asyncio.Task[None]] = {}
-        self._tasks: list[asyncio.Task[None]] = []
-        self._wake = asyncio.Event()
-        self._scan_wanted = asyncio.Event()
-        self._settled = asyncio.Event()
+        # A burst of changes makes one scan; the first right after the settle.
+        self.scanner = Every(
+            "repair-scan", self._scan_pass, scan_interval, settle=settle, coalesce=0.2
+        )
+        self._settled = False
         self._lost: set[str] = set()
         self._last_up: set[str] | None = None
         self._next_slot = 0.0
@@ -105,13 +107,13 @@ class RepairWorker:
 
     async def start(self) -> None:
         self._qlen = await asyncio.to_thread(len, self.queue)
-        self._tasks = [
-            asyncio.create_task(self._run(), name="repair"),
-            asyncio.create_task(self._scan_loop(), name="repair-scan"),
-        ]
+        await super().start()
+        await self.scanner.start()
 
     async def stop(self) -> None:
-        await cancel_and_wait(self._tasks + list(self._running.values()))
+        await self.scanner.stop()
+        await super().stop()
+        await cancel_and_wait(list(self._running.values()))
         self.queue.close()
 
     def handlers(self) -> dict[str, Any]:
@@ -122,14 +124,13 @@ class RepairWorker:
         return {"missing": await self.audit()}
 
     def status(self) -> dict[str, Any]:
-        state = "settling" if not self._settled.is_set() else "busy" if self._running else "idle"
+        state = "settling" if not self._settled else "busy" if self._running else "idle"
         return {
-            "name": self.name,
+            **super().status(),
             "state": state,
             "queue": self._qlen,
             "in_flight": len(self._running),
             **self.counters,
-            "last_error": self.last_error,
         }
 
     # ------------------------------------------------------------------ triggers
@@ -141,28 +142,18 @@ class RepairWorker:
         if prev is None or up == prev:
             return
         self._lost |= prev - up
-        self._scan_wanted.set()
+        self.scanner.wake()
 
     def ring_changed(self) -> None:
         # After a crash behind us we own its keys: their files need a look too.
-        self._scan_wanted.set()
+        self.scanner.wake()
 
-    async def _scan_loop(self) -> None:
-        await self._settled.wait()
-        while True:
-            await wait_event(self._scan_wanted, self.scan_interval)
-            self._scan_wanted.clear()
-            await asyncio.sleep(0.2)  # let a burst of changes make one scan
-            lost, self._lost = self._lost, set()
-            try:
-                await self.scan(lost)
-                if time.monotonic() - self._last_audit >= self.audit_interval:
-                    self._last_audit = time.monotonic()
-                    await self.audit()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("repair scan failed")
+    async def _scan_pass(self) -> None:
+        lost, self._lost = self._lost, set()
+        await self.scan(lost)
+        if time.monotonic() - self._last_audit >= self.audit_interval:
+            self._last_audit = time.monotonic()
+            await self.audit()
 
     async def audit(self) -> int:
         """Ask every live holder whether the copies our records list are there; queue
@@ -192,7 +183,7 @@ class RepairWorker:
         self.counters["missing"] += len(found)
         if found:
             log.info("repair audit: %d listed copies are missing", len(found))
-            self._wake.set()
+            self.wake()
         return len(found)
 
     def _audit_plan(self, live: dict[str, Candidate]) -> dict[str, list[tuple[str, str]]]:
@@ -216,7 +207,7 @@ class RepairWorker:
             log.info(
                 "repair scan queued %d files%s", n, f" (lost {len(lost)} nodes)" if lost else ""
             )
-            self._wake.set()
+            self.wake()
         return n
 
     def _scan_sync(self, live: dict[str, Candidate], draining: set[str], lost: set[str]) -> int:
@@ -305,7 +296,7 @@ class RepairWorker:
             self.queue.enqueue, path, reason, time.time(), bad=node_id, urgent=True
         )
         self._qlen += 1
-        self._wake.set()
+        self.wake()
         return {"queued": True, "owner": self.node.addr}
 
     async def _copy_is_good(self, path: str, node_id: str) -> bool:
@@ -329,26 +320,21 @@ class RepairWorker:
 
     # ------------------------------------------------------------------ the queue runner
 
-    async def _run(self) -> None:
-        # See the module rules: decide nothing until the member table has filled.
-        await asyncio.sleep(self.settle)
-        self._settled.set()
-        self._scan_wanted.set()
-        while True:
-            self._wake.clear()
-            free = self.concurrency - len(self._running)
-            if free > 0:
-                entries = await asyncio.to_thread(
-                    self.queue.due, time.time(), free, skip=set(self._running)
-                )
-                for e in entries:
-                    self._running[e.path] = asyncio.create_task(
-                        self._one(e), name=f"repair {e.path}"
-                    )
-            nd = await asyncio.to_thread(self.queue.next_due)
-            self._qlen = await asyncio.to_thread(len, self.queue)
-            wait = 5.0 if nd is None else min(5.0, max(0.2, nd - time.time()))
-            await wait_event(self._wake, wait)
+    async def work(self) -> float:
+        """Start the due repairs there are free slots for; the wait until the next is
+        due (at most 5 s). The settle before the first pass is the module rule: decide
+        nothing until the member table has filled."""
+        self._settled = True
+        free = self.concurrency - len(self._running)
+        if free > 0:
+            entries = await asyncio.to_thread(
+                self.queue.due, time.time(), free, skip=set(self._running)
+            )
+            for e in entries:
+                self._running[e.path] = asyncio.create_task(self._one(e), name=f"repair {e.path}")
+        nd = await asyncio.to_thread(self.queue.next_due)
+        self._qlen = await asyncio.to_thread(len, self.queue)
+        return 5.0 if nd is None else min(5.0, max(0.2, nd - time.time()))
 
     async def _one(self, e: Entry) -> None:
         try:
@@ -366,7 +352,7 @@ class RepairWorker:
             log.info("repair of %s failed (retry in %.0f s): %s", e.path, due - time.time(), exc)
         finally:
             self._running.pop(e.path, None)
-            self._wake.set()
+            self.wake()
 
     def _live(self) -> dict[str, Candidate]:
         # Draining nodes included: they still serve their copies (policy rule 5).

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 import blake3
 
-from sector.aio import cancel_and_wait
+from sector.aio import Worker
 from sector.errors import SectorError
 from sector.ids import to_hex
 from sector.routing.chord import Peer
@@ -83,40 +83,29 @@ def hash_paced(path: Path, rate: int, stop: threading.Event) -> tuple[str, int] 
     return "blake3:" + h.hexdigest(), n
 
 
-class ScrubWorker:
-    name = "scrub"
-
+class ScrubWorker(Worker):
     def __init__(self, node: ScrubHost, *, rate: int, interval: float, settle: float) -> None:
+        super().__init__("scrub", interval=interval, settle=settle)
         self.node = node
         self.rate = rate
-        self.interval = interval
-        self.settle = settle
         self.counters = {"verified": 0, "bytes": 0, "corrupt": 0, "passes": 0, "adopted": 0}
         self.progress = 0.0  # % of the current (or last) pass
-        self.state = "settling"
-        self.last_error = ""
         self._lock = asyncio.Lock()
         self._stop = threading.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="scrub")
 
     async def stop(self) -> None:
         self._stop.set()  # a hashing thread notices within one chunk
-        await cancel_and_wait([self._task])
+        await super().stop()
 
     def handlers(self) -> dict[str, Any]:
         return {"scrub.now": self._h_now}
 
     def status(self) -> dict[str, Any]:
         return {
-            "name": self.name,
-            "state": self.state,
+            **super().status(),
             "progress": round(self.progress, 1),
             **self.counters,
             "rate": self.rate,
-            "last_error": self.last_error,
         }
 
     async def _h_now(self, a: dict[str, Any]) -> Any:
@@ -136,22 +125,15 @@ class ScrubWorker:
                 mark.write_text(f"{now}\n")
             return now
 
-    async def _loop(self) -> None:
-        await asyncio.sleep(self.settle)
-        self.state = "idle"
-        while True:
-            wait = self._last_start() + self.interval - time.time()
-            if wait > 0:
-                await asyncio.sleep(min(wait, 60.0))
-                continue
-            try:
-                (self.node.data / "scrub.last").write_text(f"{time.time()}\n")
-                await self.run_pass()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.exception("scrub pass failed")
-                self.last_error = str(exc)
+    async def work(self) -> float:
+        """A pass when the schedule says so (it survives restarts); else how long until
+        then (at most a minute, so a changed clock or marker is noticed)."""
+        wait = self._last_start() + self.interval - time.time()
+        if wait > 0:
+            return min(wait, 60.0)
+        (self.node.data / "scrub.last").write_text(f"{time.time()}\n")
+        await self.run_pass()
+        return 0.0
 
     async def run_pass(self) -> None:
         async with self._lock:  # scrub.now during a scheduled pass waits for it

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
+from sector.aio import Every
 from sector.errors import BadRequest, CertificateError, SectorError, UsageError
 from sector.node.members import Members
 from sector.security import pki
@@ -135,26 +136,24 @@ class NodeSecurity:
         except SectorError as exc:
             log.debug("policy push to %s failed: %s", addr, exc)
 
-    async def pull_loop(self) -> None:
-        """Anti-entropy: ask a random live member for a newer policy."""
+    def puller(self) -> Every:
+        """The anti-entropy worker: every POLICY_PULL seconds (± half), ask a random
+        live member for a newer policy."""
+        return Every("policy", self.pull_once, POLICY_PULL, jitter=0.5)
+
+    async def pull_once(self) -> None:
         assert self.node is not None
-        while True:
-            await asyncio.sleep(POLICY_PULL * (0.5 + random.random()))
-            peers = [m.addr for m in self.node.members.alive(time.monotonic())]
-            peers = [p for p in peers if p != self.node.addr]
-            if not peers:
-                continue
-            try:
-                rep = await self.node.pool.call(
-                    random.choice(peers),
-                    "sec.policy",
-                    {"have": self.auth.policy.version},
-                    timeout=5.0,
-                )
-                blob = rep.get("policy") if isinstance(rep, dict) else None
-                if isinstance(blob, str):
-                    self.offer(blob)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.debug("policy pull failed: %s", exc)
+        peers = [m.addr for m in self.node.members.alive(time.monotonic())]
+        peers = [p for p in peers if p != self.node.addr]
+        if not peers:
+            return
+        try:
+            rep = await self.node.pool.call(
+                random.choice(peers), "sec.policy", {"have": self.auth.policy.version}, timeout=5.0
+            )
+        except SectorError as exc:  # a member out of reach: the next pull asks another
+            log.debug("policy pull failed: %s", exc)
+            return
+        blob = rep.get("policy") if isinstance(rep, dict) else None
+        if isinstance(blob, str):
+            self.offer(blob)

@@ -29,7 +29,7 @@ from typing import Any
 
 import msgspec
 
-from sector.aio import cancel_and_wait
+from sector.aio import Every, Worker, cancel_and_wait
 from sector.config import NodeConfig
 from sector.errors import (
     BadRequest,
@@ -105,7 +105,7 @@ class Node:
             ssl=sec.server_ctx if sec else None,
             authenticator=sec.auth if sec else None,
         )
-        self._tasks: list[asyncio.Task[None]] = []
+        self.loops: list[Worker] = []  # gossip, the policy pull
         self._probe: asyncio.Task[None] | None = None  # gossip to a member seen down
         self._stopped = asyncio.Event()
         self.leaving = False
@@ -256,9 +256,11 @@ class Node:
             self.driver.create()
         await self.meta.start()
         await self.driver.start()
-        self._tasks.append(asyncio.create_task(self._gossip_loop(), name="gossip"))
+        self.loops = [Every("gossip", self._gossip_tick, self.cfg.gossip_interval)]
         if self.security is not None:
-            self._tasks.append(asyncio.create_task(self.security.pull_loop(), name="policy"))
+            self.loops.append(self.security.puller())
+        for w in self.loops:
+            await w.start()
         await self.repair.start()
         await self.scrub.start()
         await self.gc.start()
@@ -331,7 +333,9 @@ class Node:
         await self.stop()
 
     async def stop(self) -> None:
-        for t in await cancel_and_wait([*self._tasks, self._probe]):
+        for w in self.loops:
+            await w.stop()
+        for t in await cancel_and_wait([self._probe]):
             log.warning("background task %s did not stop", t.get_name())
         with contextlib.suppress(Exception):
             await self.driver.stop()
@@ -362,15 +366,10 @@ class Node:
             time.monotonic(), used=self.blobs.used, free=self.blobs.free()
         )
 
-    async def _gossip_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.cfg.gossip_interval)
-            try:
-                await self._gossip_round()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("gossip round failed")
+    async def _gossip_tick(self) -> None:
+        try:
+            await self._gossip_round()
+        finally:
             # Checked every round (a set comparison): a member turning down starts a
             # repair scan within one gossip interval of the table saying so. (Dropping
             # its pooled connection here too, so calls in flight fail at once, was tried
@@ -521,7 +520,17 @@ class Node:
             "blobs": self.blobs.count,
             **counts,
             "repair_queue": repair["queue"],
-            "workers": [repair, self.scrub.status(), self.gc.status(), self.sphere.status()],
+            # Every background loop of the node, in one shape (``sector status --workers``).
+            "workers": [
+                repair,
+                self.repair.scanner.status(),
+                self.scrub.status(),
+                self.gc.status(),
+                self.sphere.status(),
+                self.meta.handoff.status(),
+                *(w.status() for w in self.driver.workers),
+                *(w.status() for w in self.loops),
+            ],
             "ring": {
                 "predecessor": self.state.predecessor.addr if self.state.predecessor else None,
                 "successors": [p.addr for p in self.state.successors],

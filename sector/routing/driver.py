@@ -16,13 +16,12 @@ so that two rings left by a partition join again.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
-from sector.aio import cancel_and_wait
+from sector.aio import Every
 from sector.errors import ClusterError, SectorError
 from sector.ids import short
 from sector.routing.chord import ChordState, Peer
@@ -85,7 +84,7 @@ class ChordDriver:
         self.merge_interval = merge_interval
         self.probe_targets = probe_targets
         self.merges = 0  # successors adopted from a merge probe (status)
-        self._tasks: list[asyncio.Task[None]] = []
+        self.workers: list[Every] = []  # the maintenance steps, each a worker
         self._bootstrap: str | None = None
         self._seen = state.neighbours()
 
@@ -131,33 +130,24 @@ class ChordDriver:
     # -- workers ----------------------------------------------------------------------
 
     async def start(self) -> None:
-        if self._tasks:
+        if self.workers:
             return
-        tag = short(self.state.me.id)
-        for name, step, every in (
-            ("stabilize", self.stabilize_once, self.stabilize_interval),
-            ("fix-fingers", self.fix_finger_once, self.fix_fingers_interval),
-            ("check-predecessor", self.check_predecessor_once, self.check_pred_interval),
-            ("merge-probe", self.merge_probe_once, self.merge_interval),
-        ):
-            self._tasks.append(
-                asyncio.create_task(self._every(name, step, every), name=f"chord.{name}[{tag}]")
+        self.workers = [
+            Every(f"chord.{name}", step, every)
+            for name, step, every in (
+                ("stabilize", self.stabilize_once, self.stabilize_interval),
+                ("fix-fingers", self.fix_finger_once, self.fix_fingers_interval),
+                ("check-predecessor", self.check_predecessor_once, self.check_pred_interval),
+                ("merge-probe", self.merge_probe_once, self.merge_interval),
             )
+        ]
+        for w in self.workers:
+            await w.start()
 
     async def stop(self) -> None:
-        tasks, self._tasks = self._tasks, []
-        await cancel_and_wait(tasks)
-
-    async def _every(self, name: str, step: Callable[[], Awaitable[None]], every: float) -> None:
-        while True:
-            await asyncio.sleep(every)
-            try:
-                await step()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                # A worker that dies silently leaves the ring to rot; log and go on.
-                log.exception("chord %s step failed on %s", name, self.state.me)
+        workers, self.workers = self.workers, []
+        for w in workers:
+            await w.stop()
 
     async def stabilize_once(self) -> None:
         """Chord stabilize (``steps.Stabilize``); a node that lost every peer rejoins

@@ -392,3 +392,44 @@ def test_json_outputs_carry_the_contract_fields(
         assert isinstance(n["bytes_free"], int) and n["bytes_free"] > 0
     assert isinstance(status["files"], int) and status["files"] >= 1
     assert status["under_replicated"] == 0
+
+
+# ---------------------------------------------------------------- background workers
+
+LOOPS = {
+    "repair",
+    "repair-scan",
+    "scrub",
+    "gc",
+    "sphere",
+    "meta-sync",
+    "chord.stabilize",
+    "chord.fix-fingers",
+    "chord.check-predecessor",
+    "chord.merge-probe",
+    "gossip",
+}
+
+
+def test_status_workers_lists_every_loop_of_every_node(
+    cluster: ProcCluster, sector_cli: Any
+) -> None:
+    """Every background loop of a node reports in one shape: name, state, runs, errors,
+    last error (issue 10); the ring's and gossip's loops visibly run."""
+    addr = cluster.address
+
+    def every_loop_ran() -> bool:
+        st = json.loads(ok(sector_cli("status", "--workers", "--json", cluster=addr)))
+        for n in st["nodes"]:
+            ws = {w["name"]: w for w in n["workers"]}
+            assert set(ws) >= LOOPS, LOOPS - set(ws)
+            for w in ws.values():
+                assert {"state", "runs", "errors", "last_error"} <= set(w), w
+            if min(ws[x]["runs"] for x in ("chord.stabilize", "gossip", "meta-sync")) < 1:
+                return False
+        return len(st["nodes"]) == NODES
+
+    wait_for(every_loop_ran, 30, what="every node's ring, gossip and sync loops to run")
+    text = ok(sector_cli("status", "--workers", cluster=addr)).decode()
+    for name in LOOPS:
+        assert f" {name}: " in text, name
