@@ -62,13 +62,23 @@ def run_and_commit(c: sector.Client, node: NodeProc, job: str) -> dict[str, Any]
     return st
 
 
+def all_up(c: sector.Client, path: str) -> None:
+    """Every copy up, as the entry node sees them (a cluster just started may not
+    have heard from every member yet)."""
+
+    def up() -> bool:
+        return all(r["state"] == "up" for r in c.stat(path)["replicas"])
+
+    wait_for(up, timeout=30.0, what=f"every copy of {path} up")
+
+
 def test_output_first_copy_stays_on_the_node_that_made_it(cluster: ProcCluster) -> None:
     node = cluster.nodes[1]
     with sector.connect(cluster.address) as c:
         st = run_and_commit(c, node, os.urandom(8).hex())
         ids = [r["id"] for r in st["replicas"]]
         assert ids[0] == node.node_id and len(set(ids)) == 2, st
-        assert all(r["state"] == "up" for r in st["replicas"])
+        all_up(c, st["path"])
 
 
 def test_output_of_a_draining_node_goes_to_the_others(cluster: ProcCluster) -> None:
@@ -81,5 +91,5 @@ def test_output_of_a_draining_node_goes_to_the_others(cluster: ProcCluster) -> N
             c.drain(node.address, cancel=True)
         ids = [r["id"] for r in st["replicas"]]
         assert node.node_id not in ids and len(set(ids)) == 2, st
-        assert all(r["state"] == "up" for r in st["replicas"])
+        all_up(c, st["path"])
         assert not (node.data / "blobs" / st["blob"][:2] / st["blob"]).exists()
