@@ -4,10 +4,11 @@ Each operation touches one or more metadata records through ``MetaService.call``
 (routed to the records' owners) and, for files, the blobs on the replica nodes. The
 order of steps is chosen so that a crash between two steps never loses data and never
 shows a half-made file:
-- put: the blob is durable on its replicas *before* its record exists (``begin_put``
-  only reserves a blob id and picks targets); then the parent directories, then the
-  file record, then the entry in the parent. A crash before the record leaves only
-  unreferenced blob bytes (collected later), never a visible file without data.
+- put (its protocol is ``node/put.py``): the blob is durable on its replicas *before*
+  its record exists (``begin_put`` only reserves a blob id and picks targets); then the
+  file record, then the entry in the parent (and parent directories). A crash before the
+  record leaves only unreferenced blob bytes (collected later), never a visible file
+  without data.
 - rm: the record becomes a tombstone, then the parent entry goes, then the blobs are
   deleted (best effort: a node that is down keeps an orphan to collect later).
 - mv: the new record and entry first, then the old ones removed; the blobs stay put.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -25,7 +27,6 @@ from sector.errors import (
     AlreadyExists,
     BadRequest,
     IsADirectory,
-    NoSpace,
     NotADirectory,
     NotFound,
     SectorError,
@@ -36,10 +37,9 @@ from sector.errors import (
 from sector.meta import records as rec
 from sector.meta.records import DirRecord, FileRecord, Gone, Record
 from sector.node import status
+from sector.node.put import MAX_RF, PutProtocol
 from sector.security import guard
-from sector.storage import placement
-from sector.storage.blobs import check_blob_id, new_blob_id
-from sector.transport.rpc import split_addr
+from sector.storage.blobs import check_blob_id
 
 if TYPE_CHECKING:
     from sector.node.server import Node
@@ -47,7 +47,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("sector.fs")
 
 FANOUT = 32  # concurrent metadata requests of one recursive operation
-MAX_RF = 16
 
 
 def _path(a: dict[str, Any], name: str = "path") -> str:
@@ -249,17 +248,10 @@ class FsService:
         await self.ensure_dir(path, parents=parents, exist_ok=parents)
         return self.describe(await self.must_get(path)) if path != "/" else None
 
-    def _candidates(self, *, reachable: bool = False) -> list[placement.Candidate]:
-        """Nodes that take new replicas (up, not draining); with ``reachable`` also
-        the draining ones (repair reads from them)."""
-        now = time.monotonic()
-        members = self.node.members
-        return [
-            placement.Candidate(
-                node_id=m.id, addr=m.addr, host=m.host, topology=m.topology, free=m.free
-            )
-            for m in (members.reachable(now) if reachable else members.alive(now))
-        ]
+    @functools.cached_property
+    def puts(self) -> PutProtocol:
+        """The put protocol (``node/put.py``) on this node; its handlers are below."""
+        return PutProtocol(self.node, self)
 
     async def _h_begin_put(self, a: dict[str, Any]) -> Any:
         path = _path(a)
@@ -268,58 +260,29 @@ class FsService:
             path = rec.join("/", rec.check_name(name))
         if path == "/":
             raise IsADirectory("/ is a directory")
-        guard.write(path)
-        self.writable()
+        # Checked before the arguments, as always (the plan checks again for its other
+        # callers): a caller that may not write hears that first.
+        self.puts.check_write(path)
         size = _opt_int(a, "size", 0, 1 << 62)
         if size is None:
             raise BadRequest("begin_put needs a size")
-        rf = _opt_int(a, "rf", 1, MAX_RF) or self.node.cfg.replicas
-        # The target and its parent are looked up together (two owners, one round trip).
-        cur, pr = await asyncio.gather(self.get(path), self.get(rec.parent(path)))
-        if isinstance(cur, DirRecord) and isinstance(name, str):
-            # The client asked for "into this directory if it is one" (cp semantics),
-            # saving itself a stat round trip.
-            pr = cur
-            path = rec.join(path, rec.check_name(name))
-            cur = await self.get(path)
-        if isinstance(cur, DirRecord):
-            raise IsADirectory(f"{path} is a directory")
-        # Fail early (before any byte moves) when an ancestor is a file.
-        par = rec.parent(path)
-        while par != "/":
-            if pr is None:
-                pr = await self.get(par)
-            if isinstance(pr, FileRecord):
-                raise NotADirectory(f"{par} is a file, not a directory")
-            if isinstance(pr, DirRecord):
-                break
-            par, pr = rec.parent(par), None
-        cands = self._candidates()
-        writer = None
+        rf = _opt_int(a, "rf", 1, MAX_RF)
         client_host = a.get("client_host")
-        if isinstance(client_host, str):
-            me = next((c for c in cands if c.node_id == self.node.members.me_id), None)
-            same = [c for c in cands if split_addr(c.addr)[0] == client_host]
-            writer = me if me is not None and me in same else (same[0] if same else None)
-        blob = new_blob_id()
-        chosen = placement.choose(
-            cands, rf, size=size, writer=writer, seed=blob, min_free=self.node.cfg.min_free
+        plan = await self.puts.plan(
+            path,
+            size,
+            rf=rf,
+            name=name if isinstance(name, str) else None,
+            client_host=client_host if isinstance(client_host, str) else None,
         )
-        if not chosen:
-            raise NoSpace(f"no node can take {size} bytes for {path} ({len(cands)} nodes up)")
-        return {
-            "path": path,
-            "blob": blob,
-            "rf": rf,
-            "targets": [[c.node_id, c.addr] for c in chosen],
-        }
+        return plan.to_wire()
 
     async def _h_commit_put(self, a: dict[str, Any]) -> Any:
         path = _path(a)
         guard.write(path)
         blob = check_blob_id(a.get("blob"))
         size = _opt_int(a, "size", 0, 1 << 62)
-        rf = _opt_int(a, "rf", 1, MAX_RF) or self.node.cfg.replicas
+        rf = _opt_int(a, "rf", 1, MAX_RF)
         checksum = a.get("checksum")
         replicas = a.get("replicas")
         if (
@@ -333,83 +296,9 @@ class FsService:
         for x in replicas:
             if not (isinstance(x, list) and len(x) == 2 and all(isinstance(y, str) for y in x)):
                 raise BadRequest("replicas must be [node id, address] pairs")
-            if (x[0], x[1]) not in reps:
-                reps.append((x[0], x[1]))
+            reps.append((x[0], x[1]))
         owner = str(a.get("owner") or "")
-        if not guard.is_node():
-            # A client's word is not enough: only copies that their holders say were
-            # written for this path, at this size, go into the record. Otherwise a user
-            # could point a record of its own at another file's blob and have repair
-            # trim (delete) that file's copies, or list any address as a holder.
-            reps = await self._confirmed(path, blob, size, reps)
-            owner = guard.user() or ""
-        # A user's put is acknowledged with at least two durable copies (one where R is
-        # 1 or the cluster has one member): a single copy left by a chain cut short must
-        # not be all there is of an acknowledged file. (Sphere's outputs, committed by
-        # nodes, can be recomputed; a job that lost a node keeps what it has.)
-        need = min(2, rf, self.node.voters()) if not guard.is_node() else 1
-        if len(reps) < need:
-            raise Unavailable(
-                f"{path}: {len(reps)} of {rf} copies written durably; a put needs {need}"
-            )
-        par = rec.parent(path)
-        now = time.time()
-        record = FileRecord(
-            path=path,
-            v=(0, 0, ""),
-            size=size,
-            checksum=checksum,
-            blob=blob,
-            replicas=reps,
-            rf=rf,
-            ctime=now,
-            mtime=now,
-            owner=owner,
-        )
-        res = await self.node.meta.call(path, "put_file", {"record": rec.to_builtins(record)})
-        try:
-            await self._add_entry(par, rec.basename(path), "file", parents=True)
-        except NotADirectory:
-            # The parent became a file after begin_put: take back the record we just
-            # made -- only if it was new, and only our version (the blob guard), so an
-            # acknowledged file of someone else is never touched. On any other error the
-            # record stays: a retry re-adds the entry (add_child is idempotent).
-            if res.get("old") is None:
-                with contextlib.suppress(SectorError):
-                    await self.node.meta.call(path, "delete", {"blob": blob})
-            raise
-        old = rec.from_builtins(res["old"]) if res.get("old") else None
-        if isinstance(old, FileRecord) and old.blob != blob:
-            log.info("put of %s: blob %s replaces %s (v %s)", path, blob, old.blob, old.v)
-        self._spawn_delete(old, keep=blob)
-        stored = rec.from_builtins(res["record"])
-        assert isinstance(stored, FileRecord)
-        return self.describe(stored)
-
-    async def _confirmed(
-        self, path: str, blob: str, size: int, reps: list[tuple[str, str]]
-    ) -> list[tuple[str, str]]:
-        async def one(nid: str, addr: str) -> bool:
-            args = {"blob": blob, "path": path}
-            try:
-                if addr == self.node.addr:  # the same answer, without the round trip
-                    rep = await self.node.transfer.handlers()["blob.has"](args)
-                else:
-                    rep = await self.node.pool.call(addr, "blob.has", args, timeout=15.0)
-            except SectorError:
-                return False
-            return (
-                isinstance(rep, dict)
-                and rep.get("node") == nid
-                and rep.get("size") == size
-                and rep.get("claimed") is True
-            )
-
-        oks = await asyncio.gather(*(one(n, ad) for n, ad in reps[:MAX_RF]))
-        good = [r for r, ok in zip(reps, oks, strict=False) if ok]
-        if not good:
-            raise BadRequest(f"no listed replica holds blob {blob} written for {path}")
-        return good
+        return await self.puts.commit(path, blob, size, checksum, reps, rf, owner=owner)
 
     async def _h_rm(self, a: dict[str, Any]) -> Any:
         path = _path(a)

@@ -43,6 +43,7 @@ from sector.errors import (
 from sector.ids import key_id, to_hex
 from sector.meta import records as rec
 from sector.meta.records import FileRecord
+from sector.node import put
 from sector.security import guard
 from sector.storage import repair_policy
 from sector.storage.placement import Candidate
@@ -356,7 +357,7 @@ class RepairWorker(Worker):
 
     def _live(self) -> dict[str, Candidate]:
         # Draining nodes included: they still serve their copies (policy rule 5).
-        return {c.node_id: c for c in self.node.fs._candidates(reachable=True)}
+        return {c.node_id: c for c in put.candidates(self.node.members, reachable=True)}
 
     async def repair(self, e: Entry) -> None:
         """Bring one path to its target (see the module rules). Raises to back off."""
@@ -465,24 +466,16 @@ class RepairWorker(Worker):
         errors: list[str] = []
         for nid, addr in order:
             try:
-                if nid == me:
-                    got = await self.node.transfer.replicate(
-                        r.blob, r.size, r.checksum, chain, r.path
-                    )
-                else:
-                    rep = await self.node.call(
-                        addr,
-                        "blob.replicate",
-                        {
-                            "blob": r.blob,
-                            "size": r.size,
-                            "checksum": r.checksum,
-                            "targets": [list(c) for c in chain],
-                            "path": r.path,
-                        },
-                        timeout=30.0 + r.size / COPY_RATE_FLOOR,
-                    )
-                    got = rep["stored"] if isinstance(rep, dict) else []
+                got = await put.push_copy(
+                    self.node,
+                    (nid, addr),
+                    r.blob,
+                    r.size,
+                    r.checksum,
+                    chain,
+                    r.path,
+                    timeout=30.0 + r.size / COPY_RATE_FLOOR,
+                )
             except (ChecksumMismatch, NotFound) as exc:
                 # The holder's copy is missing or rotten: queue it as a bad copy (the
                 # next pass replaces it) and try another holder.

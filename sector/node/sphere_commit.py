@@ -1,0 +1,163 @@
+"""Sphere's commit on this node: a job's staged output becomes Sector files.
+
+- A commit is checked whole before any file is made (``plan``): every item's path
+  lies under the job's staging directory (the driver renames it into place, so
+  output never lands elsewhere in the namespace), paths are distinct, and every part
+  an item needs is here. A bad commit stores nothing.
+- A file is its parts in segment order: a bucket's parts from the winning attempts,
+  or one attempt's output. With a reduce, the job's reduce UDF runs over a bucket's
+  parts in an engine and its output is the file. One part is sealed as it is (a link,
+  no copy); several are joined in the kernel (``bulkfile.concat``).
+- Each file is then made through the put protocol from this node (``node/put.py``,
+  ``put_local``): the first copy stays here, where the next stage reads it.
+- Reduces run one per engine at a time; plain commits two at a time (bulk file work
+  that keeps the disk busy without thrashing it). Every item ends before the reply,
+  even when one fails: a commit still running after the driver gave up would store a
+  file into a staging directory that the driver's cleanup has already removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sector.aio import gather_all
+from sector.errors import BadRequest, JobFailed, NotFound
+from sector.meta import records as rec
+from sector.node import bulkfile
+from sector.node.engines import EngineDied, EnginePool
+from sector.node.put import PutProtocol
+from sector.node.sphere_args import MAX_BUCKETS, MAX_ID, int_arg
+from sector.node.sphere_shuffle import received
+from sector.sphere import spe
+
+__all__ = ["Committer", "Item", "plan"]
+
+PLAIN_AT_ONCE = 2  # plain (concatenating) commits of one request at a time
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One file to make: its path and the staged files it is made of, in order."""
+
+    path: str
+    parts: list[Path]
+    bucket: int | None  # a bucket's file (a reduce applies), or one attempt's output
+
+
+def plan(jdir: Path, stage: str, items: list[Any]) -> list[Item]:
+    """A commit's items, checked (see the module rules); raises on the first bad one."""
+    out: list[Item] = []
+    for item in items:
+        if not isinstance(item, dict) or not isinstance(item.get("path"), str):
+            raise BadRequest("each commit item needs a path")
+        path = rec.normalize(item["path"])
+        if not path.startswith(stage):
+            raise BadRequest(f"commit paths must be under {stage}, not {path}")
+        if "bucket" in item:
+            b = int_arg(item, "bucket", 0, MAX_BUCKETS)
+            ids = item.get("attempts")
+            if not isinstance(ids, list) or not all(
+                isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= MAX_ID for x in ids
+            ):
+                raise BadRequest("attempts must be a list of attempt ids")
+            parts = [received(jdir, b, x) for x in ids]
+            bucket: int | None = b
+        else:
+            parts = [jdir / f"a{int_arg(item, 'attempt', 0, MAX_ID)}" / "out"]
+            bucket = None
+        for p in parts:
+            if not p.exists():
+                _missing(p)
+        out.append(Item(path, parts, bucket))
+    if len({it.path for it in out}) != len(out):
+        raise BadRequest("commit items must have distinct paths")
+    return out
+
+
+def _missing(p: Path) -> None:
+    what = (
+        f"bucket part {p.name}"
+        if p.parent.name == "recv"
+        else f"output of attempt {p.parent.name[1:]}"
+    )
+    raise NotFound(f"{what} is not on this node (lost in a restart?)")
+
+
+class Committer:
+    """Makes the files of checked commits (see the module rules)."""
+
+    def __init__(
+        self,
+        puts: PutProtocol,
+        engines: EnginePool,
+        nengines: int,
+        io: Executor,
+        *,
+        node_id: str,
+        addr: str,
+    ) -> None:
+        self.puts = puts
+        self.engines = engines
+        self.nengines = nengines
+        self.io = io
+        self.node_id = node_id
+        self.addr = addr
+
+    async def run(
+        self,
+        jdir: Path,
+        items: list[Item],
+        reduce: dict[str, Any] | None,
+        rf: int | None,
+        durable: bool,
+    ) -> list[dict[str, Any]]:
+        """Make every item's file; their descriptions, in the items' order."""
+        sem = asyncio.Semaphore(self.nengines if reduce else PLAIN_AT_ONCE)
+        work = jdir / "commit"
+        work.mkdir(exist_ok=True)
+        loop = asyncio.get_running_loop()
+
+        async def one(i: int, it: Item) -> dict[str, Any]:
+            if reduce is not None and it.bucket is not None:
+                out = work / f"f{i}"
+                async with sem:  # the engine's part; the next reduce starts as this stores
+                    await self._reduce(reduce, it.bucket, it.path, it.parts, out)
+                return await self.puts.put_local(out, it.path, rf, io=self.io, durable=durable)
+            async with sem:
+                if len(it.parts) == 1:
+                    out = it.parts[0]  # sealed as it is (a link, no copy)
+                else:
+                    out = work / f"f{i}"
+                    await loop.run_in_executor(self.io, bulkfile.concat, it.parts, out)
+                return await self.puts.put_local(out, it.path, rf, io=self.io, durable=durable)
+
+        return await gather_all(*(one(i, it) for i, it in enumerate(items)))
+
+    async def _reduce(
+        self, spec: dict[str, Any], bucket: int, path: str, parts: list[Path], out: Path
+    ) -> None:
+        """Run the job's reduce over one bucket's parts in an engine, into ``out``."""
+        task = {
+            **spec,
+            "parts": [str(p) for p in parts],
+            "bucket": bucket,
+            "path": path,
+            "node": self.node_id,
+            "out": str(out),
+        }
+        try:
+            res = await self.engines.run(spe.run_reduce, task)
+        except EngineDied:
+            raise JobFailed(
+                f"bucket {bucket}: the engine process died in the reduce "
+                "(did the UDF exit or crash?)"
+            ) from None
+        if not res.get("ok"):
+            raise JobFailed(
+                f"bucket {bucket} on {self.addr}: {res.get('error')}",
+                traceback=str(res.get("traceback") or ""),
+            )

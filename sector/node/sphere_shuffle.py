@@ -1,0 +1,195 @@
+"""The shuffle on this node: bucket parts out to their buckets' nodes, and in from mappers.
+
+A finished attempt of a bucket job has one file per bucket it wrote to
+(``<job>/a<attempt>/b<bucket>``, written by its engine). Before the attempt counts as
+done, each part goes to its bucket's node; a part received is
+``<job>/recv/b<bucket>.a<attempt>`` (``received``), which is what commit reads.
+
+- One writer, two sinks (STYLE habit 12, after dask's ``shuffle/_buffer.py``): a
+  ``BucketWriter`` hands the parts of one delivery (an attempt's, or a resend of some
+  of them) to their sinks and owns the bounds; the sinks only move bytes.
+  ``DiskSink`` links a part for a bucket of this node into ``recv/`` (no copy);
+  ``NetSink`` pushes it to another node (``sphere.push``, bulk, ``sendfile``).
+- Memory and back-pressure: a writer has at most ``streams`` parts in flight and waits
+  for one to end before it starts the next. No byte of a part passes through Python
+  memory on the way out (a link, or ``sendfile`` from its file), so what a part in
+  flight holds is a connection and its buffers (on TLS the transport's two 4 MiB
+  chunks): the stream count is the writer's memory limit. On the way in, a part goes
+  to a file on the Sphere I/O threads. On plain TCP a receive holds one thread and its
+  4 MiB buffer for the whole part, so the pool's size caps the parts received at once
+  and a push beyond it waits, its sender with it (TCP's flow control carries the
+  back-pressure); on TLS a receive holds at most the chunk being written and the one
+  being decrypted.
+- Parts are kept per attempt on both sides: commit takes exactly one attempt per
+  segment, so a speculative duplicate never doubles records, and the mapper keeps its
+  parts until the job ends, so a lost bucket node can be fed again (``sphere.resend``)
+  without running the UDF again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from sector.errors import NoSpace, SectorError
+from sector.node import bulkfile
+from sector.storage.blobs import BlobStore
+from sector.transport.rpc import BulkChannel, RpcPool
+
+__all__ = ["PUSH_STREAMS", "BucketWriter", "Part", "Shuffle", "received"]
+
+log = logging.getLogger("sector.sphere")
+
+PUSH_STREAMS = 4  # parts of one delivery in flight at once
+
+
+def received(jdir: Path, bucket: int, attempt: int) -> Path:
+    """Where a job's part of ``bucket`` from ``attempt`` is kept once received."""
+    return jdir / "recv" / f"b{bucket}.a{attempt}"
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """One attempt's records for one bucket: a file the engine wrote."""
+
+    job: str
+    attempt: int
+    bucket: int
+    size: int
+    file: Path
+
+
+class Sink(Protocol):
+    async def deliver(self, part: Part) -> None: ...
+
+
+class DiskSink:
+    """A part for a bucket of this node: linked into the job's ``recv/``."""
+
+    def __init__(self, jdir: Path) -> None:
+        self.jdir = jdir
+
+    async def deliver(self, part: Part) -> None:
+        dst = received(self.jdir, part.bucket, part.attempt)
+        dst.parent.mkdir(exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            dst.unlink()
+        os.link(part.file, dst)  # the mapper keeps its own name for a resend
+
+
+class NetSink:
+    """A part for a bucket of another node: pushed there (``sphere.push``)."""
+
+    def __init__(self, pool: RpcPool, addr: str) -> None:
+        self.pool = pool
+        self.addr = addr
+
+    async def deliver(self, part: Part) -> None:
+        args = {"job": part.job, "bucket": part.bucket, "attempt": part.attempt, "size": part.size}
+        chan = await self.pool.open_bulk(self.addr, "sphere.push", args)
+        try:
+            with open(part.file, "rb") as f:
+                await chan.sendfile(f, 0, part.size)
+            await chan.read_reply()
+        finally:
+            await chan.close()
+
+
+class BucketWriter:
+    """Delivers parts to their buckets' nodes, at most ``streams`` at once (the module's
+    bounds); a part that fails is reported, not retried (the driver decides)."""
+
+    def __init__(
+        self,
+        me: str,
+        pool: RpcPool,
+        jdir: Path,
+        stats: dict[str, int],
+        *,
+        streams: int = PUSH_STREAMS,
+    ) -> None:
+        self.me = me
+        self.pool = pool
+        self.disk = DiskSink(jdir)
+        self.stats = stats  # "pushed": bytes delivered
+        self.streams = streams
+
+    def sink(self, addr: str) -> Sink:
+        return self.disk if addr == self.me else NetSink(self.pool, addr)
+
+    async def write(self, parts: list[Part], buckets: dict[int, str]) -> list[int]:
+        """Deliver ``parts`` to the nodes ``buckets`` names; the buckets that failed."""
+        room = asyncio.Semaphore(self.streams)
+
+        async def one(part: Part) -> int | None:
+            addr = buckets.get(part.bucket)
+            if addr is None:
+                return part.bucket
+            async with room:  # back-pressure: wait for a stream to end
+                try:
+                    await self.sink(addr).deliver(part)
+                except (SectorError, OSError) as exc:
+                    log.warning(
+                        "job %s: part of bucket %d to %s failed: %s",
+                        part.job,
+                        part.bucket,
+                        addr,
+                        exc,
+                    )
+                    return part.bucket
+            self.stats["pushed"] += part.size
+            return None
+
+        got = await asyncio.gather(*(one(p) for p in parts))
+        return [b for b in got if b is not None]
+
+
+class Shuffle:
+    """This node's two ends of the shuffle, with their counters."""
+
+    def __init__(
+        self, me: str, pool: RpcPool, blobs: BlobStore, io: Executor, *, min_free: int
+    ) -> None:
+        self.me = me
+        self.pool = pool
+        self.blobs = blobs
+        self.io = io
+        self.min_free = min_free
+        self.stats = {"pushed": 0, "received": 0}
+
+    async def push(
+        self, jdir: Path, job: str, attempt: int, parts: dict[int, int], buckets: dict[int, str]
+    ) -> list[int]:
+        """Send an attempt's staged parts (``{bucket: bytes}``) to the nodes ``buckets``
+        names; the buckets that failed."""
+        staged = jdir / f"a{attempt}"
+        todo = [Part(job, attempt, b, n, staged / f"b{b}") for b, n in sorted(parts.items())]
+        return await BucketWriter(self.me, self.pool, jdir, self.stats).write(todo, buckets)
+
+    def check_room(self, size: int) -> None:
+        """Refuse a part this node has no room for, before a byte of it moves."""
+        if self.blobs.free() - size < self.min_free:
+            raise NoSpace(f"node {self.me} has no room for a {size}-byte bucket part")
+
+    async def receive(
+        self, chan: BulkChannel, jdir: Path, bucket: int, attempt: int, size: int
+    ) -> None:
+        """A pushed part into ``received(...)``; a sender that hung up (or a job dropped
+        meanwhile) leaves no partial part."""
+        dst = received(jdir, bucket, attempt)
+        dst.parent.mkdir(exist_ok=True)
+        tmp = dst.with_name(f".{dst.name}.part")
+        try:
+            await bulkfile.recv_file(chan, size, tmp, self.io)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        os.replace(tmp, dst)
+        self.stats["received"] += size
