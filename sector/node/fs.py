@@ -21,7 +21,7 @@ import contextlib
 import functools
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from sector.errors import (
     AlreadyExists,
@@ -37,12 +37,9 @@ from sector.errors import (
 from sector.meta import records as rec
 from sector.meta.records import DirRecord, FileRecord, Gone, Record
 from sector.node import status
-from sector.node.put import MAX_RF, PutProtocol
+from sector.node.put import MAX_RF, PutHost, PutProtocol, Records
 from sector.security import guard
 from sector.storage.blobs import check_blob_id
-
-if TYPE_CHECKING:
-    from sector.node.server import Node
 
 log = logging.getLogger("sector.fs")
 
@@ -69,8 +66,38 @@ def _stamp(v: rec.Stamp) -> str:
     return f"{v[0]}.{v[1]}@{v[2][:8]}"
 
 
+class Meta(Records, Protocol):
+    async def get(self, path: str) -> Record | None: ...
+
+
+class Reporter(Protocol):
+    async def report(self, path: str) -> Any: ...
+
+
+class Describes(Protocol):
+    def describe(self) -> dict[str, Any]: ...
+
+
+class FsHost(PutHost, Protocol):
+    """What the namespace handlers need from the node, beyond the put protocol's:
+    the member view and quorum, this node's own info (for ``fs.status``), the repair
+    worker to tell of a replica target change, and the security description."""
+
+    @property
+    def meta(self) -> Meta: ...
+    @property
+    def repair(self) -> Reporter: ...
+    @property
+    def security(self) -> Describes | None: ...
+    def alive_ids(self) -> set[str]: ...
+    def draining_ids(self) -> set[str]: ...
+    def member_view(self) -> list[dict[str, Any]]: ...
+    def quorum_refusal(self) -> str | None: ...
+    async def info(self) -> dict[str, Any]: ...
+
+
 class FsService:
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: FsHost) -> None:
         self.node = node
         self._bg: set[asyncio.Task[None]] = set()
 
@@ -437,7 +464,7 @@ class FsService:
             if m["state"] not in ("up", "draining"):
                 return None
             if m["id"] == self.node.members.me_id:
-                return await self.node._h_info({})
+                return await self.node.info()
             try:
                 res = await self.node.pool.call(m["address"], "node.info", {}, timeout=3.0)
                 return res if isinstance(res, dict) else None

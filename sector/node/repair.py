@@ -29,9 +29,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Protocol
 
 from sector.aio import Every, Worker, cancel_and_wait
+from sector.config import NodeConfig
 from sector.errors import (
     BadRequest,
     ChecksumMismatch,
@@ -42,16 +45,52 @@ from sector.errors import (
 )
 from sector.ids import key_id, to_hex
 from sector.meta import records as rec
-from sector.meta.records import FileRecord
+from sector.meta.records import FileRecord, Record
 from sector.node import put
+from sector.node.members import Members
+from sector.routing.chord import Peer
 from sector.security import guard
 from sector.storage import repair_policy
 from sector.storage.placement import Candidate
 from sector.storage.repair_queue import Entry, RepairQueue
 from sector.storage.transfer import MAX_AUDIT
 
-if TYPE_CHECKING:
-    from sector.node.server import Node
+
+class Shard(Protocol):
+    def all(self) -> Iterator[Record]: ...
+
+
+class Meta(Protocol):
+    """The metadata service as repair uses it: this node's shard (scans), routed reads
+    and owner-side updates."""
+
+    @property
+    def store(self) -> Shard: ...
+    async def get(self, path: str) -> Record | None: ...
+    async def call(self, path: str, op: str, args: dict[str, Any] | None = None) -> Any: ...
+
+
+class RepairHost(put.CopyHost, Protocol):
+    """What repair needs from its node: ownership and lookup (reports go to a file's
+    owner), the member view and quorum, the metadata, RPC, and the chain copy's needs."""
+
+    @property
+    def addr(self) -> str: ...
+    @property
+    def data(self) -> Path: ...
+    @property
+    def cfg(self) -> NodeConfig: ...
+    @property
+    def members(self) -> Members: ...
+    @property
+    def meta(self) -> Meta: ...
+    def alive_ids(self) -> set[str]: ...
+    def draining_ids(self) -> set[str]: ...
+    def responsible_for(self, key: int) -> bool: ...
+    async def lookup(self, key: int, *, verify: bool = False) -> Peer: ...
+    def quorum_refusal(self) -> str | None: ...
+    def converged(self) -> bool: ...
+
 
 log = logging.getLogger("sector.repair")
 
@@ -65,7 +104,7 @@ class RepairWorker(Worker):
 
     def __init__(
         self,
-        node: Node,
+        node: RepairHost,
         *,
         concurrency: int = 2,
         rate: int = 0,
@@ -287,7 +326,7 @@ class RepairWorker(Worker):
             # A bad copy is a copy of one version: a report about a blob the record no
             # longer names (the reader's stat was stale, or an overwrite or delete raced
             # the read) says nothing about the current copies on that node.
-            cur = await self.node.fs.get(path)
+            cur = await self.node.meta.get(path)
             if not isinstance(cur, FileRecord) or cur.blob != blob:
                 return {"queued": False, "owner": self.node.addr, "stale": True}
         if node_id and check and await self._copy_is_good(path, node_id):
@@ -302,7 +341,7 @@ class RepairWorker(Worker):
 
     async def _copy_is_good(self, path: str, node_id: str) -> bool:
         """Whether the holder ``node_id`` says its copy of ``path`` hashes right."""
-        r = await self.node.fs.get(path)
+        r = await self.node.meta.get(path)
         if not isinstance(r, FileRecord):
             return False
         addr = next((ad for nid, ad in r.replicas if nid == node_id), None)

@@ -264,6 +264,7 @@ class Node:
         await self.repair.start()
         await self.scrub.start()
         await self.gc.start()
+        await self.sphere.start()
         self._write_ready()
         log.info(
             "node %s listening on %s (%s)", to_hex(nid)[:8], addr, cfg.topology or "no topology"
@@ -503,6 +504,10 @@ class Node:
         }
 
     async def _h_info(self, a: dict[str, Any]) -> Any:
+        return await self.info()
+
+    async def info(self) -> dict[str, Any]:
+        """This node's figures, state and workers (``node.info``, ``sector status``)."""
         counts = await asyncio.to_thread(self.meta.counts, self.alive_ids())
         held = await asyncio.to_thread(self.repair.held_on, self.draining_ids())
         repair = self.repair.status()

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from sector.aio import wait_event
+from sector.aio import Worker, wait_event
 from sector.errors import BadRequest, NotFound, PermissionDenied, SectorError
 from sector.ids import to_hex
 from sector.meta import records as rec
@@ -67,6 +67,7 @@ from sector.transport.rpc import BulkChannel
 log = logging.getLogger("sector.sphere")
 
 JOB_TTL = 1800.0  # seconds without a word from its driver before a job is dropped
+JANITOR_EVERY = 60.0  # seconds between looks for such jobs
 REPORT_MAX = 12 << 20  # client-bound output bytes in one poll reply
 IO_THREADS = 8  # Sphere's bulk file work at once (see SphereService.io)
 
@@ -104,8 +105,12 @@ class SphereHost(PutHost, Protocol):
     def fs(self) -> Namespace: ...
 
 
-class SphereService:
+class SphereService(Worker):
+    """The Sphere handlers and job state; as a worker, the janitor that drops the jobs
+    whose driver went silent (also checked at every request of a job)."""
+
     def __init__(self, node: SphereHost) -> None:
+        super().__init__("sphere", interval=JANITOR_EVERY, settle=JANITOR_EVERY)
         self.node = node
         self.root = node.data / "sphere"
         # Staged files of jobs from before a restart are dead: their driver has
@@ -153,7 +158,7 @@ class SphereService:
             1 for j in self.jobs.values() for t in j.attempts.values() if t.state == "running"
         )
         return {
-            "name": "sphere",
+            **super().status(),
             "state": "busy" if running else "idle",
             "engines": self.engines,
             "engines_busy": self.pool.busy,
@@ -163,7 +168,11 @@ class SphereService:
             **self.shuffle.stats,
         }
 
+    async def work(self) -> None:
+        self._expire()
+
     async def stop(self) -> None:
+        await super().stop()
         for j in list(self.jobs.values()):
             self._drop(j)
         await self.pool.close()
