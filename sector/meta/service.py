@@ -19,10 +19,13 @@ Rules:
   pushed to its owner, and dropped here if the owner says this node is not among its
   replicas. Merges are idempotent, so pushing too much is only wasted bandwidth.
 - After the predecessor changes (a join in front of us, a crash behind, two rings
-  merging after a partition), this node may own keys whose newest records are still
-  elsewhere: for ``warm_period`` seconds every read is merged with the copies held by
-  its successors (where the previous owner of a gained key is) before it is answered,
-  so a client reads its own acknowledged writes also right after a heal.
+  merging after a partition), and after this node regains quorum or sees the cluster
+  whole again (a heal: it owned keys all along that the majority side's owner wrote
+  meanwhile), it may own keys whose newest records are still elsewhere: for
+  ``warm_period`` seconds every read is merged with the copies held by its successors
+  and by the key's successors in the member view (where whoever served the key in
+  the meantime is) before it is answered, so a client reads its own acknowledged
+  writes also right after a heal, and an update builds on them.
 - Partitions (README "Consistency"): an update is accepted only by a node that has
   quorum (reaches a majority of the members) and that both the ring and the member
   view name as the key's owner (``Ring.write_refusal``); elsewhere it is refused with
@@ -78,6 +81,8 @@ WRITE_OPS = frozenset(
     {"put_file", "mkdir", "add_child", "remove_child", "delete", "set_replicas", "set_rf"}
 )
 CACHE_RECORDS = 4096
+WARM_FANOUT = 8  # member-view successors of a key a warm read also asks (a split that
+# cut off up to 7 nodes in a row after the key left it with the 8th)
 
 
 def _str(a: dict[str, Any], name: str) -> str:
@@ -125,6 +130,7 @@ class MetaService:
         self._replicators: dict[str, Batcher] = {}
         self._warm_until = 0.0
         self._last_pred: int | None = None
+        self._view: tuple[float, tuple[bool, bool] | None] = (-1.0, None)
         self.router = Router(ring, self.cache, local=self.local, read=self.read)
         self.handoff = Handoff(
             store,
@@ -217,9 +223,22 @@ class MetaService:
         if len(self._cache) > CACHE_RECORDS:
             self._cache.popitem(last=False)
 
+    def warm(self) -> bool:
+        """Whether reads merge with the copies elsewhere now (module rules). A change
+        of the view (quorum, a whole cluster) starts a warm period as a ring change
+        does; it is looked at most every 0.1 s."""
+        now = self.now()
+        at, seen = self._view
+        if not 0 <= now - at < 0.1:
+            state = self.ring.view_state()
+            if seen is not None and state != seen:
+                self._warm_until = max(self._warm_until, now + self.warm_period)
+            self._view = (now, state)
+        return now < self._warm_until
+
     async def read(self, path: str) -> Record | None:
         r = self._read_local(path)
-        if self.now() < self._warm_until:
+        if self.warm():
             r = await self._fetch_from_replicas(path, r)
         return r
 
@@ -228,14 +247,20 @@ class MetaService:
         two rings merge, the node that owned a gained key on the majority side is the
         first of them that was on that side, not always within k)."""
         found: Record | None = None
-        # The whole successor list (replica_peers caps it), only the members seen live.
-        peers = [
-            p
+        # The whole successor list (replica_peers caps it), only the members seen live,
+        # and the key's owner and successors by the member view: on the far side of a
+        # split the key was served by the first of them that side reached.
+        me = self.ring.me.id
+        peers = {
+            p.id: p
             for p in self.ring.replica_peers(1 << 10)[1:]
             if (hint := self.ring.owner_hint(p.id)) is None or hint.id == p.id
-        ]
+        }
+        for p in self.ring.view_successors(key_id(path), WARM_FANOUT):
+            if p.id != me:
+                peers.setdefault(p.id, p)
         replies = await asyncio.gather(
-            *(self.ring.call(p.addr, "meta.fetch", {"paths": [path]}, 1.5) for p in peers),
+            *(self.ring.call(p.addr, "meta.fetch", {"paths": [path]}, 1.5) for p in peers.values()),
             return_exceptions=True,
         )
         for rep in replies:

@@ -159,6 +159,13 @@ class Members:
 
     def owner_of(self, key: int, now: float) -> tuple[str, str] | None:
         """(id, address) of successor(key) among the members this node reaches."""
+        got = self.successors_of(key, 1, now)
+        return got[0] if got else None
+
+    def successors_of(self, key: int, n: int, now: float) -> list[tuple[str, str]]:
+        """(id, address) of the first ``n`` members at or after ``key`` on the ring,
+        among those this node reaches: the key's owner and its successors as the
+        member view has them."""
         cached = self._owners
         if cached is None or now - cached[0] > 0.25:
             live = sorted(
@@ -168,9 +175,8 @@ class Members:
             )
             cached = self._owners = (now, [i for i, _ in live], [e for _, e in live])
         ids, addrs = cached[1], cached[2]
-        if not ids:
-            return None
-        return addrs[bisect.bisect_left(ids, key) % len(ids)]
+        i = bisect.bisect_left(ids, key)
+        return [addrs[(i + j) % len(ids)] for j in range(min(n, len(ids)))]
 
     def state_of(self, m: Member, now: float) -> str:
         if m.id == self.me_id:

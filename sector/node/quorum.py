@@ -55,6 +55,16 @@ class Quorum:
     def voters(self) -> int:
         return len(self.members.voters())
 
+    def view_successors(self, key: int, n: int) -> list[Peer]:
+        """successor(key) and the next members after it, as the member view has them:
+        who may have served the key while the ring was split."""
+        got = self.members.successors_of(key, n, time.monotonic())
+        return [Peer(int(i, 16), a) for i, a in got]
+
+    def view_state(self) -> tuple[bool, bool]:
+        """(a majority is reachable, the cluster is whole and the ring agrees)."""
+        return self.refusal() is None, self.converged()
+
     def refusal(self) -> str | None:
         """Why this node may not accept writes now (no majority reachable), or None."""
         up, n = self.members.quorum(time.monotonic())

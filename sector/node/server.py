@@ -135,6 +135,12 @@ class Node:
     def quorum_refusal(self) -> str | None:
         return self.quorum.refusal()
 
+    def view_successors(self, key: int, n: int) -> list[Peer]:
+        return self.quorum.view_successors(key, n)
+
+    def view_state(self) -> tuple[bool, bool]:
+        return self.quorum.view_state()
+
     def write_refusal(self, key: int) -> str | None:
         return self.quorum.write_refusal(key)
 

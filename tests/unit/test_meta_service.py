@@ -42,6 +42,12 @@ class OneNodeRing:
     def voters(self) -> int:
         return 1
 
+    def view_successors(self, key: int, n: int) -> list[Peer]:
+        return [self.me]
+
+    def view_state(self) -> tuple[bool, bool]:
+        return (True, True)
+
     async def lookup(self, key: int, *, verify: bool = False) -> Peer:
         return self.me
 
@@ -217,6 +223,67 @@ def test_set_replicas_keeps_the_version_so_a_later_overwrite_still_wins(tmp_path
             }
         )
         assert rec.merge(repaired, over) == over and rec.merge(over, repaired) == over
+        await m.stop()
+        m.store.close()
+
+    asyncio.run(main())
+
+
+class HealingRing(OneNodeRing):
+    """The owner of every key, cut off (no quorum) and then healed; one other member,
+    which served the keys meanwhile, answers fetches with what it holds."""
+
+    def __init__(self, theirs: dict[str, Any]) -> None:
+        super().__init__()
+        self.other = Peer(node_id("majority-owner"), "127.0.0.1:9")
+        self.theirs = theirs
+        self.quorum = False
+        self.fetched: list[str] = []
+
+    def view_successors(self, key: int, n: int) -> list[Peer]:
+        return [self.me, self.other][:n]
+
+    def view_state(self) -> tuple[bool, bool]:
+        return (self.quorum, self.quorum)
+
+    async def call(
+        self, addr: str, op: str, args: dict[str, Any], timeout: float | None = None
+    ) -> Any:
+        assert addr == self.other.addr and op == "meta.fetch"
+        self.fetched += args["paths"]
+        return [self.theirs[p] for p in args["paths"] if p in self.theirs]
+
+
+def test_a_node_that_regains_quorum_reads_what_the_majority_wrote_meanwhile(
+    tmp_path: Path,
+) -> None:
+    """Seen in the partition test: a node cut off alone kept owning its keys in its own
+    ring; the majority side's owner took an overwrite of one; right after the heal the
+    old owner, its predecessor unchanged, answered (and built a rename on) the version
+    from before the split. A heal must make its reads merge with whoever served the
+    key meanwhile."""
+
+    async def main() -> None:
+        clock = [1_000.0]
+        newer = rec.from_builtins(file_record("/f", blob="b" * 32))
+        assert isinstance(newer, FileRecord)
+        theirs = rec.to_builtins(msgspec.structs.replace(newer, v=(2_000_000, 0, "m")))
+        ring = HealingRing({"/f": theirs})
+        m = MetaService(MetaStore(str(tmp_path / "m.db")), ring, now=lambda: clock[0])
+        await m.start()
+        await m.local("put_file", "/f", {"record": file_record("/f")})  # before the split
+        ring.quorum = False
+        clock[0] += 1
+        assert (await m.local("get", "/f", {}))["blob"] == "a" * 32
+        assert ring.fetched == []  # no view change yet: local reads only
+        ring.quorum = True  # the heal
+        clock[0] += 1
+        got = await m.local("get", "/f", {})
+        assert got["blob"] == "b" * 32 and ring.fetched == ["/f"]
+        # Merged in for good: after the warm period the local copy is the new one.
+        clock[0] += 60
+        ring.fetched.clear()
+        assert (await m.local("get", "/f", {}))["blob"] == "b" * 32 and ring.fetched == []
         await m.stop()
         m.store.close()
 
