@@ -57,7 +57,7 @@ from sector.node import bulkfile
 from sector.node.engines import EngineDied, EnginePool
 from sector.security import guard
 from sector.sphere import spe
-from sector.sphere.driver import STAGING, staging_owner
+from sector.sphere.wire import KINDS, STAGING, staging_owner
 from sector.storage.blobs import check_blob_id, checksum_file
 from sector.transport.rpc import BulkChannel, split_addr
 
@@ -68,7 +68,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("sector.sphere")
 
 JOB_RE = re.compile(r"^[0-9a-f]{8,32}$")
-KINDS = ("file", "lines", "fixed", "idx", "task")
 MODES = ("client", "files", "buckets", "none")
 MAX_BUCKETS = 1 << 16
 JOB_TTL = 1800.0  # seconds without a word from its driver before a job is dropped

@@ -52,6 +52,7 @@ from sector.meta import records as rec
 from sector.sphere.schedule import Cancel, Scheduler, Start, Work, topology_distance
 from sector.sphere.segments import InputFile, Segment, check_index, plan_segments, task_segments
 from sector.sphere.udf import pickle_udf
+from sector.sphere.wire import STAGING, staging_owner
 from sector.storage.placement import Candidate
 
 if TYPE_CHECKING:
@@ -59,13 +60,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sector.sphere.driver")
 
-STAGING = "/.sphere"
-
-
-def staging_owner(user: str | None) -> str:
-    """The directory under STAGING of a user's jobs ("_" on an open cluster)."""
-    return user or "_"
-
+# STAGING and staging_owner live in ``wire`` (node and driver share them); importable
+# from here as they always were.
+__all__ = ["STAGING", "AsyncJob", "cluster_engines", "job_options", "staging_owner"]
 
 POLL_WAIT = 1.0
 LOST_AFTER = 2  # consecutive failed polls before a node counts as lost

@@ -30,7 +30,7 @@ import msgspec
 from sector.errors import SectorError, UsageError
 from sector.sphere import terasort as ts
 from sector.sphere.batch import Batch
-from sector.sphere.driver import STAGING, staging_owner
+from sector.sphere.wire import STAGING, staging_owner
 
 if TYPE_CHECKING:
     from sector.client.sync import Client
