@@ -36,17 +36,14 @@ import asyncio
 import sys
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sector.sphere.driver import AsyncJob, cluster_engines, job_options
-
-if TYPE_CHECKING:
-    from sector.client.aio import AsyncClient
-    from sector.client.sync import Client
+from sector.sphere.ports import JobClient, LoopClient
 
 
 class AsyncSphere:
-    def __init__(self, client: AsyncClient) -> None:
+    def __init__(self, client: JobClient) -> None:
         self._c = client
 
     def run(self, udf: Callable[..., Any], input: Any = None, **opts: Any) -> AsyncJob:
@@ -62,7 +59,7 @@ class AsyncSphere:
 class Job:
     """A job of the sync client: it runs in the client's loop thread meanwhile."""
 
-    def __init__(self, client: Client, job: AsyncJob) -> None:
+    def __init__(self, client: LoopClient, job: AsyncJob) -> None:
         self._client = client
         self._job = job
 
@@ -97,7 +94,7 @@ class Job:
 
 
 class Sphere:
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: LoopClient) -> None:
         self._client = client
 
     def run(self, udf: Callable[..., Any], input: Any = None, **opts: Any) -> Job:

@@ -31,7 +31,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import cloudpickle
 import numpy as np
@@ -49,14 +49,12 @@ from sector.errors import (
     UsageError,
 )
 from sector.meta import records as rec
+from sector.sphere.ports import JobClient
 from sector.sphere.schedule import Cancel, Scheduler, Start, Work, topology_distance
 from sector.sphere.segments import InputFile, Segment, check_index, plan_segments, task_segments
 from sector.sphere.udf import pickle_udf
 from sector.sphere.wire import STAGING, staging_owner
 from sector.storage.placement import Candidate
-
-if TYPE_CHECKING:
-    from sector.client.aio import AsyncClient
 
 log = logging.getLogger("sector.sphere.driver")
 
@@ -71,7 +69,7 @@ MAX_ROUNDS = 5  # commit rounds (each may re-run segments whose output was lost)
 
 
 async def cluster_engines(
-    c: AsyncClient,
+    c: JobClient,
 ) -> tuple[dict[str, tuple[str, int]], dict[str, Candidate]]:
     """Live nodes that run engines: ``{node id: (address, engines)}``, and where each
     is (host and topology, as placement sees nodes).
@@ -100,7 +98,7 @@ class AsyncJob:
     """A running stage. ``await job.wait()`` returns its result dict; ``progress()``
     is a live view (segments done/running/failed per node)."""
 
-    def __init__(self, client: AsyncClient, fn: Callable[..., Any], **opts: Any) -> None:
+    def __init__(self, client: JobClient, fn: Callable[..., Any], **opts: Any) -> None:
         self.c = client
         self.id = secrets.token_hex(8)
         # Staging is per user (``/.sphere/<user>/<job>``): the compute right covers
