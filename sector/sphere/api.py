@@ -5,7 +5,7 @@
                            records="lines")
         job.wait()          # a live progress bar on a terminal; job.progress() otherwise
 
-Options (keyword-only; see ``driver.job_options``):
+Options (keyword-only; see ``options.job_options``):
     input     a path, a directory (walked), a glob, or a list of them
     tasks     instead of input: one generator task per item (the UDF gets it as
               ``seg.param``), e.g. to generate data on the nodes
@@ -38,7 +38,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sector.sphere.driver import AsyncJob, cluster_engines, job_options
+from sector.sphere.cluster import cluster_engines
+from sector.sphere.driver import AsyncJob
+from sector.sphere.options import job_options
 from sector.sphere.ports import JobClient, LoopClient
 
 
