@@ -60,7 +60,7 @@ from sector.node.sphere_input import SegmentInput
 from sector.node.sphere_shuffle import Shuffle
 from sector.security import guard
 from sector.sphere import spe
-from sector.sphere.driver import STAGING, staging_owner
+from sector.sphere.wire import STAGING, staging_owner
 from sector.storage.blobs import check_blob_id
 from sector.transport.rpc import BulkChannel
 

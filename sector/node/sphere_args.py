@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from sector.errors import BadRequest
+from sector.sphere.wire import KINDS, MAX_BUCKETS, MODES
 from sector.transport.rpc import split_addr
 
 __all__ = [
@@ -29,9 +30,6 @@ __all__ = [
 ]
 
 JOB_RE = re.compile(r"^[0-9a-f]{8,32}$")
-KINDS = ("file", "lines", "fixed", "idx", "task")
-MODES = ("client", "files", "buckets", "none")
-MAX_BUCKETS = 1 << 16
 MAX_ID = 1 << 40  # attempt and segment ids
 
 

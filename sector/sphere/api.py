@@ -5,7 +5,7 @@
                            records="lines")
         job.wait()          # a live progress bar on a terminal; job.progress() otherwise
 
-Options (keyword-only; see ``driver.job_options``):
+Options (keyword-only; see ``options.job_options``):
     input     a path, a directory (walked), a glob, or a list of them
     tasks     instead of input: one generator task per item (the UDF gets it as
               ``seg.param``), e.g. to generate data on the nodes
@@ -36,17 +36,16 @@ import asyncio
 import sys
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from sector.sphere.driver import AsyncJob, cluster_engines, job_options
-
-if TYPE_CHECKING:
-    from sector.client.aio import AsyncClient
-    from sector.client.sync import Client
+from sector.sphere.cluster import cluster_engines
+from sector.sphere.driver import AsyncJob
+from sector.sphere.options import job_options
+from sector.sphere.ports import JobClient, LoopClient
 
 
 class AsyncSphere:
-    def __init__(self, client: AsyncClient) -> None:
+    def __init__(self, client: JobClient) -> None:
         self._c = client
 
     def run(self, udf: Callable[..., Any], input: Any = None, **opts: Any) -> AsyncJob:
@@ -62,7 +61,7 @@ class AsyncSphere:
 class Job:
     """A job of the sync client: it runs in the client's loop thread meanwhile."""
 
-    def __init__(self, client: Client, job: AsyncJob) -> None:
+    def __init__(self, client: LoopClient, job: AsyncJob) -> None:
         self._client = client
         self._job = job
 
@@ -97,7 +96,7 @@ class Job:
 
 
 class Sphere:
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: LoopClient) -> None:
         self._client = client
 
     def run(self, udf: Callable[..., Any], input: Any = None, **opts: Any) -> Job:

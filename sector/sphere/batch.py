@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from sector.sphere.segments import KINDS
+from sector.sphere.wire import KINDS
 
 __all__ = ["Batch", "Output", "normalize", "split"]
 

@@ -1,8 +1,8 @@
 """Which segment attempt runs where, for one Sphere stage: a pure state machine.
 
-The client-side job driver (``driver.py``) keeps one ``Scheduler`` per stage, reports
-engines (slots per node) and outcomes, and performs the ``Start`` / ``Cancel``
-instructions it gets back. Nothing here awaits or reads a clock: ``now`` is passed in
+A stage's job state machine (``machine.py``) keeps one ``Scheduler``, reports engines
+(slots per node) and outcomes, and hands the ``Start`` / ``Cancel`` instructions it gets
+back to the driver (``driver.py``), which performs them. Nothing here awaits or reads a clock: ``now`` is passed in
 and randomness comes from the ``random.Random`` given to the constructor, so one seed
 replays a whole job (STYLE habits 1, 2, 10).
 
@@ -448,6 +448,14 @@ class Scheduler:
             self._pool(seg)
 
     # -- reporting --------------------------------------------------------------------
+
+    def live(self) -> dict[int, tuple[int, str]]:
+        """The live attempts: attempt -> (segment, node)."""
+        return {i: (a.seg, a.node) for i, a in self._live.items()}
+
+    def winners(self) -> dict[int, int]:
+        """The done segments: segment -> its winning attempt."""
+        return {s: a.id for s, a in self._winner.items()}
 
     def progress(self) -> dict[str, Any]:
         nodes = {

@@ -44,8 +44,10 @@ from typing import Any, Literal
 import numpy as np
 
 from sector.errors import UsageError
+from sector.sphere.wire import KINDS
 
 __all__ = [
+    "KINDS",
     "InputFile",
     "RecordSpec",
     "Segment",
@@ -58,8 +60,6 @@ __all__ = [
 RecordSpec = Literal["file", "lines", "idx"] | int
 """How a file divides into records: whole files, text lines, an ``.idx`` index, or fixed
 records of that many bytes."""
-
-KINDS = ("file", "lines", "fixed", "idx", "task")
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ A UDF that raises is caught here and reported with its traceback (the job fails 
 it, the worker lives on). A UDF that kills its process ends only that engine; the node
 starts another in its place and the attempt counts as failed (retried elsewhere, up to
 the job's limit). An attempt the driver cancels is stopped the same way: the node kills
-the engine running it (``sector.node.engines``).
+the engine running it (the node's engine pool, ``node/engines.py``).
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def init_engine(parent: int) -> None:
 
 
 def serve(conn: Connection, parent: int) -> None:
-    """An engine's life (the target of its process; ``sector.node.engines`` starts it):
+    """An engine's life (the target of its process; ``node/engines.py`` starts it):
     take ``(function, task)`` from the node, send back what the function returns, one
     at a time, until the node closes the pipe or kills this process. ``run_task`` and
     ``run_reduce`` never raise; anything else that goes wrong is still an answer."""

@@ -23,17 +23,26 @@ from __future__ import annotations
 import contextlib
 import math
 import secrets
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import msgspec
 
 from sector.errors import SectorError, UsageError
 from sector.sphere import terasort as ts
+from sector.sphere.api import Sphere
 from sector.sphere.batch import Batch
-from sector.sphere.driver import STAGING, staging_owner
+from sector.sphere.wire import STAGING, staging_owner
 
-if TYPE_CHECKING:
-    from sector.client.sync import Client
+
+class Client(Protocol):
+    """The sync client, as TeraSort uses it."""
+
+    @property
+    def sphere(self) -> Sphere: ...
+    def ls(self, path: str = "/") -> list[dict[str, Any]]: ...
+    def whoami(self) -> dict[str, Any]: ...
+    def rm(self, path: str, *, recursive: bool = False) -> int: ...
+
 
 BUCKET_BYTES = 64 << 20  # target size of a bucket (its sort holds it in memory)
 FILE_BYTES = 256 << 20  # default size of a generated file

@@ -1,0 +1,94 @@
+"""A job's options, checked before anything starts (``c.sphere.run(udf, **options)``).
+
+``job_options`` refuses what cannot work (a reduce without buckets, buckets without an
+output, ...) as a ``UsageError`` at ``run()``, and settles the job's output mode from
+the options: buckets > files > client (or none, ``to_client=False``). The options are
+described in ``api``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from sector.errors import UsageError
+
+__all__ = ["job_options"]
+
+
+def job_options(
+    *,
+    input: Any = None,
+    output: str | None = None,
+    buckets: int = 0,
+    records: Any = "file",
+    param: Any = None,
+    tasks: Sequence[Any] | None = None,
+    replicas: int | None = None,
+    min_unit: int = 1 << 20,
+    max_unit: int = 256 << 20,
+    speculate: bool = True,
+    max_attempts: int = 4,
+    engines: int | None = None,
+    name: str | None = None,
+    to_client: bool | None = None,
+    durable: bool = True,
+    reduce: Callable[..., Any] | None = None,
+    reduce_records: Any = "file",
+) -> dict[str, Any]:
+    """Check a job's options; the mode follows from them (buckets > files > client)."""
+    if reduce is not None:
+        if not buckets:
+            raise UsageError("reduce needs buckets: it runs on each bucket's node")
+        if not callable(reduce):
+            raise UsageError(f"reduce must be a function, not {type(reduce).__name__}")
+    if not (
+        reduce_records in ("file", "lines")
+        or (
+            isinstance(reduce_records, int)
+            and not isinstance(reduce_records, bool)
+            and 1 <= reduce_records <= 1 << 30
+        )
+    ):
+        raise UsageError(
+            f"reduce_records must be 'file', 'lines' or a record size, not {reduce_records!r}"
+        )
+    if not isinstance(buckets, int) or isinstance(buckets, bool) or not 0 <= buckets <= 1 << 16:
+        raise UsageError(f"buckets must be a whole number from 0 to 65536, not {buckets!r}")
+    if buckets and output is None:
+        raise UsageError("a job with buckets needs an output directory")
+    if replicas is not None and not 1 <= replicas <= 16:
+        raise UsageError("replicas must be from 1 to 16")
+    if not 1 <= min_unit <= max_unit:
+        raise UsageError("min_unit must be >= 1 and <= max_unit")
+    if tasks is None and input is None:
+        raise UsageError("a job needs an input (files, a directory or a glob) or tasks")
+    if tasks is not None and input is not None:
+        raise UsageError("give a job either an input or tasks, not both")
+    if buckets:
+        mode = "buckets"
+    elif output is not None:
+        mode = "files"
+    elif to_client is False:
+        mode = "none"
+    else:
+        mode = "client"
+    return {
+        "input": input,
+        "output": output,
+        "buckets": buckets,
+        "records": records,
+        "param": param,
+        "tasks": tasks,
+        "replicas": replicas,
+        "min_unit": min_unit,
+        "max_unit": max_unit,
+        "speculate": speculate,
+        "max_attempts": max_attempts,
+        "engines": engines,
+        "name": name,
+        "mode": mode,
+        "durable": durable,
+        "reduce": reduce,
+        "reduce_records": reduce_records,
+    }
