@@ -1,27 +1,60 @@
-"""Bulk streams: a dedicated connection carrying one header frame, raw bytes, and a
-final reply frame (``BulkChannel``).
+"""Bulk streams, and the one place that moves their bytes to and from files.
 
-Control traffic never queues behind a gigabyte: a request whose op is a bulk handler
-gets a connection of its own, which closes after the final frame.
+``BulkChannel`` is a dedicated connection carrying one header frame, raw bytes, and a
+final reply frame: control traffic never queues behind a gigabyte, since a request
+whose op is a bulk handler gets a connection of its own, closed after the final frame.
+
+``send_file`` and ``recv`` move the bytes. Whether a stream is plain TCP or TLS is
+decided here (``BulkChannel.tls``), and the rest of the code never sees a socket:
+
+- sending a file: ``os.sendfile`` on plain TCP; on TLS, pieces read in a thread while
+  the transport encrypts the previous one;
+- receiving: on plain TCP, ``recv_into`` one preallocated buffer in a worker thread
+  (one copy, the GIL released; asyncio's StreamReader copies every byte twice); on
+  TLS, through the transport chunk by chunk, each chunk written in a thread while the
+  next is decrypted. Either way every chunk goes to a sink (a file, a ``BlobWriter``),
+  optionally to a hasher, and optionally on to the next hop of a replica chain, whose
+  failure only ends the forwarding (the chain goes on without it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import socket
-from collections.abc import Awaitable
-from typing import IO, Any, TypeVar
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
+from typing import IO, Any, Protocol, TypeVar
 
-from sector.errors import ConnectError, ProtocolError, Timeout, from_wire
+from sector.errors import ConnectError, ProtocolError, Timeout, TransportError, from_wire
 from sector.transport.tcp import READ_CHUNK
 from sector.wire import codec
 from sector.wire.codec import HEADER, Envelope, FrameDecoder
 
+log = logging.getLogger("sector.bulk")
+
 TLS_SEND_CHUNK = 4 << 20  # file bytes per write on a TLS bulk stream
+RECV_CHUNK = 4 << 20  # the receive buffer (one per transfer, reused for every read)
+PROGRESS_STEP = 16 << 20  # bytes between two progress reports
+RATE_GRACE = 30.0  # seconds before a receive's minimum average rate applies
 
 T = TypeVar("T")
+Progress = Callable[[int, int], None]  # (bytes done, bytes in all)
+
+
+class Sink(Protocol):
+    """Where received bytes go: a binary file, a ``BlobWriter``."""
+
+    def write(self, data: memoryview, /) -> object: ...
+
+
+class Hasher(Protocol):
+    """A running checksum (``blake3.blake3()``, ``hashlib.sha256()``)."""
+
+    def update(self, data: memoryview, /) -> object: ...
 
 
 class BulkChannel:
@@ -42,6 +75,11 @@ class BulkChannel:
         self.stall_timeout = stall_timeout
         self.max_frame = max_frame
         self.peer = str(writer.get_extra_info("peername"))
+
+    @property
+    def tls(self) -> bool:
+        """Whether the stream is encrypted: its bytes must then go through the transport."""
+        return self.writer.get_extra_info("sslcontext") is not None
 
     async def read_some(self, n: int = READ_CHUNK) -> bytes:
         """Up to n raw bytes; b'' at end of stream. Times out on a stalled peer."""
@@ -103,7 +141,7 @@ class BulkChannel:
         await self._drain()
         loop = asyncio.get_running_loop()
         try:
-            if self.writer.get_extra_info("sslcontext") is None:
+            if not self.tls:
                 await loop.sendfile(self.writer.transport, f, offset, count)
             else:
                 await self._send_tls(f, offset, count)
@@ -147,7 +185,7 @@ class BulkChannel:
         the transport keeps reading (the peer's final reply comes that way). None on
         TLS connections, which must stay on the transport.
         """
-        if self.writer.get_extra_info("sslcontext") is not None:
+        if self.tls:
             return None
         sock = self.writer.get_extra_info("socket")
         if sock is None:
@@ -176,3 +214,161 @@ class BulkChannel:
         self.writer.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.writer.wait_closed(), 2.0)
+
+
+async def send_file(
+    chan: BulkChannel, f: IO[bytes], offset: int, count: int, *, progress: Progress | None = None
+) -> None:
+    """``count`` bytes of an open file from ``offset`` down the stream (``sendfile`` on
+    plain TCP), with a progress report every ``PROGRESS_STEP`` bytes and at the end."""
+    if progress is None:
+        await chan.sendfile(f, offset, count)
+        return
+    sent = 0
+    while sent < count:
+        n = min(PROGRESS_STEP, count - sent)
+        await chan.sendfile(f, offset + sent, n)
+        sent += n
+        progress(sent, count)
+
+
+async def recv(
+    chan: BulkChannel,
+    size: int,
+    sink: Sink,
+    *,
+    hasher: Hasher | None = None,
+    forward: BulkChannel | None = None,
+    executor: Executor | None = None,
+    progress: Progress | None = None,
+    chunk: int = RECV_CHUNK,
+    min_rate: int = 0,
+    what: str = "",
+) -> bool:
+    """The next ``size`` raw bytes of ``chan`` into ``sink``, also into ``hasher`` and
+    on to ``forward`` (the next hop of a chain) where given.
+
+    The copying runs on ``executor`` (the default one if None): the receive loop on
+    plain TCP, the sink's writes on TLS. ``min_rate`` (bytes/s, on plain TCP, after
+    ``RATE_GRACE`` seconds): a per-read timeout alone lets a peer trickle a byte every
+    few seconds and hold a thread for ever. ``what`` names the transfer in errors and
+    logs. Returns whether ``forward`` took every byte (False without one); a stream
+    that stalls, breaks or ends early raises a ``TransportError``; the sink's own
+    errors (a full disk) are raised as they are.
+    """
+    loop = asyncio.get_running_loop()
+    report = None
+    if progress is not None:
+        cb = progress
+
+        def report(done: int, total: int) -> None:
+            loop.call_soon_threadsafe(cb, done, total)
+
+    copy = _Copy(size, sink, hasher, report, what or f"bulk stream from {chan.peer}")
+    # Both ends plain, or the transport for both: a socket is duplicated only if used.
+    src = None if forward is not None and forward.tls else chan.raw_socket()
+    if src is None:
+        forwarded = await _recv_transport(chan, copy, forward, executor, chunk)
+    else:
+        copy.dst = forward.raw_socket(reading=False) if forward is not None else None
+        try:
+            first = chan.take_buffered(size)
+            await loop.run_in_executor(executor, copy.pump, src, first, chunk, min_rate)
+        finally:
+            src.close()
+            if copy.dst is not None:
+                copy.dst.close()
+        forwarded = copy.dst is not None
+    if progress is not None:
+        progress(size, size)
+    return forwarded
+
+
+async def _recv_transport(
+    chan: BulkChannel,
+    copy: _Copy,
+    forward: BulkChannel | None,
+    executor: Executor | None,
+    chunk: int,
+) -> bool:
+    """The portable path (TLS): through the transports, chunk by chunk.
+
+    Each chunk is handed to the next hop first, then written and hashed in a thread
+    while the event loop decrypts the next one: the loop does only the TLS.
+    """
+    loop = asyncio.get_running_loop()
+    got = 0
+    writing: asyncio.Future[None] | None = None
+    try:
+        while got < copy.size:
+            data = await chan.read_some(min(chunk, copy.size - got))
+            if not data:
+                raise ConnectError(f"{copy.what} cut off after {got} of {copy.size} bytes")
+            got += len(data)
+            if forward is not None:
+                try:
+                    await forward.write(data)
+                except TransportError as exc:
+                    log.warning("%s: the next hop failed (%s)", copy.what, exc)
+                    forward = None
+            if writing is not None:
+                await writing
+            writing = loop.run_in_executor(executor, copy.take, memoryview(data))
+    finally:
+        if writing is not None:
+            await writing
+    return forward is not None
+
+
+class _Copy:
+    """One receive's bytes into a sink, a hasher and (on plain TCP) the next hop."""
+
+    def __init__(
+        self, size: int, sink: Sink, hasher: Hasher | None, progress: Progress | None, what: str
+    ) -> None:
+        self.size, self.sink, self.hasher = size, sink, hasher
+        self.progress, self.what = progress, what
+        self.dst: socket.socket | None = None
+        self.got = 0
+        self._reported = 0
+
+    def pump(self, src: socket.socket, first: bytes, chunk: int, min_rate: int) -> None:
+        """The receive loop on plain TCP, in a worker thread: ``recv_into`` one buffer."""
+        if first:
+            self.take(memoryview(first))
+        buf = bytearray(min(chunk, max(1, self.size - self.got)))
+        view = memoryview(buf)
+        started = time.monotonic()
+        while self.got < self.size:
+            elapsed = time.monotonic() - started
+            if min_rate and elapsed > RATE_GRACE and self.got / elapsed < min_rate:
+                raise Timeout(f"{self.what} too slow ({self.got} bytes in {elapsed:.0f} s)")
+            try:
+                n = src.recv_into(view[: min(len(buf), self.size - self.got)])
+            except TimeoutError:
+                raise Timeout(f"{self.what} stalled after {self._done()}") from None
+            except OSError as exc:
+                raise ConnectError(f"{self.what} failed: {exc}") from None
+            if n == 0:
+                raise ConnectError(f"{self.what} cut off after {self._done()}")
+            self.take(view[:n])
+
+    def take(self, data: memoryview) -> None:
+        """One chunk into the sink, the hasher and the next hop (dropped if it fails)."""
+        self.sink.write(data)
+        if self.hasher is not None:
+            self.hasher.update(data)
+        if self.dst is not None:
+            try:
+                self.dst.sendall(data)
+            except OSError as exc:
+                log.warning("%s: the next hop failed (%s)", self.what, exc)
+                self.dst.close()
+                self.dst = None
+        self.got += len(data)
+        if self.progress is not None and self.got - self._reported >= PROGRESS_STEP:
+            self._reported = self.got
+            self.progress(self.got, self.size)
+
+    def _done(self) -> str:
+        return f"{self.got} of {self.size} bytes"
