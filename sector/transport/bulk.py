@@ -75,11 +75,9 @@ class BulkChannel:
         self.stall_timeout = stall_timeout
         self.max_frame = max_frame
         self.peer = str(writer.get_extra_info("peername"))
-
-    @property
-    def tls(self) -> bool:
-        """Whether the stream is encrypted: its bytes must then go through the transport."""
-        return self.writer.get_extra_info("sslcontext") is not None
+        # Encrypted: its bytes must go through the transport (read once: a TLS transport
+        # closed twice has no extra info left to give).
+        self.tls = writer.get_extra_info("sslcontext") is not None
 
     async def read_some(self, n: int = READ_CHUNK) -> bytes:
         """Up to n raw bytes; b'' at end of stream. Times out on a stalled peer."""
@@ -114,8 +112,16 @@ class BulkChannel:
         return env.r
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
+        self._check_open()
         self.writer.write(data)
         await self._drain()
+
+    def _check_open(self) -> None:
+        """A stream closed under the handler (the peer hung up, a bad request on the same
+        connection closed it) is lost: writing to it would drop the bytes, or raise
+        AttributeError on a TLS transport closed twice."""
+        if self.writer.is_closing():
+            raise ConnectError(f"bulk stream to {self.peer} lost: closed")
 
     async def _drain(self) -> None:
         await self._within(self.writer.drain(), "to")
@@ -139,6 +145,7 @@ class BulkChannel:
         if count == 0:
             return
         await self._drain()
+        self._check_open()
         loop = asyncio.get_running_loop()
         try:
             if not self.tls:
@@ -170,8 +177,7 @@ class BulkChannel:
                 nxt = loop.run_in_executor(
                     None, os.pread, fd, min(TLS_SEND_CHUNK, end - offset), offset
                 )
-            self.writer.write(data)
-            await self._drain()
+            await self.write(data)
 
     def raw_socket(self, *, reading: bool = True) -> socket.socket | None:
         """A blocking duplicate of the connection's socket, for a copy loop in a thread.

@@ -173,6 +173,42 @@ def test_a_stream_cut_off_raises_a_transport_error(tls: bool, tls_dir: Path) -> 
     on_nodes(1, tls_dir if tls else None, body)
 
 
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+def test_writing_to_a_stream_closed_under_its_handler_is_a_lost_stream(
+    tmp_path: Path, tls: bool, tls_dir: Path
+) -> None:
+    """The peer hangs up and the server closes the stream too (as a bad request on the
+    same connection does) while a handler still holds it: writing is a ConnectError,
+    not an AttributeError from a TLS transport closed twice."""
+    src = tmp_path / "src"
+    src.write_bytes(b"y" * 1000)
+    seen: list[BaseException] = []
+
+    async def late(a: dict[str, Any], chan: BulkChannel) -> Any:
+        while await chan.read_some():
+            pass
+        if chan.tls:  # a TLS transport closes itself on the peer's EOF
+            while not chan.writer.is_closing():
+                await asyncio.sleep(0.01)
+        chan.writer.close()
+        with open(src, "rb") as f:
+            for step in (chan.write(b"x"), bulk.send_file(chan, f, 0, 1000)):
+                try:
+                    await step
+                except Exception as exc:
+                    seen.append(exc)
+
+    async def body(servers: list[Server], pool: RpcPool, stores: Stores) -> None:
+        servers[0].bulk_handlers["late"] = late
+        chan = await pool.open_bulk(servers[0].address, "late", {})
+        await chan.close()
+        while len(seen) < 2:
+            await asyncio.sleep(0.01)
+        assert [type(e) for e in seen] == [ConnectError, ConnectError], seen
+
+    on_nodes(1, tls_dir if tls else None, body)
+
+
 def test_first_live_skips_dead_targets_and_passes_the_rest_of_the_chain() -> None:
     chain = [["n1", "a1"], ["n2", "a2"], ["n3", "a3"]]
     tried: list[tuple[str, list[list[str]]]] = []
