@@ -38,13 +38,12 @@ from sector.errors import (
     TransportError,
     Unavailable,
     UsageError,
-    from_wire,
 )
 from sector.ids import key_id
 from sector.meta import records as rec
 from sector.security.client import ClientAuth
 from sector.storage.blobs import WriteBehind, checksum_of
-from sector.storage.transfer import SMALL_MAX
+from sector.storage.transfer import SMALL_MAX, open_get
 from sector.transport import bulk
 from sector.transport.chain import first_live
 from sector.transport.rpc import RpcPool, split_addr
@@ -445,12 +444,8 @@ class AsyncClient:
     async def _fetch(
         self, addr: str, st: dict[str, Any], tmp: Path, progress: Progress | None
     ) -> None:
-        chan = await self.pool.open_bulk(addr, "blob.get", {"blob": st["blob"]})
+        chan, size = await open_get(self.pool, addr, {"blob": st["blob"]})
         try:
-            head = await chan.read_frame()
-            if head.e is not None:
-                raise from_wire(head.e)
-            size = int(head.r["size"])
             if size != st["size"]:
                 raise ChecksumMismatch(f"replica at {addr} has {size} bytes, expected {st['size']}")
             h = blake3.blake3()
@@ -492,14 +487,10 @@ class AsyncClient:
         errors: list[str] = []
         for addr in self._order(st["replicas"]):
             try:
-                chan = await self.pool.open_bulk(
-                    addr, "blob.get", {"blob": st["blob"], "offset": offset, "length": length}
-                )
+                args = {"blob": st["blob"], "offset": offset, "length": length}
+                chan, n = await open_get(self.pool, addr, args)
                 try:
-                    head = await chan.read_frame()
-                    if head.e is not None:
-                        raise from_wire(head.e)
-                    data = await chan.read_exactly(int(head.r["size"]))
+                    data = await chan.read_exactly(n)
                 finally:
                     await chan.close()
             except SectorError as exc:

@@ -29,6 +29,7 @@ from sector.errors import (
     ChecksumMismatch,
     SectorError,
     TransportError,
+    from_wire,
 )
 from sector.meta import records as rec
 from sector.security import guard
@@ -425,4 +426,18 @@ class BlobService:
         return False
 
 
-__all__ = ["BlobService", "BlobWriter"]
+async def open_get(pool: RpcPool, addr: str, args: dict[str, Any]) -> tuple[BulkChannel, int]:
+    """A ``blob.get`` stream from ``addr`` and the number of bytes that follow its
+    header; the node's error reply raised as it is. The caller closes the stream."""
+    chan = await pool.open_bulk(addr, "blob.get", args)
+    try:
+        head = await chan.read_frame()
+        if head.e is not None:
+            raise from_wire(head.e)
+        return chan, int(head.r["size"])
+    except BaseException:
+        await chan.close()
+        raise
+
+
+__all__ = ["BlobService", "BlobWriter", "open_get"]
