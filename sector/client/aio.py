@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from ssl import SSLContext
-from typing import Any
+from typing import IO, Any
 
 import blake3
 
@@ -38,18 +38,17 @@ from sector.errors import (
     TransportError,
     Unavailable,
     UsageError,
-    from_wire,
 )
 from sector.ids import key_id
 from sector.meta import records as rec
 from sector.security.client import ClientAuth
 from sector.storage.blobs import WriteBehind, checksum_of
-from sector.storage.transfer import SMALL_MAX
+from sector.storage.transfer import SMALL_MAX, open_get
+from sector.transport import bulk
+from sector.transport.chain import first_live
 from sector.transport.rpc import RpcPool, split_addr
 
 Progress = Callable[[int, int], None]
-SEND_STEP = 16 << 20  # bytes per sendfile call: the granularity of progress reports
-RECV_CHUNK = 4 << 20
 RING_TTL = 5.0  # seconds a client trusts its view of who owns which keys
 
 
@@ -68,55 +67,16 @@ def _hash_file(path: str) -> str:
     return "blake3:" + h.hexdigest()
 
 
-def _recv_file(
-    sock: socket.socket,
-    first: bytes,
-    size: int,
-    f: Any,
-    h: Any,
-    progress: Progress | None,
-) -> None:
-    """Receive ``size`` bytes into a file, hashing them; runs in a worker thread."""
-    buf = bytearray(RECV_CHUNK)
-    view = memoryview(buf)
-    behind = WriteBehind(f)
-    try:
-        _recv_loop(sock, first, size, f, h, progress, view, behind)
-    finally:
-        behind.join()
+class _Download:
+    """A download's temp file, written back to disk while it grows (``WriteBehind``)."""
 
+    def __init__(self, f: IO[bytes]) -> None:
+        self.f = f
+        self.behind = WriteBehind(f)
 
-def _recv_loop(
-    sock: socket.socket,
-    first: bytes,
-    size: int,
-    f: Any,
-    h: Any,
-    progress: Progress | None,
-    view: memoryview,
-    behind: WriteBehind,
-) -> None:
-    if first:
-        f.write(first)
-        h.update(first)
-    got = len(first)
-    step = 0
-    while got < size:
-        try:
-            n = sock.recv_into(view[: min(RECV_CHUNK, size - got)])
-        except OSError as exc:
-            raise ConnectError(f"download stream failed: {exc}") from None
-        if n == 0:
-            raise ConnectError("the replica closed the stream early")
-        f.write(view[:n])
-        h.update(view[:n])
-        behind.wrote(n)
-        got += n
-        if progress and got - step >= SEND_STEP:
-            step = got
-            progress(got, size)
-    if progress:
-        progress(got, size)
+    def write(self, data: memoryview) -> None:
+        self.f.write(data)
+        self.behind.wrote(len(data))
 
 
 class AsyncClient:
@@ -405,22 +365,12 @@ class AsyncClient:
     async def _send_small(
         self, data: bytes, checksum: str, blob: str, targets: list[list[str]], path: str
     ) -> tuple[list[list[str]], str]:
-        last: SectorError | None = None
-        for i, (_nid, addr) in enumerate(targets):
-            args = {
-                "blob": blob,
-                "data": data,
-                "checksum": checksum,
-                "chain": targets[i + 1 :],
-                "path": path,
-            }
-            try:
-                rep = await self.pool.call(addr, "blob.put_small", args)
-            except TransportError as exc:
-                last = exc
-                continue
-            return rep["stored"], rep["checksum"]
-        raise last or ConnectError("no target node for the upload")
+        async def send(addr: str, rest: list[list[str]]) -> Any:
+            args = {"blob": blob, "data": data, "checksum": checksum, "chain": rest, "path": path}
+            return await self.pool.call(addr, "blob.put_small", args)
+
+        rep = await first_live(targets, send)
+        return rep["stored"], rep["checksum"]
 
     async def _send(
         self,
@@ -431,37 +381,19 @@ class AsyncClient:
         progress: Progress | None,
         path: str,
     ) -> tuple[list[list[str]], str]:
-        last: SectorError | None = None
-        for i, (_nid, addr) in enumerate(targets):
-            args = {
-                "blob": blob,
-                "size": size,
-                "checksum": None,
-                "chain": targets[i + 1 :],
-                "path": path,  # what the nodes' inventories file the blob under
-            }
-            try:
-                chan = await self.pool.open_bulk(addr, "blob.put", args)
-            except TransportError as exc:
-                last = exc
-                continue
+        async def send(addr: str, rest: list[list[str]]) -> Any:
+            # ``path``: what the nodes' inventories file the blob under.
+            args = {"blob": blob, "size": size, "checksum": None, "chain": rest, "path": path}
+            chan = await self.pool.open_bulk(addr, "blob.put", args)
             try:
                 with open(lpath, "rb") as f:
-                    sent = 0
-                    while sent < size:
-                        n = min(SEND_STEP, size - sent)
-                        await chan.sendfile(f, sent, n)
-                        sent += n
-                        if progress:
-                            progress(sent, size)
-                rep = await chan.read_reply()
-            except TransportError as exc:
-                last = exc
-                continue
+                    await bulk.send_file(chan, f, 0, size, progress=progress)
+                return await chan.read_reply()
             finally:
                 await chan.close()
-            return rep["stored"], rep["checksum"]
-        raise last or ConnectError("no target node for the upload")
+
+        rep = await first_live(targets, send)
+        return rep["stored"], rep["checksum"]
 
     def _order(self, replicas: list[dict[str, Any]]) -> list[str]:
         """Replica addresses, nearest and healthy first."""
@@ -512,43 +444,18 @@ class AsyncClient:
     async def _fetch(
         self, addr: str, st: dict[str, Any], tmp: Path, progress: Progress | None
     ) -> None:
-        chan = await self.pool.open_bulk(addr, "blob.get", {"blob": st["blob"]})
+        chan, size = await open_get(self.pool, addr, {"blob": st["blob"]})
         try:
-            head = await chan.read_frame()
-            if head.e is not None:
-                raise from_wire(head.e)
-            size = int(head.r["size"])
             if size != st["size"]:
                 raise ChecksumMismatch(f"replica at {addr} has {size} bytes, expected {st['size']}")
             h = blake3.blake3()
-            raw = chan.raw_socket()
             with open(tmp, "wb") as f:
-                if raw is not None:
-                    try:
-                        loop = asyncio.get_running_loop()
-                        report: Progress | None = None
-                        if progress is not None:
-                            cb = progress
-
-                            def report(done: int, total: int) -> None:
-                                loop.call_soon_threadsafe(cb, done, total)
-
-                        await asyncio.to_thread(
-                            _recv_file, raw, chan.take_buffered(size), size, f, h, report
-                        )
-                    finally:
-                        raw.close()
-                else:
-                    got = 0
-                    while got < size:
-                        chunk = await chan.read_some(min(RECV_CHUNK, size - got))
-                        if not chunk:
-                            raise ConnectError(f"replica at {addr} closed the stream early")
-                        f.write(chunk)
-                        h.update(chunk)
-                        got += len(chunk)
-                        if progress:
-                            progress(got, size)
+                sink = _Download(f)
+                try:
+                    what = f"download from {addr}"
+                    await bulk.recv(chan, size, sink, hasher=h, progress=progress, what=what)
+                finally:
+                    await asyncio.to_thread(sink.behind.join)  # an fdatasync may be running
             if "blake3:" + h.hexdigest() != st["checksum"]:
                 raise ChecksumMismatch(f"replica at {addr} is corrupt (checksum mismatch)")
         finally:
@@ -580,14 +487,10 @@ class AsyncClient:
         errors: list[str] = []
         for addr in self._order(st["replicas"]):
             try:
-                chan = await self.pool.open_bulk(
-                    addr, "blob.get", {"blob": st["blob"], "offset": offset, "length": length}
-                )
+                args = {"blob": st["blob"], "offset": offset, "length": length}
+                chan, n = await open_get(self.pool, addr, args)
                 try:
-                    head = await chan.read_frame()
-                    if head.e is not None:
-                        raise from_wire(head.e)
-                    data = await chan.read_exactly(int(head.r["size"]))
+                    data = await chan.read_exactly(n)
                 finally:
                     await chan.close()
             except SectorError as exc:

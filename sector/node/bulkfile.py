@@ -1,77 +1,28 @@
 """Bulk file work of the shuffle, for ``sector.node.sphere``: bytes of a stream into a
 file, files joined into one.
 
-It owns the two byte-moving loops that must stay off the event loop (they run on the
-executor the caller passes, the Sphere service's own I/O threads): receiving a bucket
-part or a fetched segment straight from the socket with ``recv_into`` (or, on TLS,
-chunk by chunk through the transport, each chunk written in a thread while the next is
-decrypted), and concatenating a bucket's parts in the kernel with ``sendfile``. No
-Python ``bytes`` of the payload is made on the way.
+Receiving a bucket part or a fetched segment is ``sector.transport.bulk.recv`` into a
+new file, on the executor the caller passes (the Sphere service's own I/O threads);
+concatenating a bucket's parts happens in the kernel with ``sendfile``. No Python
+``bytes`` of the payload is made on the way.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
-import socket
 from concurrent.futures import Executor
 from pathlib import Path
-from typing import Any
 
-from sector.errors import ConnectError
-from sector.transport.rpc import BulkChannel
+from sector.transport import bulk
+from sector.transport.bulk import BulkChannel
 
-__all__ = ["concat", "recv_file", "recv_into_file"]
-
-RECV_CHUNK = 4 << 20
+__all__ = ["concat", "recv_file"]
 
 
 async def recv_file(chan: BulkChannel, size: int, path: Path, io: Executor) -> None:
-    """``size`` raw bytes of a bulk stream into a new file: ``recv_into`` in a
-    thread on plain TCP; on TLS through the transport, each chunk written in a
-    thread while the next is decrypted."""
-    loop = asyncio.get_running_loop()
-    raw = chan.raw_socket()
-    if raw is not None:
-        try:
-            await loop.run_in_executor(
-                io, recv_into_file, raw, chan.take_buffered(size), size, path
-            )
-        finally:
-            raw.close()
-        return
+    """``size`` raw bytes of a bulk stream into a new file."""
     with open(path, "wb") as f:
-        got = 0
-        writing: Any = None
-        try:
-            while got < size:
-                chunk = await chan.read_some(min(RECV_CHUNK, size - got))
-                if not chunk:
-                    raise ConnectError("the sender closed the stream early")
-                got += len(chunk)
-                if writing is not None:
-                    await writing
-                writing = loop.run_in_executor(io, f.write, chunk)
-        finally:
-            if writing is not None:
-                await writing
-
-
-def recv_into_file(sock: socket.socket, first: bytes, size: int, path: Path) -> None:
-    buf = bytearray(RECV_CHUNK)
-    view = memoryview(buf)
-    with open(path, "wb") as f:
-        f.write(first)
-        got = len(first)
-        while got < size:
-            try:
-                n = sock.recv_into(view[: min(RECV_CHUNK, size - got)])
-            except OSError as exc:
-                raise ConnectError(f"bucket stream failed: {exc}") from None
-            if n == 0:
-                raise ConnectError("the sender closed the bucket stream early")
-            f.write(view[:n])
-            got += n
+        await bulk.recv(chan, size, f, executor=io)
 
 
 def concat(parts: list[Path], out: Path) -> int:

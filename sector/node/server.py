@@ -213,7 +213,13 @@ class Node:
         if (self.data / DRAIN_MARK).exists():
             self._set_draining(True)  # a drain survives a restart until cancelled
         self.meta = MetaService(self.store, self, k=cfg.meta_replicas, rpc_timeout=cfg.rpc_timeout)
-        self.transfer = BlobService(self)
+        self.transfer = BlobService(
+            self.blobs,
+            self.inventory,
+            self.pool,
+            me=(to_hex(nid), addr),
+            suspect=self.members.suspect,
+        )
         self.fs = FsService(self)
         self.repair = RepairWorker(
             self,

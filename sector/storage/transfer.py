@@ -19,35 +19,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
-import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sector.errors import (
     AlreadyExists,
     BadRequest,
     ChecksumMismatch,
-    ProtocolError,
     SectorError,
     TransportError,
+    from_wire,
 )
-from sector.ids import to_hex
 from sector.meta import records as rec
 from sector.security import guard
-from sector.storage.blobs import CHUNK, BlobWriter, check_blob_id, checksum_file
-from sector.transport.rpc import BulkChannel
+from sector.storage.blobs import BlobStore, BlobWriter, check_blob_id, checksum_file
+from sector.storage.inventory import Inventory
+from sector.transport import bulk
+from sector.transport.bulk import BulkChannel
+from sector.transport.chain import Skipped, first_live
+from sector.transport.rpc import RpcPool
 from sector.wire import codec
-
-if TYPE_CHECKING:
-    from sector.node.server import Node
 
 log = logging.getLogger("sector.transfer")
 
 MAX_CHAIN = 16
 PUMP_BUF = 1 << 20
-MIN_RATE = 64 << 10  # bytes/s an upload must average after RATE_GRACE seconds
-RATE_GRACE = 30.0
+MIN_RATE = 64 << 10  # bytes/s an upload must average after bulk.RATE_GRACE seconds
 SMALL_MAX = 256 << 10  # blobs up to this size travel inline in control frames
 MAX_AUDIT = 20_000  # blob ids in one blob.missing request
 VERIFY_AT_ONCE = 2  # blob.verify hashes running at once on a node (each a whole copy)
@@ -64,64 +62,19 @@ def _chain(obj: Any) -> list[tuple[str, str]]:
     return out
 
 
-def _pump(
-    src: socket.socket, first: bytes, size: int, w: BlobWriter, dst: socket.socket | None
-) -> bool:
-    """Copy ``size`` bytes from src into the blob and on to dst; runs in a thread.
-
-    Returns False if the downstream socket failed (the chain goes on without it).
-    """
-    buf = bytearray(PUMP_BUF)
-    view = memoryview(buf)
-    down_ok = dst is not None
-
-    def forward(data: bytes | memoryview) -> None:
-        nonlocal down_ok, dst
-        if dst is None:
-            return
-        try:
-            dst.sendall(data)
-        except OSError as exc:
-            log.warning("chain write of %s: downstream failed (%s)", w.blob, exc)
-            down_ok, dst = False, None
-
-    if first:
-        w.write(first)
-        forward(first)
-    remaining = size - len(first)
-    started = time.monotonic()
-    while remaining > 0:
-        # A minimum average rate after a grace period: a per-read timeout alone lets a
-        # peer trickle a byte every few seconds and hold a thread for ever.
-        elapsed = time.monotonic() - started
-        if elapsed > RATE_GRACE and (size - remaining) / elapsed < MIN_RATE:
-            raise ProtocolError(
-                f"upload of {w.blob} too slow ({size - remaining} bytes in {elapsed:.0f} s)"
-            )
-        try:
-            n = src.recv_into(view[: min(PUMP_BUF, remaining)])
-        except TimeoutError:
-            raise ProtocolError(
-                f"upload of {w.blob} stalled after {size - remaining} of {size} bytes"
-            ) from None
-        except OSError as exc:
-            raise ProtocolError(f"upload of {w.blob} failed: {exc}") from None
-        if n == 0:
-            raise ProtocolError(
-                f"upload of {w.blob} cut off after {size - remaining} of {size} bytes"
-            )
-        w.write(view[:n])
-        forward(view[:n])
-        remaining -= n
-    return down_ok
-
-
 def _file_path(a: dict[str, Any]) -> str:
     """The optional ``path`` of a blob write: the file it is for (the inventory's key)."""
     p = a.get("path", "")
     if not isinstance(p, str) or len(p) > 4096:
         raise BadRequest("path must be a string")
     return p
+
+
+def _hop(
+    blob: str, checksum: str | None, rest: list[list[str]], path: str, new: bool, **body: Any
+) -> dict[str, Any]:
+    """A chain write's request to its next hop: this hop's, with the rest of the chain."""
+    return {"blob": blob, **body, "checksum": checksum, "chain": rest, "path": path, "new": new}
 
 
 def _int(a: dict[str, Any], name: str, default: int | None = None) -> int:
@@ -132,8 +85,28 @@ def _int(a: dict[str, Any], name: str, default: int | None = None) -> int:
 
 
 class BlobService:
-    def __init__(self, node: Node) -> None:
-        self.node = node
+    """The ``blob.*`` handlers of one node.
+
+    It is given what it uses of the node, never the node: the blob store and its
+    inventory, the RPC pool for the next hops of a chain, the node's own ``[node id,
+    address]`` (first in every ``stored`` list it answers) and ``suspect(node id)``,
+    called on a chain target found unreachable.
+    """
+
+    def __init__(
+        self,
+        blobs: BlobStore,
+        inventory: Inventory,
+        pool: RpcPool,
+        *,
+        me: tuple[str, str],
+        suspect: Callable[[str], None],
+    ) -> None:
+        self.blobs = blobs
+        self.inventory = inventory
+        self.pool = pool
+        self.me = me
+        self.suspect = suspect
         # fsyncs of many small blobs at once: each waits on the disk, not the CPU, so a
         # pool wider than the default (cores + 4) keeps a burst of puts from queueing.
         self.io = ThreadPoolExecutor(32, thread_name_prefix="blob-io")
@@ -167,21 +140,27 @@ class BlobService:
         path: str = "",
         new: bool = False,
     ) -> BulkChannel | None:
-        for i, (nid, addr) in enumerate(chain):
-            args = {
-                "blob": blob,
-                "size": size,
-                "checksum": checksum,
-                "chain": [list(c) for c in chain[i + 1 :]],
-                "path": path,
-                "new": new,
-            }
-            try:
-                return await self.node.pool.open_bulk(addr, "blob.put", args)
-            except TransportError as exc:
-                log.warning("chain write of %s: %s unreachable (%s), skipping it", blob, addr, exc)
-                self.node.members.suspect(nid)
-        return None
+        """The next hop of a chain write: the first target of the chain that answers,
+        carrying the rest of it; None if none does."""
+
+        async def open_(addr: str, rest: list[list[str]]) -> BulkChannel:
+            args = _hop(blob, checksum, rest, path, new, size=size)
+            return await self.pool.open_bulk(addr, "blob.put", args)
+
+        try:
+            return await first_live(chain, open_, on_skip=self._skipped(blob))
+        except TransportError:
+            return None
+
+    def _skipped(self, blob: str) -> Skipped:
+        def skipped(nid: str, addr: str, exc: SectorError) -> None:
+            log.warning("chain write of %s: %s failed (%s), skipping it", blob, addr, exc)
+            if isinstance(exc, TransportError):
+                # Down until its next heartbeat proves otherwise: placement stops
+                # choosing it now, not after gossip's dead_after (a partition).
+                self.suspect(nid)
+
+        return skipped
 
     def _check_write(self, a: dict[str, Any], blob: str, path: str) -> bool:
         """A user (not a node) may write a new blob for a file it may write, and only a
@@ -198,14 +177,14 @@ class BlobService:
                 raise BadRequest("a blob write from a client must name its file's path")
             guard.write(rec.normalize(path))
             new = True
-        if new and self.node.blobs.exists(blob):
+        if new and self.blobs.exists(blob):
             raise AlreadyExists(f"blob {blob} exists")
         return new
 
     def _check_read(self, blob: str) -> None:
         """Reading a blob is reading its files: checked only where paths are private."""
         if guard.private_reads():
-            for p in self.node.inventory.paths(blob):
+            for p in self.inventory.paths(blob):
                 guard.read(p)
 
     async def _h_put(self, a: dict[str, Any], chan: BulkChannel) -> Any:
@@ -217,29 +196,26 @@ class BlobService:
         chain = _chain(a.get("chain", []))
         path = _file_path(a)
         new = self._check_write(a, blob, path)
-        w = self.node.blobs.writer(blob, size, path)
+        w = self.blobs.writer(blob, size, path)
         down = (
             await self._open_downstream(blob, size, checksum, chain, path, new) if chain else None
         )
         try:
-            src = chan.raw_socket()
-            if src is not None:
-                dst = down.raw_socket(reading=False) if down is not None else None
-                try:
-                    down_ok = await asyncio.get_running_loop().run_in_executor(
-                        self.pumps, _pump, src, chan.take_buffered(size), size, w, dst
-                    )
-                finally:
-                    src.close()
-                    if dst is not None:
-                        dst.close()
-                if down is not None and not down_ok:
-                    await down.close()
-                    down = None
-            else:
-                down = await self._copy_async(chan, size, w, down)
+            forwarded = await bulk.recv(
+                chan,
+                size,
+                w,
+                forward=down,
+                executor=self.pumps,
+                chunk=PUMP_BUF,
+                min_rate=MIN_RATE,
+                what=f"upload of {blob}",
+            )
+            if down is not None and not forwarded:
+                await down.close()
+                down = None
             mine = await asyncio.get_running_loop().run_in_executor(self.io, w.commit, checksum)
-            self.node.blobs.committed(w)
+            self.blobs.committed(w)
         except BaseException:
             w.abort()
             if down is not None:
@@ -247,7 +223,7 @@ class BlobService:
             raise
         self.stats["puts"] += 1
         self.stats["bytes_in"] += size
-        stored: list[list[str]] = [[to_hex(self.node.state.me.id), self.node.addr]]
+        stored: list[list[str]] = [list(self.me)]
         if down is not None:
             try:
                 rep = await down.read_reply()
@@ -281,39 +257,28 @@ class BlobService:
         new = self._check_write(a, blob, path)
 
         async def store() -> str:
-            w = self.node.blobs.writer(blob, len(data), path)
+            w = self.blobs.writer(blob, len(data), path)
             try:
                 w.write(data)
                 mine = await asyncio.get_running_loop().run_in_executor(self.io, w.commit, checksum)
             except BaseException:
                 w.abort()
                 raise
-            self.node.blobs.committed(w)
+            self.blobs.committed(w)
             return mine
 
+        async def call(addr: str, rest: list[list[str]]) -> Any:
+            args = _hop(blob, checksum, rest, path, new, data=data)
+            return await self.pool.call(addr, "blob.put_small", args)
+
         async def forward() -> tuple[list[list[str]], Any]:
-            for i, (nid, addr) in enumerate(chain):
-                args = {
-                    "blob": blob,
-                    "data": data,
-                    "checksum": checksum,
-                    "chain": [list(c) for c in chain[i + 1 :]],
-                    "path": path,
-                    "new": new,
-                }
-                try:
-                    rep = await self.node.pool.call(addr, "blob.put_small", args)
-                except SectorError as exc:
-                    log.warning("chain write of %s: %s failed (%s), skipping it", blob, addr, exc)
-                    if isinstance(exc, TransportError):
-                        # Down until its next heartbeat proves otherwise: placement stops
-                        # choosing it now, not after gossip's dead_after (a partition).
-                        self.node.members.suspect(nid)
-                    continue
-                if not isinstance(rep, dict):
-                    return [], None
-                return [list(c) for c in _chain(rep.get("stored", []))], rep.get("checksum")
-            return [], None
+            try:
+                rep = await first_live(chain, call, skip=SectorError, on_skip=self._skipped(blob))
+            except SectorError:
+                return [], None
+            if not isinstance(rep, dict):
+                return [], None
+            return [list(c) for c in _chain(rep.get("stored", []))], rep.get("checksum")
 
         mine, (downstream, their_sum) = await asyncio.gather(store(), forward())
         if downstream and their_sum != mine:
@@ -321,52 +286,15 @@ class BlobService:
             downstream = []
         self.stats["puts"] += 1
         self.stats["bytes_in"] += len(data)
-        return {
-            "stored": [[to_hex(self.node.state.me.id), self.node.addr], *downstream],
-            "checksum": mine,
-        }
-
-    async def _copy_async(
-        self, chan: BulkChannel, size: int, w: BlobWriter, down: BulkChannel | None
-    ) -> BulkChannel | None:
-        """The portable path (TLS): through the transports, chunk by chunk.
-
-        Each chunk is handed to the next node first, then written and hashed in a
-        thread while the event loop decrypts the next one: the loop does only the TLS.
-        """
-        loop = asyncio.get_running_loop()
-        remaining = size
-        writing: asyncio.Future[None] | None = None
-        try:
-            while remaining:
-                chunk = await chan.read_some(min(CHUNK, remaining))
-                if not chunk:
-                    raise ProtocolError(
-                        f"upload of {w.blob} cut off after {size - remaining} of {size} bytes"
-                    )
-                remaining -= len(chunk)
-                if down is not None:
-                    try:
-                        await down.write(chunk)
-                    except TransportError as exc:
-                        log.warning("chain write of %s: downstream failed (%s)", w.blob, exc)
-                        await down.close()
-                        down = None
-                if writing is not None:
-                    await writing
-                writing = loop.run_in_executor(self.pumps, w.write, chunk)
-        finally:
-            if writing is not None:
-                await writing
-        return down
+        return {"stored": [list(self.me), *downstream], "checksum": mine}
 
     async def _h_get(self, a: dict[str, Any], chan: BulkChannel) -> Any:
         blob = check_blob_id(a.get("blob"))
         offset = _int(a, "offset", 0)
         self._check_read(blob)
-        f = self.node.blobs.open(blob)
+        f = self.blobs.open(blob)
         with f:
-            total = self.node.blobs.size(blob)
+            total = self.blobs.size(blob)
             length = a.get("length")
             n = (
                 max(0, total - offset)
@@ -374,7 +302,7 @@ class BlobService:
                 else min(_int(a, "length"), max(0, total - offset))
             )
             await chan.write(codec.reply(1, {"size": n, "total": total}))
-            await chan.sendfile(f, offset, n)
+            await bulk.send_file(chan, f, offset, n)
         self.stats["gets"] += 1
         self.stats["bytes_out"] += n
         return None
@@ -386,7 +314,7 @@ class BlobService:
         path = a.get("path")
         if path is not None and not isinstance(path, str):
             raise BadRequest("path must be a string")
-        inv = self.node.inventory
+        inv = self.inventory
         n = 0
         ids = [check_blob_id(b) for b in blobs]  # all checked before any is deleted
         for b in ids:
@@ -396,7 +324,7 @@ class BlobService:
             # grace, by asking the metadata about every path.
             if path is not None and any(p != path for p in inv.paths(b)):
                 continue
-            if self.node.blobs.delete(b):
+            if self.blobs.delete(b):
                 log.info("blob %s deleted (a delete of %s)", b, path or "its file")
                 n += 1
         return n
@@ -422,39 +350,28 @@ class BlobService:
     ) -> list[list[str]]:
         if not targets:
             return []
-        have = self.node.blobs.size(blob)  # NotFound if this node has no copy
+        have = self.blobs.size(blob)  # NotFound if this node has no copy
         if have != size:
             raise ChecksumMismatch(f"local copy of {blob} has {have} bytes, the record {size}")
-        last: SectorError | None = None
-        for i, (_nid, addr) in enumerate(targets):
-            args = {
-                "blob": blob,
-                "size": size,
-                "checksum": checksum,
-                "chain": [list(c) for c in targets[i + 1 :]],
-                "path": path,
-            }
+
+        async def push(addr: str, rest: list[list[str]]) -> Any:
+            args = {"blob": blob, "size": size, "checksum": checksum, "chain": rest, "path": path}
+            chan = await self.pool.open_bulk(addr, "blob.put", args)
             try:
-                chan = await self.node.pool.open_bulk(addr, "blob.put", args)
-            except TransportError as exc:
-                last = exc
-                continue
-            try:
-                with self.node.blobs.open(blob) as f:
-                    await chan.sendfile(f, 0, size)
+                with self.blobs.open(blob) as f:
+                    await bulk.send_file(chan, f, 0, size)
                 rep = await chan.read_reply()
-            except TransportError as exc:
-                last = exc
-                continue
             finally:
                 await chan.close()
             if not isinstance(rep, dict) or rep.get("checksum") != checksum:
                 raise ChecksumMismatch(
                     f"copy of {blob} at {addr} does not match the record's checksum"
                 )
-            self.stats["bytes_out"] += size
-            return [list(c) for c in _chain(rep.get("stored", []))]
-        raise last or TransportError(f"no target took a copy of {blob}")
+            return rep
+
+        rep = await first_live(targets, push)
+        self.stats["bytes_out"] += size
+        return [list(c) for c in _chain(rep.get("stored", []))]
 
     async def _h_verify(self, a: dict[str, Any]) -> Any:
         """``{blob, checksum}``: re-hash the local copy; ok, corrupt or missing."""
@@ -463,7 +380,7 @@ class BlobService:
         if not isinstance(checksum, str):
             raise BadRequest("blob.verify needs the record's checksum")
         self._check_read(blob)
-        p = self.node.blobs.path(blob)
+        p = self.blobs.path(blob)
         loop = asyncio.get_running_loop()
         try:
             async with self._verifying:
@@ -478,7 +395,7 @@ class BlobService:
         if not isinstance(blobs, list) or len(blobs) > MAX_AUDIT:
             raise BadRequest(f"blob.missing needs a list of at most {MAX_AUDIT} blob ids")
         ids = [check_blob_id(b) for b in blobs]
-        exists = self.node.blobs.exists
+        exists = self.blobs.exists
         return {"missing": await asyncio.to_thread(lambda: [b for b in ids if not exists(b)])}
 
     async def _h_has(self, a: dict[str, Any]) -> Any:
@@ -487,7 +404,7 @@ class BlobService:
         blob = check_blob_id(a.get("blob"))
         size = None
         with contextlib.suppress(SectorError):
-            size = self.node.blobs.size(blob)
+            size = self.blobs.size(blob)
         path = a.get("path")
         if path is None:
             return size
@@ -496,17 +413,31 @@ class BlobService:
         return {
             "size": size,
             "claimed": size is not None and self.claimed(blob, path),
-            "node": to_hex(self.node.state.me.id),
+            "node": self.me[0],
         }
 
     def claimed(self, blob: str, path: str) -> bool:
         """Whether this node's copy of ``blob`` was written for ``path``."""
         want = rec.normalize(path)
-        for p in self.node.inventory.paths(blob):
+        for p in self.inventory.paths(blob):
             with contextlib.suppress(SectorError):
                 if rec.normalize(p) == want:
                     return True
         return False
 
 
-__all__ = ["BlobService", "BlobWriter"]
+async def open_get(pool: RpcPool, addr: str, args: dict[str, Any]) -> tuple[BulkChannel, int]:
+    """A ``blob.get`` stream from ``addr`` and the number of bytes that follow its
+    header; the node's error reply raised as it is. The caller closes the stream."""
+    chan = await pool.open_bulk(addr, "blob.get", args)
+    try:
+        head = await chan.read_frame()
+        if head.e is not None:
+            raise from_wire(head.e)
+        return chan, int(head.r["size"])
+    except BaseException:
+        await chan.close()
+        raise
+
+
+__all__ = ["BlobService", "BlobWriter", "open_get"]
