@@ -16,9 +16,10 @@ from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
 
-from sector.errors import NotFound, SectorError, from_wire
+from sector.errors import NotFound, SectorError
 from sector.node import bulkfile
 from sector.storage.blobs import BlobStore, checksum_file
+from sector.storage.transfer import open_get
 from sector.transport.rpc import RpcPool
 
 __all__ = ["SegmentInput"]
@@ -57,12 +58,8 @@ class SegmentInput:
         for addr in src["holders"]:
             tmp = dst.with_suffix(".part")
             try:
-                chan = await self.pool.open_bulk(addr, "blob.get", {"blob": src["blob"]})
+                chan, size = await open_get(self.pool, addr, {"blob": src["blob"]})
                 try:
-                    head = await chan.read_frame()
-                    if head.e is not None:
-                        raise from_wire(head.e)
-                    size = int(head.r["size"])
                     await bulkfile.recv_file(chan, size, tmp, self.io)
                 finally:
                     await chan.close()
