@@ -370,7 +370,7 @@ class FsService:
             raise BadRequest("begin_put needs a size")
         rf = _opt_int(req.rf, "rf", 1, MAX_RF)
         plan = await self.puts.plan(path, size, rf=rf, name=name, client_host=req.client_host)
-        return plan.to_wire()
+        return plan
 
     @typed(CommitPut)
     async def _h_commit_put(self, req: CommitPut) -> Any:
