@@ -8,13 +8,14 @@ the RPC server's table calls. What msgspec can say, it checks: types (strictly: 
 bool for an int, no str for a number), required fields, lengths and ranges declared
 with ``msgspec.Meta``. A mismatch is ``BadRequest`` naming the op and the field
 (``fs.mkdir: Expected `str`, got `int` - at `$.path```), and the server closes that
-connection, as for any malformed message.
+connection, as for any malformed message. A sender may build the same struct and send
+``to_args(req)``, the map it stands for.
 
 Rules of a request struct (so the wire stays as it is and peers of other versions get
 on):
 - unknown fields are ignored: a newer peer may send more than this node reads;
-- optional fields have defaults (``msgspec.UNSET`` where "absent" differs from any
-  value);
+- optional fields have defaults; ``msgspec.UNSET`` where a sender leaves the field out
+  (``to_args`` does not send it);
 - a constraint goes in the type only where a bad value has always been a
   ``BadRequest``. Checks with another error (``UsageError`` for a replica count out of
   range, ``InvalidPath`` for a bad path) stay in the handler, after decoding, so the
@@ -33,7 +34,7 @@ import msgspec
 
 from sector.errors import BadRequest
 
-__all__ = ["Request", "decode", "typed"]
+__all__ = ["Request", "decode", "to_args", "typed"]
 
 
 class Request(msgspec.Struct, kw_only=True, frozen=True):
@@ -75,3 +76,10 @@ def typed(
         return handler
 
     return wrap
+
+
+def to_args(req: Request) -> dict[str, Any]:
+    """A request as the map it travels as, for ``RpcPool.call`` (bytes stay bytes;
+    ``msgspec.UNSET`` fields are left out)."""
+    args: dict[str, Any] = msgspec.to_builtins(req, builtin_types=(bytes, bytearray, memoryview))
+    return args
