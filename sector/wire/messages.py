@@ -78,8 +78,8 @@ def typed(
     return wrap
 
 
-def to_args(req: Request) -> dict[str, Any]:
-    """A request as the map it travels as, for ``RpcPool.call`` (bytes stay bytes;
-    ``msgspec.UNSET`` fields are left out)."""
-    args: dict[str, Any] = msgspec.to_builtins(req, builtin_types=(bytes, bytearray, memoryview))
+def to_args(msg: msgspec.Struct) -> dict[str, Any]:
+    """A request (or a struct in one) as the map it travels as, for ``RpcPool.call``
+    (bytes stay bytes; ``msgspec.UNSET`` fields are left out)."""
+    args: dict[str, Any] = msgspec.to_builtins(msg, builtin_types=(bytes, bytearray, memoryview))
     return args

@@ -10,7 +10,8 @@ import msgspec
 import pytest
 
 from sector.errors import BadRequest
-from sector.wire.messages import Request, decode, typed
+from sector.sphere import wire
+from sector.wire.messages import Request, decode, to_args, typed
 
 
 class Mkdir(Request, frozen=True):
@@ -92,3 +93,82 @@ def test_decode_alone() -> None:
     assert decode(Mkdir, {"path": "/x"}) == Mkdir(path="/x")
     with pytest.raises(BadRequest, match=r"^fs\.mkdir: Expected `object`, got `array`$"):
         decode(Mkdir, ["/x"])
+
+
+# ---------------------------------------------------------------- senders: to_args
+
+
+def test_to_args_is_the_map_the_struct_stands_for() -> None:
+    args = to_args(Mkdir(path="/a", parents=True))
+    assert args == {"path": "/a", "parents": True, "rf": None}
+    assert decode(Mkdir, args) == Mkdir(path="/a", parents=True)
+
+
+def test_sphere_messages_travel_as_the_maps_they_always_were() -> None:
+    """The driver builds sphere.wire's structs; the node sees the same maps as before
+    (a task segment carries only id, kind and param; unsent fields stay unsent)."""
+    task = wire.TaskSegment(id=3, param=b"p")
+    run = wire.Run(
+        job="ab" * 8,
+        attempt=7,
+        seg=task,
+        udf=b"u",
+        digest="d",
+        mode="buckets",
+        nbuckets=2,
+        buckets={"0": "h:1", "1": "h:2"},
+    )
+    assert to_args(run) == {
+        "job": "ab" * 8,
+        "attempt": 7,
+        "seg": {"id": 3, "kind": "task", "param": b"p"},
+        "udf": b"u",
+        "digest": "d",
+        "mode": "buckets",
+        "nbuckets": 2,
+        "buckets": {"0": "h:1", "1": "h:2"},
+    }
+    data = dict(path="/f", blob="b" * 32, offset=0, length=8, size=8, checksum=None)
+    seg = wire.DATA_SEGMENTS["lines"](id=1, **data)  # type: ignore[arg-type]
+    assert to_args(seg) == {
+        "id": 1,
+        "kind": "lines",
+        **data,
+        "record_size": 0,
+        "first": 0,
+        "holders": [],
+    }
+    idx = wire.DATA_SEGMENTS["idx"](id=1, index=b"\0" * 16, **data)  # type: ignore[arg-type]
+    assert to_args(idx)["index"] == b"\0" * 16
+    got = decode(wire.Run, {**to_args(run), "seg": to_args(idx)})
+    assert got.seg == idx and got.seg.kind == "idx"
+    commit = wire.Commit(job="ab" * 8, items=[{"path": "/p", "attempt": 1}])
+    assert to_args(commit) == {
+        "job": "ab" * 8,
+        "items": [{"path": "/p", "attempt": 1}],
+        "rf": None,
+        "durable": True,
+    }
+    reduce = wire.Reduce(udf=b"r", digest="d", kind="fixed", record_size=100)
+    assert to_args(msgspec.structs.replace(commit, reduce=reduce))["reduce"] == {
+        "udf": b"r",
+        "digest": "d",
+        "kind": "fixed",
+        "record_size": 100,
+    }
+
+
+@pytest.mark.parametrize(
+    "seg",
+    [
+        {"id": 0, "kind": "bogus"},
+        {"id": 0},
+        {"id": -1, "kind": "task"},
+        {"id": 0, "kind": "lines", "path": "/f", "offset": 0, "length": 1, "size": 1},  # no blob
+        [0, "task"],
+    ],
+)
+def test_a_malformed_segment_is_a_bad_request(seg: Any) -> None:
+    args = {"job": "ab" * 8, "attempt": 0, "udf": b"u", "digest": "d", "mode": "none"}
+    with pytest.raises(BadRequest, match=r"^sphere\.run: .* at `\$\.seg"):
+        decode(wire.Run, {**args, "nbuckets": 0, "seg": seg})
