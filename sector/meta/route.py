@@ -17,13 +17,15 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from sector.errors import BadRequest, ClusterError, SectorError, TransportError, Unavailable
+from sector.errors import ClusterError, SectorError, TransportError, Unavailable
 from sector.ids import from_hex, key_id, to_hex
 from sector.meta import records as rec
+from sector.meta.messages import MetaOp
 from sector.meta.records import Record
 from sector.meta.ring import Ring
 from sector.routing.chord import Peer
 from sector.routing.rangecache import RangeCache
+from sector.wire.messages import typed
 
 MAX_HOPS = 4
 RETRY_WINDOW = 6.0  # seconds a routed request keeps trying through a crash
@@ -31,13 +33,6 @@ RETRY_WINDOW = 6.0  # seconds a routed request keeps trying through a crash
 
 def root_record(v: rec.Stamp) -> rec.DirRecord:
     return rec.DirRecord(path="/", v=v)
-
-
-def _str(a: dict[str, Any], name: str) -> str:
-    v = a.get(name)
-    if not isinstance(v, str):
-        raise BadRequest(f"argument {name!r} must be a string")
-    return v
 
 
 class Router:
@@ -147,13 +142,9 @@ class Router:
                 pred = from_hex(arc[0]) if arc[0] else None
                 self.cache.learn(from_hex(arc[1]), str(arc[2]), pred)
 
-    async def h_op(self, a: dict[str, Any]) -> Any:
-        path = rec.normalize(_str(a, "path"))
-        op = _str(a, "op")
-        args = a.get("args") or {}
-        hops = a.get("hops", 0)
-        if not isinstance(args, dict) or not isinstance(hops, int):
-            raise BadRequest("meta.op: bad arguments")
+    @typed(MetaOp)
+    async def h_op(self, req: MetaOp) -> Any:
+        path, op, args, hops = rec.normalize(req.path), req.name, req.args or {}, req.hops
         key = key_id(path)
         if hops < MAX_HOPS and not self.mine(key):
             peer = await self.route(key)

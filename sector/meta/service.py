@@ -67,12 +67,14 @@ from sector.meta import fileops
 from sector.meta import records as rec
 from sector.meta.batch import BATCH, Batcher
 from sector.meta.handoff import Handoff
+from sector.meta.messages import Absorb, Fetch, Replicate
 from sector.meta.records import DirRecord, FileRecord, Gone, Record
 from sector.meta.ring import Ring
 from sector.meta.route import Router, root_record
 from sector.meta.store import MetaStore
 from sector.routing.chord import Peer
 from sector.routing.rangecache import RangeCache
+from sector.wire.messages import typed
 
 log = logging.getLogger("sector.meta")
 
@@ -533,15 +535,9 @@ class MetaService:
 
     # ------------------------------------------------------------------ replica-side handlers
 
-    @staticmethod
-    def _records_arg(a: dict[str, Any]) -> list[Record]:
-        objs = a.get("records")
-        if not isinstance(objs, list) or len(objs) > 10 * BATCH:
-            raise BadRequest("expected a list of records")
-        return [rec.from_builtins(o) for o in objs]
-
-    async def _h_replicate(self, a: dict[str, Any]) -> Any:
-        records = self._records_arg(a)
+    @typed(Replicate)
+    async def _h_replicate(self, req: Replicate) -> Any:
+        records = [rec.from_builtins(o) for o in req.records]
         for r in records:
             self.clock.observe(r.v)
             if isinstance(r, FileRecord) and r.rv is not None:
@@ -549,26 +545,24 @@ class MetaService:
         await self.commit([self.stage(r) for r in records], replicate=False)
         return len(records)
 
-    async def _h_fetch(self, a: dict[str, Any]) -> Any:
-        paths = a.get("paths")
-        if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
-            raise BadRequest("meta.fetch needs a list of paths")
+    @typed(Fetch)
+    async def _h_fetch(self, req: Fetch) -> Any:
         out = []
-        for p in paths[:BATCH]:
+        for p in req.paths[:BATCH]:
             r = self._read_local(p)
             if r is not None:
                 out.append(rec.to_builtins(r))
         return out
 
-    async def _h_absorb(self, a: dict[str, Any]) -> Any:
+    @typed(Absorb)
+    async def _h_absorb(self, req: Absorb) -> Any:
         """Records handed to us as their owner: merge, replicate, say who should keep copies."""
-        records = self._records_arg(a)
-        sender = _str(a, "sender")
+        records = [rec.from_builtins(o) for o in req.records]
         for r in records:
             self.clock.observe(r.v)
         # A merge of what exists (no new version): no quorum asked, as for meta.replicate.
         await self.commit([self.stage(r) for r in records], quorum=False)
-        keep = sender in {to_hex(p.id) for p in self.ring.replica_peers(self.k)}
+        keep = req.sender in {to_hex(p.id) for p in self.ring.replica_peers(self.k)}
         return {"keep": keep}
 
     # ------------------------------------------------------------------ handoff

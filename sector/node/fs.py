@@ -21,7 +21,9 @@ import contextlib
 import functools
 import logging
 import time
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
+
+import msgspec
 
 from sector.errors import (
     AlreadyExists,
@@ -40,21 +42,92 @@ from sector.node import status
 from sector.node.put import MAX_RF, PutHost, PutProtocol, Records
 from sector.security import guard
 from sector.storage.blobs import check_blob_id
+from sector.wire.messages import Request, typed
 
 log = logging.getLogger("sector.fs")
 
 FANOUT = 32  # concurrent metadata requests of one recursive operation
 
 
-def _path(a: dict[str, Any], name: str = "path") -> str:
-    v = a.get(name)
-    if not isinstance(v, str):
-        raise BadRequest(f"argument {name!r} must be a path string")
-    return rec.normalize(v)
+# ------------------------------------------------------------------ requests
+# (``sector.wire.messages``). Paths are ``str`` here and normalised by the handler: a bad
+# path is InvalidPath, naming the fault. Sizes and replica targets are left loose and
+# checked by ``_opt_int``: out of range or of the wrong type they have always been the
+# caller's misuse (UsageError), not a malformed message.
 
 
-def _opt_int(a: dict[str, Any], name: str, lo: int, hi: int) -> int | None:
-    v = a.get(name)
+class Stat(Request, frozen=True):
+    """fs.stat: a path's description."""
+
+    op = "fs.stat"
+    path: str
+
+
+class Ls(Request, frozen=True):
+    """fs.ls: a directory's entries (a file's own)."""
+
+    op = "fs.ls"
+    path: str
+
+
+class Mkdir(Request, frozen=True):
+    """fs.mkdir: make a directory; ``parents`` as ``mkdir -p``."""
+
+    op = "fs.mkdir"
+    path: str
+    parents: bool = False
+
+
+class BeginPut(Request, frozen=True):
+    """fs.begin_put: plan a put (``node/put.py`` step 1); with ``name``, a ``path`` that
+    is a directory means the file ``name`` in it."""
+
+    op = "fs.begin_put"
+    path: str
+    size: Any = None  # required: _opt_int
+    rf: Any = None  # _opt_int
+    name: str | None = None
+    client_host: str | None = None
+
+
+class CommitPut(Request, frozen=True):
+    """fs.commit_put: record a file whose blob is durable on ``replicas`` (step 4)."""
+
+    op = "fs.commit_put"
+    path: str
+    checksum: str
+    replicas: Annotated[list[tuple[str, str]], msgspec.Meta(min_length=1)]  # [node id, address]
+    blob: Any = None  # check_blob_id: "invalid blob id", whatever the type
+    size: Any = None  # required: _opt_int
+    rf: Any = None  # _opt_int
+    owner: str | None = None  # taken from a node only
+
+
+class Rm(Request, frozen=True):
+    """fs.rm: remove a file, or a directory (its contents with ``recursive``)."""
+
+    op = "fs.rm"
+    path: str
+    recursive: bool = False
+
+
+class Mv(Request, frozen=True):
+    """fs.mv: rename ``src`` to ``dst`` (into ``dst`` if that is a directory)."""
+
+    op = "fs.mv"
+    src: str
+    dst: str
+
+
+class SetRf(Request, frozen=True):
+    """fs.setrf: change a file's replica target."""
+
+    op = "fs.setrf"
+    path: str
+    rf: Any = None  # required: _opt_int
+
+
+def _opt_int(v: Any, name: str, lo: int, hi: int) -> int | None:
     if v is None:
         return None
     if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
@@ -252,13 +325,15 @@ class FsService:
 
     # ------------------------------------------------------------------ handlers
 
-    async def _h_stat(self, a: dict[str, Any]) -> Any:
-        path = _path(a)
+    @typed(Stat)
+    async def _h_stat(self, req: Stat) -> Any:
+        path = rec.normalize(req.path)
         guard.read(path)
         return self.describe(await self.must_get(path))
 
-    async def _h_ls(self, a: dict[str, Any]) -> Any:
-        path = _path(a)
+    @typed(Ls)
+    async def _h_ls(self, req: Ls) -> Any:
+        path = rec.normalize(req.path)
         guard.read(path)
         r = await self.must_get(path)
         if isinstance(r, FileRecord):
@@ -267,12 +342,12 @@ class FsService:
         kids = await self._gather([self.get(rec.join(path, n)) for n in names])
         return [self.entry(k) for k in kids if isinstance(k, FileRecord | DirRecord)]
 
-    async def _h_mkdir(self, a: dict[str, Any]) -> Any:
-        path = _path(a)
+    @typed(Mkdir)
+    async def _h_mkdir(self, req: Mkdir) -> Any:
+        path = rec.normalize(req.path)
         guard.write(path)
         self.writable()
-        parents = bool(a.get("parents", False))
-        await self.ensure_dir(path, parents=parents, exist_ok=parents)
+        await self.ensure_dir(path, parents=req.parents, exist_ok=req.parents)
         return self.describe(await self.must_get(path)) if path != "/" else None
 
     @functools.cached_property
@@ -280,61 +355,44 @@ class FsService:
         """The put protocol (``node/put.py``) on this node; its handlers are below."""
         return PutProtocol(self.node, self)
 
-    async def _h_begin_put(self, a: dict[str, Any]) -> Any:
-        path = _path(a)
-        name = a.get("name")
-        if path == "/" and isinstance(name, str):
+    @typed(BeginPut)
+    async def _h_begin_put(self, req: BeginPut) -> Any:
+        path, name = rec.normalize(req.path), req.name
+        if path == "/" and name is not None:
             path = rec.join("/", rec.check_name(name))
         if path == "/":
             raise IsADirectory("/ is a directory")
         # Checked before the arguments, as always (the plan checks again for its other
         # callers): a caller that may not write hears that first.
         self.puts.check_write(path)
-        size = _opt_int(a, "size", 0, 1 << 62)
+        size = _opt_int(req.size, "size", 0, 1 << 62)
         if size is None:
             raise BadRequest("begin_put needs a size")
-        rf = _opt_int(a, "rf", 1, MAX_RF)
-        client_host = a.get("client_host")
-        plan = await self.puts.plan(
-            path,
-            size,
-            rf=rf,
-            name=name if isinstance(name, str) else None,
-            client_host=client_host if isinstance(client_host, str) else None,
-        )
-        return plan.to_wire()
+        rf = _opt_int(req.rf, "rf", 1, MAX_RF)
+        plan = await self.puts.plan(path, size, rf=rf, name=name, client_host=req.client_host)
+        return plan
 
-    async def _h_commit_put(self, a: dict[str, Any]) -> Any:
-        path = _path(a)
+    @typed(CommitPut)
+    async def _h_commit_put(self, req: CommitPut) -> Any:
+        path = rec.normalize(req.path)
         guard.write(path)
-        blob = check_blob_id(a.get("blob"))
-        size = _opt_int(a, "size", 0, 1 << 62)
-        rf = _opt_int(a, "rf", 1, MAX_RF)
-        checksum = a.get("checksum")
-        replicas = a.get("replicas")
-        if (
-            size is None
-            or not isinstance(checksum, str)
-            or not isinstance(replicas, list)
-            or not replicas
-        ):
+        blob = check_blob_id(req.blob)
+        size = _opt_int(req.size, "size", 0, 1 << 62)
+        rf = _opt_int(req.rf, "rf", 1, MAX_RF)
+        if size is None:
             raise BadRequest("commit_put needs size, checksum and replicas")
-        reps: list[tuple[str, str]] = []
-        for x in replicas:
-            if not (isinstance(x, list) and len(x) == 2 and all(isinstance(y, str) for y in x)):
-                raise BadRequest("replicas must be [node id, address] pairs")
-            reps.append((x[0], x[1]))
-        owner = str(a.get("owner") or "")
-        return await self.puts.commit(path, blob, size, checksum, reps, rf, owner=owner)
+        return await self.puts.commit(
+            path, blob, size, req.checksum, req.replicas, rf, owner=req.owner or ""
+        )
 
-    async def _h_rm(self, a: dict[str, Any]) -> Any:
-        path = _path(a)
+    @typed(Rm)
+    async def _h_rm(self, req: Rm) -> Any:
+        path = rec.normalize(req.path)
         guard.write(path)
         self.writable()
         if path == "/":
             raise UsageError("refusing to remove /")
-        recursive = bool(a.get("recursive", False))
-        n = await self._rm(path, recursive=recursive)
+        n = await self._rm(path, recursive=req.recursive)
         return {"removed": n}
 
     async def _rm(self, path: str, *, recursive: bool) -> int:
@@ -366,8 +424,9 @@ class FsService:
         except NotFound:
             return 0
 
-    async def _h_mv(self, a: dict[str, Any]) -> Any:
-        src, dst = _path(a, "src"), _path(a, "dst")
+    @typed(Mv)
+    async def _h_mv(self, req: Mv) -> Any:
+        src, dst = rec.normalize(req.src), rec.normalize(req.dst)
         guard.write(src)
         self.writable()
         if src == "/":
@@ -443,12 +502,13 @@ class FsService:
         with contextlib.suppress(SectorError, OSError):
             await self.node.pool.call(addr, "blob.alias", args, timeout=5.0)
 
-    async def _h_setrf(self, a: dict[str, Any]) -> Any:
+    @typed(SetRf)
+    async def _h_setrf(self, req: SetRf) -> Any:
         """Change a file's replica target; its owner's repair worker adds or trims copies."""
-        path = _path(a)
+        path = rec.normalize(req.path)
         guard.write(path)
         self.writable()
-        rf = _opt_int(a, "rf", 1, MAX_RF)
+        rf = _opt_int(req.rf, "rf", 1, MAX_RF)
         if rf is None:
             raise BadRequest("setrf needs rf")
         res = await self.node.meta.call(path, "set_rf", {"rf": rf})

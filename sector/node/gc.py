@@ -36,19 +36,31 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
+
+import msgspec
 
 from sector.aio import Worker
-from sector.errors import BadRequest, SectorError
+from sector.errors import SectorError
 from sector.ids import to_hex
 from sector.meta import records as rec
 from sector.meta.records import FileRecord, Gone, Record, kind_of
 from sector.routing.chord import Peer
 from sector.storage.blobs import BlobStore, check_blob_id
 from sector.storage.inventory import COLLECT, KEEP, UNSURE, Inventory, Row, verdict
+from sector.wire.messages import Request, typed
 
 log = logging.getLogger("sector.gc")
 MAX_MOVES = 16  # renames of a renamed file followed before giving up (keep the blob)
+
+
+class Alias(Request, frozen=True):
+    """blob.alias: the file of ``blob`` is being renamed to ``path`` (``confirm``: done)."""
+
+    op = "blob.alias"
+    path: Annotated[str, msgspec.Meta(pattern="^/", max_length=4096)]  # absolute
+    blob: Any = None  # check_blob_id: "invalid blob id", whatever the type
+    confirm: bool = False
 
 
 class Records(Protocol):
@@ -98,20 +110,15 @@ class GcWorker(Worker):
         await self.run_pass()
         return self.status()
 
-    async def _h_alias(self, a: dict[str, Any]) -> Any:
+    @typed(Alias)
+    async def _h_alias(self, req: Alias) -> Any:
         """``{blob, path}``: the file of this blob is being renamed to ``path``.
         ``{blob, path, confirm: true}``: the rename is done, ``path`` (already an alias)
         becomes the blob's only path."""
-        blob = check_blob_id(a.get("blob"))
-        path = a.get("path")
-        if not isinstance(path, str) or not path.startswith("/") or len(path) > 4096:
-            raise BadRequest("blob.alias needs an absolute path")
-        confirm = a.get("confirm", False)
-        if not isinstance(confirm, bool):
-            raise BadRequest("confirm must be true or false")
-        path = rec.normalize(path)
+        blob = check_blob_id(req.blob)
+        path = rec.normalize(req.path)
         inv = self.node.inventory
-        if confirm:
+        if req.confirm:
             return await asyncio.to_thread(inv.confirm_alias, blob, path)
         return await asyncio.to_thread(inv.add_alias, blob, path)
 

@@ -44,6 +44,8 @@ import bisect
 
 import msgspec
 
+from sector.wire.messages import Request
+
 
 class Member(msgspec.Struct, frozen=True):
     id: str
@@ -66,6 +68,23 @@ def members_from_wire(obj: object) -> list[Member]:
         return msgspec.convert(obj, list[Member])
     except msgspec.ValidationError as exc:
         raise ValueError(f"bad membership entries: {exc}") from None
+
+
+# The requests of node.gossip and node.drain (served by ``server.py``).
+
+
+class Gossip(Request, frozen=True):
+    """node.gossip: the sender's member table, to merge (the reply is ours)."""
+
+    op = "node.gossip"
+    entries: list[Member]
+
+
+class Drain(Request, frozen=True):
+    """node.drain: start draining this node, or stop (``cancel``)."""
+
+    op = "node.drain"
+    cancel: bool = False
 
 
 class Members:

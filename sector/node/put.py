@@ -35,9 +35,10 @@ import functools
 import logging
 import time
 from concurrent.futures import Executor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+
+import msgspec
 
 from sector.config import NodeConfig
 from sector.errors import (
@@ -170,23 +171,15 @@ async def push_copy(
     return rep["stored"] if isinstance(rep, dict) else []
 
 
-@dataclass(frozen=True, slots=True)
-class Plan:
+class Plan(msgspec.Struct, frozen=True):
     """Step 1's answer: where the file goes (``path`` resolved), under which new blob
-    id, and the targets of its chain, the first one first."""
+    id, and the targets of its chain, the first one first. Also ``fs.begin_put``'s
+    reply, as it travels: ``{path, blob, rf, targets: [[node id, address]]}``."""
 
     path: str
     blob: str
     rf: int
     targets: tuple[Holder, ...]
-
-    def to_wire(self) -> dict[str, Any]:
-        return {
-            "path": self.path,
-            "blob": self.blob,
-            "rf": self.rf,
-            "targets": [list(t) for t in self.targets],
-        }
 
 
 class PutProtocol:

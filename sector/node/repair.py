@@ -31,12 +31,13 @@ import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
+
+import msgspec
 
 from sector.aio import Every, Worker, cancel_and_wait
 from sector.config import NodeConfig
 from sector.errors import (
-    BadRequest,
     ChecksumMismatch,
     NotFound,
     SectorError,
@@ -54,6 +55,7 @@ from sector.storage import repair_policy
 from sector.storage.placement import Candidate
 from sector.storage.repair_queue import Entry, RepairQueue
 from sector.storage.transfer import MAX_AUDIT
+from sector.wire.messages import Request, typed
 
 
 class Shard(Protocol):
@@ -95,7 +97,20 @@ class RepairHost(put.CopyHost, Protocol):
 log = logging.getLogger("sector.repair")
 
 MAX_HOPS = 3
+HEX = r"^[0-9a-f]+\Z"  # a node id (hex)
 COPY_RATE_FLOOR = 4 << 20  # bytes/s assumed when sizing a copy's timeout
+
+
+class Report(Request, frozen=True):
+    """repair.report: a copy of ``path`` is bad (the one on ``node_id``, of ``blob``), or
+    the file needs a look; routed to the file's owner (``hops``: forwarded so often)."""
+
+    op = "repair.report"
+    path: str
+    node_id: Annotated[str, msgspec.Meta(max_length=64, pattern=HEX)] | None = None
+    hops: int = 0
+    check: bool = False  # believe the report only once checked (it came from a client)
+    blob: str | None = None
 
 
 class RepairWorker(Worker):
@@ -283,27 +298,15 @@ class RepairWorker(Worker):
                     out[nid] += 1
         return out
 
-    async def _h_report(self, a: dict[str, Any]) -> Any:
+    @typed(Report)
+    async def _h_report(self, req: Report) -> Any:
         """``{path, node_id?}``: a copy is bad (or the file needs a look); routed to the owner."""
-        path = a.get("path")
-        nid = a.get("node_id")
-        hops = a.get("hops", 0)
-        if not isinstance(path, str) or not isinstance(hops, int):
-            raise BadRequest("repair.report needs a path")
-        if nid is not None and not (
-            isinstance(nid, str)
-            and 0 < len(nid) <= 64
-            and all(c in "0123456789abcdef" for c in nid)
-        ):
-            raise BadRequest("repair.report: node_id must be a hex node id")
         # A report from a client (not a node) is checked before it is believed: anyone
         # may read, so anyone may report, and a false report must not make the cluster
         # drop good copies. The flag travels with the report to the owner.
-        check = a.get("check") is True or not guard.is_node()
-        blob = a.get("blob")
-        if blob is not None and not isinstance(blob, str):
-            raise BadRequest("repair.report: blob must be a blob id")
-        return await self.report(rec.normalize(path), nid, hops=hops, check=check, blob=blob)
+        check = req.check or not guard.is_node()
+        path = rec.normalize(req.path)
+        return await self.report(path, req.node_id, hops=req.hops, check=check, blob=req.blob)
 
     async def report(
         self,

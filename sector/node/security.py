@@ -22,11 +22,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from sector.aio import Every
-from sector.errors import BadRequest, CertificateError, SectorError, UsageError
+from sector.errors import CertificateError, SectorError, UsageError
 from sector.node.members import Members
 from sector.security import pki
 from sector.security.guard import NodeAuth
 from sector.transport.rpc import RpcPool
+from sector.wire.messages import Request, typed
 
 
 class PolicyPeers(Protocol):
@@ -41,6 +42,21 @@ class PolicyPeers(Protocol):
 log = logging.getLogger("sector.security")
 
 POLICY_PULL = 5.0  # seconds between anti-entropy pulls of the policy
+
+
+class PolicyGet(Request, frozen=True):
+    """sec.policy: the cluster's CA and policy; the signed policy itself only if it is
+    newer than the asker's version ``have``."""
+
+    op = "sec.policy"
+    have: int = -1
+
+
+class PolicyPut(Request, frozen=True):
+    """sec.policy_put: a policy signed by the admin key, to take and spread."""
+
+    op = "sec.policy_put"
+    policy: str
 
 
 class NodeSecurity:
@@ -85,12 +101,10 @@ class NodeSecurity:
             "policy_version": self.auth.policy.version,
         }
 
-    async def _h_policy(self, a: dict[str, Any]) -> Any:
-        have = a.get("have", -1)
-        if not isinstance(have, int) or isinstance(have, bool):
-            raise BadRequest("have must be an integer")
+    @typed(PolicyGet)
+    async def _h_policy(self, req: PolicyGet) -> Any:
         pol = self.auth.policy
-        newer = pol.version > have and self.auth.policy_blob is not None
+        newer = pol.version > req.have and self.auth.policy_blob is not None
         return {
             "cluster": self.cluster_id,
             "ca": self.ca.cert_pem.decode(),
@@ -101,13 +115,11 @@ class NodeSecurity:
             "removed_nodes": list(pol.removed_nodes),
         }
 
-    async def _h_policy_put(self, a: dict[str, Any]) -> Any:
-        blob = a.get("policy")
-        if not isinstance(blob, str):
-            raise BadRequest("sec.policy_put needs a 'policy' string")
-        taken = self.offer(blob)
+    @typed(PolicyPut)
+    async def _h_policy_put(self, req: PolicyPut) -> Any:
+        taken = self.offer(req.policy)
         if taken:
-            self._spread(blob)
+            self._spread(req.policy)
         return {"taken": taken, "version": self.auth.policy.version}
 
     def offer(self, blob: str) -> bool:

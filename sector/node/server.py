@@ -44,7 +44,7 @@ from sector.meta.store import MetaStore
 from sector.node.fs import FsService
 from sector.node.gc import GcWorker
 from sector.node.identity import load_uuid, next_incarnation
-from sector.node.members import Member, Members, members_from_wire
+from sector.node.members import Drain, Gossip, Member, Members, members_from_wire
 from sector.node.quorum import Quorum
 from sector.node.repair import RepairWorker
 from sector.node.scrub import ScrubWorker
@@ -57,6 +57,7 @@ from sector.storage.blobs import BlobStore
 from sector.storage.inventory import Inventory
 from sector.storage.transfer import BlobService
 from sector.transport.rpc import RpcPool, Server, split_addr
+from sector.wire.messages import typed
 
 log = logging.getLogger("sector.node")
 
@@ -429,12 +430,9 @@ class Node:
         except ValueError as exc:
             log.warning("bad gossip reply from %s: %s", addr, exc)
 
-    async def _h_gossip(self, a: dict[str, Any]) -> Any:
-        try:
-            entries = members_from_wire(a.get("entries"))
-        except ValueError as exc:
-            raise BadRequest(str(exc)) from None
-        if self.members.merge(entries, time.monotonic()):
+    @typed(Gossip)
+    async def _h_gossip(self, req: Gossip) -> Any:
+        if self.members.merge(req.entries, time.monotonic()):
             self.quorum.save()
         return msgspec.to_builtins(self.members.entries())
 
@@ -482,11 +480,12 @@ class Node:
             with contextlib.suppress(FileNotFoundError):
                 mark.unlink()
 
-    async def _h_drain(self, a: dict[str, Any]) -> Any:
+    @typed(Drain)
+    async def _h_drain(self, req: Drain) -> Any:
         """``{cancel?}``: start (or cancel) draining this node; progress is in fs.status."""
         if self.leaving:
             raise BadRequest("node is leaving")
-        self._set_draining(not a.get("cancel"))
+        self._set_draining(not req.cancel)
         with contextlib.suppress(Exception):
             await self._gossip_round()
         return {

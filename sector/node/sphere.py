@@ -19,8 +19,9 @@ no state that outlives a job except files in ``<data>/sphere/<job>/``:
 - ``sphere.cleanup``: forget the job and remove its files. Jobs whose driver vanished
   are removed after ``JOB_TTL`` of silence.
 
-Arguments are checked in ``sphere_args``. Attempts and jobs are owned by the user
-who started them (secure clusters); nodes pushing parts may touch any job.
+The messages are declared in ``sphere.wire`` and decoded at the handler table; what
+their types cannot say is checked in ``sphere_args``. Attempts and jobs are owned by the
+user who started them (secure clusters); nodes pushing parts may touch any job.
 """
 
 from __future__ import annotations
@@ -43,26 +44,17 @@ from sector.meta import records as rec
 from sector.meta.records import FileRecord
 from sector.node.engines import EngineDied, EnginePool
 from sector.node.put import Namespace, PutHost, PutProtocol
-from sector.node.sphere_args import (
-    KINDS,
-    MAX_BUCKETS,
-    MAX_ID,
-    MODES,
-    bucket_map,
-    check_range,
-    int_arg,
-    job_arg,
-    reduce_spec,
-)
+from sector.node.sphere_args import bucket_map, check_range, reduce_spec
 from sector.node.sphere_commit import Committer
 from sector.node.sphere_commit import plan as plan_commit
 from sector.node.sphere_input import SegmentInput
 from sector.node.sphere_shuffle import Shuffle
 from sector.security import guard
-from sector.sphere import spe
+from sector.sphere import spe, wire
 from sector.sphere.wire import STAGING, staging_owner
 from sector.storage.blobs import check_blob_id
 from sector.transport.rpc import BulkChannel
+from sector.wire.messages import typed
 
 log = logging.getLogger("sector.sphere")
 
@@ -240,66 +232,49 @@ class SphereService(Worker):
             **self.status(),
         }
 
-    async def _h_run(self, a: dict[str, Any]) -> Any:
+    @typed(wire.Run)
+    async def _h_run(self, req: wire.Run) -> Any:
         guard.compute()
-        job = job_arg(a)
-        attempt = int_arg(a, "attempt", 0, MAX_ID)
-        seg = a.get("seg")
-        udf, digest = a.get("udf"), a.get("digest")
-        mode = a.get("mode")
-        if not isinstance(seg, dict) or not isinstance(udf, bytes) or not isinstance(digest, str):
-            raise BadRequest("sphere.run needs seg, udf and digest")
-        if len(digest) > 128:
-            raise BadRequest("digest must be at most 128 characters")
-        if mode not in MODES:
-            raise BadRequest(f"mode must be one of {', '.join(MODES)}")
-        kind = seg.get("kind")
-        if kind not in KINDS:
-            raise BadRequest(f"segment kind must be one of {', '.join(KINDS)}")
-        nbuckets = int_arg(a, "nbuckets", 0, MAX_BUCKETS)
+        job, attempt, seg, nbuckets = req.job, req.attempt, req.seg, req.nbuckets
         buckets: dict[int, str] = {}
-        if mode == "buckets":
+        if req.mode == "buckets":
             if nbuckets < 1:
                 raise BadRequest("a bucket job needs nbuckets >= 1")
-            buckets = bucket_map(a.get("buckets"))
+            buckets = bucket_map(req.buckets)
             if sorted(buckets) != list(range(nbuckets)):
                 raise BadRequest(
                     f"a bucket job needs an address for each of buckets 0..{nbuckets - 1}"
                 )
-        elif not isinstance(a.get("buckets", {}), dict):
-            raise BadRequest("buckets must map bucket ids to addresses")
-        if kind != "task":
-            check_range(seg, kind)
         me = to_hex(self.node.me.id)
         task: dict[str, Any] = {
-            "udf": udf,
-            "digest": digest,
-            "kind": kind,
-            "segment": int_arg(seg, "id", 0, MAX_ID),
-            "offset": int_arg(seg, "offset") if kind != "task" else 0,
-            "length": int_arg(seg, "length") if kind != "task" else 0,
-            "size": int_arg(seg, "size") if kind != "task" else 0,
-            "record_size": int_arg(seg, "record_size", 0, 1 << 30) if "record_size" in seg else 0,
-            "first": int_arg(seg, "first") if "first" in seg else 0,
-            "index": seg.get("index") if isinstance(seg.get("index"), bytes) else None,
-            "param": seg.get("param") if isinstance(seg.get("param"), bytes) else None,
-            "path": rec.normalize(seg["path"]) if kind != "task" else "",
+            "udf": req.udf,
+            "digest": req.digest,
+            "kind": seg.kind,
+            "segment": seg.id,
+            "offset": 0,
+            "length": 0,
+            "size": 0,
+            "record_size": 0,
+            "first": 0,
+            "index": None,
+            "param": seg.param if isinstance(seg, wire.TaskSegment) else None,
+            "path": "",
             "node": me,
-            "mode": mode,
+            "mode": req.mode,
             "nbuckets": nbuckets,
         }
         src = None
-        if kind != "task":
-            holders = seg.get("holders", [])
-            if not isinstance(holders, list) or not all(isinstance(h, str) for h in holders):
-                raise BadRequest("holders must be a list of addresses")
-            if not isinstance(seg.get("checksum"), str | None):
-                raise BadRequest("checksum must be a string")
+        if isinstance(seg, wire.DataSegment):
+            check_range(seg)
+            task["offset"], task["length"], task["size"] = seg.offset, seg.length, seg.size
+            task["record_size"], task["first"] = seg.record_size, seg.first
+            task["index"] = seg.index if isinstance(seg.index, bytes) else None
+            task["path"] = rec.normalize(seg.path)
             src = {
-                "blob": check_blob_id(seg.get("blob")),
-                "checksum": seg.get("checksum"),
-                "holders": holders[:16],
-                "size": task["size"],
+                "blob": check_blob_id(seg.blob),
+                "checksum": seg.checksum,
+                "holders": seg.holders[:16],
+                "size": seg.size,
             }
             guard.read(task["path"])  # a UDF reads the segment: its caller must be able to
             if not guard.is_node():
@@ -359,33 +334,25 @@ class SphereService(Worker):
         t.result, t.state = res, "done"
         j.changed.set()
 
-    async def _h_push(self, a: dict[str, Any], chan: BulkChannel) -> Any:
-        job = job_arg(a)
-        b = int_arg(a, "bucket", 0, MAX_BUCKETS)
-        attempt = int_arg(a, "attempt", 0, MAX_ID)
-        size = int_arg(a, "size")
-        self.shuffle.check_room(size)
-        j = self._job_state(job, create=True)
-        await self.shuffle.receive(chan, j.dir, b, attempt, size)
+    @typed(wire.Push)
+    async def _h_push(self, req: wire.Push, chan: BulkChannel) -> Any:
+        self.shuffle.check_room(req.size)
+        j = self._job_state(req.job, create=True)
+        await self.shuffle.receive(chan, j.dir, req.bucket, req.attempt, req.size)
         return {"ok": True}
 
-    async def _h_poll(self, a: dict[str, Any]) -> Any:
+    @typed(wire.Poll)
+    async def _h_poll(self, req: wire.Poll) -> Any:
         """``{job, ack: [attempt], wait}``: finished attempts not yet acknowledged."""
         guard.compute()
-        job = job_arg(a)
-        wait = a.get("wait", 0.0)
-        if not isinstance(wait, int | float) or not 0 <= wait <= 30:
-            raise BadRequest("wait must be 0 to 30 seconds")
-        ack = a.get("ack") or []
-        if not isinstance(ack, list):
-            raise BadRequest("ack must be a list of attempt ids")
-        j = self.jobs.get(job)
+        wait = req.wait
+        j = self.jobs.get(req.job)
         if j is None:
             return {"done": [], "running": []}
         self._own(j)
         j.touched = time.monotonic()
-        for x in ack:
-            t = j.attempts.get(x) if isinstance(x, int) else None
+        for x in req.ack:
+            t = j.attempts.get(x)
             if t is not None and t.state == "done" and t.result is not None:
                 # Keep the attempt (its parts may be resent or committed), drop the report.
                 t.result = {"acked": True}
@@ -411,13 +378,14 @@ class SphereService(Worker):
             if t.state == "done" and t.result is not None and not t.result.get("acked")
         ]
 
-    async def _h_cancel(self, a: dict[str, Any]) -> Any:
+    @typed(wire.Cancel)
+    async def _h_cancel(self, req: wire.Cancel) -> Any:
         """``{job, attempt}``: the attempt lost its segment; stop it (its engine is killed
         and replaced, see ``engines``) and discard its staged output. A cancel that
         overtakes its ``sphere.run`` leaves a mark that refuses the run."""
         guard.compute()
-        job, aid = job_arg(a), int_arg(a, "attempt", 0, MAX_ID)
-        j = self._job_state(job, create=True)
+        aid = req.attempt
+        j = self._job_state(req.job, create=True)
         t = j.attempts.setdefault(aid, Attempt(aid, -1, state="cancelled"))
         was, t.state, t.result, t.parts = t.state, "cancelled", None, {}
         if t.task is not None and not t.task.done():
@@ -429,44 +397,36 @@ class SphereService(Worker):
             await loop.run_in_executor(self.io, shutil.rmtree, j.dir / f"a{aid}", True)
         return {"cancelled": was == "running"}
 
-    async def _h_resend(self, a: dict[str, Any]) -> Any:
+    @typed(wire.Resend)
+    async def _h_resend(self, req: wire.Resend) -> Any:
         """``{job, attempt, buckets: {b: addr}}``: push parts of a finished attempt again
         (their first bucket node was lost)."""
         guard.compute()
-        j = self._job_state(job_arg(a))
-        t = j.attempts.get(int_arg(a, "attempt", 0, MAX_ID))
+        j = self._job_state(req.job)
+        t = j.attempts.get(req.attempt)
         if t is None or t.state != "done":
             raise NotFound("no such finished attempt on this node")
-        targets = {b: addr for b, addr in bucket_map(a.get("buckets")).items() if b in t.parts}
+        targets = {b: addr for b, addr in bucket_map(req.buckets).items() if b in t.parts}
         parts = {b: t.parts[b] for b in targets}
         return {"undelivered": await self.shuffle.push(j.dir, j.id, t.id, parts, targets)}
 
-    async def _h_commit(self, a: dict[str, Any]) -> Any:
+    @typed(wire.Commit)
+    async def _h_commit(self, req: wire.Commit) -> Any:
         """``{job, rf, items: [{path, bucket, attempts} | {path, attempt}]}``: make Sector
         files of staged output (buckets: the winning attempts' parts in segment order)."""
         guard.compute()
-        j = self._job_state(job_arg(a))
-        items = a.get("items")
-        if not isinstance(items, list):
-            raise BadRequest("commit needs a list of items")
-        rf = a.get("rf")
-        if rf is not None and (
-            not isinstance(rf, int) or isinstance(rf, bool) or not 1 <= rf <= 16
-        ):
-            raise BadRequest("rf must be from 1 to 16")
-        durable = a.get("durable", True)
-        if not isinstance(durable, bool):
-            raise BadRequest("durable must be true or false")
+        j = self._job_state(req.job)
         # Output goes only under the job's staging directory (the driver renames it
         # into place), never elsewhere in the namespace; see ``sphere_commit``.
         stage = f"{STAGING}/{staging_owner(guard.user())}/{j.id}/"
-        todo = plan_commit(j.dir, stage, items)
-        reduce = reduce_spec(a.get("reduce"))
-        return {"files": await self.commits.run(j.dir, todo, reduce, rf, durable)}
+        todo = plan_commit(j.dir, stage, req.items)
+        reduce = reduce_spec(req.reduce)
+        return {"files": await self.commits.run(j.dir, todo, reduce, req.rf, req.durable)}
 
-    async def _h_cleanup(self, a: dict[str, Any]) -> Any:
+    @typed(wire.Cleanup)
+    async def _h_cleanup(self, req: wire.Cleanup) -> Any:
         guard.compute()
-        j = self.jobs.get(job_arg(a))
+        j = self.jobs.get(req.job)
         if j is not None:
             self._own(j)
             self._drop(j)

@@ -24,15 +24,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from sector.aio import gather_all
 from sector.errors import BadRequest, JobFailed, NotFound
 from sector.meta import records as rec
 from sector.node import bulkfile
 from sector.node.engines import EngineDied, EnginePool
 from sector.node.put import PutProtocol
-from sector.node.sphere_args import MAX_BUCKETS, MAX_ID, int_arg
 from sector.node.sphere_shuffle import received
 from sector.sphere import spe
+from sector.sphere.wire import MAX_ID, CommitItem, Reduce
 
 __all__ = ["Committer", "Item", "plan"]
 
@@ -48,27 +50,25 @@ class Item:
     bucket: int | None  # a bucket's file (a reduce applies), or one attempt's output
 
 
-def plan(jdir: Path, stage: str, items: list[Any]) -> list[Item]:
-    """A commit's items, checked (see the module rules); raises on the first bad one."""
+def plan(jdir: Path, stage: str, items: list[CommitItem]) -> list[Item]:
+    """A commit's items (their types checked as the message was decoded), checked (see
+    the module rules); raises on the first bad one."""
     out: list[Item] = []
     for item in items:
-        if not isinstance(item, dict) or not isinstance(item.get("path"), str):
-            raise BadRequest("each commit item needs a path")
         path = rec.normalize(item["path"])
         if not path.startswith(stage):
             raise BadRequest(f"commit paths must be under {stage}, not {path}")
-        if "bucket" in item:
-            b = int_arg(item, "bucket", 0, MAX_BUCKETS)
+        bucket = item.get("bucket")
+        if bucket is not None:
             ids = item.get("attempts")
-            if not isinstance(ids, list) or not all(
-                isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= MAX_ID for x in ids
-            ):
+            if ids is None:
                 raise BadRequest("attempts must be a list of attempt ids")
-            parts = [received(jdir, b, x) for x in ids]
-            bucket: int | None = b
+            parts = [received(jdir, bucket, x) for x in ids]
         else:
-            parts = [jdir / f"a{int_arg(item, 'attempt', 0, MAX_ID)}" / "out"]
-            bucket = None
+            attempt = item.get("attempt")
+            if attempt is None:
+                raise BadRequest(f"attempt must be an integer from 0 to {MAX_ID}")
+            parts = [jdir / f"a{attempt}" / "out"]
         for p in parts:
             if not p.exists():
                 _missing(p)
@@ -111,7 +111,7 @@ class Committer:
         self,
         jdir: Path,
         items: list[Item],
-        reduce: dict[str, Any] | None,
+        reduce: Reduce | None,
         rf: int | None,
         durable: bool,
     ) -> list[dict[str, Any]]:
@@ -138,11 +138,11 @@ class Committer:
         return await gather_all(*(one(i, it) for i, it in enumerate(items)))
 
     async def _reduce(
-        self, spec: dict[str, Any], bucket: int, path: str, parts: list[Path], out: Path
+        self, spec: Reduce, bucket: int, path: str, parts: list[Path], out: Path
     ) -> None:
         """Run the job's reduce over one bucket's parts in an engine, into ``out``."""
         task = {
-            **spec,
+            **msgspec.structs.asdict(spec),
             "parts": [str(p) for p in parts],
             "bucket": bucket,
             "path": path,

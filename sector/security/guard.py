@@ -26,7 +26,9 @@ import contextlib
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+import msgspec
 
 from sector.errors import BadRequest, CredentialError, PermissionDenied
 from sector.meta import records as rec
@@ -34,6 +36,7 @@ from sector.security import authz, pki, tokens
 from sector.security._files import write_atomic
 from sector.security.authz import ANONYMOUS, Identity
 from sector.transport.rpc import Session, current_session
+from sector.wire.messages import Request, decode
 
 log = logging.getLogger("sector.security")
 
@@ -81,6 +84,13 @@ POLICY_FILE = "policy.tok"
 VERIFIED_CACHE = 4096
 
 
+class Hello(Request, frozen=True):
+    """auth.hello: a user's signed credential, for the rest of the connection."""
+
+    op = "auth.hello"
+    token: str
+
+
 class NodeAuth:
     """The authenticator of a secure node (see the module docstring)."""
 
@@ -114,9 +124,7 @@ class NodeAuth:
                 session.identity = Identity.node(cn[5:])
 
     def hello(self, session: Session, args: dict[str, Any]) -> Any:
-        token = args.get("token")
-        if not isinstance(token, str):
-            raise BadRequest("auth.hello needs a 'token' string")
+        token = decode(Hello, args).token
         grant = self._verified.get(token)
         if grant is None:
             grant = tokens.verify(token, self.ca, self.policy, time.time())
@@ -229,17 +237,27 @@ def user() -> str | None:
     return got[0].name
 
 
+Paths = Annotated[list[str], msgspec.Meta(max_length=64)]
+
+
+class Check(Request, frozen=True):
+    """sec.check: whether the caller may compute, write and read these paths."""
+
+    op = "sec.check"
+    compute: bool = False
+    write: Paths = []
+    read: Paths = []
+
+
 async def h_check(a: dict[str, Any]) -> Any:
     """``sec.check {compute, write: [paths], read: [paths]}``: raise if any is denied."""
-    paths = {k: a.get(k, []) for k in ("write", "read")}
-    if not all(isinstance(v, list) and len(v) <= 64 for v in paths.values()):
-        raise BadRequest("write and read must be lists of at most 64 paths")
-    if a.get("compute"):
+    req = decode(Check, a)
+    if req.compute:
         compute()
-    for p in paths["write"]:
-        write(rec.normalize(str(p)))
-    for p in paths["read"]:
-        read(rec.normalize(str(p)))
+    for p in req.write:
+        write(rec.normalize(p))
+    for p in req.read:
+        read(rec.normalize(p))
     return {"ok": True}
 
 

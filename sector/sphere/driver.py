@@ -36,6 +36,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
+
 from sector.aio import gather_all, wait_event
 from sector.errors import (
     AlreadyExists,
@@ -90,16 +92,16 @@ class AsyncJob:
         # UsageError at run(), before anything starts.
         self.udf = pickle_udf(fn, opts.get("param"))
         self.digest = hashlib.blake2b(self.udf, digest_size=16).hexdigest()
-        self.reduce: wire.ReduceSpec | None = None
+        self.reduce: wire.Reduce | None = None
         if opts.get("reduce") is not None:
             udf = pickle_udf(opts["reduce"], opts.get("param"))
             spec = opts.get("reduce_records", "file")
-            self.reduce = {
-                "udf": udf,
-                "digest": hashlib.blake2b(udf, digest_size=16).hexdigest(),
-                "kind": "fixed" if isinstance(spec, int) else spec,
-                "record_size": spec if isinstance(spec, int) else 0,
-            }
+            self.reduce = wire.Reduce(
+                udf=udf,
+                digest=hashlib.blake2b(udf, digest_size=16).hexdigest(),
+                kind="fixed" if isinstance(spec, int) else spec,
+                record_size=spec if isinstance(spec, int) else 0,
+            )
         self.phase = "starting"
         self.started = time.monotonic()
         self.phases: dict[str, float] = {}  # seconds spent in each phase (the result's)
@@ -390,18 +392,18 @@ class AsyncJob:
 
     async def _start(self, s: jm.Start) -> None:
         m = self._machine()
-        args: wire.RunArgs = {
-            "job": self.id,
-            "attempt": s.attempt,
-            "seg": self.inputs.segment_args(self.segments[s.seg]),
-            "udf": self.udf,
-            "digest": self.digest,
-            "mode": self.opts.get("mode", "none"),
-            "nbuckets": len(m.bucket_node),
-            "buckets": {str(b): m.addr[n] for b, n in m.bucket_node.items()},
-        }
+        run = wire.Run(
+            job=self.id,
+            attempt=s.attempt,
+            seg=self.inputs.segment_args(self.segments[s.seg]),
+            udf=self.udf,
+            digest=self.digest,
+            mode=self.opts.get("mode", "none"),
+            nbuckets=len(m.bucket_node),
+            buckets={str(b): m.addr[n] for b, n in m.bucket_node.items()},
+        )
         try:
-            await self.c.pool.call(m.addr[s.node], wire.RUN, dict(args), timeout=30)
+            await self.c.pool.call(m.addr[s.node], wire.RUN, wire.to_args(run), timeout=30)
         except TransportError as exc:
             await self._feed(jm.StartFailed(s.attempt, str(exc), "down"))
         except (PermissionDenied, CredentialError) as exc:
@@ -430,13 +432,10 @@ class AsyncJob:
             sent = time.monotonic()
             # Only an acknowledgement left to send (nothing runs there): no long poll,
             # which would hold the job for POLL_WAIT before its commit.
-            args: wire.PollArgs = {
-                "job": self.id,
-                "ack": ack,
-                "wait": POLL_WAIT if m.runs_on(nid) else 0.0,
-            }
+            poll = wire.Poll(job=self.id, ack=ack, wait=POLL_WAIT if m.runs_on(nid) else 0.0)
+            args = wire.to_args(poll)
             try:
-                rep = await self.c.pool.call(addr, wire.POLL, dict(args), timeout=POLL_WAIT + 15)
+                rep = await self.c.pool.call(addr, wire.POLL, args, timeout=POLL_WAIT + 15)
             except (TransportError, SectorError) as exc:
                 misses += 1
                 if misses >= LOST_AFTER:
@@ -485,13 +484,14 @@ class AsyncJob:
                 return
 
             async def one(seg: int, att: int, nid: str, want: dict[int, str]) -> None:
-                args: wire.ResendArgs = {
-                    "job": self.id,
-                    "attempt": att,
-                    "buckets": {str(b): m.addr[n] for b, n in want.items()},
-                }
+                resend = wire.Resend(
+                    job=self.id,
+                    attempt=att,
+                    buckets={str(b): m.addr[n] for b, n in want.items()},
+                )
+                args = wire.to_args(resend)
                 try:
-                    rep = await self.c.pool.call(m.addr[nid], wire.RESEND, dict(args), timeout=600)
+                    rep = await self.c.pool.call(m.addr[nid], wire.RESEND, args, timeout=600)
                 except (TransportError, SectorError):
                     await self._feed(jm.NodeLost(nid))
                     return
@@ -550,17 +550,17 @@ class AsyncJob:
     async def _commit_on(self, nid: str, items: list[wire.CommitItem]) -> Files | None:
         """Have a node seal staged output as Sector files; None if the node is gone (or
         restarted, which lost its staged parts)."""
-        args: wire.CommitArgs = {
-            "job": self.id,
-            "rf": self.opts.get("replicas"),
-            "items": items,
-            "durable": bool(self.opts.get("durable", True)),
-        }
-        if self.reduce is not None and any("bucket" in it for it in items):
-            args["reduce"] = self.reduce
+        reduces = self.reduce is not None and any("bucket" in it for it in items)
+        commit = wire.Commit(
+            job=self.id,
+            rf=self.opts.get("replicas"),
+            items=items,
+            durable=bool(self.opts.get("durable", True)),
+            reduce=self.reduce if reduces else msgspec.UNSET,
+        )
         addr = self._machine().addr[nid]
         try:
-            rep = await self.c.pool.call(addr, wire.COMMIT, dict(args), timeout=3600)
+            rep = await self.c.pool.call(addr, wire.COMMIT, wire.to_args(commit), timeout=3600)
         except (TransportError, NotFound):
             return None
         except JobFailed as exc:  # the reduce raised: the job fails with its traceback

@@ -15,13 +15,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import cloudpickle
+import msgspec
 import numpy as np
 
 from sector.errors import NotFound, UsageError
 from sector.meta import records as rec
+from sector.sphere import wire
 from sector.sphere.ports import JobClient
 from sector.sphere.segments import InputFile, Segment, check_index
-from sector.sphere.wire import SegmentArgs
 
 
 @dataclass(slots=True)
@@ -34,27 +35,27 @@ class Inputs:
     replicas: dict[str, list[str]] = field(default_factory=dict)  # path -> addresses
     index: dict[str, np.ndarray] = field(default_factory=dict)  # path -> offsets (idx)
 
-    def segment_args(self, seg: Segment) -> SegmentArgs:
+    def segment_args(self, seg: Segment) -> wire.Segment:
         """The segment as ``sphere.run`` carries it."""
         if seg.kind == "task":
-            return {"id": seg.id, "kind": seg.kind, "param": bytes(cloudpickle.dumps(seg.param))}
-        a: SegmentArgs = {
-            "id": seg.id,
-            "kind": seg.kind,
-            "path": seg.path,
-            "blob": seg.blob,
-            "offset": seg.offset,
-            "length": seg.length,
-            "size": self.sizes[seg.path],
-            "record_size": seg.record_size,
-            "first": seg.first,
-            "checksum": self.checksums.get(seg.path),
-            "holders": self.replicas.get(seg.path, []),
-        }
+            return wire.TaskSegment(id=seg.id, param=bytes(cloudpickle.dumps(seg.param)))
+        index: bytes | msgspec.UnsetType = msgspec.UNSET
         if seg.kind == "idx":
             idx = self.index[seg.path][seg.first : seg.first + seg.count + 1]
-            a["index"] = (idx - idx[0]).astype(np.int64).tobytes()
-        return a
+            index = (idx - idx[0]).astype(np.int64).tobytes()
+        return wire.DATA_SEGMENTS[seg.kind](
+            id=seg.id,
+            path=seg.path,
+            blob=seg.blob,
+            offset=seg.offset,
+            length=seg.length,
+            size=self.sizes[seg.path],
+            record_size=seg.record_size,
+            first=seg.first,
+            checksum=self.checksums.get(seg.path),
+            holders=self.replicas.get(seg.path, []),
+            index=index,
+        )
 
 
 async def expand(c: JobClient, spec: Any, records: Any) -> Inputs:

@@ -2,53 +2,68 @@
 
 Both sides import this module and nothing of each other: the driver (client side,
 ``driver.py``) sends these messages, the node's Sphere service (``node/sphere.py``)
-answers them. The shapes are ``TypedDict``s: they name every field as it travels (plain
-msgpack maps, unchanged by this module), so a field added on one side is found on the
-other. The node validates what it receives; the driver reads poll replies through
-``outcomes`` and ``alive``.
+answers them. The requests are ``Request`` structs (``sector.wire.messages``): the driver
+builds them and sends them as maps (``to_args``), the node decodes and checks them
+against the same declaration (types, ranges, the job id's form; what msgspec cannot say,
+such as a segment's range within its file, the node checks after). A field added on one
+side is found on the other. Commit items and the replies stay ``TypedDict``s (plain
+msgpack maps); the driver reads poll replies through ``outcomes`` and ``alive``.
 
 A job's life on the wire::
 
     sphere.info                          -> InfoReply          (engines, host, topology)
-    sphere.run      RunArgs              -> {accepted[, duplicate]}
-    sphere.poll     PollArgs             -> PollReply          (long poll: outcomes)
-    sphere.cancel   {job, attempt}       -> {cancelled}        (a backup's loser)
-    sphere.resend   ResendArgs           -> {undelivered}      (a lost bucket node's parts)
-    sphere.commit   CommitArgs           -> {files}            (staged output -> files)
-    sphere.cleanup  {job}                -> {ok}
-    sphere.push     (bulk, node to node: one bucket part)
+    sphere.run      Run                  -> {accepted[, duplicate]}
+    sphere.poll     Poll                 -> PollReply          (long poll: outcomes)
+    sphere.cancel   Cancel               -> {cancelled}        (a backup's loser)
+    sphere.resend   Resend               -> {undelivered}      (a lost bucket node's parts)
+    sphere.commit   Commit               -> {files}            (staged output -> files)
+    sphere.cleanup  Cleanup              -> {ok}
+    sphere.push     Push                 (bulk, node to node: one bucket part)
 """
 
 from __future__ import annotations
 
-from typing import Any, NotRequired, TypedDict, cast
+from typing import Annotated, Any, Literal, NotRequired, TypedDict, cast, get_args
+
+import msgspec
+from msgspec import UNSET, Meta, UnsetType
+
+from sector.wire.messages import Request, to_args
 
 __all__ = [
     "CANCEL",
     "CLEANUP",
     "COMMIT",
+    "DATA_SEGMENTS",
     "INFO",
     "KINDS",
     "MAX_BUCKETS",
+    "MAX_ID",
     "MODES",
     "POLL",
     "PUSH",
     "RESEND",
     "RUN",
     "STAGING",
-    "CommitArgs",
+    "Cancel",
+    "Cleanup",
+    "Commit",
     "CommitItem",
+    "DataSegment",
     "InfoReply",
     "Outcome",
-    "PollArgs",
+    "Poll",
     "PollReply",
-    "ReduceSpec",
-    "ResendArgs",
-    "RunArgs",
-    "SegmentArgs",
+    "Push",
+    "Reduce",
+    "Resend",
+    "Run",
+    "Segment",
+    "TaskSegment",
     "alive",
     "outcomes",
     "staging_owner",
+    "to_args",
 ]
 
 INFO = "sphere.info"
@@ -60,25 +75,38 @@ COMMIT = "sphere.commit"
 CLEANUP = "sphere.cleanup"
 PUSH = "sphere.push"
 
-KINDS = ("file", "lines", "fixed", "idx", "task")
+Kind = Literal["file", "lines", "fixed", "idx", "task"]
+KINDS: tuple[str, ...] = get_args(Kind)
 """Segment kinds: whole files, text lines, fixed-size records, ``.idx`` records, and
 generator tasks (no input)."""
 
-MODES = ("client", "files", "buckets", "none")
+Mode = Literal["client", "files", "buckets", "none"]
+MODES: tuple[str, ...] = get_args(Mode)
 """Where a job's output goes: back to the client, files on the node that ran the
 segment, N buckets, or nowhere (side effects only)."""
 
 MAX_BUCKETS = 1 << 16
+MAX_ID = 1 << 40  # attempt and segment ids
 
 # Where jobs stage output, ``STAGING/<user>/<job>``. The security layer guards the same
 # path (``sector.security.guard.STAGING``, a test keeps the two equal): this module
-# imports nothing of Sector, as the engine processes load it (via ``batch``) at spawn.
+# imports nothing of Sector but the wire layer's requests, as the engine processes load
+# it (via ``batch``) at spawn.
 STAGING = "/.sphere"
 
 
 def staging_owner(user: str | None) -> str:
     """The directory under STAGING of a user's jobs ("_" on an open cluster)."""
     return user or "_"
+
+
+# The values a message may carry (``msgspec.Meta``: a value outside is a BadRequest).
+JobId = Annotated[str, Meta(pattern=r"^[0-9a-f]{8,32}\Z")]  # hex, no path in it
+Id = Annotated[int, Meta(ge=0, le=MAX_ID)]  # of an attempt or a segment
+BucketId = Annotated[int, Meta(ge=0, le=MAX_BUCKETS)]
+Size = Annotated[int, Meta(ge=0, le=1 << 62)]  # bytes, offsets, record counts
+RecordSize = Annotated[int, Meta(ge=0, le=1 << 30)]
+Digest = Annotated[str, Meta(max_length=128)]
 
 
 class InfoReply(TypedDict, total=False):
@@ -88,39 +116,156 @@ class InfoReply(TypedDict, total=False):
     topology: str
 
 
-class SegmentArgs(TypedDict, total=False):
-    """One segment as ``sphere.run`` carries it (a task has only id, kind and param)."""
+# ------------------------------------------------------------------ segments
+# One segment as ``sphere.run`` carries it: a map whose ``kind`` says which struct it is.
 
-    id: int
-    kind: str  # one of KINDS
-    param: bytes  # task: the cloudpickled task parameter
+
+class _Segment(msgspec.Struct, kw_only=True, frozen=True, tag_field="kind"):
+    id: Id
+
+    @property
+    def kind(self) -> str:
+        """One of KINDS."""
+        return str(self.__struct_config__.tag)
+
+
+class TaskSegment(_Segment, frozen=True, tag="task"):
+    """A generator task: no input, only its own parameter."""
+
+    param: bytes | None = None  # cloudpickled
+
+
+class DataSegment(_Segment, frozen=True):
+    """A byte range of one file (its records, by kind); ``FileSegment`` and the others
+    below are its kinds."""
+
     path: str
     blob: str
-    offset: int
-    length: int
-    size: int  # of the whole file
-    record_size: int
-    first: int  # index of the segment's first record in its file
-    checksum: str | None
-    holders: list[str]  # addresses of the file's replicas
-    index: bytes  # idx: int64 offsets relative to the segment, N records -> N+1
+    offset: Size
+    length: Size
+    size: Size  # of the whole file
+    record_size: RecordSize = 0
+    first: Size = 0  # index of the segment's first record in its file
+    checksum: str | None = None
+    holders: list[str] = []  # addresses of the file's replicas
+    index: bytes | UnsetType = UNSET  # idx: int64 offsets relative to the segment, N+1
 
 
-class RunArgs(TypedDict):
-    job: str
-    attempt: int
-    seg: SegmentArgs
-    udf: bytes
-    digest: str
-    mode: str  # one of MODES
-    nbuckets: int
-    buckets: dict[str, str]  # "<bucket>" -> address of the node holding it
+class FileSegment(DataSegment, frozen=True, tag="file"):
+    """A whole file."""
 
 
-class PollArgs(TypedDict):
-    job: str
-    ack: list[int]  # attempts whose outcome the driver has (the node drops the report)
-    wait: float  # seconds to hold the reply while nothing is new
+class LinesSegment(DataSegment, frozen=True, tag="lines"):
+    """Text lines."""
+
+
+class FixedSegment(DataSegment, frozen=True, tag="fixed"):
+    """Fixed-size records of ``record_size`` bytes."""
+
+
+class IdxSegment(DataSegment, frozen=True, tag="idx"):
+    """Records delimited by an ``.idx`` index (``index``)."""
+
+
+Segment = TaskSegment | FileSegment | LinesSegment | FixedSegment | IdxSegment
+DATA_SEGMENTS: dict[str, type[FileSegment | LinesSegment | FixedSegment | IdxSegment]] = {
+    "file": FileSegment,
+    "lines": LinesSegment,
+    "fixed": FixedSegment,
+    "idx": IdxSegment,
+}
+
+
+# ------------------------------------------------------------------ requests
+
+
+class Run(Request, frozen=True):
+    """sphere.run: start attempt ``attempt`` of a job on one segment."""
+
+    op = RUN
+    job: JobId
+    attempt: Id
+    seg: Segment
+    udf: bytes  # cloudpickled (function, job parameter)
+    digest: Digest
+    mode: Mode
+    nbuckets: Annotated[int, Meta(ge=0, le=MAX_BUCKETS)]
+    buckets: dict[str, str] = {}  # "<bucket>" -> address of the node holding it
+
+
+class Poll(Request, frozen=True):
+    """sphere.poll: the job's finished attempts (a long poll of up to ``wait`` s)."""
+
+    op = POLL
+    job: JobId
+    ack: list[int] = []  # attempts whose outcome the driver has (the node drops the report)
+    wait: Annotated[float, Meta(ge=0, le=30)] = 0.0  # seconds to hold the reply
+
+
+class Cancel(Request, frozen=True):
+    """sphere.cancel: stop an attempt that lost its segment to another."""
+
+    op = CANCEL
+    job: JobId
+    attempt: Id
+
+
+class Resend(Request, frozen=True):
+    """sphere.resend: push a finished attempt's parts to these bucket nodes again."""
+
+    op = RESEND
+    job: JobId
+    attempt: Id
+    buckets: dict[str, str]
+
+
+class Cleanup(Request, frozen=True):
+    """sphere.cleanup: forget the job and remove its files."""
+
+    op = CLEANUP
+    job: JobId
+
+
+class Push(Request, frozen=True):
+    """sphere.push (bulk, node to node): one bucket part of ``size`` bytes follows."""
+
+    op = PUSH
+    job: JobId
+    bucket: BucketId
+    attempt: Id
+    size: Size
+
+
+class CommitItem(TypedDict):
+    path: str
+    # Either one attempt's output ("part" of mode files) ...
+    attempt: NotRequired[Id]
+    # ... or a bucket: the winning attempts' parts, in segment order.
+    bucket: NotRequired[BucketId]
+    attempts: NotRequired[list[Id]]
+
+
+class Reduce(msgspec.Struct, kw_only=True, frozen=True):
+    """A commit's reduce: a UDF run over each bucket's parts, reading them as ``kind``."""
+
+    udf: bytes  # cloudpickled (reduce, job parameter)
+    digest: Digest
+    kind: Literal["file", "lines", "fixed"]
+    record_size: RecordSize = 0  # fixed: at least 1
+
+
+class Commit(Request, frozen=True):
+    """sphere.commit: make Sector files of staged output."""
+
+    op = COMMIT
+    job: JobId
+    items: list[CommitItem]
+    rf: Annotated[int, Meta(ge=1, le=16)] | None = None
+    durable: bool = True
+    reduce: Reduce | UnsetType | None = UNSET  # sent only with buckets to reduce
+
+
+# ------------------------------------------------------------------ replies
 
 
 class Outcome(TypedDict, total=False):
@@ -144,36 +289,6 @@ class Outcome(TypedDict, total=False):
 class PollReply(TypedDict):
     done: list[Outcome]
     running: list[int]
-
-
-class ResendArgs(TypedDict):
-    job: str
-    attempt: int
-    buckets: dict[str, str]
-
-
-class CommitItem(TypedDict):
-    path: str
-    # Either one attempt's output ("part" of mode files) ...
-    attempt: NotRequired[int]
-    # ... or a bucket: the winning attempts' parts, in segment order.
-    bucket: NotRequired[int]
-    attempts: NotRequired[list[int]]
-
-
-class ReduceSpec(TypedDict):
-    udf: bytes
-    digest: str
-    kind: str  # file | lines | fixed
-    record_size: int
-
-
-class CommitArgs(TypedDict):
-    job: str
-    rf: int | None
-    items: list[CommitItem]
-    durable: bool
-    reduce: NotRequired[ReduceSpec]
 
 
 def outcomes(reply: Any) -> list[Outcome]:

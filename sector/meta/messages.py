@@ -1,0 +1,57 @@
+"""The metadata service's requests (``sector.wire.messages``): ``meta.op`` (routed to
+a key's owner, ``route.py``) and the replica-side ``meta.replicate``, ``meta.fetch`` and
+``meta.absorb`` (``service.py``).
+
+The owner-side ops that ``meta.op`` carries keep their arguments as a map (``args``),
+read by each op (``service.py``, ``fileops.py``). Records travel as
+``records.to_builtins`` maps, each decoded and checked by ``records.from_builtins``
+(whose semantic checks msgspec's types cannot express: normalised paths, stamps, names).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+
+from sector.meta.batch import BATCH
+from sector.wire.messages import Request
+
+__all__ = ["Absorb", "Fetch", "MetaOp", "Replicate"]
+
+
+class MetaOp(Request, frozen=True, rename={"name": "op"}):
+    """meta.op: run the owner-side op ``name`` (``op`` on the wire) on ``path``'s record,
+    routed; ``hops``: how many times the request was forwarded already."""
+
+    op = "meta.op"
+    path: str
+    name: str
+    args: dict[str, Any] | None = None
+    hops: int = 0
+
+
+# At most ten batches of records in one message (senders send one at a time).
+Records = Annotated[list[Any], msgspec.Meta(max_length=10 * BATCH)]
+
+
+class Replicate(Request, frozen=True):
+    """meta.replicate: the owner's new records, to merge as one of their replicas."""
+
+    op = "meta.replicate"
+    records: Records
+
+
+class Fetch(Request, frozen=True):
+    """meta.fetch: the records of these paths held here (a warm read's question)."""
+
+    op = "meta.fetch"
+    paths: list[str]
+
+
+class Absorb(Request, frozen=True):
+    """meta.absorb: records handed to this node as their owner by ``sender``."""
+
+    op = "meta.absorb"
+    records: Records
+    sender: str
