@@ -59,6 +59,19 @@ def test_types_are_strict() -> None:
             call(args)
 
 
+class Blob(Request, frozen=True):
+    op = "blob.put_small"
+    data: bytes
+
+
+def test_a_str_is_not_bytes() -> None:
+    """msgpack keeps bytes and str apart: a str is refused, even one that is base64."""
+    assert decode(Blob, {"data": b"abc"}) == Blob(data=b"abc")
+    for data in ("YWJj", "not base64!"):
+        with pytest.raises(BadRequest, match=r"^blob\.put_small: Expected `bytes`, got `str`"):
+            decode(Blob, {"data": data})
+
+
 def test_a_missing_required_field_is_a_bad_request() -> None:
     with pytest.raises(BadRequest, match=r"^fs\.mkdir: Object missing required field `path`$"):
         call({"parents": True})
