@@ -43,7 +43,8 @@ from sector.ids import key_id
 from sector.meta import records as rec
 from sector.security.client import ClientAuth
 from sector.storage.blobs import WriteBehind, checksum_of
-from sector.storage.transfer import SMALL_MAX, open_get
+from sector.storage.messages import SMALL_MAX, Get
+from sector.storage.transfer import open_get
 from sector.transport import bulk
 from sector.transport.chain import first_live
 from sector.transport.rpc import RpcPool, split_addr
@@ -444,7 +445,7 @@ class AsyncClient:
     async def _fetch(
         self, addr: str, st: dict[str, Any], tmp: Path, progress: Progress | None
     ) -> None:
-        chan, size = await open_get(self.pool, addr, {"blob": st["blob"]})
+        chan, size = await open_get(self.pool, addr, Get(blob=st["blob"]))
         try:
             if size != st["size"]:
                 raise ChecksumMismatch(f"replica at {addr} has {size} bytes, expected {st['size']}")
@@ -487,8 +488,8 @@ class AsyncClient:
         errors: list[str] = []
         for addr in self._order(st["replicas"]):
             try:
-                args = {"blob": st["blob"], "offset": offset, "length": length}
-                chan, n = await open_get(self.pool, addr, args)
+                req = Get(blob=st["blob"], offset=offset, length=length)
+                chan, n = await open_get(self.pool, addr, req)
                 try:
                     data = await chan.read_exactly(n)
                 finally:

@@ -52,9 +52,9 @@ from sector.node.members import Members
 from sector.routing.chord import Peer
 from sector.security import guard
 from sector.storage import repair_policy
+from sector.storage.messages import MAX_AUDIT
 from sector.storage.placement import Candidate
 from sector.storage.repair_queue import Entry, RepairQueue
-from sector.storage.transfer import MAX_AUDIT
 from sector.wire.messages import Request, typed
 
 
