@@ -12,6 +12,10 @@ downstream node is skipped over (the next one of the chain is tried) and simply 
 that node out of the list: the caller sees fewer copies and reports it.
 
 ``blob.get`` (bulk): a header frame with the size, then the raw bytes by sendfile.
+
+The requests (and a chain write's reply) are declared in ``messages.py`` and decoded
+where the handler table calls a handler (``typed``); a handler checks only what types
+cannot say: the blob id, who may write, the blob's existence.
 """
 
 from __future__ import annotations
