@@ -43,10 +43,12 @@ from sector.ids import key_id
 from sector.meta import records as rec
 from sector.security.client import ClientAuth
 from sector.storage.blobs import WriteBehind, checksum_of
-from sector.storage.transfer import SMALL_MAX, open_get
+from sector.storage.messages import SMALL_MAX, Get, Put, PutSmall, Verify, stored_reply
+from sector.storage.transfer import open_get
 from sector.transport import bulk
 from sector.transport.chain import first_live
 from sector.transport.rpc import RpcPool, split_addr
+from sector.wire.messages import to_args
 
 Progress = Callable[[int, int], None]
 RING_TTL = 5.0  # seconds a client trusts its view of who owns which keys
@@ -220,7 +222,7 @@ class AsyncClient:
             rep = await self.pool.call(
                 r["address"],
                 "blob.verify",
-                {"blob": st["blob"], "checksum": st["checksum"]},
+                to_args(Verify(blob=st["blob"], checksum=st["checksum"])),
                 timeout=max(30.0, st["size"] / (50 << 20)),
             )
             r["health"] = str(rep.get("health"))
@@ -364,13 +366,13 @@ class AsyncClient:
 
     async def _send_small(
         self, data: bytes, checksum: str, blob: str, targets: list[list[str]], path: str
-    ) -> tuple[list[list[str]], str]:
+    ) -> tuple[list[list[str]], str | None]:
         async def send(addr: str, rest: list[list[str]]) -> Any:
-            args = {"blob": blob, "data": data, "checksum": checksum, "chain": rest, "path": path}
-            return await self.pool.call(addr, "blob.put_small", args)
+            req = PutSmall(blob=blob, data=data, checksum=checksum, chain=rest, path=path)
+            return await self.pool.call(addr, "blob.put_small", to_args(req))
 
-        rep = await first_live(targets, send)
-        return rep["stored"], rep["checksum"]
+        rep = stored_reply(await first_live(targets, send), "blob.put_small")
+        return rep.stored, rep.checksum
 
     async def _send(
         self,
@@ -380,11 +382,11 @@ class AsyncClient:
         targets: list[list[str]],
         progress: Progress | None,
         path: str,
-    ) -> tuple[list[list[str]], str]:
+    ) -> tuple[list[list[str]], str | None]:
         async def send(addr: str, rest: list[list[str]]) -> Any:
             # ``path``: what the nodes' inventories file the blob under.
-            args = {"blob": blob, "size": size, "checksum": None, "chain": rest, "path": path}
-            chan = await self.pool.open_bulk(addr, "blob.put", args)
+            req = Put(blob=blob, size=size, checksum=None, chain=rest, path=path)
+            chan = await self.pool.open_bulk(addr, "blob.put", to_args(req))
             try:
                 with open(lpath, "rb") as f:
                     await bulk.send_file(chan, f, 0, size, progress=progress)
@@ -392,8 +394,8 @@ class AsyncClient:
             finally:
                 await chan.close()
 
-        rep = await first_live(targets, send)
-        return rep["stored"], rep["checksum"]
+        rep = stored_reply(await first_live(targets, send), "blob.put")
+        return rep.stored, rep.checksum
 
     def _order(self, replicas: list[dict[str, Any]]) -> list[str]:
         """Replica addresses, nearest and healthy first."""
@@ -444,7 +446,7 @@ class AsyncClient:
     async def _fetch(
         self, addr: str, st: dict[str, Any], tmp: Path, progress: Progress | None
     ) -> None:
-        chan, size = await open_get(self.pool, addr, {"blob": st["blob"]})
+        chan, size = await open_get(self.pool, addr, Get(blob=st["blob"]))
         try:
             if size != st["size"]:
                 raise ChecksumMismatch(f"replica at {addr} has {size} bytes, expected {st['size']}")
@@ -487,8 +489,8 @@ class AsyncClient:
         errors: list[str] = []
         for addr in self._order(st["replicas"]):
             try:
-                args = {"blob": st["blob"], "offset": offset, "length": length}
-                chan, n = await open_get(self.pool, addr, args)
+                req = Get(blob=st["blob"], offset=offset, length=length)
+                chan, n = await open_get(self.pool, addr, req)
                 try:
                     data = await chan.read_exactly(n)
                 finally:

@@ -42,7 +42,8 @@ from sector.node import status
 from sector.node.put import MAX_RF, PutHost, PutProtocol, Records
 from sector.security import guard
 from sector.storage.blobs import check_blob_id
-from sector.wire.messages import Request, typed
+from sector.storage.messages import Delete
+from sector.wire.messages import Request, to_args, typed
 
 log = logging.getLogger("sector.fs")
 
@@ -314,9 +315,8 @@ class FsService:
             return
         for _nid, addr in r.replicas:
             with contextlib.suppress(SectorError, OSError):
-                await self.node.pool.call(
-                    addr, "blob.delete", {"blobs": [r.blob], "path": r.path}, timeout=5.0
-                )
+                args = to_args(Delete(blobs=[r.blob], path=r.path))
+                await self.node.pool.call(addr, "blob.delete", args, timeout=5.0)
 
     def _spawn_delete(self, r: Record | None, keep: str | None = None) -> None:
         task = asyncio.create_task(self.delete_blobs(r, keep=keep), name="blob-delete")

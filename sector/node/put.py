@@ -61,7 +61,9 @@ from sector.routing.chord import Peer
 from sector.security import guard
 from sector.storage import placement
 from sector.storage.blobs import BlobStore, checksum_file, new_blob_id
+from sector.storage.messages import Has, Put, Replicate, stored_reply
 from sector.transport.rpc import RpcPool, split_addr
+from sector.wire.messages import to_args
 
 __all__ = ["MAX_RF", "Plan", "PutProtocol", "candidates", "push_copy"]
 
@@ -156,19 +158,10 @@ async def push_copy(
     ``checksum`` before sealing them. Returns the nodes that stored a copy."""
     if holder[0] == to_hex(host.me.id):
         return await host.transfer.replicate(blob, size, checksum, chain, path)
-    rep = await host.call(
-        holder[1],
-        "blob.replicate",
-        {
-            "blob": blob,
-            "size": size,
-            "checksum": checksum,
-            "targets": [list(c) for c in chain],
-            "path": path,
-        },
-        timeout=timeout,
-    )
-    return rep["stored"] if isinstance(rep, dict) else []
+    targets = [list(c) for c in chain]
+    req = Replicate(blob=blob, size=size, checksum=checksum, targets=targets, path=path)
+    rep = await host.call(holder[1], "blob.replicate", to_args(req), timeout=timeout)
+    return stored_reply(rep, "blob.replicate").stored if isinstance(rep, dict) else []
 
 
 class Plan(msgspec.Struct, frozen=True):
@@ -296,16 +289,16 @@ class PutProtocol:
         target verifies the bytes before sealing them."""
         errors: list[str] = []
         for i, (_nid, addr) in enumerate(plan.targets):
-            head = {
-                "blob": plan.blob,
-                "size": size,
-                "checksum": checksum,
-                "chain": [list(t) for t in plan.targets[i + 1 :]],
-                "path": plan.path,
-                "new": True,  # a fresh blob id: no node may hold it already
-            }
+            head = Put(
+                blob=plan.blob,
+                size=size,
+                checksum=checksum,
+                chain=[list(t) for t in plan.targets[i + 1 :]],
+                path=plan.path,
+                new=True,  # a fresh blob id: no node may hold it already
+            )
             try:
-                chan = await self.host.pool.open_bulk(addr, "blob.put", head)
+                chan = await self.host.pool.open_bulk(addr, "blob.put", to_args(head))
                 try:
                     with open(src, "rb") as f:
                         await chan.sendfile(f, 0, size)
@@ -317,7 +310,7 @@ class PutProtocol:
                 continue
             if not isinstance(rep, dict) or rep.get("checksum") != checksum:
                 raise ChecksumMismatch(f"upload of {plan.path} was corrupted in transit")
-            return [(str(n), str(a)) for n, a in rep.get("stored", [])]
+            return [(n, a) for n, a in stored_reply(rep, "blob.put").stored]
         raise ConnectError(f"no target took {plan.path} ({'; '.join(errors)})")
 
     # ------------------------------------------------------------------ 3. confirm
@@ -328,7 +321,7 @@ class PutProtocol:
         async def one(nid: str, addr: str) -> bool:
             if addr == self.host.addr:  # the answer blob.has gives, without the round trip
                 return nid == self._me[0] and self._holds_here(blob, path, size)
-            args = {"blob": blob, "path": path}
+            args = to_args(Has(blob=blob, path=path))
             try:
                 rep = await self.host.pool.call(addr, "blob.has", args, timeout=CONFIRM_TIMEOUT)
             except SectorError:

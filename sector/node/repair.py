@@ -52,10 +52,10 @@ from sector.node.members import Members
 from sector.routing.chord import Peer
 from sector.security import guard
 from sector.storage import repair_policy
+from sector.storage.messages import MAX_AUDIT, Delete, Missing, Verify
 from sector.storage.placement import Candidate
 from sector.storage.repair_queue import Entry, RepairQueue
-from sector.storage.transfer import MAX_AUDIT
-from sector.wire.messages import Request, typed
+from sector.wire.messages import Request, to_args, typed
 
 
 class Shard(Protocol):
@@ -222,9 +222,8 @@ class RepairWorker(Worker):
             blobs = list(paths)
             for i in range(0, len(blobs), MAX_AUDIT):
                 try:
-                    rep = await self.node.call(
-                        live[nid].addr, "blob.missing", {"blobs": blobs[i : i + MAX_AUDIT]}
-                    )
+                    req = Missing(blobs=blobs[i : i + MAX_AUDIT])
+                    rep = await self.node.call(live[nid].addr, "blob.missing", to_args(req))
                 except SectorError:
                     return  # unreachable: the scans handle a node that is down
                 found.extend((paths[b], nid) for b in rep.get("missing", []) if b in paths)
@@ -354,7 +353,7 @@ class RepairWorker(Worker):
             rep = await self.node.call(
                 addr,
                 "blob.verify",
-                {"blob": r.blob, "checksum": r.checksum},
+                to_args(Verify(blob=r.blob, checksum=r.checksum)),
                 timeout=max(30.0, r.size / (50 << 20)),
             )
         except SectorError:
@@ -483,7 +482,7 @@ class RepairWorker(Worker):
                 # rename cut short, by a crash or a partition, leaves two records on one
                 # blob, each repaired on its own; one's trim must not take the other's
                 # copy). The collector settles such a blob later, asking every path.
-                args = {"blobs": [r.blob], "path": e.path}
+                args = to_args(Delete(blobs=[r.blob], path=e.path))
                 await node.call(addr, "blob.delete", args, timeout=10.0)
                 log.info("repair of %s: trimmed blob %s on %s", e.path, r.blob, nid[:8])
                 self.counters["trimmed"] += 1

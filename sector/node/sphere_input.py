@@ -19,6 +19,7 @@ from typing import Any
 from sector.errors import NotFound, SectorError
 from sector.node import bulkfile
 from sector.storage.blobs import BlobStore, checksum_file
+from sector.storage.messages import Get
 from sector.storage.transfer import open_get
 from sector.transport.rpc import RpcPool
 
@@ -58,7 +59,7 @@ class SegmentInput:
         for addr in src["holders"]:
             tmp = dst.with_suffix(".part")
             try:
-                chan, size = await open_get(self.pool, addr, {"blob": src["blob"]})
+                chan, size = await open_get(self.pool, addr, Get(blob=src["blob"]))
                 try:
                     await bulkfile.recv_file(chan, size, tmp, self.io)
                 finally:

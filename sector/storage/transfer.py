@@ -12,6 +12,10 @@ downstream node is skipped over (the next one of the chain is tried) and simply 
 that node out of the list: the caller sees fewer copies and reports it.
 
 ``blob.get`` (bulk): a header frame with the size, then the raw bytes by sendfile.
+
+The requests (and a chain write's reply) are declared in ``messages.py`` and decoded
+where the handler table calls a handler (``typed``); a handler checks only what types
+cannot say: the blob id, who may write, the blob's existence.
 """
 
 from __future__ import annotations
@@ -22,6 +26,9 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+
+import msgspec
+from msgspec import UNSET
 
 from sector.errors import (
     AlreadyExists,
@@ -35,53 +42,30 @@ from sector.meta import records as rec
 from sector.security import guard
 from sector.storage.blobs import BlobStore, BlobWriter, check_blob_id, checksum_file
 from sector.storage.inventory import Inventory
+from sector.storage.messages import (
+    Delete,
+    Get,
+    Has,
+    Missing,
+    Put,
+    PutSmall,
+    Replicate,
+    Stored,
+    Verify,
+    stored_reply,
+)
 from sector.transport import bulk
 from sector.transport.bulk import BulkChannel
-from sector.transport.chain import Skipped, first_live
+from sector.transport.chain import Chain, Skipped, first_live
 from sector.transport.rpc import RpcPool
 from sector.wire import codec
+from sector.wire.messages import to_args, typed
 
 log = logging.getLogger("sector.transfer")
 
-MAX_CHAIN = 16
 PUMP_BUF = 1 << 20
 MIN_RATE = 64 << 10  # bytes/s an upload must average after bulk.RATE_GRACE seconds
-SMALL_MAX = 256 << 10  # blobs up to this size travel inline in control frames
-MAX_AUDIT = 20_000  # blob ids in one blob.missing request
 VERIFY_AT_ONCE = 2  # blob.verify hashes running at once on a node (each a whole copy)
-
-
-def _chain(obj: Any) -> list[tuple[str, str]]:
-    if not isinstance(obj, list) or len(obj) > MAX_CHAIN:
-        raise BadRequest("chain must be a short list of [node id, address]")
-    out = []
-    for x in obj:
-        if not (isinstance(x, list | tuple) and len(x) == 2 and all(isinstance(y, str) for y in x)):
-            raise BadRequest("chain must be a list of [node id, address]")
-        out.append((x[0], x[1]))
-    return out
-
-
-def _file_path(a: dict[str, Any]) -> str:
-    """The optional ``path`` of a blob write: the file it is for (the inventory's key)."""
-    p = a.get("path", "")
-    if not isinstance(p, str) or len(p) > 4096:
-        raise BadRequest("path must be a string")
-    return p
-
-
-def _hop(
-    blob: str, checksum: str | None, rest: list[list[str]], path: str, new: bool, **body: Any
-) -> dict[str, Any]:
-    """A chain write's request to its next hop: this hop's, with the rest of the chain."""
-    return {"blob": blob, **body, "checksum": checksum, "chain": rest, "path": path, "new": new}
-
-
-def _int(a: dict[str, Any], name: str, default: int | None = None) -> int:
-    v = a.get(name, default)
-    if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-        raise BadRequest(f"argument {name!r} must be a non-negative integer")
-    return v
 
 
 class BlobService:
@@ -131,24 +115,16 @@ class BlobService:
     def bulk_handlers(self) -> dict[str, Any]:
         return {"blob.put": self._h_put, "blob.get": self._h_get}
 
-    async def _open_downstream(
-        self,
-        blob: str,
-        size: int,
-        checksum: str | None,
-        chain: list[tuple[str, str]],
-        path: str = "",
-        new: bool = False,
-    ) -> BulkChannel | None:
+    async def _open_downstream(self, req: Put, blob: str, new: bool) -> BulkChannel | None:
         """The next hop of a chain write: the first target of the chain that answers,
-        carrying the rest of it; None if none does."""
+        given this hop's request with the rest of the chain; None if none does."""
 
         async def open_(addr: str, rest: list[list[str]]) -> BulkChannel:
-            args = _hop(blob, checksum, rest, path, new, size=size)
-            return await self.pool.open_bulk(addr, "blob.put", args)
+            hop = msgspec.structs.replace(req, chain=rest, new=new)
+            return await self.pool.open_bulk(addr, "blob.put", to_args(hop))
 
         try:
-            return await first_live(chain, open_, on_skip=self._skipped(blob))
+            return await first_live(req.chain, open_, on_skip=self._skipped(blob))
         except TransportError:
             return None
 
@@ -162,7 +138,7 @@ class BlobService:
 
         return skipped
 
-    def _check_write(self, a: dict[str, Any], blob: str, path: str) -> bool:
+    def _check_write(self, req: Put | PutSmall, blob: str) -> bool:
         """A user (not a node) may write a new blob for a file it may write, and only a
         new one: overwriting a stored blob is for the cluster's own repairs.
 
@@ -171,11 +147,11 @@ class BlobService:
         otherwise a user could name a blob id of someone else's file and have the next
         node "repair" that file's copy with the user's bytes.
         """
-        new = a.get("new") is True
+        new = req.new is True
         if not guard.is_node():
-            if not path:
+            if not req.path:
                 raise BadRequest("a blob write from a client must name its file's path")
-            guard.write(rec.normalize(path))
+            guard.write(rec.normalize(req.path))
             new = True
         if new and self.blobs.exists(blob):
             raise AlreadyExists(f"blob {blob} exists")
@@ -187,19 +163,13 @@ class BlobService:
             for p in self.inventory.paths(blob):
                 guard.read(p)
 
-    async def _h_put(self, a: dict[str, Any], chan: BulkChannel) -> Any:
-        blob = check_blob_id(a.get("blob"))
-        size = _int(a, "size")
-        checksum = a.get("checksum")
-        if checksum is not None and not isinstance(checksum, str):
-            raise BadRequest("checksum must be a string")
-        chain = _chain(a.get("chain", []))
-        path = _file_path(a)
-        new = self._check_write(a, blob, path)
-        w = self.blobs.writer(blob, size, path)
-        down = (
-            await self._open_downstream(blob, size, checksum, chain, path, new) if chain else None
-        )
+    @typed(Put)
+    async def _h_put(self, req: Put, chan: BulkChannel) -> Stored:
+        blob = check_blob_id(req.blob)
+        size = req.size
+        new = self._check_write(req, blob)
+        w = self.blobs.writer(blob, size, req.path)
+        down = await self._open_downstream(req, blob, new) if req.chain else None
         try:
             forwarded = await bulk.recv(
                 chan,
@@ -214,7 +184,7 @@ class BlobService:
             if down is not None and not forwarded:
                 await down.close()
                 down = None
-            mine = await asyncio.get_running_loop().run_in_executor(self.io, w.commit, checksum)
+            mine = await asyncio.get_running_loop().run_in_executor(self.io, w.commit, req.checksum)
             self.blobs.committed(w)
         except BaseException:
             w.abort()
@@ -226,18 +196,19 @@ class BlobService:
         stored: list[list[str]] = [list(self.me)]
         if down is not None:
             try:
-                rep = await down.read_reply()
-                if isinstance(rep, dict) and rep.get("checksum") == mine:
-                    stored += [list(c) for c in _chain(rep.get("stored", []))]
+                rep = stored_reply(await down.read_reply(), "blob.put")
+                if rep.checksum == mine:
+                    stored += rep.stored
                 else:
                     log.warning("chain write of %s: downstream copy differs, leaving it out", blob)
             except (SectorError, OSError) as exc:
                 log.warning("chain write of %s: downstream did not confirm (%s)", blob, exc)
             finally:
                 await down.close()
-        return {"stored": [list(s) for s in stored], "checksum": mine}
+        return Stored(stored, mine)
 
-    async def _h_put_small(self, a: dict[str, Any]) -> Any:
+    @typed(PutSmall)
+    async def _h_put_small(self, req: PutSmall) -> Stored:
         """A small blob inline in a control frame, over pooled connections.
 
         For many little files the cost of a put is round trips, not bytes: a fresh
@@ -245,22 +216,16 @@ class BlobService:
         to the rest of the chain *while* it writes its own copy, on connections that
         are already open; the reply is the same as ``blob.put``'s.
         """
-        blob = check_blob_id(a.get("blob"))
-        data = a.get("data")
-        if not isinstance(data, bytes) or len(data) > SMALL_MAX:
-            raise BadRequest(f"put_small carries at most {SMALL_MAX} bytes")
-        checksum = a.get("checksum")
-        if checksum is not None and not isinstance(checksum, str):
-            raise BadRequest("checksum must be a string")
-        chain = _chain(a.get("chain", []))
-        path = _file_path(a)
-        new = self._check_write(a, blob, path)
+        blob = check_blob_id(req.blob)
+        data = req.data
+        new = self._check_write(req, blob)
 
         async def store() -> str:
-            w = self.blobs.writer(blob, len(data), path)
+            w = self.blobs.writer(blob, len(data), req.path)
             try:
                 w.write(data)
-                mine = await asyncio.get_running_loop().run_in_executor(self.io, w.commit, checksum)
+                loop = asyncio.get_running_loop()
+                mine = await loop.run_in_executor(self.io, w.commit, req.checksum)
             except BaseException:
                 w.abort()
                 raise
@@ -268,17 +233,19 @@ class BlobService:
             return mine
 
         async def call(addr: str, rest: list[list[str]]) -> Any:
-            args = _hop(blob, checksum, rest, path, new, data=data)
-            return await self.pool.call(addr, "blob.put_small", args)
+            hop = msgspec.structs.replace(req, chain=rest, new=new)
+            return await self.pool.call(addr, "blob.put_small", to_args(hop))
 
-        async def forward() -> tuple[list[list[str]], Any]:
+        async def forward() -> tuple[list[list[str]], str | None]:
             try:
-                rep = await first_live(chain, call, skip=SectorError, on_skip=self._skipped(blob))
+                skipped = self._skipped(blob)
+                rep = await first_live(req.chain, call, skip=SectorError, on_skip=skipped)
             except SectorError:
                 return [], None
             if not isinstance(rep, dict):
                 return [], None
-            return [list(c) for c in _chain(rep.get("stored", []))], rep.get("checksum")
+            got = stored_reply(rep, "blob.put_small")
+            return got.stored, got.checksum
 
         mine, (downstream, their_sum) = await asyncio.gather(store(), forward())
         if downstream and their_sum != mine:
@@ -286,37 +253,30 @@ class BlobService:
             downstream = []
         self.stats["puts"] += 1
         self.stats["bytes_in"] += len(data)
-        return {"stored": [list(self.me), *downstream], "checksum": mine}
+        return Stored([list(self.me), *downstream], mine)
 
-    async def _h_get(self, a: dict[str, Any], chan: BulkChannel) -> Any:
-        blob = check_blob_id(a.get("blob"))
-        offset = _int(a, "offset", 0)
+    @typed(Get)
+    async def _h_get(self, req: Get, chan: BulkChannel) -> Any:
+        blob = check_blob_id(req.blob)
+        offset = req.offset or 0
+        length = None if req.length is UNSET else req.length
         self._check_read(blob)
         f = self.blobs.open(blob)
         with f:
             total = self.blobs.size(blob)
-            length = a.get("length")
-            n = (
-                max(0, total - offset)
-                if length is None
-                else min(_int(a, "length"), max(0, total - offset))
-            )
+            n = max(0, total - offset) if length is None else min(length, max(0, total - offset))
             await chan.write(codec.reply(1, {"size": n, "total": total}))
             await bulk.send_file(chan, f, offset, n)
         self.stats["gets"] += 1
         self.stats["bytes_out"] += n
         return None
 
-    async def _h_delete(self, a: dict[str, Any]) -> Any:
-        blobs = a.get("blobs")
-        if not isinstance(blobs, list) or len(blobs) > 10_000:
-            raise BadRequest("blob.delete needs a list of blob ids")
-        path = a.get("path")
-        if path is not None and not isinstance(path, str):
-            raise BadRequest("path must be a string")
+    @typed(Delete)
+    async def _h_delete(self, req: Delete) -> Any:
+        path = req.path
         inv = self.inventory
         n = 0
-        ids = [check_blob_id(b) for b in blobs]  # all checked before any is deleted
+        ids = [check_blob_id(b) for b in req.blobs]  # all checked before any is deleted
         for b in ids:
             # A file's delete (``path`` given) spares a blob another path also claims:
             # a rename cut short by a crash leaves two records on one blob, and removing
@@ -329,7 +289,8 @@ class BlobService:
                 n += 1
         return n
 
-    async def _h_replicate(self, a: dict[str, Any]) -> Any:
+    @typed(Replicate)
+    async def _h_replicate(self, req: Replicate) -> Any:
         """Push this node's copy of a blob to new holders (repair, issue 3).
 
         The same chain write a client makes (``blob.put`` with the rest of the chain),
@@ -337,16 +298,12 @@ class BlobService:
         header, so every target verifies the bytes before sealing them: a copy that
         rotted here fails there instead of spreading. Reply: the nodes that stored it.
         """
-        blob = check_blob_id(a.get("blob"))
-        size = _int(a, "size")
-        checksum = a.get("checksum")
-        if not isinstance(checksum, str):
-            raise BadRequest("blob.replicate needs the record's checksum")
-        targets = _chain(a.get("targets"))
-        return {"stored": await self.replicate(blob, size, checksum, targets, _file_path(a))}
+        blob = check_blob_id(req.blob)
+        stored = await self.replicate(blob, req.size, req.checksum, req.targets, req.path)
+        return {"stored": stored}
 
     async def replicate(
-        self, blob: str, size: int, checksum: str, targets: list[tuple[str, str]], path: str = ""
+        self, blob: str, size: int, checksum: str, targets: Chain, path: str = ""
     ) -> list[list[str]]:
         if not targets:
             return []
@@ -355,8 +312,8 @@ class BlobService:
             raise ChecksumMismatch(f"local copy of {blob} has {have} bytes, the record {size}")
 
         async def push(addr: str, rest: list[list[str]]) -> Any:
-            args = {"blob": blob, "size": size, "checksum": checksum, "chain": rest, "path": path}
-            chan = await self.pool.open_bulk(addr, "blob.put", args)
+            req = Put(blob=blob, size=size, checksum=checksum, chain=rest, path=path)
+            chan = await self.pool.open_bulk(addr, "blob.put", to_args(req))
             try:
                 with self.blobs.open(blob) as f:
                     await bulk.send_file(chan, f, 0, size)
@@ -371,14 +328,13 @@ class BlobService:
 
         rep = await first_live(targets, push)
         self.stats["bytes_out"] += size
-        return [list(c) for c in _chain(rep.get("stored", []))]
+        return stored_reply(rep, "blob.put").stored
 
-    async def _h_verify(self, a: dict[str, Any]) -> Any:
+    @typed(Verify)
+    async def _h_verify(self, req: Verify) -> Any:
         """``{blob, checksum}``: re-hash the local copy; ok, corrupt or missing."""
-        blob = check_blob_id(a.get("blob"))
-        checksum = a.get("checksum")
-        if not isinstance(checksum, str):
-            raise BadRequest("blob.verify needs the record's checksum")
+        blob = check_blob_id(req.blob)
+        checksum = req.checksum
         self._check_read(blob)
         p = self.blobs.path(blob)
         loop = asyncio.get_running_loop()
@@ -389,27 +345,24 @@ class BlobService:
             return {"health": "missing"}
         return {"health": "ok" if got == checksum else "corrupt"}
 
-    async def _h_missing(self, a: dict[str, Any]) -> Any:
+    @typed(Missing)
+    async def _h_missing(self, req: Missing) -> Any:
         """``{blobs: [id]}``: the ones this node does not hold (a repair audit)."""
-        blobs = a.get("blobs")
-        if not isinstance(blobs, list) or len(blobs) > MAX_AUDIT:
-            raise BadRequest(f"blob.missing needs a list of at most {MAX_AUDIT} blob ids")
-        ids = [check_blob_id(b) for b in blobs]
+        ids = [check_blob_id(b) for b in req.blobs]
         exists = self.blobs.exists
         return {"missing": await asyncio.to_thread(lambda: [b for b in ids if not exists(b)])}
 
-    async def _h_has(self, a: dict[str, Any]) -> Any:
+    @typed(Has)
+    async def _h_has(self, req: Has) -> Any:
         """``{blob}``: its size here, or None. ``{blob, path}``: also whether the copy
         here was written for ``path`` (``claimed``), and this node's id."""
-        blob = check_blob_id(a.get("blob"))
+        blob = check_blob_id(req.blob)
         size = None
         with contextlib.suppress(SectorError):
             size = self.blobs.size(blob)
-        path = a.get("path")
+        path = req.path
         if path is None:
             return size
-        if not isinstance(path, str):
-            raise BadRequest("path must be a string")
         return {
             "size": size,
             "claimed": size is not None and self.claimed(blob, path),
@@ -426,10 +379,10 @@ class BlobService:
         return False
 
 
-async def open_get(pool: RpcPool, addr: str, args: dict[str, Any]) -> tuple[BulkChannel, int]:
+async def open_get(pool: RpcPool, addr: str, req: Get) -> tuple[BulkChannel, int]:
     """A ``blob.get`` stream from ``addr`` and the number of bytes that follow its
     header; the node's error reply raised as it is. The caller closes the stream."""
-    chan = await pool.open_bulk(addr, "blob.get", args)
+    chan = await pool.open_bulk(addr, "blob.get", to_args(req))
     try:
         head = await chan.read_frame()
         if head.e is not None:

@@ -5,11 +5,11 @@ A request travels as a plain msgpack map (``Envelope.a``); a handler declares wh
 takes as a ``Request`` subclass naming its op, and ``@typed(ThatRequest)`` turns
 ``async def handler(self, req: ThatRequest)`` into the ``async def (self, args: dict)``
 the RPC server's table calls. What msgspec can say, it checks: types (strictly: no
-bool for an int, no str for a number), required fields, lengths and ranges declared
-with ``msgspec.Meta``. A mismatch is ``BadRequest`` naming the op and the field
-(``fs.mkdir: Expected `str`, got `int` - at `$.path```), and the server closes that
-connection, as for any malformed message. A sender may build the same struct and send
-``to_args(req)``, the map it stands for.
+bool for an int, no str for a number or for bytes), required fields, lengths and
+ranges declared with ``msgspec.Meta``. A mismatch is ``BadRequest`` naming the op and
+the field (``fs.mkdir: Expected `str`, got `int` - at `$.path```), and the server
+closes that connection, as for any malformed message. A sender may build the same
+struct and send ``to_args(req)``, the map it stands for.
 
 Rules of a request struct (so the wire stays as it is and peers of other versions get
 on):
@@ -51,7 +51,9 @@ R = TypeVar("R")
 def decode(cls: type[S], args: Any) -> S:
     """``args`` (a request's map) as a ``cls``; BadRequest naming the op and the field."""
     try:
-        return msgspec.convert(args, cls)
+        # bytes are native to msgpack: a str where bytes are declared is a mismatch,
+        # not base64 for msgspec to decode.
+        return msgspec.convert(args, cls, builtin_types=(bytes,))
     except msgspec.ValidationError as exc:
         raise BadRequest(f"{cls.op}: {exc}") from None
 

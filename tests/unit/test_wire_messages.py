@@ -11,6 +11,7 @@ import pytest
 
 from sector.errors import BadRequest
 from sector.sphere import wire
+from sector.storage import messages as blobmsg
 from sector.wire.messages import Request, decode, to_args, typed
 
 
@@ -57,6 +58,19 @@ def test_types_are_strict() -> None:
     ):
         with pytest.raises(BadRequest, match=r"^fs\.mkdir: Expected"):
             call(args)
+
+
+class Blob(Request, frozen=True):
+    op = "blob.put_small"
+    data: bytes
+
+
+def test_a_str_is_not_bytes() -> None:
+    """msgpack keeps bytes and str apart: a str is refused, even one that is base64."""
+    assert decode(Blob, {"data": b"abc"}) == Blob(data=b"abc")
+    for data in ("YWJj", "not base64!"):
+        with pytest.raises(BadRequest, match=r"^blob\.put_small: Expected `bytes`, got `str`"):
+            decode(Blob, {"data": data})
 
 
 def test_a_missing_required_field_is_a_bad_request() -> None:
@@ -172,3 +186,76 @@ def test_a_malformed_segment_is_a_bad_request(seg: Any) -> None:
     args = {"job": "ab" * 8, "attempt": 0, "udf": b"u", "digest": "d", "mode": "none"}
     with pytest.raises(BadRequest, match=r"^sphere\.run: .* at `\$\.seg"):
         decode(wire.Run, {**args, "nbuckets": 0, "seg": seg})
+
+
+def test_blob_messages_travel_as_the_maps_they_always_were() -> None:
+    """Clients and nodes build storage.messages' structs; the holders see the maps they
+    always got: a client's put without ``new``, a node's with it, a read without the
+    offset and length it leaves out."""
+    blob, chain = "ab" * 16, [["n2", "h:2"], ["n3", "h:3"]]
+    client_put = blobmsg.Put(blob=blob, size=5, checksum=None, chain=chain, path="/f")
+    assert to_args(client_put) == {
+        "blob": blob,
+        "size": 5,
+        "checksum": None,
+        "chain": chain,
+        "path": "/f",
+    }
+    # A hop forwards the request it got, with the rest of the chain and ``new`` decided.
+    got = decode(blobmsg.Put, to_args(client_put))
+    hop = msgspec.structs.replace(got, chain=chain[1:], new=True)
+    assert to_args(hop) == {**to_args(client_put), "chain": [["n3", "h:3"]], "new": True}
+    small = blobmsg.PutSmall(blob=blob, data=b"abc", checksum="c", chain=[], path="/f")
+    assert to_args(small) == {
+        "blob": blob,
+        "data": b"abc",
+        "checksum": "c",
+        "chain": [],
+        "path": "/f",
+    }
+    assert to_args(blobmsg.Get(blob=blob)) == {"blob": blob}
+    ranged = blobmsg.Get(blob=blob, offset=3, length=None)
+    assert to_args(ranged) == {"blob": blob, "offset": 3, "length": None}
+    assert to_args(blobmsg.Delete(blobs=[blob], path="/f")) == {"blobs": [blob], "path": "/f"}
+    assert to_args(blobmsg.Has(blob=blob, path="/f")) == {"blob": blob, "path": "/f"}
+    assert to_args(blobmsg.Verify(blob=blob, checksum="c")) == {"blob": blob, "checksum": "c"}
+    assert to_args(blobmsg.Missing(blobs=[blob])) == {"blobs": [blob]}
+    rep = blobmsg.Replicate(blob=blob, size=5, checksum="c", targets=chain, path="/f")
+    assert to_args(rep) == {
+        "blob": blob,
+        "size": 5,
+        "checksum": "c",
+        "targets": chain,
+        "path": "/f",
+    }
+    assert msgspec.msgpack.decode(msgspec.msgpack.encode(blobmsg.Stored(chain, "c"))) == {
+        "stored": chain,
+        "checksum": "c",
+    }
+
+
+def test_blob_requests_are_checked_but_a_blob_id_is_left_to_check_blob_id() -> None:
+    base = {"blob": "ab" * 16, "size": 5, "chain": [["n2", "h:2"]]}
+    assert decode(blobmsg.Put, base).chain == [["n2", "h:2"]]
+    for args, where in (
+        ({**base, "size": -1}, r"\$\.size"),
+        ({**base, "size": True}, r"\$\.size"),
+        ({**base, "chain": [["n2"]]}, r"\$\.chain\[0\]"),
+        ({**base, "chain": [["n2", 5]]}, r"\$\.chain\[0\]\[1\]"),
+        ({**base, "chain": [["n", "h"]] * 17}, r"\$\.chain"),
+        ({**base, "path": "/" * 4097}, r"\$\.path"),
+        ({**base, "new": 1}, r"\$\.new"),
+    ):
+        with pytest.raises(BadRequest, match=rf"^blob\.put: .* at `{where}`$"):
+            decode(blobmsg.Put, args)
+    with pytest.raises(BadRequest, match=r"^blob\.put_small: .* at `\$\.data`$"):
+        decode(blobmsg.PutSmall, {"data": b"x" * (blobmsg.SMALL_MAX + 1)})
+    with pytest.raises(BadRequest, match=r"^blob\.missing: .* at `\$\.blobs`$"):
+        decode(blobmsg.Missing, {"blobs": ["ab" * 16] * (blobmsg.MAX_AUDIT + 1)})
+    # Whatever a blob id is, it reaches the handler, whose check_blob_id says "invalid
+    # blob id" for every op alike.
+    for bad in (5, None, b"x", ["ab" * 16]):
+        assert decode(blobmsg.Has, {"blob": bad}).blob == bad
+        assert decode(blobmsg.Delete, {"blobs": [bad]}).blobs == [bad]
+    with pytest.raises(BadRequest, match=r"^blob\.put reply: .* at `\$\.stored\[0\]`$"):
+        blobmsg.stored_reply({"stored": [["n1"]], "checksum": "c"}, "blob.put")
