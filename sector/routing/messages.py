@@ -1,7 +1,7 @@
 """The ring's five RPC messages: wire shapes, validation, and how a node answers each.
 
 Owns the ``chord.*`` ops. Each message is a frozen dataclass with its op name, whether
-serving it changes the receiver's state (``mutates``), its arguments as ``to_wire``/``from_wire`` (what travels; ``from_wire`` raises BadRequest on
+serving it changes the receiver's state (``mutates``), its arguments as ``to_wire``/``from_wire`` (what travels, declared as msgspec structs; ``from_wire`` raises BadRequest on
 anything malformed: every node validates every message), ``serve`` (the answer, from a
 ``ChordState``: the one place the server side of the protocol lives) and the reply as
 ``reply_to_wire``/``parse_reply`` (``parse_reply`` raises ValueError on a malformed
@@ -24,11 +24,14 @@ which is what lets it run 100,000 nodes in one process.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, NamedTuple
+from typing import Annotated, Any, ClassVar, NamedTuple
+
+import msgspec
 
 from sector.errors import BadRequest
 from sector.ids import to_hex
 from sector.routing.chord import ChordState, Peer, parse_id
+from sector.wire.messages import Request, decode
 
 __all__ = [
     "MAX_EXCLUDE",
@@ -45,6 +48,36 @@ __all__ = [
 # A lookup may carry this many excluded ids (and a reply this many successors); more is
 # a malformed (or hostile) message.
 MAX_EXCLUDE = 256
+
+# -- the requests as they travel, decoded by msgspec (BadRequest naming the field) ----
+# Ids and peers are then parsed into the domain's ints and ``Peer``s (their hex and
+# address rules are ``chord.parse_id`` and ``Peer.from_wire``).
+
+WirePeer = tuple[str, str]  # [id_hex, addr]
+
+
+class NextHopArgs(Request, frozen=True):
+    """chord.next_hop: the key looked up and the ids the lookup already found dead."""
+
+    op: ClassVar[str] = "chord.next_hop"
+    key: str
+    exclude: Annotated[list[str], msgspec.Meta(max_length=MAX_EXCLUDE)] = []
+
+
+class NotifyArgs(Request, frozen=True):
+    """chord.notify: a peer that thinks it may be our predecessor."""
+
+    op: ClassVar[str] = "chord.notify"
+    peer: WirePeer
+
+
+class LeavingArgs(Request, frozen=True):
+    """chord.leaving: a peer leaving, with its predecessor and successors."""
+
+    op: ClassVar[str] = "chord.leaving"
+    peer: WirePeer
+    pred: WirePeer | None = None
+    successors: Annotated[list[WirePeer], msgspec.Meta(max_length=MAX_EXCLUDE)] = []
 
 
 class NodeState(NamedTuple):
@@ -71,11 +104,8 @@ class NextHop:
 
     @classmethod
     def from_wire(cls, args: dict[str, Any]) -> NextHop:
-        key = _id_arg(args, "key")
-        raw = args.get("exclude", [])
-        if not isinstance(raw, list) or len(raw) > MAX_EXCLUDE:
-            raise BadRequest(f"exclude must be a list of at most {MAX_EXCLUDE} ids")
-        return cls(key, frozenset(_parse_id(x, "exclude") for x in raw))
+        a = decode(NextHopArgs, args)
+        return cls(_parse_id(a.key, "key"), frozenset(_parse_id(x, "exclude") for x in a.exclude))
 
     def serve(self, st: ChordState) -> tuple[bool, Peer]:
         return st.next_hop(self.key, self.exclude)
@@ -142,7 +172,7 @@ class Notify:
 
     @classmethod
     def from_wire(cls, args: dict[str, Any]) -> Notify:
-        return cls(_peer_arg(args, "peer"))
+        return cls(_peer(decode(NotifyArgs, args).peer, "peer"))
 
     def serve(self, st: ChordState) -> bool:
         return st.notify(self.peer)
@@ -206,8 +236,11 @@ class Leaving:
 
     @classmethod
     def from_wire(cls, args: dict[str, Any]) -> Leaving:
+        a = decode(LeavingArgs, args)
         return cls(
-            _peer_arg(args, "peer"), _opt_peer_arg(args, "pred"), _peers_arg(args, "successors")
+            _peer(a.peer, "peer"),
+            _peer(a.pred, "pred") if a.pred is not None else None,
+            [_peer(p, "successors") for p in a.successors],
         )
 
     def serve(self, st: ChordState) -> None:
@@ -236,34 +269,8 @@ def _parse_id(x: Any, what: str) -> int:
         raise BadRequest(f"{what}: {exc}") from None
 
 
-def _id_arg(args: dict[str, Any], name: str) -> int:
-    if name not in args:
-        raise BadRequest(f"missing argument {name!r}")
-    return _parse_id(args[name], name)
-
-
-def _peer_arg(args: dict[str, Any], name: str) -> Peer:
-    peer = _opt_peer_arg(args, name)
-    if peer is None:
-        raise BadRequest(f"missing argument {name!r}")
-    return peer
-
-
-def _opt_peer_arg(args: dict[str, Any], name: str) -> Peer | None:
-    x = args.get(name)
-    if x is None:
-        return None
+def _peer(x: WirePeer, what: str) -> Peer:
     try:
         return Peer.from_wire(x)
     except ValueError as exc:
-        raise BadRequest(f"{name}: {exc}") from None
-
-
-def _peers_arg(args: dict[str, Any], name: str) -> list[Peer]:
-    x = args.get(name, [])
-    if not isinstance(x, list) or len(x) > MAX_EXCLUDE:
-        raise BadRequest(f"{name} must be a list of peers")
-    try:
-        return [Peer.from_wire(p) for p in x]
-    except ValueError as exc:
-        raise BadRequest(f"{name}: {exc}") from None
+        raise BadRequest(f"{what}: {exc}") from None
