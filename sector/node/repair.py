@@ -114,8 +114,9 @@ class Report(Request, frozen=True):
 
 
 class RepairWorker(Worker):
-    """The queue runner (a worker woken by every report), with the scan (and audit)
-    as a second worker, ``scanner``, woken by member and ring changes."""
+    """The queue runner (a worker woken by every report), with the scan as a second
+    worker, ``scanner``, woken by member and ring changes, and the audit as a third,
+    ``auditor``, every ``audit_interval``."""
 
     def __init__(
         self,
@@ -133,7 +134,6 @@ class RepairWorker(Worker):
         self.rate = rate
         self.scan_interval = scan_interval
         self.audit_interval = audit_interval
-        self._last_audit = time.monotonic()
         self.queue = RepairQueue(str(node.data / "repair.sqlite3"))
         self.counters = {
             "done": 0,
@@ -152,6 +152,8 @@ class RepairWorker(Worker):
         self.scanner = Every(
             "repair-scan", self._scan_pass, scan_interval, settle=settle, coalesce=0.2
         )
+        # The audit (are the copies our records list really there?) has its own.
+        self.auditor = Every("repair-audit", self.audit, audit_interval)
         self._settled = False
         self._lost: set[str] = set()
         self._last_up: set[str] | None = None
@@ -164,8 +166,10 @@ class RepairWorker(Worker):
         self._qlen = await asyncio.to_thread(len, self.queue)
         await super().start()
         await self.scanner.start()
+        await self.auditor.start()
 
     async def stop(self) -> None:
+        await self.auditor.stop()
         await self.scanner.stop()
         await super().stop()
         await cancel_and_wait(list(self._running.values()))
@@ -206,9 +210,6 @@ class RepairWorker(Worker):
     async def _scan_pass(self) -> None:
         lost, self._lost = self._lost, set()
         await self.scan(lost)
-        if time.monotonic() - self._last_audit >= self.audit_interval:
-            self._last_audit = time.monotonic()
-            await self.audit()
 
     async def audit(self) -> int:
         """Ask every live holder whether the copies our records list are there; queue

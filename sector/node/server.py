@@ -539,6 +539,7 @@ class Node:
             "workers": [
                 repair,
                 self.repair.scanner.status(),
+                self.repair.auditor.status(),
                 self.scrub.status(),
                 self.gc.status(),
                 self.sphere.status(),

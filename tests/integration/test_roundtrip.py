@@ -399,6 +399,7 @@ def test_json_outputs_carry_the_contract_fields(
 LOOPS = {
     "repair",
     "repair-scan",
+    "repair-audit",
     "scrub",
     "gc",
     "sphere",
