@@ -85,6 +85,7 @@ Stamp = tuple[int, int, str]
 KINDS = ("file", "dir", "gone")
 MAX_NAME_BYTES = 255
 MAX_PATH_BYTES = 4096
+MAX_DEPTH = 1000  # path levels, as HDFS's MAX_PATH_DEPTH
 
 
 # --------------------------------------------------------------------------- clock
@@ -424,6 +425,10 @@ def normalize(path: str) -> str:
     if m is not None:
         raise InvalidPath(_bad_char_message("path", path, m.group()), path=path[:200])
     segs = [s for s in path.split("/") if s]
+    if len(segs) > MAX_DEPTH:
+        raise InvalidPath(
+            f"invalid path {_show(path)}: deeper than {MAX_DEPTH} levels", path=path[:200]
+        )
     for s in segs:
         if s == "." or s == "..":
             raise InvalidPath(

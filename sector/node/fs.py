@@ -279,26 +279,60 @@ class FsService:
     async def ensure_dir(self, path: str, *, parents: bool, exist_ok: bool) -> None:
         """mkdir, with -p semantics when ``parents``.
 
-        Two routed steps, no look-ups first: the owner of ``path`` makes the record
-        (or says it exists, or that a file is there), then the owner of the parent adds
-        the entry, which fails if the parent is missing or a file. On that failure the
-        record just made is taken back, so no unlisted directory is left behind.
+        Two routed steps per level, no look-ups first: the owner of a path makes the
+        record (or says it exists, or that a file is there), then the owner of its
+        parent adds the entry, which fails if the parent is missing or a file. A
+        missing parent (with ``parents``) is made the same way, then the entry is
+        added again: a loop over the levels, not a recursion (a path may be
+        ``MAX_DEPTH`` levels deep). On any error every directory this call made is
+        taken back, deepest first, so no unlisted or half-made directory is left.
         """
         if path == "/":
             if not exist_ok:
                 raise AlreadyExists("/ already exists")
             return
-        par, name = rec.parent(path), rec.basename(path)
-        res = await self.node.meta.call(path, "mkdir")
-        if not res["created"] and not exist_ok:
-            raise AlreadyExists(f"{path} already exists")
+        todo = [path]  # the levels still to make and link, the deepest first
+        made: list[str] = []  # records this call created
+        linked: list[str] = []  # ... and entered into their parent
         try:
-            await self._add_entry(par, name, "dir", parents=parents)
+            while todo:
+                p = todo[-1]
+                if p not in made:
+                    res = await self.node.meta.call(p, "mkdir")
+                    if res["created"]:
+                        made.append(p)
+                    elif p == path and not exist_ok:
+                        raise AlreadyExists(f"{path} already exists")
+                par = rec.parent(p)
+                try:
+                    await self.node.meta.call(
+                        par, "add_child", {"name": rec.basename(p), "kind": "dir"}
+                    )
+                except NotFound:
+                    if not parents or par == "/":
+                        raise
+                    todo.append(par)  # make the parent, then link this level again
+                    continue
+                if p in made:
+                    linked.append(p)
+                todo.pop()
         except SectorError:
-            if res["created"]:
-                with contextlib.suppress(SectorError):
-                    await self.node.meta.call(path, "delete")
+            await self._take_back(made, linked)
             raise
+
+    async def _take_back(self, made: list[str], linked: list[str]) -> None:
+        """Undo an ensure_dir that failed, deepest first: each directory it made goes,
+        then its entry. One that is no longer empty (another client's mkdir -p used
+        it meanwhile) stays, with its entry, and so do its ancestors."""
+        for p in sorted(made, key=len, reverse=True):
+            try:
+                await self.node.meta.call(p, "delete")
+                if p in linked:
+                    await self.node.meta.call(
+                        rec.parent(p), "remove_child", {"name": rec.basename(p)}
+                    )
+            except SectorError:
+                continue
 
     async def _add_entry(self, par: str, name: str, kind: str, *, parents: bool) -> None:
         try:

@@ -14,6 +14,7 @@ one random member for its version, so a node that was away catches up.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import ssl
@@ -42,6 +43,7 @@ class PolicyPeers(Protocol):
 log = logging.getLogger("sector.security")
 
 POLICY_PULL = 5.0  # seconds between anti-entropy pulls of the policy
+FETCH_WITHIN = 10.0  # seconds a joining node tries to get the policy before it serves
 
 
 class PolicyGet(Request, frozen=True):
@@ -157,15 +159,50 @@ class NodeSecurity:
         assert self.node is not None
         peers = [m.addr for m in self.node.members.alive(time.monotonic())]
         peers = [p for p in peers if p != self.node.addr]
-        if not peers:
-            return
+        if peers:
+            await self._pull_from(random.choice(peers))
+
+    async def _pull_from(self, addr: str) -> bool:
+        """Take ``addr``'s policy if it is newer; True if it answered (this node is
+        then as current as that member, and ready to serve users)."""
+        assert self.node is not None
         try:
             rep = await self.node.pool.call(
-                random.choice(peers), "sec.policy", {"have": self.auth.policy.version}, timeout=5.0
+                addr, "sec.policy", {"have": self.auth.policy.version}, timeout=5.0
             )
         except SectorError as exc:  # a member out of reach: the next pull asks another
-            log.debug("policy pull failed: %s", exc)
-            return
+            log.debug("policy pull from %s failed: %s", addr, exc)
+            return False
         blob = rep.get("policy") if isinstance(rep, dict) else None
         if isinstance(blob, str):
             self.offer(blob)
+        if not self.auth.ready:
+            log.info("policy version %d loaded from %s", self.auth.policy.version, addr)
+        self.auth.ready = True
+        return True
+
+    async def fetch_policy(self, first: str | None, *, restarted: bool) -> None:
+        """During the join, before serving users: the policy from ``first`` (the node
+        it joined through), else from any member it knows, for at most FETCH_WITHIN
+        seconds. A node with no other member has nothing to learn. If none answers, a
+        restarted node serves with the policy it kept, as the pull goes on; a new one
+        (an empty data directory) stays unready for users until the puller gets it."""
+        assert self.node is not None
+        me = self.node.addr
+        others = [m.addr for m in self.node.members.voters() if m.addr != me]
+        if not others and not first:
+            self.auth.ready = True
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(FETCH_WITHIN):
+                for addr in dict.fromkeys([a for a in (first, *others) if a and a != me]):
+                    if await self._pull_from(addr):
+                        return
+        if restarted:
+            log.warning(
+                "no member answered for the policy: serving with the kept version %d",
+                self.auth.policy.version,
+            )
+            self.auth.ready = True
+        else:
+            log.warning("no member gave this node the cluster's policy yet; users wait")

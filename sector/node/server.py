@@ -41,11 +41,12 @@ from sector.errors import (
 from sector.ids import node_id, to_hex
 from sector.meta.service import MetaService
 from sector.meta.store import MetaStore
+from sector.node import status
 from sector.node.fs import FsService
 from sector.node.gc import GcWorker
 from sector.node.identity import load_uuid, next_incarnation
 from sector.node.members import Drain, Gossip, Member, Members, members_from_wire
-from sector.node.quorum import Quorum
+from sector.node.quorum import MEMBERS_FILE, Quorum
 from sector.node.repair import RepairWorker
 from sector.node.scrub import ScrubWorker
 from sector.node.security import NodeSecurity
@@ -181,6 +182,11 @@ class Node:
         self.blobs = BlobStore(self.data, quota=cfg.quota, inventory=self.inventory)
         self.blobs.min_free = cfg.min_free
         self.store = MetaStore(str(self.data / "meta.sqlite3"))
+        restarted = (self.data / MEMBERS_FILE).exists()
+        if self.security is not None and (cfg.join or restarted):
+            # A node joining a secure cluster (or coming back to one) serves users only
+            # once it has the cluster's current policy: see NodeSecurity.fetch_policy.
+            self.security.auth.ready = False
         addr = await self.server.start(host, port)
         self.addr = addr
         self.host = host_identity(addr, cfg.host_id)
@@ -266,6 +272,8 @@ class Node:
             await self._join(cfg.join)
         else:
             self.driver.create()
+        if self.security is not None and not self.security.auth.ready:
+            await self.security.fetch_policy(cfg.join, restarted=restarted)
         await self.meta.start()
         await self.driver.start()
         self.loops = [Every("gossip", self._gossip_tick, self.cfg.gossip_interval)]
@@ -514,7 +522,9 @@ class Node:
         }
 
     async def _h_info(self, a: dict[str, Any]) -> Any:
-        return await self.info()
+        info = await self.info()
+        # Strangers (not a node, not an admin) see what fs.status shows them.
+        return info if guard.is_node() or guard.is_admin() else status.hide_insides(info)
 
     async def info(self) -> dict[str, Any]:
         """This node's figures, state and workers (``node.info``, ``sector status``)."""

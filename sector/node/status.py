@@ -15,6 +15,17 @@ from __future__ import annotations
 from typing import Any
 
 
+def hide_insides(info: dict[str, Any]) -> dict[str, Any]:
+    """A node's info as a stranger may see it (changed in place): no data directory,
+    no pid, and no worker's last error (which can name private paths)."""
+    info.pop("data", None)
+    info.pop("pid", None)
+    for w in info.get("workers") or []:
+        if isinstance(w, dict):
+            w.pop("last_error", None)
+    return info
+
+
 def summarize(
     view: list[dict[str, Any]], infos: list[dict[str, Any] | None], *, stranger: bool
 ) -> dict[str, Any]:
@@ -54,11 +65,7 @@ def summarize(
             m["state"] = "drained"
     if stranger:
         for m in view:
-            m.pop("data", None)
-            m.pop("pid", None)
-            for w in m.get("workers") or []:
-                if isinstance(w, dict):
-                    w.pop("last_error", None)
+            hide_insides(m)
     return {
         "nodes": view,
         "files": files,

@@ -30,7 +30,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from sector.errors import BadRequest, CredentialError, PermissionDenied
+from sector.errors import BadRequest, CredentialError, PermissionDenied, Unavailable
 from sector.meta import records as rec
 from sector.security import authz, pki, tokens
 from sector.security._files import write_atomic
@@ -81,6 +81,9 @@ OPS: dict[str, str] = {
 }
 
 POLICY_FILE = "policy.tok"
+# What a node serves users before it has the cluster's policy: liveness, and the
+# policy itself (an admin may push it).
+BEFORE_POLICY = frozenset({"node.ping", "sec.policy", "sec.policy_put"})
 VERIFIED_CACHE = 4096
 
 
@@ -99,6 +102,9 @@ class NodeAuth:
         self.path = data / POLICY_FILE
         self.policy = tokens.Policy.initial(ca.cluster_id)
         self.policy_blob: str | None = None
+        # False while a joining node has not yet pulled the cluster's policy from a
+        # member: until then it serves users nothing that a policy could forbid.
+        self.ready = True
         # Credentials whose signature was checked: a reconnecting client (or a flood of
         # hellos with one credential) costs a dict lookup, not an ECDSA verify.
         self._verified: dict[str, tokens.Grant] = {}
@@ -191,7 +197,12 @@ def authorize(op: str) -> None:
     got = _caller()
     if got is None:
         return
-    ident, _ = got
+    ident, auth = got
+    if not auth.ready and ident.kind != "node" and op not in BEFORE_POLICY:
+        raise Unavailable(
+            "this node is joining and has not loaded the cluster's access policy yet; "
+            "try again, or another node"
+        )
     rule = OPS.get(op, "node")
     if rule == "any" or ident.kind == "node":
         return

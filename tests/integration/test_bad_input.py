@@ -289,3 +289,35 @@ def test_other_refused_commands_change_nothing(
     assert not client.exists("/bad/nowhere")
     assert client.ls("/bad/empty") == []
     assert not (tmp_path / "out").exists()
+
+
+def test_a_path_too_deep_is_refused_in_one_line_and_a_deep_mkdir_p_works(
+    cluster: ProcCluster, client: sector.Client, sector_cli: Cli
+) -> None:
+    """mkdir -p of 1,500 levels in a 3 KB path raised RecursionError on the node and
+    logged hundreds of tracebacks (issue 11, point 5): paths are bounded (1,000
+    levels, as HDFS) and mkdir -p walks the levels in a loop."""
+    before = [n.log.read_text(errors="replace").count("Traceback") for n in cluster.nodes]
+    too_deep = "/deep" + "/d" * 1500
+    r = sector_cli("mkdir", "-p", too_deep, cluster=cluster.address)
+    assert_one_error_line(r, mentions="deeper than 1000 levels")
+    deep = "/deep" + "/d" * 998  # 999 levels: allowed, made one level at a time
+    client.mkdir(deep, parents=True)
+    assert client.stat(deep)["type"] == "dir"
+    assert client.stat("/deep/d/d")["type"] == "dir"
+    after = [n.log.read_text(errors="replace").count("Traceback") for n in cluster.nodes]
+    assert after == before, "a node logged a traceback"
+    assert all(n.alive for n in cluster.nodes)
+
+
+def test_a_failed_mkdir_p_takes_back_every_directory_it_made(
+    cluster: ProcCluster, client: sector.Client, tree: dict[str, bytes]
+) -> None:
+    """A mkdir -p that fails part way (here: an ancestor is a file, found only when the
+    last missing level is linked) leaves none of the directories it made."""
+    with pytest.raises(sector.NotADirectory):
+        client.mkdir("/bad/f.txt/x/y/z", parents=True)
+    for p in ("/bad/f.txt/x", "/bad/f.txt/x/y", "/bad/f.txt/x/y/z"):
+        with pytest.raises((sector.NotFound, sector.NotADirectory)):
+            client.stat(p)
+    assert client.stat("/bad/f.txt")["type"] == "file"

@@ -1053,8 +1053,15 @@ def test_status_shows_hosts_insides_to_the_admin_only(cluster: ProcCluster) -> N
     with sector.connect(cluster.address, anonymous=True) as anon:
         nodes = anon.status()["nodes"]
         assert nodes and all("data" not in n and "pid" not in n for n in nodes)
+        # Asked directly, a node shows a stranger no more (issue 11, point 6).
+        for n in cluster.nodes:
+            info = anon._run(anon._aio.pool.call(n.address, "node.info", {}))
+            assert "pid" not in info and "data" not in info, info
+            assert info["workers"] and all("last_error" not in w for w in info["workers"])
     with cluster.connect() as admin:
         assert all("data" in n and "pid" in n for n in admin.status()["nodes"])
+        info = admin._run(admin._aio.pool.call(cluster.address, "node.info", {}))
+        assert "pid" in info and all("last_error" in w for w in info["workers"])
 
 
 def test_a_client_with_a_credential_never_falls_back_to_plain_tcp(tmp_path: Path) -> None:
@@ -1104,3 +1111,39 @@ def test_a_removed_node_is_refused_as_a_node_and_dropped_by_the_others(tmp_path:
 
             wait_for(dropped, 30, what="the removed node to be out of the ring")
             assert admin.policy()["removed_nodes"] == ["n2"]
+
+
+def test_a_joining_node_serves_users_only_once_it_has_the_policy(tmp_path: Path) -> None:
+    """A node with an empty data directory served with policy version 0 for seconds
+    after it started listening (issue 11, point 2): a revoked user's mkdir went through
+    it. It now pulls the policy during the join; until then users get Unavailable."""
+    with ProcCluster(tmp_path / "cl", secure=True) as cl:
+        cl.start(2)
+        gail = cl.token("gail", write=["/gail"])
+        change_policy(cl, cl.nodes[0], lambda p: tokens.revoke(p, "gail", time.time()))
+        with socket.socket() as s:  # a port for the new node, known before it is ready
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        addr = f"127.0.0.1:{port}"
+        node = cl.spawn(join=cl.address, listen=addr)
+        answers: list[str] = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with tls_socket(addr) as s:
+                    env = raw_call(s, "auth.hello", {"token": gail})
+                    if env.e is not None:
+                        answers.append(f"hello refused: {env.e}")
+                        if "revoked" in str(env.e):
+                            break  # the node has the policy now
+                        continue
+                    env = raw_call(s, "fs.mkdir", {"path": "/gail/in", "parents": True}, i=2)
+                    answers.append("mkdir ok" if env.e is None else f"mkdir refused: {env.e}")
+            except (OSError, AssertionError):
+                time.sleep(0.01)  # not listening yet, or it closed the connection
+        assert answers, "the new node never answered"
+        assert "mkdir ok" not in answers, answers
+        assert "revoked" in answers[-1], answers[-1]
+        cl._wait_ready(node)
+        with cl.connect() as admin:
+            assert not admin.exists("/gail/in")
