@@ -209,7 +209,11 @@ def run_remote(client: Any, args: argparse.Namespace) -> int:
         if ca.cluster_id != cid or grant.cluster != cid:
             raise UsageError(f"that credential is for cluster {grant.cluster}, not {cid}")
         tokens.verify(token, ca, None, time.time())  # signature and expiry, here and now
-        credstore.save(cid, ca_pem=ca.cert_pem, token=token, user=grant.user)
+        # Where we logged in is remembered: a client there then insists on TLS and on
+        # this cluster (security/client.py), however it found the credential.
+        old = credstore.load(cid)
+        seen = {*(old.addresses if old else ()), client.address}
+        credstore.save(cid, ca_pem=ca.cert_pem, token=token, user=grant.user, addresses=seen)
         _emit(args, {"user": grant.user, "cluster": cid}, f"logged in as {grant.user} on {cid}")
     elif args.command == "logout":
         removed = credstore.remove(cid)

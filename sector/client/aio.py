@@ -105,14 +105,15 @@ class AsyncClient:
             self.auth = None
             self.pool = RpcPool(timeout=timeout, connect_timeout=5.0, ssl=ssl, tls="on")
         else:
-            self.auth = ClientAuth(token=token, anonymous=anonymous)
+            self.auth = ClientAuth(token=token, anonymous=anonymous, address=self.address)
             self.pool = RpcPool(
                 timeout=timeout,
                 connect_timeout=5.0,
                 ssl=self.auth.context(),
-                # A client given a credential expects a secure cluster: no fallback to
-                # plain TCP, which a man in the middle could otherwise force.
-                tls="on" if self.auth.token and not anonymous else "auto",
+                # A client holding a credential for this address expects a secure
+                # cluster: no fallback to plain TCP, which a man in the middle could
+                # otherwise force.
+                tls="on" if self.auth.expect is not None else "auto",
                 on_open=self.auth.on_open,
             )
         self._entries = [self.address, *local_cluster_addresses(self.address)]

@@ -12,6 +12,12 @@ credential to a node it cannot verify. Credentials never travel over plain TCP.
 
 Order of credentials: an explicit ``token`` (``--token``/``SECTOR_TOKEN``), then the
 stored one for the cluster; ``anonymous=True`` presents none.
+
+A client that holds a credential for the address it dials (``--token``, a ``sector
+login`` made through that address, or the local cluster ``sector up`` started) never
+falls back to plain TCP, and the node must prove that it belongs to that credential's
+cluster: anything else is refused with a clear error, never a silent anonymous or
+plaintext session. Talking to another cluster there takes ``anonymous=True``.
 """
 
 from __future__ import annotations
@@ -22,15 +28,47 @@ import ssl
 import time
 from typing import Any
 
-from sector.errors import CertificateError
+from sector.config import current_cluster_dir, read_cluster_file
+from sector.errors import CertificateError, UsageError
 from sector.security import credstore, pki, tokens
 from sector.transport import rpc
 
 
+def expected_cluster(address: str, token: str | None) -> str | None:
+    """The cluster a client must find at ``address``: that of a stored credential
+    logged in through that address, or of the local cluster that ``sector up`` started
+    there (with a stored credential); "" for an explicit token (TLS only; a node of
+    another cluster is never shown it, the client stays anonymous there); None if it
+    holds no credential for the address."""
+    if token:
+        return ""
+    stored = {c.cluster: c for c in credstore.all() if c.token}
+    for c in stored.values():
+        if address in c.addresses:
+            return c.cluster
+    d = current_cluster_dir()
+    if d is not None:
+        try:
+            info = read_cluster_file(d)
+        except UsageError:
+            return None
+        cid = info.get("cluster")
+        raw = info.get("addresses")
+        addrs = [str(a) for a in raw] if isinstance(raw, list) else []
+        if info.get("secure") and isinstance(cid, str) and cid in stored and address in addrs:
+            return cid
+    return None
+
+
 class ClientAuth:
-    def __init__(self, *, token: str | None = None, anonymous: bool = False) -> None:
+    def __init__(
+        self, *, token: str | None = None, anonymous: bool = False, address: str = ""
+    ) -> None:
         self.token = token if token is not None else os.environ.get("SECTOR_TOKEN") or None
         self.anonymous = anonymous
+        # The cluster this client holds a credential for at this address ("" for a
+        # credential that names none): TLS only, and the node must be of it.
+        self.expect = None if anonymous else expected_cluster(address, self.token)
         self.user: str | None = None  # who the cluster says we are, after a hello
         self.cluster: str | None = None
         self.secure = False  # True once a node answered over TLS
@@ -58,6 +96,11 @@ class ClientAuth:
                 raise CertificateError(
                     f"node {addr} does not prove membership of cluster {cid}: {exc}"
                 ) from None
+        if self.expect and cid != self.expect:
+            raise CertificateError(
+                f"node {addr} is of cluster {cid}, not {self.expect or 'the one'} your "
+                "credential is for (--anonymous to read it without your credential)"
+            )
         self.secure, self.cluster = True, cid
         if self.anonymous:
             return

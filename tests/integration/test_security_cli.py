@@ -222,3 +222,53 @@ def test_json_after_a_security_command_is_accepted_like_after_any_other(
     ok(sector_cli("cluster", "init", "--admin-dir", admin, env=env))
     info = json.loads(ok(sector_cli("user", "add", "bob", "--admin-dir", admin, "--json", env=env)))
     assert info["user"] == "bob"
+
+
+def test_a_logged_in_user_is_never_downgraded_to_plain_tcp_or_another_cluster(
+    up: Up, tmp_path_factory: pytest.TempPathFactory, sector_cli: Cli, tmp_path: Path
+) -> None:
+    """Issue 11, point 1: with only a stored login (no --token), a client that found an
+    open node at the address it logged in through fell back to plain TCP without a word
+    (whoami "anonymous on an open cluster", a put exiting 0). A login is remembered with
+    its address; there the client insists on TLS and on that cluster."""
+    from sector.testing.cluster import ProcCluster
+
+    cred = ok(up.cli("user", "add", "hana", "--write", "/h")).strip()
+    cid = json.loads((up.home / "cluster" / "cluster.json").read_text())["cluster"]
+    home = tmp_path_factory.mktemp("hana-home")
+    env = {"SECTOR_HOME": str(home)}
+    ok(sector_cli("login", cred, cluster=up.address, env=env))
+    stored = home / "credentials" / f"{cid}.json"
+    doc = json.loads(stored.read_text())
+    assert doc["addresses"] == [up.address]
+
+    f = tmp_path / "f.txt"
+    f.write_bytes(b"secret\n")
+    with ProcCluster(tmp_path / "open") as imposter:  # plain TCP, at an address ...
+        imposter.start(1)
+        # ... where hana once logged in (as if the host had been taken over).
+        doc["addresses"].append(imposter.address)
+        stored.write_text(json.dumps(doc))
+        for args in (("whoami",), ("put", str(f), "/h/f.txt"), ("ls", "/")):
+            r = sector_cli(*args, cluster=imposter.address, env=env)
+            err = assert_one_error_line(r, "sector: error: ")
+            assert "TLS" in err, err
+        with imposter.connect() as c:
+            assert not c.exists("/h/f.txt")
+        r = sector_cli("--anonymous", "whoami", cluster=imposter.address, env=env)
+        assert ok(r).strip() == "anonymous on an open cluster"
+
+    # A node of another secure cluster at that address must prove it is of hana's.
+    with ProcCluster(tmp_path / "other", secure=True) as other:
+        other.start(1)
+        doc["addresses"].append(other.address)
+        stored.write_text(json.dumps(doc))
+        err = assert_one_error_line(
+            sector_cli("whoami", cluster=other.address, env=env), "sector: error: "
+        )
+        assert f"not {cid}" in err, err
+    # Where she logged in, all is as before.
+    assert (
+        json.loads(ok(sector_cli("whoami", "--json", cluster=up.address, env=env)))["user"]
+        == "hana"
+    )
