@@ -332,6 +332,10 @@ class RepairWorker(Worker):
             cur = await self.node.meta.get(path)
             if not isinstance(cur, FileRecord) or cur.blob != blob:
                 return {"queued": False, "owner": self.node.addr, "stale": True}
+        if check and not isinstance(await self.node.meta.get(path), FileRecord):
+            # A client's report of a path with no file: nothing to repair, and nothing
+            # to keep in the (persisted) queue -- anyone may report.
+            return {"queued": False, "owner": self.node.addr, "missing": True}
         if node_id and check and await self._copy_is_good(path, node_id):
             return {"queued": False, "owner": self.node.addr, "health": "ok"}
         reason = f"bad copy on {node_id[:8]}" if node_id else "reported"

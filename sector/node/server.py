@@ -133,6 +133,10 @@ class Node:
     def voters(self) -> int:
         return self.quorum.voters()
 
+    def _is_member(self, node_id: str, addr: str) -> bool:
+        m = self.members.get(node_id)
+        return m is not None and m.addr == addr
+
     def quorum_refusal(self) -> str | None:
         return self.quorum.refusal()
 
@@ -225,6 +229,7 @@ class Node:
             self.pool,
             me=(to_hex(nid), addr),
             suspect=self.members.suspect,
+            is_member=self._is_member,
         )
         self.fs = FsService(self)
         self.repair = RepairWorker(

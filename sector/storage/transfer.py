@@ -34,6 +34,7 @@ from sector.errors import (
     AlreadyExists,
     BadRequest,
     ChecksumMismatch,
+    PermissionDenied,
     SectorError,
     TransportError,
     from_wire,
@@ -85,12 +86,14 @@ class BlobService:
         *,
         me: tuple[str, str],
         suspect: Callable[[str], None],
+        is_member: Callable[[str, str], bool] = lambda nid, addr: True,
     ) -> None:
         self.blobs = blobs
         self.inventory = inventory
         self.pool = pool
         self.me = me
         self.suspect = suspect
+        self.is_member = is_member  # (node id, address) is a member of the cluster
         # fsyncs of many small blobs at once: each waits on the disk, not the CPU, so a
         # pool wider than the default (cores + 4) keeps a burst of puts from queueing.
         self.io = ThreadPoolExecutor(32, thread_name_prefix="blob-io")
@@ -152,6 +155,13 @@ class BlobService:
             if not req.path:
                 raise BadRequest("a blob write from a client must name its file's path")
             guard.write(rec.normalize(req.path))
+            # The chain a client names is dialled by this node: only the cluster's own
+            # nodes, or a user could have it probe any address (a port scan).
+            for nid, addr in req.chain:
+                if not self.is_member(nid, addr):
+                    raise PermissionDenied(
+                        f"permission denied: {addr!r:.80} is not a node of this cluster"
+                    )
             new = True
         if new and self.blobs.exists(blob):
             raise AlreadyExists(f"blob {blob} exists")
@@ -160,7 +170,12 @@ class BlobService:
     def _check_read(self, blob: str) -> None:
         """Reading a blob is reading its files: checked only where paths are private."""
         if guard.private_reads():
-            for p in self.inventory.paths(blob):
+            paths = self.inventory.paths(blob)
+            if not paths and not guard.is_admin():
+                # Which file this is, nothing here says: where some paths are private,
+                # such a copy (adopted, of an older writer) is for nodes and admins.
+                raise PermissionDenied(f"permission denied: blob {blob} has no known file")
+            for p in paths:
                 guard.read(p)
 
     @typed(Put)

@@ -1147,3 +1147,45 @@ def test_a_joining_node_serves_users_only_once_it_has_the_policy(tmp_path: Path)
         cl._wait_ready(node)
         with cl.connect() as admin:
             assert not admin.exists("/gail/in")
+
+
+def test_a_stranger_cannot_make_a_node_dial_fill_its_queue_or_read_a_pathless_blob(
+    cluster: ProcCluster, admin: sector.Client
+) -> None:
+    """Issue 11, point 6: a user with a write grant could make a node dial any address
+    through a put's chain (a port-scan primitive); an anonymous repair.report queued
+    any path in the owners' persisted queues; a blob with no known path was readable
+    by anyone who knew its id where paths are private."""
+    tok = cluster.token("jude", write=["/jude"])
+    with sector.connect(cluster.address, token=tok) as c:
+        args = {
+            "blob": new_blob_id(),
+            "data": b"x",
+            "path": "/jude/x",
+            "chain": [["a" * 40, "127.0.0.1:9"]],
+        }
+        with pytest.raises(PermissionDenied, match="is not a node of this cluster"):
+            c._run(c._aio.pool.call(cluster.address, "blob.put_small", args))
+    with sector.connect(cluster.address, anonymous=True) as anon:
+        for k in range(3):
+            rep = anon._run(
+                anon._aio.pool.call(cluster.address, "repair.report", {"path": f"/none/{k}"})
+            )
+            assert rep["queued"] is False and rep["missing"] is True, rep
+
+    if "/nowhere" not in admin.policy()["private"]:  # some path private (any will do)
+        change_policy(cluster, cluster.nodes[0], lambda p: tokens.restrict(p, "/nowhere"))
+    node = cluster.nodes[0]
+    blob = new_blob_id()
+    where = node.data / "blobs" / blob[:2]
+    where.mkdir(parents=True, exist_ok=True)
+    (where / blob).write_bytes(b"a copy nothing names\n")
+    admin._run(admin._aio.pool.call(node.address, "scrub.now", {}))  # adopts it, pathless
+    with sector.connect(node.address, anonymous=True) as a:
+        kind, msg = refusal(blob_get(a, node.address, blob))
+        assert (kind, msg) == (
+            "PermissionDenied",
+            f"permission denied: blob {blob} has no known file",
+        )
+    head = blob_get(admin, node.address, blob)  # an admin may read anything
+    assert head.e is None and head.r["size"] == len(b"a copy nothing names\n")
