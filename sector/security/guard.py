@@ -129,6 +129,10 @@ class NodeAuth:
             if cn.startswith("node:") and cn[5:] not in self.policy.removed_nodes:
                 session.identity = Identity.node(cn[5:])
 
+    def identified(self, session: Session) -> bool:
+        ident = session.identity
+        return isinstance(ident, Identity) and ident.kind in ("node", "user")
+
     def hello(self, session: Session, args: dict[str, Any]) -> Any:
         token = decode(Hello, args).token
         grant = self._verified.get(token)

@@ -33,6 +33,7 @@ BulkHandler = Callable[[dict[str, Any], BulkChannel], Awaitable[Any]]
 
 MAX_HELLOS = 4  # per connection: a client says hello once
 TLS_RECORD = b"\x16\x03"  # the first bytes of a TLS ClientHello
+STRANGER_MAX_FRAME = 1 << 20  # bytes of one frame from a connection not yet identified
 
 
 @dataclass(slots=True)
@@ -66,6 +67,10 @@ class Authenticator(Protocol):
 
     def authorize(self, op: str) -> None:
         """Raise if the caller (``current_session``) may not call ``op`` at all."""
+
+    def identified(self, session: Session) -> bool:
+        """Whether the connection is a node's or a user's (not a stranger's)."""
+        ...
 
 
 class _PeerBudget:
@@ -206,7 +211,13 @@ class Server:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, sess: Session
     ) -> None:
         peer = writer.get_extra_info("peername")
-        dec = FrameDecoder(self.max_frame)
+        # A stranger's connection (on a node that checks identities) may send only
+        # small frames until it says who it is: a request it may make is small, and
+        # a frame declared larger is refused at its header, before any byte of it is
+        # held (many strangers half-sending 16 MiB frames took a node to 1 GiB).
+        auth = self.authenticator
+        stranger = auth is not None and not auth.identified(sess)
+        dec = FrameDecoder(min(self.max_frame, STRANGER_MAX_FRAME) if stranger else self.max_frame)
         inflight = asyncio.Semaphore(self.max_inflight)
         cork = Cork(writer)
         tasks: set[asyncio.Task[None]] = set()
@@ -268,6 +279,8 @@ class Server:
                             return
                         cork.write(self._hello(env, sess))
                         cork.flush()
+                        if auth is not None and auth.identified(sess):
+                            dec.max_frame = self.max_frame
                         continue
                     if op in self.bulk_handlers:
                         chan = BulkChannel(

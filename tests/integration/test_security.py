@@ -1189,3 +1189,27 @@ def test_a_stranger_cannot_make_a_node_dial_fill_its_queue_or_read_a_pathless_bl
         )
     head = blob_get(admin, node.address, blob)  # an admin may read anything
     assert head.e is None and head.r["size"] == len(b"a copy nothing names\n")
+
+
+def test_a_stranger_may_send_only_small_frames_until_it_says_who_it_is(
+    cluster: ProcCluster,
+) -> None:
+    """Issue 11, point 4: strangers each declaring a 16 MiB frame and sending most of it
+    held a node's memory. A connection not yet identified may send frames of 1 MiB at
+    most: a larger one is refused at its 4-byte header. After a hello, the node's usual
+    limit applies."""
+    node = cluster.nodes[0].address
+    big = {"path": "/", "pad": "x" * (2 << 20)}  # 2 MiB: over a stranger's limit
+    with tls_socket(node) as s:
+        s.sendall((16 << 20).to_bytes(4, "big") + b"\x00" * 4096)
+        assert read_envelope(s) is None  # closed at the header, nothing buffered
+    with tls_socket(node) as s:
+        s.sendall(codec.request(1, "fs.stat", big))
+        assert read_envelope(s) is None
+    with tls_socket(node) as s:  # small requests of strangers are served as before
+        assert raw_call(s, "fs.stat", {"path": "/"}).e is None
+    tok = cluster.token("kim", write=["/kim"])
+    with tls_socket(node) as s:
+        assert raw_call(s, "auth.hello", {"token": tok}).e is None
+        env = raw_call(s, "fs.stat", big, i=2)
+        assert env.e is None and env.r["path"] == "/"
