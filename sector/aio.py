@@ -108,9 +108,6 @@ class Worker:
         """Run a pass soon (after ``coalesce``), not at the end of the wait."""
         self._wake.set()
 
-    def started(self) -> bool:
-        return self._task is not None
-
     async def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._loop(), name=self.name)

@@ -292,7 +292,7 @@ class FsService:
                 raise AlreadyExists("/ already exists")
             return
         todo = [path]  # the levels still to make and link, the deepest first
-        made: list[str] = []  # records this call created
+        made: list[str] = []  # records this call created, the deepest first
         linked: list[str] = []  # ... and entered into their parent
         try:
             while todo:
@@ -324,7 +324,7 @@ class FsService:
         """Undo an ensure_dir that failed, deepest first: each directory it made goes,
         then its entry. One that is no longer empty (another client's mkdir -p used
         it meanwhile) stays, with its entry, and so do its ancestors."""
-        for p in sorted(made, key=len, reverse=True):
+        for p in made:  # in the order made: the deepest first
             try:
                 await self.node.meta.call(p, "delete")
                 if p in linked:

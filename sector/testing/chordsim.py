@@ -49,6 +49,24 @@ __all__ = ["ChordSim"]
 T = TypeVar("T")
 
 
+def peer(i: int) -> Peer:
+    """A peer of id ``i`` with a made-up address (unit tests of the ring)."""
+    return Peer(i, f"h{i}:1")
+
+
+def ring_state(me: int, ids: list[int], r: int = 3) -> ChordState:
+    """The converged state of node ``me`` in a ring of ``ids`` (no fingers)."""
+    ids = sorted(ids)
+    j = ids.index(me)
+    st = ChordState(peer(me), succ_list_len=r)
+    st.create()
+    n = len(ids)
+    st.successors = [peer(ids[(j + k) % n]) for k in range(1, min(r, n - 1) + 1)]
+    st.predecessor = peer(ids[j - 1]) if n > 1 else None
+    st.validate_state()
+    return st
+
+
 class ChordSim:
     """A ring of simulated nodes driven in rounds.
 

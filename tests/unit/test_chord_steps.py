@@ -10,7 +10,7 @@ import pytest
 
 from sector.errors import BadRequest, ClusterError, ConnectError
 from sector.ids import finger_start, to_hex
-from sector.routing.chord import ChordState, Peer
+from sector.routing.chord import ChordState
 from sector.routing.messages import GetState, Leaving, NextHop, NodeState, Notify, Ping
 from sector.routing.steps import (
     Call,
@@ -21,23 +21,8 @@ from sector.routing.steps import (
     MergeProbe,
     Stabilize,
 )
-
-
-def P(i: int) -> Peer:
-    return Peer(i, f"h{i}:1")
-
-
-def ring_state(me: int, ids: list[int], r: int = 3) -> ChordState:
-    """The converged state of node me in a ring of ids (no fingers)."""
-    ids = sorted(ids)
-    j = ids.index(me)
-    st = ChordState(P(me), succ_list_len=r)
-    st.create()
-    n = len(ids)
-    st.successors = [P(ids[(j + k) % n]) for k in range(1, min(r, n - 1) + 1)]
-    st.predecessor = P(ids[j - 1]) if n > 1 else None
-    return st
-
+from sector.testing.chordsim import peer as P
+from sector.testing.chordsim import ring_state
 
 # -- steps: the protocol's sequencing, driven by hand (no network) ------------------------
 
