@@ -1204,8 +1204,12 @@ def test_a_stranger_may_send_only_small_frames_until_it_says_who_it_is(
         s.sendall((16 << 20).to_bytes(4, "big") + b"\x00" * 4096)
         assert read_envelope(s) is None  # closed at the header, nothing buffered
     with tls_socket(node) as s:
-        s.sendall(codec.request(1, "fs.stat", big))
-        assert read_envelope(s) is None
+        try:
+            s.sendall(codec.request(1, "fs.stat", big))
+        except OSError:
+            pass  # closed at the header while the rest was still going out
+        else:
+            assert read_envelope(s) is None
     with tls_socket(node) as s:  # small requests of strangers are served as before
         assert raw_call(s, "fs.stat", {"path": "/"}).e is None
     tok = cluster.token("kim", write=["/kim"])
