@@ -34,6 +34,16 @@ class NodeConfig:
     rpc_timeout: float = 10.0
     max_frame: int = 16 << 20  # control frames only; bulk data never travels in frames
     stall_timeout: float = 10.0  # a frame must arrive whole this long after its first byte
+    # Connections: a stranger (not yet a node or a user) costs an attacker nothing, so
+    # strangers get a quarter of the slots, and a quarter of those per address, counted
+    # before their TLS handshake, and are closed after 30 s idle; identified ones always
+    # find a slot.
+    max_connections: int = 1024
+    max_strangers: int = 256
+    stranger_idle_timeout: float = 30.0
+    # Bytes of requests held (being read or being handled), node-wide: a 16 MiB frame
+    # each from 16 peers at once; 64 MiB per address, 32 MiB for all strangers.
+    input_budget: int = 256 << 20
     min_free: int = 64 << 20  # a node with less free space takes no new replicas
     quota: int | None = None  # cap on bytes this node stores (None = the disk)
     # Repair (issue 3): two files at a time keeps a recovering cluster serving reads;

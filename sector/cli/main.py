@@ -182,6 +182,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="close a connection whose frame stalls this long (default 10)",
     )
     s.add_argument(
+        "--max-connections",
+        metavar="N",
+        type=arg_type(positive_int),
+        default=None,
+        help="connections this node holds at most (default 1024)",
+    )
+    s.add_argument(
+        "--max-strangers",
+        metavar="N",
+        type=arg_type(positive_int),
+        default=None,
+        help="of them, not yet identified as a node or user (default 256; 64 per address)",
+    )
+    s.add_argument(
+        "--stranger-idle-timeout",
+        metavar="SECONDS",
+        type=float,
+        default=None,
+        help="close an unidentified connection idle this long (default 30)",
+    )
+    s.add_argument(
+        "--input-budget",
+        metavar="BYTES",
+        type=arg_type(parse_size),
+        default=None,
+        help="bytes of requests the node holds at once, all peers together (default 256M)",
+    )
+    s.add_argument(
         "--repair-rate",
         metavar="BYTES",
         type=arg_type(parse_size),
@@ -362,6 +390,10 @@ def _node(args: argparse.Namespace) -> int:
                 ("engines", args.engines),
                 ("audit_interval", args.audit_interval),
                 ("tls", args.tls),
+                ("max_connections", args.max_connections),
+                ("max_strangers", args.max_strangers),
+                ("stranger_idle_timeout", args.stranger_idle_timeout),
+                ("input_budget", args.input_budget),
             )
             if v is not None
         },

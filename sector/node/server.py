@@ -103,6 +103,11 @@ class Node:
             {},
             max_frame=cfg.max_frame,
             stall_timeout=cfg.stall_timeout,
+            max_connections=cfg.max_connections,
+            max_strangers=cfg.max_strangers,
+            max_strangers_per_peer=max(1, cfg.max_strangers // 4),
+            stranger_idle_timeout=cfg.stranger_idle_timeout,
+            max_input_bytes=cfg.input_budget,
             ssl=sec.server_ctx if sec else None,
             authenticator=sec.auth if sec else None,
         )
@@ -568,4 +573,6 @@ class Node:
                 "merges": self.driver.merges,
             },
             "partition": self.quorum.view(),
+            # Slots and buffered input (transport/admission.py): a flood shows here.
+            "connections": {**self.server.admission.counts(), "input": self.server.input.total},
         }

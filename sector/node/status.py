@@ -17,9 +17,10 @@ from typing import Any
 
 def hide_insides(info: dict[str, Any]) -> dict[str, Any]:
     """A node's info as a stranger may see it (changed in place): no data directory,
-    no pid, and no worker's last error (which can name private paths)."""
+    no pid, no connection counts, and no worker's last error (which can name private paths)."""
     info.pop("data", None)
     info.pop("pid", None)
+    info.pop("connections", None)
     for w in info.get("workers") or []:
         if isinstance(w, dict):
             w.pop("last_error", None)

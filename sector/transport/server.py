@@ -14,13 +14,13 @@ import contextlib
 import functools
 import logging
 import ssl as _ssl
-from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from sector.errors import BadRequest, ProtocolError, SectorError, TransportError, to_wire
+from sector.transport.admission import Admission, InputBudget, Refused
 from sector.transport.bulk import BulkChannel
 from sector.transport.tcp import HELLO, READ_CHUNK, STREAM_LIMIT, Cork, tune
 from sector.wire import codec
@@ -73,43 +73,39 @@ class Authenticator(Protocol):
         ...
 
 
-class _PeerBudget:
-    """Bytes of requests read from one peer host and not yet answered, capped.
+class _Gate(asyncio.Protocol):
+    """The first protocol of every accepted connection. It stops the transport before
+    a byte is read and asks the server for a slot: a refused connection is closed with
+    no TLS handshake paid for; an admitted one goes to its task (``Server._on_conn``)."""
 
-    A peer that floods a node with large requests (on one connection or many) stops
-    being read once it has ``limit`` bytes in flight, until its handlers finish: TCP
-    back-pressure then holds it. A single request larger than the budget still runs
-    when nothing else of that peer is in flight, so no legal frame is refused.
-    """
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.task: asyncio.Task[None] | None = None
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.used: Counter[str] = Counter()
-        self._freed: dict[str, asyncio.Event] = {}
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.pause_reading()
+        self.server._admit(self, transport)
 
-    async def acquire(self, host: str, n: int) -> None:
-        while self.used[host] > 0 and self.used[host] + n > self.limit:
-            ev = self._freed.setdefault(host, asyncio.Event())
-            ev.clear()
-            await ev.wait()
-        self.used[host] += n
-
-    def done(self, host: str, n: int, _task: object) -> None:
-        self.release(host, n)
-
-    def release(self, host: str, n: int) -> None:
-        self.used[host] -= n
-        if self.used[host] <= 0:
-            del self.used[host]
-        ev = self._freed.get(host)
-        if ev is not None:
-            ev.set()
-            if host not in self.used:
-                del self._freed[host]
+    def close(self) -> None:
+        """Evicted: end the connection, whatever stage it is at."""
+        if self.task is not None:
+            self.task.cancel()
+        elif self.transport is not None:
+            self.transport.abort()
 
 
 class Server:
-    """Serves a handler table on one TCP port (port 0 = ephemeral)."""
+    """Serves a handler table on one TCP port (port 0 = ephemeral).
+
+    Connection slots and input bytes are budgeted (``transport/admission.py``): on a
+    node that checks identities (an ``authenticator``), connections that have not yet
+    said who they are get ``max_strangers`` slots (``max_strangers_per_peer`` from one
+    address), counted before their TLS handshake, and are closed when idle for
+    ``stranger_idle_timeout``; identified ones always find a slot.
+    """
 
     def __init__(
         self,
@@ -119,10 +115,15 @@ class Server:
         max_frame: int = codec.DEFAULT_MAX_FRAME,
         stall_timeout: float = 10.0,
         idle_timeout: float = 600.0,
+        stranger_idle_timeout: float = 30.0,
         max_connections: int = 1024,
         max_connections_per_peer: int = 256,
+        max_strangers: int = 256,
+        max_strangers_per_peer: int = 64,
         max_inflight_per_conn: int = 128,
         max_inflight_bytes_per_peer: int = 64 << 20,
+        max_input_bytes: int = 256 << 20,
+        max_stranger_input_bytes: int = 32 << 20,
         ssl: _ssl.SSLContext | None = None,
         authenticator: Authenticator | None = None,
     ) -> None:
@@ -131,29 +132,32 @@ class Server:
         self.max_frame = max_frame
         self.stall_timeout = stall_timeout
         self.idle_timeout = idle_timeout
+        self.stranger_idle_timeout = stranger_idle_timeout
         self.max_inflight = max_inflight_per_conn
-        self._conn_slots = asyncio.Semaphore(max_connections)
-        self.max_per_peer = max_connections_per_peer
-        self._per_peer: Counter[str] = Counter()
-        self._budget = _PeerBudget(max_inflight_bytes_per_peer)
+        self.admission = Admission(
+            total=max_connections,
+            per_source=max_connections_per_peer,
+            strangers=max_strangers,
+            strangers_per_source=max_strangers_per_peer,
+        )
+        self.input = InputBudget(
+            per_peer=max_inflight_bytes_per_peer,
+            node=max_input_bytes,
+            strangers=max_stranger_input_bytes,
+        )
+        self._input_freed = asyncio.Event()
         self._ssl = ssl
         self.authenticator = authenticator
         self._server: asyncio.Server | None = None
         self._conns: set[asyncio.Task[None]] = set()
+        self._refusals_logged = 0.0  # loop time of the last refusal logged
+        self._refusals_unlogged = 0
         self.address = ""
         self.stats = {"connections": 0, "requests": 0, "protocol_errors": 0}
 
     async def start(self, host: str, port: int) -> str:
-        self._server = await asyncio.start_server(
-            self._on_conn,
-            host,
-            port,
-            ssl=self._ssl,
-            limit=STREAM_LIMIT,
-            backlog=1024,
-            # A TLS handshake that stalls is a slow-loris too.
-            ssl_handshake_timeout=self.stall_timeout if self._ssl else None,
-        )
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: _Gate(self), host, port, backlog=1024)
         sock = self._server.sockets[0]
         bound = sock.getsockname()
         self.address = f"{host}:{bound[1]}"
@@ -170,58 +174,128 @@ class Server:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 2.0)
 
-    async def _on_conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _admit(self, gate: _Gate, transport: asyncio.Transport) -> None:
+        peername = transport.get_extra_info("peername")
+        host = str(peername[0]) if isinstance(peername, tuple) else str(peername)
+        try:
+            victim = self.admission.admit(gate, host)
+        except Refused as exc:
+            self._log_refusal(host, exc)
+            transport.abort()
+            return
+        if victim is not None:
+            assert isinstance(victim, _Gate)
+            victim.close()
+        if self.authenticator is None:
+            self.admission.identified(gate)  # an open node: nobody is a stranger
+        gate.task = asyncio.get_running_loop().create_task(self._on_conn(gate, transport, host))
+        self._conns.add(gate.task)
+
+    def _log_refusal(self, host: str, exc: Refused) -> None:
+        """One line per few seconds at most: a flood must not fill the log too."""
+        now = asyncio.get_running_loop().time()
+        self._refusals_unlogged += 1
+        if now - self._refusals_logged >= 5.0:
+            log.warning(
+                "refusing a connection from %s: %s (%d refused since the last such line)",
+                host,
+                exc,
+                self._refusals_unlogged,
+            )
+            self._refusals_logged, self._refusals_unlogged = now, 0
+
+    async def _on_conn(self, gate: _Gate, raw: asyncio.Transport, host: str) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._conns.add(task)
-        peername = writer.get_extra_info("peername")
-        host = str(peername[0]) if isinstance(peername, tuple) else str(peername)
-        self._per_peer[host] += 1
+        loop = asyncio.get_running_loop()
+        transport = raw
+        writer: asyncio.StreamWriter | None = None
         try:
-            if self._conn_slots.locked() or self._per_peer[host] > self.max_per_peer:
-                log.warning("connection limit reached; refusing %s", peername)
-                writer.close()
-                return
-            async with self._conn_slots:
-                self.stats["connections"] += 1
-                tune(writer.get_extra_info("socket"))
-                sess = Session(
-                    peer=f"{host}:{peername[1]}" if isinstance(peername, tuple) else host,
-                    host=host,
-                )
-                sslobj = writer.get_extra_info("ssl_object")
-                if sslobj is not None:
-                    sess.tls = True
-                    sess.peer_cert = sslobj.getpeercert(binary_form=True)
-                if self.authenticator is not None:
-                    self.authenticator.on_connect(sess)
-                await self._serve(reader, writer, sess)
+            self.stats["connections"] += 1
+            tune(raw.get_extra_info("socket"))
+            reader = asyncio.StreamReader(limit=STREAM_LIMIT)
+            proto = asyncio.StreamReaderProtocol(reader)
+            if self._ssl is not None:
+                try:
+                    # A TLS handshake that stalls is a slow-loris too.
+                    tls = await loop.start_tls(
+                        raw,
+                        proto,
+                        self._ssl,
+                        server_side=True,
+                        ssl_handshake_timeout=self.stall_timeout,
+                    )
+                except (OSError, _ssl.SSLError, TimeoutError, ConnectionError) as exc:
+                    log.debug("TLS handshake with %s failed: %s", host, exc)
+                    return
+                assert tls is not None
+                transport = tls
+            else:
+                raw.set_protocol(proto)
+            proto.connection_made(transport)
+            if self._ssl is None:
+                raw.resume_reading()
+            writer = asyncio.StreamWriter(transport, proto, reader, loop)
+            peername = writer.get_extra_info("peername")
+            sess = Session(
+                peer=f"{host}:{peername[1]}" if isinstance(peername, tuple) else host,
+                host=host,
+            )
+            sslobj = writer.get_extra_info("ssl_object")
+            if sslobj is not None:
+                sess.tls = True
+                sess.peer_cert = sslobj.getpeercert(binary_form=True)
+            if self.authenticator is not None:
+                self.authenticator.on_connect(sess)
+                if self.authenticator.identified(sess):
+                    self.admission.identified(gate)
+            await self._serve(reader, writer, sess, gate)
         except asyncio.CancelledError:
             pass
         finally:
-            self._per_peer[host] -= 1
-            if self._per_peer[host] <= 0:
-                del self._per_peer[host]
+            self.admission.release(gate)
             self._conns.discard(task)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(writer.wait_closed(), 1.0)
+            transport.close()
+            if writer is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(writer.wait_closed(), 1.0)
+
+    async def _reserve(
+        self, writer: asyncio.StreamWriter, host: str, n: int, stranger: bool
+    ) -> None:
+        """Reserve ``n`` input bytes, not reading the connection while they do not fit."""
+        if not self.input.fits(host, n, stranger):
+            async with _not_reading(writer):
+                while not self.input.fits(host, n, stranger):
+                    self._input_freed.clear()
+                    await self._input_freed.wait()
+        self.input.take(host, n, stranger)
+
+    def _give_back(self, host: str, n: int, stranger: bool, *_task: object) -> None:
+        self.input.give_back(host, n, stranger)
+        self._input_freed.set()
 
     async def _serve(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, sess: Session
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        sess: Session,
+        gate: _Gate,
     ) -> None:
         peer = writer.get_extra_info("peername")
+        host = sess.host
         # A stranger's connection (on a node that checks identities) may send only
         # small frames until it says who it is: a request it may make is small, and
         # a frame declared larger is refused at its header, before any byte of it is
         # held (many strangers half-sending 16 MiB frames took a node to 1 GiB).
-        auth = self.authenticator
-        stranger = auth is not None and not auth.identified(sess)
+        stranger = self.admission.is_stranger(gate)
         dec = FrameDecoder(min(self.max_frame, STRANGER_MAX_FRAME) if stranger else self.max_frame)
         inflight = asyncio.Semaphore(self.max_inflight)
         cork = Cork(writer)
         tasks: set[asyncio.Task[None]] = set()
         closing = asyncio.Event()
+        held = 0  # input bytes reserved for the frame being read
+        held_as_stranger = False
         try:
             frame_started: float | None = None
             first = True
@@ -236,9 +310,9 @@ class Server:
                     timeout = max(0.0, frame_started + self.stall_timeout - loop.time())
                 else:
                     frame_started = None
+                    timeout = self.stranger_idle_timeout if stranger else self.idle_timeout
                     # A connection that has said nothing yet gets little time to start:
                     # idle slots held open by strangers would lock out real clients.
-                    timeout = self.idle_timeout
                     if first:
                         timeout = min(timeout, self.stall_timeout * 3)
                 try:
@@ -247,6 +321,9 @@ class Server:
                     if dec.pending:
                         log.warning("closing %s: frame stalled for %g s", peer, self.stall_timeout)
                         self.stats["protocol_errors"] += 1
+                        return
+                    if tasks:
+                        continue  # not idle: its requests are still being answered
                     return
                 except (ConnectionError, OSError):
                     return
@@ -266,23 +343,41 @@ class Server:
                         log.warning("closing %s: %s", peer, exc)
                         return
                     if env is None:
+                        need = dec.expecting
+                        if need is not None and not held:
+                            # Reserve the frame's bytes at its header, before its body
+                            # is read: half-sent frames count against the budgets too.
+                            await self._reserve(writer, host, need, stranger)
+                            held, held_as_stranger = need, stranger
+                            frame_started = loop.time()  # the wait was ours, not the peer's
                         break
+                    size = dec.last_size
+                    if not held:  # the whole frame came in one read
+                        await self._reserve(writer, host, size, stranger)
+                        held, held_as_stranger = size, stranger
+                    size_as_stranger, held = held_as_stranger, 0
                     if not env.is_request:
                         self.stats["protocol_errors"] += 1
                         log.warning("closing %s: a reply frame where a request was expected", peer)
+                        self._give_back(host, size, size_as_stranger)
                         return
                     op = env.op or ""
                     if op == HELLO:
+                        self._give_back(host, size, size_as_stranger)
                         sess.hellos += 1
                         if sess.hellos > MAX_HELLOS:  # each costs a signature check
                             log.warning("closing %s: %d auth.hello", peer, sess.hellos)
                             return
                         cork.write(self._hello(env, sess))
                         cork.flush()
-                        if auth is not None and auth.identified(sess):
+                        auth = self.authenticator
+                        if stranger and auth is not None and auth.identified(sess):
+                            stranger = False
+                            self.admission.identified(gate)
                             dec.max_frame = self.max_frame
                         continue
                     if op in self.bulk_handlers:
+                        self._give_back(host, size, size_as_stranger)
                         chan = BulkChannel(
                             reader,
                             writer,
@@ -292,14 +387,20 @@ class Server:
                         )
                         await self._run_bulk(env, chan, sess)
                         return
-                    await inflight.acquire()
-                    size = dec.last_size
-                    await self._budget.acquire(sess.host, size)
+                    if inflight.locked():
+                        async with _not_reading(writer):
+                            await inflight.acquire()
+                    else:
+                        await inflight.acquire()
                     t = asyncio.create_task(self._run(env, writer, cork, inflight, closing, sess))
-                    t.add_done_callback(functools.partial(self._budget.done, sess.host, size))
+                    t.add_done_callback(
+                        functools.partial(self._give_back, host, size, size_as_stranger)
+                    )
                     tasks.add(t)
                     t.add_done_callback(tasks.discard)
         finally:
+            if held:
+                self._give_back(host, held, held_as_stranger)
             for t in tasks:
                 t.cancel()
 
@@ -373,6 +474,22 @@ class Server:
             current_session.reset(token)
         with contextlib.suppress(ConnectionError, OSError, TransportError):
             await chan.write(frame)
+
+
+@contextlib.asynccontextmanager
+async def _not_reading(writer: asyncio.StreamWriter) -> AsyncIterator[None]:
+    """Stop reading the connection meanwhile: what the peer sends waits in the kernel's
+    buffers (TCP holds it back), not in ours."""
+    transport = writer.transport
+    assert isinstance(transport, asyncio.Transport)
+    was = transport.is_reading()
+    if was:
+        transport.pause_reading()
+    try:
+        yield
+    finally:
+        if was and not transport.is_closing():
+            transport.resume_reading()
 
 
 def _error_reply(env: Envelope, exc: Exception, what: str) -> bytes:

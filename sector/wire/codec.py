@@ -82,6 +82,11 @@ class FrameDecoder:
         """True while part of a frame has arrived (a stall here is a slow-loris)."""
         return bool(self._buf) or self._need is not None
 
+    @property
+    def expecting(self) -> int | None:
+        """Body bytes of the frame being read, once its header is in (else None)."""
+        return self._need
+
     def feed(self, data: bytes | bytearray | memoryview) -> list[Envelope]:
         """Take in bytes and decode every whole frame they complete."""
         self.push(data)

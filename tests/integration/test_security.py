@@ -39,8 +39,9 @@ from sector.security.pki import ClusterCA
 from sector.sphere import tsjob
 from sector.storage.blobs import new_blob_id
 from sector.testing.cluster import NodeProc, ProcCluster, wait_for
+from sector.testing.raw import raw_call, read_envelope, split, tls_socket
 from sector.wire import codec
-from sector.wire.codec import Envelope, FrameDecoder
+from sector.wire.codec import Envelope
 
 DEADLINE = 20.0  # for anything that spreads (the policy is pushed at once, pulled every ~5 s)
 IO_TIMEOUT = 10.0
@@ -112,43 +113,6 @@ def settled_snapshot(cluster: ProcCluster, admin: sector.Client) -> tuple[Any, A
         return snap
 
     return wait_for(settled, timeout=60, what="every file at R copies, and no stray blob")
-
-
-def split(addr: str) -> tuple[str, int]:
-    host, port = addr.rsplit(":", 1)
-    return host, int(port)
-
-
-def tls_socket(addr: str, ctx: ssl.SSLContext | None = None) -> ssl.SSLSocket:
-    raw = socket.create_connection(split(addr), timeout=IO_TIMEOUT)
-    try:
-        return (ctx or pki.user_client_context()).wrap_socket(raw)
-    except BaseException:
-        raw.close()
-        raise
-
-
-def read_envelope(sock: socket.socket) -> Envelope | None:
-    """The next frame the node sends, or None if it closes the connection first."""
-    dec = FrameDecoder()
-    while True:
-        try:
-            data = sock.recv(65536)
-        except (ConnectionResetError, ssl.SSLError):
-            return None
-        if not data:
-            return None
-        envs = dec.feed(data)
-        if envs:
-            return envs[0]
-
-
-def raw_call(sock: socket.socket, op: str, args: dict[str, Any], i: int = 1) -> Envelope:
-    sock.sendall(codec.request(i, op, args))
-    env = read_envelope(sock)
-    assert env is not None, f"{op}: the node closed the connection without a reply"
-    assert env.i == i
-    return env
 
 
 def hello(addr: str, token: str) -> Envelope:

@@ -147,6 +147,14 @@ async def read_envelope(reader: asyncio.StreamReader) -> Envelope:
     return env
 
 
+async def until(pred: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait for ``pred()`` to hold, failing the test past ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -659,7 +667,7 @@ def test_a_peer_with_its_byte_budget_in_flight_is_not_read_until_a_request_finis
                 await asyncio.sleep(0.01)
             h.gates.setdefault("b", asyncio.Event()).set()
             assert await second == "b"
-            assert not server._budget.used  # every byte given back
+            assert not server.input.used  # every byte given back
 
     run(main())
 
@@ -675,10 +683,56 @@ def test_connections_past_the_per_peer_limit_are_closed_and_the_rest_served() ->
             _, hw = held.pop()
             hw.close()
             await hw.wait_closed()
-            while len(server._per_peer) and server._per_peer[host] > 1:
+            while len(server.admission) > 1:
                 await asyncio.sleep(0.01)
             assert await pool.call(server.address, "echo", {"ok": 1}) == {"ok": 1}
             for _, hw in held:
                 hw.close()
+
+    run(main())
+
+
+def test_a_half_sent_frame_holds_its_bytes_in_the_peers_budget_from_its_header() -> None:
+    """Issue 11, point 4: a frame's bytes count from its header on, not once it is
+    whole, so half-sent frames cannot pile up past the budget; what comes meanwhile
+    is not read until the first frame is done."""
+
+    async def main() -> None:
+        async with serving(max_inflight_bytes_per_peer=1 << 20) as (server, _pool, _):
+            frame = codec.request(1, "echo", {"p": b"x" * (800 << 10)})
+            body = len(frame) - HEADER.size
+            async with raw_connect(server.address) as (r1, w1):
+                w1.write(frame[: len(frame) // 2])
+                await w1.drain()
+                await until(lambda: server.input.total == body)
+                async with raw_connect(server.address) as (r2, w2):
+                    w2.write(frame)  # a whole frame, but the budget is held by the half
+                    await w2.drain()
+                    with pytest.raises(TimeoutError):
+                        await asyncio.wait_for(r2.read(1), 0.5)
+                    w1.write(frame[len(frame) // 2 :])
+                    assert (await read_envelope(r1)).r["p"] == b"x" * (800 << 10)
+                    assert (await read_envelope(r2)).r["p"] == b"x" * (800 << 10)
+            await until(lambda: server.input.total == 0 and not server.input.used)
+
+    run(main())
+
+
+def test_a_stalled_half_frame_gives_its_budget_back_when_it_is_cut_off() -> None:
+    async def main() -> None:
+        async with serving(max_inflight_bytes_per_peer=1 << 20, stall_timeout=0.5) as (
+            server,
+            pool,
+            _,
+        ):
+            frame = codec.request(1, "echo", {"p": b"x" * (900 << 10)})
+            async with raw_connect(server.address) as (r1, w1):
+                w1.write(frame[:-10])
+                await w1.drain()
+                await until(lambda: server.input.total > 0)
+                # A client's request waits for the budget, then runs once the stall is cut.
+                assert await pool.call(server.address, "echo", {"x": 1}) == {"x": 1}
+                assert await r1.read(1) == b""
+            assert server.input.total == 0
 
     run(main())
