@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/repair.py
 	$(BIN)/python bench/tls.py
 	$(BIN)/python bench/chord_sim.py
+	$(BIN)/python bench/flood.py
 
 # TeraSort against numpy, GNU sort, Dask and PySpark (installs the peers first).
 bench-terasort: $(STAMP)

@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import socket
 import ssl
+import threading
+import time
+from collections import Counter
 from typing import Any
 
 from sector.security import pki
+from sector.testing.cluster import ProcCluster
 from sector.wire import codec
 from sector.wire.codec import Envelope, FrameDecoder
 
 IO_TIMEOUT = 10.0
+FLOOD_FROM = ("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5")  # as if other hosts
 
 
 def split(addr: str) -> tuple[str, int]:
@@ -62,3 +67,72 @@ def raw_call(sock: socket.socket, op: str, args: dict[str, Any], i: int = 1) -> 
     assert env is not None, f"{op}: the node closed the connection without a reply"
     assert env.i == i
     return env
+
+
+def node_info(cluster: ProcCluster, addr: str) -> dict[str, Any]:
+    """``node.info`` as the admin sees it (connection counts included)."""
+    assert cluster.admin_token is not None
+    with tls_socket(addr) as s:
+        assert raw_call(s, "auth.hello", {"token": cluster.admin_token}).e is None
+        env = raw_call(s, "node.info", {}, i=2)
+        assert env.e is None, env.e
+        return dict(env.r)
+
+
+class Flood:
+    """Threads that keep as many TLS connections to ``addr`` open as they can (up to
+    ``per_address``) from each of ``sources``, each kept busy with pings: the
+    connection flood of an attacker with no credential. ``counts``: opened, refused
+    (no connection or no handshake), lost (closed by the node)."""
+
+    def __init__(
+        self, addr: str, per_address: int = 30, sources: tuple[str, ...] = FLOOD_FROM
+    ) -> None:
+        self.addr = addr
+        self.per_address = per_address
+        self.stop = threading.Event()
+        self.counts: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self.threads = [
+            threading.Thread(target=self._run, args=(src,), daemon=True) for src in sources
+        ]
+
+    def __enter__(self) -> Flood:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(30)
+
+    def _count(self, what: str) -> None:
+        with self._lock:
+            self.counts[what] += 1
+
+    def _run(self, src: str) -> None:
+        conns: list[ssl.SSLSocket] = []
+        try:
+            while not self.stop.is_set():
+                if len(conns) < self.per_address:
+                    try:
+                        s = tls_socket(self.addr, source=src, timeout=2.0)
+                    except (OSError, ssl.SSLError):
+                        self._count("refused")
+                        time.sleep(0.02)
+                    else:
+                        conns.append(s)
+                        self._count("opened")
+                for s in list(conns):  # keep them busy; drop the ones the node closed
+                    try:
+                        ok = raw_call(s, "node.ping", {}).e is None
+                    except (OSError, ssl.SSLError, AssertionError):
+                        ok = False
+                    if not ok:
+                        conns.remove(s)
+                        s.close()
+                        self._count("lost")
+        finally:
+            for s in conns:
+                s.close()

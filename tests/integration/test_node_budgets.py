@@ -19,20 +19,18 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from sector.testing.cluster import ProcCluster, wait_for
+from sector.testing.raw import Flood, node_info, split, tls_socket
 from sector.testing.raw import raw_call as call
-from sector.testing.raw import split, tls_socket
 
 STALL = 4.0  # --stall-timeout: a TLS handshake or a frame must be done in this
 IDLE = 3.0  # --stranger-idle-timeout
 STRANGERS = 24  # --max-strangers; a quarter of them per address
 PER_ADDRESS = STRANGERS // 4
 BUDGET = 48 << 20  # --input-budget
-FLOOD_FROM = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"]
 
 
 @pytest.fixture(scope="module")
@@ -44,16 +42,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcCluster]:
     with ProcCluster(root / "cl", secure=True, node_args=args) as cl:
         cl.start(3)
         yield cl
-
-
-def info(cluster: ProcCluster, addr: str) -> dict[str, Any]:
-    """``node.info`` as the admin sees it (connection counts included)."""
-    assert cluster.admin_token is not None
-    with tls_socket(addr) as s:
-        assert call(s, "auth.hello", {"token": cluster.admin_token}).e is None
-        env = call(s, "node.info", {}, i=2)
-        assert env.e is None, env.e
-        return dict(env.r)
 
 
 def closed_within(sock: socket.socket, seconds: float) -> float | None:
@@ -78,7 +66,7 @@ def test_unidentified_connections_past_an_addresss_share_are_closed_before_any_h
     held = [socket.create_connection(split(addr), source_address=(src, 0)) for _ in range(6)]
     try:
         wait_for(
-            lambda: info(cluster, addr)["connections"]["strangers"] >= PER_ADDRESS,
+            lambda: node_info(cluster, addr)["connections"]["strangers"] >= PER_ADDRESS,
             STALL,
             what="the node to count the silent connections",
         )
@@ -97,61 +85,6 @@ def test_unidentified_connections_past_an_addresss_share_are_closed_before_any_h
             s.close()
 
 
-class Flood:
-    """Threads that keep as many TLS connections to ``addr`` open as they can, from
-    each address of ``FLOOD_FROM``, each kept busy with a ping now and then."""
-
-    def __init__(self, addr: str, per_address: int = 30) -> None:
-        self.addr = addr
-        self.per_address = per_address
-        self.stop = threading.Event()
-        self.counts: Counter[str] = Counter()
-        self._lock = threading.Lock()
-        self.threads = [
-            threading.Thread(target=self._run, args=(src,), daemon=True) for src in FLOOD_FROM
-        ]
-
-    def __enter__(self) -> Flood:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(30)
-
-    def _count(self, what: str) -> None:
-        with self._lock:
-            self.counts[what] += 1
-
-    def _run(self, src: str) -> None:
-        conns: list[ssl.SSLSocket] = []
-        try:
-            while not self.stop.is_set():
-                if len(conns) < self.per_address:
-                    try:
-                        s = tls_socket(self.addr, source=src, timeout=2.0)
-                    except (OSError, ssl.SSLError):
-                        self._count("refused")
-                        time.sleep(0.02)
-                    else:
-                        conns.append(s)
-                        self._count("opened")
-                for s in list(conns):  # keep them busy; drop the ones the node closed
-                    try:
-                        ok = call(s, "node.ping", {}).e is None
-                    except (OSError, ssl.SSLError, AssertionError):
-                        ok = False
-                    if not ok:
-                        conns.remove(s)
-                        s.close()
-                        self._count("lost")
-        finally:
-            for s in conns:
-                s.close()
-
-
 def test_a_flood_of_unidentified_connections_locks_out_no_user_and_no_node(
     cluster: ProcCluster, tmp_path: Path
 ) -> None:
@@ -165,7 +98,7 @@ def test_a_flood_of_unidentified_connections_locks_out_no_user_and_no_node(
     src.write_bytes(data)
     with Flood(target.address) as flood:
         wait_for(lambda: flood.counts["refused"] >= 20, 30, what="the flood to be refused")
-        strangers = info(cluster, target.address)["connections"]["strangers"]
+        strangers = node_info(cluster, target.address)["connections"]["strangers"]
         assert strangers <= STRANGERS
         # A user who logs in now is served, through the flooded node.
         with cluster.connect(target.address, token=tok) as c:
@@ -177,7 +110,7 @@ def test_a_flood_of_unidentified_connections_locks_out_no_user_and_no_node(
         new = cluster.add(join=target.address)
         cluster.wait_ring(timeout=60)
         assert new.alive
-        assert info(cluster, target.address)["connections"]["strangers"] <= STRANGERS
+        assert node_info(cluster, target.address)["connections"]["strangers"] <= STRANGERS
     assert flood.counts["opened"] >= STRANGERS
 
 
@@ -243,7 +176,7 @@ def test_half_sent_frames_are_held_within_the_nodes_input_budget(cluster: ProcCl
         held = []
         deadline = time.monotonic() + STALL
         while time.monotonic() < deadline:
-            held.append(info(cluster, node.address)["connections"]["input"])
+            held.append(node_info(cluster, node.address)["connections"]["input"])
         for t in threads:
             t.join(30)
         assert sent["held back"] > 0, sent
@@ -255,7 +188,7 @@ def test_half_sent_frames_are_held_within_the_nodes_input_budget(cluster: ProcCl
             s.close()
     wait_for(
         # (what remains is the node.info request that asks)
-        lambda: info(cluster, node.address)["connections"]["input"] < 1024,
+        lambda: node_info(cluster, node.address)["connections"]["input"] < 1024,
         STALL * 3,
         what="every byte given back",
     )
