@@ -16,8 +16,8 @@ demo: $(STAMP)
 	$(BIN)/python -m sector.testing.demo
 
 check: $(STAMP)
-	$(BIN)/ruff check sector tests bench tools
-	$(BIN)/ruff format --check sector tests bench tools
+	$(BIN)/ruff check sector tests bench tools examples
+	$(BIN)/ruff format --check sector tests bench tools examples
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/python tools/layout.py sector
