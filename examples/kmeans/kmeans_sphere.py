@@ -26,22 +26,28 @@ import sector
 CHUNK = 65536  # points per distance computation: bounds the engine's scratch memory
 
 
-def partial_sums(seg: Any) -> bytes:
-    """One segment: per centre, the sum of the points nearest it and their count."""
-    centres = np.asarray(seg.param, dtype=np.float32)
+def sums(pts: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per centre, the sum of the points nearest it (float64) and their count."""
     k, dims = centres.shape
-    pts = np.frombuffer(seg.data, dtype=np.float32).reshape(-1, dims)
-    sums = np.zeros((k, dims), dtype=np.float64)
+    total = np.zeros((k, dims), dtype=np.float64)
     counts = np.zeros(k, dtype=np.float64)
-    c2 = (centres.astype(np.float64) ** 2).sum(axis=1)
+    c2 = (centres**2).sum(axis=1)
+    onehot = np.eye(k, dtype=np.float32)
     for i in range(0, len(pts), CHUNK):
         p = pts[i : i + CHUNK]
-        # |p - c|^2 = |p|^2 - 2 p.c + |c|^2; |p|^2 is the same for every c.
-        nearest = np.argmin(c2 - 2.0 * (p.astype(np.float64) @ centres.T.astype(np.float64)), 1)
+        # |p - c|^2 = |p|^2 - 2 p.c + |c|^2, and |p|^2 is the same for every c.
+        nearest = np.argmin(c2 - 2.0 * (p @ centres.T), axis=1)
+        total += onehot[nearest].T @ p  # one matrix product, not a loop over points
         counts += np.bincount(nearest, minlength=k)
-        for d in range(dims):  # per dimension, not per point
-            sums[:, d] += np.bincount(nearest, weights=p[:, d], minlength=k)
-    return np.concatenate([sums.ravel(), counts]).tobytes()
+    return total, counts
+
+
+def partial_sums(seg: Any) -> bytes:
+    """One segment: its per-centre sums and counts, ``k * (dims + 1)`` float64."""
+    centres = np.asarray(seg.param, dtype=np.float32)
+    pts = np.frombuffer(seg.data, dtype=np.float32).reshape(-1, centres.shape[1])
+    total, counts = sums(pts, centres)
+    return np.concatenate([total.ravel(), counts]).tobytes()
 
 
 def step(c: sector.Client, points: str, centres: np.ndarray) -> np.ndarray:
