@@ -43,7 +43,7 @@ from sector.disco.ship import pack
 from sector.disco.worker.classic import tasks
 from sector.errors import JobFailed, NotFound, SectorError
 
-__all__ = ["Run", "client", "master_address", "submit"]
+__all__ = ["Run", "client", "close_clients", "master_address", "submit"]
 
 _lock = threading.Lock()
 _clients: dict[str | None, Any] = {}
@@ -80,7 +80,8 @@ def client(master: str | None) -> Any:
 
 
 @atexit.register
-def _close_all() -> None:
+def close_clients() -> None:
+    """Close this process's clients (they open again on next use)."""
     with _lock:
         for c in _clients.values():
             with contextlib.suppress(Exception):
