@@ -7,15 +7,20 @@ nodes: they travel by value), or in a module written at test time."""
 
 from __future__ import annotations
 
+import io
 import sys
+import tempfile
 import time
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from sector.disco import runtime
+from sector.disco.compat import bytes_to_str
 from sector.disco.core import Disco, Job, JobError, result_iterator
 from sector.disco.error import DiscoError
 from sector.disco.job import JobChain
@@ -211,6 +216,38 @@ def test_map_init_readers_and_fresh_params_per_task(cluster: ProcCluster) -> Non
     assert entry == ("whole", b"fox dog\nfox\n", 12, "/dt/text/b.txt") and one == 1
 
 
+def stream_a(stream: Any, size: Any, url: Any, params: Any) -> Any:
+    return io.StringIO("a" + bytes_to_str(stream.read()))
+
+
+def stream_b(stream: Any, size: Any, url: Any, params: Any) -> Any:
+    return io.StringIO("b" + bytes_to_str(stream.read()))
+
+
+def whole_reader(stream: Any, size: Any, url: Any) -> Any:
+    yield stream.read()
+
+
+class StreamsJob(Job):
+    map_input_stream = [func.map_input_stream, stream_a, stream_b]
+    reduce_output_stream = [func.reduce_output_stream, func.disco_output_stream]
+    map_reader = staticmethod(whole_reader)
+
+    @staticmethod
+    def map(e: Any, params: Any) -> Any:
+        yield e, ""
+
+    @staticmethod
+    def reduce(iter: Any, params: Any) -> Any:
+        for k, v in sorted(iter):
+            yield "red:" + k, v
+
+
+def test_input_and_output_streams(cluster: ProcCluster) -> None:
+    job = StreamsJob(master=cluster.address).run(input=["raw://apple", "/dt/text/sub/c.log"])
+    assert sorted(result_iterator(job.wait())) == [("red:baapple", ""), ("red:badog\n", "")]
+
+
 class ChainA(Job):
     partitions = 3
 
@@ -390,3 +427,118 @@ def test_failures_reach_wait_with_message_and_traceback(cluster: ProcCluster) ->
         Job(master=cluster.address).run(input=["raw://x"])
     with pytest.raises(DiscoError, match="input"):
         Job(master=cluster.address).run(input="raw://x", map=wc_map)
+
+
+# A random small job gives on the cluster what a single-process run of the same
+# functions gives, by Disco's semantics (the reference below is written from them, not
+# from sector.disco's code).
+
+
+def words_map(line: Any, params: Any) -> Any:
+    for w in bytes_to_str(line).split():
+        yield w, len(w)
+
+
+def sum_reduce3(iter: Any, out: Any, params: Any) -> None:
+    total: dict[Any, int] = {}
+    for k, v in iter:
+        total[k] = total.get(k, 0) + v
+    for k, v in total.items():
+        out.add(k, v)
+
+
+def list_reduce(iter: Any, params: Any) -> Any:
+    return list(iter)
+
+
+class _ListOut:
+    def __init__(self) -> None:
+        self.records: list[Any] = []
+
+    def add(self, k: Any, v: Any) -> None:
+        self.records.append((k, v))
+
+
+def reference(
+    inputs: list[str | bytes], partitions: int | None, combiner: Any, reduce: Any, sort: bool
+) -> list[list[Any]]:
+    buckets: list[list[Any]] = [[] for _ in range(partitions or 1)]
+    for data in inputs:  # one map task per input, in input order
+        outs: dict[int, list[Any]] = {}
+        bufs: dict[int, dict[Any, Any]] = {}
+        for line in io.BytesIO(data) if isinstance(data, bytes) else io.StringIO(data):
+            for k, v in words_map(line, None):
+                p = func.default_partition(k, partitions, None) if partitions else 0
+                if combiner is None:
+                    outs.setdefault(p, []).append((k, v))
+                else:
+                    buf = bufs.setdefault(p, {})
+                    outs.setdefault(p, []).extend(combiner(k, v, buf, False, None) or ())
+        for p, buf in bufs.items():
+            outs.setdefault(p, []).extend(combiner(None, None, buf, True, None) or ())
+        for p in sorted(outs):
+            buckets[p].extend(outs[p])
+    if reduce is None:
+        return buckets
+    out = []
+    for b in buckets:
+        recs = sorted(b, key=lambda kv: kv[0]) if sort else b
+        if reduce is sum_reduce3:
+            sink = _ListOut()
+            reduce(iter(recs), sink, None)
+            out.append(sink.records)
+        else:
+            out.append(list(reduce(iter(recs), None)))
+    return out
+
+
+_counter = iter(range(1_000_000))
+
+line_st = st.lists(st.sampled_from(["a", "bb", "a bb", "ccc d", "é", ""]), max_size=4).map(
+    lambda ws: "\n".join(ws)
+)
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    inputs=st.lists(st.tuples(st.booleans(), line_st), min_size=1, max_size=3),
+    partitions=st.sampled_from([None, 1, 2, 3]),
+    combiner=st.sampled_from([None, func.sum_combiner]),
+    reduce=st.sampled_from([None, func.sum_reduce, sum_reduce3, list_reduce]),
+    sort=st.booleans(),
+)
+def test_random_job_matches_a_single_process_run(
+    cluster: ProcCluster,
+    inputs: list[tuple[bool, str]],
+    partitions: int | None,
+    combiner: Any,
+    reduce: Any,
+    sort: bool,
+) -> None:
+    urls: list[str] = []
+    datas: list[str | bytes] = []
+    with cluster.connect() as c:
+        for as_file, text in inputs:
+            if as_file:
+                path = f"/dt/prop/{next(_counter)}.txt"
+                with tempfile.NamedTemporaryFile() as f:
+                    f.write(text.encode())
+                    f.flush()
+                    c.put(f.name, path)
+                urls.append(path)
+                datas.append(text.encode())
+            else:
+                urls.append("raw://" + text)
+                datas.append(text)
+    job = Job(master=cluster.address).run(
+        input=urls,
+        map=words_map,
+        partitions=partitions,
+        combiner=combiner,
+        reduce=reduce,
+        sort=sort,
+    )
+    results = job.wait()
+    got = [list(result_iterator([u])) for u in results]
+    assert got == reference(datas, partitions, combiner, reduce, sort)
+    job.purge()
