@@ -8,6 +8,8 @@ nodes: they travel by value), or in a module written at test time."""
 from __future__ import annotations
 
 import io
+import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -377,6 +379,38 @@ def test_disco_api_by_name_empty_input_and_show(
     assert empty.wait() == []
     d.purge(job.name)
     assert d.results(job.name)[0] == "unknown job"
+
+
+_OTHER_PROCESS = """
+import json, sys
+from sector.disco.core import Disco, JobError
+d = Disco(sys.argv[1])
+out = {"results": d.wait(sys.argv[2]), "info": d.jobinfo(sys.argv[2])["active"]}
+try:
+    d.wait(sys.argv[3])
+except JobError as exc:
+    out["error"] = str(exc)
+    out["traceback"] = exc.traceback
+print(json.dumps(out))
+"""
+
+
+def test_another_process_waits_by_name(cluster: ProcCluster) -> None:
+    good = Job(master=cluster.address).run(input=["raw://a b"], map=wc_map)
+    bad = Job(master=cluster.address).run(input=["raw://x"], map=bad_map)
+    results = good.wait()
+    with pytest.raises(JobError):
+        bad.wait()
+    proc = subprocess.run(
+        [sys.executable, "-c", _OTHER_PROCESS, cluster.address, good.name, bad.name],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["results"] == results and out["info"] == "ready"
+    assert "cannot map 'x'" in out["error"] and "bad_map" in out["traceback"]
 
 
 def slow_map(e: Any, params: Any) -> Any:
