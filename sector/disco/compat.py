@@ -78,4 +78,4 @@ def persistent_hash(key: Any) -> int:
     int 7 and the string "7" fall in the same partition."""
     if not isinstance(key, bytes | str):
         key = str(key)
-    return int(md5(str_to_bytes(key)).hexdigest(), 16)
+    return int.from_bytes(md5(str_to_bytes(key)).digest(), "big")

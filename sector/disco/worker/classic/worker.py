@@ -23,12 +23,14 @@ the task's own, as on Disco. ``this_name()``, ``this_partition()``, ``this_host(
 from __future__ import annotations
 
 import io
+import pickle
 import sys
 from collections.abc import Callable, Iterator
 from operator import itemgetter
 from typing import Any
 
 from sector.disco import util
+from sector.disco.compat import persistent_hash
 from sector.disco.worker import Params
 from sector.disco.worker.classic import func
 from sector.disco.worker.task_io import HUNK, StreamCombiner, chain_reader
@@ -155,7 +157,20 @@ class Worker(dict):
         part_of = _partitioner(self["partition"], nparts, params)
         outputs = _Outputs(self["map_output_stream"], params, url)
         self["map_init"](entries, params)
-        if combiner is None:
+        if combiner is None and outputs.direct and part_of is _zero:
+            # The common case, kept tight: every record to one list, pickled at the end.
+            append = outputs.records(0).append
+            for entry in entries:
+                for key, val in fmap(entry, params):
+                    append((key, val))
+        elif combiner is None and outputs.direct:
+            lists = outputs.lists
+            for entry in entries:
+                for key, val in fmap(entry, params):
+                    part = part_of(key)
+                    got = lists.get(part)
+                    (got if got is not None else outputs.records(part)).append((key, val))
+        elif combiner is None:
             for entry in entries:
                 for key, val in fmap(entry, params):
                     outputs.add(part_of(key), key, val)
@@ -226,11 +241,33 @@ def _entries(inp: StreamCombiner) -> Iterator[Any]:
     yield from inp
 
 
+def _zero(key: Any) -> int:
+    return 0
+
+
+_CACHE_MAX = 1 << 18  # keys whose default partition a map task remembers
+
+
 def _partitioner(partition: Any, nparts: int, params: Any) -> Callable[[Any], int]:
-    if not nparts:
-        return lambda key: 0
-    if partition is func.default_partition and nparts == 1:
-        return lambda key: 0
+    if not nparts or (partition is func.default_partition and nparts == 1):
+        return _zero
+    if partition is func.default_partition:
+        # md5 per record is most of a map's framing cost; keys repeat (words), and
+        # Disco's partition of a str or bytes key depends on nothing else.
+        cache: dict[Any, int] = {}
+
+        def cached(key: Any) -> int:
+            t = type(key)
+            if t is not bytes and t is not str:
+                return persistent_hash(key) % nparts
+            p = cache.get(key)
+            if p is None:
+                p = persistent_hash(key) % nparts
+                if len(cache) < _CACHE_MAX:
+                    cache[key] = p
+            return p
+
+        return cached
 
     def part_of(key: Any) -> int:
         p = int(partition(key, nparts, params))
@@ -244,17 +281,33 @@ def _partitioner(partition: Any, nparts: int, params: Any) -> Callable[[Any], in
     return part_of
 
 
+_DEFAULT_OUTPUT = (func.map_output_stream, func.disco_output_stream)
+
+
 class _Outputs:
     """A task's outputs, one per partition, each a chain of output streams over an
-    in-memory buffer (the task's output goes to Sphere in one piece)."""
+    in-memory buffer (the task's output goes to Sphere in one piece). With the default
+    streams (``direct``) a partition's records are gathered in a list and pickled in
+    ``HUNK``-record lists at the end: what ``disco_output_stream`` writes, without a
+    method call per record."""
 
     def __init__(self, streams: tuple[Callable[..., Any], ...], params: Any, url: str) -> None:
         self.streams = streams
         self.params = params
         self.url = url
         self.open_: dict[int, tuple[io.BytesIO, StreamCombiner]] = {}
+        self.direct = tuple(streams) == _DEFAULT_OUTPUT
+        self.lists: dict[int, list[Any]] = {}
+
+    def records(self, part: int) -> list[Any]:
+        got = self.lists.get(part)
+        if got is None:
+            got = self.lists[part] = []
+        return got
 
     def open(self, part: int) -> Any:
+        if self.direct:
+            return _ListOut(self.records(part))
         got = self.open_.get(part)
         if got is None:
             sink = io.BytesIO()
@@ -263,11 +316,19 @@ class _Outputs:
         return got[1].last
 
     def add(self, part: int, key: Any, val: Any) -> None:
+        if self.direct:
+            self.records(part).append((key, val))
+            return
         got = self.open_.get(part)
         (got[1].last if got is not None else self.open(part)).add(key, val)
 
     def close(self) -> dict[int, bytes]:
         out: dict[int, bytes] = {}
+        for part, recs in self.lists.items():
+            out[part] = b"".join(
+                pickle.dumps(recs[i : i + HUNK], pickle.HIGHEST_PROTOCOL)
+                for i in range(0, len(recs), HUNK)
+            )
         for part, (sink, chain) in self.open_.items():
             for fd in reversed(chain.fds):
                 close = getattr(fd, "close", None)
@@ -275,6 +336,20 @@ class _Outputs:
                     close()
             out[part] = sink.getvalue()
         return out
+
+
+class _ListOut:
+    """The output object a reduce's ``out.add`` writes to (default streams)."""
+
+    __slots__ = ("add", "append", "records")
+
+    def __init__(self, records: list[Any]) -> None:
+        self.records = records
+        self.append = records.append
+        self.add = lambda k, v: records.append((k, v))
+
+    def close(self) -> None:
+        pass
 
 
 def this_name() -> str:
