@@ -156,10 +156,11 @@ class Disco:
         return runtime.jobs(self.master)
 
     def events(self, jobname: str, offset: int = 0) -> Iterator[tuple[int, Any]]:
-        """The job's events so far (jobs of this process): ``(offset, line)``."""
+        """The job's events so far (jobs of this process), as Disco gave them:
+        ``(offset, (time, host, message))``."""
         run = runtime.registered(jobname)
-        lines = list(run.events) if run is not None else []
-        yield from enumerate(lines[offset:], start=offset + 1)
+        events = list(run.events) if run is not None else []
+        yield from enumerate(events[offset:], start=offset + 1)
 
     def result_iterator(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
         kwargs["ddfs"] = self.master

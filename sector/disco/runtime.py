@@ -113,14 +113,15 @@ class Run:
     error: str | None = None
     traceback: str | None = None
     started: float = field(default_factory=time.time)
-    events: list[str] = field(default_factory=list)
+    events: list[tuple[str, str, str]] = field(default_factory=list)  # (time, host, msg)
     done: threading.Event = field(default_factory=threading.Event)
     handle: Any = None  # the Sphere job, once started
     killed: bool = False
     thread: threading.Thread | None = None
 
     def event(self, msg: str) -> None:
-        self.events.append(f"{time.strftime('%H:%M:%S')} {self.name}: {msg}")
+        now = time.strftime("%Y/%m/%d %H:%M:%S")
+        self.events.append((now, "client", f"{self.name}: {msg}"))
 
     def info(self) -> dict[str, Any]:
         p: dict[str, Any] = {}
@@ -355,8 +356,8 @@ def _message(error: str | None, tb: str | None) -> str:
 
 def _show(run: Run, shown: int) -> int:
     events = list(run.events)
-    for line in events[shown:]:
-        print(line, file=sys.stderr, flush=True)
+    for when, _host, msg in events[shown:]:
+        print(f"{when.split()[-1]} {msg}", file=sys.stderr, flush=True)
     return len(events)
 
 

@@ -45,6 +45,7 @@ from sector.disco.util import flatten
 __all__ = ["Unpacked", "local_modules", "pack"]
 
 _ROOTS: list[str] | None = None
+_WALK_MAX = 10_000  # items of a container that local_modules looks into
 
 
 def _installed(mod: types.ModuleType) -> bool:
@@ -81,11 +82,13 @@ def local_modules(*objs: Any) -> set[str]:
                 found.add(obj.__name__)
             continue
         if isinstance(obj, dict):
-            todo.extend(obj.keys())
-            todo.extend(obj.values())
+            if len(obj) <= _WALK_MAX:  # big containers are data, not code
+                todo.extend(obj.keys())
+                todo.extend(obj.values())
             continue
         if isinstance(obj, list | tuple | set | frozenset):
-            todo.extend(obj)
+            if len(obj) <= _WALK_MAX:
+                todo.extend(obj)
             continue
         if isinstance(obj, functools.partial):
             todo += [obj.func, obj.args, obj.keywords]

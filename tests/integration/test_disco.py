@@ -374,6 +374,7 @@ def test_disco_api_by_name_empty_input_and_show(
     assert out.out == "" and job.name in out.err and "ready" in out.err
     assert d.results(job.name) == ("ready", results)
     assert d.jobinfo(job.name)["active"] == "ready"
+    assert any("ready" in msg for _offset, (_when, _host, msg) in job.events())
     assert list(result_iterator(results)) == [("a", 1)]
     empty = Job(master=cluster.address).run(input=[], map=wc_map, reduce=wc_reduce)
     assert empty.wait() == []
