@@ -322,9 +322,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("src", metavar="SRC")
     s.add_argument("dst", metavar="DST")
 
-    from sector.cli import security, sphere
+    from sector.cli import disco, security, sphere
 
     sphere.add_parsers(cmd, common)
+    disco.add_parsers(cmd, common)
     security.add_parsers(cmd, common)
     return p
 
@@ -354,7 +355,11 @@ def run(args: argparse.Namespace) -> int:
             client.close()
     client = commands.connect(args.cluster, token=args.token, anonymous=args.anonymous)
     try:
-        if args.command in ("sphere", "terasort"):
+        if args.command == "disco":
+            from sector.cli import disco
+
+            disco.run(client, args)
+        elif args.command in ("sphere", "terasort"):
             from sector.cli import sphere
 
             sphere.run(client, args)
@@ -460,7 +465,9 @@ def _alias(argv: list[str]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `sector` script; returns the exit code."""
-    args = build_parser().parse_args(_alias(list(sys.argv[1:] if argv is None else argv)))
+    words = _alias(list(sys.argv[1:] if argv is None else argv))
+    args = build_parser().parse_args(words)
+    args.argv = words  # `disco run` starts its driver with the same words
     from sector.cli.output import StdoutClosed, flush_stdout
 
     try:

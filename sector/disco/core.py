@@ -140,7 +140,8 @@ class Disco:
         return runtime.jobinfo(jobname, self.master)
 
     def kill(self, jobname: str) -> None:
-        """Stop the job (a job this process started)."""
+        """Stop the job. A job another process drives is asked to stop (a marker its
+        driver looks for every second) and this waits up to 30 s for it to be dead."""
         runtime.kill(jobname, self.master)
 
     def purge(self, jobname: str) -> None:

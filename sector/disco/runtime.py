@@ -18,7 +18,8 @@ process and returns; the driver
    the error and the failing task's traceback.
 
 ``wait`` blocks on the driver (or, for a job of another process, polls its
-``.jobinfo``). A ``Job`` object holds no connection: the clients are this module's,
+``.jobinfo``); ``kill`` of a job of another process leaves a marker the driver obeys
+(see ``KILL_POLL``). A ``Job`` object holds no connection: the clients are this module's,
 one per cluster address, opened on first use and closed at exit.
 """
 
@@ -43,7 +44,7 @@ from sector.disco.ship import pack
 from sector.disco.worker.classic import tasks
 from sector.errors import JobFailed, NotFound, SectorError
 
-__all__ = ["Run", "client", "close_clients", "master_address", "submit"]
+__all__ = ["Run", "adopt_client", "client", "close_clients", "master_address", "submit"]
 
 _lock = threading.Lock()
 _clients: dict[str | None, Any] = {}
@@ -77,6 +78,13 @@ def client(master: str | None) -> Any:
                 where = master or "the default cluster (SECTOR_CLUSTER or `sector up`)"
                 raise DiscoError(f"cannot connect to {where}: {exc}") from None
         return c
+
+
+def adopt_client(master: str | None, c: Any) -> None:
+    """Use ``c`` (a sync client the caller opened, e.g. with its own credentials) for
+    the cluster at ``master``; it is closed with the others."""
+    with _lock:
+        _clients[master] = c
 
 
 @atexit.register
@@ -249,11 +257,20 @@ def _drive(run: Run, worker: Any, meta: dict[str, Any], blob: bytes, nparts: int
         opts: dict[str, Any] = {"records": "file", "output": out, "buckets": nbuckets}
         if run.has_reduce:
             opts["reduce"] = functools.partial(tasks.reduce_udf, blob)
-        if run.killed:
+        if run.killed or kill_requested(c, run.name):
             raise _Killed()
         run.handle = c.sphere.run(functools.partial(udf, blob), paths, name=run.name, **opts)
         run.event(f"running {len(paths)} map task(s) into {nbuckets} partition(s)")
-        res = run.handle.wait(progress=False)
+        while True:
+            try:
+                res = run.handle.wait(progress=False, timeout=KILL_POLL)
+                break
+            except TimeoutError:
+                if kill_requested(c, run.name):
+                    run.event("kill requested by another process")
+                    run.killed = True
+                    run.handle.cancel()
+                    raise _Killed() from None
         files = sorted(f["path"] for f in res.get("files", []))
         _finish(c, run, [inp.url_of(p, run.master) for p in files])
     except BaseException as exc:
@@ -338,6 +355,8 @@ def wait(name: str, master: str | None, timeout: float | None, show: Any, poll: 
         if info["active"] != "active":
             tb = info.get("traceback")
             raise JobError(name, _message(info.get("error"), tb), tb)
+        if driver_gone(info):
+            raise JobError(name, f"its driver ({_who(info)}) exited before the job ended")
         if deadline is not None and time.monotonic() >= deadline:
             raise JobError(name, "Timeout")
         time.sleep(min(poll, _left(deadline, poll)))
@@ -361,35 +380,141 @@ def _show(run: Run, shown: int) -> int:
     return len(events)
 
 
-def kill(name: str, master: str | None) -> None:
-    """Stop a job this process runs; a job of another process cannot be reached."""
-    run = registered(name)
-    if run is None:
-        info = read_info(client(master), name)
-        if info is None:
-            raise DiscoError(f"unknown job {name}")
-        if info["active"] == "active":
-            raise DiscoError(f"job {name} is driven by another process ({info.get('driver')})")
-        return
-    if run.done.is_set():
-        return
-    run.killed = True
-    if run.handle is not None:
-        with contextlib.suppress(Exception):
-            run.handle.cancel()
-    run.done.wait(30)
+# Killing a job of another process. A job is driven by the process that started it
+# (there is no master to ask), so ``kill`` cannot stop it directly: it leaves a marker
+# file, ``/disco/<name>/.kill``, which the driver looks for every ``KILL_POLL`` seconds
+# while the Sphere job runs (and once before starting it); the driver then cancels its
+# Sphere job and records the job "dead" with the error "killed", and ``kill`` waits
+# for that record. A separate file, not a flag in ``.jobinfo``: the driver rewrites
+# ``.jobinfo`` whole, and a flag written there by another process could be lost.
+# A driver that has exited (its process is gone from this host) can obey nothing:
+# ``kill`` then records the job dead itself. A driver on another host that does not
+# answer within the timeout is reported, not guessed at.
+KILL_POLL = 1.0  # seconds between the driver's looks at the kill marker
+KILL_WAIT = 30.0  # seconds ``kill`` waits for the driver to obey
 
 
-def purge(name: str, master: str | None) -> None:
-    """Kill the job if it runs, and delete its directory (results and record)."""
+def _kill_path(name: str) -> str:
+    return f"{job_dir(name)}/.kill"
+
+
+def kill_requested(c: Any, name: str) -> bool:
+    """Has some process asked (``kill``) that this job stop?"""
+    try:
+        c.stat(_kill_path(name))
+    except NotFound:
+        return False
+    return True
+
+
+def driver_gone(info: dict[str, Any]) -> bool:
+    """Is the job's driver a process of this host that no longer runs? (False when it
+    runs, or when it is on another host: that cannot be seen from here.)"""
+    drv = info.get("driver") or {}
+    if drv.get("host") != os.uname().nodename or not isinstance(drv.get("pid"), int):
+        return False
+    pid = int(drv["pid"])
+    if pid == os.getpid():
+        return registered(str(info.get("name"))) is None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    try:  # a zombie no one has reaped yet has exited too
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def kill(name: str, master: str | None, timeout: float = KILL_WAIT) -> dict[str, Any]:
+    """Stop a job; its record afterwards. A job of this process is cancelled at once;
+    a job of another process is asked to stop (see ``KILL_POLL``) and this waits up to
+    ``timeout`` seconds for it to be dead. A job already done is left as it is.
+
+    Raises ``DiscoError`` for an unknown job, or a driver that did not obey in time."""
     run = registered(name)
     if run is not None:
-        kill(name, master)
+        if not run.done.is_set():
+            run.killed = True
+            if run.handle is not None:
+                with contextlib.suppress(Exception):
+                    run.handle.cancel()
+            run.done.wait(timeout)
+        return run.info()
+    c = client(master)
+    info = read_info(c, name)
+    if info is None:
+        raise DiscoError(f"unknown job {name}")
+    if info["active"] != "active":
+        return info
+    _put_bytes(c, json.dumps({"by": _me(), "time": time.time()}).encode(), _kill_path(name))
+    deadline = time.monotonic() + timeout
+    while True:
+        info = read_info(c, name)
+        if info is None:  # purged meanwhile
+            raise DiscoError(f"unknown job {name}")
+        if info["active"] != "active":
+            return info
+        if driver_gone(info):
+            drv = info.get("driver") or {}
+            info = {
+                **info,
+                "active": "dead",
+                "error": f"killed (its driver, pid {drv.get('pid')} on {drv.get('host')}, "
+                "had exited)",
+            }
+            write_info(c, info)
+            return info
+        if time.monotonic() >= deadline:
+            raise DiscoError(
+                f"job {name}: kill requested, but its driver ({_who(info)}) has not "
+                f"stopped it within {timeout:g} s"
+            )
+        time.sleep(min(0.2, _left(deadline, 0.2)))
+
+
+def _me() -> dict[str, Any]:
+    return {"host": os.uname().nodename, "pid": os.getpid()}
+
+
+def _who(info: dict[str, Any]) -> str:
+    drv = info.get("driver") or {}
+    return f"pid {drv.get('pid')} on {drv.get('host')}"
+
+
+def purge(
+    name: str, master: str | None, timeout: float = KILL_WAIT, missing_ok: bool = True
+) -> None:
+    """Kill the job if it runs, and delete its directory (results and record).
+
+    Raises ``DiscoError`` for a driver that will not stop, and for an unknown job
+    unless ``missing_ok``."""
+    run = registered(name)
+    c = client(master)
+    if run is not None:
+        kill(name, master, timeout)
         if run.thread is not None:
-            run.thread.join(30)
+            run.thread.join(timeout)
+    else:
+        info = read_info(c, name)
+        if info is not None and info["active"] == "active":
+            kill(name, master, timeout)
+        elif info is None and not missing_ok and not _exists(c, job_dir(name)):
+            raise DiscoError(f"unknown job {name}")
     with contextlib.suppress(NotFound):
-        client(master).rm(job_dir(name), recursive=True)
+        c.rm(job_dir(name), recursive=True)
     forget(name)
+
+
+def _exists(c: Any, path: str) -> bool:
+    try:
+        c.stat(path)
+    except NotFound:
+        return False
+    return True
 
 
 def jobinfo(name: str, master: str | None) -> dict[str, Any]:
@@ -400,6 +525,40 @@ def jobinfo(name: str, master: str | None) -> dict[str, Any]:
     if info is None:
         raise DiscoError(f"unknown job {name}")
     return info
+
+
+def statuses(master: str | None) -> list[dict[str, Any]]:
+    """Every job under /disco, newest first: ``name``, ``status`` ("active", "ready",
+    "dead"; "unknown" for a directory without a record), ``timestamp``, ``results``
+    (how many), ``driver`` and ``orphaned`` (active, but its driver has exited)."""
+    c = client(master)
+    out = []
+    for name in jobs(master):
+        run = registered(name)
+        info = run.info() if run is not None else read_info(c, name)
+        if info is None:
+            out.append(
+                {
+                    "name": name,
+                    "status": "unknown",
+                    "timestamp": None,
+                    "results": 0,
+                    "driver": None,
+                    "orphaned": False,
+                }
+            )
+            continue
+        out.append(
+            {
+                "name": name,
+                "status": info["active"],
+                "timestamp": info.get("timestamp"),
+                "results": len(info.get("results") or []),
+                "driver": info.get("driver"),
+                "orphaned": info["active"] == "active" and driver_gone(info),
+            }
+        )
+    return out
 
 
 def jobs(master: str | None) -> list[str]:

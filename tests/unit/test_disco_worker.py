@@ -125,6 +125,19 @@ def test_map_task_partitions_and_combines_with_a_final_done_call() -> None:
     assert calls.count(True) == len(got)  # one final call per partition buffer
 
 
+@pytest.mark.parametrize("nparts", [0, 1, 3])
+def test_sum_combiner_fast_path_gives_the_records_of_the_general_one(nparts: int) -> None:
+    def wrapped(k: Any, v: Any, buf: dict[Any, Any], done: bool, params: Any) -> Any:
+        return func.sum_combiner(k, v, buf, done, params)  # not func.sum_combiner itself
+
+    data = b"a b a\nc a d\n\nd e f a\n" * 50
+    jobargs: dict[str, Any] = {"map": words, "partitions": nparts}
+    fast = _run_map(Worker().resolve(None, {**jobargs, "combiner": func.sum_combiner}), data)
+    slow = _run_map(Worker().resolve(None, {**jobargs, "combiner": wrapped}), data)
+    assert {p: sorted(r) for p, r in fast.items()} == {p: sorted(r) for p, r in slow.items()}
+    assert dict(kv for r in fast.values() for kv in r)[b"a"] == 200
+
+
 def test_map_task_lines_keep_their_newline_and_map_init_shares_the_iterator() -> None:
     seen: list[Any] = []
 

@@ -174,6 +174,25 @@ class Worker(dict):
             for entry in entries:
                 for key, val in fmap(entry, params):
                     outputs.add(part_of(key), key, val)
+        elif combiner is func.sum_combiner and self["partition"] is func.default_partition:
+            # Disco's own sum_combiner under Disco's own partition (a function of the
+            # key alone): the same buffers, filled without a call per record -- one
+            # dict of sums, split by partition once per distinct key at the end.
+            total: dict[Any, Any] = {}
+            get = total.get
+            for entry in entries:
+                for key, val in fmap(entry, params):
+                    total[key] = get(key, 0) + val
+            by_part: dict[Any, dict[Any, Any]] = {}
+            for key, val in total.items():
+                part = part_of(key)
+                buf = by_part.get(part)
+                if buf is None:
+                    buf = by_part[part] = {}
+                buf[key] = val
+            for part, buf in by_part.items():
+                for record in combiner(None, None, buf, True, params) or ():
+                    outputs.add(part, *record)
         else:
             bufs: dict[Any, dict[Any, Any]] = {}
             for entry in entries:
