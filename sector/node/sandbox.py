@@ -214,7 +214,11 @@ def _probe(specs: list[Spec]) -> tuple[str | None, dict[str, str]]:
 def prepare(cfg: NodeConfig, data: Path, engines: int) -> Setup:
     """The node's sandbox: user, limits and the mode this host allows. Blocking (a
     probe process, perhaps a useradd): call from a thread."""
-    base, note = base_spec(cfg, os.path.abspath(data), engines)
+    try:
+        base, note = base_spec(cfg, os.path.abspath(data), engines)
+    except (UsageError, OSError, KeyError) as exc:  # a bad --udf-* flag: say it, run nothing
+        log.error("the UDF sandbox cannot be set up, no task will run: %s", exc)
+        return Setup(None, cfg.udf_sandbox, error=str(exc))
     (data / "sphere" / "cache").mkdir(parents=True, exist_ok=True)  # bound into the view
     if note:
         log.warning("UDFs run as %s: %s", base.user, note)

@@ -42,6 +42,7 @@ import os
 import resource
 import select
 import signal
+from dataclasses import replace
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -284,7 +285,7 @@ class Guard:
     after, the UDF's leftover processes killed and a limit's failure said plainly."""
 
     def __init__(self, spec: Spec) -> None:
-        self.where = binds(spec)
+        self.where = binds(spec) if spec.mode != "none" else []  # no view: paths as they are
         self.limits = spec.limits
         # kill(-1) only where it reaches no further than this engine's namespace.
         self.contained = spec.mode != "none" and os.getppid() == 1
@@ -334,10 +335,10 @@ def _server(conn: Connection, spec: Spec, probe: bool, info: dict[str, Any]) -> 
     except Exception as exc:
         conn.send(("error", f"cannot start the engine in its sandbox: {exc}"))
         os._exit(1)
-    from sector.sphere import spe
-
     conn.send(_hello(spec, inside=INSIDE, **info))
     if not probe:
+        from sector.sphere import spe  # (imported by E0)
+
         spe.serve(conn, None, guard=Guard(spec))
     os._exit(0)
 
@@ -388,12 +389,19 @@ def engine_main(conn: Connection, parent: int, spec: Spec, probe: bool = False) 
     # single-threaded to make a user namespace.
     for var in BLAS_THREADS:
         os.environ.setdefault(var, "1")
-    from sector.sphere import spe
-
+    if not probe:  # (a probe tries the sandbox only: it imports nothing more)
+        from sector.sphere import spe
     if spec.mode == "none":
+        # No view and no other uid, but the limits still hold (all but the process
+        # count: it is per uid, and the uid here is the node's, threads and all).
+        try:
+            _limits(replace(spec, limits=replace(spec.limits, nproc=0)))
+        except (OSError, ValueError) as exc:
+            conn.send(("error", f"cannot set the engine's limits: {exc}"))
+            return
         conn.send(_hello(spec))
         if not probe:
-            spe.serve(conn, parent)
+            spe.serve(conn, parent, guard=Guard(spec))
         return
     try:
         skipped = enter(spec)
