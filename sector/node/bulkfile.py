@@ -9,6 +9,7 @@ concatenating a bucket's parts happens in the kernel with ``sendfile``. No Pytho
 
 from __future__ import annotations
 
+import contextlib
 import os
 from concurrent.futures import Executor
 from pathlib import Path
@@ -31,7 +32,11 @@ def concat(parts: list[Path], out: Path) -> int:
     A part is read only if it is a regular file reached through no symlink (parts are
     what UDFs wrote, in directories they could write)."""
     total = 0
-    with open(out, "wb") as o:
+    # A new file: one of that name may be a blob sealed by an earlier commit (a link,
+    # no copy), which must not be written through.
+    with contextlib.suppress(FileNotFoundError):
+        out.unlink()
+    with open(out, "xb") as o:
         for p in parts:
             with open(open_nofollow(p), "rb") as i:
                 n = os.fstat(i.fileno()).st_size

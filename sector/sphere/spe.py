@@ -110,7 +110,12 @@ def serve(conn: Connection, parent: int | None, guard: Guard | None = None) -> N
 
 
 def _write(path: Path, data: bytes | memoryview) -> int:
-    with open(path, "wb") as f:
+    """A new file at ``path``: one already there is unlinked, never written through
+    (after a commit it is also a sealed blob's name: a commit made again, after a
+    bucket node was lost, must not rewrite the blob the first one sealed)."""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    with open(path, "xb") as f:
         f.write(data)
     return len(data)
 
