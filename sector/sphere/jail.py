@@ -259,10 +259,14 @@ def _limits(spec: Spec) -> None:
         pairs.append((resource.RLIMIT_NOFILE, lim.nofile))
     if lim.nproc:
         pairs.append((resource.RLIMIT_NPROC, lim.nproc))
-    for which, n in pairs:
-        resource.setrlimit(which, (n, n))
     if lim.cpu:
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu_hard(lim.cpu), cpu_hard(lim.cpu)))
+        pairs.append((resource.RLIMIT_CPU, cpu_hard(lim.cpu)))
+    for which, n in pairs:
+        _, hard = resource.getrlimit(which)
+        try:
+            resource.setrlimit(which, (n, n))
+        except ValueError:  # above a hard limit the node's user cannot raise: that one
+            resource.setrlimit(which, (hard, hard))
 
 
 def _close_other_fds(keep: int) -> None:
@@ -292,8 +296,11 @@ class Guard:
 
     def begin(self, task: Any) -> Any:
         if self.limits.cpu:
+            _, hard = resource.getrlimit(resource.RLIMIT_CPU)
             soft = cpu_soft(_cpu_used(), self.limits.cpu)
-            resource.setrlimit(resource.RLIMIT_CPU, (soft, cpu_hard(self.limits.cpu)))
+            if hard != resource.RLIM_INFINITY:  # (-1 in Python)
+                soft = min(soft, hard)
+            resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
         return translate(task, self.where)
 
     def end(self, res: Any) -> Any:

@@ -2,8 +2,8 @@
 can no longer do on a node, and the limits that stop a runaway UDF.
 
 One secure one-node cluster for the module (two engines, so two users' tasks run side
-by side), with tight limits so each is reached in a moment: 512 MiB of memory, 2 CPU
-seconds per task, 64 processes of the UDF user. The node runs as root (the suite
+by side), with tight limits so each is reached in a moment: 512 MiB of memory, 1 CPU
+second per task, 64 processes of the UDF user. The node runs as root (the suite
 does), so its engines run in the ``full`` sandbox as ``sector-udf``.
 
 Each test would pass on a node started with ``--udf-sandbox none`` only if the hole it
@@ -29,7 +29,7 @@ from sector.sphere.stream import stream_udf
 from sector.testing.cluster import ProcCluster, wait_for
 
 MODE = os.environ.get("SECTOR_TEST_SANDBOX", "auto")
-LIMITS = ["--udf-memory", "512M", "--udf-cpu-seconds", "2", "--udf-nproc", "64"]
+LIMITS = ["--udf-memory", "512M", "--udf-cpu-seconds", "1", "--udf-nproc", "64"]
 NODE_ARGS = ["--engines", "2", "--udf-sandbox", MODE, *LIMITS]
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the full sandbox needs a root node")
@@ -328,7 +328,7 @@ def test_a_fork_bomb_hits_the_process_limit_and_leaves_nothing(cluster: ProcClus
 
 def test_a_udf_past_its_cpu_time_fails_its_attempt(cluster: ProcCluster) -> None:
     with user(cluster, "fay") as c:
-        with pytest.raises(JobFailed, match=r"UDF exceeded its CPU time limit \(2 s\)"):
+        with pytest.raises(JobFailed, match=r"UDF exceeded its CPU time limit \(1 s\)"):
             c.sphere.run(spin, tasks=[0]).results()
         served(c)
     assert cluster.nodes[0].alive
