@@ -1,7 +1,7 @@
 """The node's side of Sphere: the ``sphere.*`` handlers and the state of jobs' attempts.
 
 The job's driver (a client) schedules; a node only does what it is told, and keeps
-no state that outlives a job except files in ``<data>/sphere/<job>/``:
+no state that outlives a job except files in its job directory (below):
 
 - ``sphere.run``: start one *attempt* of a segment in an engine (``sector.sphere.spe``)
   on the segment's data (``sphere_input``: the local replica, or a verified copy).
