@@ -5,7 +5,7 @@ ctypes on libc (Python 3.11 has no ``os.unshare``). ``engine_main`` is the targe
 the engine process the node spawns. Its life, in a sandbox:
 
     E0 (spawned by the node; the node's pid namespace)
-        imports the engine, unshare(mount + PID namespaces [+ user namespace]), mounts
+        imports the engine, unshare(mount, PID, IPC namespaces [+ user namespace]), mounts
         the view, forks: then only waits for E1 and leaves with its status; ends
         itself (and so the rest, below) when the node is gone.
       E1 (pid 1 of the new PID namespace)
@@ -62,6 +62,7 @@ from sector.sphere.sandbox import (
 __all__ = ["Guard", "engine_main", "probe_main"]
 
 CLONE_NEWNS = 0x00020000
+CLONE_NEWIPC = 0x08000000
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWPID = 0x20000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
@@ -190,7 +191,7 @@ def mount_view(spec: Spec) -> list[str]:
                 mount(None, target, None, MS_REC | MS_PRIVATE, None)
             elif kind == "hide":
                 _hide(target)
-            elif kind == "tmpfs":
+            elif kind == "tmpfs" and (step[3:] != ("optional",) or os.path.isdir(target)):
                 mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, step[2])
             elif kind == "mkdir":
                 os.makedirs(target, mode=0o755, exist_ok=True)
@@ -224,7 +225,7 @@ def enter(spec: Spec) -> list[str]:
     """E0's part: the namespaces and the view (the calling process stays outside the
     new PID namespace; its next child is that namespace's pid 1)."""
     if spec.mode == "full":
-        unshare(CLONE_NEWNS | CLONE_NEWPID)
+        unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC)
     else:
         if os.geteuid() == 0:
             # A root node: the UDF user first, then the user namespace, as that user
@@ -232,7 +233,7 @@ def enter(spec: Spec) -> list[str]:
             _become(spec)
             prctl(PR_SET_DUMPABLE, 1)  # our /proc/self/*_map are ours to write again
         uid, gid = os.geteuid(), os.getegid()
-        unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID)
+        unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC)
         _write("/proc/self/setgroups", "deny")
         _write("/proc/self/uid_map", f"{uid} {uid} 1")
         _write("/proc/self/gid_map", f"{gid} {gid} 1")

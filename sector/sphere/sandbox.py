@@ -17,7 +17,9 @@ What a UDF sees (its *view*: a mount namespace of its own, ``/`` made private fi
 nothing propagates back)
     - the node's data directory, its TLS directory, ``$SECTOR_HOME`` and every
       ``--udf-hide`` path: an empty read-only tmpfs in their place (a file: /dev/null);
-    - ``/tmp`` and ``/dev/shm``: private tmpfs (at most the memory limit each);
+    - ``/tmp``, ``/var/tmp`` and ``/dev/shm``: private tmpfs (at most the memory limit
+      each), and System V IPC of its own: nothing one engine leaves there reaches
+      another;
     - ``INSIDE`` (``/tmp/sector``): ``blobs/`` and ``cache/`` (the stored files and
       fetched copies: segments are read there) read-only, and ``stage/``: the staging
       directory of the one Sector user whose tasks the engine runs, read-write. Task
@@ -182,7 +184,7 @@ def mount_plan(spec: Spec) -> list[tuple[str, ...]]:
 
     ("private", "/")           no mount event propagates out of (or into) the view
     ("hide", path)             an empty read-only tmpfs over a directory, /dev/null over a file
-    ("tmpfs", path, options)   a fresh tmpfs
+    ("tmpfs", path, options[, "optional"])  a fresh tmpfs (optional: if path exists)
     ("mkdir", path)            a directory (in a tmpfs made just before)
     ("bind", outside, inside, "ro"|"rw"[, "optional"])  optional: skipped if unreadable
     ("ro", path)               remount a tmpfs read-only
@@ -199,7 +201,8 @@ def mount_plan(spec: Spec) -> list[tuple[str, ...]]:
     steps += [("hide", p) for p in hidden(spec)]  # after: a hidden path may lie in a bind
     steps += [
         ("tmpfs", "/tmp", f"mode=1777,{size}"),
-        ("tmpfs", "/dev/shm", f"mode=1777,{size}"),
+        ("tmpfs", "/var/tmp", f"mode=1777,{size}", "optional"),
+        ("tmpfs", "/dev/shm", f"mode=1777,{size}", "optional"),
         ("mkdir", INSIDE),
         ("tmpfs", INSIDE, "mode=0755,size=64k"),
     ]
