@@ -17,9 +17,10 @@ What a UDF sees (its *view*: a mount namespace of its own, ``/`` made private fi
 nothing propagates back)
     - the node's data directory, its TLS directory, ``$SECTOR_HOME`` and every
       ``--udf-hide`` path: an empty read-only tmpfs in their place (a file: /dev/null);
-    - ``/tmp``, ``/var/tmp`` and ``/dev/shm``: private tmpfs (at most the memory limit
-      each), and System V IPC of its own: nothing one engine leaves there reaches
-      another;
+    - ``/tmp``, ``/var/tmp`` and ``/dev/shm``: private tmpfs (the first at most the
+      memory limit, the others a quarter of it: what they hold is RAM that the limit
+      does not count), and System V IPC of its own: nothing one engine leaves there
+      reaches another;
     - ``INSIDE`` (``/tmp/sector``): ``blobs/`` and ``cache/`` (the stored files and
       fetched copies: segments are read there) read-only, and ``stage/``: the staging
       directory of the one Sector user whose tasks the engine runs, read-write. Task
@@ -189,7 +190,10 @@ def mount_plan(spec: Spec) -> list[tuple[str, ...]]:
     ("bind", outside, inside, "ro"|"rw"[, "optional"])  optional: skipped if unreadable
     ("ro", path)               remount a tmpfs read-only
     """
-    size = f"size={spec.limits.memory}" if spec.limits.memory else "size=50%"
+    # tmpfs pages are not the engine's memory (RLIMIT_DATA does not count them): /tmp
+    # may hold as much as the limit, the other two a quarter of it each.
+    mem = spec.limits.memory
+    size, small = (f"size={mem}", f"size={mem // 4}") if mem else ("size=25%", "size=5%")
     steps: list[tuple[str, ...]] = [("private", "/")]
     covers = sorted({c for c, _ in spec.reach})
     for cover in covers:
@@ -201,8 +205,8 @@ def mount_plan(spec: Spec) -> list[tuple[str, ...]]:
     steps += [("hide", p) for p in hidden(spec)]  # after: a hidden path may lie in a bind
     steps += [
         ("tmpfs", "/tmp", f"mode=1777,{size}"),
-        ("tmpfs", "/var/tmp", f"mode=1777,{size}", "optional"),
-        ("tmpfs", "/dev/shm", f"mode=1777,{size}", "optional"),
+        ("tmpfs", "/var/tmp", f"mode=1777,{small}", "optional"),
+        ("tmpfs", "/dev/shm", f"mode=1777,{small}", "optional"),
         ("mkdir", INSIDE),
         ("tmpfs", INSIDE, "mode=0755,size=64k"),
     ]
