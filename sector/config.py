@@ -65,6 +65,17 @@ class NodeConfig:
     gc_interval: float = 300.0  # seconds between passes
     # Sphere: processing engines (worker processes running UDFs); 0 = one per core.
     engines: int = 0
+    # The engines' sandbox (sector.sphere.sandbox, sector.node.sandbox): which mode
+    # ("auto" = the strongest this host allows), who UDFs run as (a root node's; made
+    # if missing), and limits per engine process (0 = the default said there).
+    udf_sandbox: str = "auto"
+    udf_user: str = "sector-udf"
+    udf_memory: int = 0  # bytes; default 3/4 of RAM over the engines, >= 1 GiB
+    udf_cpu_seconds: int = 600  # CPU seconds per task
+    udf_nofile: int = 4096
+    udf_nproc: int = 0  # default 256 + engines * (cores + 16): per uid, host-wide
+    udf_hide: tuple[str, ...] = ()  # more paths UDFs must not see
+    udf_bind: tuple[str, ...] = ()  # directories UDFs may read and write where they are
     # Security: a directory with node.crt, node.key and ca.crt makes the node secure
     # (TLS only, peers must prove membership, every request checked); None = open.
     tls: Path | None = None

@@ -141,6 +141,14 @@ def cmd_status(c: ClientLike, args: argparse.Namespace) -> None:
             output.echo(
                 f"{n.get('address')}: draining, {'?' if left is None else left} files to move"
             )
+    for n in nodes:
+        if n.get("sandbox") in ("none", "unavailable"):
+            output.echo(
+                f"{n.get('address')}: UDFs run unsandboxed (sandbox: {n['sandbox']}): "
+                "the compute right is the node's own there"
+                if n["sandbox"] == "none"
+                else f"{n.get('address')}: the UDF sandbox cannot be set up: no job runs there"
+            )
     workers = [(n, w) for n in nodes for w in n.get("workers") or [] if isinstance(w, dict)]
     for n, w in workers:
         # Scrub progress is a cluster figure of the issue: shown even without --workers.

@@ -161,6 +161,61 @@ def build_parser() -> argparse.ArgumentParser:
         help="Sphere processing engines (default: one per core)",
     )
     s.add_argument(
+        "--udf-sandbox",
+        choices=("auto", "full", "userns", "none"),
+        default=None,
+        help="how UDFs are confined (default auto: the strongest this host allows; "
+        "see README 'Sandbox')",
+    )
+    s.add_argument(
+        "--udf-user",
+        metavar="NAME",
+        default=None,
+        help="the user UDFs run as on a root node (default sector-udf, made if missing)",
+    )
+    s.add_argument(
+        "--udf-memory",
+        metavar="BYTES",
+        type=arg_type(parse_size),
+        default=None,
+        help="memory of each engine process (default: 3/4 of RAM over the engines)",
+    )
+    s.add_argument(
+        "--udf-cpu-seconds",
+        metavar="N",
+        type=arg_type(positive_int),
+        default=None,
+        help="CPU seconds a UDF may use per task (default 600)",
+    )
+    s.add_argument(
+        "--udf-nofile",
+        metavar="N",
+        type=arg_type(positive_int),
+        default=None,
+        help="open files per engine process (default 4096)",
+    )
+    s.add_argument(
+        "--udf-nproc",
+        metavar="N",
+        type=arg_type(positive_int),
+        default=None,
+        help="processes and threads of the UDF user (default 256 + engines x (cores + 16))",
+    )
+    s.add_argument(
+        "--udf-hide",
+        metavar="PATH",
+        action="append",
+        default=None,
+        help="a path UDFs must not see (repeatable; the data and TLS directories are hidden)",
+    )
+    s.add_argument(
+        "--udf-bind",
+        metavar="DIR",
+        action="append",
+        default=None,
+        help="a directory UDFs may read and write where it is (repeatable)",
+    )
+    s.add_argument(
         "--tls",
         metavar="DIR",
         type=Path,
@@ -384,6 +439,8 @@ def _node(args: argparse.Namespace) -> int:
         host_id=args.host_id,
         stall_timeout=args.stall_timeout,
         repair_rate=args.repair_rate or 0,
+        udf_hide=tuple(args.udf_hide or ()),
+        udf_bind=tuple(args.udf_bind or ()),
         **({"min_free": args.min_free} if args.min_free is not None else {}),
         **{
             k: v
@@ -399,6 +456,12 @@ def _node(args: argparse.Namespace) -> int:
                 ("max_strangers", args.max_strangers),
                 ("stranger_idle_timeout", args.stranger_idle_timeout),
                 ("input_budget", args.input_budget),
+                ("udf_sandbox", args.udf_sandbox),
+                ("udf_user", args.udf_user),
+                ("udf_memory", args.udf_memory),
+                ("udf_cpu_seconds", args.udf_cpu_seconds),
+                ("udf_nofile", args.udf_nofile),
+                ("udf_nproc", args.udf_nproc),
             )
             if v is not None
         },

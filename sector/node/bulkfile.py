@@ -9,10 +9,12 @@ concatenating a bucket's parts happens in the kernel with ``sendfile``. No Pytho
 
 from __future__ import annotations
 
+import contextlib
 import os
 from concurrent.futures import Executor
 from pathlib import Path
 
+from sector.storage.blobs import open_nofollow
 from sector.transport import bulk
 from sector.transport.bulk import BulkChannel
 
@@ -26,11 +28,17 @@ async def recv_file(chan: BulkChannel, size: int, path: Path, io: Executor) -> N
 
 
 def concat(parts: list[Path], out: Path) -> int:
-    """Join files in the kernel (copy_file_range/sendfile), not through Python bytes."""
+    """Join files in the kernel (copy_file_range/sendfile), not through Python bytes.
+    A part is read only if it is a regular file reached through no symlink (parts are
+    what UDFs wrote, in directories they could write)."""
     total = 0
-    with open(out, "wb") as o:
+    # A new file: one of that name may be a blob sealed by an earlier commit (a link,
+    # no copy), which must not be written through.
+    with contextlib.suppress(FileNotFoundError):
+        out.unlink()
+    with open(out, "xb") as o:
         for p in parts:
-            with open(p, "rb") as i:
+            with open(open_nofollow(p), "rb") as i:
                 n = os.fstat(i.fileno()).st_size
                 done = 0
                 while done < n:

@@ -83,10 +83,13 @@ def start_cluster(
         cluster_id = ca.cluster_id
 
     def node_args(i: int) -> list[str]:
+        # UDFs of a node see nothing of the cluster directory: not the other nodes'
+        # data and keys beside its own, nor the admin key in security/.
+        hide = ["--udf-hide", str(directory)]
         if not secure:
-            return extra
+            return [*extra, *hide]
         tls = local_security.ensure_node_cert(ca, directory / f"node-{i}", f"local-{i}")
-        return [*extra, "--tls", str(tls)]
+        return [*extra, *hide, "--tls", str(tls)]
 
     try:
         started.append(_spawn(directory, 0, replicas, None, python, node_args(0)))

@@ -552,6 +552,8 @@ class Node:
             # Owned files still listing each draining node: 0 everywhere = drained.
             "draining_held": held,
             "security": self.security.describe() if self.security else {"tls": False},
+            # How UDFs are confined here: full | userns | none (README "Sandbox").
+            "sandbox": self.sphere.sandbox,
             "blobs": self.blobs.count,
             **counts,
             "repair_queue": repair["queue"],

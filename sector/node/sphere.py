@@ -1,7 +1,7 @@
 """The node's side of Sphere: the ``sphere.*`` handlers and the state of jobs' attempts.
 
 The job's driver (a client) schedules; a node only does what it is told, and keeps
-no state that outlives a job except files in ``<data>/sphere/<job>/``:
+no state that outlives a job except files in its job directory (below):
 
 - ``sphere.run``: start one *attempt* of a segment in an engine (``sector.sphere.spe``)
   on the segment's data (``sphere_input``: the local replica, or a verified copy).
@@ -22,11 +22,17 @@ no state that outlives a job except files in ``<data>/sphere/<job>/``:
 The messages are declared in ``sphere.wire`` and decoded at the handler table; what
 their types cannot say is checked in ``sphere_args``. Attempts and jobs are owned by the
 user who started them (secure clusters); nodes pushing parts may touch any job.
+
+Engines run sandboxed (``node/sandbox.py``): a job's files are under its user's staging
+directory, ``<data>/sphere/u/<user>/<job>/`` (``<data>/sphere/open/<job>/`` on an open
+cluster), the only staging an engine running that user's tasks can see. A node that first
+hears of a job from a pushed part learns its user from the push.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import secrets
@@ -42,6 +48,7 @@ from sector.errors import BadRequest, NotFound, PermissionDenied, SectorError
 from sector.ids import to_hex
 from sector.meta import records as rec
 from sector.meta.records import FileRecord
+from sector.node import sandbox
 from sector.node.engines import EngineDied, EnginePool
 from sector.node.put import Namespace, PutHost, PutProtocol
 from sector.node.sphere_args import bucket_map, check_range, reduce_spec
@@ -104,12 +111,15 @@ class SphereService(Worker):
     def __init__(self, node: SphereHost) -> None:
         super().__init__("sphere", interval=JANITOR_EVERY, settle=JANITOR_EVERY)
         self.node = node
-        self.root = node.data / "sphere"
+        # Absolute: engines see these paths through their sandbox's binds (``translate``).
+        self.root = Path(os.path.abspath(node.data)) / "sphere"
         # Staged files of jobs from before a restart are dead: their driver has
         # re-run or failed those attempts (a restarted node answers no polls for them).
         shutil.rmtree(self.root, ignore_errors=True)
         self.engines = node.cfg.engines or os.cpu_count() or 1
-        self.pool = EnginePool(self.engines)
+        self.pool = EnginePool(
+            self.engines, functools.partial(sandbox.prepare, node.cfg, node.data, self.engines)
+        )
         self.jobs: dict[str, JobState] = {}
         # Bulk file work of the shuffle (receive, concatenate, hash) on threads of its
         # own: on the loop's default executor a burst of pushes would queue the
@@ -154,11 +164,21 @@ class SphereService(Worker):
             "state": "busy" if running else "idle",
             "engines": self.engines,
             "engines_busy": self.pool.busy,
+            "sandbox": self.sandbox,
             "jobs": len(self.jobs),
             "running": running,
             **self.stats,
             **self.shuffle.stats,
         }
+
+    @property
+    def sandbox(self) -> str:
+        """The engines' sandbox mode (``sector.sphere.sandbox``), "starting" until known."""
+        return self.pool.setup.mode if self.pool.setup is not None else "starting"
+
+    async def start(self) -> None:
+        self.pool.start()  # the sandbox probe, in the background
+        await super().start()
 
     async def work(self) -> None:
         self._expire()
@@ -172,17 +192,25 @@ class SphereService(Worker):
 
     # ------------------------------------------------------------------ jobs
 
-    def _job_state(self, job: str, *, create: bool = False) -> JobState:
+    def _job_state(self, job: str, *, create: bool = False, owner: str | None = None) -> JobState:
+        """The job, made if ``create``: its user is the caller (``owner`` for a node
+        pushing a part), and its files go to that user's staging directory."""
         self._expire()
         j = self.jobs.get(job)
         if j is None:
             if not create:
                 raise NotFound(f"no job {job} on this node")
-            j = self.jobs[job] = JobState(job, self.root / job)
+            user = owner if guard.is_node() else guard.user()
+            j = JobState(job, self._staging(user) / job, owner=user)
             j.dir.mkdir(parents=True, exist_ok=True)
+            self.jobs[job] = j
         self._own(j)
         j.touched = time.monotonic()
         return j
+
+    def _staging(self, user: str | None) -> Path:
+        """A user's staging directory (user names are ``[a-z_][a-z0-9_.-]*``: no path)."""
+        return self.root / "open" if user is None else self.root / "u" / user
 
     def _own(self, j: JobState) -> None:
         """A job is its user's: the first user to name it owns it here, and no other
@@ -310,15 +338,18 @@ class SphereService(Worker):
     ) -> None:
         try:
             if src is not None and task["size"] > 0:
-                task["file"] = str(await self.input.local_copy(src))
-            res = await self.pool.run(spe.run_task, task)
+                task["file"] = os.path.abspath(await self.input.local_copy(src))
+            writes = task["mode"] in ("files", "buckets")
+            res = await self.pool.run(
+                spe.run_task,
+                task,
+                stage=j.dir.parent,
+                outdirs=[Path(task["out"])] if writes else [],
+            )
         except asyncio.CancelledError:
             raise
-        except EngineDied:
-            res = {
-                "error": "the engine process died (did the UDF exit or crash?)",
-                "retryable": True,
-            }
+        except EngineDied as exc:
+            res = {"error": str(exc), "retryable": exc.retryable}
         except (SectorError, OSError) as exc:
             res = {"error": f"cannot get the segment's data: {exc}", "retryable": True}
         except Exception as exc:  # a bug of ours: report it, keep the node up
@@ -327,7 +358,9 @@ class SphereService(Worker):
         if res.get("ok"):
             t.parts = {int(b): n for b, n in (res.get("parts") or {}).items()}
             if task["mode"] == "buckets":
-                res["undelivered"] = await self.shuffle.push(j.dir, j.id, t.id, t.parts, buckets)
+                res["undelivered"] = await self.shuffle.push(
+                    j.dir, j.id, t.id, t.parts, buckets, owner=j.owner
+                )
         else:
             self.stats["failed"] += 1
         res["attempt"], res["seg"] = t.id, t.seg
@@ -337,7 +370,7 @@ class SphereService(Worker):
     @typed(wire.Push)
     async def _h_push(self, req: wire.Push, chan: BulkChannel) -> Any:
         self.shuffle.check_room(req.size)
-        j = self._job_state(req.job, create=True)
+        j = self._job_state(req.job, create=True, owner=req.owner)
         await self.shuffle.receive(chan, j.dir, req.bucket, req.attempt, req.size)
         return {"ok": True}
 
@@ -408,7 +441,8 @@ class SphereService(Worker):
             raise NotFound("no such finished attempt on this node")
         targets = {b: addr for b, addr in bucket_map(req.buckets).items() if b in t.parts}
         parts = {b: t.parts[b] for b in targets}
-        return {"undelivered": await self.shuffle.push(j.dir, j.id, t.id, parts, targets)}
+        undelivered = await self.shuffle.push(j.dir, j.id, t.id, parts, targets, owner=j.owner)
+        return {"undelivered": undelivered}
 
     @typed(wire.Commit)
     async def _h_commit(self, req: wire.Commit) -> Any:

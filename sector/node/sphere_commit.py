@@ -10,6 +10,9 @@
   no copy); several are joined in the kernel (``bulkfile.concat``).
 - Each file is then made through the put protocol from this node (``node/put.py``,
   ``put_local``): the first copy stays here, where the next stage reads it.
+- A reduce's output goes to ``<job>/reduce/``, the one directory of the job its UDF
+  may write (sealed by ``adopt``, which follows no symlink); the node's own joins go to
+  ``<job>/commit/``, which no UDF can write.
 - Reduces run one per engine at a time; plain commits two at a time (bulk file work
   that keeps the disk busy without thrashing it). Every item ends before the reply,
   even when one fails: a commit still running after the driver gave up would store a
@@ -123,7 +126,7 @@ class Committer:
 
         async def one(i: int, it: Item) -> dict[str, Any]:
             if reduce is not None and it.bucket is not None:
-                out = work / f"f{i}"
+                out = jdir / "reduce" / f"f{i}"
                 async with sem:  # the engine's part; the next reduce starts as this stores
                     await self._reduce(reduce, it.bucket, it.path, it.parts, out)
                 return await self.puts.put_local(out, it.path, rf, io=self.io, durable=durable)
@@ -149,13 +152,11 @@ class Committer:
             "node": self.node_id,
             "out": str(out),
         }
+        stage = out.parent.parent.parent  # out is <staging>/<job>/reduce/f<i>
         try:
-            res = await self.engines.run(spe.run_reduce, task)
-        except EngineDied:
-            raise JobFailed(
-                f"bucket {bucket}: the engine process died in the reduce "
-                "(did the UDF exit or crash?)"
-            ) from None
+            res = await self.engines.run(spe.run_reduce, task, stage=stage, outdirs=[out.parent])
+        except EngineDied as exc:
+            raise JobFailed(f"bucket {bucket} on {self.addr}: in the reduce: {exc}") from None
         if not res.get("ok"):
             raise JobFailed(
                 f"bucket {bucket} on {self.addr}: {res.get('error')}",

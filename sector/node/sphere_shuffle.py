@@ -24,6 +24,9 @@ done, each part goes to its bucket's node; a part received is
   segment, so a speculative duplicate never doubles records, and the mapper keeps its
   parts until the job ends, so a lost bucket node can be fed again (``sphere.resend``)
   without running the UDF again.
+- A part is a file a UDF's engine wrote, in a directory the UDF may write: the node
+  reads it without following a symlink (and only if it is a regular file), and links
+  the name itself, never what a symlink there points at.
 """
 
 from __future__ import annotations
@@ -35,11 +38,11 @@ import os
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from sector.errors import NoSpace, SectorError
 from sector.node import bulkfile
-from sector.storage.blobs import BlobStore
+from sector.storage.blobs import BlobStore, open_nofollow
 from sector.transport.rpc import BulkChannel, RpcPool
 
 __all__ = ["PUSH_STREAMS", "BucketWriter", "Part", "Shuffle", "received"]
@@ -63,6 +66,7 @@ class Part:
     bucket: int
     size: int
     file: Path
+    owner: str | None = None  # the job's user (a node that first hears of it by a push)
 
 
 class Sink(Protocol):
@@ -80,7 +84,9 @@ class DiskSink:
         dst.parent.mkdir(exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             dst.unlink()
-        os.link(part.file, dst)  # the mapper keeps its own name for a resend
+        # The mapper keeps its own name for a resend. The name is linked, not what a
+        # symlink planted there would point at; readers of recv/ never follow one.
+        os.link(part.file, dst, follow_symlinks=False)
 
 
 class NetSink:
@@ -91,14 +97,21 @@ class NetSink:
         self.addr = addr
 
     async def deliver(self, part: Part) -> None:
-        args = {"job": part.job, "bucket": part.bucket, "attempt": part.attempt, "size": part.size}
-        chan = await self.pool.open_bulk(self.addr, "sphere.push", args)
-        try:
-            with open(part.file, "rb") as f:
+        args: dict[str, Any] = {
+            "job": part.job,
+            "bucket": part.bucket,
+            "attempt": part.attempt,
+            "size": part.size,
+        }
+        if part.owner is not None:
+            args["owner"] = part.owner
+        with open(open_nofollow(part.file), "rb") as f:  # before a byte moves
+            chan = await self.pool.open_bulk(self.addr, "sphere.push", args)
+            try:
                 await chan.sendfile(f, 0, part.size)
-            await chan.read_reply()
-        finally:
-            await chan.close()
+                await chan.read_reply()
+            finally:
+                await chan.close()
 
 
 class BucketWriter:
@@ -164,12 +177,18 @@ class Shuffle:
         self.stats = {"pushed": 0, "received": 0}
 
     async def push(
-        self, jdir: Path, job: str, attempt: int, parts: dict[int, int], buckets: dict[int, str]
+        self,
+        jdir: Path,
+        job: str,
+        attempt: int,
+        parts: dict[int, int],
+        buckets: dict[int, str],
+        owner: str | None = None,
     ) -> list[int]:
         """Send an attempt's staged parts (``{bucket: bytes}``) to the nodes ``buckets``
         names; the buckets that failed."""
         staged = jdir / f"a{attempt}"
-        todo = [Part(job, attempt, b, n, staged / f"b{b}") for b, n in sorted(parts.items())]
+        todo = [Part(job, attempt, b, n, staged / f"b{b}", owner) for b, n in sorted(parts.items())]
         return await BucketWriter(self.me, self.pool, jdir, self.stats).write(todo, buckets)
 
     def check_room(self, size: int) -> None:

@@ -45,6 +45,7 @@ def summarize(
             continue
         m["workers"] = inf.get("workers", [])
         m["tls"] = bool((inf.get("security") or {}).get("tls"))
+        m["sandbox"] = inf.get("sandbox")
         for nid, n in (inf.get("draining_held") or {}).items():
             held[nid] = held.get(nid, 0) + int(n)
         m["files"] = inf.get("blobs", 0)

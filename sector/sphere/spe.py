@@ -26,7 +26,7 @@ import traceback
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import cloudpickle
 import numpy as np
@@ -72,21 +72,35 @@ def init_engine(parent: int) -> None:
     threading.Thread(target=watch, name="engine-watchdog", daemon=True).start()
 
 
-def serve(conn: Connection, parent: int) -> None:
-    """An engine's life (the target of its process; ``node/engines.py`` starts it):
+class Guard(Protocol):
+    """What wraps each task in a sandboxed engine (``jail.Guard``)."""
+
+    def begin(self, task: Any) -> Any: ...
+    def end(self, res: Any) -> Any: ...
+
+
+def serve(conn: Connection, parent: int | None, guard: Guard | None = None) -> None:
+    """An engine's life (``node/engines.py`` starts it, through ``jail.engine_main``):
     take ``(function, task)`` from the node, send back what the function returns, one
     at a time, until the node closes the pipe or kills this process. ``run_task`` and
-    ``run_reduce`` never raise; anything else that goes wrong is still an answer."""
-    init_engine(parent)
+    ``run_reduce`` never raise; anything else that goes wrong is still an answer.
+    ``parent``: the node, watched (None in a sandbox: the engine's pid 1 ends it);
+    ``guard``: a sandbox's work before and after each task."""
+    if parent is not None:
+        init_engine(parent)
     while True:
         try:
             fn, task = conn.recv()
         except (EOFError, OSError):
             return
         try:
+            if guard is not None:
+                task = guard.begin(task)
             res = fn(task)
         except Exception as exc:  # a bug of ours: an answer, and the engine lives on
             res = {"error": f"engine: {type(exc).__name__}: {exc}", "retryable": True}
+        if guard is not None:
+            res = guard.end(res)
         try:
             conn.send(res)
         except (EOFError, OSError):
@@ -96,7 +110,12 @@ def serve(conn: Connection, parent: int) -> None:
 
 
 def _write(path: Path, data: bytes | memoryview) -> int:
-    with open(path, "wb") as f:
+    """A new file at ``path``: one already there is unlinked, never written through
+    (after a commit it is also a sealed blob's name: a commit made again, after a
+    bucket node was lost, must not rewrite the blob the first one sealed)."""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    with open(path, "xb") as f:
         f.write(data)
     return len(data)
 

@@ -107,6 +107,7 @@ BucketId = Annotated[int, Meta(ge=0, le=MAX_BUCKETS)]
 Size = Annotated[int, Meta(ge=0, le=1 << 62)]  # bytes, offsets, record counts
 RecordSize = Annotated[int, Meta(ge=0, le=1 << 30)]
 Digest = Annotated[str, Meta(max_length=128)]
+UserName = Annotated[str, Meta(pattern=r"^[a-z_][a-z0-9_.-]{0,63}\Z")]  # as credentials name them
 
 
 class InfoReply(TypedDict, total=False):
@@ -234,6 +235,9 @@ class Push(Request, frozen=True):
     bucket: BucketId
     attempt: Id
     size: Size
+    # The user whose job it is (None on an open cluster): a node that first hears of a
+    # job from a push stages it with that user's other jobs (``node/sphere.py``).
+    owner: UserName | None = None
 
 
 class CommitItem(TypedDict):

@@ -462,6 +462,13 @@ class BlobStore:
             raise BadRequest(f"cannot seal {src}: not a regular file (a symlink?)") from None
         with open(fd, "rb") as f:
             st = os.fstat(fd)
+            if st.st_uid != os.geteuid():
+                # Made by a sandboxed UDF (its own user): sealed, it is the node's, and
+                # that user can no longer open it for writing (or change its mode).
+                with contextlib.suppress(PermissionError):  # (a node not root: not ours)
+                    os.fchown(fd, os.geteuid(), os.getegid())
+                    os.fchmod(fd, 0o644)
+                st = os.fstat(fd)
             size = st.st_size
             checksum = _checksum_of_open(f)
             if sync:

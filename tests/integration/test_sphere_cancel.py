@@ -39,23 +39,37 @@ from sector.transport.rpc import RpcPool
 
 ONE = ["--engines", "1"]
 SHARED_HOST = [*ONE, "--host-id", "box-a"]  # two nodes on one (pretend) machine
+MARKS = "marks"  # UDFs of the module's cluster leave marks there (``--udf-bind``)
 FREED_WITHIN = 1.0  # seconds from the winner's commit to the loser's engine being free
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcCluster]:
     """Three nodes of one engine each: n0 on /dc1/r1 and n2 (topology unknown) share a
-    host; n1 is on /dc1/r2, a host of its own."""
+    host; n1 is on /dc1/r2, a host of its own. Their UDFs may write ``root/MARKS``
+    (sandboxed UDFs see nothing else of the test's files)."""
     root = tmp_path_factory.mktemp("sphere-cancel")
-    with ProcCluster(root / "cl", replicas=1, node_args=SHARED_HOST) as cl:
+    (root / MARKS).mkdir(mode=0o1777)
+    (root / MARKS).chmod(0o1777)  # (mkdir's mode is cut by the umask)
+    shared = ["--udf-bind", str(root / MARKS)]
+    with ProcCluster(root / "cl", replicas=1, node_args=[*SHARED_HOST, *shared]) as cl:
         first = cl.add(topology="/dc1/r1")
-        cl.node_args = ONE
+        cl.node_args = [*ONE, *shared]
         cl.add(join=first.address, topology="/dc1/r2")
-        cl.node_args = SHARED_HOST
+        cl.node_args = [*SHARED_HOST, *shared]
         cl.add(join=first.address)
-        cl.node_args = ONE
+        cl.node_args = [*ONE, *shared]
         cl.wait_ring()
         yield cl
+
+
+@pytest.fixture
+def marks(cluster: ProcCluster, request: pytest.FixtureRequest) -> Path:
+    """A directory of the test's own where its UDFs may leave marks (on any node)."""
+    d = cluster.root.parent / MARKS / request.node.name
+    d.mkdir(mode=0o777)
+    d.chmod(0o777)
+    return d
 
 
 # UDFs. Module-level: pickled by value (this test module is not installed on the nodes).
@@ -245,7 +259,8 @@ def test_sphere_cancel_is_the_jobs_users_and_discards_output(tmp_path: Path) -> 
                 # A node hangs up after a BadRequest: a connection of its own for each.
                 with cl.connect(token=gil) as once, pytest.raises(BadRequest):
                     call(once, "sphere.cancel", bad)
-            assert not (node.data / "sphere" / job).exists()  # nor made the job exist
+            staging = node.data / "sphere" / "u" / "gil"  # gil's jobs on this node
+            assert not (staging / job).exists()  # nor made the job exist
             assert call(g, "sphere.run", task_args(job, 0, sleepy))["accepted"]
             wait_for(lambda: busy() == 1, 30, interval=0.05, what="the attempt to run")
             for who in (h, anon):
@@ -266,7 +281,7 @@ def test_sphere_cancel_is_the_jobs_users_and_discards_output(tmp_path: Path) -> 
                 return any(r["attempt"] == 1 for r in call(g, "sphere.poll", {"job": job})["done"])
 
             wait_for(finished, 30, interval=0.05, what="attempt 1 to finish")
-            staged = node.data / "sphere" / job / "a1"
+            staged = staging / job / "a1"
             assert (staged / "out").exists()
             assert call(g, "sphere.cancel", {"job": job, "attempt": 1}) == {"cancelled": False}
             assert not staged.exists()
@@ -283,11 +298,9 @@ def test_sphere_cancel_is_the_jobs_users_and_discards_output(tmp_path: Path) -> 
             call(g, "sphere.cleanup", {"job": job})
 
 
-def test_udf_that_ends_its_engine_fails_only_its_attempt(
-    cluster: ProcCluster, tmp_path: Path
-) -> None:
+def test_udf_that_ends_its_engine_fails_only_its_attempt(cluster: ProcCluster, marks: Path) -> None:
     with sector.connect(cluster.address) as c:
-        job = c.sphere.run(exits_once, tasks=[str(tmp_path)])
+        job = c.sphere.run(exits_once, tasks=[str(marks)])
         res = job.wait(timeout=60)
         assert res["results"] == [b"ok"]
         assert res["failed_attempts"] == 1
@@ -300,7 +313,7 @@ def test_udf_that_ends_its_engine_fails_only_its_attempt(
 
 
 def test_driver_sleeps_until_the_schedulers_next_deadline(
-    cluster: ProcCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    cluster: ProcCluster, marks: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Each schedule() call with what it started and the next deadline it leaves (asked
     # here, so the record does not depend on the driver asking).
@@ -323,7 +336,7 @@ def test_driver_sleeps_until_the_schedulers_next_deadline(
     monkeypatch.setattr(Scheduler, "succeeded", succeeded)
     with sector.connect(cluster.address) as c:
         t0 = time.monotonic()
-        res = c.sphere.run(slow_first_attempt, tasks=[(str(tmp_path), 0), (str(tmp_path), 1)])
+        res = c.sphere.run(slow_first_attempt, tasks=[(str(marks), 0), (str(marks), 1)])
         assert res.results() == [b"ok", b"ok"]
         took = time.monotonic() - t0
     assert res.progress()["speculative"] == 1

@@ -155,8 +155,10 @@ def attempts_on(node: NodeProc) -> int:
 
 
 def job_dirs(node: NodeProc) -> set[str]:
+    """The jobs staged on a node (``<data>/sphere/open/<job>`` on an open cluster,
+    ``<data>/sphere/u/<user>/<job>`` on a secure one)."""
     root = node.data / "sphere"
-    return {p.name for p in root.iterdir() if p.name != "cache"} if root.exists() else set()
+    return {p.name for p in [*root.glob("open/*"), *root.glob("u/*/*")]}
 
 
 def namespace(c: sector.Client) -> list[str]:
@@ -416,7 +418,7 @@ def test_sphere_poll_info_cleanup_refuse_malformed_messages(
 
 
 def recv_files(node: NodeProc, job: str) -> list[str]:
-    d = node.data / "sphere" / job / "recv"
+    d = node.data / "sphere" / "open" / job / "recv"
     return sorted(p.name for p in d.iterdir()) if d.exists() else []
 
 

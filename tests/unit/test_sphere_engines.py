@@ -76,7 +76,7 @@ def test_a_task_that_ends_its_engine_fails_alone_and_tasks_queue() -> None:
         pool = EnginePool(2)
         try:
             slow = asyncio.create_task(pool.run(time.sleep, 1.0))
-            with pytest.raises(EngineDied, match="exit code 3"):
+            with pytest.raises(EngineDied, match="exited with code 3"):
                 await pool.run(os._exit, 3)
             assert await slow is None  # the other engine's task ran on
             got = await asyncio.gather(*(pool.run(abs, -i) for i in range(5)))
