@@ -34,17 +34,17 @@ def der(cert: x509.Certificate) -> bytes:
 
 @pytest.fixture(scope="module")
 def ca() -> ClusterCA:
-    return ClusterCA.create("test")
+    return ClusterCA.create("test", now=NOW)
 
 
 @pytest.fixture(scope="module")
 def other_ca() -> ClusterCA:
-    return ClusterCA.create("test")
+    return ClusterCA.create("test", now=NOW)
 
 
 @pytest.fixture(scope="module")
 def n1(ca: ClusterCA) -> NodeIdentity:
-    return ca.issue_node("n1")
+    return ca.issue_node("n1", now=NOW)
 
 
 # --- the CA -------------------------------------------------------------------------
