@@ -24,6 +24,7 @@ import msgspec
 import pytest
 
 import sector
+from sector.ids import key_id
 from sector.testing.cluster import NodeProc, ProcCluster, wait_for
 
 STALL_TIMEOUT = 4.0  # set on the nodes with --stall-timeout (the default is 10 s)
@@ -224,6 +225,48 @@ def test_bad_request_comes_back_typed_to_a_sector_client(target: NodeProc) -> No
         with pytest.raises(sector.errors.BadRequest, match=r"no\.such\.op"):
             c._run(c._aio.pool.call(target.address, "no.such.op", {}))
         assert c.stat("/")["type"] == "dir"
+
+
+@pytest.mark.parametrize(
+    "op_args",
+    [("bogus", {}), ("put_file", {"record": 5})],
+    ids=["unknown-op", "bad-record"],
+)
+def test_a_bad_meta_op_forwarded_to_its_owner_costs_the_forwarder_nothing(
+    cluster: ProcCluster,
+    target: NodeProc,
+    prober: Prober,
+    tmp_path: Path,
+    op_args: tuple[str, dict[str, Any]],
+) -> None:
+    """Found by the fuzz flood (tests/slow/test_fuzz_flood.py): the target forwards a
+    meta.op of a path it does not own to the owner, which refused a malformed one as
+    BadRequest, closing the node-to-node connection it came on: what else was in flight
+    there was cancelled and the target took the owner for failed (a client looping such
+    requests cost the target its quorum: writes through it refused for seconds). Now the
+    client still gets its BadRequest, and the owner's link to the target stays up."""
+    ring = sorted(cluster.nodes, key=lambda n: int(n.node_id, 16))
+
+    def owner(path: str) -> NodeProc:
+        k = key_id(path)
+        return next((n for n in ring if int(n.node_id, 16) >= k), ring[0])
+
+    path = next(p for p in (f"/fwd/{i}" for i in range(1000)) if owner(p) is not target)
+    others = [n for n in cluster.nodes if n is not target]
+    before = {n.index: n.log.stat().st_size for n in others}
+    op, args = op_args
+    for i in range(50):
+        body = {"i": i, "op": "meta.op", "a": {"path": path, "op": op, "args": args, "hops": 0}}
+        with connect_raw(target) as s:
+            s.sendall(frame(msgspec.msgpack.encode(body)))
+            got = read_until_closed(s, CLOSE_DEADLINE)
+        assert msgspec.msgpack.decode(got[4:])["e"]["type"] == "BadRequest"
+    prober.wait_ops(8)  # puts through the target among them: it has its quorum
+    for n in others:
+        with open(n.log, "rb") as f:
+            f.seek(before[n.index])
+            assert b"bad request" not in f.read(), f"node {n.index} refused the forwarder"
+    assert_still_serving(target, tmp_path)
 
 
 def test_stalled_frame_is_closed_after_the_stall_timeout(
