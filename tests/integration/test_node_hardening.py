@@ -298,6 +298,57 @@ def test_a_request_pipelined_before_a_bulk_get_leaves_no_traceback(
         assert b"Traceback" not in f.read()
 
 
+JOB = "f1" * 8  # a Sphere job id nobody runs: pushes and cleanups of it change nothing
+
+
+def push_header(size: int) -> bytes:
+    args = {"job": JOB, "bucket": 0, "attempt": 0, "size": size}
+    return frame(msgspec.msgpack.encode({"i": 1, "op": "sphere.push", "a": args}))
+
+
+def parts_arriving(node: NodeProc, n: int) -> bool:
+    return len(list((node.data / "sphere" / JOB / "recv").glob(".*part"))) >= n
+
+
+def reply_of(got: bytes) -> dict[str, Any]:
+    (n,) = struct.unpack(">I", got[:4])
+    reply: dict[str, Any] = msgspec.msgpack.decode(got[4 : 4 + n])
+    return reply
+
+
+def test_one_part_pushed_twice_at_once_is_received_twice(target: NodeProc) -> None:
+    """Found by the fuzz flood: both pushes wrote one temporary file, and the second to
+    finish found it gone (moved by the first): FileNotFoundError, a traceback."""
+    before = target.log.stat().st_size
+    with connect_raw(target) as a, connect_raw(target) as b:
+        a.sendall(push_header(64) + b"a" * 32)
+        b.sendall(push_header(64) + b"b" * 32)
+        wait_for(lambda: parts_arriving(target, 2), 10, what="both pushes receiving")
+        a.sendall(b"a" * 32)
+        assert "e" not in reply_of(read_until_closed(a, CLOSE_DEADLINE))
+        b.sendall(b"b" * 32)
+        assert "e" not in reply_of(read_until_closed(b, CLOSE_DEADLINE))
+    with open(target.log, "rb") as f:
+        f.seek(before)
+        assert b"Traceback" not in f.read()
+
+
+def test_a_part_of_a_job_dropped_while_it_arrives_is_refused_typed(target: NodeProc) -> None:
+    """Found by the fuzz flood: a sphere.cleanup while a part of the job was arriving
+    moved the job's directory away, and the part's rename failed (a traceback)."""
+    before = target.log.stat().st_size
+    with connect_raw(target) as a:
+        a.sendall(push_header(64) + b"a" * 32)
+        wait_for(lambda: parts_arriving(target, 1), 10, what="the push receiving")
+        with sector.connect(target.address) as c:
+            c._run(c._aio.pool.call(target.address, "sphere.cleanup", {"job": JOB}))
+        a.sendall(b"a" * 32)
+        assert reply_of(read_until_closed(a, CLOSE_DEADLINE))["e"]["type"] == "NotFound"
+    with open(target.log, "rb") as f:
+        f.seek(before)
+        assert b"Traceback" not in f.read()
+
+
 def test_stalled_frame_is_closed_after_the_stall_timeout(
     target: NodeProc, prober: Prober, tmp_path: Path
 ) -> None:
