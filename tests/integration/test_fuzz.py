@@ -43,6 +43,7 @@ from hypothesis import strategies as st
 
 import sector
 from sector.security import pki
+from sector.testing import fuzzflood
 from sector.testing.cluster import NodeProc, ProcCluster, wait_for
 from sector.testing.fuzzframes import HOSTILE, KEYS, OPS, VERBS, templates
 from sector.wire import codec
@@ -218,18 +219,8 @@ KNOWN_UNFIXED: list[tuple[str, str]] = []  # tracebacks tolerated: none (all fix
 
 
 def tracebacks(node: NodeProc) -> list[str]:
-    """Each traceback of the node's log (with the line that announced it), but those
-    of KNOWN_UNFIXED."""
-    lines = node.log.read_text(errors="replace").splitlines()
-    out = []
-    for i, line in enumerate(lines):
-        if not line.startswith("Traceback"):
-            continue
-        end = next((j for j in range(i + 1, len(lines)) if not lines[j].startswith(" ")), i)
-        text = "\n".join(lines[max(0, i - 1) : end + 1])
-        if not any(lines[end].startswith(exc) and where in text for exc, where in KNOWN_UNFIXED):
-            out.append(text)
-    return out
+    """Each traceback of the node's log, but those of KNOWN_UNFIXED."""
+    return fuzzflood.tracebacks(node.log.read_text(errors="replace"), KNOWN_UNFIXED)
 
 
 # ---------------------------------------------------------------- the fuzz
