@@ -278,6 +278,21 @@ def check_cluster(
     return flipped
 
 
+def commit() -> str:
+    """The commit measured (empty outside a git checkout)."""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+        return out.stdout.strip()
+    return ""
+
+
 def table(
     results: list[dict[str, Any]], logs: dict[str, Counter[str]], nodes: dict[str, Any]
 ) -> str:
@@ -379,6 +394,7 @@ def test_a_million_fuzz_frames_leave_the_nodes_up_and_the_files_unchanged(
             "platform": platform.platform(),
         },
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "commit": commit(),
     }
     (tmp_path / "flood.json").write_text(json.dumps(record, indent=2) + "\n")
     if os.environ.get("SECTOR_FUZZ_JSON"):
