@@ -26,7 +26,8 @@ test: check
 	$(BIN)/pytest -q -n 2 -m "not slow" tests
 
 # The long suites (the thrash test: SECTOR_THRASH_SECONDS, default 180; the partition
-# test). Both cut the network between namespaced hosts with nft: root, and nftables.
+# test; the fuzz flood: SECTOR_FUZZ_FRAMES, default 10^6, ~3 min). Thrash and partition
+# cut the network between namespaced hosts with nft: root, and nftables.
 test-slow: $(STAMP)
 	command -v nft >/dev/null || (apt-get update -qq && apt-get install -y -qq nftables)
 	$(BIN)/pytest -q -s -m slow tests

@@ -17,7 +17,14 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from sector.errors import ClusterError, SectorError, TransportError, Unavailable
+from sector.errors import (
+    BadRequest,
+    ClusterError,
+    SectorError,
+    TransportError,
+    Unavailable,
+    UsageError,
+)
 from sector.ids import from_hex, key_id, to_hex
 from sector.meta import records as rec
 from sector.meta.messages import MetaOp
@@ -29,6 +36,13 @@ from sector.wire.messages import typed
 
 MAX_HOPS = 4
 RETRY_WINDOW = 6.0  # seconds a routed request keeps trying through a crash
+# A request a node forwarded for a client may be malformed (the client's fault, not
+# the forwarder's): the owner answers it as a ``UsageError`` marked REFUSED, not as
+# ``BadRequest``, which would close the node-to-node connection it came on and cancel
+# every other request in flight there (the forwarder then took the owner for failed;
+# a client looping a bad meta.op through a non-owner cost that node its quorum). The
+# entry node raises it to its client as the ``BadRequest`` it is.
+REFUSED = "refused"
 
 
 def root_record(v: rec.Stamp) -> rec.DirRecord:
@@ -91,6 +105,8 @@ class Router:
                     self.ring.failed(owner)
                 except Unavailable as exc:
                     last = exc  # the owner could not reach a node it needed, or refused
+                except UsageError as exc:
+                    raise _unwrap(exc) from None
                 else:
                     self.learn(rep.get("range"))
                     return rep.get("result")
@@ -160,4 +176,19 @@ class Router:
                     self.ring.failed(peer)
                     # fall through: a read is served here (merge rules reconcile); a
                     # write is refused by ``local`` unless this node may own the key
-        return {"result": await self.local(op, path, args), "range": self.arc()}
+                except UsageError as exc:
+                    raise _unwrap(exc) if hops == 0 else exc from None
+        try:
+            return {"result": await self.local(op, path, args), "range": self.arc()}
+        except BadRequest as exc:
+            if hops == 0:
+                raise
+            raise UsageError(exc.message, **{**exc.data, REFUSED: True}) from None
+
+
+def _unwrap(exc: UsageError) -> SectorError:
+    """The BadRequest an owner answered as REFUSED (see REFUSED), else ``exc`` itself."""
+    if exc.data.get(REFUSED) is True:
+        data = {k: v for k, v in exc.data.items() if k != REFUSED}
+        return BadRequest(exc.message, **data)
+    return exc

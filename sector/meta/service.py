@@ -385,6 +385,8 @@ class MetaService:
 
         def outcome(f: asyncio.Future[None]) -> bool:
             p = futs[f]
+            if f.cancelled():
+                return False
             exc = f.exception()
             if isinstance(exc, TransportError):
                 self.ring.failed(p)
@@ -393,11 +395,16 @@ class MetaService:
             return exc is None
 
         pending: set[asyncio.Future[None]] = set(futs)
-        while pending and (enough is None or ok < enough):
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            ok += sum(outcome(f) for f in done)
-        for f in pending:
-            f.add_done_callback(outcome)
+        try:
+            while pending and (enough is None or ok < enough):
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                ok += sum(outcome(f) for f in done)
+        finally:
+            # The rest are looked at when they finish, also when this update was
+            # cancelled meanwhile (its client hung up): a failed peer is still noted,
+            # and no failure is left in a future nobody reads (asyncio logs those).
+            for f in pending:
+                f.add_done_callback(outcome)
         return ok
 
     def tick(self, after: Record | None = None, entry: str | None = None) -> rec.Stamp:

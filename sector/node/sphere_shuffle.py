@@ -35,12 +35,13 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from sector.errors import NoSpace, SectorError
+from sector.errors import NoSpace, NotFound, SectorError
 from sector.node import bulkfile
 from sector.storage.blobs import BlobStore, open_nofollow
 from sector.transport.rpc import BulkChannel, RpcPool
@@ -200,15 +201,22 @@ class Shuffle:
         self, chan: BulkChannel, jdir: Path, bucket: int, attempt: int, size: int
     ) -> None:
         """A pushed part into ``received(...)``; a sender that hung up (or a job dropped
-        meanwhile) leaves no partial part."""
+        meanwhile) leaves no partial part.
+
+        Each push writes a file of its own: one part pushed twice at once (a resend
+        racing the first push) is received twice, and the last in wins (the same
+        bytes). A job dropped while its part arrives (its directory moved away under
+        the push) is refused as NotFound."""
         dst = received(jdir, bucket, attempt)
-        dst.parent.mkdir(exist_ok=True)
-        tmp = dst.with_name(f".{dst.name}.part")
+        tmp = dst.with_name(f".{dst.name}.{secrets.token_hex(4)}.part")
         try:
+            dst.parent.mkdir(exist_ok=True)
             await bulkfile.recv_file(chan, size, tmp, self.io)
-        except BaseException:
+            os.replace(tmp, dst)
+        except BaseException as exc:
             with contextlib.suppress(OSError):
                 tmp.unlink()
+            if isinstance(exc, FileNotFoundError):
+                raise NotFound(f"job {jdir.name} was dropped while a part of it arrived") from None
             raise
-        os.replace(tmp, dst)
         self.stats["received"] += size

@@ -85,6 +85,12 @@ class _Conn:
             raise ConnectError(f"connection to {self.addr} lost: {exc}", node=self.addr) from None
         finally:
             self.pending.pop(i, None)
+            # The read loop may have failed ``fut`` while this call was still in its
+            # drain (the connection closed under it), or was cancelled there: nobody
+            # awaits it now, so mark its error seen (asyncio would log it otherwise).
+            if fut.done() and not fut.cancelled():
+                fut.exception()
+            fut.cancel()
 
     async def close(self) -> None:
         self._task.cancel()

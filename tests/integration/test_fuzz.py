@@ -43,7 +43,9 @@ from hypothesis import strategies as st
 
 import sector
 from sector.security import pki
+from sector.testing import fuzzflood
 from sector.testing.cluster import NodeProc, ProcCluster, wait_for
+from sector.testing.fuzzframes import HOSTILE, KEYS, OPS, VERBS, templates
 from sector.wire import codec
 
 # Seconds of fuzzing, all strategies together (SECTOR_FUZZ_SECONDS runs it longer). The
@@ -54,52 +56,14 @@ MAX_EXAMPLES = max(600, int(BUDGET * 40))
 READ_TIMEOUT = 0.1  # how long an example waits for the node to answer or close
 STALL_TIMEOUT = 2.0  # the nodes' --stall-timeout: cut-off frames are dropped soon
 
-# Every handler a node serves (sector/node/server.py and the services it composes), and
-# a few it does not: unknown ops must be refused like the rest.
-OPS = [
-    *("fs.stat", "fs.ls", "fs.mkdir", "fs.begin_put", "fs.commit_put", "fs.rm", "fs.mv"),
-    *("fs.status", "fs.setrf"),
-    *("blob.put", "blob.get", "blob.put_small", "blob.replicate", "blob.delete", "blob.has"),
-    *("blob.verify", "blob.missing", "blob.alias"),
-    *("meta.op", "meta.replicate", "meta.fetch", "meta.absorb"),
-    *("chord.next_hop", "chord.state", "chord.notify", "chord.ping", "chord.leaving"),
-    *("node.gossip", "node.info", "node.ping"),
-    *("repair.report", "repair.audit", "scrub.now", "gc.now"),
-    *("sphere.info", "sphere.run", "sphere.poll", "sphere.resend", "sphere.commit"),
-    *("sphere.cancel",),
-    *("sphere.cleanup", "sphere.push"),
-    *("auth.hello", "sec.policy", "sec.policy_put"),
-    *("", "no.such.op", "fs.", "blob.put\x00", "fs.stat "),
-]
-# Argument names the handlers read: random values under them reach past the first check.
-KEYS = [
-    *("path", "src", "dst", "name", "parents", "recursive", "size", "rf", "client_host"),
-    *("blob", "blobs", "data", "checksum", "chain", "targets", "offset", "length", "replicas"),
-    *("op", "args", "hops", "record", "records", "paths", "moved_to", "key", "exclude"),
-    *("peer", "pred", "successors", "entries", "node_id", "job", "attempt", "seg", "udf"),
-    *("digest", "mode", "nbuckets", "buckets", "bucket", "items", "wait", "ack", "durable"),
-    *("token", "credential", "policy", "cancel"),
-]
-# Strings meant to hurt: paths that climb out, NUL and control characters, ids of the
-# wrong shape. None is a path that names something (no valid mkdir, rm or mv).
-HOSTILE = [
-    *("../../../etc/passwd", "/../../etc/passwd", "/a/../../b", "/a/./b", "a/b", ""),
-    *("/a\x00b", "\x00", "/a\nb", "/\x7f", "..", ".", "/" + "n" * 300, "/" + "x" * 5000),
-    *("../" * 50, "a" * 32 + "\n", "A" * 32, "ab/../../..", "0" * 31, "0" * 33, "%2e%2e/"),
-    *("127.0.0.1:1", "127.0.0.1:0", "nohost", ":99999", "[::1]:1", "x" * 70_000),
-    *("blake3:", "blake3:" + "0" * 64),
-]
-
 _ints = st.one_of(
     st.integers(-3, 3),
     st.integers(-(2**63), 2**64 - 1),
     st.sampled_from([2**31, 2**32, 2**62, 2**63 - 1, 2**64 - 1, -(2**63), 1 << 40]),
 )
-# Words that would turn a template into a real change (meta.op's operations).
-_VERBS = {"put_file", "mkdir", "add_child", "remove_child", "delete", "set_replicas", "set_rf"}
 _texts = st.one_of(
     st.sampled_from(HOSTILE),
-    st.text(max_size=40).filter(lambda s: not s.startswith("/") and s not in _VERBS),
+    st.text(max_size=40).filter(lambda s: not s.startswith("/") and s not in VERBS),
 )
 _scalars = st.one_of(
     st.none(),
@@ -120,74 +84,6 @@ _values = st.recursive(
     max_leaves=16,
 )
 _args = st.dictionaries(st.one_of(st.sampled_from(KEYS), st.text(max_size=12)), _values, max_size=6)
-
-
-def templates(blob: str, size: int, checksum: str, node_id: str) -> dict[str, dict[str, Any]]:
-    """Plausible arguments for each op, so that a few replaced values get a request past
-    its first checks and into the handler's body. None of them changes the namespace or
-    the files as it is (paths that do not exist, mkdir of an existing directory, commit
-    without replicas, peers that are not ids), and the replacements cannot make them:
-    no random value is a path that names something."""
-    job = "abcdef0123456789"
-    dead = "127.0.0.1:1"
-    orphan = "f" * 32  # a blob id no file uses
-    return {
-        "fs.stat": {"path": "/keep"},
-        "fs.ls": {"path": "/keep"},
-        "fs.mkdir": {"path": "/keep/dir", "parents": True},
-        "fs.begin_put": {"path": "/fuzz/none", "size": 10, "rf": 2, "client_host": "127.0.0.1"},
-        "fs.commit_put": {
-            "path": "/fuzz/none",
-            "blob": orphan,
-            "size": 10,
-            "checksum": checksum,
-            "replicas": [],
-            "rf": 2,
-        },
-        "fs.rm": {"path": "/fuzz/none", "recursive": True},
-        "fs.mv": {"src": "/fuzz/none", "dst": "/fuzz/none2"},
-        "fs.setrf": {"path": "/fuzz/none", "rf": 3},
-        "blob.get": {"blob": blob, "offset": 0, "length": size},
-        "blob.put": {"blob": orphan, "size": 64, "checksum": None, "chain": [], "path": ""},
-        "blob.put_small": {"blob": orphan, "data": b"x" * 64, "checksum": None, "chain": []},
-        "blob.replicate": {
-            "blob": blob,
-            "size": size,
-            "checksum": checksum,
-            "targets": [[node_id, dead]],
-        },
-        "blob.delete": {"blobs": [orphan], "path": "/fuzz/none"},
-        "blob.has": {"blob": blob},
-        "blob.verify": {"blob": blob, "checksum": checksum},
-        "blob.missing": {"blobs": [blob, orphan]},
-        "blob.alias": {"blob": orphan, "path": "/fuzz/none"},
-        "meta.op": {"path": "/keep", "op": "get", "args": {}, "hops": 0},
-        "meta.fetch": {"paths": ["/keep", "/fuzz/none"]},
-        "meta.replicate": {"records": []},
-        "meta.absorb": {"records": [], "sender": node_id},
-        "chord.next_hop": {"key": "0" * 40, "exclude": []},
-        "chord.notify": {"peer": ["zz" * 20, dead]},
-        "chord.leaving": {"peer": ["zz" * 20, dead], "pred": None, "successors": []},
-        "node.gossip": {"entries": []},
-        "repair.report": {"path": "/fuzz/none", "node_id": node_id, "hops": 0},
-        "sphere.run": {
-            "job": job,
-            "attempt": 0,
-            "seg": {"id": 0, "kind": "task", "param": b""},
-            "udf": b"not a pickle",
-            "digest": "d" * 32,
-            "mode": "bogus",  # refused last: everything before it is checked
-            "nbuckets": 0,
-            "buckets": {},
-        },
-        "sphere.poll": {"job": job, "ack": [0], "wait": 0.05},
-        "sphere.resend": {"job": job, "attempt": 0, "buckets": {"0": dead}},
-        "sphere.commit": {"job": job, "items": [{"path": f"/.sphere/{job}/x", "attempt": 0}]},
-        "sphere.cleanup": {"job": job},
-        "sphere.push": {"job": job, "bucket": 0, "attempt": 0, "size": 64},
-        "auth.hello": {"token": "junk"},
-        "sec.policy_put": {"token": "junk"},
-    }
 
 
 def payloads(tmpl: dict[str, dict[str, Any]]) -> st.SearchStrategy[bytes]:
@@ -323,18 +219,8 @@ KNOWN_UNFIXED: list[tuple[str, str]] = []  # tracebacks tolerated: none (all fix
 
 
 def tracebacks(node: NodeProc) -> list[str]:
-    """Each traceback of the node's log (with the line that announced it), but those
-    of KNOWN_UNFIXED."""
-    lines = node.log.read_text(errors="replace").splitlines()
-    out = []
-    for i, line in enumerate(lines):
-        if not line.startswith("Traceback"):
-            continue
-        end = next((j for j in range(i + 1, len(lines)) if not lines[j].startswith(" ")), i)
-        text = "\n".join(lines[max(0, i - 1) : end + 1])
-        if not any(lines[end].startswith(exc) and where in text for exc, where in KNOWN_UNFIXED):
-            out.append(text)
-    return out
+    """Each traceback of the node's log, but those of KNOWN_UNFIXED."""
+    return fuzzflood.tracebacks(node.log.read_text(errors="replace"), KNOWN_UNFIXED)
 
 
 # ---------------------------------------------------------------- the fuzz

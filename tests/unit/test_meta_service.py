@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from pathlib import Path
 from typing import Any
 
@@ -288,3 +289,54 @@ def test_a_node_that_regains_quorum_reads_what_the_majority_wrote_meanwhile(
         m.store.close()
 
     asyncio.run(main())
+
+
+class HangingReplicaRing(ThreeReplicaRing):
+    """Replica peers whose calls wait for ``release``, then fail as unreachable."""
+
+    def __init__(self) -> None:
+        super().__init__(answering=set())
+        self.release = asyncio.Event()
+        self.calls = 0
+
+    async def call(
+        self, addr: str, op: str, args: dict[str, Any], timeout: float | None = None
+    ) -> Any:
+        self.calls += 1
+        await self.release.wait()
+        raise ConnectError(f"{addr} is unreachable", node=addr)
+
+
+def test_an_update_cancelled_while_it_replicates_leaves_no_error_unseen(tmp_path: Path) -> None:
+    """Found by the fuzz flood (tests/slow/test_fuzz_flood.py): a handler cancelled
+    (its client hung up) while its update waited for the replicas left their failures
+    in futures nobody looked at; asyncio logged "Future exception was never retrieved"
+    with a traceback, and the failed peers went unnoticed."""
+
+    async def main() -> list[dict[str, Any]]:
+        unseen: list[dict[str, Any]] = []
+        asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: unseen.append(ctx))
+        ring = HangingReplicaRing()
+        m = MetaService(MetaStore(str(tmp_path / "m.db")), ring, now=lambda: 1_000.0)
+        await m.start()
+        update = asyncio.create_task(m.local("mkdir", "/d", {}))
+        while ring.calls < 2:
+            await asyncio.sleep(0.01)
+        update.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await update
+        del update
+        ring.release.set()
+        deadline = asyncio.get_running_loop().time() + 2.0
+        while len(ring.failed_peers) < 2 and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)  # the peers' failures reach the service
+        await m.stop()
+        m.store.close()
+        gc.collect()
+        await asyncio.sleep(0)
+        assert {p.addr for p in ring.failed_peers} == {"127.0.0.1:2", "127.0.0.1:3"}
+        return unseen
+
+    unseen = asyncio.run(asyncio.wait_for(main(), 10))
+    gc.collect()
+    assert not unseen, [ctx.get("message") for ctx in unseen]
