@@ -378,6 +378,12 @@ class Server:
                         continue
                     if op in self.bulk_handlers:
                         self._give_back(host, size, size_as_stranger)
+                        if tasks:
+                            # The requests read before it are answered first: the bulk
+                            # stream owns the connection (a sendfile takes no writes).
+                            async with _not_reading(writer):
+                                await asyncio.wait(set(tasks))
+                        cork.flush()
                         chan = BulkChannel(
                             reader,
                             writer,

@@ -69,9 +69,7 @@ MKDIR_PATH = templates("", 0, "", "")["fs.mkdir"]["path"]
 # a request pipelined just before a bulk blob.get on one connection has its reply
 # written while the node sendfile()s the blob (sector/transport/server.py switches the
 # connection to bulk with requests still in flight on it); reported.
-KNOWN_UNFIXED: list[tuple[str, str]] = [
-    ("RuntimeError: unable to write; sendfile is in progress", "Cork._flush"),
-]
+KNOWN_UNFIXED: list[tuple[str, str]] = []
 FAILED = ("failed", "hello-refused")  # connection counters that are no connection made
 
 
