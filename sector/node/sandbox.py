@@ -45,6 +45,7 @@ from sector.sphere.sandbox import (
     check_spec,
     modes_to_try,
     reach_pairs,
+    temp_code,
 )
 
 __all__ = ["DEFAULT_USER", "Setup", "default_limits", "own_dir", "prepare", "udf_identity"]
@@ -178,6 +179,7 @@ def base_spec(cfg: NodeConfig, data: str, engines: int) -> tuple[Spec, str]:
         hide=tuple(os.path.abspath(p) for p in hide),
         shared=tuple(os.path.abspath(p) for p in cfg.udf_bind),
         reach=tuple(reach),
+        code=tuple(temp_code(python_paths(), [os.path.abspath(h) for h in hidden])),
         limits=default_limits(cfg, engines, _ram(), os.cpu_count() or 1),
     )
     try:

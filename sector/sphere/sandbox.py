@@ -32,7 +32,9 @@ nothing propagates back)
     - the rest of the file system as it is (programs, libraries, Python), as the
       unprivileged user sees it; where Python or Sector lies below a directory that user
       may not enter (a pyenv under ``/root``), that directory is an empty tmpfs with
-      just those installations bound back read-only (``reach``).
+      just those installations bound back read-only (``reach``); where they lie in a
+      temporary directory (a checkout or a virtualenv under ``/tmp``), they are bound
+      back read-only into the view's fresh ``/tmp`` (``code``).
 
 Modes (``--udf-sandbox``, default ``auto``: the first that works, in this order)
     - ``full``: a root node; namespaces made as root, then the UDF user's uid.
@@ -76,6 +78,7 @@ __all__ = [
     "mount_plan",
     "reach_pairs",
     "retire",
+    "temp_code",
     "translate",
 ]
 
@@ -107,6 +110,7 @@ class Spec:
     hide: tuple[str, ...] = ()  # more paths to hide: TLS directory, SECTOR_HOME, --udf-hide
     shared: tuple[str, ...] = ()  # --udf-bind: read-write where they are
     reach: tuple[tuple[str, str], ...] = ()  # (cover, path): see ``reach_pairs``
+    code: tuple[str, ...] = ()  # imports under a temporary directory: see ``temp_code``
     limits: Limits = Limits()
     stage: str | None = None  # the staging directory of the user this engine serves
 
@@ -142,6 +146,26 @@ def reach_pairs(paths: list[str], enterable: Callable[[str], bool]) -> list[tupl
             if not enterable(d):
                 out.append((d, p))
                 break
+    return out
+
+
+TEMP_DIRS = ("/tmp", "/var/tmp", "/dev/shm")  # each a fresh tmpfs in the view
+
+
+def temp_code(paths: list[str], hidden: list[str]) -> list[str]:
+    """Of ``paths`` (the Python installation, ``sys.path``), those in a temporary
+    directory, which the view replaces with a fresh tmpfs: a clean checkout or a
+    virtualenv under ``/tmp`` must still be importable by UDFs. None that holds or lies
+    in a hidden path (binding it would show what is hidden: its modules then stay out
+    of reach), none under INSIDE, none inside another one kept."""
+    out: list[str] = []
+    for p in sorted(set(paths), key=lambda p: (p.count("/"), p)):
+        if not p.startswith("/") or not any(_under(p, t) and p != t for t in TEMP_DIRS):
+            continue
+        if _under(p, INSIDE) or any(_under(p, h) or _under(h, p) for h in hidden):
+            continue
+        if not any(_under(p, q) for q in out):
+            out.append(p)
     return out
 
 
@@ -207,6 +231,10 @@ def mount_plan(spec: Spec) -> list[tuple[str, ...]]:
         ("tmpfs", "/tmp", f"mode=1777,{size}"),
         ("tmpfs", "/var/tmp", f"mode=1777,{small}", "optional"),
         ("tmpfs", "/dev/shm", f"mode=1777,{small}", "optional"),
+    ]
+    for p in spec.code:
+        steps += [("mkdir", p), ("bind", p, p, "ro", "optional")]
+    steps += [
         ("mkdir", INSIDE),
         ("tmpfs", INSIDE, "mode=0755,size=64k"),
     ]

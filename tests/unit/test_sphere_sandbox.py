@@ -42,6 +42,7 @@ from sector.sphere.sandbox import (
     mount_plan,
     reach_pairs,
     retire,
+    temp_code,
     translate,
 )
 from sector.sphere.udf import pickle_udf
@@ -148,6 +149,29 @@ def test_python_below_a_closed_directory_is_reached_through_a_cover() -> None:
         ("/root", "/root/.pyenv/versions/3.11"),
         ("/home/op/.local", "/home/op/.local/lib/site"),
     ]
+
+
+def test_code_in_a_temporary_directory_is_bound_back_unless_it_would_show_a_secret() -> None:
+    got = temp_code(
+        [
+            "/tmp/ci/.venv/lib/python3.11/site-packages",
+            "/tmp/ci",  # a clean checkout under /tmp: holds the one above
+            "/tmp",  # the tmpfs itself
+            "/var/tmp/lib",
+            "/tmp/run",  # holds a node's data directory: never shown
+            "/tmp/run/node-0/data/lib",  # in it
+            "/tmp/sector/x",  # the view's own
+            "/usr/lib/python3.11",  # not temporary: there as it is
+            "",
+        ],
+        hidden=["/tmp/run/node-0/data"],
+    )
+    assert got == ["/tmp/ci", "/var/tmp/lib"]
+    spec = Spec(mode="full", uid=1, gid=1, user="u", data="/d", code=tuple(got))
+    plan = mount_plan(spec)
+    tmpfs = plan.index(("tmpfs", "/tmp", "mode=1777,size=25%"))
+    bind = plan.index(("bind", "/tmp/ci", "/tmp/ci", "ro", "optional"))
+    assert tmpfs < plan.index(("mkdir", "/tmp/ci")) < bind  # into the fresh /tmp
 
 
 # ---------------------------------------------------------------- limits and messages
