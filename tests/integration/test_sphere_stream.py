@@ -10,7 +10,11 @@ on the nodes by 16 generator tasks, never sent from the client.
 
 from __future__ import annotations
 
+import heapq
+import os
+import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -82,6 +86,37 @@ def stream_stats(seg: Any) -> Any:
 def whole_stats(seg: Any) -> Any:
     a = seg.array(np.uint64)
     return f"{len(a)} {int(a.sum(dtype=np.uint64))}\n"
+
+
+def first_byte_of_n(seg: Any) -> Any:
+    return seg.records, seg.records[:, 0].astype(np.int64) % seg.param[0]
+
+
+def _run(path: Path) -> Any:
+    with open(path, "rb") as f:
+        while rec := f.read(100):
+            yield rec
+
+
+def merge_sort_slow_on_victim(seg: Any) -> Any:
+    """An external merge sort of 100-byte records: each part sorted and spilled as a
+    run, the runs merged; on the victim, it sleeps in the merge (to be killed there)."""
+    runs = []
+    for i, view in enumerate(seg.parts()):
+        recs = np.frombuffer(view, np.uint8).reshape(-1, 100)
+        path = seg.spill_dir / f"run{i}"
+        path.write_bytes(recs[np.lexsort(recs.T[::-1])].tobytes())
+        runs.append(path)
+        del recs
+    out = []
+    for rec in heapq.merge(*(_run(p) for p in runs)):
+        out.append(rec)
+        if len(out) == 50:
+            yield out
+            out = []
+            if seg.node == seg.param[1]:
+                time.sleep(120)  # merging on the victim when it is killed
+    yield out
 
 
 @pytest.fixture(scope="module")
@@ -156,3 +191,41 @@ def test_whole_bucket_reduce_over_it_fails_at_once_saying_why(cluster: ProcClust
         assert "(limit 256.0 MiB): use reduce_records='stream'" in msg
         assert "failed_attempts" not in msg
         assert not c.exists("/st/whole")
+
+
+def test_stream_reduce_survives_sigkill_of_a_node_while_it_merges(tmp_path: Path) -> None:
+    with ProcCluster(tmp_path / "cl", replicas=2, node_args=["--engines", "2"]) as cl:
+        cl.start(4)
+        recs = np.random.default_rng(9).integers(0, 255, size=(8 * 1000, 100), dtype=np.uint8)
+        with sector.connect(cl.address) as c:
+            for i in range(8):
+                f = tmp_path / "up.bin"
+                f.write_bytes(recs[i * 1000 : (i + 1) * 1000].tobytes())
+                c.put(f, f"/km/in/f{i:02d}")
+            victim = cl.nodes[3]  # not the entry node
+            job = c.sphere.run(
+                first_byte_of_n,
+                "/km/in",
+                records=100,
+                output="/km/out",
+                buckets=8,
+                param=(8, victim.node_id),
+                reduce=merge_sort_slow_on_victim,
+                reduce_records="stream",
+                replicas=2,
+            )
+            deadline = time.monotonic() + 60
+            while job.progress()["phase"] != "reducing" and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert job.progress()["phase"] == "reducing"
+            time.sleep(1.0)  # into the merge
+            os.kill(victim.proc.pid, signal.SIGKILL)
+            res = job.wait(timeout=180)
+            assert victim.address in res["lost_nodes"]
+            files = sorted(f["path"] for f in res["files"])
+            assert files == [f"/km/out/bucket-{b:05d}" for b in range(8)]
+            for b, path in enumerate(files):
+                mine = recs[recs[:, 0] % 8 == b]
+                want = mine[np.lexsort(mine.T[::-1])]
+                assert c.read(path) == want.tobytes(), path
+            assert not c.exists("/.sphere") or not c.ls("/.sphere")
