@@ -58,7 +58,8 @@ def add_parsers(cmd: Callable[[str, str], argparse.ArgumentParser], common: Any)
         type=arg_type(_reduce_records),
         default="file",
         metavar="KIND",
-        help="how the reduce sees the bucket: file (one record), lines, or a record size",
+        help="how the reduce sees the bucket: file (one record), lines, a record size, "
+        "or stream (parts not loaded: buckets larger than memory)",
     )
 
     st = sub.add_parser(
@@ -98,11 +99,11 @@ def add_parsers(cmd: Callable[[str, str], argparse.ArgumentParser], common: Any)
 
 # Checked as the command line is parsed (a usage error, before any connection).
 def _reduce_records(spec: str) -> Any:
-    if spec in ("file", "lines"):
+    if spec in ("file", "lines", "stream"):
         return spec
     got = _records(spec)
     if got == "idx":
-        raise ValueError("must be file, lines or a record size in bytes, not 'idx'")
+        raise ValueError("must be file, lines, stream or a record size in bytes, not 'idx'")
     return got
 
 

@@ -257,6 +257,7 @@ def _drive(run: Run, worker: Any, meta: dict[str, Any], blob: bytes, nparts: int
         opts: dict[str, Any] = {"records": "file", "output": out, "buckets": nbuckets}
         if run.has_reduce:
             opts["reduce"] = functools.partial(tasks.reduce_udf, blob)
+            opts["reduce_records"] = "stream"  # a partition larger than memory works
         if run.killed or kill_requested(c, run.name):
             raise _Killed()
         run.handle = c.sphere.run(functools.partial(udf, blob), paths, name=run.name, **opts)

@@ -21,7 +21,15 @@ Options (keyword-only; see ``options.job_options``):
               what it returns is the bucket file. The bucket never becomes an
               intermediate file (e.g. TeraSort: map = key range, reduce = sort)
     reduce_records   how the reduce sees the bucket's records: "file" (one record,
-              the default), "lines" or an int (fixed size)
+              the default), "lines" or an int (fixed size) -- the whole bucket in
+              memory, refused at once if it is more than half the engine's memory
+              limit; or "stream": a bucket larger than memory. The reduce then gets a
+              ``Bucket`` (``sphere.bucket``), nothing loaded: ``seg.parts(chunk=None)``
+              yields each part (or ``chunk``-byte windows of it) as a read-only view of
+              a map, one at a time; ``seg.reader()`` is all of it as one binary file;
+              ``seg.spill_dir`` is a directory on disk for its temporary files (not
+              /tmp, which is RAM in an engine). It may return an iterator (a generator)
+              of outputs, each written as it comes
     param     any picklable object, handed to the UDF (and the reduce) as ``seg.param``
     replicas  replica target of the output files (default: the cluster's)
     min_unit / max_unit   bounds of a segment's size in bytes (1 MiB / 256 MiB)

@@ -43,7 +43,7 @@ def job_options(
         if not callable(reduce):
             raise UsageError(f"reduce must be a function, not {type(reduce).__name__}")
     if not (
-        reduce_records in ("file", "lines")
+        reduce_records in ("file", "lines", "stream")
         or (
             isinstance(reduce_records, int)
             and not isinstance(reduce_records, bool)
@@ -51,7 +51,8 @@ def job_options(
         )
     ):
         raise UsageError(
-            f"reduce_records must be 'file', 'lines' or a record size, not {reduce_records!r}"
+            "reduce_records must be 'file', 'lines', 'stream' or a record size, "
+            f"not {reduce_records!r}"
         )
     if not isinstance(buckets, int) or isinstance(buckets, bool) or not 0 <= buckets <= 1 << 16:
         raise UsageError(f"buckets must be a whole number from 0 to 65536, not {buckets!r}")

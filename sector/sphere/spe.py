@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
+import shutil
 import threading
 import time
 import traceback
@@ -32,6 +33,7 @@ import cloudpickle
 import numpy as np
 
 from sector.sphere.batch import Batch, normalize, split
+from sector.sphere.bucket import Bucket, fits, memory_limit, write_output
 from sector.sphere.segments import line_bounds
 from sector.storage.blobs import open_nofollow
 
@@ -197,17 +199,29 @@ def run_reduce(task: dict[str, Any]) -> dict[str, Any]:
     record_size, bucket, path (the bucket file's), node, out (the file to write).
     The parts are read into one buffer (a single part is mapped): the reduce sees the
     whole bucket at once, which is what a sort needs, and nothing is written between
-    the shuffle and the output.
+    the shuffle and the output -- unless the bucket is more than this engine's memory
+    allows (``bucket.fits``: the attempt fails at once, saying so). Kind "stream": the
+    reduce gets a ``bucket.Bucket`` instead, nothing loaded (``_run_stream``).
     """
     t0 = time.perf_counter()
     try:
         fn, param = _load(task["udf"], task["digest"])
     except Exception as exc:
         return {"error": f"cannot load the reduce: {type(exc).__name__}: {exc}"}
+    parts = [Path(p) for p in task["parts"]]
+    if task["kind"] == "stream":
+        return _run_stream(fn, param, parts, task, t0)
+    try:
+        total = sum(os.stat(p).st_size for p in parts)
+    except OSError as exc:
+        return {"error": f"cannot read the bucket's parts: {exc}"}
+    why = fits(int(task.get("bucket", 0)), total, memory_limit())
+    if why is not None:
+        return {"error": why, "retryable": False}
     mm: mmap.mmap | None = None
     try:
         try:
-            data, mm = _read_parts([Path(p) for p in task["parts"]])
+            data, mm = _read_parts(parts)
         except OSError as exc:
             return {"error": f"cannot read the bucket's parts: {exc}"}
         try:
@@ -243,6 +257,45 @@ def run_reduce(task: dict[str, Any]) -> dict[str, Any]:
         if mm is not None:
             with contextlib.suppress(BufferError):
                 mm.close()
+
+
+def _run_stream(
+    fn: Callable[..., Any], param: Any, parts: list[Path], task: dict[str, Any], t0: float
+) -> dict[str, Any]:
+    """A stream-mode reduce (``bucket``): its temporary files go to a directory next
+    to its output (on disk, writable by the engine), removed when it ends."""
+    out = Path(task["out"])
+    spill = out.with_name(out.name + ".spill")
+    try:
+        try:
+            shutil.rmtree(spill, ignore_errors=True)
+            spill.mkdir()
+            seg = Bucket(
+                parts,
+                spill_dir=spill,
+                path=task.get("path", ""),
+                segment=int(task.get("bucket", 0)),
+                param=param,
+                node=task.get("node", ""),
+            )
+        except OSError as exc:
+            return {"error": f"cannot read the bucket's parts: {exc}"}
+        try:
+            records, size = write_output(fn(seg), out)
+        except Exception as exc:
+            return {
+                "error": f"the reduce raised {type(exc).__name__}: {exc}",
+                "traceback": traceback.format_exc(),
+            }
+        return {
+            "ok": True,
+            "records_out": records,
+            "bytes_in": seg.nbytes,
+            "bytes_out": size,
+            "seconds": time.perf_counter() - t0,
+        }
+    finally:
+        shutil.rmtree(spill, ignore_errors=True)
 
 
 def _read_parts(parts: list[Path]) -> tuple[memoryview | bytes, mmap.mmap | None]:

@@ -254,7 +254,7 @@ class Reduce(msgspec.Struct, kw_only=True, frozen=True):
 
     udf: bytes  # cloudpickled (reduce, job parameter)
     digest: Digest
-    kind: Literal["file", "lines", "fixed"]
+    kind: Literal["file", "lines", "fixed", "stream"]  # stream: the parts, not loaded
     record_size: RecordSize = 0  # fixed: at least 1
 
 

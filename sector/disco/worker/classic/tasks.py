@@ -10,8 +10,9 @@ reduce runs on each bucket's node. The UDFs here are ``partial``s of the packed 
   record format of ``task_io``) with the partition as its bucket id.
 - ``read_udf``: a reduce-only job's input, read with the reduce's reader, to the
   bucket of its partition (0 unless every input is a partition of a map-only job).
-- ``reduce_udf``: the classic reduce over one bucket; what it returns is the result
-  file of that partition.
+- ``reduce_udf``: the classic reduce over one bucket, a Sphere stream-mode reduce
+  (``spill``: the bucket is never in memory, ``sort`` runs on disk); what it yields is
+  the result file of that partition.
 
 A task that raises fails its Sphere attempt with the traceback, which fails the job
 (Sphere does not retry a UDF that raised) and reaches ``wait()`` as a ``JobError``.
@@ -20,6 +21,7 @@ A task that raises fails its Sphere attempt with the traceback, which fails the 
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from typing import Any
 
 from sector.disco.ship import Unpacked
@@ -76,10 +78,17 @@ def read_udf(blob: bytes, seg: Any) -> Any:
         return (data, label) if data else None
 
 
-def reduce_udf(blob: bytes, seg: Any) -> Any:
-    """One reduce task (a Sphere reduce over one bucket: the partition's records)."""
+def reduce_udf(blob: bytes, seg: Any) -> Iterator[bytes]:
+    """One reduce task (a Sphere stream-mode reduce over one bucket: the partition's
+    records, read from its parts as they are needed; ``sort`` on disk, in the bucket's
+    spill directory); its output in pieces, written as they come."""
     with Unpacked(blob, _GLOBALS) as (worker, meta):
-        data = bytes(seg.data)
+        fd = seg.reader()
         url = f"sector://{meta.get('master') or ''}{seg.path}"
         _enter_task(meta, seg, seg.segment, [[url]])
-        return worker.reduce_task(io.BytesIO(data), len(data), url, read=meta["has_map"])
+        try:
+            yield from worker.reduce_stream(
+                fd, seg.nbytes, url, meta["has_map"], seg.spill_dir, fd.raw.tell
+            )
+        finally:
+            fd.close()

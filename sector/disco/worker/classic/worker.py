@@ -27,13 +27,14 @@ import pickle
 import sys
 from collections.abc import Callable, Iterator
 from operator import itemgetter
+from pathlib import Path
 from typing import Any
 
 from sector.disco import util
 from sector.disco.compat import persistent_hash
 from sector.disco.worker import Params
-from sector.disco.worker.classic import func
-from sector.disco.worker.task_io import HUNK, StreamCombiner, chain_reader
+from sector.disco.worker.classic import func, spill
+from sector.disco.worker.task_io import HUNK, DiscoOutputStream, StreamCombiner, chain_reader
 
 __all__ = [
     "Params",
@@ -229,9 +230,24 @@ class Worker(dict):
         return sink.getvalue()
 
     def reduce_task(self, fd: Any, size: int, url: str, read: bool) -> bytes:
-        """One reduce task over one partition's records (``fd``, the record format);
-        ``read``: through the reduce's streams and reader (a map-reduce job), or as
-        they are (a reduce-only job, whose inputs ``read_task`` read)."""
+        """One reduce task over one partition's records (``fd``, the record format),
+        in memory; its output whole (``reduce_stream`` without a spill directory)."""
+        return b"".join(self.reduce_stream(fd, size, url, read))
+
+    def reduce_stream(
+        self,
+        fd: Any,
+        size: int,
+        url: str,
+        read: bool,
+        spill_dir: Path | None = None,
+        consumed: Callable[[], int] | None = None,
+    ) -> Iterator[bytes]:
+        """One reduce task over one partition's records (``fd``, the record format),
+        its output in pieces; ``read``: through the reduce's streams and reader (a
+        map-reduce job), or as they are (a reduce-only job, whose inputs ``read_task``
+        read). With ``spill_dir`` (and ``consumed()``, the input bytes read so far) a
+        sort runs on disk and an ``out`` reduce writes there (``spill``)."""
         params = self["params"]
         if read:
             reader = self["reduce_reader"]
@@ -241,18 +257,33 @@ class Worker(dict):
         inp = StreamCombiner(url, streams, params, fd=fd, size=size)
         entries: Iterator[Any] = _entries(inp)
         if self["sort"]:
-            entries = iter(sorted(entries, key=itemgetter(0)))
-        outputs = _Outputs(self["reduce_output_stream"], params, url)
-        out = outputs.open(0)
+            if spill_dir is None or consumed is None:
+                entries = iter(sorted(entries, key=itemgetter(0)))
+            else:
+                entries = spill.sorted_on_disk(entries, spill_dir, consumed, spill.run_budget())
+        ostreams = self["reduce_output_stream"]
+        direct = tuple(ostreams) == _DEFAULT_OUTPUT
+
+        def open_out(sink: Any) -> tuple[Any, Callable[[], None]]:
+            if direct:
+                out = DiscoOutputStream(sink)
+                return out, out.close
+            chain = StreamCombiner(url, ostreams, params, fd=sink, size=0)
+
+            def close() -> None:
+                for f in reversed(chain.fds):
+                    shut = getattr(f, "close", None)
+                    if f is not sink and shut is not None:
+                        shut()
+
+            return chain.last, close
+
         self["reduce_init"](entries, params)
         fred = self["reduce"]
-        if util.argcount(fred) < 3:
-            for record in fred(entries, params) or ():
-                out.add(*record)
-        else:
-            fred(entries, out, params)
+        yield from spill.stream_out(
+            fred, entries, params, open_out, direct, util.argcount(fred) < 3, spill_dir
+        )
         inp.close()
-        return outputs.close().get(0, b"")
 
 
 def _entries(inp: StreamCombiner) -> Iterator[Any]:
@@ -304,7 +335,7 @@ _DEFAULT_OUTPUT = (func.map_output_stream, func.disco_output_stream)
 
 
 class _Outputs:
-    """A task's outputs, one per partition, each a chain of output streams over an
+    """A map task's outputs, one per partition, each a chain of output streams over an
     in-memory buffer (the task's output goes to Sphere in one piece). With the default
     streams (``direct``) a partition's records are gathered in a list and pickled in
     ``HUNK``-record lists at the end: what ``disco_output_stream`` writes, without a
@@ -325,8 +356,6 @@ class _Outputs:
         return got
 
     def open(self, part: int) -> Any:
-        if self.direct:
-            return _ListOut(self.records(part))
         got = self.open_.get(part)
         if got is None:
             sink = io.BytesIO()
@@ -355,20 +384,6 @@ class _Outputs:
                     close()
             out[part] = sink.getvalue()
         return out
-
-
-class _ListOut:
-    """The output object a reduce's ``out.add`` writes to (default streams)."""
-
-    __slots__ = ("add", "append", "records")
-
-    def __init__(self, records: list[Any]) -> None:
-        self.records = records
-        self.append = records.append
-        self.add = lambda k, v: records.append((k, v))
-
-    def close(self) -> None:
-        pass
 
 
 def this_name() -> str:
