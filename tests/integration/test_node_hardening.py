@@ -303,7 +303,8 @@ def push_header(size: int) -> bytes:
 
 
 def parts_arriving(node: NodeProc, n: int) -> bool:
-    return len(list((node.data / "sphere" / JOB / "recv").glob(".*part"))) >= n
+    # (a job stages under its user's directory: sphere/open/<job> on an open cluster)
+    return len(list((node.data / "sphere").glob(f"**/{JOB}/recv/.*part"))) >= n
 
 
 def reply_of(got: bytes) -> dict[str, Any]:
