@@ -383,6 +383,8 @@ class Server:
                             # stream owns the connection (a sendfile takes no writes).
                             async with _not_reading(writer):
                                 await asyncio.wait(set(tasks))
+                            if writer.transport.is_closing():
+                                return  # the peer left meanwhile
                         cork.flush()
                         chan = BulkChannel(
                             reader,

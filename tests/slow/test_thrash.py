@@ -47,6 +47,14 @@ SETTLE_DEADLINE = (
 )
 
 
+def size_of(p: Path) -> int:
+    """The file's size; 0 if it is gone (the node may delete a blob at any time)."""
+    try:
+        return p.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
 class Chaos:
     def __init__(self, cl: ProcCluster, hosts: Hosts, rng: random.Random) -> None:
         self.cl = cl
@@ -87,7 +95,7 @@ class Chaos:
     def corrupt_one(self) -> None:
         node = self.rng.choice(self.cl.nodes)
         blobs = [p for p in (node.data / "blobs").glob("*/*") if p.name not in self.corrupted]
-        blobs = [p for p in blobs if p.stat().st_size > 0]
+        blobs = [p for p in blobs if size_of(p) > 0]  # (one may go meanwhile: gc, repair)
         if not blobs:
             return
         p = self.rng.choice(blobs)
