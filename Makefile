@@ -33,12 +33,15 @@ test-slow: $(STAMP)
 	$(BIN)/pytest -q -s -m slow tests
 
 bench: $(STAMP)
+	$(BIN)/pip install -q -e '.[dev,bench]'  # the peers: Dask, PySpark, scikit-learn
 	$(BIN)/python bench/storage.py
 	$(BIN)/python bench/metadata.py
 	$(BIN)/python bench/repair.py
 	$(BIN)/python bench/tls.py
 	$(BIN)/python bench/chord_sim.py
 	$(BIN)/python bench/flood.py
+	$(BIN)/python bench/kmeans.py
+	$(BIN)/python bench/disco.py
 
 # TeraSort against numpy, GNU sort, Dask and PySpark (installs the peers first).
 bench-terasort: $(STAMP)
