@@ -393,10 +393,12 @@ class RepairWorker(Worker):
         except Exception as exc:
             if not isinstance(exc, SectorError | OSError):
                 log.exception("repair of %s failed", e.path)
-            due = await asyncio.to_thread(self.queue.failed, e, time.time(), str(exc))
+            now = time.time()
+            due = await asyncio.to_thread(self.queue.failed, e, now, str(exc))
             self.counters["failed"] += 1
             self.last_error = f"{e.path}: {exc}"
-            log.info("repair of %s failed (retry in %.0f s): %s", e.path, due - time.time(), exc)
+            # The delay as planned (the thread may have waited: "retry in -8 s" was seen)
+            log.info("repair of %s failed (retry in %.0f s): %s", e.path, due - now, exc)
         finally:
             self._running.pop(e.path, None)
             self.wake()
