@@ -8,9 +8,14 @@ turns it into a :class:`~sector.errors.UsageError` (exit 1).
 from __future__ import annotations
 
 import argparse
+import importlib
+import os
 import re
+import sys
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
+
+from sector.errors import UsageError
 
 T = TypeVar("T")
 
@@ -77,3 +82,19 @@ def arg_type(fn: Callable[[str], T]) -> Callable[[str], T]:
 
     convert.__name__ = fn.__name__
     return convert
+
+
+def import_named(spec: str, noun: str, shape: str) -> tuple[str, str, Any]:
+    """``MODULE:NAME`` -> (module, name, the object or None), the current directory on
+    the path (as for ``python -m``); ``UsageError`` if it is not that shape or the
+    module does not import. ``noun`` and ``shape`` word the message ("UDF", "FUNCTION")."""
+    mod_name, _, name = spec.partition(":")
+    if not mod_name or not name:
+        raise UsageError(f"the {noun} must be given as MODULE:{shape}, not {spec!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        mod = importlib.import_module(mod_name)
+    except Exception as exc:
+        raise UsageError(f"cannot import {mod_name}: {type(exc).__name__}: {exc}") from None
+    return mod_name, name, getattr(mod, name, None)

@@ -34,7 +34,6 @@ A job that failed, an unknown job, a bad ``MODULE:JOBCLASS``: one error line, ex
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import subprocess
@@ -43,7 +42,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sector.cli import output
-from sector.cli.args import arg_type
+from sector.cli.args import arg_type, import_named
 from sector.errors import UsageError
 
 DETACHED = "--detached-driver"  # the flag of the driver process `run` starts
@@ -125,16 +124,7 @@ def load_job_class(spec: str) -> type:
     """The ``Job`` subclass ``MODULE:JOBCLASS`` names (``UsageError`` otherwise)."""
     from sector.disco.core import Job
 
-    mod_name, _, cls_name = spec.partition(":")
-    if not mod_name or not cls_name:
-        raise UsageError(f"the job must be given as MODULE:JOBCLASS, not {spec!r}")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        mod = importlib.import_module(mod_name)
-    except Exception as exc:
-        raise UsageError(f"cannot import {mod_name}: {type(exc).__name__}: {exc}") from None
-    cls = getattr(mod, cls_name, None)
+    mod_name, cls_name, cls = import_named(spec, "job", "JOBCLASS")
     if not (isinstance(cls, type) and issubclass(cls, Job)):
         raise UsageError(f"{mod_name}.{cls_name} is not a sector.disco Job class")
     return cls

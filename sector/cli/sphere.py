@@ -10,15 +10,12 @@ Without ``--output`` the segments' output is written to stdout in segment order.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
-import os
-import sys
 from collections.abc import Callable
 from typing import Any
 
 from sector.cli import output
-from sector.cli.args import arg_type, parse_size, positive_int
+from sector.cli.args import arg_type, import_named, parse_size, positive_int
 from sector.errors import UsageError
 
 
@@ -127,16 +124,7 @@ def _json(text: str) -> Any:
 
 
 def _load_udf(spec: str) -> Callable[..., Any]:
-    mod_name, _, fn_name = spec.partition(":")
-    if not mod_name or not fn_name:
-        raise UsageError(f"the UDF must be given as MODULE:FUNCTION, not {spec!r}")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        mod = importlib.import_module(mod_name)
-    except Exception as exc:
-        raise UsageError(f"cannot import {mod_name}: {type(exc).__name__}: {exc}") from None
-    fn = getattr(mod, fn_name, None)
+    mod_name, fn_name, fn = import_named(spec, "UDF", "FUNCTION")
     if not callable(fn):
         raise UsageError(f"{mod_name} has no function {fn_name}")
     return fn

@@ -170,11 +170,7 @@ def run_task(task: dict[str, Any]) -> dict[str, Any]:
             out = normalize(ret)
             parts = _deliver(out, task)
         except Exception as exc:
-            return {
-                "error": f"the UDF raised {type(exc).__name__}: {exc}",
-                "traceback": traceback.format_exc(),
-                "retryable": False,
-            }
+            return {**_raised("the UDF", exc), "retryable": False}
         return {
             "ok": True,
             "records_out": len(out),
@@ -242,10 +238,7 @@ def run_reduce(task: dict[str, Any]) -> dict[str, Any]:
                 raise TypeError("a reduce returns records, not (records, bucket_ids)")
             size = _write(Path(task["out"]), out.data)
         except Exception as exc:
-            return {
-                "error": f"the reduce raised {type(exc).__name__}: {exc}",
-                "traceback": traceback.format_exc(),
-            }
+            return _raised("the reduce", exc)
         return {
             "ok": True,
             "records_out": len(out),
@@ -257,6 +250,14 @@ def run_reduce(task: dict[str, Any]) -> dict[str, Any]:
         if mm is not None:
             with contextlib.suppress(BufferError):
                 mm.close()
+
+
+def _raised(who: str, exc: Exception) -> dict[str, Any]:
+    """The answer for a UDF or reduce that raised (call inside its ``except``)."""
+    return {
+        "error": f"{who} raised {type(exc).__name__}: {exc}",
+        "traceback": traceback.format_exc(),
+    }
 
 
 def _run_stream(
@@ -283,10 +284,7 @@ def _run_stream(
         try:
             records, size = write_output(fn(seg), out)
         except Exception as exc:
-            return {
-                "error": f"the reduce raised {type(exc).__name__}: {exc}",
-                "traceback": traceback.format_exc(),
-            }
+            return _raised("the reduce", exc)
         return {
             "ok": True,
             "records_out": records,
