@@ -432,14 +432,19 @@ class SphereService(Worker):
 
     @typed(wire.Resend)
     async def _h_resend(self, req: wire.Resend) -> Any:
-        """``{job, attempt, buckets: {b: addr}}``: push parts of a finished attempt again
-        (their first bucket node was lost)."""
+        """``{job, attempt, buckets: {b: addr}}``: push parts of a finished attempt that
+        it could not deliver (to their bucket's new node)."""
         guard.compute()
         j = self._job_state(req.job)
         t = j.attempts.get(req.attempt)
         if t is None or t.state != "done":
             raise NotFound("no such finished attempt on this node")
         targets = {b: addr for b, addr in bucket_map(req.buckets).items() if b in t.parts}
+        gone = sorted(set(targets) - set(self.shuffle.kept(j.dir, t.id, list(targets))))
+        if gone:
+            # Delivered once and deleted here; the driver re-runs a segment whose
+            # bucket node was lost rather than asking for its parts again.
+            raise NotFound(f"parts of buckets {gone} were delivered and are no longer here")
         parts = {b: t.parts[b] for b in targets}
         undelivered = await self.shuffle.push(j.dir, j.id, t.id, parts, targets, owner=j.owner)
         return {"undelivered": undelivered}

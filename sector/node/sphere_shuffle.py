@@ -10,20 +10,25 @@ done, each part goes to its bucket's node; a part received is
   of them) to their sinks and owns the bounds; the sinks only move bytes.
   ``DiskSink`` links a part for a bucket of this node into ``recv/`` (no copy);
   ``NetSink`` pushes it to another node (``sphere.push``, bulk, ``sendfile``).
-- Memory and back-pressure: a writer has at most ``streams`` parts in flight and waits
-  for one to end before it starts the next. No byte of a part passes through Python
-  memory on the way out (a link, or ``sendfile`` from its file), so what a part in
-  flight holds is a connection and its buffers (on TLS the transport's two 4 MiB
-  chunks): the stream count is the writer's memory limit. On the way in, a part goes
+- Memory and back-pressure: the node has at most ``SHUFFLE_STREAMS`` parts in flight,
+  all its writers together, and a writer waits for one to end before it starts the
+  next. A part is spilled before it moves: the engine wrote it to a file as the UDF
+  made it, so no part waits in memory for its turn. No byte of a part passes through
+  Python memory on the way out (a link, or ``sendfile`` from its file), so what a part
+  in flight holds is a connection and its buffers (on TLS the transport's two 4 MiB
+  chunks): the stream count bounds the bytes the shuffle holds. On the way in, a part goes
   to a file on the Sphere I/O threads. On plain TCP a receive holds one thread and its
   4 MiB buffer for the whole part, so the pool's size caps the parts received at once
   and a push beyond it waits, its sender with it (TCP's flow control carries the
   back-pressure); on TLS a receive holds at most the chunk being written and the one
   being decrypted.
-- Parts are kept per attempt on both sides: commit takes exactly one attempt per
-  segment, so a speculative duplicate never doubles records, and the mapper keeps its
-  parts until the job ends, so a lost bucket node can be fed again (``sphere.resend``)
-  without running the UDF again.
+- Parts are kept per attempt on the receiving side: commit takes exactly one attempt
+  per segment, so a speculative duplicate never doubles records.
+- One copy on disk (issue 13): the mapper deletes a part as soon as its bucket's node
+  has it -- renamed into place there (a push is answered only then), or linked into
+  ``recv/`` here. A part that could not be delivered stays until a resend
+  (``sphere.resend``) places it; if a bucket's node is lost, the segments that fed it
+  run again (``sphere.machine`` rule 5), as Hadoop re-runs a map whose output died.
 - A part is a file a UDF's engine wrote, in a directory the UDF may write: the node
   reads it without following a symlink (and only if it is a regular file), and links
   the name itself, never what a symlink there points at.
@@ -46,11 +51,11 @@ from sector.node import bulkfile
 from sector.storage.blobs import BlobStore, open_nofollow
 from sector.transport.rpc import BulkChannel, RpcPool
 
-__all__ = ["PUSH_STREAMS", "BucketWriter", "Part", "Shuffle", "received"]
+__all__ = ["SHUFFLE_STREAMS", "BucketWriter", "Part", "Shuffle", "received"]
 
 log = logging.getLogger("sector.sphere")
 
-PUSH_STREAMS = 4  # parts of one delivery in flight at once
+SHUFFLE_STREAMS = 8  # parts in flight out of one node at once, all its writers together
 
 
 def received(jdir: Path, bucket: int, attempt: int) -> Path:
@@ -116,8 +121,9 @@ class NetSink:
 
 
 class BucketWriter:
-    """Delivers parts to their buckets' nodes, at most ``streams`` at once (the module's
-    bounds); a part that fails is reported, not retried (the driver decides)."""
+    """Delivers parts to their buckets' nodes, as many at once as ``room`` lets (the
+    module's bounds), and deletes each part delivered; a part that fails is reported
+    and kept, not retried (the driver decides)."""
 
     def __init__(
         self,
@@ -125,27 +131,27 @@ class BucketWriter:
         pool: RpcPool,
         jdir: Path,
         stats: dict[str, int],
-        *,
-        streams: int = PUSH_STREAMS,
+        room: asyncio.Semaphore,
     ) -> None:
         self.me = me
         self.pool = pool
         self.disk = DiskSink(jdir)
-        self.stats = stats  # "pushed": bytes delivered
-        self.streams = streams
+        self.stats = stats  # "pushed": bytes delivered; "streams": parts in flight now
+        self.room = room
 
     def sink(self, addr: str) -> Sink:
         return self.disk if addr == self.me else NetSink(self.pool, addr)
 
     async def write(self, parts: list[Part], buckets: dict[int, str]) -> list[int]:
         """Deliver ``parts`` to the nodes ``buckets`` names; the buckets that failed."""
-        room = asyncio.Semaphore(self.streams)
 
         async def one(part: Part) -> int | None:
             addr = buckets.get(part.bucket)
             if addr is None:
                 return part.bucket
-            async with room:  # back-pressure: wait for a stream to end
+            async with self.room:  # back-pressure: wait for a stream to end
+                self.stats["streams"] += 1
+                self.stats["streams_peak"] = max(self.stats["streams_peak"], self.stats["streams"])
                 try:
                     await self.sink(addr).deliver(part)
                 except (SectorError, OSError) as exc:
@@ -157,6 +163,11 @@ class BucketWriter:
                         exc,
                     )
                     return part.bucket
+                finally:
+                    self.stats["streams"] -= 1
+            # Its bucket's node has it: this copy goes (a link's other name stays).
+            with contextlib.suppress(FileNotFoundError):
+                part.file.unlink()
             self.stats["pushed"] += part.size
             return None
 
@@ -175,7 +186,8 @@ class Shuffle:
         self.blobs = blobs
         self.io = io
         self.min_free = min_free
-        self.stats = {"pushed": 0, "received": 0}
+        self.stats = {"pushed": 0, "received": 0, "streams": 0, "streams_peak": 0}
+        self.room = asyncio.Semaphore(SHUFFLE_STREAMS)
 
     async def push(
         self,
@@ -187,10 +199,17 @@ class Shuffle:
         owner: str | None = None,
     ) -> list[int]:
         """Send an attempt's staged parts (``{bucket: bytes}``) to the nodes ``buckets``
-        names; the buckets that failed."""
+        names, deleting each delivered; the buckets that failed (their parts kept)."""
         staged = jdir / f"a{attempt}"
         todo = [Part(job, attempt, b, n, staged / f"b{b}", owner) for b, n in sorted(parts.items())]
-        return await BucketWriter(self.me, self.pool, jdir, self.stats).write(todo, buckets)
+        writer = BucketWriter(self.me, self.pool, jdir, self.stats, self.room)
+        return await writer.write(todo, buckets)
+
+    @staticmethod
+    def kept(jdir: Path, attempt: int, buckets: list[int]) -> list[int]:
+        """Those of ``buckets`` whose part of ``attempt`` is still here (undelivered)."""
+        staged = jdir / f"a{attempt}"
+        return [b for b in buckets if os.path.lexists(staged / f"b{b}")]
 
     def check_room(self, size: int) -> None:
         """Refuse a part this node has no room for, before a byte of it moves."""

@@ -25,9 +25,13 @@ node while buckets were in use):
    (``CommitEarly``), overlapping the stage's other work.
 4. Buckets: a winner's parts count as delivered to the node holding each bucket; a
    bucket whose node refused its part has that node probed (``Probe``). A lost node's
-   buckets move to the survivors, round robin, and are fed again (``undelivered``).
+   buckets move to the survivors, round robin, and are fed again (``undelivered``):
+   a part its mapper still holds (one it could not deliver) is resent.
 5. A lost node's attempts fail; in modes files and buckets its winners' staged output
-   died with it, so those segments run again.
+   died with it, so those segments run again. So do, with buckets, the segments that
+   delivered a part to it: a mapper deletes a part once its bucket's node has it
+   (``node/sphere_shuffle``), so the only copy died with that node (issue 13:
+   intermediate data never sits on disk twice).
 6. A node that no longer lists an attempt it accepted before the poll left has
    forgotten it (it restarted): the attempt fails.
 7. The job's error: an outcome with a traceback replaces it, anything else keeps the
@@ -419,9 +423,12 @@ class JobMachine:
     def _resent(self, e: Resent, now: float) -> list[Action]:
         win = self.winners.get(e.seg)
         if win is not None and win[0] == e.attempt:  # else reopened meanwhile
-            for b, n in e.want.items():
-                if b not in e.undelivered:
-                    self.delivered.setdefault(e.seg, {})[b] = n
+            got = {b: n for b, n in e.want.items() if b not in e.undelivered}
+            if set(got.values()) & self.lost:
+                # Delivered to a node lost while the resend ran: the part is gone.
+                self._reopen([e.seg], now)
+            else:
+                self.delivered.setdefault(e.seg, {}).update(got)
         # The holders as they were asked, each once: losing the first moves buckets.
         holders = dict.fromkeys(e.want.get(b, self.bucket_node[b]) for b in sorted(e.undelivered))
         out: list[Action] = []
@@ -448,12 +455,16 @@ class JobMachine:
             self._drop(att)
         self.sched.node_lost(nid, now)
         if self.mode in ("files", "buckets"):
-            # Their staged output died with the node: those segments run again.
-            reopen = [seg for seg, (_a, n, _r) in self.winners.items() if n == nid]
-            for seg in reopen:
-                self.winners.pop(seg, None)
-                self.delivered.pop(seg, None)
-            self.sched.reopen(reopen, now)
+            # Their staged output died with the node: those segments run again. So
+            # did the parts delivered to it (their mappers deleted them).
+            self._reopen(
+                [
+                    seg
+                    for seg, (_a, n, _r) in self.winners.items()
+                    if n == nid or nid in self.delivered.get(seg, {}).values()
+                ],
+                now,
+            )
         live = self.live_nodes()
         if not live:
             return [Wake(), Abort(f"job {self.job}: every node was lost")]
@@ -462,6 +473,12 @@ class JobMachine:
         for i, b in enumerate(moved):
             self.bucket_node[b] = live[i % len(live)]
         return [Wake()]
+
+    def _reopen(self, segs: list[int], now: float) -> None:
+        for seg in segs:
+            self.winners.pop(seg, None)
+            self.delivered.pop(seg, None)
+        self.sched.reopen(segs, now)
 
     def _drop(self, attempt: int) -> Start | None:
         self.accepted.pop(attempt, None)
@@ -503,5 +520,6 @@ class JobMachine:
         for seg, have in self.delivered.items():
             parts = {int(b) for b in (self.winners[seg][2].get("parts") or {})}
             assert set(have) <= parts, f"seg {seg} delivered a part it never made"
+            assert not set(have.values()) & self.lost, f"seg {seg}'s part is on a lost node"
         assert not self.fatal or self.error is not None, "fatal without an error"
         assert self.log.maxlen == LOG_LEN, "event log unbounded"

@@ -547,8 +547,9 @@ def test_sphere_resend_refuses_malformed_messages(
     ]
     before = snapshot(cluster, target)
     assert_refused(addr, "sphere.resend", cases)
-    # The well-formed one still works: the part is linked again where it is.
-    assert rpc(addr, "sphere.resend", base) == {"undelivered": []}
+    # The well-formed one is answered: its part was delivered, so it left this node.
+    with pytest.raises(NotFound, match=r"parts of buckets \[1\] were delivered"):
+        rpc(addr, "sphere.resend", base)
     assert_unharmed(cluster, target, before)
 
 

@@ -219,6 +219,36 @@ def test_a_resend_refused_loses_the_node_it_was_sent_to_only() -> None:
     assert m.lost == {target}  # once: the buckets it held moved, their new nodes stay
 
 
+def test_losing_a_bucket_node_reruns_the_segments_that_delivered_to_it() -> None:
+    """A mapper deletes a part once its bucket's node has it: when that node is lost,
+    the segments whose parts it held run again (their parts exist nowhere else); a
+    segment that delivered nothing there keeps its winner."""
+    m = machine(3, mode="buckets", buckets=3, holders=True)
+    assert m.bucket_node == {0: "n1", 1: "n2", 2: "n0"}
+    got = {s.seg: s for s in starts(feed(m, Schedule()))}
+    feed(m, Finished("n0", ok(got[0].attempt, parts={"0": 5, "1": 5})), 1.0)  # n1, n2
+    feed(m, Finished("n1", ok(got[1].attempt, parts={"1": 5})), 1.0)  # n2 only
+    feed(m, Finished("n2", ok(got[2].attempt, parts={"2": 5})), 1.0)  # n0 only
+    feed(m, NodeLost("n1"), 2.0)
+    # seg 0 delivered to n1 and seg 1 ran there; seg 2 neither.
+    assert set(m.winners) == {2}
+    assert m.undelivered() == {}  # nothing to resend: what n1 held is re-made
+    again = {s.seg for s in starts(feed(m, Schedule(), 3.0))}
+    assert again == {0, 1}
+
+
+def test_a_resend_answered_after_its_target_was_lost_reruns_the_segment() -> None:
+    m = machine(1, mode="buckets", buckets=2, nodes=("n0", "n1", "n2", "n3"))
+    (s,) = starts(feed(m, Schedule()))
+    out = ok(s.attempt, parts={"0": 1, "1": 1}, undelivered=[0, 1])
+    feed(m, Finished(s.node, out), 1.0)
+    target = next(n for n in ("n0", "n1", "n2", "n3") if n not in (s.node, *m.bucket_node.values()))
+    want = dict.fromkeys((0, 1), target)
+    feed(m, NodeLost(target), 2.0)  # while the resend to it ran
+    feed(m, Resent(0, s.attempt, want, frozenset()), 3.0)
+    assert 0 not in m.winners and [x.seg for x in starts(feed(m, Schedule(), 4.0))] == [0]
+
+
 def test_buckets_are_placed_round_robin_from_the_jobs_offset() -> None:
     got = place_buckets("00000001ffff", ["b", "a", "c"], 4)
     assert got == {0: "b", 1: "c", 2: "a", 3: "b"}
