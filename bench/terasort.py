@@ -17,8 +17,10 @@ records -- rows [0, N) of ``gen_records(0, N, seed=0)``, N = size / 100 -- by th
                connection TLS, the shuffle included (its ratio to ``sector`` is the
                price of encryption)
     numpy      one process: read the file, ``sort_records``, write it back, fsync
-    gnusort    ``LC_ALL=C sort --parallel=2 -S 50%`` of the text form (each record as
-               200 hex digits and a newline; written beforehand, not timed), then fsync
+    gnusort    ``LC_ALL=C sort --parallel=2 -S 50% -T WORKDIR`` of the records as gensort
+               ``-a`` lines (GNU sort's best input form: 100 bytes of printable ASCII a
+               line, the key as 10 base-95 digits; written just before, not timed, and
+               deleted right after), then fsync
     dask       ``LocalCluster(n_workers=2, threads_per_worker=1)``: the file read in
                partitions into a dask.dataframe (key columns + the record's other bytes
                as integer columns), ``sort_values``, each partition written, fsync
@@ -74,6 +76,7 @@ from sector.sphere import terasort as ts
 SYSTEMS = ("sector", "sector-tls", "numpy", "gnusort", "dask", "spark", "spark-rdd")
 DEFAULT = ("sector", "sector-tls", "numpy", "gnusort", "dask", "spark")
 GOALS = {"dask": 3.0, "spark": 4.0, "spark-rdd": 4.0, "gnusort": 1.0}
+READERS = ("numpy", "dask", "spark", "spark-rdd")  # the systems that read the binary input
 GEN_BATCH = 1 << 20  # records per generated / validated chunk: 100 MB
 FILE_BYTES = 256 * MB  # Sector: about this much per generated file, a multiple of nodes
 
@@ -134,25 +137,74 @@ def input_checksum(nrecords: int) -> dict[str, Any]:
     )
 
 
-def make_text(src: Path, dst: Path) -> None:
-    """The text form of ``src`` for GNU sort (not timed)."""
-    with open(src, "rb") as fin, open(dst, "wb") as fout:
-        while buf := fin.read(GEN_BATCH * ts.RECORD):
-            fout.write(ts.to_text(buf))
-        fout.flush()
-        os.fsync(fout.fileno())
+# The gensort ``-a`` form, GNU sort's best input: 100-byte lines of printable ASCII,
+#     0..10   key: the record's first 8 key bytes (a big-endian uint64) as 10 base-95
+#             digits, chars 32..126 (95^10 > 2^64, so line order is the key's order)
+#     10..12  two spaces
+#     12..44  the row number as 32 hex digits (the record's bytes 12..44)
+#     44..46  two spaces
+#     46..98  filler: the record's bytes 10..36 as 52 hex digits
+#     98..100 "\r\n"
+# Each line is made from the same binary record, row i of ``gen_records``, so its sorted
+# order is the records'; lines are 100 bytes, so the kernels of ``sector.sphere.terasort``
+# validate them as records (sorted by their first 10 bytes, count, checksum).
+_HEX_DIGITS = np.frombuffer(b"0123456789ABCDEF", dtype=np.uint8)
+# A byte's two hex digits as one uint16 (its memory is the two digits, in either byte
+# order): one gather per byte rather than one per digit.
+_HEX_PAIRS = (
+    np.stack([_HEX_DIGITS[np.arange(256) >> 4], _HEX_DIGITS[np.arange(256) & 15]], axis=1)
+    .copy()
+    .view(np.uint16)
+    .ravel()
+)
 
 
-def summarize_files(paths: Sequence[Path], *, text: bool = False) -> dict[str, Any]:
-    """Merged summary of output files read in order, in chunks (bounded memory)."""
-    unit = ts.TEXT_LINE if text else ts.RECORD
+def ascii_lines(records: np.ndarray) -> np.ndarray:
+    """The gensort ``-a`` lines of a batch of records: (n, 100) uint8, vectorised."""
+    recs = ts.as_records(records)
+    n = len(recs)
+    out = np.empty((n, ts.RECORD), dtype=np.uint8)
+    key = np.ascontiguousarray(recs[:, :8]).view(">u8").ravel().astype(np.uint64)
+    digits = np.empty((ts.KEY, n), dtype=np.uint8)  # a row per digit: contiguous writes
+    for j in range(ts.KEY - 1, -1, -1):  # the least significant digit first
+        key, digit = np.divmod(key, np.uint64(95))
+        digits[j] = digit
+    digits += 32
+    out[:, : ts.KEY] = digits.T
+    out[:, 10:12] = ord(" ")
+    out[:, 12:44] = recs[:, 12:44]
+    out[:, 44:46] = ord(" ")
+    out[:, 46:98] = _HEX_PAIRS[recs[:, 10:36]].view(np.uint8).reshape(n, 52)
+    out[:, 98] = ord("\r")
+    out[:, 99] = ord("\n")
+    return out
+
+
+def make_ascii(path: Path, nrecords: int) -> dict[str, Any]:
+    """Write rows [0, nrecords) as gensort ``-a`` lines (fsynced); the lines' summary."""
+    parts = []
+    with open(path, "wb") as f:
+        for start in range(0, nrecords, GEN_BATCH):
+            lines = ascii_lines(ts.gen_records(start, min(GEN_BATCH, nrecords - start), seed=0))
+            parts.append(ts.summary(lines))
+            f.write(lines.tobytes())
+        f.flush()
+        os.fsync(f.fileno())
+    return ts.merge_summaries(parts)
+
+
+def summarize_files(paths: Sequence[Path]) -> dict[str, Any]:
+    """Merged summary of output files read in order, in chunks (bounded memory).
+
+    Binary records and gensort ``-a`` lines alike: both are 100 bytes, key first.
+    """
     parts = []
     for p in paths:
         with open(p, "rb") as f:
-            while buf := f.read(GEN_BATCH * unit):
-                if len(buf) % unit:
-                    raise ValueError(f"{p}: {len(buf) % unit} stray bytes at the end")
-                parts.append(ts.summary(ts.from_text(buf) if text else ts.as_records(buf)))
+            while buf := f.read(GEN_BATCH * ts.RECORD):
+                if len(buf) % ts.RECORD:
+                    raise ValueError(f"{p}: {len(buf) % ts.RECORD} stray bytes at the end")
+                parts.append(ts.summary(ts.as_records(buf)))
     return ts.merge_summaries(parts)
 
 
@@ -484,7 +536,8 @@ def run_gnusort(text: Path, workdir: Path, args: argparse.Namespace) -> dict[str
         raise RuntimeError(f"exit {run['returncode']}: {tail(workdir / 'gnusort.log')}")
     fsync_path(out)
     run["seconds"] = time.perf_counter() - t0
-    return {**run, "caches_dropped": dropped, "outputs": [out], "setup_seconds": 0.0}
+    how = "LC_ALL=C sort --parallel=2 -S 50% of gensort -a lines (100 bytes each), fsync"
+    return {**run, "caches_dropped": dropped, "outputs": [out], "setup_seconds": 0.0, "how": how}
 
 
 PEER_NEEDS = {
@@ -845,7 +898,7 @@ def run_one(
             )
         else:
             res = run_peer(system, inp, text, wdir, n, args)
-            got = summarize_files(res["outputs"], text=system == "gnusort")
+            got = summarize_files(res["outputs"])
             res["validation"] = verdict(got, want)
             res["output_files"] = len(res.pop("outputs"))
     except NotInstalled as exc:
@@ -886,21 +939,27 @@ def run(args: argparse.Namespace, console: Any) -> dict[str, Any]:
                 # no run starts right after gigabytes of someone else's writes (the
                 # host's disk cache is still draining them: Sector, run first, measured
                 # 53.6 s at 4 GB after the 8 GB text form, 33.4 s without it).
-                if not system.startswith("sector") and not inp.exists():
+                if system in READERS and not inp.exists():
                     console.log(f"{show_size(size)}: writing {n:,} records to {inp}")
                     t0 = time.perf_counter()
                     want = make_input(inp, n)
                     console.log(f"  {mbps(size, time.perf_counter() - t0):,.0f} MB/s (one core)")
-                if system == "gnusort" and text is None:
+                mine = want
+                if system == "gnusort":
+                    # Written just before GNU sort and deleted right after it; validated
+                    # against the lines' own summary (the same records, as ASCII).
                     text = sdir / "input.txt"
-                    console.log(f"{show_size(size)}: writing the text form for GNU sort")
-                    make_text(inp, text)
+                    console.log(f"{show_size(size)}: writing the gensort -a lines for GNU sort")
+                    mine = make_ascii(text, n)
                 console.log(f"{show_size(size)}: {system} ...")
                 wdir = sdir / system
                 wdir.mkdir()
                 try:
-                    rows.append(run_one(system, size, (inp, text, want), wdir, args))
+                    rows.append(run_one(system, size, (inp, text, mine), wdir, args))
                 finally:
+                    if text is not None:
+                        text.unlink(missing_ok=True)
+                        text = None
                     if not args.keep:
                         shutil.rmtree(wdir, ignore_errors=True)
                 console.log(f"  {_line(rows[-1])}")
