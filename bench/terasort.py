@@ -121,7 +121,7 @@ def make_input(path: Path, nrecords: int) -> dict[str, Any]:
         for start in range(0, nrecords, GEN_BATCH):
             recs = ts.gen_records(start, min(GEN_BATCH, nrecords - start), seed=0)
             parts.append(ts.summary(recs))
-            f.write(memoryview(recs).cast("B"))
+            f.write(recs.data.cast("B"))
         f.flush()
         os.fsync(f.fileno())
     return ts.merge_summaries(parts)
@@ -581,7 +581,7 @@ def _write_durably(path: str, chunks: Any) -> int:
     n = 0
     with open(path, "wb") as f:
         for recs in chunks:
-            f.write(memoryview(np.ascontiguousarray(recs)).cast("B"))
+            f.write(np.ascontiguousarray(recs).data.cast("B"))
             n += len(recs)
         f.flush()
         os.fsync(f.fileno())
@@ -1016,7 +1016,7 @@ def show(res: dict[str, Any], console: Any) -> None:
         ("peak RSS MB", "right"),
         ("validated", "left"),
     ):
-        t.add_column(col, justify=just)
+        t.add_column(col, justify="left" if just == "left" else "right")
     last = None
     for r in res["runs"]:
         if last is not None and r["size_bytes"] != last:
