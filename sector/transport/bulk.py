@@ -7,14 +7,16 @@ whose op is a bulk handler gets a connection of its own, closed after the final 
 ``send_file`` and ``recv`` move the bytes. Whether a stream is plain TCP or TLS is
 decided here (``BulkChannel.tls``), and the rest of the code never sees a socket:
 
-- sending a file: ``os.sendfile`` on plain TCP; on TLS, pieces read in a thread while
-  the transport encrypts the previous one;
+- sending a file: ``os.sendfile`` on plain TCP; on TLS, read, encrypted and sent by a
+  worker thread that takes the connection's TLS state over (``tlspump``);
 - receiving: on plain TCP, ``recv_into`` one preallocated buffer in a worker thread
   (one copy, the GIL released; asyncio's StreamReader copies every byte twice); on
-  TLS, through the transport chunk by chunk, each chunk written in a thread while the
-  next is decrypted. Either way every chunk goes to a sink (a file, a ``BlobWriter``),
-  optionally to a hasher, and optionally on to the next hop of a replica chain, whose
-  failure only ends the forwarding (the chain goes on without it).
+  TLS, decrypted into such a buffer by a worker thread (``tlspump``), and the next hop
+  of a chain encrypted for by the same thread. Either way every chunk goes to a sink
+  (a file, a ``BlobWriter``), optionally to a hasher, and optionally on to the next
+  hop of a replica chain, whose failure only ends the forwarding (the chain goes on
+  without it). A TLS transport the pump cannot take (not asyncio's own) keeps the
+  transport path: chunk by chunk through the loop.
 """
 
 from __future__ import annotations
@@ -24,13 +26,13 @@ import contextlib
 import logging
 import os
 import socket
-import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from typing import IO, Any, Protocol, TypeVar
 
 from sector.errors import ConnectError, ProtocolError, Timeout, TransportError, from_wire
 from sector.transport.tcp import READ_CHUNK
+from sector.transport.tlspump import Pace, TlsPump, TlsSender, recv_some, senders
 from sector.wire import codec
 from sector.wire.codec import HEADER, Envelope, FrameDecoder
 
@@ -39,7 +41,6 @@ log = logging.getLogger("sector.bulk")
 TLS_SEND_CHUNK = 4 << 20  # file bytes per write on a TLS bulk stream
 RECV_CHUNK = 4 << 20  # the receive buffer (one per transfer, reused for every read)
 PROGRESS_STEP = 16 << 20  # bytes between two progress reports
-RATE_GRACE = 30.0  # seconds before a receive's minimum average rate applies
 
 T = TypeVar("T")
 Progress = Callable[[int, int], None]  # (bytes done, bytes in all)
@@ -156,6 +157,54 @@ class BulkChannel:
             raise self._lost("to", exc) from None
 
     async def _send_tls(self, f: IO[bytes], offset: int, count: int) -> None:
+        """The file encrypted and sent by a worker thread (``tlspump``), else through
+        the transport."""
+        pump = await self.tls_pump()
+        if pump is None:
+            await self._send_tls_transport(f, offset, count)
+            return
+        sock = pump.duplicate(self.stall_timeout)
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                senders(),
+                pump.send_file,
+                sock,
+                f.fileno(),
+                offset,
+                count,
+                f"bulk stream to {self.peer}",
+            )
+        finally:
+            sock.close()
+            pump.resume()
+
+    async def tls_pump(self, *, reading: bool = False) -> TlsPump | None:
+        """The connection's TLS state for a worker thread (``tlspump``), the loop's
+        reading paused and every byte it had queued sent; None if it cannot be had.
+        With ``reading``, what the ``StreamReader`` had already decrypted is moved into
+        this channel (``take_buffered`` returns it first). The caller resumes it."""
+        pump = TlsPump.of(self.writer.transport)
+        if pump is None:
+            return None
+        self.writer.transport.set_write_buffer_limits(high=0)
+        for _ in range(100):
+            if pump.flushed():
+                break
+            await self._drain()
+            if not pump.flushed():
+                await asyncio.sleep(0.001)
+        else:
+            return None
+        self._check_open()
+        pump.pause()
+        if reading:
+            buffered = getattr(self.reader, "_buffer", None)
+            if isinstance(buffered, bytearray) and buffered:
+                self._buf += buffered
+                buffered.clear()
+        return pump
+
+    async def _send_tls_transport(self, f: IO[bytes], offset: int, count: int) -> None:
         """The file through the TLS transport in large pieces.
 
         asyncio's own fallback for TLS reads 256 KiB and waits for the buffer to drain
@@ -271,6 +320,14 @@ async def recv(
             loop.call_soon_threadsafe(cb, done, total)
 
     copy = _Copy(size, sink, hasher, report, what or f"bulk stream from {chan.peer}")
+    if chan.tls:
+        got = await _recv_tls(chan, copy, forward, executor, chunk, min_rate)
+        forwarded = (
+            await _recv_transport(chan, copy, forward, executor, chunk) if got is None else got
+        )
+        if progress is not None:
+            progress(size, size)
+        return forwarded
     # Both ends plain, or the transport for both: a socket is duplicated only if used.
     src = None if forward is not None and forward.tls else chan.raw_socket()
     if src is None:
@@ -284,10 +341,51 @@ async def recv(
             src.close()
             if copy.dst is not None:
                 copy.dst.close()
+            if not chan.writer.is_closing():  # raw_socket paused it: what follows is the loop's
+                chan.writer.transport.resume_reading()  # type: ignore[attr-defined]
         forwarded = copy.dst is not None
     if progress is not None:
         progress(size, size)
     return forwarded
+
+
+async def _recv_tls(
+    chan: BulkChannel,
+    copy: _Copy,
+    forward: BulkChannel | None,
+    executor: Executor | None,
+    chunk: int,
+    min_rate: int,
+) -> bool | None:
+    """The TLS path: decrypted (and encrypted again for ``forward``, a TLS hop) by a
+    worker thread (``tlspump``); None if a pump cannot be had (nothing was read)."""
+    nxt = None
+    if forward is not None:
+        nxt = await forward.tls_pump() if forward.tls else None
+        if nxt is None:
+            return None
+    pump = await chan.tls_pump(reading=True)
+    if pump is None:
+        if nxt is not None:
+            nxt.resume()
+        return None
+    src = pump.duplicate(chan.stall_timeout)
+    if nxt is not None and forward is not None:
+        copy.dst = TlsSender(nxt, nxt.duplicate(forward.stall_timeout))
+    try:
+        first = chan.take_buffered(copy.size)
+        if first:
+            copy.take(memoryview(first))
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(executor, pump.recv_into, src, copy, chunk, min_rate)
+    finally:
+        src.close()
+        pump.resume()
+        if copy.dst is not None:
+            copy.dst.close()
+        if nxt is not None:
+            nxt.resume()
+    return copy.dst is not None
 
 
 async def _recv_transport(
@@ -334,7 +432,7 @@ class _Copy:
     ) -> None:
         self.size, self.sink, self.hasher = size, sink, hasher
         self.progress, self.what = progress, what
-        self.dst: socket.socket | None = None
+        self.dst: socket.socket | TlsSender | None = None
         self.got = 0
         self._reported = 0
 
@@ -344,20 +442,11 @@ class _Copy:
             self.take(memoryview(first))
         buf = bytearray(min(chunk, max(1, self.size - self.got)))
         view = memoryview(buf)
-        started = time.monotonic()
+        pace = Pace(min_rate, self.what)
         while self.got < self.size:
-            elapsed = time.monotonic() - started
-            if min_rate and elapsed > RATE_GRACE and self.got / elapsed < min_rate:
-                raise Timeout(f"{self.what} too slow ({self.got} bytes in {elapsed:.0f} s)")
-            try:
-                n = src.recv_into(view[: min(len(buf), self.size - self.got)])
-            except TimeoutError:
-                raise Timeout(f"{self.what} stalled after {self._done()}") from None
-            except OSError as exc:
-                raise ConnectError(f"{self.what} failed: {exc}") from None
-            if n == 0:
-                raise ConnectError(f"{self.what} cut off after {self._done()}")
-            self.take(view[:n])
+            pace.check(self.got)
+            want = view[: min(len(buf), self.size - self.got)]
+            self.take(view[: recv_some(src, want, self.what, self._done())])
 
     def take(self, data: memoryview) -> None:
         """One chunk into the sink, the hasher and the next hop (dropped if it fails)."""

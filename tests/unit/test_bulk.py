@@ -1,5 +1,7 @@
 """The bulk module on real sockets: ``send_file`` and ``recv`` over plain TCP and TLS,
-with a hasher, progress, and a next hop that takes a copy (or fails part-way); and
+with a hasher, progress, and a next hop that takes a copy (or fails part-way); on TLS
+the bytes go through a worker thread that takes the connection's TLS state over
+(``tlspump``), and a frame right behind them still reaches the loop; and
 ``first_live``, the one loop over a chain's targets.
 """
 
@@ -21,6 +23,8 @@ from sector.transport import bulk
 from sector.transport.bulk import BulkChannel
 from sector.transport.chain import first_live
 from sector.transport.rpc import BulkHandler, RpcPool, Server
+from sector.transport.tlspump import TlsPump
+from sector.wire import codec
 
 DEADLINE = 20.0
 SIZE = (9 << 20) + 123  # more than one receive buffer, not a multiple of it
@@ -43,7 +47,12 @@ class Stores:
         self.got: dict[str, bytes] = {}
         self.failed: list[BaseException] = []
         self.progress: list[tuple[int, int]] = []
-        self.table: dict[str, BulkHandler] = {"up": self.up, "short": self.short}
+        self.table: dict[str, BulkHandler] = {
+            "up": self.up,
+            "short": self.short,
+            "then": self.then,
+        }
+        self.pumped: list[bool] = []  # per TLS receive: could a worker thread take it?
 
     async def up(self, a: dict[str, Any], chan: BulkChannel) -> Any:
         size = int(a["size"])
@@ -65,6 +74,15 @@ class Stores:
                 await down.close()
         self.got[a.get("name", chan.peer)] = bytes(sink.data)
         return {"sha256": h.hexdigest(), "forwarded": forwarded}
+
+    async def then(self, a: dict[str, Any], chan: BulkChannel) -> Any:
+        """The bytes, then a frame the sender wrote right behind them."""
+        size = int(a["size"])
+        self.pumped.append(TlsPump.of(chan.writer.transport) is not None)
+        sink = Sink()
+        await bulk.recv(chan, size, sink)
+        env = await chan.read_frame()
+        return {"sha256": hashlib.sha256(sink.data).hexdigest(), "then": env.a}
 
     async def short(self, a: dict[str, Any], chan: BulkChannel) -> Any:
         await chan.read_exactly(1000)
@@ -139,6 +157,27 @@ def test_a_chain_of_two_receives_every_byte(tmp_path: Path, tls: bool, tls_dir: 
         assert steps == sorted(steps)
 
     on_nodes(2, tls_dir if tls else None, body)
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+def test_a_frame_right_behind_the_bytes_reaches_the_loop(tls: bool, tls_dir: Path) -> None:
+    """Sent in one write with the bytes, the frame's records may be read off the socket
+    by the receiving thread; they must still reach the handler (tlspump rule 3)."""
+    data = os.urandom(SIZE)
+    frame = codec.encode(codec.Envelope(i=7, op="more", a={"n": 42}))
+
+    async def body(servers: list[Server], pool: RpcPool, stores: Stores) -> None:
+        for _ in range(3):
+            chan = await pool.open_bulk(servers[0].address, "then", {"size": SIZE})
+            try:
+                await chan.write(data + frame)
+                rep = await chan.read_reply()
+            finally:
+                await chan.close()
+            assert rep == {"sha256": hashlib.sha256(data).hexdigest(), "then": {"n": 42}}
+        assert stores.pumped == ([True] * 3 if tls else [False] * 3)
+
+    on_nodes(1, tls_dir if tls else None, body)
 
 
 @pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
