@@ -369,9 +369,11 @@ class SphereService(Worker):
 
     @typed(wire.Push)
     async def _h_push(self, req: wire.Push, chan: BulkChannel) -> Any:
-        self.shuffle.check_room(req.size)
+        parts = [(req.bucket, req.size), *req.more]
+        self.shuffle.check_room(sum(n for _, n in parts))
         j = self._job_state(req.job, create=True, owner=req.owner)
-        await self.shuffle.receive(chan, j.dir, req.bucket, req.attempt, req.size)
+        for bucket, size in parts:  # in the order they follow each other
+            await self.shuffle.receive(chan, j.dir, bucket, req.attempt, size)
         return {"ok": True}
 
     @typed(wire.Poll)

@@ -10,7 +10,10 @@ done, each part goes to its bucket's node; a part received is
   of them) to their sinks and owns the bounds; the sinks only move bytes.
   ``DiskSink`` links a part for a bucket of this node into ``recv/`` (no copy);
   ``NetSink`` pushes it to another node (``sphere.push``, bulk, ``sendfile``).
-- Memory and back-pressure: the node has at most ``SHUFFLE_STREAMS`` parts in flight,
+- One stream per node: an attempt's parts for one node go down one bulk stream, each
+  right behind the other (one connection, one TLS handshake: with hundreds of buckets
+  a stream per part spent more on handshakes than on bytes).
+- Memory and back-pressure: the node has at most ``SHUFFLE_STREAMS`` streams in flight,
   all its writers together, and a writer waits for one to end before it starts the
   next. A part is spilled before it moves: the engine wrote it to a file as the UDF
   made it, so no part waits in memory for its turn. No byte of a part passes through
@@ -55,7 +58,7 @@ __all__ = ["SHUFFLE_STREAMS", "BucketWriter", "Part", "Shuffle", "received"]
 
 log = logging.getLogger("sector.sphere")
 
-SHUFFLE_STREAMS = 8  # parts in flight out of one node at once, all its writers together
+SHUFFLE_STREAMS = 8  # streams out of one node at once, all its writers together
 
 
 def received(jdir: Path, bucket: int, attempt: int) -> Path:
@@ -76,45 +79,56 @@ class Part:
 
 
 class Sink(Protocol):
-    async def deliver(self, part: Part) -> None: ...
+    async def deliver(self, parts: list[Part]) -> None: ...
 
 
 class DiskSink:
-    """A part for a bucket of this node: linked into the job's ``recv/``."""
+    """Parts for buckets of this node: linked into the job's ``recv/``."""
 
     def __init__(self, jdir: Path) -> None:
         self.jdir = jdir
 
-    async def deliver(self, part: Part) -> None:
-        dst = received(self.jdir, part.bucket, part.attempt)
-        dst.parent.mkdir(exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            dst.unlink()
-        # The mapper keeps its own name for a resend. The name is linked, not what a
-        # symlink planted there would point at; readers of recv/ never follow one.
-        os.link(part.file, dst, follow_symlinks=False)
+    async def deliver(self, parts: list[Part]) -> None:
+        for part in parts:
+            dst = received(self.jdir, part.bucket, part.attempt)
+            dst.parent.mkdir(exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                dst.unlink()
+            # The name is linked, not what a symlink planted there would point at;
+            # readers of recv/ never follow one.
+            os.link(part.file, dst, follow_symlinks=False)
 
 
 class NetSink:
-    """A part for a bucket of another node: pushed there (``sphere.push``)."""
+    """Parts of one attempt for buckets of another node: pushed there down one stream
+    (``sphere.push``), each right behind the other."""
 
     def __init__(self, pool: RpcPool, addr: str) -> None:
         self.pool = pool
         self.addr = addr
 
-    async def deliver(self, part: Part) -> None:
+    async def deliver(self, parts: list[Part]) -> None:
+        first = parts[0]
         args: dict[str, Any] = {
-            "job": part.job,
-            "bucket": part.bucket,
-            "attempt": part.attempt,
-            "size": part.size,
+            "job": first.job,
+            "bucket": first.bucket,
+            "attempt": first.attempt,
+            "size": first.size,
         }
-        if part.owner is not None:
-            args["owner"] = part.owner
-        with open(open_nofollow(part.file), "rb") as f:  # before a byte moves
+        if len(parts) > 1:
+            args["more"] = [[p.bucket, p.size] for p in parts[1:]]
+        if first.owner is not None:
+            args["owner"] = first.owner
+        with contextlib.ExitStack() as files:
+            # The first file opened before a byte moves; each next one as its turn comes.
+            f = files.enter_context(open(open_nofollow(first.file), "rb"))
             chan = await self.pool.open_bulk(self.addr, "sphere.push", args)
             try:
-                await chan.sendfile(f, 0, part.size)
+                for i, part in enumerate(parts):
+                    if i:
+                        f.close()
+                        f = files.enter_context(open(open_nofollow(part.file), "rb"))
+                    await chan.sendfile(f, 0, part.size)
                 await chan.read_reply()
             finally:
                 await chan.close()
@@ -143,36 +157,42 @@ class BucketWriter:
         return self.disk if addr == self.me else NetSink(self.pool, addr)
 
     async def write(self, parts: list[Part], buckets: dict[int, str]) -> list[int]:
-        """Deliver ``parts`` to the nodes ``buckets`` names; the buckets that failed."""
+        """Deliver ``parts`` to the nodes ``buckets`` names, one stream per node; the
+        buckets that failed (a stream that fails fails all its parts)."""
+        failed = [p.bucket for p in parts if p.bucket not in buckets]
+        by_node: dict[str, list[Part]] = {}
+        for p in parts:
+            if p.bucket in buckets:
+                by_node.setdefault(buckets[p.bucket], []).append(p)
 
-        async def one(part: Part) -> int | None:
-            addr = buckets.get(part.bucket)
-            if addr is None:
-                return part.bucket
+        async def one(addr: str, group: list[Part]) -> list[int]:
             async with self.room:  # back-pressure: wait for a stream to end
                 self.stats["streams"] += 1
                 self.stats["streams_peak"] = max(self.stats["streams_peak"], self.stats["streams"])
                 try:
-                    await self.sink(addr).deliver(part)
+                    await self.sink(addr).deliver(group)
                 except (SectorError, OSError) as exc:
                     log.warning(
-                        "job %s: part of bucket %d to %s failed: %s",
-                        part.job,
-                        part.bucket,
+                        "job %s: %d parts (buckets %d..%d) to %s failed: %s",
+                        group[0].job,
+                        len(group),
+                        group[0].bucket,
+                        group[-1].bucket,
                         addr,
                         exc,
                     )
-                    return part.bucket
+                    return [p.bucket for p in group]
                 finally:
                     self.stats["streams"] -= 1
-            # Its bucket's node has it: this copy goes (a link's other name stays).
-            with contextlib.suppress(FileNotFoundError):
-                part.file.unlink()
-            self.stats["pushed"] += part.size
-            return None
+            for p in group:
+                # Its bucket's node has it: this copy goes (a link's other name stays).
+                with contextlib.suppress(FileNotFoundError):
+                    p.file.unlink()
+                self.stats["pushed"] += p.size
+            return []
 
-        got = await asyncio.gather(*(one(p) for p in parts))
-        return [b for b in got if b is not None]
+        got = await asyncio.gather(*(one(a, g) for a, g in by_node.items()))
+        return sorted(failed + [b for bs in got for b in bs])
 
 
 class Shuffle:

@@ -18,7 +18,7 @@ A job's life on the wire::
     sphere.resend   Resend               -> {undelivered}      (a lost bucket node's parts)
     sphere.commit   Commit               -> {files}            (staged output -> files)
     sphere.cleanup  Cleanup              -> {ok}
-    sphere.push     Push                 (bulk, node to node: one bucket part)
+    sphere.push     Push                 (bulk, node to node: an attempt's parts for one node)
 """
 
 from __future__ import annotations
@@ -228,13 +228,16 @@ class Cleanup(Request, frozen=True):
 
 
 class Push(Request, frozen=True):
-    """sphere.push (bulk, node to node): one bucket part of ``size`` bytes follows."""
+    """sphere.push (bulk, node to node): one bucket part of ``size`` bytes follows, then
+    each of ``more`` (bucket, size) right behind it: an attempt's parts for one node go
+    down one stream (one connection and one TLS handshake, not one per bucket)."""
 
     op = PUSH
     job: JobId
     bucket: BucketId
     attempt: Id
     size: Size
+    more: Annotated[list[tuple[BucketId, Size]], Meta(max_length=MAX_BUCKETS)] = []
     # The user whose job it is (None on an open cluster): a node that first hears of a
     # job from a push stages it with that user's other jobs (``node/sphere.py``).
     owner: UserName | None = None

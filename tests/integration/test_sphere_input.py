@@ -437,6 +437,12 @@ def test_sphere_push_refuses_malformed_headers(cluster: ProcCluster, target: Nod
         ("no size", without(base, "size"), BadRequest),
         ("size negative", {**base, "size": -1}, BadRequest),
         ("size bigger than the disk", {**base, "size": 1 << 62}, NoSpace),
+        ("more not a list", {**base, "more": 5}, BadRequest),
+        ("more a bucket negative", {**base, "more": [[-1, 3]]}, BadRequest),
+        ("more a size negative", {**base, "more": [[1, -3]]}, BadRequest),
+        ("more not pairs", {**base, "more": [[1, 3, 4]]}, BadRequest),
+        ("more too long", {**base, "more": [[1, 0]] * 70_000}, BadRequest),
+        ("more past the disk", {**base, "more": [[1, 1 << 62]]}, NoSpace),
     ]
     before = snapshot(cluster, target)
     for name, args, want in cases:
@@ -444,6 +450,20 @@ def test_sphere_push_refuses_malformed_headers(cluster: ProcCluster, target: Nod
             bulk(addr, "sphere.push", args, b"abc")
         assert type(ei.value) is want, f"[{name}]: {type(ei.value).__name__}: {ei.value}"
     assert_unharmed(cluster, target, before)
+
+
+def test_sphere_push_of_several_parts_keeps_each_in_its_file(
+    cluster: ProcCluster, target: NodeProc
+) -> None:
+    """One stream, three parts right behind each other: each lands in its own file."""
+    job = new_job()
+    args = {"job": job, "bucket": 2, "attempt": 5, "size": 3, "more": [[0, 0], [7, 4]]}
+    bulk(target.address, "sphere.push", args, b"abc" + b"wxyz")
+    jdir = target.data / "sphere" / "open" / job
+    assert recv_files(target, job) == ["b0.a5", "b2.a5", "b7.a5"]
+    got = [(jdir / "recv" / n).read_bytes() for n in ("b2.a5", "b0.a5", "b7.a5")]
+    assert got == [b"abc", b"", b"wxyz"]
+    rpc(target.address, "sphere.cleanup", {"job": job})
 
 
 @pytest.mark.parametrize("how", ["hangs up", "goes silent"])

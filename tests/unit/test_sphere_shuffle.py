@@ -1,7 +1,8 @@
-"""The shuffle's bucket writers (``sector/node/sphere_shuffle.py``): at most as many
-parts in flight as their shared room allows, all writers together, the rest wait
-their turn (back-pressure); a failed or unaddressed part is reported and kept; a
-delivered part is deleted from its mapper; a part for this node is linked, not copied."""
+"""The shuffle's bucket writers (``sector/node/sphere_shuffle.py``): one stream per
+node, at most as many streams in flight as their shared room allows, all writers
+together, the rest wait their turn (back-pressure); a failed or unaddressed part is
+reported and kept; a delivered part is deleted from its mapper; a part for this node
+is linked, not copied."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ ME = "127.0.0.1:7000"
 
 
 class GatedSink:
-    """Holds every delivery until the test opens the gate; counts what is in flight."""
+    """Holds every stream until the test opens the gate; counts what is in flight."""
 
     def __init__(self, fail: set[int]) -> None:
         self.fail = fail
@@ -25,15 +26,17 @@ class GatedSink:
         self.in_flight = 0
         self.most = 0
         self.started = 0
+        self.streams: list[list[int]] = []  # the buckets of each stream, as started
 
-    async def deliver(self, part: Part) -> None:
+    async def deliver(self, parts: list[Part]) -> None:
         self.in_flight += 1
         self.started += 1
         self.most = max(self.most, self.in_flight)
+        self.streams.append([p.bucket for p in parts])
         try:
             await self.gate.wait()
-            if part.bucket in self.fail:
-                raise ConnectError(f"bucket {part.bucket}: the node went away")
+            if any(p.bucket in self.fail for p in parts):
+                raise ConnectError("the node went away")
         finally:
             self.in_flight -= 1
 
@@ -54,32 +57,37 @@ class GatedWriter(BucketWriter):
 
 
 def test_writers_share_the_nodes_bound_and_report_and_keep_failures(tmp_path: Path) -> None:
-    sink = GatedSink(fail={4})
+    """Each writer sends one stream per node; the node's room bounds the streams of all
+    writers together; a failed stream fails (and keeps) all its parts."""
+    sink = GatedSink(fail={3})
     stats = new_stats()
-    for b in range(10):
+    for b in range(12):
         (tmp_path / f"b{b}").write_bytes(b"x")
-    parts = [Part("j", 7, b, 100 + b, tmp_path / f"b{b}") for b in range(10)]
-    buckets = {b: "127.0.0.1:7001" for b in range(9)}  # bucket 9 has no node
+    parts = [Part("j", 7, b, 100 + b, tmp_path / f"b{b}") for b in range(12)]
+    # Buckets on 3 other nodes, bucket 11 on none.
+    buckets = {b: f"127.0.0.1:{7001 + b % 3}" for b in range(11)}
 
     async def main() -> list[list[int]]:
-        room = asyncio.Semaphore(3)  # the node's: two writers (two attempts) share it
+        room = asyncio.Semaphore(2)  # the node's: two writers (two attempts) share it
         w1, w2 = (GatedWriter(tmp_path, stats, sink, room) for _ in range(2))
         writing = [
-            asyncio.create_task(w1.write(parts[:5], buckets)),
-            asyncio.create_task(w2.write(parts[5:], buckets)),
+            asyncio.create_task(w1.write(parts[:6], buckets)),
+            asyncio.create_task(w2.write(parts[6:], buckets)),
         ]
         for _ in range(20):
             await asyncio.sleep(0)
-        # The writers wait: three parts are out between them, the others have not started.
-        assert (sink.in_flight, sink.started, stats["streams"]) == (3, 3, 3)
+        # Two streams are out between the writers; their other four wait.
+        assert (sink.in_flight, sink.started, stats["streams"]) == (2, 2, 2)
         sink.gate.set()
         return list(await asyncio.gather(*writing))
 
-    assert asyncio.run(main()) == [[4], [9]]
-    assert sink.most == 3 and sink.started == 9 and stats["streams_peak"] == 3
-    assert stats["pushed"] == sum(100 + b for b in range(9) if b != 4)
+    # w1: buckets 0..5 in three streams ({0,3}, {1,4}, {2,5}); the one with 3 fails.
+    assert asyncio.run(main()) == [[0, 3], [11]]
+    assert sorted(sink.streams) == [[0, 3], [1, 4], [2, 5], [6, 9], [7, 10], [8]]
+    assert sink.most == 2 and stats["streams_peak"] == 2
+    assert stats["pushed"] == sum(100 + b for b in range(11) if b not in (0, 3))
     # Delivered parts are gone from the mapper; the failed and the unaddressed stay.
-    assert sorted(p.name for p in tmp_path.glob("b*")) == ["b4", "b9"]
+    assert sorted(p.name for p in tmp_path.glob("b*")) == ["b0", "b11", "b3"]
 
 
 def test_a_part_for_this_node_is_moved_into_recv(tmp_path: Path) -> None:
