@@ -186,15 +186,21 @@ class BulkChannel:
         pump = TlsPump.of(self.writer.transport)
         if pump is None:
             return None
-        self.writer.transport.set_write_buffer_limits(high=0)
-        for _ in range(100):
-            if pump.flushed():
-                break
-            await self._drain()
-            if not pump.flushed():
-                await asyncio.sleep(0.001)
-        else:
-            return None
+        if not pump.flushed():
+            # Writing paused at the first byte queued, resumed at none: drain() then
+            # returns once everything is on the socket. (A high mark of 0 would pause
+            # an empty buffer too, and nothing would ever resume it.)
+            self.writer.transport.set_write_buffer_limits(high=1, low=0)
+            try:
+                for _ in range(100):
+                    await self._drain()
+                    if pump.flushed():
+                        break
+                    await asyncio.sleep(0.001)
+                else:
+                    return None
+            finally:
+                self.writer.transport.set_write_buffer_limits()
         self._check_open()
         pump.pause()
         if reading:

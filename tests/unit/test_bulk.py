@@ -51,6 +51,7 @@ class Stores:
             "up": self.up,
             "short": self.short,
             "then": self.then,
+            "parts": self.parts,
         }
         self.pumped: list[bool] = []  # per TLS receive: could a worker thread take it?
 
@@ -83,6 +84,15 @@ class Stores:
         await bulk.recv(chan, size, sink)
         env = await chan.read_frame()
         return {"sha256": hashlib.sha256(sink.data).hexdigest(), "then": env.a}
+
+    async def parts(self, a: dict[str, Any], chan: BulkChannel) -> Any:
+        """Several files right behind each other, each received on its own."""
+        out = []
+        for size in a["sizes"]:
+            sink = Sink()
+            await bulk.recv(chan, size, sink)
+            out.append(hashlib.sha256(sink.data).hexdigest())
+        return out
 
     async def short(self, a: dict[str, Any], chan: BulkChannel) -> Any:
         await chan.read_exactly(1000)
@@ -176,6 +186,32 @@ def test_a_frame_right_behind_the_bytes_reaches_the_loop(tls: bool, tls_dir: Pat
                 await chan.close()
             assert rep == {"sha256": hashlib.sha256(data).hexdigest(), "then": {"n": 42}}
         assert stores.pumped == ([True] * 3 if tls else [False] * 3)
+
+    on_nodes(1, tls_dir if tls else None, body)
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+def test_several_files_down_one_stream_each_arrive_whole(
+    tmp_path: Path, tls: bool, tls_dir: Path
+) -> None:
+    """A send or a receive leaves the stream as it found it for the next one (on TLS,
+    the transport's flow control too: a second send once hung in its drain)."""
+    sizes = [SIZE, 1000, 0, (3 << 20) + 7]
+    files = []
+    for i, n in enumerate(sizes):
+        files.append(tmp_path / f"f{i}")
+        files[-1].write_bytes(os.urandom(n))
+
+    async def body(servers: list[Server], pool: RpcPool, stores: Stores) -> None:
+        chan = await pool.open_bulk(servers[0].address, "parts", {"sizes": sizes})
+        try:
+            for f, n in zip(files, sizes, strict=True):
+                with open(f, "rb") as fh:
+                    await chan.sendfile(fh, 0, n)
+            rep = await chan.read_reply()
+        finally:
+            await chan.close()
+        assert rep == [hashlib.sha256(f.read_bytes()).hexdigest() for f in files]
 
     on_nodes(1, tls_dir if tls else None, body)
 
