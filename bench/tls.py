@@ -17,9 +17,9 @@ so a change in the machine's load during the run hits both alike:
     get R=1    ``Client.get`` of that file
 
 each ``--runs`` times (best kept). On an open cluster the bulk bytes bypass asyncio
-(``os.sendfile`` out, ``recv_into`` a buffer in a worker thread in); on TLS they go
-through asyncio's SSL transport and ``StreamReader`` (``BulkChannel.raw_socket`` is
-None there), so the ratio secure/plain is TLS *and* that slower path.
+(``os.sendfile`` out, ``recv_into`` a buffer in a worker thread in); on TLS a worker
+thread takes the connection's TLS state over and encrypts or decrypts them
+(``transport/tlspump.py``), so the ratio secure/plain is the price of TLS itself.
 
 Two references bound the ratio from above, on the same bytes:
 
