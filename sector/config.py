@@ -65,9 +65,6 @@ class NodeConfig:
     gc_interval: float = 300.0  # seconds between passes
     # Sphere: processing engines (worker processes running UDFs); 0 = one per core.
     engines: int = 0
-    # A job whose input is larger than this reads its segments without keeping them in
-    # the page cache (node/sphere_input.drop_behind); 0 = half the RAM.
-    drop_behind: int = 0
     # The engines' sandbox (sector.sphere.sandbox, sector.node.sandbox): which mode
     # ("auto" = the strongest this host allows), who UDFs run as (a root node's; made
     # if missing), and limits per engine process (0 = the default said there).

@@ -161,14 +161,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="Sphere processing engines (default: one per core)",
     )
     s.add_argument(
-        "--drop-behind",
-        metavar="BYTES",
-        type=arg_type(parse_size),
-        default=None,
-        help="a Sphere job with more input than this leaves no segment in the page cache "
-        "once read (default: half the RAM)",
-    )
-    s.add_argument(
         "--udf-sandbox",
         choices=("auto", "full", "userns", "none"),
         default=None,
@@ -458,7 +450,6 @@ def _node(args: argparse.Namespace) -> int:
                 ("gc_grace", args.gc_grace),
                 ("gc_interval", args.gc_interval),
                 ("engines", args.engines),
-                ("drop_behind", args.drop_behind),
                 ("audit_interval", args.audit_interval),
                 ("tls", args.tls),
                 ("max_connections", args.max_connections),

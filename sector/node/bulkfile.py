@@ -4,8 +4,7 @@ file, files joined into one.
 Receiving a bucket part or a fetched segment is ``sector.transport.bulk.recv`` into a
 new file, on the executor the caller passes (the Sphere service's own I/O threads);
 concatenating a bucket's parts happens in the kernel with ``sendfile``. No Python
-``bytes`` of the payload is made on the way. ``drop_cached`` lets go of the pages of
-what was read for the last time.
+``bytes`` of the payload is made on the way.
 """
 
 from __future__ import annotations
@@ -19,19 +18,7 @@ from sector.storage.blobs import open_nofollow
 from sector.transport import bulk
 from sector.transport.bulk import BulkChannel
 
-__all__ = ["concat", "drop_cached", "recv_file"]
-
-
-def drop_cached(path: Path | str, offset: int = 0, length: int = 0) -> None:
-    """Drop a file's clean pages (``length`` 0: to its end) from the page cache: read
-    once, they would only push out what is read next. Best effort: a file gone or a
-    file system that cannot is no error."""
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-        try:
-            os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
+__all__ = ["concat", "recv_file"]
 
 
 async def recv_file(chan: BulkChannel, size: int, path: Path, io: Executor) -> None:

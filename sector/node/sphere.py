@@ -48,13 +48,13 @@ from sector.errors import BadRequest, NotFound, PermissionDenied, SectorError
 from sector.ids import to_hex
 from sector.meta import records as rec
 from sector.meta.records import FileRecord
-from sector.node import bulkfile, sandbox
+from sector.node import sandbox
 from sector.node.engines import EngineDied, EnginePool
 from sector.node.put import Namespace, PutHost, PutProtocol
 from sector.node.sphere_args import bucket_map, check_range, reduce_spec
 from sector.node.sphere_commit import Committer
 from sector.node.sphere_commit import plan as plan_commit
-from sector.node.sphere_input import SegmentInput, drop_behind
+from sector.node.sphere_input import SegmentInput
 from sector.node.sphere_shuffle import Shuffle
 from sector.security import guard
 from sector.sphere import spe, wire
@@ -69,7 +69,6 @@ JOB_TTL = 1800.0  # seconds without a word from its driver before a job is dropp
 JANITOR_EVERY = 60.0  # seconds between looks for such jobs
 REPORT_MAX = 12 << 20  # client-bound output bytes in one poll reply
 IO_THREADS = 8  # Sphere's bulk file work at once (see SphereService.io)
-READAHEAD = 8 << 20  # bytes past a segment the kernel may have read ahead (dropped with it)
 
 
 @dataclass(slots=True)
@@ -317,9 +316,6 @@ class SphereService(Worker):
                 src["checksum"] = r.checksum
                 src["holders"] = [ad for _, ad in r.replicas][:16]
                 src["local"] = me in {n for n, _ in r.replicas}
-        if src is not None:
-            ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-            src["drop"] = drop_behind(req.input_bytes, self.node.cfg.drop_behind, ram)
         j = self._job_state(job, create=True)
         if attempt in j.attempts:
             return {"accepted": True, "duplicate": True}
@@ -344,19 +340,12 @@ class SphereService(Worker):
             if src is not None and task["size"] > 0:
                 task["file"] = os.path.abspath(await self.input.local_copy(src))
             writes = task["mode"] in ("files", "buckets")
-            try:
-                res = await self.pool.run(
-                    spe.run_task,
-                    task,
-                    stage=j.dir.parent,
-                    outdirs=[Path(task["out"])] if writes else [],
-                )
-            finally:
-                if src is not None and src.get("drop") and task.get("file"):
-                    # Read once; kept, it would push the shuffle's parts out instead.
-                    # (With the kernel's readahead past its end: a few MiB of the next.)
-                    end = task["offset"] + task["length"] + READAHEAD
-                    bulkfile.drop_cached(task["file"], task["offset"], end - task["offset"])
+            res = await self.pool.run(
+                spe.run_task,
+                task,
+                stage=j.dir.parent,
+                outdirs=[Path(task["out"])] if writes else [],
+            )
         except asyncio.CancelledError:
             raise
         except EngineDied as exc:

@@ -129,8 +129,6 @@ class Committer:
                 out = jdir / "reduce" / f"f{i}"
                 async with sem:  # the engine's part; the next reduce starts as this stores
                     await self._reduce(reduce, it.bucket, it.path, it.parts, out)
-                for p in it.parts:  # read for the last time (unless a commit is retried)
-                    bulkfile.drop_cached(p)
                 return await self.puts.put_local(out, it.path, rf, io=self.io, durable=durable)
             async with sem:
                 if len(it.parts) == 1:

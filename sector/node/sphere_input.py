@@ -23,16 +23,7 @@ from sector.storage.messages import Get
 from sector.storage.transfer import open_get
 from sector.transport.rpc import RpcPool
 
-__all__ = ["SegmentInput", "drop_behind"]
-
-
-def drop_behind(input_bytes: int, limit: int, ram: int) -> bool:
-    """Whether a job's segments leave the page cache once read: its input is larger
-    than ``limit`` (``--drop-behind``; 0 = half of ``ram``). Such a job reads its input
-    once and cannot keep it cached anyway; what it would push out is what it reads
-    next -- the shuffle's parts, written by the map and read by the reduce (issue 13:
-    a 16 GB TeraSort read most of them back from disk)."""
-    return input_bytes > (limit or ram // 2)
+__all__ = ["SegmentInput"]
 
 
 class SegmentInput:

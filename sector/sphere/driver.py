@@ -401,7 +401,6 @@ class AsyncJob:
             mode=self.opts.get("mode", "none"),
             nbuckets=len(m.bucket_node),
             buckets={str(b): m.addr[n] for b, n in m.bucket_node.items()},
-            input_bytes=sum(getattr(g, "length", 0) for g in self.segments),
         )
         try:
             await self.c.pool.call(m.addr[s.node], wire.RUN, wire.to_args(run), timeout=30)

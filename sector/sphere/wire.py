@@ -192,7 +192,6 @@ class Run(Request, frozen=True):
     mode: Mode
     nbuckets: Annotated[int, Meta(ge=0, le=MAX_BUCKETS)]
     buckets: dict[str, str] = {}  # "<bucket>" -> address of the node holding it
-    input_bytes: Size = 0  # the whole job's input: past memory, segments are dropped behind
 
 
 class Poll(Request, frozen=True):

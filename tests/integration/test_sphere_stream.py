@@ -15,7 +15,6 @@ from __future__ import annotations
 import heapq
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -238,45 +237,3 @@ def test_stream_reduce_survives_sigkill_of_a_node_while_it_merges(tmp_path: Path
                 want = mine[np.lexsort(mine.T[::-1])]
                 assert c.read(path) == want.tobytes(), path
             assert not c.exists("/.sphere") or not c.ls("/.sphere")
-
-
-def count_records(seg: Any) -> Any:
-    return f"{len(seg.records)}\n"
-
-
-def _cached_bytes(path: Path) -> int:
-    """Bytes of the file in the page cache (util-linux ``fincore``)."""
-    out = subprocess.run(
-        ["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return int(out.stdout.split()[0])
-
-
-def test_a_job_with_more_input_than_drop_behind_leaves_none_of_it_cached(
-    tmp_path: Path,
-) -> None:
-    """Past ``--drop-behind`` (half the RAM by default) a job's segments leave the page
-    cache once read, so they do not push out the shuffle's parts; a smaller job's stay."""
-    with ProcCluster(tmp_path / "cl", replicas=1, node_args=["--drop-behind", "4M"]) as cl:
-        cl.start(1)
-        big, small = os.urandom(8 * 1000 * 1000), os.urandom(1000 * 1000)  # whole records
-        with sector.connect(cl.address) as c:
-            for name, data in (("big", big), ("small", small)):
-                f = tmp_path / name
-                f.write_bytes(data)
-                c.put(f, f"/db/{name}/f")
-            blobs = {
-                p.stat().st_size: p
-                for p in (cl.nodes[0].data / "blobs").rglob("*")
-                if p.is_file() and p.stat().st_size in (len(big), len(small))
-            }
-            for name, data in (("big", big), ("small", small)):
-                _ = blobs[len(data)].read_bytes()  # in the page cache before the job
-                assert _cached_bytes(blobs[len(data)]) >= len(data) - 4096
-                res = c.sphere.run(count_records, f"/db/{name}", records=100).wait(timeout=60)
-                assert sum(int(r) for r in res["results"]) == len(data) // 100
-        assert _cached_bytes(blobs[len(big)]) == 0  # 8 MB > 4 MiB: dropped behind
-        assert _cached_bytes(blobs[len(small)]) >= len(small) - 4096  # 1 MB: kept
