@@ -298,13 +298,23 @@ def test_user_with_compute_runs_a_job_writing_only_where_it_may(
 
 def test_a_user_with_compute_runs_terasort_over_tls(cluster: ProcCluster) -> None:
     """A two-stage bucket job on a secure cluster: parts are pushed node to node over
-    TLS, intermediate buckets staged under the user's own staging area."""
+    TLS, several down each stream (12 buckets on the nodes), none of them failing, and
+    intermediate buckets staged under the user's own staging area."""
     n = 20_000
     fay = cluster.token("fay", write=["/fay"], compute=True)
+    logs = {nd.log: nd.log.stat().st_size for nd in cluster.nodes}
     with sector.connect(cluster.address, token=fay) as c:
         tsjob.gen(c, "/fay/in", n, files=3, progress=False)
-        res = tsjob.sort(c, "/fay/in", "/fay/out", buckets=4, progress=False)
+        res = tsjob.sort(c, "/fay/in", "/fay/out", buckets=12, progress=False)
         assert res["records"] == n
+        for log, at in logs.items():
+            with open(log, "rb") as f:
+                f.seek(at)
+                lines = f.read().decode().splitlines()
+            # The sender's "N parts (buckets a..b) to X failed"; the receiver's "bulk
+            # sphere.push from X failed".
+            failed = [ln for ln in lines if "failed" in ln and ("parts (" in ln or "push" in ln)]
+            assert failed == [], failed  # every stream of parts went through the first time
         v = tsjob.validate(c, "/fay/out", input="/fay/in", progress=False)
         assert v["ok"] and v["sorted"] and v["same_records"], v
         with pytest.raises(PermissionDenied, match="fay cannot write /elsewhere"):
