@@ -83,7 +83,8 @@ class Sink(Protocol):
 
 
 class DiskSink:
-    """Parts for buckets of this node: linked into the job's ``recv/``."""
+    """Parts for buckets of this node: linked into the job's ``recv/`` (the writer then
+    removes the mapper's name: a move)."""
 
     def __init__(self, jdir: Path) -> None:
         self.jdir = jdir
@@ -119,16 +120,13 @@ class NetSink:
             args["more"] = [[p.bucket, p.size] for p in parts[1:]]
         if first.owner is not None:
             args["owner"] = first.owner
-        with contextlib.ExitStack() as files:
-            # The first file opened before a byte moves; each next one as its turn comes.
-            f = files.enter_context(open(open_nofollow(first.file), "rb"))
+        with open(open_nofollow(first.file), "rb") as f:  # before a byte moves
             chan = await self.pool.open_bulk(self.addr, "sphere.push", args)
             try:
-                for i, part in enumerate(parts):
-                    if i:
-                        f.close()
-                        f = files.enter_context(open(open_nofollow(part.file), "rb"))
-                    await chan.sendfile(f, 0, part.size)
+                await chan.sendfile(f, 0, first.size)
+                for part in parts[1:]:  # each opened as its turn comes
+                    with open(open_nofollow(part.file), "rb") as g:
+                        await chan.sendfile(g, 0, part.size)
                 await chan.read_reply()
             finally:
                 await chan.close()
@@ -150,7 +148,7 @@ class BucketWriter:
         self.me = me
         self.pool = pool
         self.disk = DiskSink(jdir)
-        self.stats = stats  # "pushed": bytes delivered; "streams": parts in flight now
+        self.stats = stats  # "pushed": bytes delivered; "streams": streams in flight now
         self.room = room
 
     def sink(self, addr: str) -> Sink:
@@ -159,11 +157,13 @@ class BucketWriter:
     async def write(self, parts: list[Part], buckets: dict[int, str]) -> list[int]:
         """Deliver ``parts`` to the nodes ``buckets`` names, one stream per node; the
         buckets that failed (a stream that fails fails all its parts)."""
-        failed = [p.bucket for p in parts if p.bucket not in buckets]
+        failed: list[int] = []  # no node named: reported, kept
         by_node: dict[str, list[Part]] = {}
         for p in parts:
             if p.bucket in buckets:
                 by_node.setdefault(buckets[p.bucket], []).append(p)
+            else:
+                failed.append(p.bucket)
 
         async def one(addr: str, group: list[Part]) -> list[int]:
             async with self.room:  # back-pressure: wait for a stream to end

@@ -65,7 +65,7 @@ from sector.wire.messages import to_args, typed
 log = logging.getLogger("sector.transfer")
 
 PUMP_BUF = 1 << 20
-MIN_RATE = 64 << 10  # bytes/s an upload must average after tlspump.RATE_GRACE seconds
+MIN_RATE = 64 << 10  # bytes/s an upload must average after tcp.RATE_GRACE seconds
 VERIFY_AT_ONCE = 2  # blob.verify hashes running at once on a node (each a whole copy)
 
 

@@ -31,8 +31,8 @@ from concurrent.futures import Executor
 from typing import IO, Any, Protocol, TypeVar
 
 from sector.errors import ConnectError, ProtocolError, Timeout, TransportError, from_wire
-from sector.transport.tcp import READ_CHUNK
-from sector.transport.tlspump import Pace, TlsPump, TlsSender, recv_some, senders
+from sector.transport.tcp import READ_CHUNK, Pace, recv_some
+from sector.transport.tlspump import TlsPump, TlsSender, senders
 from sector.wire import codec
 from sector.wire.codec import HEADER, Envelope, FrameDecoder
 
@@ -326,17 +326,13 @@ async def recv(
             loop.call_soon_threadsafe(cb, done, total)
 
     copy = _Copy(size, sink, hasher, report, what or f"bulk stream from {chan.peer}")
-    if chan.tls:
-        got = await _recv_tls(chan, copy, forward, executor, chunk, min_rate)
-        forwarded = (
-            await _recv_transport(chan, copy, forward, executor, chunk) if got is None else got
-        )
-        if progress is not None:
-            progress(size, size)
-        return forwarded
-    # Both ends plain, or the transport for both: a socket is duplicated only if used.
-    src = None if forward is not None and forward.tls else chan.raw_socket()
-    if src is None:
+    got = await _recv_tls(chan, copy, forward, executor, chunk, min_rate) if chan.tls else None
+    # TLS: a worker thread, else (None) the transport. Plain: a raw socket in a thread,
+    # unless the next hop is TLS (the transport for both). Duplicated only if used.
+    src = None if chan.tls or (forward is not None and forward.tls) else chan.raw_socket()
+    if got is not None:
+        forwarded = got
+    elif src is None:
         forwarded = await _recv_transport(chan, copy, forward, executor, chunk)
     else:
         copy.dst = forward.raw_socket(reading=False) if forward is not None else None
@@ -376,7 +372,7 @@ async def _recv_tls(
             nxt.resume()
         return None
     src = pump.duplicate(chan.stall_timeout)
-    if nxt is not None and forward is not None:
+    if nxt is not None and forward is not None:  # (the one implies the other)
         copy.dst = TlsSender(nxt, nxt.duplicate(forward.stall_timeout))
     try:
         first = chan.take_buffered(copy.size)

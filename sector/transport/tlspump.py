@@ -36,18 +36,17 @@ import os
 import socket
 import ssl
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, cast
 
 from sector.errors import ConnectError, ProtocolError, Timeout
+from sector.transport.tcp import Pace, recv_some
 
-__all__ = ["RATE_GRACE", "Pace", "TlsPump", "TlsSender", "recv_some", "senders"]
+__all__ = ["TlsPump", "TlsSender", "senders"]
 
 RAW_CHUNK = 1 << 20  # ciphertext bytes per recv
 PLAIN_CHUNK = 1 << 20  # cleartext bytes per SSLObject.write (64 records of 16 KiB)
 SEND_THREADS = 16  # files sent at once over TLS by one process (a thread each)
-RATE_GRACE = 30.0  # seconds before a receive's minimum average rate applies
 
 _senders: ThreadPoolExecutor | None = None
 _senders_lock = threading.Lock()
@@ -72,36 +71,6 @@ class Take(Protocol):
     what: str
 
     def take(self, data: memoryview) -> None: ...
-
-
-class Pace:
-    """A receive's minimum average rate (bytes/s), enforced after ``RATE_GRACE``
-    seconds: a per-read timeout alone lets a peer trickle a byte every few seconds
-    and hold a thread for ever."""
-
-    def __init__(self, min_rate: int, what: str) -> None:
-        self.min_rate = min_rate
-        self.what = what
-        self.started = time.monotonic()
-
-    def check(self, got: int) -> None:
-        elapsed = time.monotonic() - self.started
-        if self.min_rate and elapsed > RATE_GRACE and got / elapsed < self.min_rate:
-            raise Timeout(f"{self.what} too slow ({got} bytes in {elapsed:.0f} s)")
-
-
-def recv_some(sock: socket.socket, view: memoryview, what: str, done: str) -> int:
-    """``recv_into`` a blocking socket with a timeout: the count, never 0; a stall, a
-    failure or the end of the stream as a ``TransportError`` (``done`` says how far)."""
-    try:
-        n = sock.recv_into(view)
-    except TimeoutError:
-        raise Timeout(f"{what} stalled after {done}") from None
-    except OSError as exc:
-        raise ConnectError(f"{what} failed: {exc}") from None
-    if n == 0:
-        raise ConnectError(f"{what} cut off after {done}")
-    return n
 
 
 class TlsPump:
