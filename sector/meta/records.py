@@ -184,6 +184,10 @@ class Gone(msgspec.Struct, frozen=True, tag="gone", omit_defaults=True):
     # Where a renamed file went ("" = deleted): lets whoever holds a copy under the old
     # name find the record that still claims it (the collector follows it).
     moved: str = ""
+    # The token of the delete that made it (route.py): a retry of that same delete,
+    # whose first attempt took effect but was not acknowledged, is answered as done
+    # instead of "no such file".
+    token: str = ""
 
 
 Record = FileRecord | DirRecord | Gone

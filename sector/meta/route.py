@@ -7,12 +7,19 @@ noticed, two rings after a heal) and that node is asked; it serves, routes on, o
 refuses a write, by the same rule. A request forwarded ``MAX_HOPS`` times is served
 where it is (a read; a write is refused there unless that node may own the key). An
 entry keeps retrying for ``RETRY_WINDOW`` while the ring heals or converges.
+
+A retried write may find its own earlier attempt applied: one that changed the record
+here but missed its quorum, or whose answer was lost with its connection. Every write
+but ``delete`` comes out the same when applied twice; a delete carries a ``token``
+(made once per call, here) that its tombstone keeps, so its retry is answered as done
+rather than as "no such file" for a file it removed itself.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -73,6 +80,8 @@ class Router:
     async def call(self, path: str, op: str, args: dict[str, Any] | None = None) -> Any:
         """Run owner-side ``op`` on the record of ``path``, wherever its owner is."""
         args = args or {}
+        if op == "delete" and "token" not in args:
+            args = {**args, "token": os.urandom(8).hex()}
         key = key_id(path)
         last: SectorError | None = None
         # Right after a crash, lookups may name the dead node until stabilization has

@@ -502,8 +502,11 @@ class MetaService:
 
     async def _op_delete(self, path: str, a: dict[str, Any]) -> Any:
         expect_blob = a.get("blob")
+        token = t if isinstance(t := a.get("token"), str) and len(t) <= 64 else ""
         async with self.path_lock(path):
             old = await self.read(path)
+            if isinstance(old, Gone) and token and old.token == token:
+                return {"old": None, "repeat": True}  # this delete's own earlier attempt
             if old is None or isinstance(old, Gone):
                 raise NotFound(f"no such file or directory: {path}")
             if isinstance(old, DirRecord) and rec.live_children(old):
@@ -512,9 +515,10 @@ class MetaService:
                 not isinstance(old, FileRecord) or old.blob != expect_blob
             ):
                 raise AlreadyExists(f"{path} changed while it was being removed")
-            moved = a.get("moved_to")
-            moved = rec.normalize(moved) if isinstance(moved, str) else ""
-            staged = self.stage(Gone(path=path, v=self.tick(old), mtime=self.now(), moved=moved))
+            moved = rec.normalize(m) if isinstance(m := a.get("moved_to"), str) else ""
+            staged = self.stage(
+                Gone(path=path, v=self.tick(old), mtime=self.now(), moved=moved, token=token)
+            )
         await self.commit([staged])
         return {"old": rec.to_builtins(old)}
 

@@ -449,6 +449,10 @@ class FsService:
         old = rec.from_builtins(res["old"]) if res and res.get("old") else None
         if isinstance(old, FileRecord):
             log.info("rm of %s: deleting blob %s (v %s)", path, old.blob, old.v)
+        elif res and res.get("repeat"):
+            # The first attempt removed it (its answer was lost): which blob it freed is
+            # not known here, and the collector takes the unclaimed copies.
+            log.info("rm of %s: done by an earlier attempt of this delete", path)
         self._spawn_delete(old)
         return count + 1
 

@@ -340,3 +340,48 @@ def test_an_update_cancelled_while_it_replicates_leaves_no_error_unseen(tmp_path
     unseen = asyncio.run(asyncio.wait_for(main(), 10))
     gc.collect()
     assert not unseen, [ctx.get("message") for ctx in unseen]
+
+
+class RecoveringRing(ThreeReplicaRing):
+    """Replica peers unreachable for the first ``down`` replication calls, then fine."""
+
+    def __init__(self, down: int) -> None:
+        super().__init__(answering={"127.0.0.1:2", "127.0.0.1:3"})
+        self.down = down
+
+    async def call(
+        self, addr: str, op: str, args: dict[str, Any], timeout: float | None = None
+    ) -> Any:
+        if self.down > 0:
+            self.down -= 1
+            raise ConnectError(f"{addr} is unreachable", node=addr)
+        return await super().call(addr, op, args, timeout)
+
+
+def test_a_retried_delete_that_took_effect_the_first_time_is_done_not_not_found(
+    tmp_path: Path,
+) -> None:
+    """Seen in the partition test: an rm's delete removed the file at its owner but
+    missed its quorum (the cut was healing); the router tried again, the owner found
+    the tombstone of that very delete and answered "no such file". The client was told
+    there had been nothing to remove, while its rm had removed a file another client's
+    acknowledged rename had put there. The retry must be answered as done."""
+
+    async def main() -> None:
+        ring = RecoveringRing(down=0)
+        m = MetaService(MetaStore(str(tmp_path / "m.db")), ring, now=lambda: 1_000.0)
+        await m.start()
+        await m.call("/f", "put_file", {"record": file_record("/f")})
+        ring.down = 2  # the first attempt's replication fails on both peers
+        res = await m.call("/f", "delete")
+        assert ring.down == 0 and len(ring.failed_peers) == 2  # it was retried
+        assert res == {"old": None, "repeat": True}
+        gone = m.store.get("/f")
+        assert isinstance(gone, Gone) and gone.token
+        # A second, separate delete of the same path is still told there is nothing.
+        with pytest.raises(NotFound):
+            await m.call("/f", "delete")
+        await m.stop()
+        m.store.close()
+
+    asyncio.run(asyncio.wait_for(main(), 20))
