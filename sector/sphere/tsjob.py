@@ -121,7 +121,16 @@ def sort(
     if not 1 <= buckets <= 1 << 16:
         raise UsageError("--buckets must be from 1 to 65536")
     # The map of both forms: each 100-byte record to its bucket by key range.
-    by_key = {"records": ts.RECORD, "buckets": buckets, "param": buckets}
+    # Segments no larger than a bucket: an engine's map holds its segment about three
+    # times over (the read, the records grouped by bucket, the parts being written),
+    # so this, not the data set's size, sets its peak memory.
+    by_key = {
+        "records": ts.RECORD,
+        "buckets": buckets,
+        "param": buckets,
+        "max_unit": BUCKET_BYTES,
+        "min_unit": min(1 << 20, BUCKET_BYTES),
+    }
     if stages == 1:
         s = c.sphere.run(
             bucket_udf,
