@@ -28,8 +28,8 @@ Without a credential for a secure cluster the mount is read-only (EROFS).
 
 example:
   mkdir -p ~/sector && sector mount ~/sector
-  cp big.bin ~/sector/data/ && ls -l ~/sector/data && df -h ~/sector
-  sector umount ~/sector
+  mkdir -p ~/sector/data && cp big.bin ~/sector/data/ && ls -l ~/sector/data
+  df -h ~/sector && sector umount ~/sector
 
 Needs FUSE 3 (fusermount3 and libfuse3: apt-get install fuse3)."""
 
