@@ -46,7 +46,7 @@ class BlockCache:
     ) -> None:
         self.block = block
         self.dir = root / f"blocks-{block >> 10}k"
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # others' file contents
         self._fetch = fetch
         self._lock = threading.Lock()
         self._lru = LruIndex(limit)

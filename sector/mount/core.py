@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sector.errors import AlreadyExists, NotFound, SectorError
+from sector.errors import AlreadyExists, InvalidPath, NotFound, SectorError
 from sector.meta import records as rec
 from sector.mount import policy
 from sector.mount.blocks import Readahead, blocks_of
@@ -212,7 +212,12 @@ class SectorFS:
             path = h.path
         if path is None:
             raise OSError(errno.EBADF, "no path and no open file")
-        p = self._path(path)
+        try:
+            p = self._path(path)
+        except InvalidPath as exc:  # a name Sector cannot hold (a control character)
+            if "longer than" in str(exc):
+                raise
+            raise OSError(errno.ENOENT, str(exc)) from None
         if p == "/":
             return policy.attrs_of(self._root, self.owner)
         w = self.spool.pending(p)

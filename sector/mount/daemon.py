@@ -99,7 +99,7 @@ def start_background(opts: MountOptions) -> dict[str, Any]:
     env = dict(os.environ)
     if opts.token:
         env["SECTOR_TOKEN"] = opts.token  # not on the command line, where ps shows it
-    with open(logfile, "ab") as out:
+    with open(os.open(logfile, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab") as out:
         proc = subprocess.Popen(
             [*cmd, str(mp)],
             stdin=subprocess.DEVNULL,

@@ -57,8 +57,9 @@ class Spool:
     """The spool directory of one mount process and its pending files by path."""
 
     def __init__(self, root: Path) -> None:
+        (root / "spool").mkdir(parents=True, exist_ok=True, mode=0o700)
         self.root = root / "spool" / str(os.getpid())
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(exist_ok=True)
         # Held while this process lives: a spool whose lock is free was left by a
         # mount process that is gone (files never closed, so never stored).
         self._lockfd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
