@@ -5,6 +5,8 @@
     blocks.py   pure: block arithmetic, sequential readahead, the LRU of cached blocks
     cache.py    the local block cache on disk: fetches ranges, dedupes, prefetches
     spool.py    files being written: local spool files put into Sector on close
+    remote.py   the calls to the cluster, each bounded by a timeout (the read seam a
+                swarm of readers can take over)
     core.py     the file system's operations over the client (no FUSE in it)
     fuseops.py  the thin mfusepy ``Operations`` class over ``core``
     daemon.py   mount in the foreground, start in the background, unmount
