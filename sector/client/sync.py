@@ -96,7 +96,8 @@ class Client:
             return
         aio = getattr(self, "_aio", None)
         if aio is not None and self._loop.is_running():
-            self._run(aio.close())
+            with contextlib.suppress(Timeout):  # closing never waits long on a stuck peer
+                self._run(_bounded(aio.close(), 10.0))
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
         self._loop.close()

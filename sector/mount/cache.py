@@ -18,10 +18,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import queue
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,13 @@ class BlockCache:
         self._inflight: dict[str, Future[bytes]] = {}
         self._recent: OrderedDict[str, bytes] = OrderedDict()
         self._in_memory = in_memory
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="sector-readahead")
+        # Daemon threads, not an executor: the process must be able to exit while a
+        # fetch is stuck on the network (an executor's threads are joined at exit).
+        self._jobs: queue.SimpleQueue[tuple[dict[str, Any], int] | None] = queue.SimpleQueue()
+        self._closed = False
+        for n in range(workers):
+            threading.Thread(target=self._work, name=f"sector-readahead-{n}", daemon=True).start()
+        self._workers = workers
         self.fetched = self.hits = 0  # blocks fetched from the cluster / found here
         self._load_index()
 
@@ -73,7 +80,14 @@ class BlockCache:
                 self._drop(victim)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._closed = True
+        for _ in range(self._workers):
+            self._jobs.put(None)
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            if not self._closed:
+                self._quiet_get(*job)
 
     @property
     def used(self) -> int:
@@ -113,10 +127,9 @@ class BlockCache:
         for i in indexes:
             key = self.key(st, i)
             with self._lock:
-                if key in self._inflight or key in self._recent or key in self._lru:
+                if self._closed or key in self._inflight or key in self._recent or key in self._lru:
                     continue
-            with contextlib.suppress(RuntimeError):  # the pool is shut down: unmounting
-                self._pool.submit(self._quiet_get, st, i)
+            self._jobs.put((st, i))
 
     def _quiet_get(self, st: dict[str, Any], index: int) -> None:
         try:

@@ -22,6 +22,7 @@ import select
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -202,11 +203,24 @@ def run_foreground(opts: MountOptions, ready_fd: int | None = None) -> int:
             ready.say(f"error: libfuse could not mount {mp} (code {exc}; log: {opts.state})")
             return 1
     finally:
+        # Whatever is still in flight must not keep an unmounted process alive.
+        _exit_anyway_after(30.0)
         if not ready.said:
             fs.close()
         client.close()
     log.info("unmounted %s", mp)
     return 0
+
+
+def _exit_anyway_after(seconds: float) -> None:
+    def stuck() -> None:
+        log.error("still running %g s after unmounting: exiting", seconds)
+        logging.shutdown()
+        os._exit(0)
+
+    t = threading.Timer(seconds, stuck)
+    t.daemon = True
+    t.start()
 
 
 class _Ready:
