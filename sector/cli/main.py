@@ -377,9 +377,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("src", metavar="SRC")
     s.add_argument("dst", metavar="DST")
 
-    from sector.cli import disco, security, sphere
+    from sector.cli import disco, mount, security, sphere
 
     sphere.add_parsers(cmd, common)
+    mount.add_parsers(cmd, common)
     disco.add_parsers(cmd, common)
     security.add_parsers(cmd, common)
     return p
@@ -395,6 +396,10 @@ def run(args: argparse.Namespace) -> int:
         return drain.run(args)
     if args.command in ("up", "down"):
         return _up(args) if args.command == "up" else _down(args)
+    if args.command in ("mount", "umount"):
+        from sector.cli import mount
+
+        return mount.run(args)
     from sector.cli import commands
 
     if args.command in ("cluster", "user", "login", "logout", "whoami"):
