@@ -378,10 +378,18 @@ class BlobService:
         path = req.path
         if path is None:
             return size
+        pieces = None  # [piece size, root] of the copy here (issue 14): a put's commit
+        if size is not None:  # records them (``node/put.py``)
+            with contextlib.suppress(SectorError, OSError):
+                pl = await asyncio.get_running_loop().run_in_executor(
+                    self.io, self.blobs.piece_list, blob
+                )
+                pieces = [pl.piece_size, pl.root]
         return {
             "size": size,
             "claimed": size is not None and self.claimed(blob, path),
             "node": self.me[0],
+            "pieces": pieces,
         }
 
     def claimed(self, blob: str, path: str) -> bool:
