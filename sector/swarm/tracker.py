@@ -32,8 +32,14 @@ Rules
    least loaded, then the most pieces, then a hash of the pair (a spread that is the
    same on every run).
 7. Stability: an announce keeps the sources that are still useful and chooses only
-   for the free places; a refill looks at every peer of the swarm (O(peers)).
-8. Bounds: at most ``max_swarms`` swarms and ``max_peers`` peers in one; beyond them a
+   for the free places. A refill looks at the holders and at most ``scan`` peers,
+   taken round the swarm from where the last refill stopped: an announce costs
+   O(degree + scan) however large the swarm, and over a few announces every peer is
+   seen. (The best of a sample, not of all: in a swarm of thousands, the best of a
+   few hundred is as good for the tree's shape.)
+8. A peer silent past its timeout is never given as a source, even before ``expire``
+   has run.
+9. Bounds: at most ``max_swarms`` swarms and ``max_peers`` peers in one; beyond them a
    joiner is given holders only and is not tracked.
 
 Rejected: tit-for-tat and random peer choice (BitTorrent): inside one cluster every
@@ -93,6 +99,7 @@ class _Swarm:
     failed: dict[str, float] = field(default_factory=dict)  # holder id -> until
     readers: dict[str, float] = field(default_factory=dict)  # reader key -> last seen
     seq: int = 0
+    cursor: int = 0  # where the next refill's scan starts (rule 7)
     addrs: dict[str, Ref] = field(default_factory=dict)  # every node seen: cache drops
 
 
@@ -121,6 +128,7 @@ class Tracker:
         interest_ttl: float = 10.0,
         max_swarms: int = 4096,
         max_peers: int = 4096,
+        scan: int = 256,
     ) -> None:
         if degree < 1 or uploads < 1:
             raise ValueError("degree and uploads must be at least 1")
@@ -133,6 +141,7 @@ class Tracker:
         self.interest_ttl = interest_ttl
         self.max_swarms = max_swarms
         self.max_peers = max_peers
+        self.scan = scan
         self.swarms: dict[str, _Swarm] = {}
 
     # ------------------------------------------------------------------ events
@@ -223,7 +232,7 @@ class Tracker:
         for blob in list(self.swarms):
             sw = self.swarms[blob]
             for nid, p in list(sw.peers.items()):
-                if now - p.seen > (self.seed_ttl if p.complete else self.peer_ttl):
+                if self._silent(p, now):
                     self._remove(sw, nid)
             for marks in (sw.bad, sw.failed):
                 for nid in [n for n, until in marks.items() if until <= now]:
@@ -263,7 +272,7 @@ class Tracker:
     # ------------------------------------------------------------------ the rules
 
     def _untracked(self, holders: Sequence[Ref], me: Ref) -> list[Source]:
-        """Rule 8: holders only, for a joiner beyond the bounds."""
+        """Rule 9: holders only, for a joiner beyond the bounds."""
         return [Source(h.id, h.addr, None, True) for h in holders if h.id != me.id][: self.degree]
 
     def _source(self, sw: _Swarm, nid: str) -> Source:
@@ -283,9 +292,13 @@ class Tracker:
         if nid in sw.holders:
             return self._alive_holder(sw, nid, now)
         q = sw.peers.get(nid)
-        if q is None:
+        if q is None or self._silent(q, now):
             return False
         return q.complete or bool(q.have & ~p.have) or (_ahead(q, p) and _fed(q))
+
+    def _silent(self, q: _Peer, now: float) -> bool:
+        """Rule 8."""
+        return now - q.seen > (self.seed_ttl if q.complete else self.peer_ttl)
 
     def _choose(self, sw: _Swarm, p: _Peer, keep: list[str], now: float) -> list[str]:
         """Rule 6: up to ``degree - len(keep)`` new sources for ``p``."""
@@ -293,8 +306,11 @@ class Tracker:
         taken.add(p.ref.id)
         rich: list[tuple[tuple[int, int, int, int, int], str]] = []
         other: list[tuple[tuple[int, int, int, int, int], str]] = []
-        for nid, q in sw.peers.items():
+        for nid in self._sample(sw):
+            q = sw.peers[nid]
             if nid in taken or sw.load[nid] >= self.uploads or sw.bad.get(nid, now) > now:
+                continue
+            if self._silent(q, now):
                 continue
             if q.complete or q.have & ~p.have:
                 rich.append((self._key(0, p, nid, q.ref.topology, sw, q.count), nid))
@@ -311,6 +327,15 @@ class Tracker:
         want = self.degree - len(keep)
         best = heapq.nsmallest(want, rich + other)
         return [nid for _, nid in best]
+
+    def _sample(self, sw: _Swarm) -> list[str]:
+        """Rule 7: up to ``scan`` peers, round the swarm from the last refill's end."""
+        ids = list(sw.peers)
+        if len(ids) <= self.scan:
+            return ids
+        start = sw.cursor % len(ids)
+        sw.cursor = start + self.scan
+        return (ids[start:] + ids[:start])[: self.scan]
 
     def _key(
         self, tier: int, p: _Peer, nid: str, topology: str, sw: _Swarm, count: int
