@@ -400,9 +400,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("src", metavar="SRC")
     s.add_argument("dst", metavar="DST")
 
-    from sector.cli import disco, security, sphere
+    from sector.cli import disco, security, sphere, swarm
 
     sphere.add_parsers(cmd, common)
+    swarm.add_parsers(cmd, common)
     disco.add_parsers(cmd, common)
     security.add_parsers(cmd, common)
     return p
@@ -433,6 +434,10 @@ def run(args: argparse.Namespace) -> int:
             client.close()
     client = commands.connect(args.cluster, token=args.token, anonymous=args.anonymous)
     try:
+        if args.command == "distribute":
+            from sector.cli import swarm
+
+            return swarm.run(client, args)  # type: ignore[arg-type]
         if args.command == "disco":
             from sector.cli import disco
 

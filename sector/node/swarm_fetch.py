@@ -75,6 +75,11 @@ class Stalled(Unavailable):
     """No source had anything to give for ``STALL`` seconds."""
 
 
+class Dropped(Stalled):
+    """The blob was dropped from this cache during its fetch: its file was replaced or
+    removed (``cache.drop``). The caller looks at the record again, as for a stall."""
+
+
 class _Corrupt(Exception):
     def __init__(self, piece: int) -> None:
         super().__init__(f"piece {piece}")
@@ -144,6 +149,8 @@ class Fetcher:
             if not r.pieces:  # a record without a root: the whole file is checked
                 await asyncio.to_thread(_check_whole, e, r.checksum)
             with self.lock:
+                if e.dropped:
+                    raise Dropped(f"{e.path} changed during its fetch (blob {e.blob} dropped)")
                 host.cache.seal(e)
         except BaseException:
             with self.lock:
@@ -191,7 +198,7 @@ class Fetcher:
         try:
             while not plan.done:
                 if e.dropped:
-                    raise NoSpace(f"the cached copy of {e.path} was dropped during its fetch")
+                    raise Dropped(f"{e.path} changed during its fetch (blob {e.blob} dropped)")
                 for req in plan.next():
                     tasks.add(asyncio.create_task(self._request(plan, e, pl, req)))
                 if plan.done:

@@ -60,7 +60,7 @@ from sector.transport.bulk import BulkChannel
 from sector.transport.chain import Chain, Skipped, first_live
 from sector.transport.rpc import RpcPool
 from sector.wire import codec
-from sector.wire.messages import to_args, typed
+from sector.wire.messages import Request, to_args, typed
 
 log = logging.getLogger("sector.transfer")
 
@@ -402,10 +402,13 @@ class BlobService:
         return False
 
 
-async def open_get(pool: RpcPool, addr: str, req: Get) -> tuple[BulkChannel, int]:
-    """A ``blob.get`` stream from ``addr`` and the number of bytes that follow its
-    header; the node's error reply raised as it is. The caller closes the stream."""
-    chan = await pool.open_bulk(addr, "blob.get", to_args(req))
+async def open_get(
+    pool: RpcPool, addr: str, req: Request, *, stall_timeout: float = 60.0
+) -> tuple[BulkChannel, int]:
+    """A ``blob.get`` stream (or another read of the same shape, ``swarm.get``) from
+    ``addr`` and the number of bytes that follow its header; the node's error reply
+    raised as it is. The caller closes the stream."""
+    chan = await pool.open_bulk(addr, req.op, to_args(req), stall_timeout=stall_timeout)
     try:
         head = await chan.read_frame()
         if head.e is not None:
