@@ -53,7 +53,7 @@ from sector.node.cache import Cache, Entry
 from sector.storage import pieces
 from sector.storage.blobs import checksum_file
 from sector.storage.pieces import PieceList
-from sector.swarm.messages import Announce, Leave, Pieces
+from sector.swarm.messages import MAX_BATCH, Announce, Leave, Pieces
 from sector.swarm.messages import PieceList as ListReq
 from sector.swarm.schedule import Plan, Request, bits_from, bits_to
 from sector.swarm.tracker import Ref, Source
@@ -66,8 +66,13 @@ log = logging.getLogger("sector.swarm")
 ANNOUNCE = 0.25  # seconds between two progress announces while fetching
 STALL = 15.0  # seconds with nothing to ask of anyone before the record is looked at again
 PIECE_STALL = 10.0  # a piece stream silent this long fails its source
-BATCH_BYTES = 4 << 20  # bytes asked of a source in one request
-PER_SOURCE = 2  # requests in flight per source
+# Bytes asked of a source in one request (at least one piece), and requests in flight
+# per source: what a source has been asked and not yet sent is at most ~512 KiB (two
+# 4 MiB pieces with the default size). Asked for more at once, one fast holder takes
+# a whole file's pieces before any peer has had time to get some (tried: 4 MiB
+# requests had five fetchers of a 2 MiB file take it all from its holder).
+BATCH_BYTES = 256 << 10
+PER_SOURCE = 2
 WINDOW_BYTES = 64 << 20  # bytes in flight in all
 
 
@@ -186,7 +191,7 @@ class Fetcher:
     async def _loop(self, e: Entry, pl: PieceList) -> None:
         """Steps 3 and 4."""
         n = self.n
-        batch = max(1, BATCH_BYTES // pl.piece_size)
+        batch = max(1, min(MAX_BATCH, BATCH_BYTES // pl.piece_size))
         window = max(batch, WINDOW_BYTES // pl.piece_size)
         start = zlib.crc32(self.host.me.id.encode()) % max(1, n)
         plan = Plan(n, batch=batch, per_source=PER_SOURCE, window=window, start=start)
