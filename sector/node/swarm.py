@@ -41,7 +41,14 @@ from typing import IO, Any, Protocol
 
 from sector.aio import Every
 from sector.config import NodeConfig
-from sector.errors import IsADirectory, NotFound, SectorError, TransportError, Unavailable
+from sector.errors import (
+    BadRequest,
+    IsADirectory,
+    NotFound,
+    SectorError,
+    TransportError,
+    Unavailable,
+)
 from sector.ids import key_id, to_hex
 from sector.meta import records as rec
 from sector.meta.records import FileRecord, Record
@@ -426,6 +433,7 @@ class SwarmService:
     async def _h_pieces(self, req: m.PieceList) -> Any:
         blob = check_blob_id(req.blob)
         if self.node.blobs.exists(blob):
+            _check_pieces(self.node.blobs.size(blob), req.piece_size or pieces.MIN_PIECE)
             loop = asyncio.get_running_loop()
             pl = await loop.run_in_executor(
                 self.io, self.node.blobs.piece_list, blob, req.piece_size or None
@@ -457,6 +465,7 @@ class SwarmService:
     async def _h_piece(self, req: m.Pieces, chan: BulkChannel) -> Any:
         blob = check_blob_id(req.blob)
         ps, size = req.piece_size, req.size
+        _check_pieces(size, ps)
         f, have, cached = self._open_source(blob, size, ps)
         sent = [i for i in req.pieces if have >> i & 1]
         try:
@@ -557,3 +566,10 @@ class SwarmService:
         if job is None:
             raise NotFound(f"no distribute job {req.job} on this node (restarted?)")
         return job.view()
+
+
+def _check_pieces(size: int, piece_size: int) -> None:
+    """A piece size a request may name: at most ``MAX_PIECES`` pieces of the file (a
+    list of 1-byte pieces of a large file would cost a hash per byte, and memory)."""
+    if pieces.count(size, piece_size) > pieces.MAX_PIECES:
+        raise BadRequest(f"{piece_size}-byte pieces of {size} bytes: more than {pieces.MAX_PIECES}")
