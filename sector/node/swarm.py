@@ -373,7 +373,8 @@ class SwarmService:
             "sources": [
                 [s.id, s.addr, None if s.have is None else bits_to(s.have, n), s.holder]
                 for s in srcs
-            ]
+            ],
+            "stripe": list(self.tracker.stripe(blob, me.id)),
         }
 
     def _act_on_bad(self, path: str, blob: str, nid: str, holders: list[Ref]) -> None:

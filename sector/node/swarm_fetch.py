@@ -249,6 +249,8 @@ class Fetcher:
         try:
             rep = await self.host.track(self.r.path, "swarm.announce", to_args(req))
             srcs = [_source(x, self.n) for x in rep["sources"]]
+            rank, of = rep.get("stripe") or (0, 1)
+            plan.set_stripe(int(rank), int(of))
             self.failed.clear()
             self.bad.clear()
         except (SectorError, KeyError, TypeError, ValueError) as exc:

@@ -9,14 +9,23 @@ Rules
 2. A piece is in flight from one source at a time (no duplicate requests, so two
    copies never race for its place in the file); a request that fails gives its
    pieces back.
-3. Each source has at most ``per_source`` requests in flight, each of at most
-   ``batch`` pieces, and the fetch at most ``window`` pieces in flight in all.
+3. Each peer source has at most ``per_source`` requests in flight, a holder one, each
+   of at most ``batch`` pieces, and the fetch at most ``window`` pieces in flight in
+   all. One at a time from a holder: a holder's uplink is the swarm's bottleneck, and
+   pieces sent one after the other are each done (and passed on by their fetcher)
+   sooner than pieces sent side by side.
 4. Peers (other fetchers and seeds) are asked first, holders (the record's replicas)
    after them, so holders serve what no peer can. From a peer the lowest pieces it
    has (a follower takes the pieces of a peer ahead of it as they arrive: a
-   pipeline); from a holder the pieces no peer source has, from the fetch's own
-   ``start`` on: fetchers started at once take different parts of the file from the
-   holders and so have something to give each other.
+   pipeline). From a holder, the pieces of this fetch's *stripe* first: the tracker
+   gives each of the k fetchers fed by holders a rank r, and its stripe is the r-th of
+   k equal runs of the file. So each piece leaves the holders about once, and the
+   fetchers have the rest to give each other (BitTorrent's super-seeding, decided by
+   the tracker). Once its stripe is in, a fetch asks holders only for pieces none of
+   its peer sources has, and only while no peer is sending it anything. Measured on
+   loopback, 64 MiB to 4 nodes with uploads capped at 16 MB/s: without stripes the
+   holder sent 164 MiB and the distribution took 2.6x the time of one copy at that
+   rate; with them 84-92 MiB and 1.3-1.5x (256 MiB at 32 MB/s: 1.17x).
 5. A source that did not have what it was asked (its have-set was older than its
    cache) loses those bits until the tracker's next word about it.
 """
@@ -78,12 +87,17 @@ class Plan:
     def __init__(
         self, pieces: int, *, batch: int, per_source: int = 2, window: int = 64, start: int = 0
     ) -> None:
+        """``start``: where the holders' pieces are taken from until the tracker gives
+        a stripe."""
         self.n = pieces
         self.full = (1 << pieces) - 1
         self.batch = max(1, batch)
         self.per_source = max(1, per_source)
         self.window = max(self.batch, window)
-        self.start = start % pieces if pieces else 0
+        self.stripe = self.full  # pieces this fetch takes from holders first (rule 4)
+        self.start = 0
+        if pieces:
+            self.set_stripe(0, 1, start)
         self.have = 0
         self.in_flight = 0
         self.sources: dict[str, _Src] = {}
@@ -110,6 +124,17 @@ class Plan:
             new[s.id] = _Src(s.id, s.addr, have, s.holder, old.busy if old else 0)
         self.sources = new
 
+    def set_stripe(self, rank: int, of: int, start: int | None = None) -> None:
+        """This fetch is the ``rank``-th of ``of`` fed by holders (rule 4)."""
+        n = self.n
+        if not n:
+            return
+        of = max(1, of)
+        rank = min(max(0, rank), of - 1)
+        lo, hi = rank * n // of, (rank + 1) * n // of
+        self.stripe = ((1 << (hi - lo)) - 1) << lo if of > 1 else self.full
+        self.start = (start if start is not None else lo) % n
+
     def next(self) -> list[Request]:
         """Requests to start now (rules 2-4)."""
         out: list[Request] = []
@@ -118,15 +143,23 @@ class Plan:
             if not s.holder:
                 peers |= s.have
         for s in sorted(self.sources.values(), key=lambda s: (s.holder, s.busy, s.id)):
-            while s.busy < self.per_source:
+            while s.busy < (1 if s.holder else self.per_source):
                 room = self.window - self.in_flight.bit_count()
                 avail = s.have & ~self.have & ~self.in_flight
                 if room <= 0 or not avail:
                     break
                 k = min(self.batch, room)
                 if s.holder:
-                    rare = avail & ~peers
-                    picks = lowest(rare or avail, k, self.n, self.start)
+                    mine = avail & self.stripe
+                    if self.stripe & ~self.have:  # the stripe first, until it is all in
+                        want = (mine & ~peers) or mine
+                    elif any(p.busy for p in self.sources.values() if not p.holder):
+                        break  # peers are sending: the holder's uplink is for the others
+                    else:
+                        want = avail & ~peers
+                    if not want:
+                        break
+                    picks = lowest(want, k, self.n, self.start)
                 else:
                     picks = lowest(avail, k, self.n)
                 for i in picks:

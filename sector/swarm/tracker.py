@@ -37,9 +37,14 @@ Rules
    O(degree + scan) however large the swarm, and over a few announces every peer is
    seen. (The best of a sample, not of all: in a swarm of thousands, the best of a
    few hundred is as good for the tree's shape.)
-8. A peer silent past its timeout is never given as a source, even before ``expire``
+8. Stripes: the peers that have a holder among their sources are ranked by join
+   order, and each is told its rank r of k: it takes the r-th k-th of the file from
+   the holders first (``schedule.Plan``), so each piece leaves the holders about once
+   and the peers have the rest to give each other (BitTorrent's super-seeding, decided
+   here rather than guessed by each seed).
+9. A peer silent past its timeout is never given as a source, even before ``expire``
    has run.
-9. Bounds: at most ``max_swarms`` swarms and ``max_peers`` peers in one; beyond them a
+10. Bounds: at most ``max_swarms`` swarms and ``max_peers`` peers in one; beyond them a
    joiner is given holders only and is not tracked.
 
 Rejected: tit-for-tat and random peer choice (BitTorrent): inside one cluster every
@@ -100,6 +105,7 @@ class _Swarm:
     readers: dict[str, float] = field(default_factory=dict)  # reader key -> last seen
     seq: int = 0
     cursor: int = 0  # where the next refill's scan starts (rule 7)
+    fed: set[str] = field(default_factory=set)  # peers with a holder source (rule 8)
     addrs: dict[str, Ref] = field(default_factory=dict)  # every node seen: cache drops
 
 
@@ -168,8 +174,9 @@ class Tracker:
             if sw is None and len(self.swarms) >= self.max_swarms:
                 return self._untracked(holders, me)
             sw = self.swarms[blob] = _Swarm(pieces, (1 << pieces) - 1)
-        sw.holders = {h.id: h for h in holders if h.id != me.id}
-        for h in holders:
+        for h in holders:  # (only ever added to: a swarm lives for minutes, a holder
+            if h.id != me.id:  # that lost its copy is reported failed by its fetchers)
+                sw.holders[h.id] = h
             sw.addrs.setdefault(h.id, h)
         for nid in failed:
             self._fail(sw, nid, now)
@@ -244,6 +251,15 @@ class Tracker:
 
     # ------------------------------------------------------------------ queries
 
+    def stripe(self, blob: str, nid: str) -> tuple[int, int]:
+        """Rule 8: (rank, of) of peer ``nid`` among those fed by holders; (0, 1) for
+        one that is not (its whole file is its stripe)."""
+        sw = self.swarms.get(blob)
+        if sw is None or nid not in sw.fed:
+            return (0, 1)
+        fed = sorted((sw.peers[i].seq, i) for i in sw.fed if i in sw.peers)
+        return (next(r for r, (_, i) in enumerate(fed) if i == nid), len(fed))
+
     def peer(self, blob: str, nid: str) -> Ref | None:
         """The node ``nid`` as last seen in the blob's swarm (a peer or a holder)."""
         sw = self.swarms.get(blob)
@@ -267,12 +283,14 @@ class Tracker:
                 assert p.count == p.have.bit_count() and p.have & ~sw.full == 0
                 want.update(p.sources)
             assert +want == +sw.load, (blob, want, sw.load)
+            fed = {i for i, p in sw.peers.items() if any(s in sw.holders for s in p.sources)}
+            assert sw.fed == fed, (blob, sw.fed, fed)
             assert all(n <= self.uploads for n in sw.load.values()), (blob, sw.load)
 
     # ------------------------------------------------------------------ the rules
 
     def _untracked(self, holders: Sequence[Ref], me: Ref) -> list[Source]:
-        """Rule 9: holders only, for a joiner beyond the bounds."""
+        """Rule 10: holders only, for a joiner beyond the bounds."""
         return [Source(h.id, h.addr, None, True) for h in holders if h.id != me.id][: self.degree]
 
     def _source(self, sw: _Swarm, nid: str) -> Source:
@@ -297,7 +315,7 @@ class Tracker:
         return q.complete or bool(q.have & ~p.have) or (_ahead(q, p) and _fed(q))
 
     def _silent(self, q: _Peer, now: float) -> bool:
-        """Rule 8."""
+        """Rule 9."""
         return now - q.seen > (self.seed_ttl if q.complete else self.peer_ttl)
 
     def _choose(self, sw: _Swarm, p: _Peer, keep: list[str], now: float) -> list[str]:
@@ -351,6 +369,10 @@ class Tracker:
                 del sw.load[s]
         p.sources = new
         sw.load.update(new)
+        if any(s in sw.holders for s in new):
+            sw.fed.add(p.ref.id)
+        else:
+            sw.fed.discard(p.ref.id)
 
     def _unlist(self, sw: _Swarm, nid: str) -> None:
         """No peer has ``nid`` as a source any more."""

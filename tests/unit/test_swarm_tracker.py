@@ -89,8 +89,8 @@ def test_failed_and_bad_sources_are_never_returned() -> None:
 
 def test_silent_peers_are_forgotten_seeds_later() -> None:
     t = Tracker(peer_ttl=10.0, seed_ttl=100.0)
-    t.announce(B, 8, peer(1), 0b1, H, 0.0)
-    t.announce(B, 8, peer(2), FULL, H, 0.0)
+    t.announce(B, 8, peer(1), 0b1, [], 0.0)
+    t.announce(B, 8, peer(2), FULL, [], 0.0)
     # never given once silent past its timeout, even before expire() has run
     assert ids(t.announce(B, 8, peer(3), 0, [], 5.0)) == ["p0002", "p0001"]
     got = ids(t.announce(B, 8, peer(4), 0, [], 11.0))
@@ -184,3 +184,30 @@ def test_invariants_hold_after_any_events(events: list[tuple[str, int, int, int]
         else:
             t.interest(B, f"r{i}", now)
         t.validate()
+
+
+def test_peers_fed_by_holders_get_stripes_of_the_file() -> None:
+    t = Tracker(degree=2, uploads=2)
+    for i in range(4):
+        t.announce(B, 8, peer(i), 0, [H[0]], 0.0)
+    # the holder serves two peers: they split the file; the others are not fed by it
+    assert [t.stripe(B, peer(i).id) for i in range(4)] == [(0, 2), (1, 2), (0, 1), (0, 1)]
+    t.leave(B, peer(0).id)
+    assert t.stripe(B, peer(1).id) == (0, 1)
+    t.validate()
+    p = Plan(8, batch=8, per_source=2, window=8)
+    p.set_stripe(1, 2)
+    p.set_sources([Source("h", "a", None, True), Source("q", "b", 0b0000_0001)])
+    reqs = {r.source: r.pieces for r in p.next()}
+    assert reqs == {"q": [0], "h": [4, 5, 6, 7]}  # one request at a time from a holder
+    for i in (0, 4, 5, 6, 7):
+        p.got(i)
+    p.finished("q")
+    p.finished("h")
+    # the stripe is in: the holder is asked for what no peer has, and only while no
+    # peer is sending anything
+    p.set_sources([Source("h", "a", None, True), Source("q", "b", 0b0000_0010)])
+    assert {r.source: r.pieces for r in p.next()} == {"q": [1]}
+    p.got(1)
+    p.finished("q")
+    assert {r.source: r.pieces for r in p.next()} == {"h": [2, 3]}
