@@ -434,7 +434,8 @@ class SwarmService:
     async def _h_pieces(self, req: m.PieceList) -> Any:
         blob = check_blob_id(req.blob)
         if self.node.blobs.exists(blob):
-            _check_pieces(self.node.blobs.size(blob), req.piece_size or pieces.MIN_PIECE)
+            if req.piece_size:  # (0: the stored list, whatever its piece size)
+                _check_pieces(self.node.blobs.size(blob), req.piece_size)
             loop = asyncio.get_running_loop()
             pl = await loop.run_in_executor(
                 self.io, self.node.blobs.piece_list, blob, req.piece_size or None

@@ -215,6 +215,32 @@ def test_a_corrupt_cached_piece_is_caught_dropped_and_reported(
         wait_for(lambda: not copy.exists(), DEADLINE, what="the corrupt copy dropped")
 
 
+def test_a_replica_holder_serving_a_corrupt_piece_is_reported_and_repaired(
+    cluster: ProcCluster, tmp_path: Path
+) -> None:
+    with cluster.connect() as c:
+        data, st = put_random(c, tmp_path, "/badholder/f.bin", 256 << 10, replicas=2)
+        bad, good = (by_addr(cluster, r["address"]) for r in st["replicas"])
+        copy = bad.data / "blobs" / st["blob"][:2] / st["blob"]
+        raw = bytearray(copy.read_bytes())
+        for at in range(0, len(raw), PIECE):
+            raw[at] ^= 0xFF
+        copy.write_bytes(raw)
+        reader = next(n for n in cluster.nodes if n not in (bad, good))
+        got = wait_job(c, reader.address, start_fetch(c, reader.address, "/badholder/f.bin"))
+        assert got["errors"] == [] and cached(reader, st["blob"]).read_bytes() == data
+
+        # The tracker (the file's owner) had the bad copy checked and replaced: nothing
+        # else here reads it (the scrubber runs once a day).
+        def repaired() -> bool:
+            reps = {r["address"] for r in c.stat("/badholder/f.bin")["replicas"]}
+            if bad.address in reps:
+                return copy.exists() and copy.read_bytes() == data
+            return len(reps) == 2
+
+        wait_for(repaired, DEADLINE, interval=0.2, what="the corrupt replica repaired")
+
+
 def test_a_replaced_file_never_yields_a_mix_of_versions(
     cluster: ProcCluster, tmp_path: Path
 ) -> None:
