@@ -329,11 +329,15 @@ class PutProtocol:
         """The listed holders that say they wrote ``blob``, at ``size``, for ``path``,
         and the piece list (size, root) the first of them has."""
 
-        async def one(nid: str, addr: str) -> Pieces | bool:
+        async def one(nid: str, addr: str, first: bool) -> Pieces | bool:
+            # The first holder's piece list (the chain's first hop made it as the bytes
+            # came in; the later hops make theirs when first asked).
             if addr == self.host.addr:  # the answer blob.has gives, without the round trip
                 ok = nid == self._me[0] and self._holds_here(blob, path, size)
-                return (await self._local_pieces(blob) or True) if ok else False
-            args = to_args(Has(blob=blob, path=path))
+                if ok and first:
+                    return await self._local_pieces(blob) or True
+                return ok
+            args = to_args(Has(blob=blob, path=path, pieces=first))
             try:
                 rep = await self.host.pool.call(addr, "blob.has", args, timeout=CONFIRM_TIMEOUT)
             except SectorError:
@@ -346,7 +350,7 @@ class PutProtocol:
             )
             return (_pieces(rep.get("pieces")) or True) if ok else False
 
-        oks = await asyncio.gather(*(one(n, ad) for n, ad in reps[:MAX_RF]))
+        oks = await asyncio.gather(*(one(n, ad, i == 0) for i, (n, ad) in enumerate(reps[:MAX_RF])))
         good = [r for r, ok in zip(reps, oks, strict=False) if ok]
         if not good:
             raise BadRequest(f"no listed replica holds blob {blob} written for {path}")
@@ -367,7 +371,7 @@ class PutProtocol:
             if nid == self._me[0]:
                 got = await self._local_pieces(blob)
             else:
-                args = to_args(Has(blob=blob, path=path))
+                args = to_args(Has(blob=blob, path=path, pieces=True))
                 with contextlib.suppress(SectorError):
                     rep = await self.host.pool.call(addr, "blob.has", args, timeout=CONFIRM_TIMEOUT)
                     got = _pieces(rep.get("pieces")) if isinstance(rep, dict) else None

@@ -30,12 +30,14 @@ import asyncio
 import contextlib
 import logging
 import os
+import statistics
 import threading
 import time
 import zlib
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import Executor
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import blake3
@@ -66,6 +68,11 @@ log = logging.getLogger("sector.swarm")
 ANNOUNCE = 0.25  # seconds between two progress announces while fetching
 STALL = 15.0  # seconds with nothing to ask of anyone before the record is looked at again
 PIECE_STALL = 10.0  # a piece stream silent this long fails its source
+# A request taking SLOW times what this fetch's median rate says it should (and at
+# least SLOW_MIN seconds) is given up: its pieces are asked elsewhere, and a slow peer
+# is not asked again by this fetch (a slow holder is: it may be the only one).
+SLOW = 4.0
+SLOW_MIN = 2.0
 # Bytes asked of a source in one request (at least one piece), and requests in flight
 # per source: what a source has been asked and not yet sent is at most ~512 KiB (two
 # 4 MiB pieces with the default size). Asked for more at once, one fast holder takes
@@ -112,20 +119,31 @@ class FetchHost(Protocol):
 
 class _At:
     """A sink writing one piece's bytes at their place in the partial file. Writes
-    take the entry's lock, so a copy thread still running after its fetch ended never
-    writes through a descriptor that was closed (and perhaps reused)."""
+    take the entry's lock, so a copy thread still running after its fetch ended (or
+    its request was given up, ``stop``) never writes through a descriptor that was
+    closed and perhaps reused, nor over a piece that came from elsewhere since."""
 
-    def __init__(self, e: Entry, lock: threading.Lock, offset: int) -> None:
-        self.e, self.lock, self.offset = e, lock, offset
+    def __init__(self, e: Entry, lock: threading.Lock, offset: int, stop: threading.Event) -> None:
+        self.e, self.lock, self.offset, self.stop = e, lock, offset, stop
 
     def write(self, data: memoryview) -> None:
         with self.lock:
-            if self.e.fd is None:
+            if self.e.fd is None or self.stop.is_set():
                 raise NoSpace(f"the fetch of {self.e.path} ended")
             view = memoryview(data)
             while view:
                 n = os.pwrite(self.e.fd, view, self.offset)
                 view, self.offset = view[n:], self.offset + n
+
+
+@dataclass(slots=True)
+class _Flight:
+    """A request under way: when it started, how many bytes it asked for."""
+
+    req: Request
+    started: float
+    nbytes: int
+    stop: threading.Event = field(default_factory=threading.Event)
 
 
 class Fetcher:
@@ -143,6 +161,7 @@ class Fetcher:
         self.banned: set[str] = set()  # never asked again by this fetch
         self.lock = threading.Lock()
         self.n = 0
+        self.rates: deque[float] = deque(maxlen=16)  # bytes/s of whole requests
 
     async def run(self) -> Entry:
         r, host = self.r, self.host
@@ -195,7 +214,7 @@ class Fetcher:
         window = max(batch, WINDOW_BYTES // pl.piece_size)
         start = zlib.crc32(self.host.me.id.encode()) % max(1, n)
         plan = Plan(n, batch=batch, per_source=PER_SOURCE, window=window, start=start)
-        tasks: set[asyncio.Task[None]] = set()
+        flights: dict[asyncio.Task[None], _Flight] = {}
         await self._announce(plan)
         next_announce = time.monotonic() + ANNOUNCE
         quiet_since = time.monotonic()
@@ -205,11 +224,13 @@ class Fetcher:
                 if e.dropped:
                     raise Dropped(f"{e.path} changed during its fetch (blob {e.blob} dropped)")
                 for req in plan.next():
-                    tasks.add(asyncio.create_task(self._request(plan, e, pl, req)))
+                    size = sum(pieces.piece_len(i, self.r.size, pl.piece_size) for i in req.pieces)
+                    f = _Flight(req, time.monotonic(), size)
+                    flights[asyncio.create_task(self._request(plan, e, pl, f))] = f
                 if plan.done:
                     break
                 now = time.monotonic()
-                if not tasks:
+                if not flights:
                     if now - quiet_since > STALL:
                         raise Stalled(f"{e.path}: no source had a piece to give for {STALL:g} s")
                     await asyncio.sleep(backoff)
@@ -218,18 +239,38 @@ class Fetcher:
                     continue
                 backoff, quiet_since = 0.05, now
                 done, _ = await asyncio.wait(
-                    tasks, timeout=max(0.0, next_announce - now), return_when="FIRST_COMPLETED"
+                    flights, timeout=max(0.0, next_announce - now), return_when="FIRST_COMPLETED"
                 )
-                tasks -= done
                 for t in done:
-                    t.result()  # a local failure (the disk) ends the fetch
+                    del flights[t]
+                    if not t.cancelled():
+                        t.result()  # a local failure (the disk) ends the fetch
+                self._give_up_slow(plan, flights)
                 if time.monotonic() >= next_announce or self.failed or self.bad:
                     await self._announce(plan)
                     next_announce = time.monotonic() + ANNOUNCE
         finally:
-            for t in tasks:
+            for t, f in flights.items():
+                f.stop.set()
                 t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*flights, return_exceptions=True)
+
+    def _give_up_slow(self, plan: Plan, flights: dict[asyncio.Task[None], _Flight]) -> None:
+        """Requests far slower than this fetch's median (``SLOW``) are given up."""
+        if len(self.rates) < 3:
+            return
+        rate = statistics.median(self.rates)
+        now = time.monotonic()
+        for t, f in flights.items():
+            if f.stop.is_set() or now - f.started <= max(SLOW_MIN, SLOW * f.nbytes / rate):
+                continue
+            log.info("pieces of %s from %s: too slow, asked elsewhere", self.r.path, f.req.addr)
+            self.host.counters["slow_requests"] += 1
+            f.stop.set()
+            t.cancel()
+            if not any(h.id == f.req.source for h in self.holders):
+                self.banned.add(f.req.source)
+                plan.drop(f.req.source)
 
     async def _announce(self, plan: Plan, *, done: bool = False) -> None:
         """Tell the tracker where this fetch stands; take its sources. Without a
@@ -267,9 +308,9 @@ class Fetcher:
         with contextlib.suppress(SectorError):
             await self.host.track(self.r.path, "swarm.leave", args)
 
-    async def _request(self, plan: Plan, e: Entry, pl: PieceList, req: Request) -> None:
+    async def _request(self, plan: Plan, e: Entry, pl: PieceList, f: _Flight) -> None:
         """One request to one source (step 4)."""
-        r, ps = self.r, pl.piece_size
+        r, ps, req = self.r, pl.piece_size, f.req
         got: list[int] = []
         sent: list[int] = []
         args = to_args(Pieces(blob=r.blob, piece_size=ps, size=r.size, pieces=req.pieces))
@@ -287,13 +328,15 @@ class Fetcher:
                     await bulk.recv(
                         chan,
                         pieces.piece_len(i, r.size, ps),
-                        _At(e, self.lock, i * ps),
+                        _At(e, self.lock, i * ps, f.stop),
                         hasher=h,
                         executor=self.host.pumps,
                         what=f"piece {i} of {r.path} from {req.addr}",
                     )
                     if h.digest() != pl.of(i):
                         raise _Corrupt(i)
+                    if f.stop.is_set():  # given up meanwhile: its pieces went elsewhere
+                        return
                     plan.got(i)
                     e.have |= 1 << i
                     got.append(i)
@@ -301,6 +344,8 @@ class Fetcher:
             finally:
                 await chan.close()
             plan.lacks(req.source, [i for i in req.pieces if i not in sent])
+            if len(sent) == len(req.pieces):
+                self.rates.append(f.nbytes / max(1e-3, time.monotonic() - f.started))
         except _Corrupt as exc:
             log.warning(
                 "corrupt piece %d of %s (blob %s) from %s: dropped as a source, reported",

@@ -216,7 +216,9 @@ class WriteBehind:
 class BlobWriter:
     """One incoming blob: append bytes, then commit (verify, fsync, rename) or abort."""
 
-    def __init__(self, store: BlobStore, blob: str, size: int, path: str = "") -> None:
+    def __init__(
+        self, store: BlobStore, blob: str, size: int, path: str = "", *, hash_pieces: bool = True
+    ) -> None:
         self.store = store
         self.blob = blob
         self.size = size
@@ -229,8 +231,10 @@ class BlobWriter:
             raise NoSpace(f"cannot store blob {blob}: {exc.strerror}") from None
         self._f: IO[bytes] | None = open(fd, "wb")  # noqa: SIM115 - closed in commit/abort
         self._hash = blake3.blake3()
-        # The piece list (issue 14), in the same pass as the checksum: ``pieces.py``.
-        self._pieces = pieces.PieceHasher(pieces.piece_size_for(size, store.piece_base))
+        # The piece list (issue 14), in the same pass as the checksum (``pieces.py``);
+        # not on the later hops of a chain, which make it when first asked for it.
+        ps = pieces.piece_size_for(size, store.piece_base)
+        self._pieces = pieces.PieceHasher(ps) if hash_pieces else None
         self._behind = WriteBehind(self._f)
         self.fresh = False  # set by commit when this write created the blob
         self.regrown = 0  # bytes added by replacing a rotten copy (not fresh)
@@ -245,7 +249,8 @@ class BlobWriter:
             self.abort()
             raise NoSpace(f"cannot store blob {self.blob}: {exc.strerror}") from None
         self._hash.update(data)
-        self._pieces.update(data)
+        if self._pieces is not None:
+            self._pieces.update(data)
         self.written += len(data)
         self._behind.wrote(len(data))
 
@@ -316,7 +321,8 @@ class BlobWriter:
                         )
                 else:
                     os.unlink(self.tmp)
-            self.store.keep_pieces(self.blob, self.size, self._pieces)
+            if self._pieces is not None:
+                self.store.keep_pieces(self.blob, self.size, self._pieces)
             fsync_dir(final.parent)
         except OSError as exc:
             self.abort()
@@ -437,7 +443,9 @@ class BlobStore:
             return max(0, min(disk, self.quota - self.used))
         return disk
 
-    def writer(self, blob: str, size: int, path: str = "") -> BlobWriter:
+    def writer(
+        self, blob: str, size: int, path: str = "", *, hash_pieces: bool = True
+    ) -> BlobWriter:
         check_blob_id(blob)
         if size < 0:
             raise BadRequest("negative size")
@@ -446,7 +454,7 @@ class BlobStore:
         free = self.free()
         if size + self.min_free > free:
             raise NoSpace(f"not enough space for {size} bytes ({free} free, floor {self.min_free})")
-        return BlobWriter(self, blob, size, path)
+        return BlobWriter(self, blob, size, path, hash_pieces=hash_pieces)
 
     def adopt(self, src: Path, blob: str, path: str = "", *, sync: bool = True) -> tuple[int, str]:
         """Seal a file already on this node's disk as a new blob; (size, checksum).

@@ -18,10 +18,12 @@ Choices:
   would make the whole-file checksum and the pieces one computation. The blake3
   module does not expose chaining values, and hashing each piece apart costs one
   more BLAKE3 over the bytes (~0.3 s of a core per GB), in the same pass.
-- The list is computed where the bytes are sealed (``BlobWriter``, ``adopt``), in the
-  pass that computes the checksum, and kept beside the blob as ``<blob>.pieces``;
-  without fsync: a lost or torn list is recomputed from the blob on demand
-  (``load_or_compute``), as is one of another piece size.
+- The list is computed where a put's first copy is sealed (``BlobWriter``, ``adopt``),
+  in the pass that computes the checksum, and kept beside the blob as
+  ``<blob>.pieces``, without fsync. The later hops of a chain and repair's copies skip
+  it (one list is all a record needs, and hashing at every hop cost a 3-copy put ~20%
+  on a 2-core host); they make theirs from their copy when first asked
+  (``load_or_compute``), as a lost or torn list, or one of another piece size, is.
 
 Pure except ``compute_file``/``load_or_compute``/``store``, which read and write the
 list's files given their paths.

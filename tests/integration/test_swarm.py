@@ -87,17 +87,24 @@ def test_the_piece_list_is_recorded_kept_by_every_holder_and_verified(
         assert st["piece_size"] == PIECE
         assert st["pieces"] == pieces.root_of(digests)
         holders = [by_addr(cluster, r["address"]) for r in st["replicas"]]
+
+        def side(h: NodeProc) -> Path:
+            return h.data / "blobs" / st["blob"][:2] / (st["blob"] + pieces.SUFFIX)
+
+        # The chain's first hop made the list as the bytes came in; the later hops make
+        # theirs when first asked, and keep it beside the blob from then on.
+        pl = pieces.decode(side(holders[0]).read_bytes())
+        assert pl is not None and pl.digests == digests
         for h in holders:
-            side = h.data / "blobs" / st["blob"][:2] / (st["blob"] + pieces.SUFFIX)
-            pl = pieces.decode(side.read_bytes())
+            rep = call(c, h.address, "swarm.pieces", {"blob": st["blob"], "piece_size": 0})
+            assert rep["digests"] == digests and rep["piece_size"] == PIECE
+            pl = pieces.decode(side(h).read_bytes())
             assert pl is not None and pl.digests == digests
         # A holder's list that is valid but wrong (not the record's root) is refused:
         # the fetch takes another holder's and completes, every piece checked.
         liar = holders[0]
         bad = pieces.PieceList(len(data), PIECE, bytes(len(digests)))
-        (liar.data / "blobs" / st["blob"][:2] / (st["blob"] + pieces.SUFFIX)).write_bytes(
-            pieces.encode(bad)
-        )
+        side(liar).write_bytes(pieces.encode(bad))
         other = next(n for n in cluster.nodes if n not in holders)
         got = wait_job(c, other.address, start_fetch(c, other.address, "/pl/f.bin"))
         assert got["errors"] == [] and got["files"] == 1
