@@ -243,6 +243,7 @@ class SwarmService:
             "bytes_from_peers",
             "bytes_from_holders",
             "bad_pieces",
+            "slow_requests",
             "fetches",
             "local_gets",
             "local_get_bytes",

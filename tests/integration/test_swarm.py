@@ -361,3 +361,25 @@ def test_distribute_while_gets_run_is_safe_under_threads(
     for t in threads:
         t.join(DEADLINE)
     assert not errors, errors
+
+
+def test_a_slow_source_is_given_up_and_its_pieces_asked_elsewhere(tmp_path: Path) -> None:
+    with ProcCluster(tmp_path / "slow", replicas=1, node_args=["--piece-size", "16K"]) as cl:
+        cl.start(2)
+        cl.node_args += ["--swarm-upload-rate", "64K"]  # a third node, slow to upload
+        slow = cl.add()
+        cl.wait_ring()
+        with cl.connect() as c:
+            for i in range(8):  # a file the slow node does not hold
+                data, st = put_random(c, tmp_path, f"/slow/f{i}", 2 << 20)
+                if st["replicas"][0]["address"] != slow.address:
+                    break
+            holder = st["replicas"][0]["address"]
+            reader = next(n for n in cl.nodes if n.address not in (holder, slow.address))
+            # the slow node is a seed first: a peer, asked before the holder
+            assert wait_job(c, slow.address, start_fetch(c, slow.address, st["path"]))["files"] == 1
+            got = wait_job(c, reader.address, start_fetch(c, reader.address, st["path"]))
+            assert got["errors"] == [] and cached(reader, st["blob"]).read_bytes() == data
+            info = swarm(c, reader.address)
+            assert info["slow_requests"] >= 1
+            assert info["bytes_from_holders"] > 0
