@@ -156,6 +156,19 @@ def test_distribute_to_a_topology_prefix_that_matches_nothing_fails(
     assert res.returncode == 1 and b"no such" in res.stderr
 
 
+def test_distribute_exits_1_when_a_node_cannot_take_the_file(
+    cluster: ProcCluster, tmp_path: Path, sector_cli: Any
+) -> None:
+    with cluster.connect() as c:
+        _, st = put_random(c, tmp_path, "/huge/f.bin", 7 << 20)  # caches hold 6 MiB
+    res = sector_cli("distribute", "/huge/f.bin", "--json", cluster=cluster.address)
+    assert res.returncode == 1
+    assert res.stderr.decode() == "sector: error: 4 of 5 nodes failed\n"
+    rows = {n["address"]: n for n in json.loads(res.stdout)["nodes"]}
+    assert rows[st["replicas"][0]["address"]]["error"] is None  # the holder has it
+    assert sum("larger than this node's cache" in (n["error"] or "") for n in rows.values()) == 4
+
+
 def test_fetchers_at_once_are_served_partly_by_each_other(
     cluster: ProcCluster, tmp_path: Path
 ) -> None:
