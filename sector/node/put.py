@@ -337,7 +337,9 @@ class PutProtocol:
                 if ok and first:
                     return await self._local_pieces(blob) or True
                 return ok
-            args = to_args(Has(blob=blob, path=path, pieces=first))
+            args = to_args(
+                Has(blob=blob, path=path, pieces=True) if first else Has(blob=blob, path=path)
+            )
             try:
                 rep = await self.host.pool.call(addr, "blob.has", args, timeout=CONFIRM_TIMEOUT)
             except SectorError:

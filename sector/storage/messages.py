@@ -119,7 +119,7 @@ class Has(Request, frozen=True):
     op = "blob.has"
     blob: BlobId = None
     path: str | None = None
-    pieces: bool = False
+    pieces: bool | UnsetType = UNSET  # False
 
 
 class Verify(Request, frozen=True):

@@ -383,7 +383,7 @@ class BlobService:
         if path is None:
             return size
         pieces = None  # [piece size, root] of the copy here (issue 14): a put's commit
-        if size is not None and req.pieces:  # records them (``node/put.py``)
+        if size is not None and req.pieces is True:  # records them (``node/put.py``)
             with contextlib.suppress(SectorError, OSError):
                 pl = await asyncio.get_running_loop().run_in_executor(
                     self.io, self.blobs.piece_list, blob

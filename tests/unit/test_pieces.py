@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import blake3
+import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -113,3 +114,18 @@ def test_a_missing_torn_or_other_sized_list_is_recomputed(tmp_path: Path) -> Non
     other = s.piece_list(b, 32 << 10)
     assert other.piece_size == 32 << 10 and other.digests == by_hand(data, 32 << 10)
     assert not list((tmp_path / "tmp").iterdir())  # no temp file left behind
+
+
+def test_records_without_piece_fields_read_as_before() -> None:
+    from sector.meta import records as rec
+
+    r = rec.FileRecord(
+        path="/f", v=(1, 0, "a"), size=3, checksum="blake3:x", blob="b" * 32, replicas=[], rf=1
+    )
+    raw = rec.encode(r)
+    assert b"piece_size" not in raw and b"pieces" not in raw  # encoded as before
+    back = rec.decode(raw)
+    assert isinstance(back, rec.FileRecord) and (back.piece_size, back.pieces) == (0, "")
+    newer = msgspec.structs.replace(r, piece_size=16, pieces="blake3:r")
+    with_list = rec.decode(rec.encode(newer))
+    assert isinstance(with_list, rec.FileRecord) and with_list.pieces == "blake3:r"
