@@ -61,6 +61,14 @@ def put_random(c: Any, tmp: Path, path: str, size: int, replicas: int = 1) -> tu
     return data, c.put(str(src), path, replicas=replicas)
 
 
+def flip_every_piece(p: Path) -> None:
+    """One flipped byte in every piece of the file at ``p``."""
+    raw = bytearray(p.read_bytes())
+    for at in range(0, len(raw), PIECE):
+        raw[at] ^= 0xFF
+    p.write_bytes(raw)
+
+
 def by_addr(cl: ProcCluster, addr: str) -> NodeProc:
     return next(n for n in cl.nodes if n.address == addr)
 
@@ -221,10 +229,7 @@ def test_a_corrupt_cached_piece_is_caught_dropped_and_reported(
         a, b = [n for n in cluster.nodes if n.address != holder][:2]
         assert wait_job(c, a.address, start_fetch(c, a.address, "/bad/f.bin"))["errors"] == []
         copy = cached(a, st["blob"])
-        raw = bytearray(copy.read_bytes())
-        for at in range(0, len(raw), PIECE):  # one flipped byte in every piece
-            raw[at] ^= 0xFF
-        copy.write_bytes(raw)
+        flip_every_piece(copy)
         bad_before = swarm(c, b.address)["bad_pieces"]
         got = wait_job(c, b.address, start_fetch(c, b.address, "/bad/f.bin"))
         assert got["errors"] == []
@@ -242,10 +247,7 @@ def test_a_replica_holder_serving_a_corrupt_piece_is_reported_and_repaired(
         data, st = put_random(c, tmp_path, "/badholder/f.bin", 256 << 10, replicas=2)
         bad, good = (by_addr(cluster, r["address"]) for r in st["replicas"])
         copy = bad.data / "blobs" / st["blob"][:2] / st["blob"]
-        raw = bytearray(copy.read_bytes())
-        for at in range(0, len(raw), PIECE):
-            raw[at] ^= 0xFF
-        copy.write_bytes(raw)
+        flip_every_piece(copy)
         reader = next(n for n in cluster.nodes if n not in (bad, good))
         got = wait_job(c, reader.address, start_fetch(c, reader.address, "/badholder/f.bin"))
         assert got["errors"] == [] and cached(reader, st["blob"]).read_bytes() == data
