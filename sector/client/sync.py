@@ -153,6 +153,13 @@ class Client:
     def drain(self, address: str, *, cancel: bool = False) -> dict[str, Any]:
         return self._run(self._aio.drain(address, cancel=cancel))
 
+    def distribute(
+        self, paths: list[str], *, to: str = "all", progress: Progress | None = None
+    ) -> dict[str, Any]:
+        """Every node (or those under topology prefix ``to``) fetches these files into
+        its cache through the swarm (``sector distribute``)."""
+        return self._run(self._aio.distribute(paths, to=to, progress=progress))
+
     def setrf(self, path: str, rf: int) -> dict[str, Any]:
         return self._run(self._aio.setrf(path, rf))
 
