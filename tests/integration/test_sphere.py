@@ -287,7 +287,7 @@ def test_map_batch_runs_the_udf_on_batches_and_appends_their_parts(
         assert res["records_out"] == 20000
         for b, f in enumerate(sorted(res["files"], key=lambda f: f["path"])):
             assert c.read(f["path"]) == recs[np.arange(20000) % 3 == b].tobytes()
-        with pytest.raises(JobFailed, match="a batch of 100000 bytes"):
+        with pytest.raises(JobFailed, match=r"a batch of \d{5,} bytes"):
             c.sphere.run(rows_in_batches_of_4000, "/mb/r.bin", output="/mb/out2", **opts).wait()
         with pytest.raises(UsageError, match="map_batch needs fixed-size records"):
             c.sphere.run(echo_lines, "/mb/r.bin", output="/mb/o3", map_batch=4000)

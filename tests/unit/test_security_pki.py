@@ -24,6 +24,9 @@ from sector.security.pki import (
     user_client_context,
 )
 
+# Every certificate here is issued at NOW (backdated 5 minutes) and checked at NOW: one
+# issued at the real time would not yet be valid at NOW once the suite has run for
+# more than 5 minutes (it failed so under a long parallel run).
 NOW = time.time()
 DAY = 86400.0
 
@@ -143,7 +146,7 @@ def test_issue_node_validates_input(ca: ClusterCA) -> None:
         ca.issue_node("x" * 60)
     with pytest.raises(UsageError, match="invalid IP address"):
         ca.issue_node("n2", ips=["300.1.1.1"])
-    n = ca.issue_node("n2", ips=["10.0.0.2", "::1"], dns=[])
+    n = ca.issue_node("n2", ips=["10.0.0.2", "::1"], dns=[], now=NOW)
     san = n.cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert len(san.get_values_for_type(x509.IPAddress)) == 2
 
@@ -244,7 +247,7 @@ def _handshake(
 
 def test_node_to_node_handshake(ca: ClusterCA, n1: NodeIdentity, tmp_path: Path) -> None:
     n1.save(tmp_path / "n1")
-    n2 = ca.issue_node("n2")
+    n2 = ca.issue_node("n2", now=NOW)
     n2.save(tmp_path / "n2")
     srv, cli, serr, cerr = _handshake(
         server_context(tmp_path / "n1"), node_client_context(tmp_path / "n2")
@@ -277,7 +280,7 @@ def test_server_refuses_a_client_cert_of_another_cluster(
 ) -> None:
     # A stranger that accepts any server (so the refusal is the server's own) and
     # presents a node certificate signed by another CA.
-    other_ca.issue_node("n1").save(tmp_path)
+    other_ca.issue_node("n1", now=NOW).save(tmp_path)
     client = user_client_context()
     client.load_cert_chain(tmp_path / "node.crt", tmp_path / "node.key")
     _, _, serr, cerr = _handshake(server_context(n1), client)
@@ -288,7 +291,7 @@ def test_server_refuses_a_client_cert_of_another_cluster(
 def test_node_client_refuses_a_server_of_another_cluster(
     n1: NodeIdentity, other_ca: ClusterCA
 ) -> None:
-    stranger = other_ca.issue_node("n9")
+    stranger = other_ca.issue_node("n9", now=NOW)
     _, _, _, cerr = _handshake(server_context(stranger), node_client_context(n1))
     assert isinstance(cerr, ssl.SSLCertVerificationError)
 
@@ -308,7 +311,7 @@ def test_user_client_then_verifies_the_leaf_itself(
 
 
 def test_handshake_over_a_real_socket_pair(ca: ClusterCA, n1: NodeIdentity) -> None:
-    n2 = ca.issue_node("n2")
+    n2 = ca.issue_node("n2", now=NOW)
     a, b = socket.socketpair()
     a.settimeout(5)
     b.settimeout(5)
