@@ -154,9 +154,9 @@ class Hosts:
             # The server takes a moment to listen: the client retries until it answers.
             deadline = time.monotonic() + 10
             while True:
+                cmd = ["iperf3", "-J", "-c", self.ips[dst], "-p", str(port), "-t", f"{seconds:g}"]
                 client = subprocess.run(
-                    [*self.wrap(src), "iperf3", "-J", "-c", self.ips[dst], "-p", str(port)]
-                    + ["-t", f"{seconds:g}"],
+                    [*self.wrap(src), *cmd],
                     capture_output=True,
                     text=True,
                     timeout=seconds + 30,
