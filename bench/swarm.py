@@ -108,6 +108,7 @@ sys.path.insert(0, str(REPO))  # measure this checkout's Sector (nodes get PYTHO
 
 from _common import machine, write_result  # noqa: E402
 
+from sector.node.localcluster import pid_alive  # noqa: E402
 from sector.testing.cluster import ProcCluster, wait_for  # noqa: E402
 from sector.testing.netns import Hosts  # noqa: E402
 
@@ -1189,7 +1190,12 @@ def run(args: argparse.Namespace, console: Any) -> dict[str, Any]:
 
     base = Path(args.dir) if args.dir else Path(tempfile.gettempdir())
     base.mkdir(parents=True, exist_ok=True)
-    root = Path(tempfile.mkdtemp(prefix="sector-bench-swarm-", dir=base))
+    for old in base.glob("sector-bench-swarm-*-*"):
+        # a killed run's files (its pid in the name), unless kept on purpose
+        m = re.match(r"sector-bench-swarm-(\d+)-", old.name)
+        if m and not pid_alive(int(m.group(1))) and not (old / "KEEP").exists():
+            shutil.rmtree(old, ignore_errors=True)
+    root = Path(tempfile.mkdtemp(prefix=f"sector-bench-swarm-{os.getpid()}-", dir=base))
     load_start = [round(x, 2) for x in os.getloadavg()]
     runs: list[dict[str, Any]] = []
     venv_rows: list[dict[str, Any]] = []
@@ -1245,6 +1251,7 @@ def run(args: argparse.Namespace, console: Any) -> dict[str, Any]:
                     notes.append(f"venv scenario failed: {exc}")
     finally:
         if args.keep:
+            (root / "KEEP").touch()
             console.log(f"kept {root}")
         else:
             shutil.rmtree(root, ignore_errors=True)

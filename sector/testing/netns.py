@@ -38,6 +38,8 @@ import sys
 import time
 from collections.abc import Iterable, Sequence
 
+from sector.node.localcluster import pid_alive
+
 TABLE = "sectorpart"  # the nftables table (family inet) that holds a host's fault rules
 # Token bucket of shape(): the burst lets a 100 Mbit/s link take a few packets at line
 # speed (32 KB is 2.6 ms at 100 Mbit/s, ~3% of a 1 MB transfer); the 20 ms of queue
@@ -202,15 +204,7 @@ class Hosts:
 
         def stale(name: str) -> bool:
             m = pattern.fullmatch(name)
-            if m is None:
-                return False
-            try:
-                os.kill(int(m.group(1)), 0)
-            except ProcessLookupError:
-                return True
-            except PermissionError:
-                return False
-            return False
+            return m is not None and not pid_alive(int(m.group(1)))
 
         netns = subprocess.run(
             ["ip", "netns", "list"], capture_output=True, text=True, check=False, timeout=30

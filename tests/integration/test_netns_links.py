@@ -5,9 +5,12 @@ clears what a SIGKILLed run left behind (bench/swarm.py relies on all three)."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 
+from sector.node.localcluster import pid_alive
 from sector.testing.cluster import wait_for
 from sector.testing.netns import Hosts
 
@@ -108,14 +111,17 @@ def test_kill_ends_every_process_of_a_host() -> None:
         other.wait(10)
 
 
-# A run that makes hosts with a process in one, says so, and then is SIGKILLed.
+# A run that makes hosts with a process in one, says so (with its pid), and waits to be
+# SIGKILLed. Its parent is a shell that execs `sleep`, which never reaps it: once killed
+# it stays a zombie that is not ours, as a killed run under a container's init that
+# never reaps (how it was met: kill(pid, 0) still succeeds on a zombie).
 _ORPHAN = """
-import subprocess, sys, json
+import json, os, subprocess, time
 from sector.testing.netns import Hosts
 h = Hosts(2, prefix="tst")
 subprocess.Popen([*h.wrap(0), "sleep", "300"], stdout=subprocess.DEVNULL, start_new_session=True)
-print(json.dumps({"names": h.names, "bridge": h.bridge}), flush=True)
-sys.stdin.read()
+print(json.dumps({"pid": os.getpid(), "names": h.names, "bridge": h.bridge}), flush=True)
+time.sleep(120)
 """
 
 
@@ -129,36 +135,44 @@ def _link_exists(name: str) -> bool:
 
 
 def test_remove_stale_clears_a_killed_runs_hosts_and_nothing_live() -> None:
-    run = subprocess.Popen(
-        [sys.executable, "-c", _ORPHAN], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    shell = subprocess.Popen(
+        ["sh", "-c", f'{sys.executable} -c "$ORPHAN" & exec sleep 120'],
+        env={**os.environ, "ORPHAN": _ORPHAN},
+        stdout=subprocess.PIPE,
+        text=True,
     )
-    assert run.stdout is not None
-    left = json.loads(run.stdout.readline())
-    with Hosts(1, prefix="tst") as live:  # the same prefix, a live creator
-        # Both creators run: neither is touched (a crashed earlier run's may be).
-        ours = {*left["names"], left["bridge"], *live.names, live.bridge}
-        assert not set(Hosts.remove_stale("tst")) & ours
-        run.kill()
-        run.communicate(timeout=10)  # reaps it and closes its pipes
-        orphan_pids = subprocess.run(
-            ["ip", "netns", "pids", left["names"][0]], capture_output=True, text=True
-        ).stdout.split()
-        assert orphan_pids, "the killed run left a process in its host"
-        removed = Hosts.remove_stale("tst")
-        assert sorted(removed) == sorted([*left["names"], left["bridge"]])
-        assert not set(left["names"]) & _netns()
-        assert not _link_exists(left["bridge"])
-        assert live.names[0] in _netns() and _link_exists(live.bridge)
-        wait_for(
-            lambda: not any(_pid_alive(int(p)) for p in orphan_pids),
-            10,
-            what="the orphaned process to be killed",
-        )
+    try:
+        assert shell.stdout is not None
+        left = json.loads(shell.stdout.readline())
+        with Hosts(1, prefix="tst") as live:  # the same prefix, a live creator
+            # Both creators run: neither is touched (a crashed earlier run's may be).
+            ours = {*left["names"], left["bridge"], *live.names, live.bridge}
+            assert not set(Hosts.remove_stale("tst")) & ours
+            os.kill(left["pid"], signal.SIGKILL)
+            wait_for(lambda: _state(left["pid"]) == "Z", 10, what="the run to be a zombie")
+            orphans = Hosts.__new__(Hosts)  # only to list the processes of its host
+            orphans.names = left["names"]
+            orphan_pids = orphans.pids(0)
+            assert orphan_pids, "the killed run left a process in its host"
+            removed = Hosts.remove_stale("tst")
+            assert sorted(removed) == sorted([*left["names"], left["bridge"]])
+            assert not set(left["names"]) & _netns()
+            assert not _link_exists(left["bridge"])
+            assert live.names[0] in _netns() and _link_exists(live.bridge)
+            wait_for(
+                lambda: not any(pid_alive(p) for p in orphan_pids),
+                10,
+                what="the orphaned process to be killed",
+            )
+    finally:
+        shell.kill()
+        shell.communicate(timeout=10)
 
 
-def _pid_alive(pid: int) -> bool:
+def _state(pid: int) -> str:
+    """A process's state letter in /proc ("" once it is gone)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+            return f.read().rsplit(")", 1)[1].split()[0]
     except OSError:
-        return False
+        return ""
