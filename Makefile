@@ -22,7 +22,9 @@ check: $(STAMP)
 	$(BIN)/lint-imports
 	$(BIN)/python tools/layout.py sector
 
+# The FUSE mount's tests need fusermount3 and libfuse 3 (Debian's fuse3; root installs it).
 test: check
+	command -v fusermount3 >/dev/null || (apt-get update -qq && apt-get install -y -qq fuse3)
 	$(BIN)/pytest -q -n 2 -m "not slow" tests
 
 # The long suites (the thrash test: SECTOR_THRASH_SECONDS, default 180; the partition

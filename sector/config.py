@@ -76,6 +76,13 @@ class NodeConfig:
     udf_nproc: int = 0  # default 256 + engines * (cores + 16): per uid, host-wide
     udf_hide: tuple[str, ...] = ()  # more paths UDFs must not see
     udf_bind: tuple[str, ...] = ()  # directories UDFs may read and write where they are
+    # Swarm distribution (issue 14). The cache of other nodes' files: 0 = a tenth of the
+    # disk's free space at start, at least 2 GiB where the disk has 8 GiB free
+    # (node/cache.py). Pieces: 4 MiB as Kraken and Dragonfly, doubled past 2048 pieces
+    # a file (storage/pieces.py). Uploads of pieces: bytes/s, 0 = no cap.
+    cache_size: int = 0
+    piece_size: int = 4 << 20
+    swarm_upload_rate: int = 0
     # Security: a directory with node.crt, node.key and ca.crt makes the node secure
     # (TLS only, peers must prove membership, every request checked); None = open.
     tls: Path | None = None

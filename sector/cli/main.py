@@ -307,6 +307,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between collector passes (default 300; the gc.now op runs one at once)",
     )
 
+    s.add_argument(
+        "--cache-size",
+        metavar="BYTES",
+        type=arg_type(parse_size),
+        default=None,
+        help="cache of other nodes' files (swarm distribution; default: 10%% of free disk, "
+        "at least 2G where 8G are free)",
+    )
+    s.add_argument(
+        "--piece-size",
+        metavar="BYTES",
+        type=arg_type(parse_size),
+        default=None,
+        help="base piece size of the piece hashes of new files (default 4M)",
+    )
+    s.add_argument(
+        "--swarm-upload-rate",
+        metavar="BYTES",
+        type=arg_type(parse_size),
+        default=None,
+        help="cap on bytes/s of pieces this node serves to its peers (default: no cap)",
+    )
+
     s = cmd("status", "nodes, files and under-replicated files of the cluster")
     s.add_argument(
         "--workers", action="store_true", help="also list every node's background workers"
@@ -377,9 +400,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("src", metavar="SRC")
     s.add_argument("dst", metavar="DST")
 
-    from sector.cli import disco, security, sphere
+    from sector.cli import disco, mount, security, sphere, swarm
 
     sphere.add_parsers(cmd, common)
+    swarm.add_parsers(cmd, common)
+    mount.add_parsers(cmd, common)
     disco.add_parsers(cmd, common)
     security.add_parsers(cmd, common)
     return p
@@ -395,6 +420,10 @@ def run(args: argparse.Namespace) -> int:
         return drain.run(args)
     if args.command in ("up", "down"):
         return _up(args) if args.command == "up" else _down(args)
+    if args.command in ("mount", "umount"):
+        from sector.cli import mount
+
+        return mount.run(args)
     from sector.cli import commands
 
     if args.command in ("cluster", "user", "login", "logout", "whoami"):
@@ -410,6 +439,10 @@ def run(args: argparse.Namespace) -> int:
             client.close()
     client = commands.connect(args.cluster, token=args.token, anonymous=args.anonymous)
     try:
+        if args.command == "distribute":
+            from sector.cli import swarm
+
+            return swarm.run(client, args)  # type: ignore[arg-type]
         if args.command == "disco":
             from sector.cli import disco
 
@@ -462,6 +495,9 @@ def _node(args: argparse.Namespace) -> int:
                 ("udf_cpu_seconds", args.udf_cpu_seconds),
                 ("udf_nofile", args.udf_nofile),
                 ("udf_nproc", args.udf_nproc),
+                ("cache_size", args.cache_size),
+                ("piece_size", args.piece_size),
+                ("swarm_upload_rate", args.swarm_upload_rate),
             )
             if v is not None
         },

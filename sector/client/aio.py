@@ -17,8 +17,10 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import ipaddress
 import os
 import random
+import secrets
 import socket
 import time
 from collections.abc import Callable
@@ -45,13 +47,15 @@ from sector.security.client import ClientAuth
 from sector.storage.blobs import WriteBehind, checksum_of
 from sector.storage.messages import SMALL_MAX, Get, Put, PutSmall, Verify, stored_reply
 from sector.storage.transfer import open_get
+from sector.swarm.messages import SwarmGet
 from sector.transport import bulk
 from sector.transport.chain import first_live
 from sector.transport.rpc import RpcPool, split_addr
-from sector.wire.messages import to_args
+from sector.wire.messages import Request, to_args
 
 Progress = Callable[[int, int], None]
 RING_TTL = 5.0  # seconds a client trusts its view of who owns which keys
+SWARM_FLOOR = 1 << 20  # bytes/s a swarm get is assumed to make at worst (its first wait)
 
 
 def _local_ip(addr: str) -> str:
@@ -121,6 +125,7 @@ class AsyncClient:
         self._ring: list[tuple[int, str]] = []
         self._ring_ids: list[int] = []
         self._ring_at = 0.0
+        self._reader = secrets.token_hex(8)  # this client, to a file's tracker
         from sector.sphere.api import AsyncSphere
 
         self.sphere = AsyncSphere(self)  # Sphere jobs: ``c.sphere.run(udf, input=...)``
@@ -300,6 +305,17 @@ class AsyncClient:
         res: dict[str, Any] = await self._call_owner(p, "fs.setrf", {"path": p, "rf": rf})
         return res
 
+    async def distribute(
+        self, paths: list[str], *, to: str = "all", progress: Progress | None = None
+    ) -> dict[str, Any]:
+        """Have every node (``to``: "all", or a topology prefix such as ``/dc1``) fetch
+        these files (directories: every file under them) into its cache through the
+        swarm (``sector distribute``); ``{"files": [...], "nodes": [{"address",
+        "files", "bytes", "fetched", "seconds", "error"}]}``."""
+        from sector.client.distribute import distribute
+
+        return await distribute(self, paths, to=to, progress=progress)
+
     # ------------------------------------------------------------------ data
 
     async def put(
@@ -423,9 +439,13 @@ class AsyncClient:
             raise UsageError(f"no such local directory: {lpath.parent}")
         tmp = lpath.with_name(f".{lpath.name}.sector-part")
         errors: list[str] = []
-        for addr in self._order(st["replicas"]):
+        # Readers need no flag (issue 14): a file the entry node on this host has
+        # cached, or one busy enough, is served by that node (fetched through the
+        # swarm into its cache); any failure there falls back to the replicas.
+        entry = [self._entries[0]] if await self._swarm_serves(st) else []
+        for i, addr in enumerate(entry + self._order(st["replicas"])):
             try:
-                await self._fetch(addr, st, tmp, progress)
+                await self._fetch(addr, st, tmp, progress, swarm=i < len(entry))
             except asyncio.CancelledError:
                 with contextlib.suppress(OSError):
                     tmp.unlink()
@@ -444,10 +464,40 @@ class AsyncClient:
             raise NotFound(f"{st['path']} has no replicas")
         raise SectorError(f"cannot read {st['path']}: every replica failed ({'; '.join(errors)})")
 
+    async def _swarm_serves(self, st: dict[str, Any]) -> bool:
+        """Whether the entry node, on this host, would serve this get from its cache or
+        the swarm (``swarm.want``: cached there, or read by enough others now)."""
+        if st["size"] <= SMALL_MAX or not self._entry_local():
+            return False  # a file that travels inline is not worth a swarm
+        args = {"path": st["path"], "blob": st["blob"], "reader": self._reader}
+        try:
+            rep = await self.pool.call(self._entries[0], "swarm.want", args)
+        except SectorError:
+            return False
+        return isinstance(rep, dict) and rep.get("serve") is True
+
+    def _entry_local(self) -> bool:
+        host = split_addr(self._entries[0])[0]
+        with contextlib.suppress(ValueError):
+            if ipaddress.ip_address(host).is_loopback:
+                return True
+        return host in ("localhost", self._client_host)
+
     async def _fetch(
-        self, addr: str, st: dict[str, Any], tmp: Path, progress: Progress | None
+        self,
+        addr: str,
+        st: dict[str, Any],
+        tmp: Path,
+        progress: Progress | None,
+        *,
+        swarm: bool = False,
     ) -> None:
-        chan, size = await open_get(self.pool, addr, Get(blob=st["blob"]))
+        if swarm:  # the node answers once the file is in its cache: a long first wait
+            req: Request = SwarmGet(path=st["path"], blob=st["blob"])
+            wait = max(60.0, st["size"] / SWARM_FLOOR)
+            chan, size = await open_get(self.pool, addr, req, stall_timeout=wait)
+        else:
+            chan, size = await open_get(self.pool, addr, Get(blob=st["blob"]))
         try:
             if size != st["size"]:
                 raise ChecksumMismatch(f"replica at {addr} has {size} bytes, expected {st['size']}")

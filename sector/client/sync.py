@@ -16,7 +16,7 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from sector.client.aio import AsyncClient, Progress
-from sector.errors import IsADirectory, UsageError
+from sector.errors import IsADirectory, Timeout, UsageError
 
 T = TypeVar("T")
 READ_AHEAD = 4 << 20
@@ -66,6 +66,21 @@ class Client:
                     fut.result(timeout=5)
             raise
 
+    def run(self, coro: Coroutine[Any, Any, T], *, timeout: float | None = None) -> T:
+        """Run a coroutine of :attr:`aio` on this client's loop and wait for it.
+
+        With ``timeout`` the coroutine is cancelled after that many seconds and
+        ``Timeout`` raised: how a caller that must never hang (the FUSE mount) bounds
+        every call, whatever the network does."""
+        if timeout is None:
+            return self._run(coro)
+        return self._run(_bounded(coro, timeout))
+
+    @property
+    def aio(self) -> AsyncClient:
+        """The async client this one drives (its coroutines go to :meth:`run`)."""
+        return self._aio
+
     @property
     def address(self) -> str:
         return self._aio.address
@@ -81,7 +96,8 @@ class Client:
             return
         aio = getattr(self, "_aio", None)
         if aio is not None and self._loop.is_running():
-            self._run(aio.close())
+            with contextlib.suppress(Timeout):  # closing never waits long on a stuck peer
+                self._run(_bounded(aio.close(), 10.0))
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
         self._loop.close()
@@ -137,6 +153,13 @@ class Client:
     def drain(self, address: str, *, cancel: bool = False) -> dict[str, Any]:
         return self._run(self._aio.drain(address, cancel=cancel))
 
+    def distribute(
+        self, paths: list[str], *, to: str = "all", progress: Progress | None = None
+    ) -> dict[str, Any]:
+        """Every node (or those under topology prefix ``to``) fetches these files into
+        its cache through the swarm (``sector distribute``)."""
+        return self._run(self._aio.distribute(paths, to=to, progress=progress))
+
     def setrf(self, path: str, rf: int) -> dict[str, Any]:
         return self._run(self._aio.setrf(path, rf))
 
@@ -148,6 +171,13 @@ class Client:
         if st["type"] == "dir":
             raise IsADirectory(f"{st['path']} is a directory")
         return io.BufferedReader(_RemoteRaw(self, st), buffer_size=READ_AHEAD)
+
+
+async def _bounded(coro: Coroutine[Any, Any, T], timeout: float) -> T:
+    try:
+        return await asyncio.wait_for(coro, timeout)
+    except TimeoutError:
+        raise Timeout(f"no answer from the cluster within {timeout:g} s") from None
 
 
 class _RemoteRaw(io.RawIOBase):

@@ -159,6 +159,11 @@ class FileRecord(msgspec.Struct, frozen=True, tag="file", omit_defaults=True):
     # Version of ``replicas`` and ``rf`` within version ``v`` (rule 4a); None (not
     # encoded: records written before it existed read the same) until first changed.
     rv: Stamp | None = None
+    # The piece list's piece size and root (``storage/pieces.py``, issue 14): a reader
+    # verifies each piece of the file against them. 0 and "" (not encoded) in records
+    # made before piece lists existed: such a file is verified whole.
+    piece_size: int = 0
+    pieces: str = ""
 
 
 class DirRecord(msgspec.Struct, frozen=True, tag="dir", omit_defaults=True):
@@ -375,8 +380,8 @@ def _check(r: Record) -> None:
             if c.kind not in KINDS:
                 raise BadRequest(f"child {name!r:.100} of {r.path!r:.100} has kind {c.kind!r:.20}")
         if isinstance(r, FileRecord):
-            if r.size < 0 or r.rf < 0:
-                raise BadRequest(f"file record {r.path!r:.100}: negative size or rf")
+            if r.size < 0 or r.rf < 0 or r.piece_size < 0:
+                raise BadRequest(f"file record {r.path!r:.100}: negative size, rf or piece size")
             if not 0 <= r.mode <= 0o7777:
                 raise BadRequest(f"file record {r.path!r:.100}: bad mode {r.mode:o}")
         elif isinstance(r, DirRecord):

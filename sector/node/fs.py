@@ -21,6 +21,7 @@ import contextlib
 import functools
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Protocol
 
 import msgspec
@@ -174,6 +175,8 @@ class FsService:
     def __init__(self, node: FsHost) -> None:
         self.node = node
         self._bg: set[asyncio.Task[None]] = set()
+        # Told of every file version whose blob goes (``swarm.forget``: cached copies).
+        self.on_blob_gone: Callable[[str, str], Awaitable[None]] | None = None
 
     def handlers(self) -> dict[str, Any]:
         return {
@@ -246,6 +249,8 @@ class FsService:
             "mode": r.mode,
             "replicas": reps,
             "under_replicated": healthy < r.rf,
+            "piece_size": r.piece_size,  # the piece list's (issue 14); 0: none recorded
+            "pieces": r.pieces,
         }
 
     def entry(self, r: FileRecord | DirRecord) -> dict[str, Any]:
@@ -347,6 +352,8 @@ class FsService:
         """Best effort: remove a file version's blob from its replicas."""
         if not isinstance(r, FileRecord) or r.blob == keep:
             return
+        if self.on_blob_gone is not None:
+            await self.on_blob_gone(r.path, r.blob)
         for _nid, addr in r.replicas:
             with contextlib.suppress(SectorError, OSError):
                 args = to_args(Delete(blobs=[r.blob], path=r.path))
@@ -503,6 +510,8 @@ class FsService:
                 mode=r.mode,
                 ctime=r.ctime,
                 mtime=time.time(),
+                piece_size=r.piece_size,
+                pieces=r.pieces,
             )
             # Holders learn the new path before the record moves (best effort): their
             # collector keeps a blob any of its paths claims (see node/gc.py).

@@ -73,6 +73,14 @@ MAX_RF = 16
 CONFIRM_TIMEOUT = 15.0  # seconds a holder has to say what it holds
 
 Holder = tuple[str, str]  # (node id, address): a copy's place, as records list it
+Pieces = tuple[int, str]  # a copy's piece list as a record keeps it: (piece size, root)
+
+
+def _pieces(v: Any) -> Pieces | None:
+    """A holder's ``[piece size, root]`` (``blob.has``), if well-formed."""
+    if isinstance(v, list) and len(v) == 2 and isinstance(v[0], int) and isinstance(v[1], str):
+        return (v[0], v[1])
+    return None
 
 
 class Namespace(Protocol):
@@ -315,29 +323,63 @@ class PutProtocol:
 
     # ------------------------------------------------------------------ 3. confirm
 
-    async def confirm(self, path: str, blob: str, size: int, reps: list[Holder]) -> list[Holder]:
-        """The listed holders that say they wrote ``blob``, at ``size``, for ``path``."""
+    async def confirm(
+        self, path: str, blob: str, size: int, reps: list[Holder]
+    ) -> tuple[list[Holder], Pieces | None]:
+        """The listed holders that say they wrote ``blob``, at ``size``, for ``path``,
+        and the piece list (size, root) the first of them has."""
 
-        async def one(nid: str, addr: str) -> bool:
+        async def one(nid: str, addr: str, first: bool) -> Pieces | bool:
+            # The first holder's piece list (the chain's first hop made it as the bytes
+            # came in; the later hops make theirs when first asked).
             if addr == self.host.addr:  # the answer blob.has gives, without the round trip
-                return nid == self._me[0] and self._holds_here(blob, path, size)
-            args = to_args(Has(blob=blob, path=path))
+                ok = nid == self._me[0] and self._holds_here(blob, path, size)
+                if ok and first:
+                    return await self._local_pieces(blob) or True
+                return ok
+            args = to_args(
+                Has(blob=blob, path=path, pieces=True) if first else Has(blob=blob, path=path)
+            )
             try:
                 rep = await self.host.pool.call(addr, "blob.has", args, timeout=CONFIRM_TIMEOUT)
             except SectorError:
                 return False
-            return (
+            ok = (
                 isinstance(rep, dict)
                 and rep.get("node") == nid
                 and rep.get("size") == size
                 and rep.get("claimed") is True
             )
+            return (_pieces(rep.get("pieces")) or True) if ok else False
 
-        oks = await asyncio.gather(*(one(n, ad) for n, ad in reps[:MAX_RF]))
+        oks = await asyncio.gather(*(one(n, ad, i == 0) for i, (n, ad) in enumerate(reps[:MAX_RF])))
         good = [r for r, ok in zip(reps, oks, strict=False) if ok]
         if not good:
             raise BadRequest(f"no listed replica holds blob {blob} written for {path}")
-        return good
+        return good, next((p for p in oks if isinstance(p, tuple)), None)
+
+    async def _local_pieces(self, blob: str) -> Pieces | None:
+        try:
+            pl = await asyncio.to_thread(self.host.blobs.piece_list, blob)
+        except (SectorError, OSError):
+            return None
+        return (pl.piece_size, pl.root)
+
+    async def _pieces_of(self, blob: str, path: str, reps: list[Holder]) -> Pieces | None:
+        """The piece list (size, root) of the first holder that answers (a node's put,
+        which confirms nothing: ``put_local`` where placement put no copy here)."""
+        for nid, addr in reps:
+            got: Pieces | None = None
+            if nid == self._me[0]:
+                got = await self._local_pieces(blob)
+            else:
+                args = to_args(Has(blob=blob, path=path, pieces=True))
+                with contextlib.suppress(SectorError):
+                    rep = await self.host.pool.call(addr, "blob.has", args, timeout=CONFIRM_TIMEOUT)
+                    got = _pieces(rep.get("pieces")) if isinstance(rep, dict) else None
+            if got is not None:
+                return got
+        return None
 
     def _holds_here(self, blob: str, path: str, size: int) -> bool:
         try:
@@ -365,8 +407,9 @@ class PutProtocol:
         guard.write(path)
         rf = rf or self.host.cfg.replicas
         reps = list(dict.fromkeys(replicas))
+        pieces: Pieces | None = None
         if not guard.is_node():
-            reps = await self.confirm(path, blob, size, reps)
+            reps, pieces = await self.confirm(path, blob, size, reps)
             owner = guard.user() or ""
         # A user's put is acknowledged with at least two durable copies (one where R is
         # 1 or the cluster has one member): a single copy left by a chain cut short must
@@ -377,6 +420,8 @@ class PutProtocol:
             raise Unavailable(
                 f"{path}: {len(reps)} of {rf} copies written durably; a put needs {need}"
             )
+        if pieces is None:
+            pieces = await self._pieces_of(blob, path, reps)
         meta = self.host.meta
         now = time.time()
         record = FileRecord(
@@ -390,6 +435,8 @@ class PutProtocol:
             ctime=now,
             mtime=now,
             owner=owner,
+            piece_size=pieces[0] if pieces else 0,
+            pieces=pieces[1] if pieces else "",
         )
         res = await meta.call(path, "put_file", {"record": rec.to_builtins(record)})
         try:

@@ -51,6 +51,7 @@ from sector.node.repair import RepairWorker
 from sector.node.scrub import ScrubWorker
 from sector.node.security import NodeSecurity
 from sector.node.sphere import SphereService
+from sector.node.swarm import SwarmService
 from sector.routing.chord import ChordState, Peer
 from sector.routing.driver import ChordDriver
 from sector.security import guard
@@ -190,6 +191,7 @@ class Node:
         self.inventory = Inventory(str(self.data / "inventory.sqlite3"))
         self.blobs = BlobStore(self.data, quota=cfg.quota, inventory=self.inventory)
         self.blobs.min_free = cfg.min_free
+        self.blobs.piece_base = cfg.piece_size
         self.store = MetaStore(str(self.data / "meta.sqlite3"))
         restarted = (self.data / MEMBERS_FILE).exists()
         if self.security is not None and (cfg.join or restarted):
@@ -262,6 +264,10 @@ class Node:
         self.sphere = SphereService(self)
         self.handlers.update(self.sphere.handlers())
         self.server.bulk_handlers.update(self.sphere.bulk_handlers())
+        self.swarm = SwarmService(self)  # issue 14: tracker, cache, piece serving, fetches
+        self.handlers.update(self.swarm.handlers())
+        self.server.bulk_handlers.update(self.swarm.bulk_handlers())
+        self.fs.on_blob_gone = self.swarm.forget
         self.handlers.update(
             {
                 "node.gossip": self._h_gossip,
@@ -295,6 +301,7 @@ class Node:
         await self.scrub.start()
         await self.gc.start()
         await self.sphere.start()
+        await self.swarm.start()
         self._write_ready()
         log.info(
             "node %s listening on %s (%s)", to_hex(nid)[:8], addr, cfg.topology or "no topology"
@@ -372,7 +379,7 @@ class Node:
             await self.driver.stop()
         with contextlib.suppress(Exception):
             await self.repair.stop()
-        for name in ("scrub", "gc", "sphere"):
+        for name in ("scrub", "gc", "sphere", "swarm"):
             with contextlib.suppress(Exception):
                 await getattr(self, name).stop()
         await self.meta.stop()
@@ -557,6 +564,7 @@ class Node:
             "blobs": self.blobs.count,
             **counts,
             "repair_queue": repair["queue"],
+            "swarm": self.swarm.status(),  # cache and piece counters (issue 14)
             # Every background loop of the node, in one shape (``sector status --workers``).
             "workers": [
                 repair,
@@ -565,6 +573,7 @@ class Node:
                 self.scrub.status(),
                 self.gc.status(),
                 self.sphere.status(),
+                self.swarm.worker.status(),
                 self.meta.handoff.status(),
                 *(w.status() for w in self.driver.workers),
                 *(w.status() for w in self.loops),

@@ -290,6 +290,7 @@ class SphereService(Worker):
             "node": me,
             "mode": req.mode,
             "nbuckets": nbuckets,
+            "batch": req.batch if seg.kind == "fixed" else 0,
         }
         src = None
         if isinstance(seg, wire.DataSegment):

@@ -46,6 +46,8 @@ def summarize(
         m["workers"] = inf.get("workers", [])
         m["tls"] = bool((inf.get("security") or {}).get("tls"))
         m["sandbox"] = inf.get("sandbox")
+        if isinstance(inf.get("swarm"), dict):
+            m["swarm"] = inf["swarm"]  # cache and piece counters (issue 14)
         for nid, n in (inf.get("draining_held") or {}).items():
             held[nid] = held.get(nid, 0) + int(n)
         m["files"] = inf.get("blobs", 0)

@@ -74,6 +74,15 @@ class ClientAuth:
         self.secure = False  # True once a node answered over TLS
         self._cas: dict[str, pki.ClusterCA] = {}  # learnt this session (see _learn_ca)
 
+    def presented_grant(self) -> tokens.Grant | None:
+        """What the credential this client presented says (its rights, unchecked: the
+        nodes check them); None if it presented none (anonymous, or an open cluster)."""
+        if self.user is None or not self.cluster:
+            return None
+        stored = credstore.load(self.cluster)
+        token = self.token or (stored.token if stored is not None else None)
+        return tokens.peek(token) if token else None
+
     def context(self) -> ssl.SSLContext:
         return pki.user_client_context()
 

@@ -73,6 +73,12 @@ OPS: dict[str, str] = {
     "sphere.resend": "any",
     "sphere.commit": "any",
     "sphere.cleanup": "any",
+    # swarm (issue 14): the handlers check read on their paths; the tracker's ops,
+    # piece lists, pieces and cache drops are for nodes only
+    "swarm.want": "any",
+    "swarm.get": "any",
+    "swarm.fetch": "any",
+    "swarm.job": "any",
     # operators
     "node.drain": "admin",
     "scrub.now": "admin",

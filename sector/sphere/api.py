@@ -33,6 +33,10 @@ Options (keyword-only; see ``options.job_options``):
     param     any picklable object, handed to the UDF (and the reduce) as ``seg.param``
     replicas  replica target of the output files (default: the cluster's)
     min_unit / max_unit   bounds of a segment's size in bytes (1 MiB / 256 MiB)
+    map_batch with fixed-size records and an output: the UDF is called on consecutive
+              batches of at most this many bytes of its segment (their outputs
+              appended to the same parts), so an engine's memory follows the batch,
+              not the segment; only for a UDF that maps each record on its own
     speculate run a backup of a straggling segment elsewhere (default True)
     durable   fsync the output (default True); False for intermediate data that a
               later stage consumes and the job would recompute if lost

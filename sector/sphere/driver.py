@@ -401,6 +401,7 @@ class AsyncJob:
             mode=self.opts.get("mode", "none"),
             nbuckets=len(m.bucket_node),
             buckets={str(b): m.addr[n] for b, n in m.bucket_node.items()},
+            batch=self.opts.get("map_batch") or 0,
         )
         try:
             await self.c.pool.call(m.addr[s.node], wire.RUN, wire.to_args(run), timeout=30)

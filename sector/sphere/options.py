@@ -35,6 +35,7 @@ def job_options(
     durable: bool = True,
     reduce: Callable[..., Any] | None = None,
     reduce_records: Any = "file",
+    map_batch: int | None = None,
 ) -> dict[str, Any]:
     """Check a job's options; the mode follows from them (buckets > files > client)."""
     if reduce is not None:
@@ -62,6 +63,13 @@ def job_options(
         raise UsageError("replicas must be from 1 to 16")
     if not 1 <= min_unit <= max_unit:
         raise UsageError("min_unit must be >= 1 and <= max_unit")
+    if map_batch is not None:
+        if not isinstance(map_batch, int) or isinstance(map_batch, bool) or map_batch < 1:
+            raise UsageError(f"map_batch must be a number of bytes >= 1, not {map_batch!r}")
+        if not isinstance(records, int) or isinstance(records, bool):
+            raise UsageError("map_batch needs fixed-size records (records=<bytes per record>)")
+        if output is None:
+            raise UsageError("map_batch needs an output (files or buckets)")
     if tasks is None and input is None:
         raise UsageError("a job needs an input (files, a directory or a glob) or tasks")
     if tasks is not None and input is not None:
@@ -92,4 +100,5 @@ def job_options(
         "durable": durable,
         "reduce": reduce,
         "reduce_records": reduce_records,
+        "map_batch": map_batch,
     }

@@ -147,37 +147,48 @@ def run_task(task: dict[str, Any]) -> dict[str, Any]:
         except OSError as exc:
             return {"error": f"cannot read the segment: {exc}", "retryable": True}
         kind = task["kind"]
-        try:
-            offsets = None
-            if kind == "idx" and task.get("index") is not None:
-                offsets = np.frombuffer(task["index"], dtype=np.int64)
-            batch = Batch(
-                data,
-                kind=kind,
-                record_size=int(task.get("record_size") or 0),
-                offsets=offsets,
-                path=task.get("path", ""),
-                segment=int(task.get("segment", 0)),
-                offset=start,
-                first=int(task.get("first", 0)),
-                param=param,
-                node=task.get("node", ""),
-            )
-        except ValueError as exc:  # a segment that does not fit its records (the node checks)
-            return {"error": f"bad segment: {exc}", "retryable": False}
-        try:
-            ret = fn(batch)
-            out = normalize(ret)
-            parts = _deliver(out, task)
-        except Exception as exc:
-            return {**_raised("the UDF", exc), "retryable": False}
+        offsets = None
+        if kind == "idx" and task.get("index") is not None:
+            offsets = np.frombuffer(task["index"], dtype=np.int64)
+        rs = int(task.get("record_size") or 0)
+        step = len(data) or 1
+        batching = kind == "fixed" and rs > 0 and task["mode"] in ("files", "buckets")
+        if batching and int(task.get("batch") or 0) > 0:
+            step = max(rs, int(task["batch"]) // rs * rs)
+        sink = _Parts(task)
+        records = nbytes = 0
+        for at in range(0, max(len(data), 1), step):
+            try:
+                batch = Batch(
+                    data[at : at + step],
+                    kind=kind,
+                    record_size=rs,
+                    offsets=offsets,
+                    path=task.get("path", ""),
+                    segment=int(task.get("segment", 0)),
+                    offset=start + at,
+                    first=int(task.get("first", 0)) + (at // rs if rs else 0),
+                    param=param,
+                    node=task.get("node", ""),
+                )
+            except ValueError as exc:  # a segment that does not fit its records
+                return {"error": f"bad segment: {exc}", "retryable": False}
+            try:
+                out = normalize(fn(batch))
+                sink.add(out)
+            except Exception as exc:
+                return {**_raised("the UDF", exc), "retryable": False}
+            records, nbytes = records + len(out), nbytes + out.nbytes
+            del batch, out
+            if mm is not None and step < len(data):
+                _drop_pages(mm, start + at, min(step, len(data) - at))
         return {
             "ok": True,
-            "records_out": len(out),
+            "records_out": records,
             "bytes_in": len(data),
-            "bytes_out": out.nbytes,
+            "bytes_out": nbytes,
             "seconds": time.perf_counter() - t0,
-            **parts,
+            **sink.result(),
         }
     finally:
         if mm is not None:
@@ -343,22 +354,55 @@ def _read(task: dict[str, Any]) -> tuple[memoryview | bytes, mmap.mmap | None, i
     return memoryview(mm)[a : max(a, b)], mm, a
 
 
-def _deliver(out: Any, task: dict[str, Any]) -> dict[str, Any]:
-    mode = task["mode"]
-    if mode == "none":
-        return {}
-    if mode == "client":
-        if out.nbytes > CLIENT_MAX:
-            raise ValueError(
-                f"a segment's output of {out.nbytes} bytes is too big to return to the "
-                f"client (limit {CLIENT_MAX}); write it to files with output=..."
-            )
-        return {"data": bytes(out.data)}
-    outdir = Path(task["out"])
-    outdir.mkdir(parents=True, exist_ok=True)
-    if mode == "files":
-        return {"parts": {"0": _write(outdir / "out", out.data)}}
-    parts: dict[str, int] = {}
-    for bucket, chunk in split(out, int(task["nbuckets"])):
-        parts[str(bucket)] = _write(outdir / f"b{bucket}", chunk)
-    return {"parts": parts}
+class _Parts:
+    """Where an attempt's output goes, batch after batch (``map_batch``: the UDF runs
+    on several batches of one segment): to the client, or appended to its part files
+    (one per bucket, or one "out" file). A file is made new by the first batch that
+    writes to it (``_write``) and appended to by the others."""
+
+    def __init__(self, task: dict[str, Any]) -> None:
+        self.mode = task["mode"]
+        self.nbuckets = int(task.get("nbuckets") or 0)
+        self.outdir = Path(task["out"]) if self.mode in ("files", "buckets") else None
+        self.parts: dict[str, int] = {}
+        self.data: bytes | None = None
+
+    def add(self, out: Any) -> None:
+        if self.mode == "client":
+            if out.nbytes > CLIENT_MAX:
+                raise ValueError(
+                    f"a segment's output of {out.nbytes} bytes is too big to return to "
+                    f"the client (limit {CLIENT_MAX}); write it to files with output=..."
+                )
+            self.data = bytes(out.data)
+        elif self.outdir is not None:
+            if not self.parts:
+                self.outdir.mkdir(parents=True, exist_ok=True)
+            if self.mode == "files":
+                self._append("0", self.outdir / "out", out.data)
+            else:
+                for bucket, chunk in split(out, self.nbuckets):
+                    self._append(str(bucket), self.outdir / f"b{bucket}", chunk)
+
+    def _append(self, key: str, path: Path, data: bytes | memoryview) -> None:
+        if key not in self.parts:
+            self.parts[key] = _write(path, data)
+            return
+        with open(path, "ab") as f:
+            f.write(data)
+        self.parts[key] += len(data)
+
+    def result(self) -> dict[str, Any]:
+        if self.mode == "client":
+            return {"data": self.data or b""}
+        return {"parts": self.parts} if self.outdir is not None else {}
+
+
+def _drop_pages(mm: mmap.mmap, offset: int, length: int) -> None:
+    """Unmap the whole pages of a batch done with (they stay in the page cache): the
+    engine's resident set then follows the batch, not the segment."""
+    page = mmap.PAGESIZE
+    lo, hi = -(-offset // page) * page, (offset + length) // page * page
+    if hi > lo:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)

@@ -192,6 +192,9 @@ class Run(Request, frozen=True):
     mode: Mode
     nbuckets: Annotated[int, Meta(ge=0, le=MAX_BUCKETS)]
     buckets: dict[str, str] = {}  # "<bucket>" -> address of the node holding it
+    # Fixed-size records only: the UDF is called on batches of at most this many bytes
+    # of the segment, their outputs appended (0: the whole segment at once).
+    batch: Annotated[int, Meta(ge=0, le=1 << 40)] = 0
 
 
 class Poll(Request, frozen=True):

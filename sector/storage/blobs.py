@@ -61,6 +61,7 @@ from sector.errors import (
     NotFound,
     UsageError,
 )
+from sector.storage import pieces
 from sector.storage.inventory import Inventory
 
 log = logging.getLogger("sector.blobs")
@@ -154,12 +155,15 @@ def checksum_file(path: str | os.PathLike[str]) -> str:
         return _checksum_of_open(f)
 
 
-def _checksum_of_open(f: io.BufferedReader) -> str:
+def _checksum_of_open(f: io.BufferedReader, also: pieces.PieceHasher | None = None) -> str:
+    """BLAKE3 of an open file; ``also`` hashes its pieces in the same pass."""
     h = blake3.blake3()
     buf = bytearray(CHUNK)
     view = memoryview(buf)
     while n := f.readinto(buf):
         h.update(view[:n])
+        if also is not None:
+            also.update(view[:n])
     return "blake3:" + h.hexdigest()
 
 
@@ -212,7 +216,9 @@ class WriteBehind:
 class BlobWriter:
     """One incoming blob: append bytes, then commit (verify, fsync, rename) or abort."""
 
-    def __init__(self, store: BlobStore, blob: str, size: int, path: str = "") -> None:
+    def __init__(
+        self, store: BlobStore, blob: str, size: int, path: str = "", *, hash_pieces: bool = True
+    ) -> None:
         self.store = store
         self.blob = blob
         self.size = size
@@ -225,6 +231,10 @@ class BlobWriter:
             raise NoSpace(f"cannot store blob {blob}: {exc.strerror}") from None
         self._f: IO[bytes] | None = open(fd, "wb")  # noqa: SIM115 - closed in commit/abort
         self._hash = blake3.blake3()
+        # The piece list (issue 14), in the same pass as the checksum (``pieces.py``);
+        # not on the later hops of a chain, which make it when first asked for it.
+        ps = pieces.piece_size_for(size, store.piece_base)
+        self._pieces = pieces.PieceHasher(ps) if hash_pieces else None
         self._behind = WriteBehind(self._f)
         self.fresh = False  # set by commit when this write created the blob
         self.regrown = 0  # bytes added by replacing a rotten copy (not fresh)
@@ -239,6 +249,8 @@ class BlobWriter:
             self.abort()
             raise NoSpace(f"cannot store blob {self.blob}: {exc.strerror}") from None
         self._hash.update(data)
+        if self._pieces is not None:
+            self._pieces.update(data)
         self.written += len(data)
         self._behind.wrote(len(data))
 
@@ -309,6 +321,8 @@ class BlobWriter:
                         )
                 else:
                     os.unlink(self.tmp)
+            if self._pieces is not None:
+                self.store.keep_pieces(self.blob, self.size, self._pieces)
             fsync_dir(final.parent)
         except OSError as exc:
             self.abort()
@@ -335,6 +349,7 @@ class BlobStore:
     # node near full keeps room for its metadata and the writes already under way.
     min_free: int = 0
     refuse: str = ""  # non-empty: every new blob is refused with this reason (a drain)
+    piece_base: int = pieces.PIECE  # the base piece size of the lists made here
 
     def __init__(
         self, root: Path, *, quota: int | None = None, inventory: Inventory | None = None
@@ -428,7 +443,9 @@ class BlobStore:
             return max(0, min(disk, self.quota - self.used))
         return disk
 
-    def writer(self, blob: str, size: int, path: str = "") -> BlobWriter:
+    def writer(
+        self, blob: str, size: int, path: str = "", *, hash_pieces: bool = True
+    ) -> BlobWriter:
         check_blob_id(blob)
         if size < 0:
             raise BadRequest("negative size")
@@ -437,7 +454,7 @@ class BlobStore:
         free = self.free()
         if size + self.min_free > free:
             raise NoSpace(f"not enough space for {size} bytes ({free} free, floor {self.min_free})")
-        return BlobWriter(self, blob, size, path)
+        return BlobWriter(self, blob, size, path, hash_pieces=hash_pieces)
 
     def adopt(self, src: Path, blob: str, path: str = "", *, sync: bool = True) -> tuple[int, str]:
         """Seal a file already on this node's disk as a new blob; (size, checksum).
@@ -470,7 +487,8 @@ class BlobStore:
                     os.fchmod(fd, 0o644)
                 st = os.fstat(fd)
             size = st.st_size
-            checksum = _checksum_of_open(f)
+            hasher = pieces.PieceHasher(pieces.piece_size_for(size, self.piece_base))
+            checksum = _checksum_of_open(f, hasher)
             if sync:
                 os.fsync(fd)
         try:
@@ -486,6 +504,7 @@ class BlobStore:
                 with contextlib.suppress(OSError):
                     final.unlink()
                 raise BadRequest(f"cannot seal {src}: it changed while it was sealed")
+            self.keep_pieces(blob, size, hasher)
             if sync:
                 fsync_dir(final.parent)
         except FileExistsError:
@@ -522,6 +541,8 @@ class BlobStore:
             try:
                 st = os.stat(blob, dir_fd=dfd, follow_symlinks=False)
                 os.unlink(blob, dir_fd=dfd)
+                with contextlib.suppress(OSError):
+                    os.unlink(blob + pieces.SUFFIX, dir_fd=dfd)  # its piece list goes with it
             except (FileNotFoundError, IsADirectoryError):  # a directory is no blob either
                 return False
             finally:
@@ -532,6 +553,18 @@ class BlobStore:
             self.used = max(0, self.used - st.st_size)
             self.count = max(0, self.count - 1)
         return True
+
+    def keep_pieces(self, blob: str, size: int, hasher: pieces.PieceHasher) -> None:
+        """Store the piece list of a blob just sealed beside it (``pieces.keep``)."""
+        pl = pieces.PieceList(size, hasher.piece_size, hasher.digests())
+        pieces.keep(self._where(blob), blob, pl, str(self.tmp_dir))
+
+    def piece_list(self, blob: str, piece_size: int | None = None) -> pieces.PieceList:
+        """The blob's piece list (of ``piece_size``; None: as stored), recomputed from
+        the blob if it is missing or of another size. Blocking: call from a thread."""
+        with self.open(blob) as f:
+            where, tmp = self._where(blob), str(self.tmp_dir)
+            return pieces.load_or_compute(where, blob, f.fileno(), piece_size, tmp, self.piece_base)
 
     def sizes(self) -> dict[str, int]:
         """Every sealed blob and its size (a walk of the disk: call from a thread).

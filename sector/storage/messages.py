@@ -61,6 +61,9 @@ class Put(Request, frozen=True):
     chain: Chain = []
     path: FilePath = ""  # the inventory's key
     new: bool | UnsetType = UNSET  # sent by nodes only: a user's write is always new
+    # False: this hop does not hash pieces (a later hop of a chain; the first one's
+    # list is the record's, and the others make theirs when first asked: issue 14).
+    pieces: bool | UnsetType = UNSET
 
 
 class PutSmall(Request, frozen=True):
@@ -111,11 +114,12 @@ class Delete(Request, frozen=True):
 
 class Has(Request, frozen=True):
     """blob.has: the size of the copy here; with ``path``, also whether it was written
-    for that path."""
+    for that path, and with ``pieces`` its piece list's size and root."""
 
     op = "blob.has"
     blob: BlobId = None
     path: str | None = None
+    pieces: bool | UnsetType = UNSET  # False
 
 
 class Verify(Request, frozen=True):

@@ -38,11 +38,13 @@ OPS = [
     *("sphere.cancel",),
     *("sphere.cleanup", "sphere.push"),
     *("auth.hello", "sec.policy", "sec.policy_put"),
+    *("swarm.announce", "swarm.leave", "swarm.interest", "swarm.forget", "swarm.pieces"),
+    *("swarm.piece", "swarm.want", "swarm.get", "swarm.fetch", "swarm.job", "cache.drop"),
     *("", "no.such.op", "fs.", "blob.put\x00", "fs.stat "),
 ]
 # Ops served as a bulk stream (the connection carries raw bytes after the header, then
 # closes): never pipelined with other frames, only thrown last.
-BULK_OPS = frozenset({"blob.put", "blob.get", "sphere.push"})
+BULK_OPS = frozenset({"blob.put", "blob.get", "sphere.push", "swarm.piece", "swarm.get"})
 # Argument names the handlers read: random values under them reach past the first check.
 KEYS = [
     *("path", "src", "dst", "name", "parents", "recursive", "size", "rf", "client_host"),
@@ -100,6 +102,23 @@ def templates(blob: str, size: int, checksum: str, node_id: str) -> dict[str, di
         "fs.mv": {"src": "/fuzz/none", "dst": "/fuzz/none2"},
         "fs.setrf": {"path": "/fuzz/none", "rf": 3},
         "blob.get": {"blob": blob, "offset": 0, "length": size},
+        "swarm.piece": {"blob": blob, "piece_size": 16384, "size": size, "pieces": [0, 1]},
+        "swarm.pieces": {"blob": blob, "piece_size": 0},
+        "swarm.announce": {
+            "path": "/fuzz/none",
+            "blob": orphan,
+            "pieces": 4,
+            "have": b"\x01",
+            "me": [node_id, dead, ""],
+            "holders": [[node_id, dead]],
+        },
+        "swarm.interest": {"blob": orphan, "reader": "r"},
+        "swarm.leave": {"blob": orphan, "peer": node_id},
+        "swarm.want": {"path": "/fuzz/none", "blob": orphan, "reader": "r"},
+        "swarm.get": {"path": "/fuzz/none", "blob": orphan},
+        "swarm.fetch": {"paths": ["/fuzz/none"]},
+        "swarm.job": {"job": job},
+        "cache.drop": {"blobs": [orphan]},
         "blob.put": {"blob": orphan, "size": 64, "checksum": None, "chain": [], "path": ""},
         "blob.put_small": {"blob": orphan, "data": b"x" * 64, "checksum": None, "chain": []},
         "blob.replicate": {

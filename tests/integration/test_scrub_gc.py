@@ -32,7 +32,8 @@ def _blob_file(n: NodeProc, blob: str) -> Path:
 
 
 def _blobs_on(n: NodeProc) -> set[str]:
-    return {p.name for p in (n.data / "blobs").glob("*/*")}
+    # Blob files only: each has its piece list beside it (``<blob>.pieces``, issue 14).
+    return {p.name for p in (n.data / "blobs").glob("*/" + "[0-9a-f]" * 32)}
 
 
 def _call(c: Any, addr: str, op: str, args: dict[str, Any] | None = None) -> Any:

@@ -81,11 +81,12 @@ def walk(c: sector.Client, path: str = "/") -> list[dict[str, Any]]:
 
 
 def blob_files(cluster: ProcCluster) -> dict[tuple[int, str], str]:
-    """Every blob file on every node's disk: (node, relative path) -> sha256 of its bytes."""
+    """Every blob file on every node's disk: (node, relative path) -> sha256 of its bytes
+    (not the piece lists beside them, issue 14)."""
     out = {}
     for n in cluster.nodes:
         root = n.data / "blobs"
-        for f in root.rglob("*"):
+        for f in root.rglob("[0-9a-f]" * 32):
             if f.is_file():
                 out[(n.index, str(f.relative_to(root)))] = hashlib.sha256(
                     f.read_bytes()

@@ -112,6 +112,16 @@ def slow_everywhere(seg: Any) -> Any:
     return seg.records, seg.records[:, 0].astype(np.int64) % 4
 
 
+def rows_in_batches_of_4000(seg: Any) -> Any:
+    if len(seg.data) > 4000:
+        raise ValueError(f"a batch of {len(seg.data)} bytes")
+    recs = seg.records
+    rows = np.ascontiguousarray(recs[:, :4]).view("<u4").ravel()
+    if not (rows == np.arange(seg.first, seg.first + len(recs))).all():
+        raise ValueError(f"seg.first {seg.first} is not the batch's first row {rows[0]}")
+    return recs, rows.astype(np.int64) % 3
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Any:
     root = tmp_path_factory.mktemp("sphere")
@@ -252,6 +262,35 @@ def test_fixed_records_to_client_in_segment_order(cluster: ProcCluster, tmp_path
     assert len(pairs) == 6  # 600,000 bytes in 100,000-byte segments
     assert pairs[:, 1].sum() == 30000
     assert pairs[:, 0].sum() == recs.astype(np.int64).sum()
+
+
+def test_map_batch_runs_the_udf_on_batches_and_appends_their_parts(
+    cluster: ProcCluster, tmp_path: Path
+) -> None:
+    """``map_batch``: each segment's records reach the UDF in batches of at most that
+    many bytes (the UDF refuses more), each with its own ``first`` row, and the
+    outputs of a segment's batches are appended: every bucket holds its records once,
+    in input order. The same job without it fails (one call per 100 kB segment)."""
+    recs = np.random.default_rng(7).integers(0, 255, size=(20000, 16), dtype=np.uint8)
+    recs[:, :4] = np.arange(20000, dtype="<u4").view(np.uint8).reshape(-1, 4)
+    opts: dict[str, Any] = {
+        "records": 16,
+        "buckets": 3,
+        "min_unit": 100_000,
+        "max_unit": 100_000,
+    }
+    with sector.connect(cluster.address) as c:
+        _put(c, tmp_path, "/mb/r.bin", recs.tobytes())
+        res = c.sphere.run(
+            rows_in_batches_of_4000, "/mb/r.bin", output="/mb/out", map_batch=4000, **opts
+        ).wait()
+        assert res["records_out"] == 20000
+        for b, f in enumerate(sorted(res["files"], key=lambda f: f["path"])):
+            assert c.read(f["path"]) == recs[np.arange(20000) % 3 == b].tobytes()
+        with pytest.raises(JobFailed, match="a batch of 100000 bytes"):
+            c.sphere.run(rows_in_batches_of_4000, "/mb/r.bin", output="/mb/out2", **opts).wait()
+        with pytest.raises(UsageError, match="map_batch needs fixed-size records"):
+            c.sphere.run(echo_lines, "/mb/r.bin", output="/mb/o3", map_batch=4000)
 
 
 def test_lines_segments_cover_every_line_once(cluster: ProcCluster, tmp_path: Path) -> None:

@@ -40,6 +40,7 @@ from sector.testing.netns import Hosts
 
 pytestmark = pytest.mark.slow
 
+BLOBS = "*/" + "[0-9a-f]" * 32  # blob files, not the piece lists beside them (issue 14)
 R = 3
 NODES = 7
 SETTLE_DEADLINE = (
@@ -94,7 +95,7 @@ class Chaos:
 
     def corrupt_one(self) -> None:
         node = self.rng.choice(self.cl.nodes)
-        blobs = [p for p in (node.data / "blobs").glob("*/*") if p.name not in self.corrupted]
+        blobs = [p for p in (node.data / "blobs").glob(BLOBS) if p.name not in self.corrupted]
         blobs = [p for p in blobs if size_of(p) > 0]  # (one may go meanwhile: gc, repair)
         if not blobs:
             return
@@ -293,7 +294,7 @@ def test_thrash(tmp_path: Path) -> None:
                     for r in st["replicas"]:
                         claimed.setdefault(r["id"], set()).add(st["blob"])
                 for node in cl.nodes:
-                    on_disk = {p.name for p in (node.data / "blobs").glob("*/*")}
+                    on_disk = {p.name for p in (node.data / "blobs").glob(BLOBS)}
                     if on_disk - claimed[node.node_id] or list((node.data / "tmp").glob("*.part")):
                         return False
                 return True

@@ -89,6 +89,18 @@ def test_node_options() -> None:
     assert a.data == Path("d")
     a = parse("node", "--data", "d", "--listen", "h:1")
     assert (a.join, a.topology, a.replicas, a.quota) == (None, None, 3, None)
+    assert (a.cache_size, a.piece_size, a.swarm_upload_rate) == (None, None, None)
+    a = parse(
+        "node", "--data", "d", "--listen", "h:1", "--cache-size", "2G", "--piece-size", "1M",
+        "--swarm-upload-rate", "100M",
+    )  # fmt: skip
+    assert (a.cache_size, a.piece_size, a.swarm_upload_rate) == (2 << 30, 1 << 20, 100 << 20)
+
+
+def test_distribute_options() -> None:
+    a = parse("distribute", "/a", "/b/c", "--to", "/dc1", "--json")
+    assert (a.command, a.paths, a.to, a.json) == ("distribute", ["/a", "/b/c"], "/dc1", True)
+    assert parse("distribute", "/a").to == "all"
 
 
 @pytest.mark.parametrize(
@@ -106,6 +118,8 @@ def test_node_options() -> None:
         ["node", "--data", "d", "--listen", "h:0", "--join", "h:0"],
         ["node", "--data", "d", "--listen", "h:0", "--topology", "dc1/rack"],
         ["node", "--data", "d", "--listen", "h:0", "--quota", "lots"],
+        ["node", "--data", "d", "--listen", "h:0", "--cache-size", "lots"],
+        ["distribute"],
     ],
 )
 def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:

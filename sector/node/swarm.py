@@ -1,0 +1,578 @@
+"""Swarm distribution on a node (issue 14): the tracker of the files whose records it
+owns, the cache of other nodes' files, the serving of pieces, and the fetches
+(``swarm_fetch``) that fill the cache.
+
+- ``fetch(path) -> Path``: the file as a local file on this node, for whoever on the
+  node needs one (a get served by this node, ``sector distribute``, and later Sphere's
+  ``required_files`` and the FUSE mount): the blob itself where this node holds a
+  replica, else the cached copy, fetched through the swarm if it is not here. Two
+  fetches of one blob at once on a node are one.
+- The tracker of a path is the node that owns its metadata (routed as metadata
+  requests are, ``track``); it keeps the swarms in memory (``swarm/tracker``) and
+  acts on reports: a holder that served a corrupt piece is reported to repair (the
+  owner, which is the tracker itself in a converged ring), a peer's cached copy is
+  dropped there.
+- A replaced or removed file: its old blob's swarm is forgotten and the caches that
+  fetched it drop it (``forget``, from the namespace's blob deletion); a cached copy
+  found on lookup under a record naming another blob goes too, and every
+  ``CHECK_INTERVAL`` each cached file is checked against its record.
+- Gets: ``swarm.want`` tells a client on this host whether this node would serve its
+  get (the file is cached here, or busy: at least ``BUSY`` other readers), and
+  ``swarm.get`` serves it, from a fetch through the swarm into the cache.
+- Pieces are served (``swarm.piece``, ``sendfile``) from a holder's blob, a cached copy
+  or a fetch under way (its verified pieces), paced by ``--swarm-upload-rate``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import secrets
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+from sector.aio import Every
+from sector.config import NodeConfig
+from sector.errors import (
+    BadRequest,
+    IsADirectory,
+    NotFound,
+    SectorError,
+    TransportError,
+    Unavailable,
+)
+from sector.ids import key_id, to_hex
+from sector.meta import records as rec
+from sector.meta.records import FileRecord, Record
+from sector.meta.route import Router
+from sector.node.cache import Cache, Entry, default_limit
+from sector.node.members import Members
+from sector.node.swarm_fetch import Fetcher, Stalled
+from sector.routing.chord import Peer
+from sector.security import guard
+from sector.storage import pieces
+from sector.storage.blobs import BlobStore, check_blob_id
+from sector.swarm import messages as m
+from sector.swarm.schedule import bits_from, bits_to
+from sector.swarm.tracker import Ref, Tracker
+from sector.transport import bulk
+from sector.transport.bulk import BulkChannel
+from sector.transport.rpc import RpcPool
+from sector.wire import codec
+from sector.wire.messages import to_args, typed
+
+log = logging.getLogger("sector.swarm")
+
+# A get joins the swarm when at least this many *others* read the file now. With the
+# default 3 replicas two readers at once are served well by the replicas; from the
+# third on, readers start to share a replica's disk and link, and the one local copy
+# a swarm fetch makes (then served to every reader on this host) costs less.
+BUSY = 2
+CHECK_INTERVAL = 300.0  # seconds between checks of the cached files against their records
+JOB_TTL = 600.0  # seconds a finished distribute job's outcome is kept
+MAX_JOBS = 64
+JOB_FILES_AT_ONCE = 4
+FETCH_RESTARTS = 3  # a file replaced mid-fetch: start over on the new version, so often
+
+
+class Meta(Protocol):
+    router: Router
+
+    async def get(self, path: str) -> Record | None: ...
+
+
+class Reporter(Protocol):
+    async def report(
+        self,
+        path: str,
+        node_id: str | None = None,
+        *,
+        hops: int = 0,
+        check: bool = False,
+        blob: str | None = None,
+    ) -> Any: ...
+
+
+class SwarmHost(Protocol):
+    """What the swarm needs of its node."""
+
+    @property
+    def cfg(self) -> NodeConfig: ...
+    @property
+    def addr(self) -> str: ...
+    @property
+    def me(self) -> Peer: ...
+    @property
+    def data(self) -> Path: ...
+    @property
+    def blobs(self) -> BlobStore: ...
+    @property
+    def pool(self) -> RpcPool: ...
+    @property
+    def meta(self) -> Meta: ...
+    @property
+    def members(self) -> Members: ...
+    @property
+    def repair(self) -> Reporter: ...
+
+
+class Pace:
+    """Bytes/s of this node's piece uploads, all streams together (0: no cap)."""
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self._next = 0.0
+
+    async def take(self, n: int) -> None:
+        if self.rate <= 0:
+            return
+        now = time.monotonic()
+        start = max(now, self._next)
+        self._next = start + n / self.rate
+        if start > now:
+            await asyncio.sleep(start - now)
+
+
+@dataclass
+class _Job:
+    """A ``swarm.fetch`` (``sector distribute`` on this node)."""
+
+    id: str
+    paths: list[str]
+    started: float = field(default_factory=time.monotonic)
+    files: int = 0
+    bytes: int = 0
+    fetched: int = 0  # bytes that came over the network
+    progress: int = 0  # bytes done, for the progress bar
+    errors: list[str] = field(default_factory=list)
+    ended: float | None = None
+    task: asyncio.Task[None] | None = None
+
+    def view(self) -> dict[str, Any]:
+        end = self.ended if self.ended is not None else time.monotonic()
+        return {
+            "job": self.id,
+            "state": "running" if self.ended is None else "done",
+            "files": self.files,
+            "bytes": self.bytes,
+            "fetched": self.fetched,
+            "progress": self.progress,
+            "seconds": round(end - self.started, 3),
+            "errors": self.errors[:20],
+        }
+
+
+class SwarmService:
+    def __init__(self, node: SwarmHost) -> None:
+        self.node = node
+        cfg = node.cfg
+        limit = cfg.cache_size or default_limit(node.data)
+        self.cache = Cache(node.data, limit, min_free=cfg.min_free)
+        self.tracker = Tracker()
+        self.counters: Counter[str] = Counter()
+        self.pumps = ThreadPoolExecutor(16, thread_name_prefix="swarm-pump")
+        self.io = ThreadPoolExecutor(4, thread_name_prefix="swarm-io")
+        self.pace = Pace(cfg.swarm_upload_rate)
+        self._fetching: dict[str, asyncio.Task[Any]] = {}
+        self._jobs: dict[str, _Job] = {}
+        self._checked = time.monotonic()
+        self._bg: set[asyncio.Task[Any]] = set()
+        self.worker = Every("swarm", self._tick, 1.0)
+
+    # ------------------------------------------------------------------ the node's side
+
+    @property
+    def me(self) -> Ref:
+        return Ref(to_hex(self.node.me.id), self.node.addr, self.node.cfg.topology)
+
+    @property
+    def pool(self) -> RpcPool:
+        return self.node.pool
+
+    def topology_of(self, node_id: str) -> str:
+        mem = self.node.members.get(node_id)
+        return mem.topology if mem is not None else ""
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.cache.load)
+        await self.worker.start()
+
+    async def stop(self) -> None:
+        await self.worker.stop()
+        for t in list(self._fetching.values()) + list(self._bg):
+            t.cancel()
+        for j in self._jobs.values():
+            if j.task is not None:
+                j.task.cancel()
+        self.pumps.shutdown(wait=False, cancel_futures=True)
+        self.io.shutdown(wait=False, cancel_futures=True)
+
+    def handlers(self) -> dict[str, Any]:
+        return {
+            "swarm.announce": self._h_announce,
+            "swarm.leave": self._h_leave,
+            "swarm.interest": self._h_interest,
+            "swarm.forget": self._h_forget,
+            "swarm.pieces": self._h_pieces,
+            "swarm.want": self._h_want,
+            "swarm.fetch": self._h_fetch,
+            "swarm.job": self._h_job,
+            "cache.drop": self._h_drop,
+        }
+
+    def bulk_handlers(self) -> dict[str, Any]:
+        return {"swarm.piece": self._h_piece, "swarm.get": self._h_get}
+
+    def status(self) -> dict[str, Any]:
+        """The node's swarm figures (``node.info``, ``sector status --json``)."""
+        c = self.counters
+        keys = (
+            "pieces_served",
+            "bytes_served",
+            "bytes_served_from_cache",
+            "pieces_fetched",
+            "bytes_fetched",
+            "bytes_from_peers",
+            "bytes_from_holders",
+            "bad_pieces",
+            "slow_requests",
+            "fetches",
+            "local_gets",
+            "local_get_bytes",
+        )
+        return {**self.cache.status(), **{k: c[k] for k in keys}, **self.tracker.status()}
+
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._bg.add(task)
+        task.add_done_callback(self._bg.discard)
+
+    async def _tick(self) -> None:
+        now = time.monotonic()
+        self.tracker.expire(now)
+        for jid in [j for j, job in self._jobs.items() if job.ended and now - job.ended > JOB_TTL]:
+            del self._jobs[jid]
+        if now - self._checked > CHECK_INTERVAL:
+            self._checked = now
+            await self._check_cache()
+
+    async def _check_cache(self) -> None:
+        """Drop every cached file whose record no longer names its blob."""
+        for e in self.cache.complete_entries()[:1000]:
+            try:
+                r = await self.node.meta.get(e.path)
+            except SectorError:
+                continue
+            if not isinstance(r, FileRecord) or r.blob != e.blob:
+                log.info("cache: %s is no longer blob %s: dropped", e.path, e.blob)
+                self.cache.drop(e.blob)
+
+    # ------------------------------------------------------------------ fetch
+
+    async def record(self, path: str) -> FileRecord:
+        """The current record of a file the caller may read."""
+        path = rec.normalize(path)
+        guard.read(path)
+        r = await self.node.meta.get(path)
+        if isinstance(r, FileRecord):
+            return r
+        if r is not None and rec.kind_of(r) == "dir":
+            raise IsADirectory(f"{path} is a directory")
+        raise NotFound(f"no such file: {path}")
+
+    async def fetch(
+        self, path: str, *, blob: str | None = None, progress: Callable[[int], None] | None = None
+    ) -> Path:
+        """``path`` as a local file of this node (module doc); with ``blob``, only that
+        version of it (NotFound if the file is now another)."""
+        r = await self.record(path)
+        if blob is not None and r.blob != blob:
+            raise NotFound(f"{r.path} changed since it was looked up")
+        return await self.fetch_record(r, progress, restart=blob is None)
+
+    async def fetch_record(
+        self, r: FileRecord, progress: Callable[[int], None] | None = None, *, restart: bool = True
+    ) -> Path:
+        for _ in range(FETCH_RESTARTS):
+            if self.node.blobs.exists(r.blob):
+                return self.node.blobs.path(r.blob)  # a replica holder: nothing to fetch
+            e = self.cache.lookup(r.path, r.blob)
+            if e is not None:
+                return Path(e.file)
+            task = self._fetching.get(r.blob)
+            if task is None:
+                task = asyncio.create_task(Fetcher(self, r, progress).run(), name="swarm-fetch")
+                self._fetching[r.blob] = task
+                task.add_done_callback(functools.partial(self._fetched, r.blob))
+            try:
+                done: Entry = await asyncio.shield(task)
+                return Path(done.file)
+            except Stalled:
+                cur = await self.node.meta.get(r.path)
+                if not restart or not isinstance(cur, FileRecord) or cur.blob == r.blob:
+                    raise
+                log.info("%s was replaced during its fetch: fetching blob %s", r.path, cur.blob)
+                r = cur
+        raise Unavailable(f"{r.path} kept changing during its fetch")
+
+    def _fetched(self, blob: str, task: asyncio.Task[Any]) -> None:
+        if self._fetching.get(blob) is task:
+            del self._fetching[blob]
+        if not task.cancelled() and task.exception() is not None:
+            self.counters["fetches_failed"] += 1
+
+    # ------------------------------------------------------------------ the tracker
+
+    async def track(self, path: str, op: str, args: dict[str, Any]) -> Any:
+        """``op`` at the tracker of ``path``: the owner of its record."""
+        router = self.node.meta.router
+        key = key_id(path)
+        last: SectorError | None = None
+        for fresh in (False, True):
+            try:
+                owner = await router.route(key, fresh=fresh)
+            except SectorError as exc:
+                last = exc
+                continue
+            if owner.id == self.node.me.id:
+                return await self.handlers()[op](args)
+            try:
+                return await self.node.pool.call(owner.addr, op, args, timeout=5.0)
+            except TransportError as exc:
+                last = exc
+                router.cache.forget(owner.id)
+        assert last is not None
+        raise last
+
+    @typed(m.Announce)
+    async def _h_announce(self, req: m.Announce) -> Any:
+        blob = check_blob_id(req.blob)
+        me = Ref(*req.me)
+        holders = [Ref(*h) for h in req.holders]
+        for nid in req.bad:
+            self._act_on_bad(req.path, blob, nid, holders)
+        srcs = self.tracker.announce(
+            blob,
+            req.pieces,
+            me,
+            bits_from(req.have, req.pieces),
+            holders,
+            time.monotonic(),
+            failed=req.failed,
+            bad=req.bad,
+        )
+        n = req.pieces
+        return {
+            "sources": [
+                [s.id, s.addr, None if s.have is None else bits_to(s.have, n), s.holder]
+                for s in srcs
+            ],
+            "stripe": list(self.tracker.stripe(blob, me.id)),
+        }
+
+    def _act_on_bad(self, path: str, blob: str, nid: str, holders: list[Ref]) -> None:
+        """A node served a corrupt piece: its replica goes to repair (which re-checks
+        it), or its cached copy is dropped."""
+        if any(h.id == nid for h in holders):
+            log.warning("swarm: holder %s served a corrupt piece of %s: reported", nid[:8], path)
+            self.spawn(self._report(path, nid, blob))
+            return
+        ref = self.tracker.peer(blob, nid)
+        if ref is not None:
+            log.warning(
+                "swarm: %s served a corrupt piece of %s: its copy is dropped", ref.addr, path
+            )
+            self.spawn(self._drop_at(ref.addr, [blob]))
+
+    async def _report(self, path: str, nid: str, blob: str) -> None:
+        with contextlib.suppress(SectorError):
+            await self.node.repair.report(path, nid, check=True, blob=blob)
+
+    async def _drop_at(self, addr: str, blobs: list[str]) -> None:
+        if addr == self.node.addr:
+            for b in blobs:
+                self.cache.drop(b)
+            return
+        with contextlib.suppress(SectorError, OSError):
+            await self.node.pool.call(addr, "cache.drop", {"blobs": blobs}, timeout=5.0)
+
+    @typed(m.Leave)
+    async def _h_leave(self, req: m.Leave) -> Any:
+        self.tracker.leave(check_blob_id(req.blob), req.peer)
+        return None
+
+    @typed(m.Interest)
+    async def _h_interest(self, req: m.Interest) -> Any:
+        blob = check_blob_id(req.blob)
+        return {"others": self.tracker.interest(blob, req.reader, time.monotonic())}
+
+    @typed(m.Forget)
+    async def _h_forget(self, req: m.Forget) -> Any:
+        blob = check_blob_id(req.blob)
+        refs = self.tracker.forget(blob)
+        self.cache.drop(blob)
+        await asyncio.gather(*(self._drop_at(r.addr, [blob]) for r in refs))
+        return {"dropped_at": len(refs)}
+
+    async def forget(self, path: str, blob: str) -> None:
+        """The blob of ``path`` is gone (replaced or removed): tell its tracker, which
+        has the caches that fetched it drop it (best effort)."""
+        self.cache.drop(blob)
+        with contextlib.suppress(SectorError, OSError):
+            await self.track(path, "swarm.forget", to_args(m.Forget(path=path, blob=blob)))
+
+    # ------------------------------------------------------------------ serving peers
+
+    @typed(m.PieceList)
+    async def _h_pieces(self, req: m.PieceList) -> Any:
+        blob = check_blob_id(req.blob)
+        if self.node.blobs.exists(blob):
+            if req.piece_size:  # (0: the stored list, whatever its piece size)
+                _check_pieces(self.node.blobs.size(blob), req.piece_size)
+            loop = asyncio.get_running_loop()
+            pl = await loop.run_in_executor(
+                self.io, self.node.blobs.piece_list, blob, req.piece_size or None
+            )
+            return {"size": pl.size, "piece_size": pl.piece_size, "digests": pl.digests}
+        e = self.cache.get(blob)
+        if e is not None and e.complete and req.piece_size in (0, e.piece_size):
+            return {"size": e.size, "piece_size": e.piece_size, "digests": e.digests}
+        raise NotFound(f"blob {blob} is not on this node")
+
+    def _open_source(self, blob: str, size: int, ps: int) -> tuple[IO[bytes] | None, int, bool]:
+        """The file to serve ``blob``'s pieces from, the pieces it has, and whether it
+        is a cached copy."""
+        full = (1 << pieces.count(size, ps)) - 1
+        with contextlib.suppress(SectorError, OSError):
+            f = self.node.blobs.open(blob)
+            if os.fstat(f.fileno()).st_size == size:
+                return f, full, False
+            f.close()
+        for _ in range(2):  # a fetch sealed between the lookup and the open: once more
+            e = self.cache.get(blob)
+            if e is None or e.dropped or e.size != size or e.piece_size != ps:
+                break
+            with contextlib.suppress(OSError):
+                return open(self.cache.open(e), "rb"), e.have & full, True
+        return None, 0, False
+
+    @typed(m.Pieces)
+    async def _h_piece(self, req: m.Pieces, chan: BulkChannel) -> Any:
+        blob = check_blob_id(req.blob)
+        ps, size = req.piece_size, req.size
+        _check_pieces(size, ps)
+        f, have, cached = self._open_source(blob, size, ps)
+        sent = [i for i in req.pieces if have >> i & 1]
+        try:
+            await chan.write(codec.reply(1, {"pieces": sent}))
+            for i in sent:
+                n = pieces.piece_len(i, size, ps)
+                await self.pace.take(n)
+                assert f is not None
+                await bulk.send_file(chan, f, i * ps, n)
+                self.counters["pieces_served"] += 1
+                self.counters["bytes_served"] += n
+                if cached:
+                    self.counters["bytes_served_from_cache"] += n
+        finally:
+            if f is not None:
+                f.close()
+        return None
+
+    @typed(m.CacheDrop)
+    async def _h_drop(self, req: m.CacheDrop) -> Any:
+        blobs = [check_blob_id(b) for b in req.blobs]
+        return {"dropped": sum(1 for b in blobs if self.cache.drop(b))}
+
+    # ------------------------------------------------------------------ clients
+
+    @typed(m.Want)
+    async def _h_want(self, req: m.Want) -> Any:
+        path = rec.normalize(req.path)
+        guard.read(path)
+        blob = check_blob_id(req.blob)
+        if self.node.blobs.exists(blob):
+            return {"serve": False, "why": "holder"}
+        if self.cache.lookup(path, blob) is not None:
+            return {"serve": True, "why": "cached"}
+        reader = f"{self.me.id}:{req.reader}"
+        args = to_args(m.Interest(blob=blob, reader=reader))
+        try:
+            rep = await self.track(path, "swarm.interest", args)
+            others = int(rep["others"])
+        except (SectorError, KeyError, TypeError, ValueError):
+            return {"serve": False, "why": "quiet"}
+        return {"serve": others >= BUSY, "why": "busy" if others >= BUSY else "quiet"}
+
+    @typed(m.SwarmGet)
+    async def _h_get(self, req: m.SwarmGet, chan: BulkChannel) -> Any:
+        blob = check_blob_id(req.blob)
+        local = await self.fetch(req.path, blob=blob)
+        with open(local, "rb") as f:
+            n = os.fstat(f.fileno()).st_size
+            await chan.write(codec.reply(1, {"size": n, "total": n}))
+            await bulk.send_file(chan, f, 0, n)
+        self.counters["local_gets"] += 1
+        self.counters["local_get_bytes"] += n
+        return None
+
+    @typed(m.Fetch)
+    async def _h_fetch(self, req: m.Fetch) -> Any:
+        paths = [rec.normalize(p) for p in req.paths]
+        for p in paths:
+            guard.read(p)
+        if sum(1 for j in self._jobs.values() if j.ended is None) >= MAX_JOBS:
+            raise Unavailable("too many distribute jobs running on this node")
+        job = _Job(secrets.token_hex(8), paths)
+        self._jobs[job.id] = job
+        job.task = asyncio.create_task(self._run_job(job), name=f"swarm-job-{job.id}")
+        return {"job": job.id}
+
+    async def _run_job(self, job: _Job) -> None:
+        sem = asyncio.Semaphore(JOB_FILES_AT_ONCE)
+
+        async def one(path: str) -> None:
+            got = [0]
+
+            def progress(n: int) -> None:
+                got[0] += n
+                job.progress += n
+                job.fetched += n
+
+            async with sem:
+                try:
+                    r = await self.record(path)
+                    await self.fetch_record(r, progress)
+                except SectorError as exc:
+                    job.errors.append(f"{path}: {exc}")
+                    return
+                job.files += 1
+                job.bytes += r.size
+                job.progress += r.size - got[0]  # held here, or fetched by another
+
+        try:
+            await asyncio.gather(*(one(p) for p in job.paths))
+        finally:
+            job.ended = time.monotonic()
+
+    @typed(m.Job)
+    async def _h_job(self, req: m.Job) -> Any:
+        job = self._jobs.get(req.job)
+        if job is None:
+            raise NotFound(f"no distribute job {req.job} on this node (restarted?)")
+        return job.view()
+
+
+def _check_pieces(size: int, piece_size: int) -> None:
+    """A piece size a request may name: at most ``MAX_PIECES`` pieces of the file (a
+    list of 1-byte pieces of a large file would cost a hash per byte, and memory)."""
+    if pieces.count(size, piece_size) > pieces.MAX_PIECES:
+        raise BadRequest(f"{piece_size}-byte pieces of {size} bytes: more than {pieces.MAX_PIECES}")

@@ -1,0 +1,413 @@
+"""One swarm fetch: a file's blob into this node's cache, piece by piece, from the
+sources the file's tracker names (issue 14). The driver of ``swarm/schedule.Plan``.
+
+The steps:
+1. The piece list from a holder, checked against the record's root (``pieces``); a
+   record made before piece lists (no root) takes a holder's list, and the whole
+   file is checked against the record's checksum at the end instead.
+2. Room in the cache (``cache.begin``): a partial file, which serves its verified
+   pieces to peers from now on.
+3. Announce to the tracker (the join); its answer is the sources, with their have-sets.
+4. Requests (``swarm.piece``, bulk: ``sendfile`` on the serving side) to several
+   sources at once, several pieces each; every piece is hashed as it arrives and
+   checked against the list before it counts. A source that fails is dropped and
+   reported as failed, one that sends a corrupt piece is dropped and reported as bad
+   (the tracker has a holder's copy repaired, a peer's cache entry dropped); either
+   costs only the pieces it was sending, asked again elsewhere. The tracker is asked
+   again every ``ANNOUNCE`` seconds with the progress, and at once when a source is
+   lost or none has anything left to give.
+5. All pieces verified: the file moves into the cache, and a last announce makes this
+   node a seed.
+
+A fetch with nothing to ask for ``STALL`` seconds ends with ``Stalled``: the caller
+looks at the record again (the file may have been replaced; its old blob's holders
+delete it) and starts over on the new version, or fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import statistics
+import threading
+import time
+import zlib
+from collections import Counter, deque
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import blake3
+
+from sector.errors import (
+    ChecksumMismatch,
+    NoSpace,
+    SectorError,
+    TransportError,
+    Unavailable,
+    from_wire,
+)
+from sector.meta.records import FileRecord
+from sector.node.cache import Cache, Entry
+from sector.storage import pieces
+from sector.storage.blobs import checksum_file
+from sector.storage.pieces import PieceList
+from sector.swarm.messages import MAX_BATCH, Announce, Leave, Pieces
+from sector.swarm.messages import PieceList as ListReq
+from sector.swarm.schedule import Plan, Request, bits_from, bits_to
+from sector.swarm.tracker import Ref, Source
+from sector.transport import bulk
+from sector.transport.rpc import RpcPool
+from sector.wire.messages import to_args
+
+log = logging.getLogger("sector.swarm")
+
+ANNOUNCE = 0.25  # seconds between two progress announces while fetching
+STALL = 15.0  # seconds with nothing to ask of anyone before the record is looked at again
+PIECE_STALL = 10.0  # a piece stream silent this long fails its source
+# A request taking SLOW times what this fetch's median rate says it should (and at
+# least SLOW_MIN seconds) is given up: its pieces are asked elsewhere, and a slow peer
+# is not asked again by this fetch (a slow holder is: it may be the only one).
+SLOW = 4.0
+SLOW_MIN = 2.0
+# Bytes asked of a source in one request (at least one piece), and requests in flight
+# per source: what a source has been asked and not yet sent is at most ~512 KiB (two
+# 4 MiB pieces with the default size). Asked for more at once, one fast holder takes
+# a whole file's pieces before any peer has had time to get some (tried: 4 MiB
+# requests had five fetchers of a 2 MiB file take it all from its holder).
+BATCH_BYTES = 256 << 10
+PER_SOURCE = 2
+WINDOW_BYTES = 64 << 20  # bytes in flight in all
+
+
+class Stalled(Unavailable):
+    """No source had anything to give for ``STALL`` seconds."""
+
+
+class Dropped(Stalled):
+    """The blob was dropped from this cache during its fetch: its file was replaced or
+    removed (``cache.drop``). The caller looks at the record again, as for a stall."""
+
+
+class _Corrupt(Exception):
+    def __init__(self, piece: int) -> None:
+        super().__init__(f"piece {piece}")
+        self.piece = piece
+
+
+class FetchHost(Protocol):
+    """What a fetch needs from its node: its name, RPC, the cache, its counters, the
+    pool its copy loops run on, and the tracker of a path."""
+
+    @property
+    def me(self) -> Ref: ...
+    @property
+    def pool(self) -> RpcPool: ...
+    @property
+    def cache(self) -> Cache: ...
+    @property
+    def counters(self) -> Counter[str]: ...
+    @property
+    def pumps(self) -> Executor: ...
+
+    def topology_of(self, node_id: str) -> str: ...
+    async def track(self, path: str, op: str, args: dict[str, Any]) -> Any: ...
+
+
+class _At:
+    """A sink writing one piece's bytes at their place in the partial file. Writes
+    take the entry's lock, so a copy thread still running after its fetch ended (or
+    its request was given up, ``stop``) never writes through a descriptor that was
+    closed and perhaps reused, nor over a piece that came from elsewhere since."""
+
+    def __init__(self, e: Entry, lock: threading.Lock, offset: int, stop: threading.Event) -> None:
+        self.e, self.lock, self.offset, self.stop = e, lock, offset, stop
+
+    def write(self, data: memoryview) -> None:
+        with self.lock:
+            if self.e.fd is None or self.stop.is_set():
+                raise NoSpace(f"the fetch of {self.e.path} ended")
+            view = memoryview(data)
+            while view:
+                n = os.pwrite(self.e.fd, view, self.offset)
+                view, self.offset = view[n:], self.offset + n
+
+
+@dataclass(slots=True)
+class _Flight:
+    """A request under way: when it started, how many bytes it asked for."""
+
+    req: Request
+    started: float
+    nbytes: int
+    stop: threading.Event = field(default_factory=threading.Event)
+
+
+class Fetcher:
+    """The fetch of record ``r``'s blob into the cache (module steps)."""
+
+    def __init__(
+        self, host: FetchHost, r: FileRecord, progress: Callable[[int], None] | None = None
+    ) -> None:
+        self.host = host
+        self.r = r
+        self.progress = progress
+        self.holders = [Ref(nid, addr, host.topology_of(nid)) for nid, addr in r.replicas]
+        self.failed: set[str] = set()  # sources to report as failed at the next announce
+        self.bad: set[str] = set()  # ... as bad (a corrupt piece)
+        self.banned: set[str] = set()  # never asked again by this fetch
+        self.lock = threading.Lock()
+        self.n = 0
+        self.rates: deque[float] = deque(maxlen=16)  # bytes/s of whole requests
+
+    async def run(self) -> Entry:
+        r, host = self.r, self.host
+        pl = await self._piece_list()
+        self.n = pieces.count(r.size, pl.piece_size)
+        e = host.cache.begin(r.blob, r.path, r.size, r.checksum, pl)
+        try:
+            await self._loop(e, pl)
+            if not r.pieces:  # a record without a root: the whole file is checked
+                await asyncio.to_thread(_check_whole, e, r.checksum)
+            with self.lock:
+                if e.dropped:
+                    raise Dropped(f"{e.path} changed during its fetch (blob {e.blob} dropped)")
+                host.cache.seal(e)
+        except BaseException:
+            with self.lock:
+                host.cache.abort(e)
+            _spawn(self._leave())
+            raise
+        with contextlib.suppress(SectorError):
+            await self._announce(Plan(self.n, batch=1), done=True)  # a seed now
+        host.counters["fetches"] += 1
+        return e
+
+    # ------------------------------------------------------------------ steps
+
+    async def _piece_list(self) -> PieceList:
+        """Step 1."""
+        r = self.r
+        for h in self.holders:
+            args = to_args(ListReq(blob=r.blob, piece_size=r.piece_size))
+            try:
+                rep = await self.host.pool.call(h.addr, "swarm.pieces", args, timeout=30.0)
+                pl = PieceList(int(rep["size"]), int(rep["piece_size"]), bytes(rep["digests"]))
+            except (SectorError, KeyError, TypeError, ValueError) as exc:
+                log.info("piece list of %s from %s: %s", r.path, h.addr, exc)
+                continue
+            if not pl.valid() or pl.size != r.size:
+                continue
+            if r.pieces and (pl.root != r.pieces or pl.piece_size != r.piece_size):
+                log.warning("piece list of %s from %s does not match its record", r.path, h.addr)
+                continue
+            return pl
+        raise Unavailable(f"no holder of {r.path} gave its piece list")
+
+    async def _loop(self, e: Entry, pl: PieceList) -> None:
+        """Steps 3 and 4."""
+        n = self.n
+        batch = max(1, min(MAX_BATCH, BATCH_BYTES // pl.piece_size))
+        window = max(batch, WINDOW_BYTES // pl.piece_size)
+        start = zlib.crc32(self.host.me.id.encode()) % max(1, n)
+        plan = Plan(n, batch=batch, per_source=PER_SOURCE, window=window, start=start)
+        flights: dict[asyncio.Task[None], _Flight] = {}
+        await self._announce(plan)
+        next_announce = time.monotonic() + ANNOUNCE
+        quiet_since = time.monotonic()
+        backoff = 0.05
+        try:
+            while not plan.done:
+                if e.dropped:
+                    raise Dropped(f"{e.path} changed during its fetch (blob {e.blob} dropped)")
+                for req in plan.next():
+                    size = sum(pieces.piece_len(i, self.r.size, pl.piece_size) for i in req.pieces)
+                    f = _Flight(req, time.monotonic(), size)
+                    flights[asyncio.create_task(self._request(plan, e, pl, f))] = f
+                if plan.done:
+                    break
+                now = time.monotonic()
+                if not flights:
+                    if now - quiet_since > STALL:
+                        raise Stalled(f"{e.path}: no source had a piece to give for {STALL:g} s")
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 1.0)
+                    await self._announce(plan)
+                    continue
+                backoff, quiet_since = 0.05, now
+                done, _ = await asyncio.wait(
+                    flights, timeout=max(0.0, next_announce - now), return_when="FIRST_COMPLETED"
+                )
+                for t in done:
+                    del flights[t]
+                    if not t.cancelled():
+                        t.result()  # a local failure (the disk) ends the fetch
+                self._give_up_slow(plan, flights)
+                if time.monotonic() >= next_announce or self.failed or self.bad:
+                    await self._announce(plan)
+                    next_announce = time.monotonic() + ANNOUNCE
+        finally:
+            for t, f in flights.items():
+                f.stop.set()
+                t.cancel()
+            await asyncio.gather(*flights, return_exceptions=True)
+
+    def _give_up_slow(self, plan: Plan, flights: dict[asyncio.Task[None], _Flight]) -> None:
+        """Requests far slower than this fetch's median (``SLOW``) are given up."""
+        if len(self.rates) < 3:
+            return
+        rate = statistics.median(self.rates)
+        now = time.monotonic()
+        for t, f in flights.items():
+            if f.stop.is_set() or now - f.started <= max(SLOW_MIN, SLOW * f.nbytes / rate):
+                continue
+            log.info("pieces of %s from %s: too slow, asked elsewhere", self.r.path, f.req.addr)
+            self.host.counters["slow_requests"] += 1
+            f.stop.set()
+            t.cancel()
+            if not any(h.id == f.req.source for h in self.holders):
+                self.banned.add(f.req.source)
+                plan.drop(f.req.source)
+
+    async def _announce(self, plan: Plan, *, done: bool = False) -> None:
+        """Tell the tracker where this fetch stands; take its sources. Without a
+        tracker (its node unreachable) the holders are the sources."""
+        me = self.host.me
+        have = plan.full if done else plan.have
+        req = Announce(
+            path=self.r.path,
+            blob=self.r.blob,
+            pieces=self.n,
+            have=bits_to(have, self.n),
+            me=[me.id, me.addr, me.topology],
+            holders=[[h.id, h.addr, h.topology] for h in self.holders][:16],
+            failed=sorted(self.failed)[:64],
+            bad=sorted(self.bad)[:64],
+        )
+        try:
+            rep = await self.host.track(self.r.path, "swarm.announce", to_args(req))
+            srcs = [_source(x, self.n) for x in rep["sources"]]
+            rank, of = rep.get("stripe") or (0, 1)
+            plan.set_stripe(int(rank), int(of))
+            self.failed.clear()
+            self.bad.clear()
+        except (SectorError, KeyError, TypeError, ValueError) as exc:
+            if done:
+                raise SectorError(f"tracker of {self.r.path}: {exc}") from None
+            log.info("tracker of %s: %s; fetching from the holders", self.r.path, exc)
+            srcs = [
+                Source(h.id, h.addr, None, True) for h in self.holders if h.id not in self.failed
+            ]
+        plan.set_sources([s for s in srcs if s.id not in self.banned and s.id != me.id])
+
+    async def _leave(self) -> None:
+        args = to_args(Leave(blob=self.r.blob, peer=self.host.me.id))
+        with contextlib.suppress(SectorError):
+            await self.host.track(self.r.path, "swarm.leave", args)
+
+    async def _request(self, plan: Plan, e: Entry, pl: PieceList, f: _Flight) -> None:
+        """One request to one source (step 4)."""
+        r, ps, req = self.r, pl.piece_size, f.req
+        got: list[int] = []
+        sent: list[int] = []
+        args = to_args(Pieces(blob=r.blob, piece_size=ps, size=r.size, pieces=req.pieces))
+        try:
+            chan = await self.host.pool.open_bulk(
+                req.addr, "swarm.piece", args, stall_timeout=PIECE_STALL
+            )
+            try:
+                head = await chan.read_frame()
+                if head.e is not None:
+                    raise from_wire(head.e)
+                sent = _sent(head.r, req.pieces)
+                for i in sent:
+                    h = blake3.blake3()
+                    await bulk.recv(
+                        chan,
+                        pieces.piece_len(i, r.size, ps),
+                        _At(e, self.lock, i * ps, f.stop),
+                        hasher=h,
+                        executor=self.host.pumps,
+                        what=f"piece {i} of {r.path} from {req.addr}",
+                    )
+                    if h.digest() != pl.of(i):
+                        raise _Corrupt(i)
+                    if f.stop.is_set():  # given up meanwhile: its pieces went elsewhere
+                        return
+                    plan.got(i)
+                    e.have |= 1 << i
+                    got.append(i)
+                    self._count(pieces.piece_len(i, r.size, ps), req.source)
+            finally:
+                await chan.close()
+            plan.lacks(req.source, [i for i in req.pieces if i not in sent])
+            if len(sent) == len(req.pieces):
+                self.rates.append(f.nbytes / max(1e-3, time.monotonic() - f.started))
+        except _Corrupt as exc:
+            log.warning(
+                "corrupt piece %d of %s (blob %s) from %s: dropped as a source, reported",
+                exc.piece,
+                r.path,
+                r.blob,
+                req.addr,
+            )
+            self.host.counters["bad_pieces"] += 1
+            self.bad.add(req.source)
+            self.banned.add(req.source)
+            plan.drop(req.source)
+        except SectorError as exc:
+            log.info("pieces of %s from %s failed: %s", r.path, req.addr, exc)
+            if isinstance(exc, TransportError):
+                self.failed.add(req.source)
+            self.banned.add(req.source)
+            plan.drop(req.source)
+        finally:
+            plan.give_back([i for i in req.pieces if i not in got])
+            plan.finished(req.source)
+
+    def _count(self, n: int, source: str) -> None:
+        c = self.host.counters
+        c["pieces_fetched"] += 1
+        c["bytes_fetched"] += n
+        if any(h.id == source for h in self.holders):
+            c["bytes_from_holders"] += n
+        else:
+            c["bytes_from_peers"] += n
+        if self.progress is not None:
+            self.progress(n)
+
+
+def _source(x: Any, n: int) -> Source:
+    sid, addr, have, holder = x
+    return Source(
+        str(sid), str(addr), None if have is None else bits_from(bytes(have), n), bool(holder)
+    )
+
+
+def _sent(head: Any, asked: list[int]) -> list[int]:
+    """The pieces a source says follow: a subset of those asked, in their order."""
+    got = head.get("pieces") if isinstance(head, dict) else None
+    if not isinstance(got, list) or not all(isinstance(i, int) for i in got):
+        raise SectorError("malformed swarm.piece header")
+    want = set(asked)
+    if any(i not in want for i in got) or got != sorted(got, key=asked.index):
+        raise SectorError("swarm.piece sent pieces that were not asked for")
+    return got
+
+
+def _check_whole(e: Entry, checksum: str) -> None:
+    """A file whose record has no piece root, checked whole (blocking)."""
+    if checksum_file(e.file) != checksum:
+        raise ChecksumMismatch(f"{e.path}: the fetched copy does not match its checksum")
+
+
+_bg: set[asyncio.Task[None]] = set()
+
+
+def _spawn(coro: Any) -> None:
+    task = asyncio.ensure_future(coro)
+    _bg.add(task)
+    task.add_done_callback(_bg.discard)

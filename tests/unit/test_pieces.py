@@ -1,0 +1,131 @@
+"""Piece lists (issue 14): sizes, hashing in any chunking, the list beside each blob,
+and its recomputation when it is missing, torn or of another piece size."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import blake3
+import msgspec
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sector.storage import pieces
+from sector.storage.blobs import BlobStore, checksum_of, new_blob_id
+
+
+def by_hand(data: bytes, ps: int) -> bytes:
+    return b"".join(blake3.blake3(data[i : i + ps]).digest() for i in range(0, len(data), ps))
+
+
+def test_piece_size_keeps_files_under_the_piece_cap() -> None:
+    assert pieces.piece_size_for(0) == pieces.PIECE
+    assert pieces.piece_size_for(1 << 30) == 4 << 20  # 256 pieces
+    assert pieces.piece_size_for(8 << 30) == 4 << 20  # 2048 exactly
+    assert pieces.piece_size_for((8 << 30) + 1) == 8 << 20
+    assert pieces.piece_size_for(64 << 30) == 32 << 20
+    assert pieces.piece_size_for(10, base=1) == pieces.MIN_PIECE  # a floor on tiny pieces
+    for size in (1, 4 << 20, 5 << 30, 100 << 30):
+        ps = pieces.piece_size_for(size)
+        assert pieces.count(size, ps) <= pieces.MAX_PIECES
+    assert pieces.count(0, 4) == 0
+    assert [pieces.piece_len(i, 10, 4) for i in range(3)] == [4, 4, 2]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    data=st.binary(min_size=0, max_size=5000),
+    ps=st.sampled_from([16, 64, 1000, 4096]),
+    cuts=st.lists(st.integers(min_value=0, max_value=5000), max_size=8),
+)
+def test_hasher_gives_the_same_list_whatever_the_chunks(
+    data: bytes, ps: int, cuts: list[int]
+) -> None:
+    h = pieces.PieceHasher(ps)
+    last = 0
+    for c in sorted(c for c in cuts if c <= len(data)):
+        h.update(data[last:c])
+        last = c
+    h.update(data[last:])
+    assert h.digests() == by_hand(data, ps)
+    assert h.digests() == by_hand(data, ps)  # idempotent
+
+
+def test_list_round_trip_and_validity() -> None:
+    data = os.urandom(10_000)
+    pl = pieces.PieceList(len(data), 4096, by_hand(data, 4096))
+    assert pl.valid() and pieces.decode(pieces.encode(pl)) == pl
+    assert pl.root == "blake3:" + blake3.blake3(pl.digests).hexdigest()
+    assert pl.of(2) == blake3.blake3(data[8192:]).digest()
+    torn = pieces.encode(pl)[:-5]
+    assert pieces.decode(torn) is None
+    assert pieces.decode(pieces.encode(pieces.PieceList(10_000, 4096, b"x" * 32))) is None
+
+
+def _put(s: BlobStore, data: bytes) -> str:
+    b = new_blob_id()
+    w = s.writer(b, len(data), "/f")
+    for i in range(0, len(data), 7000):
+        w.write(data[i : i + 7000])
+    w.commit(checksum_of(data))
+    s.committed(w)
+    return b
+
+
+def test_a_sealed_blob_has_its_list_beside_it_and_it_goes_with_it(tmp_path: Path) -> None:
+    s = BlobStore(tmp_path)
+    s.piece_base = 16 << 10
+    data = os.urandom(100_000)
+    b = _put(s, data)
+    side = s.path(b).with_name(b + pieces.SUFFIX)
+    assert side.exists()
+    pl = s.piece_list(b)
+    assert pl.piece_size == 16 << 10 and pl.digests == by_hand(data, 16 << 10)
+    assert s.sizes() == {b: len(data)}  # the list is no blob
+    s.delete(b)
+    assert not side.exists()
+
+
+def test_adopt_makes_the_list_in_the_same_pass(tmp_path: Path) -> None:
+    s = BlobStore(tmp_path)
+    s.piece_base = 16 << 10
+    data = os.urandom(50_000)
+    (tmp_path / "job").mkdir()
+    src = tmp_path / "job" / "out.bin"
+    src.write_bytes(data)
+    b = new_blob_id()
+    _, checksum = s.adopt(src, b, "/o")
+    assert checksum == checksum_of(data)
+    assert s.piece_list(b).digests == by_hand(data, 16 << 10)
+
+
+def test_a_missing_torn_or_other_sized_list_is_recomputed(tmp_path: Path) -> None:
+    s = BlobStore(tmp_path)
+    s.piece_base = 16 << 10
+    data = os.urandom(70_000)
+    b = _put(s, data)
+    side = s.path(b).with_name(b + pieces.SUFFIX)
+    side.write_bytes(b"garbage")
+    assert s.piece_list(b).digests == by_hand(data, 16 << 10)
+    side.unlink()
+    assert s.piece_list(b).digests == by_hand(data, 16 << 10)
+    assert side.exists()  # stored again
+    other = s.piece_list(b, 32 << 10)
+    assert other.piece_size == 32 << 10 and other.digests == by_hand(data, 32 << 10)
+    assert not list((tmp_path / "tmp").iterdir())  # no temp file left behind
+
+
+def test_records_without_piece_fields_read_as_before() -> None:
+    from sector.meta import records as rec
+
+    r = rec.FileRecord(
+        path="/f", v=(1, 0, "a"), size=3, checksum="blake3:x", blob="b" * 32, replicas=[], rf=1
+    )
+    raw = rec.encode(r)
+    assert b"piece_size" not in raw and b"pieces" not in raw  # encoded as before
+    back = rec.decode(raw)
+    assert isinstance(back, rec.FileRecord) and (back.piece_size, back.pieces) == (0, "")
+    newer = msgspec.structs.replace(r, piece_size=16, pieces="blake3:r")
+    with_list = rec.decode(rec.encode(newer))
+    assert isinstance(with_list, rec.FileRecord) and with_list.pieces == "blake3:r"
