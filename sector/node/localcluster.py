@@ -141,14 +141,14 @@ def stop_cluster(directory: Path, timeout: float = STOP_TIMEOUT) -> int:
     for pid in live:
         _signal(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while (left := [p for p in live if _alive(p)]) and time.monotonic() < deadline:
+    while (left := [p for p in live if pid_alive(p)]) and time.monotonic() < deadline:
         time.sleep(POLL)
     for pid in left:
         # Its own session (start_new_session): the group also holds any worker
         # processes the node started, which must not outlive it.
         _signal(pid, signal.SIGKILL, group=True)
     deadline = time.monotonic() + 5.0
-    while any(_alive(p) for p in left) and time.monotonic() < deadline:
+    while any(pid_alive(p) for p in left) and time.monotonic() < deadline:
         time.sleep(POLL)
     _unlink(directory / "cluster.json")
     pointer = sector_home() / "current"
@@ -290,10 +290,12 @@ def _live_nodes(directory: Path) -> list[int]:
         pid = (_read_json(nj) or {}).get("pid")
         if isinstance(pid, int):
             candidates.setdefault(pid, nj.parent)
-    return [pid for pid, data in candidates.items() if _alive(pid) and _runs_node_of(pid, data)]
+    return [pid for pid, data in candidates.items() if pid_alive(pid) and _runs_node_of(pid, data)]
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Is ``pid`` a running process? A zombie is not (also used by
+    ``sector.testing.netns`` to tell a killed run's leftovers from a live run's)."""
     try:
         # Reap it if it is our own child (a test calling start/stop in-process),
         # otherwise a dead node would linger as a zombie that kill(0) sees alive.

@@ -4,8 +4,17 @@
 a bridge in the root namespace, which also gets an address so the test process can
 reach every host. Each host has its own IP address, so to Sector they are separate
 machines (placement's "never two copies on one host" keys on the IP). Everything is
-removed by ``close()``; names carry the creating pid so parallel test workers do not
-collide.
+removed by ``close()``; names carry a prefix (``sec`` unless told) and the creating
+pid, so parallel test workers do not collide, and ``remove_stale(prefix)`` can clear
+what a killed run of one user left behind (namespaces whose creator is gone, with the
+processes still in them) without touching anyone else's.
+
+Link speed: ``shape(rate)`` puts a token-bucket filter (``tc tbf``) on both ends of
+each host's veth, so every host has a full-duplex link of ``rate`` bits/s into the
+bridge: egress of the host's side shapes what it sends, egress of the bridge's side
+what it receives (no ifb needed). ``iperf(a, b)`` measures one TCP stream between two
+hosts (iperf3 must be installed). ``kill(i)`` SIGKILLs every process in host i: a
+host that dies at once.
 
 Network faults are nftables rules *inside* the hosts' namespaces (one table,
 ``inet sectorpart``, per namespace, replaced atomically by each call):
@@ -22,30 +31,62 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterable, Sequence
 
+from sector.node.localcluster import pid_alive
+
 TABLE = "sectorpart"  # the nftables table (family inet) that holds a host's fault rules
+# Token bucket of shape(): the burst lets a 100 Mbit/s link take a few packets at line
+# speed (32 KB is 2.6 ms at 100 Mbit/s, ~3% of a 1 MB transfer); the 20 ms of queue
+# absorb the bursts of a veth (which sends GSO packets at memory speed) without drops.
+# Measured here, one TCP stream over a 100 Mbit/s link then gets 95.6 Mbit/s with no
+# retransmits (10 ms: 95.3 with ~2,000 retransmits in 5 s; 1448 bytes of payload in
+# 1514 on the wire cap it at 95.7).
+TBF_BURST = 32 * 1024
+TBF_LATENCY = 0.020
 
 
 def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
 
 
+def _tc(*args: str, wrap: list[str] | None = None) -> str:
+    out = subprocess.run(
+        [*(wrap or []), "tc", *args], check=True, capture_output=True, text=True, timeout=30
+    )
+    return out.stdout
+
+
+def _netns_pids(name: str) -> list[int]:
+    out = subprocess.run(
+        ["ip", "netns", "pids", name], capture_output=True, text=True, check=False, timeout=30
+    )
+    return [int(p) for p in out.stdout.split() if p.isdigit()]
+
+
 class Hosts:
     _made_here = 0  # Hosts made by this process so far: a fresh name and subnet each
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, prefix: str = "sec") -> None:
+        if not re.fullmatch(r"[a-z]{1,3}", prefix):
+            raise ValueError(f"a host prefix is 1 to 3 lower-case letters, not {prefix!r}")
         # A namespace's veth pair goes away some time after ``netns del`` returns:
         # a second Hosts in the same process must not reuse the first one's names.
         seq = Hosts._made_here
         Hosts._made_here += 1
-        tag = f"{os.getpid() % 100000}{chr(ord('a') + seq % 26)}"
+        # The pid in every name is how remove_stale() knows a leftover from a live run.
+        tag = f"{prefix}{os.getpid()}{chr(ord('a') + seq % 26)}"
         self.subnet = f"10.{200 + os.getpid() % 50}.{(os.getpid() + 7 * seq) % 250}"
-        self.bridge = f"sbr{tag}"
-        self.names = [f"sec{tag}h{i}" for i in range(n)]
+        self.bridge = f"{tag}br"
+        self.names = [f"{tag}h{i}" for i in range(n)]
         self.ips = [f"{self.subnet}.{i + 1}" for i in range(n)]
+        # (bridge side, host side) of each host's veth pair
+        self.links = [(f"{tag}o{i}", f"{tag}i{i}") for i in range(n)]
         self._made: list[str] = []
         try:
             _ip("link", "add", self.bridge, "type", "bridge")
@@ -53,7 +94,7 @@ class Hosts:
             _ip("addr", "add", f"{self.subnet}.254/24", "dev", self.bridge)
             _ip("link", "set", self.bridge, "up")
             for i, (ns, ip) in enumerate(zip(self.names, self.ips, strict=True)):
-                outside, inside = f"sv{tag}o{i}", f"sv{tag}i{i}"
+                outside, inside = self.links[i]
                 _ip("netns", "add", ns)
                 self._made.append(ns)
                 _ip("link", "add", outside, "type", "veth", "peer", "name", inside)
@@ -70,6 +111,128 @@ class Hosts:
     def wrap(self, i: int) -> list[str]:
         """The command prefix that runs a program on host i."""
         return ["ip", "netns", "exec", self.names[i]]
+
+    # ------------------------------------------------------------------ links
+
+    def shape(self, rate: float, burst: int = TBF_BURST, latency: float = TBF_LATENCY) -> None:
+        """Give every host a full-duplex link of ``rate`` bits/s: a tbf qdisc on the
+        egress of both ends of its veth (the host's end shapes what it sends, the
+        bridge's end what it receives). ``burst`` bytes may pass at once; a packet
+        waits at most ``latency`` seconds in the queue, then is dropped. Replaces any
+        shaping in place."""
+        spec = [
+            "tbf",
+            *("rate", f"{int(rate)}bit"),
+            *("burst", str(int(burst))),
+            *("latency", f"{int(latency * 1e6)}us"),
+        ]
+        for i, (outside, inside) in enumerate(self.links):
+            _tc("qdisc", "replace", "dev", outside, "root", *spec)
+            _tc("qdisc", "replace", "dev", inside, "root", *spec, wrap=self.wrap(i))
+
+    def unshape(self) -> None:
+        """Remove the links' qdiscs (back to the veth's default: no limit)."""
+        for i, (outside, inside) in enumerate(self.links):
+            with contextlib.suppress(subprocess.CalledProcessError):
+                _tc("qdisc", "del", "dev", outside, "root")
+            with contextlib.suppress(subprocess.CalledProcessError):
+                _tc("qdisc", "del", "dev", inside, "root", wrap=self.wrap(i))
+
+    def qdiscs(self, i: int) -> str:
+        """What ``tc -s qdisc`` says of host i's link, both ends (drops, backlog)."""
+        outside, inside = self.links[i]
+        out = _tc("-s", "qdisc", "show", "dev", outside)
+        return out + _tc("-s", "qdisc", "show", "dev", inside, wrap=self.wrap(i))
+
+    def iperf(self, src: int, dst: int, seconds: float = 5.0, port: int = 5201) -> dict[str, float]:
+        """One TCP stream from host ``src`` to host ``dst`` with iperf3 (installed):
+        bits/s received, and the sender's retransmits."""
+        server = subprocess.Popen(
+            [*self.wrap(dst), "iperf3", "-s", "-B", self.ips[dst], "-p", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            # The server takes a moment to listen: the client retries until it answers.
+            deadline = time.monotonic() + 15
+            cmd = ["iperf3", "-J", "-c", self.ips[dst], "-p", str(port), "-t", f"{seconds:g}"]
+            while True:
+                client = subprocess.run(
+                    [*self.wrap(src), *cmd],
+                    capture_output=True,
+                    text=True,
+                    timeout=seconds + 30,
+                    check=False,
+                )
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    end = json.loads(client.stdout)["end"]
+                    return {
+                        "bits_per_second": float(end["sum_received"]["bits_per_second"]),
+                        "retransmits": float(end["sum_sent"].get("retransmits", 0)),
+                        "seconds": float(end["sum_received"]["seconds"]),
+                    }
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"iperf3 failed: {(client.stdout + client.stderr)[-500:]}")
+                time.sleep(0.1)
+        finally:
+            if server.poll() is None:
+                server.kill()
+            server.wait(10)
+
+    # ------------------------------------------------------------------ processes
+
+    def pids(self, i: int) -> list[int]:
+        """Every process running in host i's namespace."""
+        return _netns_pids(self.names[i])
+
+    def kill(self, i: int) -> list[int]:
+        """SIGKILL every process in host i (the host dies at once); the pids killed."""
+        pids = self.pids(i)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        return pids
+
+    @staticmethod
+    def remove_stale(prefix: str) -> list[str]:
+        """Remove what Hosts(prefix=...) of processes no longer alive left behind (a run
+        that was SIGKILLed): their namespaces, after SIGKILLing every process still in
+        them, and their bridges. Names of live creators are left alone. Returns the
+        names removed."""
+        pattern = re.compile(rf"{re.escape(prefix)}(\d+)[a-z](?:h\d+|br)")
+        removed: list[str] = []
+
+        def stale(name: str) -> bool:
+            m = pattern.fullmatch(name)
+            return m is not None and not pid_alive(int(m.group(1)))
+
+        netns = subprocess.run(
+            ["ip", "netns", "list"], capture_output=True, text=True, check=False, timeout=30
+        )
+        for line in netns.stdout.splitlines():
+            name = line.split()[0] if line.split() else ""
+            if stale(name):
+                for pid in _netns_pids(name):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                with contextlib.suppress(subprocess.SubprocessError, OSError):
+                    _ip("netns", "del", name)
+                    removed.append(name)
+        links = subprocess.run(
+            ["ip", "-o", "link", "show", "type", "bridge"],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=30,
+        )
+        for line in links.stdout.splitlines():
+            parts = line.split(":")
+            name = parts[1].strip().split("@")[0] if len(parts) > 1 else ""
+            if stale(name):
+                with contextlib.suppress(subprocess.SubprocessError, OSError):
+                    _ip("link", "del", name)
+                    removed.append(name)
+        return removed
 
     # ------------------------------------------------------------------ faults
 
@@ -174,6 +337,11 @@ class Hosts:
                 if ns == "bridge":
                     _ip("link", "del", self.bridge)
                 else:
+                    # A process left in a namespace would keep it (and its veth) alive
+                    # after ``netns del``: whatever still runs in a host goes with it.
+                    for pid in _netns_pids(ns):
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(pid, signal.SIGKILL)
                     _ip("netns", "del", ns)  # takes its veth pair with it
         self._made.clear()
 
