@@ -23,9 +23,10 @@ the time one link needs for the file at R = the iperf3 rate measured on this tes
 
     sector       ``sector get --cluster <own node> PATH DEST`` on every host, run by the
                  CLI's own ``main`` in a process that imported it before the barrier.
-                 Until swarm distribution lands this is the plain get (each host reads
-                 one of the file's R = 3 replicas); once `sector get` joins a swarm
-                 when the file is busy, the same row measures that, unchanged
+                 Whatever the get does is measured: before swarm distribution each
+                 host read one of the file's R = 3 replicas; with it (issue 14) a get
+                 of a busy file goes through the reader's node, which joins the
+                 file's swarm
     sector-cli   the same as the real command: a ``sector get`` process started on
                  every host at the barrier (interpreter start-up included); only up to
                  ``--cli-up-to`` (16M), above which start-up is lost in the transfer
