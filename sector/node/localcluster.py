@@ -34,7 +34,7 @@ from sector.config import read_cluster_file, sector_home
 from sector.errors import ClusterError, SectorError, UsageError
 from sector.security import local as local_security
 
-START_TIMEOUT = 15.0  # per wave of nodes, until each has written node.json
+START_TIMEOUT = 45.0  # per wave of nodes, until each has written node.json (a busy host)
 READY_TIMEOUT = 30.0  # until status() reports every node "up"
 STOP_TIMEOUT = 15.0  # grace for a graceful leave before SIGKILL
 POLL = 0.1

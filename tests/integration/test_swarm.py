@@ -244,7 +244,10 @@ def test_a_replica_holder_serving_a_corrupt_piece_is_reported_and_repaired(
     cluster: ProcCluster, tmp_path: Path
 ) -> None:
     with cluster.connect() as c:
-        data, st = put_random(c, tmp_path, "/badholder/f.bin", 256 << 10, replicas=2)
+        # Four requests' worth (a request asks up to 256 KiB): with one request in
+        # flight per holder, both holders serve from the start. (At 256 KiB one holder
+        # took the whole file, the good one half the time, and nothing was reported.)
+        data, st = put_random(c, tmp_path, "/badholder/f.bin", 1 << 20, replicas=2)
         bad, good = (by_addr(cluster, r["address"]) for r in st["replicas"])
         copy = bad.data / "blobs" / st["blob"][:2] / st["blob"]
         flip_every_piece(copy)
