@@ -290,7 +290,7 @@ class SphereService(Worker):
             "node": me,
             "mode": req.mode,
             "nbuckets": nbuckets,
-            "batch": req.batch if seg.kind == "fixed" and isinstance(req.batch, int) else 0,
+            "batch": req.batch if isinstance(req.batch, int) else 0,  # spe: fixed records only
         }
         src = None
         if isinstance(seg, wire.DataSegment):
