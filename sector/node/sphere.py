@@ -291,6 +291,7 @@ class SphereService(Worker):
             "mode": req.mode,
             "nbuckets": nbuckets,
             "batch": req.batch if isinstance(req.batch, int) else 0,  # spe: fixed records only
+            "compress": req.compress is True and req.mode == "buckets",
         }
         src = None
         if isinstance(seg, wire.DataSegment):

@@ -37,6 +37,11 @@ Options (keyword-only; see ``options.job_options``):
               batches of at most this many bytes of its segment (their outputs
               appended to the same parts), so an engine's memory follows the batch,
               not the segment; only for a UDF that maps each record on its own
+    shuffle_compress  with a reduce: each map writes its bucket parts as zstd frames
+              (a fast level, ~1 GB/s a core) and the reduce decompresses them, so the
+              shuffle moves and stores fewer bytes -- worth it where the intermediate
+              data outgrows the page cache or the network, a cost where it does not
+              (default False; TeraSort turns it on from 2 GiB of input)
     speculate run a backup of a straggling segment elsewhere (default True)
     durable   fsync the output (default True); False for intermediate data that a
               later stage consumes and the job would recompute if lost

@@ -37,10 +37,11 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from sector.sphere import packed
 from sector.sphere.batch import normalize
 from sector.storage.blobs import open_nofollow
 
-__all__ = ["Bucket", "fits", "memory_limit", "write_output"]
+__all__ = ["Bucket", "fits", "memory_limit", "part_size", "write_output"]
 
 # A window of a part is mapped at an offset that is a multiple of this.
 _GRAIN = mmap.ALLOCATIONGRANULARITY
@@ -50,6 +51,14 @@ def memory_limit() -> int | None:
     """This process's memory limit (RLIMIT_DATA's soft limit, bytes), or None."""
     soft, _hard = resource.getrlimit(resource.RLIMIT_DATA)
     return None if soft == resource.RLIM_INFINITY or soft <= 0 else soft
+
+
+def part_size(path: Path, compressed: bool = False) -> int:
+    """A part's size in records' bytes: its file's, or its frames' raw sizes."""
+    if not compressed:
+        return os.stat(path).st_size
+    with open(open_nofollow(str(path)), "rb") as f:
+        return sum(raw for _, _, raw in packed.scan(f, os.fstat(f.fileno()).st_size))
 
 
 def fits(bucket: int, total: int, limit: int | None) -> str | None:
@@ -86,9 +95,11 @@ class Bucket:
         segment: int = 0,
         param: Any = None,
         node: str = "",
+        compressed: bool = False,
     ) -> None:
         self.files = list(files)
-        self.sizes = [os.stat(p).st_size for p in self.files]
+        self.compressed = compressed  # shuffle_compress: parts of zstd frames (packed)
+        self.sizes = [part_size(p, compressed) for p in self.files]
         self.nbytes = sum(self.sizes)
         self.spill_dir = spill_dir
         self.path = path
@@ -111,6 +122,9 @@ class Bucket:
         Empty parts are skipped. A view's map is closed when the next is asked for."""
         if chunk is not None and chunk < 1:
             raise ValueError(f"chunk must be at least 1 byte, not {chunk}")
+        if self.compressed:
+            yield from self._unpacked(chunk)
+            return
         for p, size in zip(self.files, self.sizes, strict=True):
             if size == 0:
                 continue
@@ -133,6 +147,19 @@ class Bucket:
                             view.release()
                             mm.close()
                     at += n
+
+    def _unpacked(self, chunk: int | None) -> Iterator[memoryview]:
+        """Compressed parts: each frame decompressed in turn (one batch's records for
+        this bucket), in windows of at most ``chunk`` bytes."""
+        for p in self.files:
+            with open(open_nofollow(str(p)), "rb") as f:
+                for fr in packed.scan(f, os.fstat(f.fileno()).st_size):
+                    f.seek(fr[0])
+                    raw = packed.unpack(f.read(fr[1]), (0, fr[1], fr[2]))
+                    step = len(raw) if chunk is None else chunk
+                    for at in range(0, len(raw), step or 1):
+                        yield memoryview(raw)[at : at + step]
+                    del raw
 
     def reader(self, chunk: int = 8 << 20) -> io.BufferedReader:
         """The parts as one binary file object, read sequentially (``chunk``-byte maps)."""

@@ -101,6 +101,7 @@ class AsyncJob:
                 digest=hashlib.blake2b(udf, digest_size=16).hexdigest(),
                 kind="fixed" if isinstance(spec, int) else spec,
                 record_size=spec if isinstance(spec, int) else 0,
+                compress=True if opts.get("shuffle_compress") else msgspec.UNSET,
             )
         self.phase = "starting"
         self.started = time.monotonic()
@@ -233,6 +234,12 @@ class AsyncJob:
         }
         if self.opts.get("mode") == "client":
             res["results"] = [r.get("data", b"") for r in ordered]
+        if self.opts.get("mode") == "buckets":
+            # The bytes the winning attempts' parts hold, as written and moved (less
+            # than bytes_out with shuffle_compress)
+            res["shuffle_bytes"] = sum(
+                sum(int(n) for n in (r.get("parts") or {}).values()) for r in ordered
+            )
         return res
 
     async def _cleanup(self, staged: bool) -> None:
@@ -402,6 +409,7 @@ class AsyncJob:
             nbuckets=len(m.bucket_node),
             buckets={str(b): m.addr[n] for b, n in m.bucket_node.items()},
             batch=self.opts.get("map_batch") or msgspec.UNSET,
+            compress=True if self.opts.get("shuffle_compress") else msgspec.UNSET,
         )
         try:
             await self.c.pool.call(m.addr[s.node], wire.RUN, wire.to_args(run), timeout=30)

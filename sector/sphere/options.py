@@ -36,6 +36,7 @@ def job_options(
     reduce: Callable[..., Any] | None = None,
     reduce_records: Any = "file",
     map_batch: int | None = None,
+    shuffle_compress: bool = False,
 ) -> dict[str, Any]:
     """Check a job's options; the mode follows from them (buckets > files > client)."""
     if reduce is not None:
@@ -70,6 +71,11 @@ def job_options(
             raise UsageError("map_batch needs fixed-size records (records=<bytes per record>)")
         if output is None:
             raise UsageError("map_batch needs an output (files or buckets)")
+    if not isinstance(shuffle_compress, bool):
+        raise UsageError(f"shuffle_compress must be True or False, not {shuffle_compress!r}")
+    if shuffle_compress and reduce is None:
+        # A bucket file is its parts as they are unless a reduce reads them.
+        raise UsageError("shuffle_compress needs a reduce (it reads the compressed parts)")
     if tasks is None and input is None:
         raise UsageError("a job needs an input (files, a directory or a glob) or tasks")
     if tasks is not None and input is not None:
@@ -101,4 +107,5 @@ def job_options(
         "reduce": reduce,
         "reduce_records": reduce_records,
         "map_batch": map_batch,
+        "shuffle_compress": shuffle_compress,
     }

@@ -32,8 +32,9 @@ from typing import Any, Protocol
 import cloudpickle
 import numpy as np
 
+from sector.sphere import packed
 from sector.sphere.batch import Batch, normalize, split
-from sector.sphere.bucket import Bucket, fits, memory_limit, write_output
+from sector.sphere.bucket import Bucket, fits, memory_limit, part_size, write_output
 from sector.sphere.segments import line_bounds
 from sector.storage.blobs import open_nofollow
 
@@ -218,9 +219,10 @@ def run_reduce(task: dict[str, Any]) -> dict[str, Any]:
     parts = [Path(p) for p in task["parts"]]
     if task["kind"] == "stream":
         return _run_stream(fn, param, parts, task, t0)
+    compressed = bool(task.get("compress"))
     try:
-        total = sum(os.stat(p).st_size for p in parts)
-    except OSError as exc:
+        total = sum(part_size(p, compressed) for p in parts)
+    except (OSError, ValueError) as exc:
         return {"error": f"cannot read the bucket's parts: {exc}"}
     why = fits(int(task.get("bucket", 0)), total, memory_limit())
     if why is not None:
@@ -228,8 +230,8 @@ def run_reduce(task: dict[str, Any]) -> dict[str, Any]:
     mm: mmap.mmap | None = None
     try:
         try:
-            data, mm = _read_parts(parts)
-        except OSError as exc:
+            data, mm = _read_parts(parts, compressed)
+        except (OSError, ValueError) as exc:
             return {"error": f"cannot read the bucket's parts: {exc}"}
         try:
             batch = Batch(
@@ -289,8 +291,9 @@ def _run_stream(
                 segment=int(task.get("bucket", 0)),
                 param=param,
                 node=task.get("node", ""),
+                compressed=bool(task.get("compress")),
             )
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
             return {"error": f"cannot read the bucket's parts: {exc}"}
         try:
             records, size = write_output(fn(seg), out)
@@ -307,9 +310,15 @@ def _run_stream(
         shutil.rmtree(spill, ignore_errors=True)
 
 
-def _read_parts(parts: list[Path]) -> tuple[memoryview | bytes, mmap.mmap | None]:
+def _read_parts(
+    parts: list[Path], compressed: bool = False
+) -> tuple[memoryview | bytes, mmap.mmap | None]:
     """A bucket's parts as one buffer: a map of a single part, else one read of each
-    into a buffer of their total size (no per-part Python bytes, no concat file)."""
+    into a buffer of their total size (no per-part Python bytes, no concat file).
+    Compressed parts (``packed``) are each read whole, then decompressed frame by frame
+    into their place in the buffer."""
+    if compressed:
+        return _unpack_parts(parts), None
     with contextlib.ExitStack() as stack:
         files = [stack.enter_context(open(open_nofollow(str(p)), "rb")) for p in parts]
         sizes = [os.fstat(f.fileno()).st_size for f in files]
@@ -328,6 +337,24 @@ def _read_parts(parts: list[Path]) -> tuple[memoryview | bytes, mmap.mmap | None
                 raise OSError(f"a bucket part changed size while read ({got} of {n} bytes)")
             at += n
         return view, None
+
+
+def _unpack_parts(parts: list[Path]) -> memoryview | bytes:
+    blobs = []
+    for p in parts:
+        with open(open_nofollow(str(p)), "rb") as f:
+            blobs.append(f.read())
+    total = sum(packed.raw_size(b) for b in blobs)
+    if total == 0:
+        return b""
+    view = np.empty(total, np.uint8).data
+    at = 0
+    blobs.reverse()
+    while blobs:  # each compressed part goes as soon as it is unpacked
+        at += packed.unpack_into(blobs.pop(), view[at:])
+    if at != total:
+        raise ValueError(f"the bucket's compressed parts held {at} bytes, not {total}")
+    return view
 
 
 def _read(task: dict[str, Any]) -> tuple[memoryview | bytes, mmap.mmap | None, int]:
@@ -366,6 +393,8 @@ class _Parts:
         self.outdir = Path(task["out"]) if self.mode in ("files", "buckets") else None
         self.parts: dict[str, int] = {}
         self.data: bytes | None = None
+        # shuffle_compress: each bucket's chunk goes to its part as one zstd frame
+        self.compress = bool(task.get("compress")) and self.mode == "buckets"
 
     def add(self, out: Any) -> None:
         if self.mode == "client":
@@ -385,6 +414,8 @@ class _Parts:
                     self._append(str(bucket), self.outdir / f"b{bucket}", chunk)
 
     def _append(self, key: str, path: Path, data: bytes | memoryview) -> None:
+        if self.compress:
+            data = packed.pack(data)
         if key not in self.parts:
             self.parts[key] = _write(path, data)
             return

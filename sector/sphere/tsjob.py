@@ -47,6 +47,12 @@ class Client(Protocol):
 BUCKET_BYTES = 64 << 20  # target size of a bucket (its sort holds it in memory)
 FILE_BYTES = 256 << 20  # default size of a generated file
 SEGMENT_BYTES = 256 << 20  # largest map segment (the parts grow with it, memory does not)
+# From this much input on, the shuffle's parts are compressed (``shuffle_compress``):
+# gensort records shrink 7.6x at zstd's fast level. Measured on 3 nodes here, paired
+# runs: at 4 GB the sort took 23.6 s against 28.1 s (26.1 against 34.6 in another
+# pair), the map phase a third shorter; at 1 GB, whose parts the page cache holds,
+# compressing only cost CPU (4.85 s against 4.09 s).
+COMPRESS_FROM = 2 << 30
 
 
 def gen_udf(seg: Batch) -> Any:
@@ -134,6 +140,7 @@ def sort(
         "buckets": buckets,
         "param": buckets,
         "map_batch": BUCKET_BYTES,
+        "shuffle_compress": total >= COMPRESS_FROM,
         "max_unit": min(SEGMENT_BYTES, max(1 << 20, total // (3 * engines))),
     }
     if stages == 1:
@@ -156,7 +163,7 @@ def sort(
             s1 = c.sphere.run(
                 bucket_udf,
                 src,
-                **by_key,
+                **{**by_key, "shuffle_compress": False},  # the parts are the bucket files
                 output=tmp,
                 replicas=1,
                 durable=False,  # intermediate: only stage 2 reads it; its output is fsynced

@@ -195,6 +195,8 @@ class Run(Request, frozen=True):
     # Fixed-size records only: the UDF is called on batches of at most this many bytes
     # of the segment, their outputs appended (0: the whole segment at once).
     batch: Annotated[int, Meta(ge=0, le=1 << 40)] | UnsetType = UNSET  # sent only if set
+    # shuffle_compress: the bucket parts are written as zstd frames (``packed``)
+    compress: bool | UnsetType = UNSET  # sent only if set
 
 
 class Poll(Request, frozen=True):
@@ -262,6 +264,7 @@ class Reduce(msgspec.Struct, kw_only=True, frozen=True):
     digest: Digest
     kind: Literal["file", "lines", "fixed", "stream"]  # stream: the parts, not loaded
     record_size: RecordSize = 0  # fixed: at least 1
+    compress: bool | UnsetType = UNSET  # the parts are zstd frames (``packed``)
 
 
 class Commit(Request, frozen=True):

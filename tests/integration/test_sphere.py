@@ -293,6 +293,80 @@ def test_map_batch_runs_the_udf_on_batches_and_appends_their_parts(
             c.sphere.run(echo_lines, "/mb/r.bin", output="/mb/o3", map_batch=4000)
 
 
+def sort_stream(seg: Any) -> Any:
+    recs = np.frombuffer(b"".join(bytes(v) for v in seg.parts()), np.uint8).reshape(-1, 16)
+    return recs[np.lexsort(recs.T[::-1])]
+
+
+def test_shuffle_compress_moves_fewer_bytes_and_reduces_the_same_records(
+    cluster: ProcCluster, tmp_path: Path
+) -> None:
+    """``shuffle_compress``: the parts are written and moved as zstd frames (the job's
+    ``shuffle_bytes`` is a fraction of the records' bytes on compressible records),
+    and each reduce -- whole-bucket, lines or stream -- sees exactly the records it
+    sees without it, over several batches (frames) per part."""
+    rng = np.random.default_rng(11)
+    recs = np.zeros((40000, 16), np.uint8)
+    recs[:, :3] = rng.integers(0, 255, size=(40000, 3), dtype=np.uint8)  # the rest: zeros
+    opts: dict[str, Any] = {
+        "records": 16,
+        "output": "/sc/out",
+        "buckets": 3,
+        "param": 3,
+        "min_unit": 160_000,
+        "max_unit": 160_000,
+        "map_batch": 40_000,
+    }
+    with sector.connect(cluster.address) as c:
+        _put(c, tmp_path, "/sc/r.bin", recs.tobytes())
+        want = {}
+        for b in range(3):
+            mine = recs[recs[:, 0] % 3 == b]
+            want[b] = mine[np.lexsort(mine.T[::-1])].tobytes()
+        for reduce, kind in ((sort_fixed, 16), (sort_stream, "stream")):
+            for on in (True, False):
+                out = f"/sc/{kind}-{on}"
+                res = c.sphere.run(
+                    first_byte_buckets,
+                    "/sc/r.bin",
+                    **{**opts, "output": out},
+                    reduce=reduce,
+                    reduce_records=kind,
+                    shuffle_compress=on,
+                ).wait()
+                assert res["segments"] == 4  # several parts a bucket, 4 frames each
+                if on:
+                    assert 0 < res["shuffle_bytes"] < len(recs.tobytes()) // 4
+                else:
+                    assert res["shuffle_bytes"] == len(recs.tobytes())
+                files = sorted(res["files"], key=lambda f: f["path"])
+                assert [c.read(f["path"]) for f in files] == [want[b] for b in range(3)]
+        # Lines: a word count whose reduce reads the decompressed lines.
+        text = b"".join(b"w%d x\n" % (i % 50) for i in range(20000))
+        _put(c, tmp_path, "/sc/t.txt", text)
+        wc = c.sphere.run(
+            count_words,
+            "/sc/t.txt",
+            records="lines",
+            output="/sc/wc",
+            buckets=2,
+            param=2,
+            reduce=sum_words_sorted,
+            reduce_records="lines",
+            shuffle_compress=True,
+            min_unit=64 << 10,
+            max_unit=64 << 10,
+        ).wait()
+        got: Counter[bytes] = Counter()
+        for f in wc["files"]:
+            for line in c.read(f["path"]).splitlines():
+                w, n = line.rsplit(b" ", 1)
+                got[w] += int(n)
+        assert got == Counter(text.split())
+        with pytest.raises(UsageError, match="shuffle_compress needs a reduce"):
+            c.sphere.run(first_byte_buckets, "/sc/r.bin", **opts, shuffle_compress=True)
+
+
 def test_lines_segments_cover_every_line_once(cluster: ProcCluster, tmp_path: Path) -> None:
     text = b"".join(b"line %06d %s\n" % (i, b"x" * (i % 97)) for i in range(40000))
     with sector.connect(cluster.address) as c:
