@@ -72,7 +72,8 @@ class Bucket:
 
     Attributes: ``files`` (the parts' paths, in segment order), ``sizes``, ``nbytes``
     (their total), ``kind`` ("stream"), ``segment`` (the bucket id), ``path`` (the
-    bucket file's), ``param``, ``node``, ``spill_dir``.
+    bucket file's), ``param``, ``node``, ``spill_dir``, ``required`` (the job's required
+    files: Sector path -> local path).
     """
 
     kind = "stream"
@@ -86,6 +87,7 @@ class Bucket:
         segment: int = 0,
         param: Any = None,
         node: str = "",
+        required: dict[str, str] | None = None,
     ) -> None:
         self.files = list(files)
         self.sizes = [os.stat(p).st_size for p in self.files]
@@ -95,6 +97,7 @@ class Bucket:
         self.segment = segment
         self.param = param
         self.node = node
+        self.required = dict(required or {})
 
     def __len__(self) -> int:
         return len(self.files)
