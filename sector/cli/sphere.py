@@ -37,6 +37,15 @@ def add_parsers(cmd: Callable[[str, str], argparse.ArgumentParser], common: Any)
         p.add_argument("--replicas", type=arg_type(positive_int), default=None)
         p.add_argument("--max-unit", type=arg_type(parse_size), default=None, metavar="BYTES")
         p.add_argument("--no-speculate", action="store_true", help="no backup attempts")
+        p.add_argument(
+            "--required-file",
+            action="append",
+            default=[],
+            dest="required_files",
+            metavar="PATH",
+            help="a Sector file (or directory) every engine sees in its working directory "
+            "(repeatable)",
+        )
 
     r = sub.add_parser("run", help="run MODULE:FUNCTION over INPUT", parents=[common])
     r.add_argument("udf", metavar="MODULE:FUNCTION")
@@ -140,6 +149,7 @@ def run(c: Any, args: argparse.Namespace) -> None:
         "buckets": args.buckets,
         "replicas": args.replicas,
         "speculate": not args.no_speculate,
+        "required_files": args.required_files,
     }
     if args.max_unit:
         opts["max_unit"] = args.max_unit

@@ -40,7 +40,7 @@ from typing import Any
 
 from sector.disco import inputs as inp
 from sector.disco.error import DiscoError, JobError
-from sector.disco.ship import pack
+from sector.disco.ship import pack, sector_files
 from sector.disco.worker.classic import tasks
 from sector.errors import JobFailed, NotFound, SectorError
 
@@ -192,6 +192,7 @@ def submit(job: Any, worker: Any, jobargs: dict[str, Any]) -> str:
         raise DiscoError(f"partitions must be from 0 to 65536, not {nparts}")
     meta = {"name": name, "master": master, "has_map": has_map, "merge": False}
     blob = pack(resolved, {**meta, "inputs": {}, "labels": {}})  # fails here if it cannot travel
+    sector_files(resolved.get("required_files"))  # a bad sector:// URL fails here too
     run = Run(name, master, has_map, has_reduce, job_input)
     with _lock:
         _runs[name] = run
@@ -255,6 +256,9 @@ def _drive(run: Run, worker: Any, meta: dict[str, Any], blob: bytes, nparts: int
         blob = pack(worker, meta)
         out = f"{jdir}/reduce" if run.has_reduce else f"{jdir}/map"
         opts: dict[str, Any] = {"records": "file", "output": out, "buckets": nbuckets}
+        required = sector_files(worker.get("required_files"))
+        if required:
+            opts["required_files"] = required  # fetched by the nodes (``ship``)
         if run.has_reduce:
             opts["reduce"] = functools.partial(tasks.reduce_udf, blob)
             opts["reduce_records"] = "stream"  # a partition larger than memory works

@@ -13,7 +13,11 @@ job is pickled. This is what Disco's ``modutil`` guessed and shipped as source.
 ``required_modules`` are imported on the nodes and made globals of the job's functions,
 as Disco does; a local one (not installed) travels as source, as does ``(name,
 path)``. ``required_files`` (paths, or a dict of name -> bytes) are written to a
-directory that is the task's working directory, and on ``sys.path``.
+directory that is the task's working directory, and on ``sys.path``. An entry of the
+list that is a ``sector://`` URL (``sector:///models/m.bin``; a host in it is ignored:
+the job's cluster holds the file) does not travel with the job: it becomes the Sphere
+job's ``required_files`` (``sector_files``), fetched by each node through its swarm
+and cache, and shown in the task's working directory under its base name all the same.
 
 On a node, ``Unpacked`` (a context manager) installs the modules, writes the files,
 unpickles the worker -- a fresh copy per task, so each task has its own ``params`` --
@@ -42,7 +46,9 @@ from sector.disco import util
 from sector.disco.error import DiscoError
 from sector.disco.util import flatten
 
-__all__ = ["Unpacked", "local_modules", "pack"]
+__all__ = ["Unpacked", "local_modules", "pack", "sector_files"]
+
+SECTOR = "sector://"
 
 _ROOTS: list[str] | None = None
 _WALK_MAX = 10_000  # items of a container that local_modules looks into
@@ -165,8 +171,25 @@ def _files(spec: Any) -> dict[str, bytes]:
         return {str(k): v if isinstance(v, bytes) else str(v).encode() for k, v in spec.items()}
     out = {}
     for path in spec:
+        if isinstance(path, str) and path.startswith(SECTOR):
+            continue  # the Sphere job's (``sector_files``)
         with open(path, "rb") as f:
             out[os.path.basename(path)] = f.read()
+    return out
+
+
+def sector_files(spec: Any) -> list[str]:
+    """The Sector paths of a job's ``required_files`` (its ``sector://`` entries)."""
+    if not spec or isinstance(spec, dict | str):
+        return []
+    out = []
+    for url in spec:
+        if isinstance(url, str) and url.startswith(SECTOR):
+            rest = url[len(SECTOR) :]
+            path = rest[rest.find("/") :] if "/" in rest else ""
+            if len(path) < 2:
+                raise DiscoError(f"required file {url!r}: no path (sector:///dir/file)")
+            out.append(path)
     return out
 
 
@@ -200,9 +223,17 @@ def pack(worker: Any, meta: dict[str, Any]) -> bytes:
 class Unpacked:
     """On a node: ``with Unpacked(blob) as (worker, meta):`` -- a task's own worker."""
 
-    def __init__(self, blob: bytes, names: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        blob: bytes,
+        names: dict[str, Any] | None = None,
+        required: dict[str, str] | None = None,
+    ) -> None:
         self.meta: dict[str, Any] = pickle.loads(blob)
         self.names = dict(names or {})  # globals every job function gets
+        # The Sphere job's required files (``seg.required``): the engine's working
+        # directory holds them; a task that makes a directory of its own links them in.
+        self.required = dict(required or {})
         self._saved_modules: dict[str, types.ModuleType | None] = {}
         self._cwd: str | None = None
         self._home: str | None = None
@@ -218,8 +249,14 @@ class Unpacked:
         meta = self.meta
         if meta["files"]:
             self._home = tempfile.mkdtemp(prefix="sector-disco-")
+            here = os.getcwd()
+            for local in self.required.values():
+                if os.path.dirname(local) == here:
+                    os.symlink(local, os.path.join(self._home, os.path.basename(local)))
             for name, data in meta["files"].items():
                 target = os.path.join(self._home, os.path.basename(name))
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(target)  # (a Sector file of that name: the shipped one wins)
                 with open(target, "wb") as f:
                     f.write(data)
             self._cwd = os.getcwd()

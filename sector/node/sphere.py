@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from sector.aio import Worker, wait_event
-from sector.errors import BadRequest, NotFound, PermissionDenied, SectorError
+from sector.errors import BadRequest, JobFailed, NotFound, PermissionDenied, SectorError
 from sector.ids import to_hex
 from sector.meta import records as rec
 from sector.meta.records import FileRecord
@@ -54,6 +54,9 @@ from sector.node.put import Namespace, PutHost, PutProtocol
 from sector.node.sphere_args import bucket_map, check_range, reduce_spec
 from sector.node.sphere_commit import Committer
 from sector.node.sphere_commit import plan as plan_commit
+from sector.node.sphere_files import FileFetcher, RequiredError
+from sector.node.sphere_files import check as check_required
+from sector.node.sphere_files import prepare as prepare_required
 from sector.node.sphere_input import SegmentInput
 from sector.node.sphere_shuffle import Shuffle
 from sector.security import guard
@@ -89,6 +92,8 @@ class JobState:
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     touched: float = field(default_factory=time.monotonic)
     owner: str | None = None  # the user whose driver runs the job (secure clusters)
+    # Its required files, fetched once for all its tasks here (``sphere_files``).
+    files: asyncio.Task[Path] | None = None
 
 
 class SphereHost(PutHost, Protocol):
@@ -102,6 +107,8 @@ class SphereHost(PutHost, Protocol):
     def host(self) -> str: ...
     @property
     def fs(self) -> Namespace: ...
+    @property
+    def swarm(self) -> FileFetcher: ...
 
 
 class SphereService(Worker):
@@ -139,7 +146,7 @@ class SphereService(Worker):
             node_id=to_hex(node.me.id),
             addr=node.addr,
         )
-        self.stats = {"attempts": 0, "failed": 0, "cancelled": 0}
+        self.stats = {"attempts": 0, "failed": 0, "cancelled": 0, "required_files": 0}
 
     def handlers(self) -> dict[str, Any]:
         return {
@@ -232,6 +239,8 @@ class SphereService(Worker):
         for t in j.attempts.values():
             if t.task is not None and not t.task.done():
                 t.task.cancel()
+        if j.files is not None:
+            j.files.cancel()
         self.jobs.pop(j.id, None)
         # A job's staged files can be gigabytes: move them aside at once (the job's
         # directory name is free again) and delete them on a thread, off the loop.
@@ -318,9 +327,14 @@ class SphereService(Worker):
                 src["checksum"] = r.checksum
                 src["holders"] = [ad for _, ad in r.replicas][:16]
                 src["local"] = me in {n for n, _ in r.replicas}
+        listed = req.required if isinstance(req.required, list) else []
+        required = check_required(listed)
         j = self._job_state(job, create=True)
         if attempt in j.attempts:
             return {"accepted": True, "duplicate": True}
+        if required:
+            self._fetch_required(j, listed)
+            task["required"] = required
         t = j.attempts[attempt] = Attempt(attempt, task["segment"])
         task["out"] = str(j.dir / f"a{attempt}")
         t.task = asyncio.create_task(
@@ -339,6 +353,8 @@ class SphereService(Worker):
         buckets: dict[int, str],
     ) -> None:
         try:
+            if j.files is not None:
+                task["files_dir"] = str(await asyncio.shield(j.files))
             if src is not None and task["size"] > 0:
                 task["file"] = os.path.abspath(await self.input.local_copy(src))
             writes = task["mode"] in ("files", "buckets")
@@ -352,6 +368,8 @@ class SphereService(Worker):
             raise
         except EngineDied as exc:
             res = {"error": str(exc), "retryable": exc.retryable}
+        except RequiredError as exc:
+            res = {"error": str(exc), "retryable": False}
         except (SectorError, OSError) as exc:
             res = {"error": f"cannot get the segment's data: {exc}", "retryable": True}
         except Exception as exc:  # a bug of ours: report it, keep the node up
@@ -368,6 +386,20 @@ class SphereService(Worker):
         res["attempt"], res["seg"] = t.id, t.seg
         t.result, t.state = res, "done"
         j.changed.set()
+
+    def _fetch_required(self, j: JobState, required: list[wire.Required]) -> asyncio.Task[Path]:
+        """The job's required files here: fetched by the first request that names them,
+        in its context (the fetches read as the job's user), awaited by every task."""
+        if j.files is None:
+            j.files = asyncio.create_task(self._required(j, required))
+            j.files.add_done_callback(_retrieved)
+        return j.files
+
+    async def _required(self, j: JobState, required: list[wire.Required]) -> Path:
+        files = sum(1 for r in required if not r.dir)
+        path = await prepare_required(self.node.swarm, j.dir, required, self.io)
+        self.stats["required_files"] += files
+        return path
 
     @typed(wire.Push)
     async def _h_push(self, req: wire.Push, chan: BulkChannel) -> Any:
@@ -464,7 +496,18 @@ class SphereService(Worker):
         stage = f"{STAGING}/{staging_owner(guard.user())}/{j.id}/"
         todo = plan_commit(j.dir, stage, req.items)
         reduce = reduce_spec(req.reduce)
-        return {"files": await self.commits.run(j.dir, todo, reduce, req.rf, req.durable)}
+        extra: dict[str, Any] = {}
+        if reduce is not None and isinstance(req.required, list) and req.required:
+            # The reduce sees the job's required files too (fetched here now if no map
+            # task of the job ran on this node).
+            extra["required"] = check_required(req.required)
+            fetching = self._fetch_required(j, req.required)
+            try:
+                extra["files_dir"] = str(await asyncio.shield(fetching))
+            except RequiredError as exc:
+                raise JobFailed(str(exc)) from None
+        files = await self.commits.run(j.dir, todo, reduce, req.rf, req.durable, extra)
+        return {"files": files}
 
     @typed(wire.Cleanup)
     async def _h_cleanup(self, req: wire.Cleanup) -> Any:
@@ -474,3 +517,9 @@ class SphereService(Worker):
             self._own(j)
             self._drop(j)
         return {"ok": True}
+
+
+def _retrieved(t: asyncio.Task[Path]) -> None:
+    """A job's required files failed: its tasks say so; the failure is not news here."""
+    if not t.cancelled():
+        t.exception()

@@ -117,8 +117,10 @@ class Committer:
         reduce: Reduce | None,
         rf: int | None,
         durable: bool,
+        extra: dict[str, Any] | None = None,
     ) -> list[dict[str, Any]]:
-        """Make every item's file; their descriptions, in the items' order."""
+        """Make every item's file; their descriptions, in the items' order. ``extra``:
+        more for each reduce's task (the job's required files)."""
         sem = asyncio.Semaphore(self.nengines if reduce else PLAIN_AT_ONCE)
         work = jdir / "commit"
         work.mkdir(exist_ok=True)
@@ -128,7 +130,7 @@ class Committer:
             if reduce is not None and it.bucket is not None:
                 out = jdir / "reduce" / f"f{i}"
                 async with sem:  # the engine's part; the next reduce starts as this stores
-                    await self._reduce(reduce, it.bucket, it.path, it.parts, out)
+                    await self._reduce(reduce, it.bucket, it.path, it.parts, out, extra or {})
                 return await self.puts.put_local(out, it.path, rf, io=self.io, durable=durable)
             async with sem:
                 if len(it.parts) == 1:
@@ -141,7 +143,13 @@ class Committer:
         return await gather_all(*(one(i, it) for i, it in enumerate(items)))
 
     async def _reduce(
-        self, spec: Reduce, bucket: int, path: str, parts: list[Path], out: Path
+        self,
+        spec: Reduce,
+        bucket: int,
+        path: str,
+        parts: list[Path],
+        out: Path,
+        extra: dict[str, Any],
     ) -> None:
         """Run the job's reduce over one bucket's parts in an engine, into ``out``."""
         task = {
@@ -151,6 +159,7 @@ class Committer:
             "path": path,
             "node": self.node_id,
             "out": str(out),
+            **extra,
         }
         stage = out.parent.parent.parent  # out is <staging>/<job>/reduce/f<i>
         try:

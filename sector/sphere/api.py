@@ -45,6 +45,13 @@ Options (keyword-only; see ``options.job_options``):
     speculate run a backup of a straggling segment elsewhere (default True)
     durable   fsync the output (default True); False for intermediate data that a
               later stage consumes and the job would recompute if lost
+    required_files   Sector paths (files or directories) every engine sees as local
+              files before its first segment: each node fetches each one once per job
+              (through the swarm and its cache) and copies it, read-only, into the
+              job's directory, the engines' working directory and first import path,
+              under its base name; ``seg.required`` maps each Sector path to its local
+              path (``sphere.required``, ``node/sphere_files``). A missing one fails the
+              job before it starts
 """
 
 from __future__ import annotations

@@ -53,7 +53,8 @@ class Batch:
     Attributes: ``data`` (read-only memoryview of the segment's bytes), ``kind``,
     ``record_size``, ``path`` (the file), ``segment`` (its id), ``offset`` (of ``data``
     in the file), ``first`` (index of the first record in the file, "fixed"/"idx"),
-    ``param`` (the job's parameter, or the task's), ``node`` (id of the node running it).
+    ``param`` (the job's parameter, or the task's), ``node`` (id of the node running it),
+    ``required`` (the job's required files: Sector path -> local path, read-only).
     """
 
     __slots__ = (
@@ -67,6 +68,7 @@ class Batch:
         "param",
         "path",
         "record_size",
+        "required",
         "segment",
     )
 
@@ -83,6 +85,7 @@ class Batch:
         first: int = 0,
         param: Any = None,
         node: str = "",
+        required: dict[str, str] | None = None,
     ) -> None:
         if kind not in KINDS:
             raise ValueError(f"unknown batch kind {kind!r} (one of {', '.join(KINDS)})")
@@ -95,6 +98,7 @@ class Batch:
         self.first = first
         self.param = param
         self.node = node
+        self.required = dict(required or {})
         self._offsets: np.ndarray | None = None
         self._given: np.ndarray | None = None
         nbytes = self.data.nbytes

@@ -81,7 +81,8 @@ class Bucket:
 
     Attributes: ``files`` (the parts' paths, in segment order), ``sizes``, ``nbytes``
     (their total), ``kind`` ("stream"), ``segment`` (the bucket id), ``path`` (the
-    bucket file's), ``param``, ``node``, ``spill_dir``.
+    bucket file's), ``param``, ``node``, ``spill_dir``, ``required`` (the job's required
+    files: Sector path -> local path).
     """
 
     kind = "stream"
@@ -96,6 +97,7 @@ class Bucket:
         param: Any = None,
         node: str = "",
         compressed: bool = False,
+        required: dict[str, str] | None = None,
     ) -> None:
         self.files = list(files)
         self.compressed = compressed  # shuffle_compress: parts of zstd frames (packed)
@@ -106,6 +108,7 @@ class Bucket:
         self.segment = segment
         self.param = param
         self.node = node
+        self.required = dict(required or {})
 
     def __len__(self) -> int:
         return len(self.files)

@@ -53,7 +53,7 @@ from sector.meta import records as rec
 from sector.sphere import machine as jm
 from sector.sphere import wire
 from sector.sphere.cluster import cluster_engines
-from sector.sphere.inputs import Inputs, expand
+from sector.sphere.inputs import Inputs, expand, required
 from sector.sphere.machine import JobMachine
 from sector.sphere.options import job_options
 from sector.sphere.ports import JobClient
@@ -110,6 +110,7 @@ class AsyncJob:
         self.m: JobMachine | None = None  # the stage's state, once it is planned
         self.segments: list[Segment] = []
         self.inputs = Inputs()
+        self.required: list[wire.Required] = []  # required_files, resolved at the start
         self.result: dict[str, Any] | None = None
         self._error: str | None = None  # until the machine holds it
         self._task: asyncio.Task[dict[str, Any]] | None = None
@@ -277,6 +278,9 @@ class AsyncJob:
             output = o["output"] = rec.normalize(output)
             if await self.c.exists(output):
                 raise AlreadyExists(f"output {output} already exists (remove it or pick another)")
+        # Required files first: a missing (or unreadable) one fails the job at once,
+        # before any node is asked to run anything.
+        self.required = await required(self.c, list(o.get("required_files") or ()))
         found, places = await cluster_engines(self.c)
         engines = {nid: k for nid, (_a, k) in found.items()}
         if not engines:
@@ -410,6 +414,7 @@ class AsyncJob:
             buckets={str(b): m.addr[n] for b, n in m.bucket_node.items()},
             batch=self.opts.get("map_batch") or msgspec.UNSET,
             compress=True if self.opts.get("shuffle_compress") else msgspec.UNSET,
+            required=self.required or msgspec.UNSET,
         )
         try:
             await self.c.pool.call(m.addr[s.node], wire.RUN, wire.to_args(run), timeout=30)
@@ -566,6 +571,7 @@ class AsyncJob:
             items=items,
             durable=bool(self.opts.get("durable", True)),
             reduce=self.reduce if reduces else msgspec.UNSET,
+            required=self.required if reduces and self.required else msgspec.UNSET,
         )
         addr = self._machine().addr[nid]
         try:

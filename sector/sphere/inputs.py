@@ -6,6 +6,12 @@ shell does ("*" never crosses a "/"), and with ``records="idx"`` each file's ind
 read and checked. The result, ``Inputs``, holds what the segment planner needs
 (``InputFile``: size, blob, holders) and what ``sphere.run`` carries besides: the file's
 checksum, its replicas' addresses and, for idx segments, their slice of the index.
+
+``required`` resolves a job's ``required_files`` the same way, to what ``sphere.run``
+carries for them (``wire.Required``): a file is shown to the engines under its base
+name; a directory under its base name too, with every file below it (dot files and
+``.idx`` included: a Python package is copied whole). Two entries under one name, and a
+path that is not there, are refused before the job starts.
 """
 
 from __future__ import annotations
@@ -123,4 +129,49 @@ async def _walk(c: JobClient, path: str) -> list[dict[str, Any]]:
             out += await _walk(c, e["path"])
         elif not e["name"].endswith(".idx") and not e["name"].startswith("."):
             out.append(await c.stat(e["path"]))
+    return out
+
+
+async def required(c: JobClient, paths: list[str]) -> list[wire.Required]:
+    """A job's ``required_files``, resolved (module doc); NotFound names a missing one."""
+    out: list[wire.Required] = []
+    names: dict[str, str] = {}
+    for p in paths:
+        try:
+            st = await c.stat(p)
+        except NotFound:
+            raise NotFound(f"required file {p}: no such file or directory") from None
+        name = rec.basename(st["path"])
+        if not name:
+            raise UsageError("required_files cannot name the root directory")
+        if name in names:
+            raise UsageError(
+                f"required files {names[name]} and {st['path']} would both be {name!r} on the nodes"
+            )
+        names[name] = st["path"]
+        if st["type"] == "dir":
+            out.append(wire.Required(path=st["path"], name=name, dir=True))
+            out += await _required_tree(c, st["path"], name)
+        else:
+            out.append(_required_file(st, name))
+    if len(out) > wire.MAX_REQUIRED:
+        raise UsageError(f"a job may require at most {wire.MAX_REQUIRED} files, not {len(out)}")
+    return out
+
+
+def _required_file(st: dict[str, Any], name: str) -> wire.Required:
+    return wire.Required(path=st["path"], name=name, blob=st["blob"], size=st["size"])
+
+
+async def _required_tree(c: JobClient, path: str, name: str) -> list[wire.Required]:
+    out: list[wire.Required] = []
+    for e in sorted(await c.ls(path), key=lambda e: e["name"]):
+        sub = f"{name}/{e['name']}"
+        if e["type"] == "dir":
+            out.append(wire.Required(path=e["path"], name=sub, dir=True))
+            out += await _required_tree(c, e["path"], sub)
+        else:
+            out.append(_required_file(await c.stat(e["path"]), sub))
+        if len(out) > wire.MAX_REQUIRED:
+            raise UsageError(f"required directory {path}: more than {wire.MAX_REQUIRED} entries")
     return out

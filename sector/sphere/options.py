@@ -37,6 +37,7 @@ def job_options(
     reduce_records: Any = "file",
     map_batch: int | None = None,
     shuffle_compress: bool = False,
+    required_files: str | Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Check a job's options; the mode follows from them (buckets > files > client)."""
     if reduce is not None:
@@ -80,6 +81,12 @@ def job_options(
         raise UsageError("a job needs an input (files, a directory or a glob) or tasks")
     if tasks is not None and input is not None:
         raise UsageError("give a job either an input or tasks, not both")
+    if isinstance(required_files, str):
+        required_files = [required_files]
+    required = list(required_files or ())
+    for p in required:
+        if not isinstance(p, str) or not p.startswith("/"):
+            raise UsageError(f"required_files must be absolute Sector paths, not {p!r}")
     if buckets:
         mode = "buckets"
     elif output is not None:
@@ -108,4 +115,5 @@ def job_options(
         "reduce_records": reduce_records,
         "map_batch": map_batch,
         "shuffle_compress": shuffle_compress,
+        "required_files": required,
     }

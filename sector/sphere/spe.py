@@ -33,6 +33,7 @@ import cloudpickle
 import numpy as np
 
 from sector.sphere import packed
+from sector.sphere import required as req_files
 from sector.sphere.batch import Batch, normalize, split
 from sector.sphere.bucket import Bucket, fits, memory_limit, part_size, write_output
 from sector.sphere.segments import line_bounds
@@ -123,13 +124,29 @@ def _write(path: Path, data: bytes | memoryview) -> int:
     return len(data)
 
 
+def _with_required(
+    run: Callable[[dict[str, Any], dict[str, str]], dict[str, Any]], task: dict[str, Any]
+) -> dict[str, Any]:
+    """``run(task, required)`` inside the job's required files (``required.use``)."""
+    try:
+        with req_files.use(task) as required:
+            return run(task, required)
+    except OSError as exc:  # the job's files directory is not there (a bug of the node's)
+        return {"error": f"cannot enter the job's required files: {exc}", "retryable": True}
+
+
 def run_task(task: dict[str, Any]) -> dict[str, Any]:
     """Run one segment attempt (in a worker process). Never raises: failures are data.
 
     ``task``: udf (cloudpickled (function, job parameter)), digest, kind, file (local path or None), offset, length, size,
     record_size, first, index (int64 bytes or None), param, segment, path, node,
-    mode ("client" | "files" | "buckets" | "none"), nbuckets, out (staging dir).
+    mode ("client" | "files" | "buckets" | "none"), nbuckets, out (staging dir),
+    files_dir and required (the job's required files, ``sphere.required``).
     """
+    return _with_required(_run_task, task)
+
+
+def _run_task(task: dict[str, Any], required: dict[str, str]) -> dict[str, Any]:
     t0 = time.perf_counter()
     try:
         fn, param = _load(task["udf"], task["digest"])
@@ -171,6 +188,7 @@ def run_task(task: dict[str, Any]) -> dict[str, Any]:
                     first=int(task.get("first", 0)) + (at // rs if rs else 0),
                     param=param,
                     node=task.get("node", ""),
+                    required=required,
                 )
             except ValueError as exc:  # a segment that does not fit its records
                 return {"error": f"bad segment: {exc}", "retryable": False}
@@ -211,6 +229,10 @@ def run_reduce(task: dict[str, Any]) -> dict[str, Any]:
     allows (``bucket.fits``: the attempt fails at once, saying so). Kind "stream": the
     reduce gets a ``bucket.Bucket`` instead, nothing loaded (``_run_stream``).
     """
+    return _with_required(_run_reduce, task)
+
+
+def _run_reduce(task: dict[str, Any], required: dict[str, str]) -> dict[str, Any]:
     t0 = time.perf_counter()
     try:
         fn, param = _load(task["udf"], task["digest"])
@@ -218,7 +240,7 @@ def run_reduce(task: dict[str, Any]) -> dict[str, Any]:
         return {"error": f"cannot load the reduce: {type(exc).__name__}: {exc}"}
     parts = [Path(p) for p in task["parts"]]
     if task["kind"] == "stream":
-        return _run_stream(fn, param, parts, task, t0)
+        return _run_stream(fn, param, parts, task, t0, required)
     compressed = bool(task.get("compress"))
     try:
         total = sum(part_size(p, compressed) for p in parts)
@@ -242,6 +264,7 @@ def run_reduce(task: dict[str, Any]) -> dict[str, Any]:
                 segment=int(task.get("bucket", 0)),
                 param=param,
                 node=task.get("node", ""),
+                required=required,
             )
         except ValueError as exc:
             return {"error": f"bucket {task.get('bucket')}: {exc}"}
@@ -274,7 +297,12 @@ def _raised(who: str, exc: Exception) -> dict[str, Any]:
 
 
 def _run_stream(
-    fn: Callable[..., Any], param: Any, parts: list[Path], task: dict[str, Any], t0: float
+    fn: Callable[..., Any],
+    param: Any,
+    parts: list[Path],
+    task: dict[str, Any],
+    t0: float,
+    required: dict[str, str],
 ) -> dict[str, Any]:
     """A stream-mode reduce (``bucket``): its temporary files go to a directory next
     to its output (on disk, writable by the engine), removed when it ends."""
@@ -292,6 +320,7 @@ def _run_stream(
                 param=param,
                 node=task.get("node", ""),
                 compressed=bool(task.get("compress")),
+                required=required,
             )
         except (OSError, ValueError) as exc:
             return {"error": f"cannot read the bucket's parts: {exc}"}

@@ -39,6 +39,7 @@ __all__ = [
     "KINDS",
     "MAX_BUCKETS",
     "MAX_ID",
+    "MAX_REQUIRED",
     "MODES",
     "POLL",
     "PUSH",
@@ -56,6 +57,7 @@ __all__ = [
     "PollReply",
     "Push",
     "Reduce",
+    "Required",
     "Resend",
     "Run",
     "Segment",
@@ -177,6 +179,27 @@ DATA_SEGMENTS: dict[str, type[FileSegment | LinesSegment | FixedSegment | IdxSeg
 }
 
 
+# ------------------------------------------------------------------ required files
+
+
+class Required(msgspec.Struct, kw_only=True, frozen=True):
+    """A job's required file (``required_files``) as the driver resolved it: the node
+    fetches ``path`` at ``blob`` (every node the same version, or the job fails) and
+    shows it to the job's engines as ``name``, relative to their working directory. A
+    required directory is an entry of its own (``dir``: made, nothing fetched), its
+    files follow with names below its name."""
+
+    path: str
+    name: Annotated[str, Meta(min_length=1, max_length=4096)]
+    blob: str = ""
+    size: Size = 0
+    dir: bool = False
+
+
+MAX_REQUIRED = 4096  # entries of a job's required files
+Requireds = Annotated[list[Required], Meta(max_length=MAX_REQUIRED)]
+
+
 # ------------------------------------------------------------------ requests
 
 
@@ -197,6 +220,8 @@ class Run(Request, frozen=True):
     batch: Annotated[int, Meta(ge=0, le=1 << 40)] | UnsetType = UNSET  # sent only if set
     # shuffle_compress: the bucket parts are written as zstd frames (``packed``)
     compress: bool | UnsetType = UNSET  # sent only if set
+    # The job's required files: fetched once per node and job, before its first task.
+    required: Requireds | UnsetType = UNSET  # sent only if the job has some
 
 
 class Poll(Request, frozen=True):
@@ -276,6 +301,7 @@ class Commit(Request, frozen=True):
     rf: Annotated[int, Meta(ge=1, le=16)] | None = None
     durable: bool = True
     reduce: Reduce | UnsetType | None = UNSET  # sent only with buckets to reduce
+    required: Requireds | UnsetType = UNSET  # the job's required files, for its reduce
 
 
 # ------------------------------------------------------------------ replies

@@ -363,6 +363,50 @@ def test_required_modules_and_files(cluster: ProcCluster, tmp_path: Path) -> Non
     assert list(result_iterator(job.wait())) == [("abab", "payload")]
 
 
+def uses_sector_files(e: Any, params: Any) -> Any:
+    import dsc_shout  # type: ignore[import-not-found]  # a required file from Sector
+
+    with open("words.txt") as a, open("local.txt") as b:
+        yield dsc_shout.shout(e), a.read() + b.read()
+
+
+def reads_sector_file(iter: Any, params: Any) -> Any:
+    with open("words.txt") as f:
+        n = len(f.read().split())
+    for k, v in iter:
+        yield k, (v, n)
+
+
+def test_required_files_from_sector(cluster: ProcCluster, tmp_path: Path) -> None:
+    """``sector://`` entries of ``required_files`` are Sector files the nodes fetch (the
+    Sphere job's ``required_files``), beside files shipped from the client; the map and
+    the reduce both find them in their working directory."""
+    with cluster.connect() as c:
+        for name, data in [
+            ("words.txt", b"alpha beta\n"),
+            ("dsc_shout.py", b"def shout(s):\n    return s.upper()\n"),
+        ]:
+            (tmp_path / name).write_bytes(data)
+            c.put(tmp_path / name, f"/dt/req/{name}")
+    (tmp_path / "local.txt").write_text("gamma")
+    job = Job(master=cluster.address).run(
+        input=["raw://ab"],
+        map=uses_sector_files,
+        reduce=reads_sector_file,
+        required_files=[
+            "sector:///dt/req/words.txt",
+            f"sector://{cluster.address}/dt/req/dsc_shout.py",
+            str(tmp_path / "local.txt"),
+        ],
+    )
+    assert list(result_iterator(job.wait())) == [("AB", ("alpha beta\ngamma", 2))]
+    job = Job(master=cluster.address).run(
+        input=["raw://ab"], map=uses_sector_files, required_files=["sector:///dt/req/gone.txt"]
+    )
+    with pytest.raises(JobError, match=r"required file /dt/req/gone\.txt: no such file"):
+        job.wait()
+
+
 def test_disco_api_by_name_empty_input_and_show(
     cluster: ProcCluster, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -36,7 +36,8 @@ import sector
 from sector.errors import BadRequest, CredentialError, JobFailed, NotFound, PermissionDenied
 from sector.security import pki, tokens
 from sector.security.pki import ClusterCA
-from sector.sphere import tsjob
+from sector.sphere import tsjob, wire
+from sector.sphere.udf import pickle_udf
 from sector.storage.blobs import new_blob_id
 from sector.testing.cluster import NodeProc, ProcCluster, wait_for
 from sector.testing.raw import raw_call, read_envelope, split, tls_socket
@@ -353,6 +354,61 @@ def test_a_clients_bad_copy_report_is_checked_before_it_is_believed(
 
     wait_for(healed, 30, what="the reported copy to be replaced")
     assert admin.read("/reports/r.bin") == data
+
+
+def cat_required(seg: Any) -> bytes:
+    return b"".join(open(p, "rb").read() for p in sorted(seg.required.values()))
+
+
+def test_required_files_need_the_read_right_on_them(
+    cluster: ProcCluster, admin: sector.Client, tmp_path: Path
+) -> None:
+    """A job's required files are read as its user: a private one needs a read grant,
+    at the driver's check and on every node that fetches it (issue 14)."""
+    put_bytes(admin, tmp_path, "/reqpriv/secret.txt", b"classified")
+    put_bytes(admin, tmp_path, "/reqpub/open.txt", b"open")
+    change_policy(cluster, cluster.nodes[0], lambda p: tokens.restrict(p, "/reqpriv"))
+    st = admin.stat("/reqpriv/secret.txt")
+    jill = cluster.token("jill", write=["/jill"], compute=True)
+    kim = cluster.token("kim", write=["/kim"], read=["/reqpriv"], compute=True)
+    with sector.connect(cluster.address, token=jill) as c:
+        job = c.sphere.run(cat_required, tasks=[0], required_files=["/reqpub/open.txt"])
+        assert job.results() == [b"open"]  # public reads stay public
+        job = c.sphere.run(cat_required, tasks=[0], required_files=["/reqpriv/secret.txt"])
+        with pytest.raises(PermissionDenied, match=r"jill cannot read /reqpriv/secret\.txt"):
+            job.wait(progress=False)
+        # Past the driver's check (a sphere.run naming the file and its blob straight):
+        # the node's fetch refuses it, and the attempt fails for good.
+        udf = pickle_udf(cat_required, None)
+        run = wire.Run(
+            job=new_blob_id()[:16],
+            attempt=1,
+            seg=wire.TaskSegment(id=0),
+            udf=udf,
+            digest=hashlib.blake2b(udf, digest_size=16).hexdigest(),
+            mode="client",
+            nbuckets=0,
+            required=[
+                wire.Required(
+                    path="/reqpriv/secret.txt", name="s.txt", blob=st["blob"], size=st["size"]
+                )
+            ],
+        )
+        addr = cluster.nodes[1].address
+        c._run(c._aio.pool.call(addr, wire.RUN, wire.to_args(run)))
+
+        def outcome() -> Any:
+            args = {"job": run.job, "wait": 1.0}
+            return c._run(c._aio.pool.call(addr, wire.POLL, args))["done"] or None
+
+        (res,) = wait_for(outcome, DEADLINE, what="the attempt's outcome")
+        assert not res.get("ok") and res["retryable"] is False
+        assert "permission denied: jill cannot read /reqpriv/secret.txt" in res["error"]
+        assert b"classified" not in msgspec.msgpack.encode(res)
+        c._run(c._aio.pool.call(addr, wire.CLEANUP, {"job": run.job}))
+    with sector.connect(cluster.address, token=kim) as c:  # a grant: it reads the file
+        job = c.sphere.run(cat_required, tasks=[0], required_files=["/reqpriv/secret.txt"])
+        assert job.results() == [b"classified"]
 
 
 def test_the_compute_right_covers_only_ones_own_staging(cluster: ProcCluster) -> None:

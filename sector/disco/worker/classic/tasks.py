@@ -57,7 +57,7 @@ def _enter_task(meta: dict[str, Any], seg: Any, label: Any, inputs: list[list[st
 
 def map_udf(blob: bytes, seg: Any) -> Any:
     """One map task (a Sphere UDF over one whole input file)."""
-    with Unpacked(blob, _GLOBALS) as (worker, meta):
+    with Unpacked(blob, _GLOBALS, seg.required) as (worker, meta):
         fd, size, url = _open(meta, seg)
         _enter_task(meta, seg, seg.segment, [[url]])
         parts = worker.map_task(fd, size, url)
@@ -70,7 +70,7 @@ def map_udf(blob: bytes, seg: Any) -> Any:
 
 def read_udf(blob: bytes, seg: Any) -> Any:
     """A reduce-only job's input, read by the reduce's reader, to its partition."""
-    with Unpacked(blob, _GLOBALS) as (worker, meta):
+    with Unpacked(blob, _GLOBALS, seg.required) as (worker, meta):
         fd, size, url = _open(meta, seg)
         _enter_task(meta, seg, seg.segment, [[url]])
         data = worker.read_task(fd, size, url)
@@ -82,7 +82,7 @@ def reduce_udf(blob: bytes, seg: Any) -> Iterator[bytes]:
     """One reduce task (a Sphere stream-mode reduce over one bucket: the partition's
     records, read from its parts as they are needed; ``sort`` on disk, in the bucket's
     spill directory); its output in pieces, written as they come."""
-    with Unpacked(blob, _GLOBALS) as (worker, meta):
+    with Unpacked(blob, _GLOBALS, seg.required) as (worker, meta):
         fd = seg.reader()
         url = f"sector://{meta.get('master') or ''}{seg.path}"
         _enter_task(meta, seg, seg.segment, [[url]])
