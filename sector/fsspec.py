@@ -142,7 +142,8 @@ class SectorFileSystem(AsyncFileSystem):
 
     Options: ``cluster`` (default: ``SECTOR_CLUSTER``, then the local cluster),
     ``token``/``anonymous`` (credentials, as ``sector.connect``), ``timeout`` (seconds
-    a request may take; connecting gives up after 5 s).
+    a request may take), ``connect_timeout`` (seconds the first node has to answer:
+    an address where something listens but no node answers fails then, not later).
     """
 
     protocol = PROTOCOL
@@ -158,6 +159,7 @@ class SectorFileSystem(AsyncFileSystem):
         token: str | None = None,
         anonymous: bool = False,
         timeout: float = 60.0,
+        connect_timeout: float = 10.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -167,6 +169,7 @@ class SectorFileSystem(AsyncFileSystem):
         self._token = token
         self._anonymous = anonymous
         self._timeout = timeout
+        self._connect_timeout = connect_timeout
         self._aio: AsyncClient | None = None
         self._aio_key: tuple[int, int] | None = None
         self._ready: asyncio.Future[None] | None = None
@@ -207,7 +210,8 @@ class SectorFileSystem(AsyncFileSystem):
             self._aio_key, self._ready = key, None
         assert self._aio is not None
         if self._ready is None:
-            self._ready = asyncio.ensure_future(self._aio.connect())
+            bounded = _bounded(self._aio.connect(), self._connect_timeout)
+            self._ready = asyncio.ensure_future(bounded)
         try:
             await asyncio.shield(self._ready)
         except TransportError as exc:
@@ -539,6 +543,13 @@ def _spooled() -> Iterator[str]:
 def _write_file(path: str, data: bytes) -> None:
     with open(path, "wb") as f:
         f.write(data)
+
+
+async def _bounded(coro: Any, timeout: float) -> None:
+    try:
+        await asyncio.wait_for(coro, timeout)
+    except TimeoutError:
+        raise Timeout(f"no answer within {timeout:g} s") from None
 
 
 def _split_url(url: str) -> tuple[str, str]:

@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from sector.fsspec import SectorFileSystem, WriteOnceError
-from sector.testing.cluster import ProcCluster
+from sector.testing.cluster import ProcCluster, wait_for
 
 NODE_ARGS = ["--engines", "1"]
 
@@ -122,6 +122,15 @@ def test_bad_urls_and_unknown_clusters_fail_fast_in_one_line(
     with pytest.raises(ConnectionError, match="cannot reach a Sector cluster") as e:
         fsspec.filesystem("sector", cluster=f"127.0.0.1:{port}").ls("/")
     assert time.monotonic() - t0 < 15 and "\n" not in str(e.value)
+    # Something listens there but never answers: bounded by connect_timeout.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        mute = f"127.0.0.1:{s.getsockname()[1]}"
+        t0 = time.monotonic()
+        with pytest.raises(ConnectionError, match="no answer within 1 s"):
+            fsspec.filesystem("sector", cluster=mute, connect_timeout=1.0).ls("/")
+        assert time.monotonic() - t0 < 10
     # No cluster at all: says how to name one.
     monkeypatch.delenv("SECTOR_CLUSTER", raising=False)
     with pytest.raises(ValueError, match="no Sector cluster given"):
@@ -195,14 +204,26 @@ def test_info_ls_and_the_builtin_errors(sfs: SectorFileSystem, base: str) -> Non
         sfs.info(f"{base}/../etc")
 
 
-def test_namespace_operations(sfs: SectorFileSystem, base: str, tmp_path: Path) -> None:
+def test_namespace_operations(
+    cluster: ProcCluster, sfs: SectorFileSystem, base: str, tmp_path: Path
+) -> None:
     sfs.pipe({f"{base}/s/a.csv": b"1\n", f"{base}/s/b.csv": b"22\n", f"{base}/s/n/c.txt": b"3"})
     assert sfs.glob(f"{base}/s/*.csv") == [f"{base}/s/a.csv", f"{base}/s/b.csv"]
     assert sfs.find(f"{base}/s") == [f"{base}/s/a.csv", f"{base}/s/b.csv", f"{base}/s/n/c.txt"]
     assert sfs.du(f"{base}/s") == 6 and sfs.isdir(f"{base}/s/n")
     # mv is a rename on the cluster; onto an existing file it replaces it.
+    replaced = sfs.info(f"{base}/s/b.csv")
     sfs.mv(f"{base}/s/a.csv", f"{base}/s/b.csv")
     assert sfs.cat(f"{base}/s/b.csv") == b"1\n" and not sfs.exists(f"{base}/s/a.csv")
+    # ... and the replaced version's copies are deleted, as an overwrite's are.
+    with cluster.connect() as c:
+
+        def gone(addr: str) -> bool:
+            args = {"blob": replaced["blob"], "checksum": replaced["checksum"]}
+            rep = c.run(c.aio.pool.call(addr, "blob.verify", args))
+            return bool(rep["health"] == "missing")
+
+        wait_for(lambda: all(gone(a) for a in replaced["locations"]), 20, what="old copies gone")
     sfs.mv(f"{base}/s/n", f"{base}/m")
     assert sfs.cat(f"{base}/m/c.txt") == b"3"
     sfs.cp(f"{base}/s/b.csv", f"{base}/c/copy.csv")
