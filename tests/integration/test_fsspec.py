@@ -22,8 +22,9 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import dask
 import dask.dataframe as dd
@@ -381,3 +382,30 @@ def test_the_readme_example_runs(sfs: SectorFileSystem, capsys: pytest.CaptureFi
         exec(compile(m.group(1), "README.md", "exec"), {})  # sector:/// = SECTOR_CLUSTER
     out = capsys.readouterr().out
     assert "Kyoto" in out and "1491.0" in out and "'/demo/log.txt.gz'" in out
+
+
+def test_credentials_come_from_sector_login_or_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sector_cli: Callable[..., Any]
+) -> None:
+    with ProcCluster(tmp_path / "secure", secure=True, node_args=NODE_ARGS) as sc:
+        sc.start(1)
+        alice = sc.token("alice", write=["/alice"])
+        monkeypatch.setenv("SECTOR_HOME", str(tmp_path / "home"))
+        res = sector_cli("login", alice, cluster=sc.address)
+        assert res.returncode == 0, res.stderr
+        # No token given: the one `sector login` stored for this cluster.
+        fs = SectorFileSystem(cluster=sc.address)
+        fs.pipe("/alice/a.txt", b"mine")
+        assert fs.cat("/alice/a.txt") == b"mine"
+        with pytest.raises(PermissionError):
+            fs.pipe("/bob/b.txt", b"not mine")
+        # anonymous: reads what is public, writes nothing.
+        anon = SectorFileSystem(cluster=sc.address, anonymous=True)
+        assert anon.cat("/alice/a.txt") == b"mine"
+        with pytest.raises(PermissionError):
+            anon.pipe("/alice/b.txt", b"x")
+        # token=: that user's rights.
+        bob = SectorFileSystem(cluster=sc.address, token=sc.token("bob", write=["/bob"]))
+        bob.pipe("/bob/b.txt", b"bob's")
+        with pytest.raises(PermissionError):
+            bob.rm("/alice/a.txt")
