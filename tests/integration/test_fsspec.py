@@ -382,6 +382,7 @@ def test_the_readme_example_runs(sfs: SectorFileSystem, capsys: pytest.CaptureFi
         exec(compile(m.group(1), "README.md", "exec"), {})  # sector:/// = SECTOR_CLUSTER
     out = capsys.readouterr().out
     assert "Kyoto" in out and "1491.0" in out and "'/demo/log.txt.gz'" in out
+    assert out.rstrip().endswith("9")  # the dataset's rows
 
 
 def test_credentials_come_from_sector_login_or_token(
