@@ -171,7 +171,7 @@ class SectorFileSystem(AsyncFileSystem):
         self._timeout = timeout
         self._connect_timeout = connect_timeout
         self._aio: AsyncClient | None = None
-        self._aio_key: tuple[int, int] | None = None
+        self._aio_key: tuple[int, int, str] | None = None
         self._ready: asyncio.Future[None] | None = None
 
     # ------------------------------------------------------------------ connection
@@ -188,18 +188,28 @@ class SectorFileSystem(AsyncFileSystem):
         return self._loop
 
     async def _client(self) -> AsyncClient:
-        """This process's (and this loop's) client, made and checked on first use."""
-        key = (os.getpid(), id(asyncio.get_running_loop()))
+        """This process's (and this loop's) client, made and checked on first use.
+
+        Without ``cluster=`` the address is looked up again on every call (an
+        environment variable, a small file): fsspec caches instances by their options,
+        so ``sector:///`` must follow SECTOR_CLUSTER or a new ``sector up``."""
+        try:
+            address = resolve_address(self.cluster)
+        except UsageError:
+            raise ValueError(
+                "no Sector cluster given: pass cluster='HOST:PORT' or a "
+                "sector://HOST:PORT/ URL, set SECTOR_CLUSTER, or start one with `sector up`"
+            ) from None
+        key = (os.getpid(), id(asyncio.get_running_loop()), address)
         if self._aio_key != key:
-            if self._aio is not None:
-                _ABANDONED.append(self._aio)
-            try:
-                address = resolve_address(self.cluster)
-            except UsageError:
-                raise ValueError(
-                    "no Sector cluster given: pass cluster='HOST:PORT' or a "
-                    "sector://HOST:PORT/ URL, set SECTOR_CLUSTER, or start one with `sector up`"
-                ) from None
+            old = self._aio
+            if old is not None and self._aio_key is not None and self._aio_key[:2] == key[:2]:
+                _ABANDONED.append(old)  # this loop's: close it (it was for another cluster)
+                asyncio.ensure_future(old.close()).add_done_callback(
+                    lambda _f: _ABANDONED.remove(old)
+                )
+            elif old is not None:
+                _ABANDONED.append(old)  # another process's or loop's: leave it alone
             with _errors():
                 self._aio = AsyncClient(
                     address,

@@ -97,8 +97,13 @@ def test_protocol_is_registered_and_urls_name_the_cluster(
     # sector:///path: SECTOR_CLUSTER (set by the sfs fixture).
     fs1, p1 = fsspec.core.url_to_fs(f"sector://{base}/u.txt")
     assert p1 == f"{base}/u.txt" and fs1.cat(p1) == b"url"
-    # sector://HOST:PORT/path names the cluster, whatever SECTOR_CLUSTER says.
+    # sector://HOST:PORT/path names the cluster, whatever SECTOR_CLUSTER says; and
+    # sector:/// follows SECTOR_CLUSTER (fsspec hands out the same cached instance).
     os.environ["SECTOR_CLUSTER"] = "127.0.0.1:9"
+    fs0, p0 = fsspec.core.url_to_fs(f"sector://{base}/u.txt")
+    assert fs0 is fs1
+    with pytest.raises(ConnectionError, match=re.escape("127.0.0.1:9")):
+        fs0.cat(p0)
     fs2, p2 = fsspec.core.url_to_fs(f"sector://{cluster.address}{base}/u.txt")
     assert fs2.cluster == cluster.address and fs2.cat(p2) == b"url"
     with fsspec.open(f"sector://{cluster.address}{base}/u.txt") as f:
