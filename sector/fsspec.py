@@ -386,8 +386,20 @@ class SectorFileSystem(AsyncFileSystem):
             return b""
         c = await self._client()
         length = None if start == 0 and end >= st["size"] else end - start
-        with _errors():
-            return await c.read_range(st, start, length)
+        try:
+            with _errors():
+                return await c.read_range(st, start, length)
+        except OSError as exc:
+            # An overwrite deletes the old version's copies at once: say so, rather
+            # than "every replica failed", and never mix bytes of two versions.
+            if exc.errno != errno.EIO:
+                raise
+            with contextlib.suppress(SectorError):
+                if (await c.stat(st["path"])).get("blob") != st["blob"]:
+                    raise OSError(
+                        errno.ESTALE, f"{st['path']} was replaced while open: open it again"
+                    ) from None
+            raise
 
     async def _cat_file(
         self, path: str, start: int | None = None, end: int | None = None, **kwargs: Any

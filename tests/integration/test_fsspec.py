@@ -267,6 +267,34 @@ def test_a_written_file_appears_whole_on_close(sfs: SectorFileSystem, base: str)
         sfs.open(path, "xb")
 
 
+def test_a_file_replaced_while_open_is_stale_not_mixed(
+    cluster: ProcCluster, sfs: SectorFileSystem, base: str
+) -> None:
+    path = f"{base}/v.bin"
+    sfs.pipe(path, b"1" * (3 << 20))
+    with sfs.open(path, "rb", block_size=1 << 20, cache_type="none") as f:
+        assert f.read(10) == b"1" * 10
+        old = sfs.info(path)
+        sfs.pipe(path, b"2" * (3 << 20))  # the old version's copies are deleted now
+        with cluster.connect() as c:
+            args = {"blob": old["blob"], "checksum": old["checksum"]}
+            wait_for(
+                lambda: all(
+                    c.run(c.aio.pool.call(a, "blob.verify", args))["health"] == "missing"
+                    for a in old["locations"]
+                ),
+                20,
+                what="old copies gone",
+            )
+        f.seek(2 << 20)
+        with pytest.raises(OSError, match="replaced while open") as e:
+            f.read(10)
+        assert e.value.errno == errno.ESTALE
+    with sfs.open(path, "rb") as f:
+        f.seek(2 << 20)
+        assert f.read(10) == b"2" * 10
+
+
 # ---------------------------------------------------------------- what users do with it
 
 
