@@ -262,10 +262,13 @@ class AsyncClient:
         res = await self._call("fs.rm", {"path": rec.normalize(path), "recursive": recursive})
         return int(res.get("removed", 0))
 
-    async def mv(self, src: str, dst: str) -> dict[str, Any]:
-        res: dict[str, Any] = await self._call(
-            "fs.mv", {"src": rec.normalize(src), "dst": rec.normalize(dst)}
-        )
+    async def mv(self, src: str, dst: str, *, replace: bool = False) -> dict[str, Any]:
+        """Rename ``src`` (into ``dst`` if that is a directory); ``replace``: a file
+        moved onto an existing file replaces it in one step (POSIX rename)."""
+        args: dict[str, Any] = {"src": rec.normalize(src), "dst": rec.normalize(dst)}
+        if replace:
+            args["replace"] = True
+        res: dict[str, Any] = await self._call("fs.mv", args)
         return res
 
     async def status(self) -> dict[str, Any]:
@@ -325,8 +328,13 @@ class AsyncClient:
         *,
         replicas: int | None = None,
         progress: Progress | None = None,
+        into_dir: bool = True,
     ) -> dict[str, Any]:
-        """Upload one local file; returns the stored file's stat (+ ``under_replicated``)."""
+        """Upload one local file; returns the stored file's stat (+ ``under_replicated``).
+
+        ``into_dir``: a ``remote`` that is a directory means the file of the local
+        name in it (cp semantics); False: it is refused (``IsADirectory``), as an
+        fsspec write to a directory's path must be."""
         lpath = os.fspath(local)
         try:
             st = os.stat(lpath)
@@ -349,7 +357,7 @@ class AsyncClient:
                 "size": size,
                 "rf": replicas,
                 "client_host": self._client_host,
-                "name": name,
+                "name": name if into_dir else None,
             },
         )
         blob, targets, path = plan["blob"], plan["targets"], plan["path"]

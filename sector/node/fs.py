@@ -114,11 +114,12 @@ class Rm(Request, frozen=True):
 
 
 class Mv(Request, frozen=True):
-    """fs.mv: rename ``src`` to ``dst`` (into ``dst`` if that is a directory)."""
+    """fs.mv: rename ``src`` to ``dst`` (into it if a directory); ``replace``: onto a file."""
 
     op = "fs.mv"
     src: str
     dst: str
+    replace: bool = False
 
 
 class SetRf(Request, frozen=True):
@@ -263,6 +264,7 @@ class FsService:
             "mtime": d["mtime"],
             "replicas": sum(1 for x in d["replicas"] if x["state"] == "up"),
             "rf": d["rf"],
+            "checksum": d.get("checksum"),  # a listing names a version as a stat does
         }
 
     def writable(self) -> None:
@@ -484,7 +486,9 @@ class FsService:
         guard.write(dst)
         if dst == src:
             return self.describe(r)
-        if d is not None:
+        if d is not None and not (
+            req.replace and isinstance(d, FileRecord) and isinstance(r, FileRecord)
+        ):
             raise AlreadyExists(f"{dst} already exists")
         if isinstance(r, DirRecord) and (dst + "/").startswith(src + "/"):
             raise UsageError(f"cannot move {src} into itself")
@@ -516,7 +520,7 @@ class FsService:
             # Holders learn the new path before the record moves (best effort): their
             # collector keeps a blob any of its paths claims (see node/gc.py).
             await self._gather([self._alias(addr, r.blob, dst) for _nid, addr in r.replicas])
-            await self.node.meta.call(dst, "put_file", {"record": rec.to_builtins(moved)})
+            res = await self.node.meta.call(dst, "put_file", {"record": rec.to_builtins(moved)})
             await self.node.meta.call(
                 rec.parent(dst), "add_child", {"name": rec.basename(dst), "kind": "file"}
             )
@@ -528,6 +532,10 @@ class FsService:
             await self._gather(
                 [self._alias(addr, r.blob, dst, confirm=True) for _nid, addr in r.replicas]
             )
+            # A file replaced by the move (``replace``): its copies go, as on a put.
+            old = rec.from_builtins(res["old"]) if res.get("old") else None
+            if isinstance(old, FileRecord) and old.blob != r.blob:
+                self._spawn_delete(old, keep=r.blob)
         else:
             await self.ensure_dir(dst, parents=False, exist_ok=True)
             names = list(rec.live_children(r))

@@ -565,6 +565,7 @@ class Node:
             **counts,
             "repair_queue": repair["queue"],
             "swarm": self.swarm.status(),  # cache and piece counters (issue 14)
+            "bulk": dict(self.transfer.stats),  # blob gets/puts and their bytes, since start
             # Every background loop of the node, in one shape (``sector status --workers``).
             "workers": [
                 repair,
