@@ -409,6 +409,8 @@ def test_required_files_need_the_read_right_on_them(
     with sector.connect(cluster.address, token=kim) as c:  # a grant: it reads the file
         job = c.sphere.run(cat_required, tasks=[0], required_files=["/reqpriv/secret.txt"])
         assert job.results() == [b"classified"]
+    # The module's cluster is shared: later tests expect only their own private prefixes.
+    change_policy(cluster, cluster.nodes[0], lambda p: tokens.unrestrict(p, "/reqpriv"))
 
 
 def test_the_compute_right_covers_only_ones_own_staging(cluster: ProcCluster) -> None:
