@@ -142,6 +142,11 @@ class NodeCollector(Collector):
             "sector_sphere_segments_failed", "segment attempts that failed", st["failed"]
         )
         yield _counter(
+            "sector_sphere_segments_speculated",
+            "attempts started here as backups of a straggling attempt",
+            st["speculative"],
+        )
+        yield _counter(
             "sector_sphere_segments_cancelled",
             "attempts stopped because another copy of the segment won (speculation)",
             st["cancelled"],

@@ -88,6 +88,8 @@ def test_metrics_move_with_the_work_done(cluster: ProcCluster, tmp_path: Path) -
         "sector_scrub_corruptions_total",
         "sector_sphere_engines_busy",
         "sector_sphere_segments_failed_total",
+        "sector_sphere_segments_speculated_total",
+        "sector_request_duration_seconds_bucket",
         "sector_ring_nodes",
         "sector_gossip_members",
     ):
