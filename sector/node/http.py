@@ -10,6 +10,7 @@ traceback page; malformed HTTP gets aiohttp's 400 and the node serves on.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import html
 import json
@@ -111,6 +112,7 @@ class NodeHttp:
         self.url: str | None = None
         self._runner: web.AppRunner | None = None
         self._client: AsyncClient | None = None
+        self._client_lock = asyncio.Lock()  # concurrent first requests make one client
         app = web.Application(middlewares=[_errors], client_max_size=MAX_REQUEST)
         app.router.add_get("/", self._index)
         app.router.add_get("/metrics", self._metrics)
@@ -146,11 +148,12 @@ class NodeHttp:
 
     async def _anon(self) -> AsyncClient:
         """A client of this node presenting no credential: what the public may read."""
-        if self._client is None:
-            c = AsyncClient(self.node.addr, anonymous=True, timeout=30.0)
-            await c.connect()
-            self._client = c
-        return self._client
+        async with self._client_lock:
+            if self._client is None:
+                c = AsyncClient(self.node.addr, anonymous=True, timeout=30.0)
+                await c.connect()
+                self._client = c
+            return self._client
 
     async def _index(self, request: web.Request) -> web.Response:
         me = html.escape(str(self.node.addr))
