@@ -220,3 +220,10 @@ def test_private_file_is_refused_to_anonymous_http(tmp_path: Path) -> None:
             assert code == 403 and "permission denied" in err["error"], (route, code, err)
         code, ls = api(base, "api/ls?path=/private")
         assert code == 403, ls
+        # SIGTERM after HTTP use: the node exits 0 with nothing left running behind.
+        node = cl.nodes[0]
+        cl.stop(node)
+        assert node.proc is not None and node.proc.returncode == 0
+        log = node.log.read_text()
+        for bad in ("Traceback", "Task was destroyed", "Unclosed", "did not stop"):
+            assert bad not in log, bad
