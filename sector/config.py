@@ -23,6 +23,7 @@ class NodeConfig:
     data: Path
     listen: str = f"127.0.0.1:{DEFAULT_PORT}"
     join: str | None = None
+    http: str = ""  # HTTP face (issue 16): "HOST:PORT", "" = listen host any port, "off"
     topology: str = ""  # "/dc/rack"; "" = unknown (treated as far from everything)
     host_id: str | None = None  # see NodeConfig.host; None = derived from the address
     replicas: int = 3  # default replica target of files (Sector's default)

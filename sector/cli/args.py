@@ -44,6 +44,21 @@ def parse_listen(text: str) -> str:
     return parse_address(text, allow_port_zero=True)
 
 
+def parse_http(text: str) -> str:
+    """``--http``: HOST:PORT (port 0 = any) or "off"."""
+    return text if text in ("", "off") else parse_address(text, allow_port_zero=True)
+
+
+def add_http_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--http",
+        metavar="HOST:PORT|off",
+        type=arg_type(parse_http),
+        default="",
+        help="serve /metrics, /api/ and a web page here (default: the --listen host, any port)",
+    )
+
+
 def parse_size(text: str) -> int:
     """'1073741824', '10G', '512MiB', '1.5t' -> bytes (binary units, as `df -h`)."""
     m = _SIZE.fullmatch(text.strip())

@@ -110,7 +110,7 @@ def cmd_status(c: ClientLike, args: argparse.Namespace) -> None:
 
     nodes = st.get("nodes") or []
     table = Table(box=None, header_style="bold", pad_edge=False)
-    for name in ("id", "address", "pid", "state", "topology", "used", "free", "files"):
+    for name in ("id", "address", "pid", "state", "topology", "used", "free", "files", "http"):
         right = name in ("pid", "used", "free", "files")
         table.add_column(name, justify="right" if right else "left", no_wrap=True)
     for n in nodes:
@@ -133,6 +133,7 @@ def cmd_status(c: ClientLike, args: argparse.Namespace) -> None:
             output.fmt_bytes(n.get("bytes_used")),
             output.fmt_bytes(n.get("bytes_free")),
             "-" if n.get("files") is None else str(n["files"]),
+            str(n.get("http") or "-"),
         )
     output.print_rich(table)
     for n in nodes:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from sector.cli.args import (
+    add_http_option,
     arg_type,
     parse_address,
     parse_listen,
@@ -58,29 +59,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cred_help = "present this credential (default: $SECTOR_TOKEN, else `sector login`'s)"
     common.add_argument("--token", default=argparse.SUPPRESS, help=cred_help)
+    anon_help = "present no credential (read public data only)"
     common.add_argument(
-        "--anonymous",
-        action="store_true",
-        default=argparse.SUPPRESS,
-        help="present no credential (read public data only)",
+        "--anonymous", action="store_true", default=argparse.SUPPRESS, help=anon_help
     )
 
     p = _Parser(prog=PROG, description="Sector: a peer-to-peer storage cloud.")
     p.add_argument(
-        "--cluster",
-        metavar="HOST:PORT",
-        type=arg_type(parse_address),
-        default=None,
-        help=cluster_help,
+        "--cluster", metavar="HOST:PORT", type=arg_type(parse_address), help=cluster_help
     )
     p.add_argument("--json", action="store_true", default=False, help="machine-readable output")
     p.add_argument("--token", default=None, help=cred_help)
-    p.add_argument(
-        "--anonymous",
-        action="store_true",
-        default=False,
-        help="present no credential (read public data only)",
-    )
+    p.add_argument("--anonymous", action="store_true", help=anon_help)
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def cmd(name: str, help: str) -> argparse.ArgumentParser:
@@ -125,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="port 0 = any",
     )
+    add_http_option(s)
     s.add_argument(
         "--join",
         metavar="HOST:PORT",
@@ -465,6 +456,7 @@ def _node(args: argparse.Namespace) -> int:
     cfg = NodeConfig(
         data=args.data,
         listen=args.listen,
+        http=args.http,
         join=args.join,
         topology=args.topology or "",
         replicas=args.replicas,
@@ -520,6 +512,8 @@ def _up(args: argparse.Namespace) -> int:
         output.emit_json(info)
     else:
         output.echo(str(info["address"]))
+        if info.get("http"):  # stdout stays the address alone, for `$(sector up)`
+            sys.stderr.write(f"web page and /metrics: {info['http']}\n")
     return EXIT_OK
 
 

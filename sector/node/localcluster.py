@@ -104,12 +104,14 @@ def start_cluster(
         cluster = {
             "address": addresses[0],
             "addresses": addresses,
+            "http": infos[0].get("http"),  # the first node's web page (issue 16)
             "nodes": [
                 {
                     "data": str(s.data),
                     "address": i["address"],
                     "pid": i.get("pid", s.proc.pid),
                     "id": i.get("id"),
+                    "http": i.get("http"),
                 }
                 for s, i in zip(started, infos, strict=True)
             ],

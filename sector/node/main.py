@@ -38,7 +38,10 @@ def run_node(cfg: NodeConfig) -> int:
                 await node.stop()
             print(f"sector: error: cannot start node: {exc}", flush=True)
             return 1
-        print(f"sector node {to_hex(node.state.me.id)[:8]} listening on {node.addr}", flush=True)
+        web = f", web page and /metrics on {node.http_url}" if node.http_url else ""
+        print(
+            f"sector node {to_hex(node.state.me.id)[:8]} listening on {node.addr}{web}", flush=True
+        )
         loop = asyncio.get_running_loop()
         leaving: set[asyncio.Task[None]] = set()  # a strong reference to the leave task
 

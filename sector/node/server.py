@@ -44,6 +44,7 @@ from sector.meta.store import MetaStore
 from sector.node import status
 from sector.node.fs import FsService
 from sector.node.gc import GcWorker
+from sector.node.http import NodeHttp
 from sector.node.identity import load_uuid, next_incarnation
 from sector.node.members import Drain, Gossip, Member, Members, members_from_wire
 from sector.node.quorum import MEMBERS_FILE, Quorum
@@ -116,6 +117,7 @@ class Node:
         self._probe: asyncio.Task[None] | None = None  # gossip to a member seen down
         self._stopped = asyncio.Event()
         self.leaving = False
+        self.http_url: str | None = None  # set once the HTTP face listens
 
     # ------------------------------------------------------------------ Ring protocol for meta/fs
 
@@ -302,6 +304,8 @@ class Node:
         await self.gc.start()
         await self.sphere.start()
         await self.swarm.start()
+        self.http = NodeHttp(self)  # /metrics, /api/, the landing page (issue 16)
+        self.http_url = await self.http.start(cfg.http)
         self._write_ready()
         log.info(
             "node %s listening on %s (%s)", to_hex(nid)[:8], addr, cfg.topology or "no topology"
@@ -339,6 +343,7 @@ class Node:
 
     def _write_ready(self) -> None:
         info = {"id": to_hex(self.state.me.id), "address": self.addr, "pid": os.getpid()}
+        info["http"] = self.http_url
         tmp = self.data / "node.json.tmp"
         tmp.write_text(json.dumps(info) + "\n")
         os.replace(tmp, self.data / "node.json")
@@ -371,6 +376,8 @@ class Node:
         await self.stop()
 
     async def stop(self) -> None:
+        with contextlib.suppress(AttributeError):
+            await self.http.stop()
         for w in self.loops:
             await w.stop()
         for t in await cancel_and_wait([self._probe]):
@@ -552,6 +559,7 @@ class Node:
             "id": to_hex(self.state.me.id),
             "address": self.addr,
             "pid": os.getpid(),
+            "http": self.http_url,
             "bytes_used": self.blobs.used,
             "bytes_free": self.blobs.free(),
             "min_free": self.cfg.min_free,

@@ -147,6 +147,7 @@ class SphereService(Worker):
             addr=node.addr,
         )
         self.stats = {"attempts": 0, "failed": 0, "cancelled": 0, "required_files": 0}
+        self.stats["speculative"] = 0  # attempts started as backups of stragglers
 
     def handlers(self) -> dict[str, Any]:
         return {
@@ -342,6 +343,7 @@ class SphereService(Worker):
             name=f"sphere-{job}-{attempt}",
         )
         self.stats["attempts"] += 1
+        self.stats["speculative"] += req.speculative is True
         return {"accepted": True}
 
     async def _run(

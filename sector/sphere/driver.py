@@ -415,6 +415,7 @@ class AsyncJob:
             batch=self.opts.get("map_batch") or msgspec.UNSET,
             compress=True if self.opts.get("shuffle_compress") else msgspec.UNSET,
             required=self.required or msgspec.UNSET,
+            speculative=True if s.speculative else msgspec.UNSET,
         )
         try:
             await self.c.pool.call(m.addr[s.node], wire.RUN, wire.to_args(run), timeout=30)

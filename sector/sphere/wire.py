@@ -222,6 +222,8 @@ class Run(Request, frozen=True):
     compress: bool | UnsetType = UNSET  # sent only if set
     # The job's required files: fetched once per node and job, before its first task.
     required: Requireds | UnsetType = UNSET  # sent only if the job has some
+    # A backup of a straggling attempt (speculation): counted in the node's metrics.
+    speculative: bool | UnsetType = UNSET  # sent only if true
 
 
 class Poll(Request, frozen=True):

@@ -14,6 +14,7 @@ import contextlib
 import functools
 import logging
 import ssl as _ssl
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from typing import Any, Protocol
 from sector.errors import BadRequest, ProtocolError, SectorError, TransportError, to_wire
 from sector.transport.admission import Admission, InputBudget, Refused
 from sector.transport.bulk import BulkChannel
+from sector.transport.opstats import OpStats
 from sector.transport.tcp import HELLO, READ_CHUNK, STREAM_LIMIT, Cork, tune
 from sector.wire import codec
 from sector.wire.codec import Envelope, FrameDecoder
@@ -154,6 +156,7 @@ class Server:
         self._refusals_unlogged = 0
         self.address = ""
         self.stats = {"connections": 0, "requests": 0, "protocol_errors": 0}
+        self.ops = OpStats()  # by operation and outcome, with latencies (``/metrics``)
 
     async def start(self, host: str, port: int) -> str:
         loop = asyncio.get_running_loop()
@@ -433,17 +436,20 @@ class Server:
     ) -> None:
         self.stats["requests"] += 1
         current_session.set(sess)  # this task's own context: handlers see their caller
+        started, outcome = time.perf_counter(), "error"
+        handler = self.handlers.get(env.op or "")
         try:
-            handler = self.handlers.get(env.op or "")
             if handler is None:
                 raise BadRequest(f"unknown operation {env.op!r}")
             if self.authenticator is not None:
                 self.authenticator.authorize(env.op or "")
             result = await handler(env.a or {})
             frame = codec.reply(env.i, result)
+            outcome = "ok"
         except asyncio.CancelledError:
             raise
         except BadRequest as exc:
+            outcome = "bad_request"
             log.warning(
                 "bad request %s from %s: %s", env.op, writer.get_extra_info("peername"), exc
             )
@@ -453,6 +459,8 @@ class Server:
             frame = _error_reply(env, exc, "handler")
         finally:
             inflight.release()
+        op = (env.op or "") if handler is not None else "unknown"
+        self.ops.record(op, outcome, time.perf_counter() - started)
         try:
             cork.write(frame)
             if closing.is_set():
@@ -466,11 +474,13 @@ class Server:
     async def _run_bulk(self, env: Envelope, chan: BulkChannel, sess: Session) -> None:
         self.stats["requests"] += 1
         token = current_session.set(sess)
+        started, outcome = time.perf_counter(), "error"
         try:
             if self.authenticator is not None:
                 self.authenticator.authorize(env.op or "")
             result = await self.bulk_handlers[env.op or ""](env.a or {}, chan)
             frame = codec.reply(env.i, result)
+            outcome = "ok"
         except asyncio.CancelledError:
             raise
         except TransportError as exc:
@@ -480,6 +490,7 @@ class Server:
             frame = _error_reply(env, exc, "bulk handler")
         finally:
             current_session.reset(token)
+            self.ops.record(env.op or "", outcome, time.perf_counter() - started)
         with contextlib.suppress(ConnectionError, OSError, TransportError):
             await chan.write(frame)
 

@@ -63,6 +63,7 @@ def up(tmp_path_factory: pytest.TempPathFactory, sector_cli: Cli) -> Iterator[Up
     try:
         r = as_admin("up", "-n", "3", "--engines", "1", timeout=120)
         address = ok(r).strip()
+        assert b"web page and /metrics: http://127.0.0.1:" in r.stderr  # issue 16
         yield Up(home, address, as_admin)
     finally:
         down = as_admin("down", timeout=60)

@@ -454,6 +454,26 @@ def test_straggler_is_finished_by_speculation(tmp_path: Path) -> None:
         assert took < 30, took  # the slow attempt sleeps 60 s; its backup won
         assert res["speculative"] >= 1
         assert len(res["results"]) == 6
+        # The backups show in the nodes' /metrics (issue 16).
+        assert sum(_metric(n, "sector_sphere_segments_speculated_total") for n in cl.nodes) >= 1
+
+
+def _metric(node: Any, name: str) -> float:
+    """One sample of a node's /metrics, parsed with prometheus_client's parser."""
+    import json
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    url = json.loads((node.data / "node.json").read_text())["http"] + "metrics"
+    with urllib.request.urlopen(url, timeout=30) as r:
+        text = r.read().decode()
+    return sum(
+        s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+        if s.name == name
+    )
 
 
 def test_job_survives_sigkill_of_a_node_mid_stage(tmp_path: Path) -> None:

@@ -1,0 +1,223 @@
+"""The node's HTTP face (issue 16): ``/metrics`` for Prometheus, a JSON API under
+``/api/`` and a landing page, served with aiohttp on the port ``--http`` names.
+
+Reads are public as in the rest of Sector, and no more: the API answers through an
+anonymous client of the node's own RPC port, so an HTTP caller sees exactly what an
+anonymous ``sector`` client sees (private paths stay private on a secure cluster).
+Every error is a JSON body ``{"error": ...}`` with a 4xx/5xx status, never a
+traceback page; malformed HTTP gets aiohttp's 400 and the node serves on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import html
+import json
+import logging
+from typing import Any
+
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+
+from sector.client.aio import AsyncClient
+from sector.errors import (
+    ClusterError,
+    CredentialError,
+    IsADirectory,
+    NotFound,
+    PermissionDenied,
+    SectorError,
+    TransportError,
+    Unavailable,
+    UsageError,
+)
+from sector.meta.records import normalize
+from sector.node import status
+from sector.node.metrics import CONTENT_TYPE, NodeMetrics
+from sector.transport.rpc import split_addr
+
+log = logging.getLogger("sector.node.http")
+CHUNK = 4 << 20  # bytes per ranged read of a download
+MAX_REQUEST = 64 << 10  # no route takes a body: a bigger request is refused (413)
+
+
+class _QuietBadInput(logging.Filter):
+    """Malformed HTTP is answered 400 by aiohttp, which also logs it as an error with a
+    traceback: a flood of garbage would flood the log. It becomes one debug line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError) and 400 <= exc.code < 500:
+            log.debug("bad HTTP request: %s", str(exc.message).splitlines()[0][:200])
+            return False
+        return True
+
+
+logging.getLogger("aiohttp.server").addFilter(_QuietBadInput())
+
+
+def http_address(spec: str | None, listen: str) -> tuple[str, int] | None:
+    """Where to serve: ``spec`` "HOST:PORT", "" (the listen host, any port) or "off"."""
+    if spec is None or spec == "off":
+        return None
+    if spec == "":
+        return split_addr(listen)[0], 0
+    return split_addr(spec)
+
+
+def _status_of(exc: SectorError) -> int:
+    if isinstance(exc, NotFound):
+        return 404
+    if isinstance(exc, PermissionDenied | CredentialError):
+        return 403
+    if isinstance(exc, UsageError | IsADirectory):
+        return 400
+    if isinstance(exc, Unavailable | TransportError):
+        return 503
+    return 409 if isinstance(exc, ClusterError) else 500
+
+
+def _error(status_code: int, message: str) -> web.Response:
+    return web.json_response({"error": message, "status": status_code}, status=status_code)
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        resp: web.StreamResponse = await handler(request)
+        return resp
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _error(exc.status, exc.reason)
+    except SectorError as exc:
+        return _error(_status_of(exc), str(exc))
+    except Exception as exc:  # a bug of ours: a clean 500, the node serves on
+        log.exception("http %s %s", request.method, request.path)
+        return _error(500, f"internal error: {type(exc).__name__}")
+
+
+def _path(request: web.Request) -> str:
+    raw = request.query.get("path")
+    if raw is None:
+        raise UsageError("missing query parameter 'path'")
+    return normalize(raw)
+
+
+class NodeHttp:
+    def __init__(self, node: Any) -> None:
+        self.node = node
+        self.metrics = NodeMetrics(node)
+        self.url: str | None = None
+        self._runner: web.AppRunner | None = None
+        self._client: AsyncClient | None = None
+        self._client_lock = asyncio.Lock()  # concurrent first requests make one client
+        app = web.Application(middlewares=[_errors], client_max_size=MAX_REQUEST)
+        app.router.add_get("/", self._index)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/api/status", self._status)
+        app.router.add_get("/api/node", self._node)
+        app.router.add_get("/api/ls", self._ls)
+        app.router.add_get("/api/stat", self._stat)
+        app.router.add_get("/api/file", self._file)
+        self.app = app
+
+    async def start(self, spec: str | None) -> str | None:
+        where = http_address(spec, self.node.addr)
+        if where is None:
+            return None
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, where[0], where[1], backlog=128)
+        await site.start()
+        sock = site._server.sockets[0]  # type: ignore[union-attr]
+        host, port = sock.getsockname()[:2]
+        self.url = f"http://{f'[{host}]' if ':' in host else host}:{port}/"
+        return self.url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            with contextlib.suppress(Exception):
+                await self._runner.cleanup()
+            self._runner = None
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                await self._client.close()
+            self._client = None
+
+    async def _anon(self) -> AsyncClient:
+        """A client of this node presenting no credential: what the public may read."""
+        async with self._client_lock:
+            if self._client is None:
+                c = AsyncClient(self.node.addr, anonymous=True, timeout=30.0)
+                await c.connect()
+                self._client = c
+            return self._client
+
+    async def _index(self, request: web.Request) -> web.Response:
+        me = html.escape(str(self.node.addr))
+        body = (
+            "<!doctype html><html><head><meta charset='utf-8'>"
+            "<meta name='viewport' content='width=device-width'>"
+            f"<title>Sector node {me}</title></head><body>"
+            f"<h1>Sector node {me}</h1><ul>"
+            "<li><a href='/api/status'>/api/status</a>: the cluster</li>"
+            "<li><a href='/api/node'>/api/node</a>: this node</li>"
+            "<li><a href='/api/ls?path=/'>/api/ls?path=/</a>: the root directory</li>"
+            "<li><a href='/metrics'>/metrics</a>: Prometheus metrics</li>"
+            "</ul></body></html>"
+        )
+        return web.Response(text=body, content_type="text/html")
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        info = await self.node.info()
+        return web.Response(body=self.metrics.render(info), headers={"Content-Type": CONTENT_TYPE})
+
+    async def _status(self, request: web.Request) -> web.Response:
+        return _json(await (await self._anon()).status())
+
+    async def _node(self, request: web.Request) -> web.Response:
+        return _json(status.hide_insides(await self.node.info()))
+
+    async def _ls(self, request: web.Request) -> web.Response:
+        path = _path(request)
+        return _json({"path": path, "entries": await (await self._anon()).ls(path)})
+
+    async def _stat(self, request: web.Request) -> web.Response:
+        return _json(await (await self._anon()).stat(_path(request)))
+
+    async def _file(self, request: web.Request) -> web.StreamResponse:
+        c = await self._anon()
+        st = await c.stat(_path(request))
+        if st["type"] == "dir":
+            raise IsADirectory(f"{st['path']} is a directory")
+        size = int(st["size"])
+        resp = web.StreamResponse(
+            headers={
+                "Content-Type": "application/octet-stream",
+                "Content-Length": str(size),
+                "Content-Disposition": f'attachment; filename="{_ascii_name(st["path"])}"',
+            }
+        )
+        first = await c.read_range(st, 0, min(CHUNK, size)) if size else b""
+        await resp.prepare(request)  # headers go once the first bytes are in hand
+        await resp.write(first)
+        off = len(first)
+        while off < size:
+            data = await c.read_range(st, off, min(CHUNK, size - off))
+            await resp.write(data)
+            off += len(data)
+        await resp.write_eof()
+        return resp
+
+
+def _ascii_name(path: str) -> str:
+    name = path.rsplit("/", 1)[-1] or "file"
+    return "".join(
+        ch if ch.isascii() and ch.isprintable() and ch not in '"\\' else "_" for ch in name
+    )
+
+
+def _json(obj: Any) -> web.Response:
+    return web.Response(text=json.dumps(obj, default=str), content_type="application/json")
