@@ -114,6 +114,7 @@ class FetchHost(Protocol):
     def pumps(self) -> Executor: ...
 
     def topology_of(self, node_id: str) -> str: ...
+    def arrived(self, blob: str) -> None: ...
     async def track(self, path: str, op: str, args: dict[str, Any]) -> Any: ...
 
 
@@ -340,6 +341,7 @@ class Fetcher:
                     plan.got(i)
                     e.have |= 1 << i
                     got.append(i)
+                    self.host.arrived(r.blob)
                     self._count(pieces.piece_len(i, r.size, ps), req.source)
             finally:
                 await chan.close()

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 from sector.swarm.tracker import Source
 
-__all__ = ["Plan", "Request", "bits_from", "bits_to", "lowest"]
+__all__ = ["Plan", "Request", "bits_from", "bits_to", "front", "lowest"]
 
 
 def bits_to(bits: int, n: int) -> bytes:
@@ -61,6 +61,13 @@ def lowest(x: int, k: int, n: int, start: int = 0) -> list[int]:
         out.append((low.bit_length() - 1 + start) % n)
         x ^= low
     return out
+
+
+def front(have: int, start: int, n: int) -> int:
+    """The first piece at or after ``start`` that ``have`` lacks (``n`` if none): the
+    end of the run of pieces a reader in order may take now."""
+    gap = ~have >> start  # its lowest set bit: the first missing piece from start on
+    return min(n, start + (gap & -gap).bit_length() - 1)
 
 
 @dataclass(slots=True)
