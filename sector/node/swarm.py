@@ -53,7 +53,8 @@ from sector.meta.route import Router
 from sector.node.cache import Cache, Entry, default_limit
 from sector.node.members import Members
 from sector.node.swarm_clients import Clients
-from sector.node.swarm_fetch import Fetcher, Stalled
+from sector.node.swarm_fetch import PIECE_STALL, Fetcher, Stalled
+from sector.node.swarm_links import Links
 from sector.routing.chord import Peer
 from sector.security import guard
 from sector.storage import pieces
@@ -65,7 +66,7 @@ from sector.transport import bulk
 from sector.transport.bulk import BulkChannel
 from sector.transport.rpc import RpcPool
 from sector.wire import codec
-from sector.wire.messages import to_args, typed
+from sector.wire.messages import decode, to_args, typed
 
 log = logging.getLogger("sector.swarm")
 
@@ -144,6 +145,7 @@ class SwarmService:
         self.pace = Pace(cfg.swarm_upload_rate)
         self._fetching: dict[str, asyncio.Task[Any]] = {}
         self.clients = Clients(self)
+        self.links = Links(node.pool, stall_timeout=PIECE_STALL)
         self._arrivals: dict[str, set[asyncio.Event]] = {}
         self._checked = time.monotonic()
         self._bg: set[asyncio.Task[Any]] = set()
@@ -172,6 +174,7 @@ class SwarmService:
         for t in list(self._fetching.values()) + list(self._bg):
             t.cancel()
         self.clients.stop()
+        await self.links.close()
         self.pumps.shutdown(wait=False, cancel_futures=True)
         self.io.shutdown(wait=False, cancel_futures=True)
 
@@ -207,7 +210,8 @@ class SwarmService:
             "local_get_bytes",
             "streamed_bytes",
             "local_gets_cut",
-            "piece_links",
+            "piece_streams",
+            "piece_requests",
             "endgame_requests",
             "endgame_wasted",
             "fetches_refused",
@@ -223,6 +227,7 @@ class SwarmService:
         now = time.monotonic()
         self.tracker.expire(now)
         self.clients.expire(now)
+        await self.links.sweep(now)
         if now - self._checked > CHECK_INTERVAL:
             self._checked = now
             await self._check_cache()
@@ -460,8 +465,25 @@ class SwarmService:
                 return open(self.cache.open(e), "rb"), e.have & full, True
         return None, 0, False
 
-    @typed(m.Pieces)
-    async def _h_piece(self, req: m.Pieces, chan: BulkChannel) -> Any:
+    async def _h_piece(self, args: dict[str, Any], chan: BulkChannel) -> Any:
+        """``swarm.piece``; with ``keep``, the requests that follow on the stream too
+        (a link, ``swarm_links``), until the peer closes it."""
+        req = decode(m.Pieces, args)
+        self.counters["piece_streams"] += 1
+        while True:
+            self.counters["piece_requests"] += 1
+            await self._serve_pieces(req, chan)
+            if not req.keep:
+                return None
+            try:
+                env = await chan.read_frame()
+            except TransportError:
+                return None  # the peer closed its link (or it went idle)
+            if env.op != "swarm.piece" or not env.is_request:
+                raise BadRequest(f"{env.op!r} on a swarm.piece link")
+            req = decode(m.Pieces, env.a or {})
+
+    async def _serve_pieces(self, req: m.Pieces, chan: BulkChannel) -> None:
         blob = check_blob_id(req.blob)
         ps, size = req.piece_size, req.size
         _check_pieces(size, ps)
@@ -481,7 +503,6 @@ class SwarmService:
         finally:
             if f is not None:
                 f.close()
-        return None
 
     @typed(m.CacheDrop)
     async def _h_drop(self, req: m.CacheDrop) -> Any:

@@ -48,10 +48,10 @@ from sector.errors import (
     SectorError,
     TransportError,
     Unavailable,
-    from_wire,
 )
 from sector.meta.records import FileRecord
 from sector.node.cache import Cache, Entry
+from sector.node.swarm_links import LinkReset, Links
 from sector.storage import pieces
 from sector.storage.blobs import checksum_file
 from sector.storage.pieces import PieceList
@@ -60,6 +60,7 @@ from sector.swarm.messages import PieceList as ListReq
 from sector.swarm.schedule import Plan, Request, bits_from, bits_to
 from sector.swarm.tracker import Ref, Source
 from sector.transport import bulk
+from sector.transport.bulk import BulkChannel
 from sector.transport.rpc import RpcPool
 from sector.wire.messages import to_args
 
@@ -81,6 +82,10 @@ SLOW_MIN = 2.0
 BATCH_BYTES = 256 << 10
 PER_SOURCE = 2
 WINDOW_BYTES = 64 << 20  # bytes in flight in all
+# Endgame (``schedule`` rule 6): once at most this many pieces (and bytes) are missing,
+# all of them in flight, each is asked of a second source too.
+ENDGAME_PIECES = 16
+ENDGAME_BYTES = 8 << 20
 
 
 class Stalled(Unavailable):
@@ -112,6 +117,8 @@ class FetchHost(Protocol):
     def counters(self) -> Counter[str]: ...
     @property
     def pumps(self) -> Executor: ...
+    @property
+    def links(self) -> Links: ...
 
     def topology_of(self, node_id: str) -> str: ...
     def arrived(self, blob: str) -> None: ...
@@ -122,19 +129,54 @@ class _At:
     """A sink writing one piece's bytes at their place in the partial file. Writes
     take the entry's lock, so a copy thread still running after its fetch ended (or
     its request was given up, ``stop``) never writes through a descriptor that was
-    closed and perhaps reused, nor over a piece that came from elsewhere since."""
+    closed and perhaps reused, nor over a piece that came from elsewhere since (a
+    piece had, from an endgame's other copy: the bytes are read and dropped)."""
 
-    def __init__(self, e: Entry, lock: threading.Lock, offset: int, stop: threading.Event) -> None:
-        self.e, self.lock, self.offset, self.stop = e, lock, offset, stop
+    def __init__(self, e: Entry, lock: threading.Lock, piece: int, stop: threading.Event) -> None:
+        self.e, self.lock, self.stop = e, lock, stop
+        self.bit, self.offset = 1 << piece, piece * e.piece_size
 
     def write(self, data: memoryview) -> None:
         with self.lock:
             if self.e.fd is None or self.stop.is_set():
                 raise NoSpace(f"the fetch of {self.e.path} ended")
-            view = memoryview(data)
-            while view:
-                n = os.pwrite(self.e.fd, view, self.offset)
-                view, self.offset = view[n:], self.offset + n
+            if self.e.have & self.bit:
+                self.offset += len(data)
+                return
+            _pwrite(self.e.fd, memoryview(data), self.offset)
+            self.offset += len(data)
+
+
+class _Mem:
+    """A sink keeping an endgame copy of a piece in memory until it is verified."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+
+    def write(self, data: memoryview) -> None:
+        self.buf += data
+
+
+def _pwrite(fd: int, view: memoryview, offset: int) -> None:
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
+
+
+def _commit(
+    e: Entry, lock: threading.Lock, piece: int, data: bytearray, stop: threading.Event
+) -> bool:
+    """A verified endgame copy into the file, if the piece is not had yet (blocking);
+    whether it was written."""
+    bit = 1 << piece
+    with lock:
+        if e.fd is None or stop.is_set():
+            raise NoSpace(f"the fetch of {e.path} ended")
+        if e.have & bit:
+            return False
+        _pwrite(e.fd, memoryview(data), piece * e.piece_size)
+        e.have |= bit
+        return True
 
 
 @dataclass(slots=True)
@@ -215,6 +257,7 @@ class Fetcher:
         window = max(batch, WINDOW_BYTES // pl.piece_size)
         start = zlib.crc32(self.host.me.id.encode()) % max(1, n)
         plan = Plan(n, batch=batch, per_source=PER_SOURCE, window=window, start=start)
+        endgame = max(2, min(ENDGAME_PIECES, ENDGAME_BYTES // pl.piece_size))
         flights: dict[asyncio.Task[None], _Flight] = {}
         await self._announce(plan)
         next_announce = time.monotonic() + ANNOUNCE
@@ -224,7 +267,9 @@ class Fetcher:
             while not plan.done:
                 if e.dropped:
                     raise Dropped(f"{e.path} changed during its fetch (blob {e.blob} dropped)")
-                for req in plan.next():
+                for req in plan.next() + plan.endgame(endgame):
+                    if req.dup:
+                        self.host.counters["endgame_requests"] += 1
                     size = sum(pieces.piece_len(i, self.r.size, pl.piece_size) for i in req.pieces)
                     f = _Flight(req, time.monotonic(), size)
                     flights[asyncio.create_task(self._request(plan, e, pl, f))] = f
@@ -310,44 +355,26 @@ class Fetcher:
             await self.host.track(self.r.path, "swarm.leave", args)
 
     async def _request(self, plan: Plan, e: Entry, pl: PieceList, f: _Flight) -> None:
-        """One request to one source (step 4)."""
+        """One request to one source, on a link to it (step 4)."""
         r, ps, req = self.r, pl.piece_size, f.req
         got: list[int] = []
         sent: list[int] = []
         args = to_args(Pieces(blob=r.blob, piece_size=ps, size=r.size, pieces=req.pieces))
         try:
-            chan = await self.host.pool.open_bulk(
-                req.addr, "swarm.piece", args, stall_timeout=PIECE_STALL
-            )
-            try:
-                head = await chan.read_frame()
-                if head.e is not None:
-                    raise from_wire(head.e)
-                sent = _sent(head.r, req.pieces)
+            async with self.host.links.request(req.addr, args) as reply:
+                sent = _sent(reply.head, req.pieces)
                 for i in sent:
-                    h = blake3.blake3()
-                    await bulk.recv(
-                        chan,
-                        pieces.piece_len(i, r.size, ps),
-                        _At(e, self.lock, i * ps, f.stop),
-                        hasher=h,
-                        executor=self.host.pumps,
-                        what=f"piece {i} of {r.path} from {req.addr}",
-                    )
-                    if h.digest() != pl.of(i):
-                        raise _Corrupt(i)
+                    if await self._piece(reply.chan, e, pl, f, i):
+                        plan.got(i)
+                        got.append(i)
                     if f.stop.is_set():  # given up meanwhile: its pieces went elsewhere
                         return
-                    plan.got(i)
-                    e.have |= 1 << i
-                    got.append(i)
-                    self.host.arrived(r.blob)
-                    self._count(pieces.piece_len(i, r.size, ps), req.source)
-            finally:
-                await chan.close()
+                reply.whole = True
             plan.lacks(req.source, [i for i in req.pieces if i not in sent])
-            if len(sent) == len(req.pieces):
+            if len(sent) == len(req.pieces) and not req.dup:
                 self.rates.append(f.nbytes / max(1e-3, time.monotonic() - f.started))
+        except LinkReset:
+            pass  # an earlier request on the link failed: these pieces are asked again
         except _Corrupt as exc:
             log.warning(
                 "corrupt piece %d of %s (blob %s) from %s: dropped as a source, reported",
@@ -367,8 +394,36 @@ class Fetcher:
             self.banned.add(req.source)
             plan.drop(req.source)
         finally:
-            plan.give_back([i for i in req.pieces if i not in got])
+            plan.give_back([i for i in req.pieces if i not in got], dup=req.dup)
             plan.finished(req.source)
+
+    async def _piece(self, chan: BulkChannel, e: Entry, pl: PieceList, f: _Flight, i: int) -> bool:
+        """Piece ``i`` off the stream, verified, into the file; whether it is new here
+        (False: an endgame's other copy came first)."""
+        r, req = self.r, f.req
+        n = pieces.piece_len(i, r.size, pl.piece_size)
+        h = blake3.blake3()
+        sink: _At | _Mem = _Mem() if req.dup else _At(e, self.lock, i, f.stop)
+        what = f"piece {i} of {r.path} from {req.addr}"
+        await bulk.recv(chan, n, sink, hasher=h, executor=self.host.pumps, what=what)
+        if h.digest() != pl.of(i):
+            raise _Corrupt(i)
+        if isinstance(sink, _Mem):
+            loop = asyncio.get_running_loop()
+            new = await loop.run_in_executor(
+                self.host.pumps, _commit, e, self.lock, i, sink.buf, f.stop
+            )
+        else:
+            with self.lock:  # (``_commit`` sets bits of ``have`` in a thread)
+                new = not e.have >> i & 1 and not f.stop.is_set()
+                if new:
+                    e.have |= 1 << i
+        if not new:
+            self.host.counters["endgame_wasted"] += 1
+            return False
+        self._count(n, req.source)
+        self.host.arrived(r.blob)
+        return True
 
     def _count(self, n: int, source: str) -> None:
         c = self.host.counters

@@ -98,13 +98,15 @@ class PieceList(Request, frozen=True):
 
 class Pieces(Request, frozen=True):
     """swarm.piece (bulk): these pieces of the blob, as many as the node has. Header
-    ``{"pieces": [the ones that follow, in order]}``, then their bytes."""
+    ``{"pieces": [the ones that follow, in order]}``, then their bytes. With ``keep``,
+    the stream stays open for the next request frame (any blob) after the bytes."""
 
     op = "swarm.piece"
     piece_size: Annotated[int, Meta(gt=0)]
     size: Annotated[int, Meta(ge=0)]
     pieces: Annotated[list[Annotated[int, Meta(ge=0, lt=MAX_PIECES)]], Meta(max_length=MAX_BATCH)]
     blob: BlobId = None
+    keep: bool = False  # a link: more requests follow on this stream (``node/swarm_links``)
 
 
 class CacheDrop(Request, frozen=True):

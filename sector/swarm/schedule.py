@@ -28,6 +28,11 @@ Rules
    rate; with them 84-92 MiB and 1.3-1.5x (256 MiB at 32 MB/s: 1.17x).
 5. A source that did not have what it was asked (its have-set was older than its
    cache) loses those bits until the tracker's next word about it.
+6. Endgame (``endgame``): once every missing piece is in flight and at most
+   ``limit`` are, each is asked once more of another source that has it (an idle
+   one first), BitTorrent's endgame mode: one slow or dying source then no longer
+   sets the end of the fetch. The first verified copy counts (``got``); the driver
+   writes a copy only over a piece not yet had, and drops the other at the end.
 """
 
 from __future__ import annotations
@@ -81,11 +86,12 @@ class _Src:
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    """Ask ``source`` (at ``addr``) for these pieces."""
+    """Ask ``source`` (at ``addr``) for these pieces (``dup``: a second copy, rule 6)."""
 
     source: str
     addr: str
     pieces: list[int]
+    dup: bool = False
 
 
 class Plan:
@@ -107,6 +113,8 @@ class Plan:
             self.set_stripe(0, 1, start)
         self.have = 0
         self.in_flight = 0
+        self.dup = 0  # pieces asked a second time (rule 6)
+        self.asked: dict[int, str] = {}  # piece in flight -> the source asked first
         self.sources: dict[str, _Src] = {}
 
     @property
@@ -171,8 +179,32 @@ class Plan:
                     picks = lowest(avail, k, self.n)
                 for i in picks:
                     self.in_flight |= 1 << i
+                    self.asked[i] = s.id
                 s.busy += 1
                 out.append(Request(s.id, s.addr, picks))
+        return out
+
+    def endgame(self, limit: int) -> list[Request]:
+        """Second requests for the last pieces in flight (rule 6)."""
+        left = self.full & ~self.have
+        if not left or left & ~self.in_flight or left.bit_count() > limit:
+            return []
+        want = left & ~self.dup
+        out: list[Request] = []
+        for s in sorted(self.sources.values(), key=lambda s: (s.busy, s.holder, s.id)):
+            if not want:
+                break
+            if s.busy > self.per_source:  # (one more than a source's usual share)
+                continue
+            picks = [i for i in lowest(s.have & want, self.n, self.n) if self.asked.get(i) != s.id]
+            picks = picks[: self.batch]
+            if not picks:
+                continue
+            for i in picks:
+                self.dup |= 1 << i
+                want &= ~(1 << i)
+            s.busy += 1
+            out.append(Request(s.id, s.addr, picks, dup=True))
         return out
 
     def got(self, piece: int) -> None:
@@ -180,11 +212,18 @@ class Plan:
         bit = 1 << piece
         self.have |= bit
         self.in_flight &= ~bit
+        self.dup &= ~bit
+        self.asked.pop(piece, None)
 
-    def give_back(self, pieces: Iterable[int]) -> None:
-        """Pieces of a request that did not arrive (or arrived corrupt): asked again."""
+    def give_back(self, pieces: Iterable[int], *, dup: bool = False) -> None:
+        """Pieces of a request that did not arrive (or arrived corrupt): asked again
+        (those of a second request, ``dup``: may be asked a second time again)."""
         for i in pieces:
-            self.in_flight &= ~(1 << i)
+            if dup:
+                self.dup &= ~(1 << i)
+            else:
+                self.in_flight &= ~(1 << i)
+                self.asked.pop(i, None)
 
     def lacks(self, source: str, pieces: Iterable[int]) -> None:
         """Rule 5."""

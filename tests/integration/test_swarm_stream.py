@@ -119,3 +119,60 @@ def test_a_reader_leaving_mid_get_costs_the_fetch_nothing(
         with cluster.connect(reader) as cn:
             cn.get("/s/left.bin", str(out))
         assert out.read_bytes() == data
+
+
+def test_piece_requests_to_a_peer_share_one_pooled_stream(
+    cluster: ProcCluster, tmp_path: Path
+) -> None:
+    """1 MiB in 16 KiB pieces is at least four requests of 16 pieces to the holder;
+    they go down at most two links (streams), not a connection each."""
+    with cluster.connect() as c:
+        data, st, reader = setup(cluster, c, tmp_path, "/s/links.bin")
+        holder = st["replicas"][0]["address"]
+        before = swarm(c, holder)
+        job = c._run(c._aio.pool.call(reader, "swarm.fetch", {"paths": [st["path"]]}))["job"]
+
+        def done() -> bool:
+            got = c._run(c._aio.pool.call(reader, "swarm.job", {"job": job}))
+            return bool(got["state"] == "done" and got["files"] == 1)
+
+        wait_for(done, 60.0, what="the fetch")
+        after = swarm(c, holder)
+        requests = after["piece_requests"] - before["piece_requests"]
+        streams = after["piece_streams"] - before["piece_streams"]
+        assert requests >= 4 and streams <= 2, (requests, streams)
+
+
+def test_endgame_asks_a_slow_holders_last_pieces_of_another(tmp_path: Path) -> None:
+    """Two holders, one uploading at 64 KB/s: the last pieces, in flight from the slow
+    one, are asked of the fast one too (endgame), and the fetch is whole and right."""
+    args = ["--piece-size", "16K", "--swarm-upload-rate", "1M"]
+    with ProcCluster(tmp_path / "eg", replicas=2, node_args=args) as cl:
+        cl.start(2)
+        cl.node_args = ["--piece-size", "16K", "--swarm-upload-rate", "64K"]
+        slow = cl.add()
+        cl.node_args = args
+        reader = cl.add()
+        cl.wait_ring()
+        with cl.connect() as c:
+            for i in range(12):
+                data = os.urandom(1 << 20)
+                (tmp_path / "src").write_bytes(data)
+                st = c.put(str(tmp_path / "src"), f"/eg/f{i}", replicas=2)
+                holders = {r["address"] for r in st["replicas"]}
+                if slow.address in holders and reader.address not in holders:
+                    break
+            else:
+                pytest.skip("placement never put a replica on the slow node")
+            job = c._run(c._aio.pool.call(reader.address, "swarm.fetch", {"paths": [st["path"]]}))
+
+            def done() -> dict[str, Any] | None:
+                got: dict[str, Any] = c._run(
+                    c._aio.pool.call(reader.address, "swarm.job", {"job": job["job"]})
+                )
+                return got if got["state"] == "done" else None
+
+            assert wait_for(done, 60.0, what="the fetch")["errors"] == []
+            cached = reader.data / "cache" / st["blob"][:2] / st["blob"]
+            assert cached.read_bytes() == data
+            assert swarm(c, reader.address)["endgame_requests"] >= 1
