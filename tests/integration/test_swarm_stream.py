@@ -93,7 +93,7 @@ def test_a_fetch_failing_mid_get_cuts_the_stream(cluster: ProcCluster, tmp_path:
         try:
             assert g.read(FIRST) == data[:FIRST]
             c.rm("/s/gone.bin")  # the node's partial copy is dropped: its fetch fails
-            with pytest.raises(SectorError, match="ended early|lost|cut"):
+            with pytest.raises(SectorError, match=r"ended early|lost|cut"):
                 g.read(SIZE - FIRST)
         finally:
             g.close()
@@ -124,10 +124,10 @@ def test_a_reader_leaving_mid_get_costs_the_fetch_nothing(
 def test_piece_requests_to_a_peer_share_one_pooled_stream(
     cluster: ProcCluster, tmp_path: Path
 ) -> None:
-    """1 MiB in 16 KiB pieces is at least four requests of 16 pieces to the holder;
+    """2 MiB in 16 KiB pieces is at least four requests of 16 pieces to the holder;
     they go down at most two links (streams), not a connection each."""
     with cluster.connect() as c:
-        data, st, reader = setup(cluster, c, tmp_path, "/s/links.bin")
+        _, st, reader = setup(cluster, c, tmp_path, "/s/links.bin")
         holder = st["replicas"][0]["address"]
         before = swarm(c, holder)
         job = c._run(c._aio.pool.call(reader, "swarm.fetch", {"paths": [st["path"]]}))["job"]
