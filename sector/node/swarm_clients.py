@@ -24,8 +24,12 @@ import contextlib
 import os
 import secrets
 import time
+from collections import Counter
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any, Protocol
 
 from sector.errors import (
     ConnectError,
@@ -37,18 +41,49 @@ from sector.errors import (
 )
 from sector.meta import records as rec
 from sector.meta.records import FileRecord
+from sector.node.cache import Cache, Entry
 from sector.security import guard
-from sector.storage.blobs import check_blob_id
+from sector.storage.blobs import BlobStore, check_blob_id
 from sector.swarm import messages as m
 from sector.swarm.schedule import front
+from sector.swarm.tracker import Ref
 from sector.transport import bulk
 from sector.transport.bulk import BulkChannel
 from sector.transport.rpc import current_session
 from sector.wire import codec
 from sector.wire.messages import to_args, typed
 
-if TYPE_CHECKING:
-    from sector.node.swarm import SwarmService
+
+class _Node(Protocol):
+    @property
+    def blobs(self) -> BlobStore: ...
+
+
+class ClientHost(Protocol):
+    """What the client side needs of the node's swarm service (``node/swarm``)."""
+
+    @property
+    def node(self) -> _Node: ...
+    @property
+    def cache(self) -> Cache: ...
+    @property
+    def counters(self) -> Counter[str]: ...
+    @property
+    def me(self) -> Ref: ...
+
+    async def track(self, path: str, op: str, args: dict[str, Any]) -> Any: ...
+    async def record(self, path: str) -> FileRecord: ...
+    async def fetch_record(
+        self,
+        r: FileRecord,
+        progress: Callable[[int], None] | None = None,
+        *,
+        restart: bool = True,
+    ) -> Path: ...
+    def local_copy(self, r: FileRecord) -> Path | None: ...
+    def start_fetch(self, r: FileRecord) -> asyncio.Task[Entry]: ...
+    def arrivals(self, blob: str) -> AbstractContextManager[asyncio.Event]: ...
+
 
 # A get joins the swarm when at least this many *others* read the file now. With the
 # default 3 replicas two readers at once are served well by the replicas; from the
@@ -95,7 +130,7 @@ class _Job:
 class Clients:
     """The client-facing half of a node's swarm service (module doc)."""
 
-    def __init__(self, svc: SwarmService) -> None:
+    def __init__(self, svc: ClientHost) -> None:
         self.svc = svc
         self.jobs: dict[str, _Job] = {}
 
@@ -142,29 +177,31 @@ class Clients:
         r = await svc.record(req.path)
         if r.blob != blob:
             raise NotFound(f"{r.path} changed since it was looked up")
+        start = min(req.offset, r.size)
+        end = r.size if req.length is None else min(r.size, start + req.length)
         local = svc.local_copy(r)
         if local is None and not r.pieces:  # no piece root: checked whole, at the end
             local = await svc.fetch_record(r, restart=False)
         if local is not None:
             with open(local, "rb") as f:
-                await chan.write(codec.reply(1, {"size": r.size, "total": r.size}))
-                await bulk.send_file(chan, f, 0, r.size)
+                await chan.write(codec.reply(1, {"size": end - start, "total": r.size}))
+                await bulk.send_file(chan, f, start, end - start)
         else:
-            await self._stream(r, chan)
+            await self._stream(r, chan, start, end)
         svc.counters["local_gets"] += 1
-        svc.counters["local_get_bytes"] += r.size
+        svc.counters["local_get_bytes"] += end - start
         return None
 
-    async def _stream(self, r: FileRecord, chan: BulkChannel) -> None:
-        """The file to ``chan`` in order as its fetch verifies its pieces (module doc)."""
+    async def _stream(self, r: FileRecord, chan: BulkChannel, pos: int, stop: int) -> None:
+        """Bytes ``pos`` to ``stop`` of the file to ``chan``, in order, as its fetch
+        verifies their pieces (module doc)."""
         svc = self.svc
         task = svc.start_fetch(r)
-        await chan.write(codec.reply(1, {"size": r.size, "total": r.size}))
+        await chan.write(codec.reply(1, {"size": stop - pos, "total": r.size}))
         fd: int | None = None
-        pos = 0  # bytes sent
         try:
             with svc.arrivals(r.blob) as woken:
-                while pos < r.size:
+                while pos < stop:
                     woken.clear()
                     e = svc.cache.get(r.blob)
                     if e is not None and e.dropped:
@@ -174,7 +211,7 @@ class Clients:
                             fd = svc.cache.open(e)
                     if fd is not None and e is not None and e.size == r.size:
                         ps = e.piece_size
-                        end = min(r.size, front(e.have, pos // ps, e.pieces) * ps)
+                        end = min(stop, front(e.have, pos // ps, e.pieces) * ps)
                         if end > pos:
                             with os.fdopen(os.dup(fd), "rb") as f:
                                 await bulk.send_file(chan, f, pos, end - pos)
@@ -202,13 +239,18 @@ class Clients:
     @typed(m.Fetch)
     async def _h_fetch(self, req: m.Fetch) -> Any:
         paths = [rec.normalize(p) for p in req.paths]
-        who = _caller()
+        try:
+            who = _caller()
+        except PermissionDenied:
+            self.svc.counters["fetches_refused"] += 1
+            raise
         for p in paths:
             guard.read(p)
         running = [j for j in self.jobs.values() if j.ended is None]
         if len(running) >= MAX_JOBS:
             raise Unavailable("too many distribute jobs running on this node")
         if sum(1 for j in running if j.caller == who) >= JOBS_PER_CALLER:
+            self.svc.counters["fetches_refused"] += 1
             raise Unavailable(
                 f"{who} has {JOBS_PER_CALLER} distribute jobs running on this node already; "
                 "wait for one to end"

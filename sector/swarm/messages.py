@@ -128,12 +128,15 @@ class Want(Request, frozen=True):
 
 
 class SwarmGet(Request, frozen=True):
-    """swarm.get (bulk): the file ``path`` at ``blob``, fetched into this node's cache
-    through the swarm if it is not there; header ``{"size"}``, then its bytes."""
+    """swarm.get (bulk): the file ``path`` at ``blob`` (or ``length`` bytes of it from
+    ``offset``), fetched into this node's cache through the swarm if it is not there
+    and sent as its pieces arrive; header ``{"size"}``, then its bytes."""
 
     op = "swarm.get"
     path: Path
     blob: BlobId = None
+    offset: Annotated[int, Meta(ge=0)] = 0  # a range of it (the FUSE mount's reads)
+    length: Annotated[int, Meta(ge=0)] | None = None
 
 
 class Fetch(Request, frozen=True):

@@ -176,3 +176,38 @@ def test_endgame_asks_a_slow_holders_last_pieces_of_another(tmp_path: Path) -> N
             cached = reader.data / "cache" / st["blob"][:2] / st["blob"]
             assert cached.read_bytes() == data
             assert swarm(c, reader.address)["endgame_requests"] >= 1
+
+
+def test_fetch_jobs_are_bounded_per_caller(cluster: ProcCluster, tmp_path: Path) -> None:
+    from sector.node.swarm_clients import JOBS_PER_CALLER
+
+    with cluster.connect() as c:
+        _, st, reader = setup(cluster, c, tmp_path, "/s/jobs.bin")  # ~2 s to fetch
+        for _ in range(JOBS_PER_CALLER):
+            c._run(c._aio.pool.call(reader, "swarm.fetch", {"paths": [st["path"]]}))
+        with pytest.raises(SectorError, match="distribute jobs running"):
+            c._run(c._aio.pool.call(reader, "swarm.fetch", {"paths": [st["path"]]}))
+
+
+def test_on_a_secure_cluster_only_identified_callers_may_ask_for_fetches(
+    tmp_path: Path,
+) -> None:
+    with ProcCluster(tmp_path / "sec", replicas=1, secure=True, node_args=NODE_ARGS) as cl:
+        cl.start(2)
+        with cl.connect() as admin:
+            data, st, reader = setup(cl, admin, tmp_path, "/pub/f.bin")
+        with cl.connect(reader, anonymous=True) as anon:
+            with pytest.raises(SectorError, match="needs a user credential"):
+                anon._run(anon._aio.pool.call(reader, "swarm.fetch", {"paths": [st["path"]]}))
+        with cl.connect(reader, token=cl.token("alice", read=["/"])) as c:
+            args = {"paths": [st["path"]]}
+            job = c._run(c._aio.pool.call(reader, "swarm.fetch", args))["job"]
+
+            def done() -> dict[str, Any] | None:
+                got: dict[str, Any] = c._run(c._aio.pool.call(reader, "swarm.job", {"job": job}))
+                return got if got["state"] == "done" else None
+
+            assert wait_for(done, 60.0, what="the fetch")["errors"] == []
+        n = next(n for n in cl.nodes if n.address == reader)
+        # (the pieces came over TLS links between the nodes)
+        assert (n.data / "cache" / st["blob"][:2] / st["blob"]).read_bytes() == data
