@@ -196,9 +196,11 @@ def test_on_a_secure_cluster_only_identified_callers_may_ask_for_fetches(
         cl.start(2)
         with cl.connect() as admin:
             data, st, reader = setup(cl, admin, tmp_path, "/pub/f.bin")
-        with cl.connect(reader, anonymous=True) as anon:
-            with pytest.raises(SectorError, match="needs a user credential"):
-                anon._run(anon._aio.pool.call(reader, "swarm.fetch", {"paths": [st["path"]]}))
+        with (
+            cl.connect(reader, anonymous=True) as anon,
+            pytest.raises(SectorError, match="needs a user credential"),
+        ):
+            anon._run(anon._aio.pool.call(reader, "swarm.fetch", {"paths": [st["path"]]}))
         with cl.connect(reader, token=cl.token("alice", read=["/"])) as c:
             args = {"paths": [st["path"]]}
             job = c._run(c._aio.pool.call(reader, "swarm.fetch", args))["job"]
