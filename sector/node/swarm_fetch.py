@@ -81,6 +81,7 @@ SLOW_MIN = 2.0
 # requests had five fetchers of a 2 MiB file take it all from its holder).
 BATCH_BYTES = 256 << 10
 PER_SOURCE = 2
+PER_HOLDER = 2  # (pipelined on one link: queued behind each other, never side by side)
 WINDOW_BYTES = 64 << 20  # bytes in flight in all
 # Endgame (``schedule`` rule 6): once at most this many pieces (and bytes) are missing,
 # all of them in flight, each is asked of a second source too.
@@ -256,10 +257,18 @@ class Fetcher:
         batch = max(1, min(MAX_BATCH, BATCH_BYTES // pl.piece_size))
         window = max(batch, WINDOW_BYTES // pl.piece_size)
         start = zlib.crc32(self.host.me.id.encode()) % max(1, n)
-        plan = Plan(n, batch=batch, per_source=PER_SOURCE, window=window, start=start)
+        plan = Plan(
+            n,
+            batch=batch,
+            per_source=PER_SOURCE,
+            per_holder=PER_HOLDER,
+            window=window,
+            start=start,
+        )
         endgame = max(2, min(ENDGAME_PIECES, ENDGAME_BYTES // pl.piece_size))
         flights: dict[asyncio.Task[None], _Flight] = {}
         await self._announce(plan)
+        ann: asyncio.Task[None] | None = None
         next_announce = time.monotonic() + ANNOUNCE
         quiet_since = time.monotonic()
         backoff = 0.05
@@ -281,21 +290,36 @@ class Fetcher:
                         raise Stalled(f"{e.path}: no source had a piece to give for {STALL:g} s")
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 1.0)
+                    if ann is not None and not ann.done():
+                        await ann
                     await self._announce(plan)
                     continue
                 backoff, quiet_since = 0.05, now
+                waits: set[asyncio.Task[None]] = set(flights)
+                if ann is not None and not ann.done():
+                    waits.add(ann)  # its new sources may be asked at once
                 done, _ = await asyncio.wait(
-                    flights, timeout=max(0.0, next_announce - now), return_when="FIRST_COMPLETED"
+                    waits, timeout=max(0.0, next_announce - now), return_when="FIRST_COMPLETED"
                 )
                 for t in done:
+                    if t is ann:
+                        t.result()
+                        continue
                     del flights[t]
                     if not t.cancelled():
                         t.result()  # a local failure (the disk) ends the fetch
                 self._give_up_slow(plan, flights)
-                if time.monotonic() >= next_announce or self.failed or self.bad:
-                    await self._announce(plan)
+                now = time.monotonic()
+                lost = (self.failed or self.bad) and now >= next_announce - ANNOUNCE + 0.05
+                due = now >= next_announce or lost
+                if due and (ann is None or ann.done()):
+                    # In the background: a tracker slow to answer (its node just
+                    # died) holds up no request meanwhile.
+                    ann = asyncio.create_task(self._announce(plan))
                     next_announce = time.monotonic() + ANNOUNCE
         finally:
+            if ann is not None:
+                ann.cancel()
             for t, f in flights.items():
                 f.stop.set()
                 t.cancel()
@@ -320,7 +344,7 @@ class Fetcher:
 
     async def _announce(self, plan: Plan, *, done: bool = False) -> None:
         """Tell the tracker where this fetch stands; take its sources. Without a
-        tracker (its node unreachable) the holders are the sources."""
+        tracker (its node unreachable) the holders and the peers it named last are."""
         me = self.host.me
         have = plan.full if done else plan.have
         req = Announce(
@@ -330,23 +354,28 @@ class Fetcher:
             have=bits_to(have, self.n),
             me=[me.id, me.addr, me.topology],
             holders=[[h.id, h.addr, h.topology] for h in self.holders][:16],
-            failed=sorted(self.failed)[:64],
-            bad=sorted(self.bad)[:64],
+            failed=sorted(failed := set(self.failed))[:64],
+            bad=sorted(bad := set(self.bad))[:64],
         )
         try:
             rep = await self.host.track(self.r.path, "swarm.announce", to_args(req))
             srcs = [_source(x, self.n) for x in rep["sources"]]
             rank, of = rep.get("stripe") or (0, 1)
             plan.set_stripe(int(rank), int(of))
-            self.failed.clear()
-            self.bad.clear()
+            self.failed -= failed  # (those found meanwhile are told next time)
+            self.bad -= bad
         except (SectorError, KeyError, TypeError, ValueError) as exc:
             if done:
                 raise SectorError(f"tracker of {self.r.path}: {exc}") from None
-            log.info("tracker of %s: %s; fetching from the holders", self.r.path, exc)
-            srcs = [
-                Source(h.id, h.addr, None, True) for h in self.holders if h.id not in self.failed
+            log.info("tracker of %s: %s; from holders and known peers", self.r.path, exc)
+            srcs = [Source(h.id, h.addr, None, True) for h in self.holders]
+            known = {s.id for s in srcs}
+            srcs += [  # the peers it named last time, with what they had then
+                Source(s.id, s.addr, s.have, s.holder)
+                for s in plan.sources.values()
+                if s.id not in known
             ]
+            srcs = [s for s in srcs if s.id not in self.failed]
         plan.set_sources([s for s in srcs if s.id not in self.banned and s.id != me.id])
 
     async def _leave(self) -> None:

@@ -9,11 +9,13 @@ Rules
 2. A piece is in flight from one source at a time (no duplicate requests, so two
    copies never race for its place in the file); a request that fails gives its
    pieces back.
-3. Each peer source has at most ``per_source`` requests in flight, a holder one, each
-   of at most ``batch`` pieces, and the fetch at most ``window`` pieces in flight in
-   all. One at a time from a holder: a holder's uplink is the swarm's bottleneck, and
-   pieces sent one after the other are each done (and passed on by their fetcher)
-   sooner than pieces sent side by side.
+3. Each peer source has at most ``per_source`` requests in flight, a holder
+   ``per_holder`` (1), each of at most ``batch`` pieces, and the fetch at most
+   ``window`` pieces in flight in all. Few at a time from a holder: a holder's uplink
+   is the swarm's bottleneck, and pieces sent one after the other are each done (and
+   passed on by their fetcher) sooner than pieces sent side by side. (A driver whose
+   requests to one source are served in turn on one stream, pipelined, may allow two:
+   the second is then queued, not sent side by side, and the stream never idles.)
 4. Peers (other fetchers and seeds) are asked first, holders (the record's replicas)
    after them, so holders serve what no peer can. From a peer the lowest pieces it
    has (a follower takes the pieces of a peer ahead of it as they arrive: a
@@ -98,7 +100,14 @@ class Plan:
     """The schedule of one fetch of a blob of ``pieces`` pieces (module rules)."""
 
     def __init__(
-        self, pieces: int, *, batch: int, per_source: int = 2, window: int = 64, start: int = 0
+        self,
+        pieces: int,
+        *,
+        batch: int,
+        per_source: int = 2,
+        per_holder: int = 1,
+        window: int = 64,
+        start: int = 0,
     ) -> None:
         """``start``: where the holders' pieces are taken from until the tracker gives
         a stripe."""
@@ -106,6 +115,7 @@ class Plan:
         self.full = (1 << pieces) - 1
         self.batch = max(1, batch)
         self.per_source = max(1, per_source)
+        self.per_holder = max(1, per_holder)
         self.window = max(self.batch, window)
         self.stripe = self.full  # pieces this fetch takes from holders first (rule 4)
         self.start = 0
@@ -158,7 +168,7 @@ class Plan:
             if not s.holder:
                 peers |= s.have
         for s in sorted(self.sources.values(), key=lambda s: (s.holder, s.busy, s.id)):
-            while s.busy < (1 if s.holder else self.per_source):
+            while s.busy < (self.per_holder if s.holder else self.per_source):
                 room = self.window - self.in_flight.bit_count()
                 avail = s.have & ~self.have & ~self.in_flight
                 if room <= 0 or not avail:
