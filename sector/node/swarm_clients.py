@@ -3,7 +3,9 @@ its host: ``swarm.want``, ``swarm.get`` (streamed as verified pieces arrive),
 ``swarm.fetch`` and ``swarm.job`` (``sector distribute``).
 
 - ``swarm.want`` tells a client on this host whether this node would serve its get
-  (the file is cached here, or busy: at least ``BUSY`` other readers).
+  (the file is cached here, or busy: at least ``BUSY`` other readers, or of at least
+  ``LARGE`` bytes: the node's fetch takes it from every holder at once, and from
+  peers, where a read of its own would take one replica's link, or share it).
 - ``swarm.get`` sends the file from its start, in order, while the fetch through the
   swarm fills the cache: each run of verified pieces at the front of the file goes
   out as soon as it is in (a pipeline: the client's bytes flow while the pieces come).
@@ -90,6 +92,10 @@ class ClientHost(Protocol):
 # third on, readers start to share a replica's disk and link, and the one local copy
 # a swarm fetch makes (then served to every reader on this host) costs less.
 BUSY = 2
+# A file this large is served through the node even when quiet. Ten readers at one
+# moment: the first two find the file quiet, read a replica each, and share its
+# uplink with the swarm: they ended last.
+LARGE = 16 << 20
 JOB_TTL = 600.0  # seconds a finished distribute job's outcome is kept
 MAX_JOBS = 64
 JOBS_PER_CALLER = 8
@@ -161,6 +167,8 @@ class Clients:
             return {"serve": False, "why": "holder"}
         if svc.cache.lookup(path, blob) is not None:
             return {"serve": True, "why": "cached"}
+        if req.size is not None and req.size >= LARGE and req.size <= svc.cache.limit:
+            return {"serve": True, "why": "large"}
         reader = f"{svc.me.id}:{req.reader}"
         args = to_args(m.Interest(blob=blob, reader=reader))
         try:

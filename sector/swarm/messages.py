@@ -119,12 +119,13 @@ class CacheDrop(Request, frozen=True):
 
 class Want(Request, frozen=True):
     """swarm.want: would this node serve a get of ``path`` (at ``blob``)? Reply
-    ``{"serve": bool, "why": "cached" | "busy" | "holder" | "quiet"}``."""
+    ``{"serve": bool, "why": "cached" | "busy" | "large" | "holder" | "quiet"}``."""
 
     op = "swarm.want"
     path: Path
     reader: Annotated[str, Meta(max_length=64)]
     blob: BlobId = None
+    size: Annotated[int, Meta(ge=0)] | None = None  # the file's, as the client's stat says
 
 
 class SwarmGet(Request, frozen=True):
