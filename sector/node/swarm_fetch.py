@@ -126,26 +126,52 @@ class FetchHost(Protocol):
     async def track(self, path: str, op: str, args: dict[str, Any]) -> Any: ...
 
 
-class _At:
-    """A sink writing one piece's bytes at their place in the partial file. Writes
-    take the entry's lock, so a copy thread still running after its fetch ended (or
-    its request was given up, ``stop``) never writes through a descriptor that was
-    closed and perhaps reused, nor over a piece that came from elsewhere since (a
-    piece had, from an endgame's other copy: the bytes are read and dropped)."""
+class _Run:
+    """A sink for the pieces of one answer, in the order they are sent: each piece's
+    bytes at their place in the partial file, hashed, and checked at the piece's end
+    (``_Corrupt``); ``done``: the pieces verified so far. Runs in a copy thread, one
+    per answer rather than per piece. Writes take the entry's lock, so a copy thread
+    still running after its fetch ended (or its request was given up, ``stop``) never
+    writes through a descriptor that was closed and perhaps reused, nor over a piece
+    had since (from an endgame's other copy: those bytes are hashed and dropped)."""
 
-    def __init__(self, e: Entry, lock: threading.Lock, piece: int, stop: threading.Event) -> None:
-        self.e, self.lock, self.stop = e, lock, stop
-        self.bit, self.offset = 1 << piece, piece * e.piece_size
+    def __init__(
+        self, e: Entry, lock: threading.Lock, stop: threading.Event, sent: list[int], pl: PieceList
+    ) -> None:
+        self.e, self.lock, self.stop, self.pl = e, lock, stop, pl
+        self.todo = deque((i, pieces.piece_len(i, e.size, pl.piece_size)) for i in sent)
+        self.total = sum(n for _, n in self.todo)
+        self.done: list[int] = []
+        self.h = blake3.blake3()
+        self.offset = self.left = 0
+        if self.todo:
+            self.offset, self.left = self.todo[0][0] * pl.piece_size, self.todo[0][1]
 
     def write(self, data: memoryview) -> None:
-        with self.lock:
-            if self.e.fd is None or self.stop.is_set():
-                raise NoSpace(f"the fetch of {self.e.path} ended")
-            if self.e.have & self.bit:
-                self.offset += len(data)
-                return
-            _pwrite(self.e.fd, memoryview(data), self.offset)
-            self.offset += len(data)
+        view = memoryview(data)
+        e = self.e
+        while view:
+            i = self.todo[0][0]
+            part = view[: self.left]
+            with self.lock:
+                if e.fd is None or self.stop.is_set():
+                    raise NoSpace(f"the fetch of {e.path} ended")
+                if not e.have >> i & 1:
+                    _pwrite(e.fd, part, self.offset)
+            self.h.update(part)
+            view = view[len(part) :]
+            self.offset += len(part)
+            self.left -= len(part)
+            if self.left:
+                continue
+            if self.h.digest() != self.pl.of(i):
+                raise _Corrupt(i)
+            self.done.append(i)
+            self.todo.popleft()
+            self.h = blake3.blake3()
+            if self.todo:
+                nxt, self.left = self.todo[0]
+                self.offset = nxt * self.pl.piece_size
 
 
 class _Mem:
@@ -389,15 +415,23 @@ class Fetcher:
         got: list[int] = []
         sent: list[int] = []
         args = to_args(Pieces(blob=r.blob, piece_size=ps, size=r.size, pieces=req.pieces))
+        what = f"pieces of {r.path} from {req.addr}"
         try:
             async with self.host.links.request(req.addr, args) as reply:
                 sent = _sent(reply.head, req.pieces)
-                for i in sent:
-                    if await self._piece(reply.chan, e, pl, f, i):
-                        plan.got(i)
-                        got.append(i)
-                    if f.stop.is_set():  # given up meanwhile: its pieces went elsewhere
-                        return
+                if req.dup:
+                    for i in sent:
+                        if await self._dup_piece(reply.chan, e, pl, f, i):
+                            plan.got(i)
+                            got.append(i)
+                else:
+                    sink = _Run(e, self.lock, f.stop, sent, pl)
+                    try:
+                        await bulk.recv(
+                            reply.chan, sink.total, sink, executor=self.host.pumps, what=what
+                        )
+                    finally:
+                        got += self._took(plan, e, sink.done, req.source)
                 reply.whole = True
             plan.lacks(req.source, [i for i in req.pieces if i not in sent])
             if len(sent) == len(req.pieces) and not req.dup:
@@ -426,27 +460,41 @@ class Fetcher:
             plan.give_back([i for i in req.pieces if i not in got], dup=req.dup)
             plan.finished(req.source)
 
-    async def _piece(self, chan: BulkChannel, e: Entry, pl: PieceList, f: _Flight, i: int) -> bool:
-        """Piece ``i`` off the stream, verified, into the file; whether it is new here
-        (False: an endgame's other copy came first)."""
+    def _took(self, plan: Plan, e: Entry, done: list[int], source: str) -> list[int]:
+        """Verified pieces in the file: had now (those had already, from an endgame's
+        other copy, are counted as wasted)."""
+        new: list[int] = []
+        with self.lock:  # (``_commit`` sets bits of ``have`` in a thread)
+            for i in done:
+                if not e.have >> i & 1:
+                    e.have |= 1 << i
+                    new.append(i)
+        for i in done:
+            plan.got(i)
+        self.host.counters["endgame_wasted"] += len(done) - len(new)
+        for i in new:
+            self._count(pieces.piece_len(i, self.r.size, e.piece_size), source)
+        if new:
+            self.host.arrived(self.r.blob)
+        return done
+
+    async def _dup_piece(
+        self, chan: BulkChannel, e: Entry, pl: PieceList, f: _Flight, i: int
+    ) -> bool:
+        """Piece ``i`` of an endgame's second request: verified in memory, then
+        written unless the other copy came first; whether it is new here."""
         r, req = self.r, f.req
         n = pieces.piece_len(i, r.size, pl.piece_size)
         h = blake3.blake3()
-        sink: _At | _Mem = _Mem() if req.dup else _At(e, self.lock, i, f.stop)
+        sink = _Mem()
         what = f"piece {i} of {r.path} from {req.addr}"
         await bulk.recv(chan, n, sink, hasher=h, executor=self.host.pumps, what=what)
         if h.digest() != pl.of(i):
             raise _Corrupt(i)
-        if isinstance(sink, _Mem):
-            loop = asyncio.get_running_loop()
-            new = await loop.run_in_executor(
-                self.host.pumps, _commit, e, self.lock, i, sink.buf, f.stop
-            )
-        else:
-            with self.lock:  # (``_commit`` sets bits of ``have`` in a thread)
-                new = not e.have >> i & 1 and not f.stop.is_set()
-                if new:
-                    e.have |= 1 << i
+        loop = asyncio.get_running_loop()
+        new = await loop.run_in_executor(
+            self.host.pumps, _commit, e, self.lock, i, sink.buf, f.stop
+        )
         if not new:
             self.host.counters["endgame_wasted"] += 1
             return False
