@@ -14,7 +14,10 @@ secure cluster a TLS handshake) per request.
 - A request that fails or is given up mid-answer leaves the link in an unknown place:
   the link is closed, and the requests queued behind it fail with ``LinkReset`` (not
   the peer's fault: the caller asks those pieces again, and does not hold it against
-  the peer). Links idle for ``IDLE`` seconds are closed (``sweep``).
+  the peer). Links idle for ``IDLE`` seconds are closed (``sweep``). A reused link
+  found closed before its answer's header (the serving node ended it, idle) fails
+  its request with ``LinkReset`` too: asked again on a new link, a dead peer then
+  fails to connect, a live one answers.
 """
 
 from __future__ import annotations
@@ -26,14 +29,14 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from sector.errors import ConnectError, from_wire
+from sector.errors import ConnectError, TransportError, from_wire
 from sector.transport.bulk import BulkChannel
 from sector.transport.rpc import RpcPool
 from sector.wire import codec
 
 PER_ADDR = 2
 PIPE = 2
-IDLE = 30.0  # seconds (below the serving node's stall timeout on an idle link)
+IDLE = 5.0  # seconds (well below the serving node's stall timeout on an idle link)
 OP = "swarm.piece"
 
 
@@ -91,6 +94,7 @@ class Links:
         loop = asyncio.get_running_loop()
         args = {**args, "keep": True}
         link = self._pick(addr)
+        reused = link is not None
         mine: asyncio.Future[None] = loop.create_future()
         if link is None:
             self._opening[addr] = self._opening.get(addr, 0) + 1
@@ -109,9 +113,11 @@ class Links:
                 prev, link.tail = link.tail, mine
                 try:
                     await link.chan.write(codec.request(next(link.ids), OP, args))
-                except BaseException:
+                except BaseException as exc:
                     mine.set_result(None)
                     await link.close()
+                    if isinstance(exc, TransportError):
+                        raise LinkReset(f"piece link to {addr} was closed: {exc}") from None
                     raise
         link.users += 1
         ok = False
@@ -120,7 +126,12 @@ class Links:
                 await asyncio.shield(prev)
             if link.broken:
                 raise LinkReset(f"piece link to {addr} was closed")
-            head = await link.chan.read_frame()
+            try:
+                head = await link.chan.read_frame()
+            except TransportError as exc:
+                if reused:
+                    raise LinkReset(f"piece link to {addr} was closed: {exc}") from None
+                raise
             if head.e is not None:
                 raise from_wire(head.e)  # (the serving node ends the link after an error)
             reply = Reply(link.chan, head.r)
