@@ -214,6 +214,7 @@ class SwarmService:
             "piece_requests",
             "endgame_requests",
             "endgame_wasted",
+            "endgame_cancelled",
             "fetches_refused",
         )
         return {**self.cache.status(), **{k: c[k] for k in keys}, **self.tracker.status()}

@@ -335,6 +335,7 @@ class Fetcher:
                     if not t.cancelled():
                         t.result()  # a local failure (the disk) ends the fetch
                 self._give_up_slow(plan, flights)
+                self._cancel_beaten(plan, flights)
                 now = time.monotonic()
                 lost = (self.failed or self.bad) and now >= next_announce - ANNOUNCE + 0.05
                 due = now >= next_announce or lost
@@ -350,6 +351,18 @@ class Fetcher:
                 f.stop.set()
                 t.cancel()
             await asyncio.gather(*flights, return_exceptions=True)
+
+    def _cancel_beaten(self, plan: Plan, flights: dict[asyncio.Task[None], _Flight]) -> None:
+        """Endgame: a request whose every piece came by another copy is cancelled (its
+        link closes; the requests queued behind it on the link are asked again)."""
+        if not plan.dup and plan.count < plan.n - 2 * ENDGAME_PIECES:
+            return
+        for t, f in flights.items():
+            mask = sum(1 << i for i in f.req.pieces)
+            if not f.stop.is_set() and plan.have & mask == mask:
+                f.stop.set()
+                t.cancel()
+                self.host.counters["endgame_cancelled"] += 1
 
     def _give_up_slow(self, plan: Plan, flights: dict[asyncio.Task[None], _Flight]) -> None:
         """Requests far slower than this fetch's median (``SLOW``) are given up."""
