@@ -8,14 +8,17 @@ The steps:
 2. Room in the cache (``cache.begin``): a partial file, which serves its verified
    pieces to peers from now on.
 3. Announce to the tracker (the join); its answer is the sources, with their have-sets.
-4. Requests (``swarm.piece``, bulk: ``sendfile`` on the serving side) to several
-   sources at once, several pieces each; every piece is hashed as it arrives and
-   checked against the list before it counts. A source that fails is dropped and
-   reported as failed, one that sends a corrupt piece is dropped and reported as bad
-   (the tracker has a holder's copy repaired, a peer's cache entry dropped); either
-   costs only the pieces it was sending, asked again elsewhere. The tracker is asked
-   again every ``ANNOUNCE`` seconds with the progress, and at once when a source is
-   lost or none has anything left to give.
+4. Requests (``swarm.piece``, ``sendfile`` on the serving side) to several sources at
+   once, several pieces each, pipelined on pooled links (``swarm_links``); every
+   piece is hashed as it arrives (one copy thread per answer, ``_Run``) and checked
+   against the list before it counts. A source that fails is dropped and reported as
+   failed, one that sends a corrupt piece is dropped and reported as bad (the
+   tracker has a holder's copy repaired, a peer's cache entry dropped); either costs
+   only the pieces it was sending, asked again elsewhere. The tracker is asked again
+   every ``ANNOUNCE`` seconds with the progress (in the background), and soon after
+   a source is lost. At the end, the endgame (``schedule`` rule 6): the last pieces
+   in flight are asked of a second source too; the first verified copy is written
+   (``_commit``), the request it beat cancelled.
 5. All pieces verified: the file moves into the cache, and a last announce makes this
    node a seed.
 
