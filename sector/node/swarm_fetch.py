@@ -69,7 +69,10 @@ from sector.wire.messages import to_args
 
 log = logging.getLogger("sector.swarm")
 
-ANNOUNCE = 0.25  # seconds between two progress announces while fetching
+ANNOUNCE = 0.1  # seconds between two progress announces while fetching
+# (a follower learns of its peers' new pieces this much late: at 0.25 s, a sixth of
+# the time a 16 MiB file takes at 100 Mbit/s)
+IDLE_MAX = 0.2  # seconds at most between two announces of a fetch with nothing to ask
 STALL = 15.0  # seconds with nothing to ask of anyone before the record is looked at again
 PIECE_STALL = 10.0  # a piece stream silent this long fails its source
 # A request taking SLOW times what this fetch's median rate says it should (and at
@@ -318,7 +321,7 @@ class Fetcher:
                     if now - quiet_since > STALL:
                         raise Stalled(f"{e.path}: no source had a piece to give for {STALL:g} s")
                     await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 1.0)
+                    backoff = min(backoff * 2, IDLE_MAX)
                     if ann is not None and not ann.done():
                         await ann
                     await self._announce(plan)
