@@ -472,7 +472,13 @@ class AsyncClient:
             return False  # a file that travels inline is not worth a swarm
         if large is not None and st["size"] >= large:
             return True
-        args = {"path": st["path"], "blob": st["blob"], "reader": self._reader, "size": st["size"]}
+        args = {
+            "path": st["path"],
+            "blob": st["blob"],
+            "reader": self._reader,
+            "size": st["size"],
+            "replicas": len(st["replicas"]),
+        }
         try:
             rep = await self.pool.call(self._entries[0], "swarm.want", args)
         except SectorError:

@@ -3,7 +3,8 @@ its host: ``swarm.want``, ``swarm.get`` (streamed as verified pieces arrive),
 ``swarm.fetch`` and ``swarm.job`` (``sector distribute``).
 
 - ``swarm.want`` tells a client on this host whether this node would serve its get
-  (the file is cached here, or busy: at least ``BUSY`` other readers, or of at least
+  (the file is cached here, or busy: at least ``BUSY`` other readers, or for a file
+  under ``SMALL`` bytes ``PER_REPLICA`` per replica, or of at least
   ``LARGE`` bytes: the node's fetch takes it from every holder at once, and from
   peers, where a read of its own would take one replica's link, or share it).
 - ``swarm.get`` sends the file from its start, in order, while the fetch through the
@@ -92,6 +93,12 @@ class ClientHost(Protocol):
 # third on, readers start to share a replica's disk and link, and the one local copy
 # a swarm fetch makes (then served to every reader on this host) costs less.
 BUSY = 2
+# A small file's replicas serve a few readers each sooner than a swarm starts (its
+# RPCs cost more than the bytes): under SMALL bytes, the swarm is for a file read by
+# more than PER_REPLICA readers per replica (ten hosts reading 1 MiB from 3 replicas
+# are served by the replicas; a thousand by the swarm).
+SMALL = 2 << 20
+PER_REPLICA = 4
 # A file this large is served through the node even when quiet. Ten readers at one
 # moment: the first two find the file quiet, read a replica each, and share its
 # uplink with the swarm: they ended last.
@@ -176,7 +183,10 @@ class Clients:
             others = int(rep["others"])
         except (SectorError, KeyError, TypeError, ValueError):
             return {"serve": False, "why": "quiet"}
-        return {"serve": others >= BUSY, "why": "busy" if others >= BUSY else "quiet"}
+        busy = BUSY
+        if req.size is not None and req.size < SMALL and req.replicas:
+            busy = max(BUSY, PER_REPLICA * req.replicas)
+        return {"serve": others >= busy, "why": "busy" if others >= busy else "quiet"}
 
     @typed(m.SwarmGet)
     async def _h_get(self, req: m.SwarmGet, chan: BulkChannel) -> Any:

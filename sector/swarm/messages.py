@@ -126,6 +126,7 @@ class Want(Request, frozen=True):
     reader: Annotated[str, Meta(max_length=64)]
     blob: BlobId = None
     size: Annotated[int, Meta(ge=0)] | None = None  # the file's, as the client's stat says
+    replicas: Annotated[int, Meta(ge=0, le=64)] | None = None  # ... and its replicas
 
 
 class SwarmGet(Request, frozen=True):
