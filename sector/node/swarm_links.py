@@ -11,10 +11,10 @@ secure cluster a TLS handshake) per request.
   the moment it has sent the last byte of the one before.
 - At most ``PER_ADDR`` links per peer, each with at most ``PIPE`` requests in flight
   before another link is opened; beyond that the least busy link takes the request.
-- A request that fails or is given up mid-answer leaves the link in an unknown place:
-  the link is closed, and the requests queued behind it fail with ``LinkReset`` (not
-  the peer's fault: the caller asks those pieces again, and does not hold it against
-  the peer). Links idle for ``IDLE`` seconds are closed (``sweep``). A reused link
+- A request that fails or is given up, mid-answer or queued, leaves the link in an
+  unknown place: the link is closed, and the other requests on it fail with
+  ``LinkReset`` (not the peer's fault: the caller asks those pieces again, and does
+  not hold it against the peer). Links idle for ``IDLE`` seconds are closed (``sweep``). A reused link
   found closed before its answer's header (the serving node ended it, idle) fails
   its request with ``LinkReset`` too: asked again on a new link, a dead peer then
   fails to connect, a live one answers.
@@ -129,13 +129,18 @@ class Links:
             try:
                 head = await link.chan.read_frame()
             except TransportError as exc:
-                if reused:
+                if reused or link.broken:
                     raise LinkReset(f"piece link to {addr} was closed: {exc}") from None
                 raise
             if head.e is not None:
                 raise from_wire(head.e)  # (the serving node ends the link after an error)
             reply = Reply(link.chan, head.r)
-            yield reply
+            try:
+                yield reply
+            except TransportError as exc:
+                if link.broken:  # closed here, by a request queued on it (cancelled)
+                    raise LinkReset(f"piece link to {addr} was closed: {exc}") from None
+                raise
             ok = reply.whole
         finally:
             link.users -= 1
