@@ -450,7 +450,7 @@ class AsyncClient:
         # Readers need no flag (issue 14): a file the entry node on this host has
         # cached, or one busy enough, is served by that node (fetched through the
         # swarm into its cache); any failure there falls back to the replicas.
-        entry = [self._entries[0]] if await self._swarm_serves(st) else []
+        entry = [self._entries[0]] if await self.swarm_serves(st) else []
         for i, addr in enumerate(entry + self._order(st["replicas"])):
             try:
                 await self._fetch(addr, st, tmp, progress, swarm=i < len(entry))
@@ -472,17 +472,38 @@ class AsyncClient:
             raise NotFound(f"{st['path']} has no replicas")
         raise SectorError(f"cannot read {st['path']}: every replica failed ({'; '.join(errors)})")
 
-    async def _swarm_serves(self, st: dict[str, Any]) -> bool:
+    async def swarm_serves(self, st: dict[str, Any], *, large: int | None = None) -> bool:
         """Whether the entry node, on this host, would serve this get from its cache or
-        the swarm (``swarm.want``: cached there, or read by enough others now)."""
+        the swarm (``swarm.want``: cached there, or read by enough others now; or the
+        file has at least ``large`` bytes)."""
         if st["size"] <= SMALL_MAX or not self._entry_local():
             return False  # a file that travels inline is not worth a swarm
-        args = {"path": st["path"], "blob": st["blob"], "reader": self._reader}
+        if large is not None and st["size"] >= large:
+            return True
+        args = {
+            "path": st["path"],
+            "blob": st["blob"],
+            "reader": self._reader,
+            "size": st["size"],
+            "replicas": len(st["replicas"]),
+        }
         try:
             rep = await self.pool.call(self._entries[0], "swarm.want", args)
         except SectorError:
             return False
         return isinstance(rep, dict) and rep.get("serve") is True
+
+    async def read_swarm(self, st: dict[str, Any], offset: int, length: int) -> bytes:
+        """Bytes of a file through the entry node's cache, which it fills through the
+        swarm (``swarm.get`` of a range: sent as its pieces arrive, each verified by
+        the node). The FUSE mount's reads of busy or large files."""
+        req = SwarmGet(path=st["path"], blob=st["blob"], offset=offset, length=length)
+        wait = max(60.0, st["size"] / SWARM_FLOOR)
+        chan, n = await open_get(self.pool, self._entries[0], req, stall_timeout=wait)
+        try:
+            return await chan.read_exactly(n)
+        finally:
+            await chan.close()
 
     def _entry_local(self) -> bool:
         host = split_addr(self._entries[0])[0]

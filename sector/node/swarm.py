@@ -16,9 +16,8 @@ owns, the cache of other nodes' files, the serving of pieces, and the fetches
   fetched it drop it (``forget``, from the namespace's blob deletion); a cached copy
   found on lookup under a record naming another blob goes too, and every
   ``CHECK_INTERVAL`` each cached file is checked against its record.
-- Gets: ``swarm.want`` tells a client on this host whether this node would serve its
-  get (the file is cached here, or busy: at least ``BUSY`` other readers), and
-  ``swarm.get`` serves it, from a fetch through the swarm into the cache.
+- Clients' requests (``swarm.want``, ``swarm.get`` streamed as the pieces arrive,
+  ``swarm.fetch`` jobs) are served by ``swarm_clients``.
 - Pieces are served (``swarm.piece``, ``sendfile``) from a holder's blob, a cached copy
   or a fetch under way (its verified pieces), paced by ``--swarm-upload-rate``.
 """
@@ -30,12 +29,10 @@ import contextlib
 import functools
 import logging
 import os
-import secrets
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
 
@@ -55,7 +52,9 @@ from sector.meta.records import FileRecord, Record
 from sector.meta.route import Router
 from sector.node.cache import Cache, Entry, default_limit
 from sector.node.members import Members
-from sector.node.swarm_fetch import Fetcher, Stalled
+from sector.node.swarm_clients import Clients
+from sector.node.swarm_fetch import PIECE_STALL, Fetcher, Stalled
+from sector.node.swarm_links import Links
 from sector.routing.chord import Peer
 from sector.security import guard
 from sector.storage import pieces
@@ -67,19 +66,11 @@ from sector.transport import bulk
 from sector.transport.bulk import BulkChannel
 from sector.transport.rpc import RpcPool
 from sector.wire import codec
-from sector.wire.messages import to_args, typed
+from sector.wire.messages import decode, to_args, typed
 
 log = logging.getLogger("sector.swarm")
 
-# A get joins the swarm when at least this many *others* read the file now. With the
-# default 3 replicas two readers at once are served well by the replicas; from the
-# third on, readers start to share a replica's disk and link, and the one local copy
-# a swarm fetch makes (then served to every reader on this host) costs less.
-BUSY = 2
 CHECK_INTERVAL = 300.0  # seconds between checks of the cached files against their records
-JOB_TTL = 600.0  # seconds a finished distribute job's outcome is kept
-MAX_JOBS = 64
-JOB_FILES_AT_ONCE = 4
 FETCH_RESTARTS = 3  # a file replaced mid-fetch: start over on the new version, so often
 
 
@@ -141,35 +132,6 @@ class Pace:
             await asyncio.sleep(start - now)
 
 
-@dataclass
-class _Job:
-    """A ``swarm.fetch`` (``sector distribute`` on this node)."""
-
-    id: str
-    paths: list[str]
-    started: float = field(default_factory=time.monotonic)
-    files: int = 0
-    bytes: int = 0
-    fetched: int = 0  # bytes that came over the network
-    progress: int = 0  # bytes done, for the progress bar
-    errors: list[str] = field(default_factory=list)
-    ended: float | None = None
-    task: asyncio.Task[None] | None = None
-
-    def view(self) -> dict[str, Any]:
-        end = self.ended if self.ended is not None else time.monotonic()
-        return {
-            "job": self.id,
-            "state": "running" if self.ended is None else "done",
-            "files": self.files,
-            "bytes": self.bytes,
-            "fetched": self.fetched,
-            "progress": self.progress,
-            "seconds": round(end - self.started, 3),
-            "errors": self.errors[:20],
-        }
-
-
 class SwarmService:
     def __init__(self, node: SwarmHost) -> None:
         self.node = node
@@ -182,7 +144,9 @@ class SwarmService:
         self.io = ThreadPoolExecutor(4, thread_name_prefix="swarm-io")
         self.pace = Pace(cfg.swarm_upload_rate)
         self._fetching: dict[str, asyncio.Task[Any]] = {}
-        self._jobs: dict[str, _Job] = {}
+        self.clients = Clients(self)
+        self.links = Links(node.pool, stall_timeout=PIECE_STALL)
+        self._arrivals: dict[str, set[asyncio.Event]] = {}
         self._checked = time.monotonic()
         self._bg: set[asyncio.Task[Any]] = set()
         self.worker = Every("swarm", self._tick, 1.0)
@@ -209,9 +173,8 @@ class SwarmService:
         await self.worker.stop()
         for t in list(self._fetching.values()) + list(self._bg):
             t.cancel()
-        for j in self._jobs.values():
-            if j.task is not None:
-                j.task.cancel()
+        self.clients.stop()
+        await self.links.close()
         self.pumps.shutdown(wait=False, cancel_futures=True)
         self.io.shutdown(wait=False, cancel_futures=True)
 
@@ -222,14 +185,12 @@ class SwarmService:
             "swarm.interest": self._h_interest,
             "swarm.forget": self._h_forget,
             "swarm.pieces": self._h_pieces,
-            "swarm.want": self._h_want,
-            "swarm.fetch": self._h_fetch,
-            "swarm.job": self._h_job,
             "cache.drop": self._h_drop,
+            **self.clients.handlers(),
         }
 
     def bulk_handlers(self) -> dict[str, Any]:
-        return {"swarm.piece": self._h_piece, "swarm.get": self._h_get}
+        return {"swarm.piece": self._h_piece, **self.clients.bulk_handlers()}
 
     def status(self) -> dict[str, Any]:
         """The node's swarm figures (``node.info``, ``sector status --json``)."""
@@ -247,6 +208,14 @@ class SwarmService:
             "fetches",
             "local_gets",
             "local_get_bytes",
+            "streamed_bytes",
+            "local_gets_cut",
+            "piece_streams",
+            "piece_requests",
+            "endgame_requests",
+            "endgame_wasted",
+            "endgame_cancelled",
+            "fetches_refused",
         )
         return {**self.cache.status(), **{k: c[k] for k in keys}, **self.tracker.status()}
 
@@ -258,8 +227,8 @@ class SwarmService:
     async def _tick(self) -> None:
         now = time.monotonic()
         self.tracker.expire(now)
-        for jid in [j for j, job in self._jobs.items() if job.ended and now - job.ended > JOB_TTL]:
-            del self._jobs[jid]
+        self.clients.expire(now)
+        await self.links.sweep(now)
         if now - self._checked > CHECK_INTERVAL:
             self._checked = now
             await self._check_cache()
@@ -302,16 +271,10 @@ class SwarmService:
         self, r: FileRecord, progress: Callable[[int], None] | None = None, *, restart: bool = True
     ) -> Path:
         for _ in range(FETCH_RESTARTS):
-            if self.node.blobs.exists(r.blob):
-                return self.node.blobs.path(r.blob)  # a replica holder: nothing to fetch
-            e = self.cache.lookup(r.path, r.blob)
-            if e is not None:
-                return Path(e.file)
-            task = self._fetching.get(r.blob)
-            if task is None:
-                task = asyncio.create_task(Fetcher(self, r, progress).run(), name="swarm-fetch")
-                self._fetching[r.blob] = task
-                task.add_done_callback(functools.partial(self._fetched, r.blob))
+            local = self.local_copy(r)
+            if local is not None:
+                return local
+            task = self.start_fetch(r, progress)
             try:
                 done: Entry = await asyncio.shield(task)
                 return Path(done.file)
@@ -323,7 +286,46 @@ class SwarmService:
                 r = cur
         raise Unavailable(f"{r.path} kept changing during its fetch")
 
+    def local_copy(self, r: FileRecord) -> Path | None:
+        """The blob itself where this node holds a replica, else its complete cached
+        copy; None if it must be fetched."""
+        if self.node.blobs.exists(r.blob):
+            return self.node.blobs.path(r.blob)  # a replica holder: nothing to fetch
+        e = self.cache.lookup(r.path, r.blob)
+        return Path(e.file) if e is not None else None
+
+    def start_fetch(
+        self, r: FileRecord, progress: Callable[[int], None] | None = None
+    ) -> asyncio.Task[Entry]:
+        """The fetch of ``r``'s blob under way on this node, started if there is none
+        (two fetches of one blob at once are one)."""
+        task = self._fetching.get(r.blob)
+        if task is None:
+            task = asyncio.create_task(Fetcher(self, r, progress).run(), name="swarm-fetch")
+            self._fetching[r.blob] = task
+            task.add_done_callback(functools.partial(self._fetched, r.blob))
+        return task
+
+    @contextlib.contextmanager
+    def arrivals(self, blob: str) -> Iterator[asyncio.Event]:
+        """An event set whenever a piece of ``blob`` arrives here or its fetch ends."""
+        ev = asyncio.Event()
+        self._arrivals.setdefault(blob, set()).add(ev)
+        try:
+            yield ev
+        finally:
+            evs = self._arrivals.get(blob)
+            if evs is not None:
+                evs.discard(ev)
+                if not evs:
+                    del self._arrivals[blob]
+
+    def arrived(self, blob: str) -> None:
+        for ev in self._arrivals.get(blob, ()):
+            ev.set()
+
     def _fetched(self, blob: str, task: asyncio.Task[Any]) -> None:
+        self.arrived(blob)
         if self._fetching.get(blob) is task:
             del self._fetching[blob]
         if not task.cancelled() and task.exception() is not None:
@@ -464,8 +466,25 @@ class SwarmService:
                 return open(self.cache.open(e), "rb"), e.have & full, True
         return None, 0, False
 
-    @typed(m.Pieces)
-    async def _h_piece(self, req: m.Pieces, chan: BulkChannel) -> Any:
+    async def _h_piece(self, args: dict[str, Any], chan: BulkChannel) -> Any:
+        """``swarm.piece``; with ``keep``, the requests that follow on the stream too
+        (a link, ``swarm_links``), until the peer closes it."""
+        req = decode(m.Pieces, args)
+        self.counters["piece_streams"] += 1
+        while True:
+            self.counters["piece_requests"] += 1
+            await self._serve_pieces(req, chan)
+            if not req.keep:
+                return None
+            try:
+                env = await chan.read_frame()
+            except TransportError:
+                return None  # the peer closed its link (or it went idle)
+            if env.op != "swarm.piece" or not env.is_request:
+                raise BadRequest(f"{env.op!r} on a swarm.piece link")
+            req = decode(m.Pieces, env.a or {})
+
+    async def _serve_pieces(self, req: m.Pieces, chan: BulkChannel) -> None:
         blob = check_blob_id(req.blob)
         ps, size = req.piece_size, req.size
         _check_pieces(size, ps)
@@ -485,90 +504,11 @@ class SwarmService:
         finally:
             if f is not None:
                 f.close()
-        return None
 
     @typed(m.CacheDrop)
     async def _h_drop(self, req: m.CacheDrop) -> Any:
         blobs = [check_blob_id(b) for b in req.blobs]
         return {"dropped": sum(1 for b in blobs if self.cache.drop(b))}
-
-    # ------------------------------------------------------------------ clients
-
-    @typed(m.Want)
-    async def _h_want(self, req: m.Want) -> Any:
-        path = rec.normalize(req.path)
-        guard.read(path)
-        blob = check_blob_id(req.blob)
-        if self.node.blobs.exists(blob):
-            return {"serve": False, "why": "holder"}
-        if self.cache.lookup(path, blob) is not None:
-            return {"serve": True, "why": "cached"}
-        reader = f"{self.me.id}:{req.reader}"
-        args = to_args(m.Interest(blob=blob, reader=reader))
-        try:
-            rep = await self.track(path, "swarm.interest", args)
-            others = int(rep["others"])
-        except (SectorError, KeyError, TypeError, ValueError):
-            return {"serve": False, "why": "quiet"}
-        return {"serve": others >= BUSY, "why": "busy" if others >= BUSY else "quiet"}
-
-    @typed(m.SwarmGet)
-    async def _h_get(self, req: m.SwarmGet, chan: BulkChannel) -> Any:
-        blob = check_blob_id(req.blob)
-        local = await self.fetch(req.path, blob=blob)
-        with open(local, "rb") as f:
-            n = os.fstat(f.fileno()).st_size
-            await chan.write(codec.reply(1, {"size": n, "total": n}))
-            await bulk.send_file(chan, f, 0, n)
-        self.counters["local_gets"] += 1
-        self.counters["local_get_bytes"] += n
-        return None
-
-    @typed(m.Fetch)
-    async def _h_fetch(self, req: m.Fetch) -> Any:
-        paths = [rec.normalize(p) for p in req.paths]
-        for p in paths:
-            guard.read(p)
-        if sum(1 for j in self._jobs.values() if j.ended is None) >= MAX_JOBS:
-            raise Unavailable("too many distribute jobs running on this node")
-        job = _Job(secrets.token_hex(8), paths)
-        self._jobs[job.id] = job
-        job.task = asyncio.create_task(self._run_job(job), name=f"swarm-job-{job.id}")
-        return {"job": job.id}
-
-    async def _run_job(self, job: _Job) -> None:
-        sem = asyncio.Semaphore(JOB_FILES_AT_ONCE)
-
-        async def one(path: str) -> None:
-            got = [0]
-
-            def progress(n: int) -> None:
-                got[0] += n
-                job.progress += n
-                job.fetched += n
-
-            async with sem:
-                try:
-                    r = await self.record(path)
-                    await self.fetch_record(r, progress)
-                except SectorError as exc:
-                    job.errors.append(f"{path}: {exc}")
-                    return
-                job.files += 1
-                job.bytes += r.size
-                job.progress += r.size - got[0]  # held here, or fetched by another
-
-        try:
-            await asyncio.gather(*(one(p) for p in job.paths))
-        finally:
-            job.ended = time.monotonic()
-
-    @typed(m.Job)
-    async def _h_job(self, req: m.Job) -> Any:
-        job = self._jobs.get(req.job)
-        if job is None:
-            raise NotFound(f"no distribute job {req.job} on this node (restarted?)")
-        return job.view()
 
 
 def _check_pieces(size: int, piece_size: int) -> None:

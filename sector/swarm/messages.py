@@ -98,13 +98,15 @@ class PieceList(Request, frozen=True):
 
 class Pieces(Request, frozen=True):
     """swarm.piece (bulk): these pieces of the blob, as many as the node has. Header
-    ``{"pieces": [the ones that follow, in order]}``, then their bytes."""
+    ``{"pieces": [the ones that follow, in order]}``, then their bytes. With ``keep``,
+    the stream stays open for the next request frame (any blob) after the bytes."""
 
     op = "swarm.piece"
     piece_size: Annotated[int, Meta(gt=0)]
     size: Annotated[int, Meta(ge=0)]
     pieces: Annotated[list[Annotated[int, Meta(ge=0, lt=MAX_PIECES)]], Meta(max_length=MAX_BATCH)]
     blob: BlobId = None
+    keep: bool = False  # a link: more requests follow on this stream (``node/swarm_links``)
 
 
 class CacheDrop(Request, frozen=True):
@@ -117,21 +119,26 @@ class CacheDrop(Request, frozen=True):
 
 class Want(Request, frozen=True):
     """swarm.want: would this node serve a get of ``path`` (at ``blob``)? Reply
-    ``{"serve": bool, "why": "cached" | "busy" | "holder" | "quiet"}``."""
+    ``{"serve": bool, "why": "cached" | "busy" | "large" | "holder" | "quiet"}``."""
 
     op = "swarm.want"
     path: Path
     reader: Annotated[str, Meta(max_length=64)]
     blob: BlobId = None
+    size: Annotated[int, Meta(ge=0)] | None = None  # the file's, as the client's stat says
+    replicas: Annotated[int, Meta(ge=0, le=64)] | None = None  # ... and its replicas
 
 
 class SwarmGet(Request, frozen=True):
-    """swarm.get (bulk): the file ``path`` at ``blob``, fetched into this node's cache
-    through the swarm if it is not there; header ``{"size"}``, then its bytes."""
+    """swarm.get (bulk): the file ``path`` at ``blob`` (or ``length`` bytes of it from
+    ``offset``), fetched into this node's cache through the swarm if it is not there
+    and sent as its pieces arrive; header ``{"size"}``, then its bytes."""
 
     op = "swarm.get"
     path: Path
     blob: BlobId = None
+    offset: Annotated[int, Meta(ge=0)] = 0  # a range of it (the FUSE mount's reads)
+    length: Annotated[int, Meta(ge=0)] | None = None
 
 
 class Fetch(Request, frozen=True):

@@ -445,3 +445,36 @@ def test_anonymous_mount_is_read_only_and_a_credential_is_held_to_its_grant(
         finally:
             do_umount(anon)
             do_umount(alice)
+
+
+def test_a_busy_file_is_read_through_the_local_nodes_swarm(
+    tmp_path: Path, random_file: Callable
+) -> None:
+    """A file two other readers want now is read through the mount's node (its swarm
+    cache), not from the replica: the node's swarm counters show it."""
+    with ProcCluster(tmp_path / "cl", replicas=1, node_args=NODE_ARGS) as cl:
+        cl.start(2)
+        with cl.connect() as c:
+            for i in range(8):  # a file on one node: the mount goes through the other
+                random_file(tmp_path / "src", 3 << 20)
+                st = c.put(str(tmp_path / "src"), f"/busy{i}.bin")
+                holder = st["replicas"][0]["address"]
+                if holder != cl.nodes[1].address:
+                    break
+            mine = next(n.address for n in cl.nodes if n.address != holder)
+            for reader in ("other-1", "other-2"):  # two readers elsewhere, right now
+                args = {"path": st["path"], "blob": st["blob"], "reader": reader}
+                c._run(c._aio.pool.call(mine, "swarm.want", args))
+            before = c._run(c._aio.pool.call(mine, "node.info", {}))["swarm"]
+            # (the mount daemon starts in /: it must import this checkout's sector)
+            here = {"PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+            m = do_mount(mine, tmp_path / "m", env=here)
+            try:
+                got = run("cmp", str(tmp_path / "src"), str(m.path / st["path"][1:]))
+                assert got.returncode == 0, got.stdout + got.stderr
+            finally:
+                do_umount(m)
+            after = c._run(c._aio.pool.call(mine, "node.info", {}))["swarm"]
+            assert after["local_gets"] > before["local_gets"]
+            assert after["bytes_from_holders"] - before["bytes_from_holders"] >= 3 << 20
+            assert after["local_get_bytes"] - before["local_get_bytes"] >= 3 << 20

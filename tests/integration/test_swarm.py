@@ -205,19 +205,27 @@ def test_fetchers_at_once_are_served_partly_by_each_other(
 def test_a_busy_file_is_served_through_the_local_node_with_no_flag(
     cluster: ProcCluster, tmp_path: Path
 ) -> None:
-    with cluster.connect() as c:
-        data, st = put_random(c, tmp_path, "/busy/f.bin", 1 << 20)
-        holder = st["replicas"][0]["address"]
-    readers = [n for n in cluster.nodes if n.address != holder][:3]
-    served = []
-    for n in readers:  # within the tracker's 10 s window: the third reader sees two others
-        with cluster.connect(n.address) as c:
-            before = swarm(c, n.address)["local_gets"]
-            c.get("/busy/f.bin", str(tmp_path / "out.bin"))
-            assert (tmp_path / "out.bin").read_bytes() == data
-            served.append(swarm(c, n.address)["local_gets"] - before)
+    def read_by_three(path: str, size: int) -> tuple[list[int], list[NodeProc], Any, bytes]:
+        with cluster.connect() as c:
+            data, st = put_random(c, tmp_path, path, size)
+            holder = st["replicas"][0]["address"]
+        readers = [n for n in cluster.nodes if n.address != holder][:3]
+        served = []
+        for n in readers:  # within the tracker's 10 s window: the third sees two others
+            with cluster.connect(n.address) as c:
+                before = swarm(c, n.address)["local_gets"]
+                c.get(path, str(tmp_path / "out.bin"))
+                assert (tmp_path / "out.bin").read_bytes() == data
+                served.append(swarm(c, n.address)["local_gets"] - before)
+        return served, readers, st, data
+
+    served, readers, st, data = read_by_three("/busy/f.bin", 2 << 20)
     assert served == [0, 0, 1]
     assert cached(readers[2], st["blob"]).read_bytes() == data
+    # A small file (under 2 MiB) read by fewer than 4 readers per replica: its replica
+    # serves them all.
+    served, *_ = read_by_three("/busy/small.bin", 1 << 20)
+    assert served == [0, 0, 0]
 
 
 def test_a_corrupt_cached_piece_is_caught_dropped_and_reported(

@@ -20,7 +20,10 @@ def by_hand(data: bytes, ps: int) -> bytes:
 
 
 def test_piece_size_keeps_files_under_the_piece_cap() -> None:
-    assert pieces.piece_size_for(0) == pieces.PIECE
+    assert pieces.piece_size_for(0) == pieces.SMALL_PIECE  # small files: small pieces
+    assert pieces.piece_size_for(16 << 20) == 64 << 10  # at least MIN_COUNT pieces
+    assert pieces.piece_size_for(256 << 20) == 1 << 20
+    assert pieces.piece_size_for(1 << 20, base=16 << 10) == 16 << 10  # never above base
     assert pieces.piece_size_for(1 << 30) == 4 << 20  # 256 pieces
     assert pieces.piece_size_for(8 << 30) == 4 << 20  # 2048 exactly
     assert pieces.piece_size_for((8 << 30) + 1) == 8 << 20

@@ -83,3 +83,37 @@ def test_the_cache_is_rebuilt_from_disk(tmp_path: Path) -> None:
     assert got.digests == a.digests and got.have == a.have
     assert c2.get(b.blob) is None and not os.path.exists(b.file)
     assert not junk.exists() and c2.used == 7000
+
+
+def test_an_answers_pieces_are_checked_one_by_one_and_a_had_piece_is_never_overwritten(
+    tmp_path: Path,
+) -> None:
+    import threading
+
+    from sector.node.swarm_fetch import _Corrupt, _Run
+
+    ps = 16 << 10
+    data = os.urandom(4 * ps)
+    digests = b"".join(pieces.digest(data[i : i + ps]) for i in range(0, len(data), ps))
+    pl = pieces.PieceList(len(data), ps, digests)
+    c = Cache(tmp_path, 1 << 20)
+    c.load()
+    e = c.begin(new_blob_id(), "/f", len(data), checksum_of(data), pl)
+    lock, stop = threading.Lock(), threading.Event()
+    assert e.fd is not None
+    os.pwrite(e.fd, b"\xee" * ps, 2 * ps)  # piece 2 is had (from an endgame's other copy)
+    e.have = 1 << 2
+    run = _Run(e, lock, stop, [3, 2, 0], pl)
+    wire = data[3 * ps :] + bytes(ps) + data[:ps]  # the copy of piece 2 sent here is bad
+    run.write(memoryview(wire[:5000]))  # chunks that do not line up with the pieces
+    run.write(memoryview(wire[5000 : ps + 3000]))  # piece 3 whole, piece 2 begun
+    with pytest.raises(_Corrupt) as info:  # piece 2's end: its hash is wrong
+        run.write(memoryview(wire[ps + 3000 : 2 * ps + 100]))
+    assert info.value.piece == 2
+    assert run.done == [3]
+    assert os.pread(e.fd, ps, 3 * ps) == data[3 * ps :]
+    assert os.pread(e.fd, ps, 2 * ps) == b"\xee" * ps  # the had piece was not written over
+    run = _Run(e, lock, stop, [0], pl)
+    stop.set()  # the request was given up: nothing more is written
+    with pytest.raises(NoSpace):
+        run.write(memoryview(data[:ps]))

@@ -204,10 +204,44 @@ def test_peers_fed_by_holders_get_stripes_of_the_file() -> None:
         p.got(i)
     p.finished("q")
     p.finished("h")
-    # the stripe is in: the holder is asked for what no peer has, and only while no
-    # peer is sending anything
+    # the stripe is in: the holder is asked for what no peer has (peers sending or not)
     p.set_sources([Source("h", "a", None, True), Source("q", "b", 0b0000_0010)])
-    assert {r.source: r.pieces for r in p.next()} == {"q": [1]}
-    p.got(1)
-    p.finished("q")
-    assert {r.source: r.pieces for r in p.next()} == {"h": [2, 3]}
+    assert {r.source: r.pieces for r in p.next()} == {"q": [1], "h": [2, 3]}
+
+
+def test_endgame_asks_the_last_pieces_in_flight_of_a_second_source() -> None:
+    p = Plan(8, batch=2, per_source=1, window=8)
+    p.set_sources([Source("a", "x", None), Source("b", "y", 0b0000_1111)])
+    first = {r.source: r.pieces for r in p.next()}
+    assert first == {"a": [0, 1], "b": [2, 3]}
+    assert p.endgame(limit=8) == []  # pieces 4-7 are not asked yet: no endgame
+    for i in first["b"]:
+        p.got(i)
+    p.finished("b")
+    more = {r.source: r.pieces for r in p.next()}
+    assert more == {}  # a has its one request in flight, b has nothing else
+    p.finished("a")
+    assert {r.source: r.pieces for r in p.next()} == {"a": [4, 5]}
+    # missing now: 0, 1 (first request to a) and 4, 5, 6, 7 (the last in flight or
+    # not asked): 6 and 7 are not in flight, so still no endgame
+    assert p.endgame(limit=8) == []
+    p.got(6)
+    p.got(7)
+    # every missing piece is in flight, all from a: b is asked for those it has
+    dup = p.endgame(limit=8)
+    assert [(r.source, r.pieces, r.dup) for r in dup] == [("b", [0, 1], True)]
+    assert p.endgame(limit=8) == []  # asked twice at most
+    p.got(0)  # the second copy came first
+    p.give_back([1], dup=True)  # ... and the rest of it did not
+    assert p.dup == 0 and p.in_flight >> 1 & 1  # piece 1 is still with a
+    assert p.endgame(limit=2) == []  # too many left (1, 4, 5) for a limit of 2
+    assert [r.pieces for r in p.endgame(limit=3)] == [[1]]
+
+
+def test_front_is_the_end_of_the_run_a_reader_in_order_may_take() -> None:
+    from sector.swarm.schedule import front
+
+    assert front(0b0111, 0, 8) == 3
+    assert front(0b0111, 3, 8) == 3
+    assert front(0b1110, 0, 8) == 0
+    assert front(0xFF, 2, 8) == 8
