@@ -128,6 +128,7 @@ class NodeHttp:
         app.router.add_get("/api/file", self._file)
         app.router.add_get("/api/jobs", self._jobs)
         app.router.add_get("/static/{name}", self._static)
+        app.router.add_post("/api/drain", self._drain)
         self.app = app
 
     async def start(self, spec: str | None) -> str | None:
@@ -233,6 +234,28 @@ class NodeHttp:
 
         got = await asyncio.gather(*(one(n) for n in names[:DISCO_SHOWN]))
         return [g for g in got if g is not None]
+
+    async def _drain(self, request: web.Request) -> web.Response:
+        """``POST {"address", "cancel"?}`` with ``Authorization: Bearer CREDENTIAL``: drain
+        a node (or stop draining it). The credential is the caller's own: the node it
+        names decides (an admin's, as ``sector node drain``); none at all is a 401."""
+        auth = request.headers.get("Authorization", "")
+        if not auth.startswith("Bearer ") or not auth[7:].strip():
+            return _error(401, "draining a node needs an admin credential (Authorization: Bearer)")
+        if getattr(self.node, "security", None) is None:
+            # An open cluster has no credentials to check: no state changes over HTTP.
+            return _error(403, "an open cluster takes no actions over HTTP (sector node drain)")
+        try:
+            body = await request.json()
+        except ValueError:
+            raise UsageError('the body must be JSON: {"address": "HOST:PORT"}') from None
+        addr = body.get("address") if isinstance(body, dict) else None
+        if not isinstance(addr, str):
+            raise UsageError('missing "address": the node to drain')
+        if addr not in {m["address"] for m in (await (await self._anon()).status())["nodes"]}:
+            raise NotFound(f"no node {addr} in this cluster")
+        async with AsyncClient(self.node.addr, token=auth[7:].strip(), timeout=30.0) as c:
+            return _json(await c.drain(addr, cancel=bool(body.get("cancel"))))
 
     async def _file(self, request: web.Request) -> web.StreamResponse:
         c = await self._anon()

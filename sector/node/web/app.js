@@ -68,7 +68,8 @@
     $("#nodes tbody").innerHTML = nodes.map((n) => {
       const sph = (n.workers || []).find((w) => w.name === "sphere") || {};
       const eng = sph.engines ? `${sph.engines_busy || 0} / ${sph.engines} busy` : "–";
-      const page = n.http ? `<a href="${esc(n.http)}">open</a>` : "–";
+      const page = (n.http ? `<a href="${esc(n.http)}">open</a>` : "–") + (credential() && ["up", "draining"].includes(n.state)
+        ? ` <button class="drain" data-drain="${esc(n.address)}" data-cancel="${n.state === "draining" ? 1 : ""}">${n.state === "draining" ? "undrain" : "drain"}</button>` : "");
       return `<tr data-address="${esc(n.address)}" data-state="${esc(n.state)}">` +
         `<td class="mono">${esc(n.address)}</td><td>${pill(n.state)}</td>` +
         `<td>${esc(n.topology || "–")}</td><td>${bytes(n.bytes_used)}</td><td>${bytes(n.bytes_free)}</td>` +
@@ -80,6 +81,22 @@
     $("#ring").innerHTML = ring.map((n) =>
       `<span class="hop${n.state === "up" ? "" : " down"}" title="${esc(n.id)}">${esc(String(n.id).slice(0, 8))} · ${esc(n.address)}</span>`
     ).join('<span class="muted">→</span>') + (ring.length ? '<span class="muted">↺</span>' : "");
+  }
+
+  // ------------------------------------------------------------------ actions
+  let notice = ""; // the outcome of the last action, shown for a while
+  const credential = () => sessionStorage.getItem("sector-credential") || "";
+  async function drain(address, cancel) {
+    if (!confirm(`${cancel ? "Stop draining" : "Drain"} ${address}?`)) return;
+    const r = await fetch("/api/drain", {
+      method: "POST",
+      headers: { "Authorization": `Bearer ${credential()}`, "Content-Type": "application/json" },
+      body: JSON.stringify({ address, cancel }),
+    });
+    const body = await r.json().catch(() => ({}));
+    notice = r.ok ? "" : `drain: ${body.error || "HTTP " + r.status}`;
+    setTimeout(() => { notice = ""; }, 8000);
+    refresh();
   }
 
   // ------------------------------------------------------------------ files
@@ -204,7 +221,8 @@
       else if (tab === "files") await renderFiles(params);
       else if (tab === "jobs") renderJobs(await api("/api/jobs"));
       else renderWorkers(await api("/api/status"));
-      $("#error").hidden = true;
+      $("#error").hidden = !notice;
+      $("#error").textContent = notice;
       $("#live").classList.remove("stale");
     } catch (e) {
       $("#error").hidden = false;
@@ -216,6 +234,15 @@
   }
 
   window.addEventListener("hashchange", show);
+  $("#credential").value = credential();
+  $("#credential").addEventListener("input", (e) => {
+    sessionStorage.setItem("sector-credential", e.target.value.trim());
+    refresh();
+  });
+  $("#nodes").addEventListener("click", (e) => {
+    const b = e.target.closest("button[data-drain]");
+    if (b) drain(b.dataset.drain, !!b.dataset.cancel);
+  });
   api("/api/node").then((n) => {
     $("#me").textContent = n.address;
     document.title = `Sector · ${n.address}`;
