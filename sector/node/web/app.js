@@ -212,9 +212,11 @@
 
   // ------------------------------------------------------------------ polling
   let busy = false;
+  let again = false; // a refresh asked for while one ran (a click): run it right after
   async function refresh() {
-    if (busy) return;
+    if (busy) { again = true; return; }
     busy = true;
+    again = false;
     const { tab, params } = route();
     try {
       if (tab === "overview") renderOverview(await api("/api/status"));
@@ -230,6 +232,7 @@
       $("#live").classList.add("stale");
     } finally {
       busy = false;
+      if (again) refresh();
     }
   }
 
