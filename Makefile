@@ -22,9 +22,12 @@ check: $(STAMP)
 	$(BIN)/lint-imports
 	$(BIN)/python tools/layout.py sector
 
-# The FUSE mount's tests need fusermount3 and libfuse 3 (Debian's fuse3; root installs it).
+# The FUSE mount's tests need fusermount3 and libfuse 3 (Debian's fuse3; root installs it);
+# the web page's tests a headless chromium and its driver (Debian's chromium, chromium-driver).
 test: check
 	command -v fusermount3 >/dev/null || (apt-get update -qq && apt-get install -y -qq fuse3)
+	command -v chromedriver >/dev/null || (apt-get update -qq && \
+		apt-get install -y -qq chromium chromium-driver)
 	$(BIN)/pytest -q -n 2 -m "not slow" tests
 
 # The long suites (the thrash test: SECTOR_THRASH_SECONDS, default 180; the partition

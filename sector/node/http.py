@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import html
 import json
 import logging
+from importlib import resources
 from typing import Any
 
 from aiohttp import web
@@ -33,13 +33,18 @@ from sector.errors import (
     UsageError,
 )
 from sector.meta.records import normalize
-from sector.node import status
+from sector.node import jobview, status
 from sector.node.metrics import CONTENT_TYPE, NodeMetrics
 from sector.transport.rpc import split_addr
 
 log = logging.getLogger("sector.node.http")
 CHUNK = 4 << 20  # bytes per ranged read of a download
 MAX_REQUEST = 64 << 10  # no route takes a body: a bigger request is refused (413)
+ASK_TIMEOUT = 3.0  # seconds a node has to answer for the job view
+DISCO_SHOWN = 50  # Disco job records the job view reads (the newest names first)
+# The web page: static files shipped in the package (no build step, no CDN).
+WEB = resources.files("sector.node") / "web"
+STATIC = {"app.js": "text/javascript", "app.css": "text/css", "index.html": "text/html"}
 
 
 class _QuietBadInput(logging.Filter):
@@ -121,6 +126,9 @@ class NodeHttp:
         app.router.add_get("/api/ls", self._ls)
         app.router.add_get("/api/stat", self._stat)
         app.router.add_get("/api/file", self._file)
+        app.router.add_get("/api/jobs", self._jobs)
+        app.router.add_get("/static/{name}", self._static)
+        app.router.add_post("/api/drain", self._drain)
         self.app = app
 
     async def start(self, spec: str | None) -> str | None:
@@ -156,19 +164,13 @@ class NodeHttp:
             return self._client
 
     async def _index(self, request: web.Request) -> web.Response:
-        me = html.escape(str(self.node.addr))
-        body = (
-            "<!doctype html><html><head><meta charset='utf-8'>"
-            "<meta name='viewport' content='width=device-width'>"
-            f"<title>Sector node {me}</title></head><body>"
-            f"<h1>Sector node {me}</h1><ul>"
-            "<li><a href='/api/status'>/api/status</a>: the cluster</li>"
-            "<li><a href='/api/node'>/api/node</a>: this node</li>"
-            "<li><a href='/api/ls?path=/'>/api/ls?path=/</a>: the root directory</li>"
-            "<li><a href='/metrics'>/metrics</a>: Prometheus metrics</li>"
-            "</ul></body></html>"
-        )
-        return web.Response(text=body, content_type="text/html")
+        return _page("index.html")
+
+    async def _static(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if name not in STATIC:
+            raise NotFound(f"no such file: /static/{name}")
+        return _page(name)
 
     async def _metrics(self, request: web.Request) -> web.Response:
         info = await self.node.info()
@@ -185,7 +187,75 @@ class NodeHttp:
         return _json({"path": path, "entries": await (await self._anon()).ls(path)})
 
     async def _stat(self, request: web.Request) -> web.Response:
-        return _json(await (await self._anon()).stat(_path(request)))
+        verify = request.query.get("verify") in ("1", "true")  # each replica re-hashes its copy
+        return _json(await (await self._anon()).stat(_path(request), verify=verify))
+
+    async def _jobs(self, request: web.Request) -> web.Response:
+        """Every node's Sphere attempts folded into jobs, and the Disco job records."""
+        c = await self._anon()
+        nodes = [
+            m["address"]
+            for m in (await c.status())["nodes"]
+            if m.get("state") in ("up", "draining", "drained")
+        ]
+
+        async def ask(addr: str) -> list[dict[str, Any]] | None:
+            try:
+                info = await asyncio.wait_for(
+                    c.pool.call(addr, "sphere.info", {"jobs": True}), ASK_TIMEOUT
+                )
+            except (SectorError, TimeoutError, OSError):
+                return None
+            return list(info.get("job_list") or [])
+
+        views = await asyncio.gather(*(ask(a) for a in nodes))
+        return _json(
+            {
+                "sphere": jobview.merge(list(zip(nodes, views, strict=True))),
+                "disco": await self._disco(c),
+                "nodes": len(nodes),
+                "unanswered": [a for a, v in zip(nodes, views, strict=True) if v is None],
+            }
+        )
+
+    async def _disco(self, c: AsyncClient) -> list[dict[str, Any]]:
+        """The Disco job records (``/disco/<name>/.jobinfo``) this caller may read."""
+        try:
+            names = sorted((e["name"] for e in await c.ls("/disco")), reverse=True)
+        except SectorError:
+            return []
+
+        async def one(name: str) -> dict[str, Any] | None:
+            try:
+                info = json.loads(await c.read(f"/disco/{name}/.jobinfo"))
+            except (SectorError, ValueError):
+                return None
+            return info if isinstance(info, dict) else None
+
+        got = await asyncio.gather(*(one(n) for n in names[:DISCO_SHOWN]))
+        return [g for g in got if g is not None]
+
+    async def _drain(self, request: web.Request) -> web.Response:
+        """``POST {"address", "cancel"?}`` with ``Authorization: Bearer CREDENTIAL``: drain
+        a node (or stop draining it). The credential is the caller's own: the node it
+        names decides (an admin's, as ``sector node drain``); none at all is a 401."""
+        auth = request.headers.get("Authorization", "")
+        if not auth.startswith("Bearer ") or not auth[7:].strip():
+            return _error(401, "draining a node needs an admin credential (Authorization: Bearer)")
+        if getattr(self.node, "security", None) is None:
+            # An open cluster has no credentials to check: no state changes over HTTP.
+            return _error(403, "an open cluster takes no actions over HTTP (sector node drain)")
+        try:
+            body = await request.json()
+        except ValueError:
+            raise UsageError('the body must be JSON: {"address": "HOST:PORT"}') from None
+        addr = body.get("address") if isinstance(body, dict) else None
+        if not isinstance(addr, str):
+            raise UsageError('missing "address": the node to drain')
+        if addr not in {m["address"] for m in (await (await self._anon()).status())["nodes"]}:
+            raise NotFound(f"no node {addr} in this cluster")
+        async with AsyncClient(self.node.addr, token=auth[7:].strip(), timeout=30.0) as c:
+            return _json(await c.drain(addr, cancel=bool(body.get("cancel"))))
 
     async def _file(self, request: web.Request) -> web.StreamResponse:
         c = await self._anon()
@@ -216,6 +286,14 @@ def _ascii_name(path: str) -> str:
     name = path.rsplit("/", 1)[-1] or "file"
     return "".join(
         ch if ch.isascii() and ch.isprintable() and ch not in '"\\' else "_" for ch in name
+    )
+
+
+def _page(name: str) -> web.Response:
+    return web.Response(
+        body=(WEB / name).read_bytes(),
+        content_type=STATIC[name],
+        headers={"Cache-Control": "no-cache"},
     )
 
 

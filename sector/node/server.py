@@ -559,6 +559,7 @@ class Node:
             "id": to_hex(self.state.me.id),
             "address": self.addr,
             "pid": os.getpid(),
+            "load": os.getloadavg()[0],  # the host's 1-minute load average (web page)
             "http": self.http_url,
             "bytes_used": self.blobs.used,
             "bytes_free": self.blobs.free(),

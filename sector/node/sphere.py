@@ -50,6 +50,7 @@ from sector.meta import records as rec
 from sector.meta.records import FileRecord
 from sector.node import sandbox
 from sector.node.engines import EngineDied, EnginePool
+from sector.node.jobview import acked, job_views
 from sector.node.put import Namespace, PutHost, PutProtocol
 from sector.node.sphere_args import bucket_map, check_range, reduce_spec
 from sector.node.sphere_commit import Committer
@@ -82,6 +83,8 @@ class Attempt:
     result: dict[str, Any] | None = None
     task: asyncio.Task[None] | None = None
     parts: dict[int, int] = field(default_factory=dict)  # bucket -> bytes (staged here)
+    started: float = field(default_factory=time.time)  # wall clock: the web page shows it
+    ended: float | None = None
 
 
 @dataclass(slots=True)
@@ -263,11 +266,16 @@ class SphereService(Worker):
         # host and topology: where the node is, for the driver's scheduler (placement's
         # distance, so "near" means the same to both)
         me = {"host": self.node.host, "topology": self.node.cfg.topology}
+        extra = {}
+        if a.get("jobs"):  # the web page's job view (issue 16)
+            who, trusted = guard.user(), guard.is_node() or guard.is_admin()
+            extra["job_list"] = job_views(self.jobs.values(), who, trusted=trusted)
         return {
             "id": to_hex(self.node.me.id),
             "address": self.node.addr,
             **me,
             **self.status(),
+            **extra,
         }
 
     @typed(wire.Run)
@@ -386,7 +394,7 @@ class SphereService(Worker):
         else:
             self.stats["failed"] += 1
         res["attempt"], res["seg"] = t.id, t.seg
-        t.result, t.state = res, "done"
+        t.result, t.state, t.ended = res, "done", time.time()
         j.changed.set()
 
     def _fetch_required(self, j: JobState, required: list[wire.Required]) -> asyncio.Task[Path]:
@@ -425,8 +433,9 @@ class SphereService(Worker):
         for x in req.ack:
             t = j.attempts.get(x)
             if t is not None and t.state == "done" and t.result is not None:
-                # Keep the attempt (its parts may be resent or committed), drop the report.
-                t.result = {"acked": True}
+                # Keep the attempt (its parts may be resent or committed), drop the report
+                # but for what the web page shows of it.
+                t.result = {**acked(t.result), "acked": True}
         if not self._unreported(j) and wait > 0:
             j.changed.clear()
             await wait_event(j.changed, wait)

@@ -45,6 +45,7 @@ def summarize(
             continue
         m["workers"] = inf.get("workers", [])
         m["http"] = inf.get("http")  # the node's web page and /metrics (issue 16)
+        m["load"] = inf.get("load")
         m["tls"] = bool((inf.get("security") or {}).get("tls"))
         m["sandbox"] = inf.get("sandbox")
         if isinstance(inf.get("swarm"), dict):
