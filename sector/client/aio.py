@@ -48,7 +48,8 @@ from sector.storage.blobs import WriteBehind, checksum_of
 from sector.storage.messages import SMALL_MAX, Get, Put, PutSmall, Verify, stored_reply
 from sector.storage.transfer import open_get
 from sector.swarm.messages import SwarmGet
-from sector.transport import bulk
+from sector.transport import bulk, stripe, wan
+from sector.transport.bulk import BulkChannel
 from sector.transport.chain import first_live
 from sector.transport.rpc import RpcPool, split_addr
 from sector.wire.messages import Request, to_args
@@ -353,6 +354,7 @@ class AsyncClient:
             },
         )
         blob, targets, path = plan["blob"], plan["targets"], plan["path"]
+        t0, sent = time.monotonic(), {"streams": 1}
         if size <= SMALL_MAX:
             data = Path(lpath).read_bytes()
             checksum = checksum_of(data)
@@ -361,7 +363,9 @@ class AsyncClient:
             loop = asyncio.get_running_loop()
             hashing = loop.run_in_executor(None, _hash_file, lpath)
             try:
-                stored, their_sum = await self._send(lpath, size, blob, targets, progress, path)
+                stored, their_sum = await self._send(
+                    lpath, size, blob, targets, progress, path, sent
+                )
             finally:
                 checksum = await hashing
         if their_sum != checksum:
@@ -379,6 +383,8 @@ class AsyncClient:
                 "rf": plan["rf"],
             },
         )
+        res["transfer"] = sent
+        wan.timed(res, t0)
         return res
 
     async def _send_small(
@@ -399,11 +405,13 @@ class AsyncClient:
         targets: list[list[str]],
         progress: Progress | None,
         path: str,
+        sent: dict[str, Any],
     ) -> tuple[list[list[str]], str | None]:
         async def send(addr: str, rest: list[list[str]]) -> Any:
             # ``path``: what the nodes' inventories file the blob under.
             req = Put(blob=blob, size=size, checksum=None, chain=rest, path=path)
             chan = await self.pool.open_bulk(addr, "blob.put", to_args(req))
+            sent.update(rtt_ms=wan.ms(chan.rtt), to=addr)
             try:
                 with open(lpath, "rb") as f:
                     await bulk.send_file(chan, f, 0, size, progress=progress)
@@ -445,6 +453,7 @@ class AsyncClient:
         entry = [self._entries[0]] if await self._swarm_serves(st) else []
         for i, addr in enumerate(entry + self._order(st["replicas"])):
             try:
+                t0 = time.monotonic()
                 await self._fetch(addr, st, tmp, progress, swarm=i < len(entry))
             except asyncio.CancelledError:
                 with contextlib.suppress(OSError):
@@ -459,6 +468,7 @@ class AsyncClient:
                     raise
                 continue
             os.replace(tmp, lpath)
+            wan.timed(st, t0)
             return st
         if not st["replicas"]:
             raise NotFound(f"{st['path']} has no replicas")
@@ -497,7 +507,14 @@ class AsyncClient:
             wait = max(60.0, st["size"] / SWARM_FLOOR)
             chan, size = await open_get(self.pool, addr, req, stall_timeout=wait)
         else:
+            streams = 1
+            if st["size"] >= wan.STRIPE_MIN:  # a long link: several streams at once
+                streams = wan.streams_for(await self.pool.rtt(addr), st["size"])
+            if streams > 1:
+                await self._fetch_striped(addr, st, tmp, progress, streams)
+                return
             chan, size = await open_get(self.pool, addr, Get(blob=st["blob"]))
+        st["transfer"] = {"streams": 1, "rtt_ms": wan.ms(chan.rtt), "from": addr}
         try:
             if size != st["size"]:
                 raise ChecksumMismatch(f"replica at {addr} has {size} bytes, expected {st['size']}")
@@ -513,6 +530,25 @@ class AsyncClient:
                 raise ChecksumMismatch(f"replica at {addr} is corrupt (checksum mismatch)")
         finally:
             await chan.close()
+
+    async def _fetch_striped(
+        self, addr: str, st: dict[str, Any], tmp: Path, progress: Progress | None, streams: int
+    ) -> None:
+        """The file in ``streams`` ranges read at once (``stripe.py``), then verified."""
+
+        async def open_range(offset: int, length: int) -> tuple[BulkChannel, int]:
+            return await open_get(
+                self.pool, addr, Get(blob=st["blob"], offset=offset, length=length)
+            )
+
+        with open(tmp, "wb") as f:
+            what = f"download from {addr}"
+            n = await stripe.fetch(
+                open_range, st["size"], f.fileno(), streams, progress=progress, what=what
+            )
+        st["transfer"] = {"streams": n, "rtt_ms": wan.ms(await self.pool.rtt(addr)), "from": addr}
+        if await asyncio.to_thread(_hash_file, str(tmp)) != st["checksum"]:
+            raise ChecksumMismatch(f"replica at {addr} is corrupt (checksum mismatch)")
 
     async def _report_bad(self, st: dict[str, Any], addr: str, exc: BaseException) -> None:
         """A replica's copy is rotten or missing: tell the file's owner (best effort),

@@ -58,6 +58,7 @@ from sector.security import guard
 from sector.storage.blobs import BlobStore
 from sector.storage.inventory import Inventory
 from sector.storage.transfer import BlobService
+from sector.transport import wan
 from sector.transport.rpc import RpcPool, Server, split_addr
 from sector.wire.messages import typed
 
@@ -183,6 +184,10 @@ class Node:
             raise UsageError(
                 f"listen on a specific address, not {host} (peers dial what a node listens on)"
             )
+        try:
+            wan.configure(cfg.bulk_cc or os.environ.get("SECTOR_BULK_CC") or "auto")
+        except ValueError as exc:
+            raise UsageError(f"--bulk-cc: {exc}") from None
         self.data.mkdir(parents=True, exist_ok=True)
         if self.security is not None:
             self.data.chmod(0o700)  # replicas of private files: for the node's user only
@@ -561,6 +566,7 @@ class Node:
             "security": self.security.describe() if self.security else {"tls": False},
             # How UDFs are confined here: full | userns | none (README "Sandbox").
             "sandbox": self.sphere.sandbox,
+            "bulk": wan.describe(),  # congestion control of bulk streams (issue 15)
             "blobs": self.blobs.count,
             **counts,
             "repair_queue": repair["queue"],
