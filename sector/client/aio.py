@@ -508,7 +508,8 @@ class AsyncClient:
             chan, size = await open_get(self.pool, addr, req, stall_timeout=wait)
         else:
             streams = 1
-            if st["size"] >= wan.STRIPE_MIN:  # a long link: several streams at once
+            # A long link: several streams at once (loopback is never one: not asked).
+            if st["size"] >= wan.STRIPE_MIN and not wan.loopback(split_addr(addr)[0]):
                 streams = wan.streams_for(await self.pool.rtt(addr), st["size"])
             if streams > 1:
                 await self._fetch_striped(addr, st, tmp, progress, streams)

@@ -24,6 +24,7 @@ grow to the bandwidth-delay product (25 MB here). So every bulk socket, both end
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import shutil
 import socket
@@ -183,6 +184,14 @@ def timed(res: dict[str, Any], t0: float) -> None:
     took = max(time.monotonic() - t0, 1e-9)
     res.setdefault("transfer", {"streams": 1})
     res["transfer"].update(seconds=round(took, 3), rate=round(int(res.get("size") or 0) / took))
+
+
+def loopback(host: str) -> bool:
+    """Whether ``host`` (an address) is this machine's loopback: never a long path."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def streams_for(rtt_s: float | None, size: int) -> int:

@@ -61,3 +61,8 @@ def test_fit_sets_the_congestion_control_and_keeps_loopback_buffers() -> None:
     finally:
         for x in (c, s, ls):
             x.close()
+
+
+def test_loopback_addresses_are_never_probed_as_long_paths() -> None:
+    assert wan.loopback("127.0.0.1") and wan.loopback("::1") and wan.loopback("localhost")
+    assert not wan.loopback("10.200.1.2") and not wan.loopback("example.org")
