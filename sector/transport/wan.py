@@ -13,12 +13,17 @@ grow to the bandwidth-delay product (25 MB here). So every bulk socket, both end
 - **buffers**: on a long stream (smoothed RTT of at least ``LONG_RTT``, read from the
   kernel's ``TCP_INFO``) the send and receive buffers are raised to ``LONG_BUF``
   (``SO_SNDBUFFORCE``, which needs CAP_NET_ADMIN; else as far as ``net.core.*mem_max``
-  lets ``SO_SNDBUF`` go). Short streams (loopback, a LAN) keep ``tcp.SOCK_BUF``: the
-  loopback path is unchanged;
+  lets ``SO_SNDBUF`` go), and so is the window clamp, which stays where the first
+  buffer size (``tcp.tune`` at accept) put it otherwise. Short streams (loopback, a
+  LAN) keep ``tcp.SOCK_BUF``: the loopback path is unchanged;
 - **streams**: ``streams_for(rtt, size)``: a large read over a long stream is split into
   ``STREAMS`` ranges fetched at once (``stripe.py``): each stream's window is capped by
   what the host lets one socket have, and several windows fill the link sooner after
-  a loss.
+  a loss. Four, by measurement: eight overflowed the emulator's queue in start-up.
+
+Cost, said plainly: BBR (v1, what this kernel has) takes most of a link from a cubic
+flow sharing it (README "WAN transfer" has the figure); ``--bulk-cc cubic`` is the
+way out where that matters more than the long links.
 """
 
 from __future__ import annotations
