@@ -175,7 +175,7 @@ def test_a_bulk_socket_on_a_long_path_gets_bbr_big_buffers_and_window() -> None:
             server.kill()
             server.communicate(timeout=10)
     got = json.loads(run.stdout)
-    assert got["rtt"] >= 0.02
+    assert got["rtt"] > 0.015  # the kernel's smoothed RTT of a 20 ms link
     assert got["cc"] == "bbr"
     # doubled by the kernel; a window clamp left at the first buffer's size held a put
     # over 200 ms to 12 MB/s
