@@ -68,7 +68,9 @@ def _get_for(link: wan.WanLink, addr: str, dst: Path, seconds: float, env: dict[
     with contextlib.suppress(TimeoutError):
         wait_for(lambda: proc.poll() is not None, seconds, interval=0.2, what="the get")
     took = time.monotonic() - t0
-    got = dst.stat().st_size if proc.poll() == 0 else tmp.stat().st_size if tmp.exists() else 0
+    # Blocks, not st_size: a striped get writes its ranges at their offsets (sparse).
+    part = tmp.stat().st_blocks * 512 if tmp.exists() else 0
+    got = dst.stat().st_size if proc.poll() == 0 else part
     proc.kill()
     proc.wait(10)
     with contextlib.suppress(OSError):
