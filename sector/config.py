@@ -70,6 +70,10 @@ class NodeConfig:
     # ("auto" = the strongest this host allows), who UDFs run as (a root node's; made
     # if missing), and limits per engine process (0 = the default said there).
     udf_sandbox: str = "auto"
+    # Congestion control of bulk streams (transport/wan.py): "auto" = bbr where the
+    # kernel has it, else its default; a name pins one (for experiments). None: as
+    # SECTOR_BULK_CC says, else auto.
+    bulk_cc: str | None = None
     udf_user: str = "sector-udf"
     udf_memory: int = 0  # bytes; default 3/4 of RAM over the engines, >= 1 GiB
     udf_cpu_seconds: int = 600  # CPU seconds per task

@@ -207,6 +207,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="a directory UDFs may read and write where it is (repeatable)",
     )
     s.add_argument(
+        "--bulk-cc",
+        metavar="NAME",
+        default=None,
+        help="congestion control of bulk streams: auto (bbr where the kernel has it), "
+        "bbr, cubic... (default auto; README 'WAN transfer')",
+    )
+    s.add_argument(
         "--tls",
         metavar="DIR",
         type=Path,
@@ -449,6 +456,15 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# The node options that keep NodeConfig's default when not given.
+_KEEP_DEFAULT = (
+    "scrub_rate scrub_interval gc_grace gc_interval engines audit_interval "
+    "tls max_connections max_strangers stranger_idle_timeout input_budget "
+    "udf_sandbox udf_user udf_memory udf_cpu_seconds udf_nofile udf_nproc "
+    "cache_size piece_size swarm_upload_rate bulk_cc"
+)
+
+
 def _node(args: argparse.Namespace) -> int:
     from sector.config import NodeConfig
     from sector.node.main import run_node
@@ -467,32 +483,7 @@ def _node(args: argparse.Namespace) -> int:
         udf_hide=tuple(args.udf_hide or ()),
         udf_bind=tuple(args.udf_bind or ()),
         **({"min_free": args.min_free} if args.min_free is not None else {}),
-        **{
-            k: v
-            for k, v in (
-                ("scrub_rate", args.scrub_rate),
-                ("scrub_interval", args.scrub_interval),
-                ("gc_grace", args.gc_grace),
-                ("gc_interval", args.gc_interval),
-                ("engines", args.engines),
-                ("audit_interval", args.audit_interval),
-                ("tls", args.tls),
-                ("max_connections", args.max_connections),
-                ("max_strangers", args.max_strangers),
-                ("stranger_idle_timeout", args.stranger_idle_timeout),
-                ("input_budget", args.input_budget),
-                ("udf_sandbox", args.udf_sandbox),
-                ("udf_user", args.udf_user),
-                ("udf_memory", args.udf_memory),
-                ("udf_cpu_seconds", args.udf_cpu_seconds),
-                ("udf_nofile", args.udf_nofile),
-                ("udf_nproc", args.udf_nproc),
-                ("cache_size", args.cache_size),
-                ("piece_size", args.piece_size),
-                ("swarm_upload_rate", args.swarm_upload_rate),
-            )
-            if v is not None
-        },
+        **{k: getattr(args, k) for k in _KEEP_DEFAULT.split() if getattr(args, k) is not None},
     )
     return int(run_node(cfg))
 

@@ -26,10 +26,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from ssl import SSLContext
-from typing import IO, Any
+from typing import Any
 
 import blake3
 
+from sector.client import fetch
 from sector.config import local_cluster_addresses, resolve_address
 from sector.errors import (
     ChecksumMismatch,
@@ -44,18 +45,17 @@ from sector.errors import (
 from sector.ids import key_id
 from sector.meta import records as rec
 from sector.security.client import ClientAuth
-from sector.storage.blobs import WriteBehind, checksum_of
+from sector.storage.blobs import checksum_of
 from sector.storage.messages import SMALL_MAX, Get, Put, PutSmall, Verify, stored_reply
 from sector.storage.transfer import open_get
 from sector.swarm.messages import SwarmGet
-from sector.transport import bulk
+from sector.transport import bulk, wan
 from sector.transport.chain import first_live
 from sector.transport.rpc import RpcPool, split_addr
-from sector.wire.messages import Request, to_args
+from sector.wire.messages import to_args
 
 Progress = Callable[[int, int], None]
 RING_TTL = 5.0  # seconds a client trusts its view of who owns which keys
-SWARM_FLOOR = 1 << 20  # bytes/s a swarm get is assumed to make at worst (its first wait)
 
 
 def _local_ip(addr: str) -> str:
@@ -64,25 +64,6 @@ def _local_ip(addr: str) -> str:
         s.connect((host, port))
         return str(s.getsockname()[0])
     return "127.0.0.1"
-
-
-def _hash_file(path: str) -> str:
-    h = blake3.blake3(max_threads=blake3.blake3.AUTO)
-    if os.path.getsize(path) > 0:
-        h.update_mmap(path)
-    return "blake3:" + h.hexdigest()
-
-
-class _Download:
-    """A download's temp file, written back to disk while it grows (``WriteBehind``)."""
-
-    def __init__(self, f: IO[bytes]) -> None:
-        self.f = f
-        self.behind = WriteBehind(f)
-
-    def write(self, data: memoryview) -> None:
-        self.f.write(data)
-        self.behind.wrote(len(data))
 
 
 class AsyncClient:
@@ -361,15 +342,18 @@ class AsyncClient:
             },
         )
         blob, targets, path = plan["blob"], plan["targets"], plan["path"]
+        t0, sent = time.monotonic(), {"streams": 1}
         if size <= SMALL_MAX:
             data = Path(lpath).read_bytes()
             checksum = checksum_of(data)
             stored, their_sum = await self._send_small(data, checksum, blob, targets, path)
         else:
             loop = asyncio.get_running_loop()
-            hashing = loop.run_in_executor(None, _hash_file, lpath)
+            hashing = loop.run_in_executor(None, fetch.hash_file, lpath)
             try:
-                stored, their_sum = await self._send(lpath, size, blob, targets, progress, path)
+                stored, their_sum = await self._send(
+                    lpath, size, blob, targets, progress, path, sent
+                )
             finally:
                 checksum = await hashing
         if their_sum != checksum:
@@ -387,6 +371,8 @@ class AsyncClient:
                 "rf": plan["rf"],
             },
         )
+        res["transfer"] = sent
+        wan.timed(res, t0)
         return res
 
     async def _send_small(
@@ -407,11 +393,13 @@ class AsyncClient:
         targets: list[list[str]],
         progress: Progress | None,
         path: str,
+        sent: dict[str, Any],
     ) -> tuple[list[list[str]], str | None]:
         async def send(addr: str, rest: list[list[str]]) -> Any:
             # ``path``: what the nodes' inventories file the blob under.
             req = Put(blob=blob, size=size, checksum=None, chain=rest, path=path)
             chan = await self.pool.open_bulk(addr, "blob.put", to_args(req))
+            sent.update(rtt_ms=wan.ms(chan.rtt), to=addr)
             try:
                 with open(lpath, "rb") as f:
                     await bulk.send_file(chan, f, 0, size, progress=progress)
@@ -453,6 +441,7 @@ class AsyncClient:
         entry = [self._entries[0]] if await self.swarm_serves(st) else []
         for i, addr in enumerate(entry + self._order(st["replicas"])):
             try:
+                t0 = time.monotonic()
                 await self._fetch(addr, st, tmp, progress, swarm=i < len(entry))
             except asyncio.CancelledError:
                 with contextlib.suppress(OSError):
@@ -467,6 +456,7 @@ class AsyncClient:
                     raise
                 continue
             os.replace(tmp, lpath)
+            wan.timed(st, t0)
             return st
         if not st["replicas"]:
             raise NotFound(f"{st['path']} has no replicas")
@@ -498,7 +488,7 @@ class AsyncClient:
         swarm (``swarm.get`` of a range: sent as its pieces arrive, each verified by
         the node). The FUSE mount's reads of busy or large files."""
         req = SwarmGet(path=st["path"], blob=st["blob"], offset=offset, length=length)
-        wait = max(60.0, st["size"] / SWARM_FLOOR)
+        wait = max(60.0, st["size"] / fetch.SWARM_FLOOR)
         chan, n = await open_get(self.pool, self._entries[0], req, stall_timeout=wait)
         try:
             return await chan.read_exactly(n)
@@ -521,27 +511,7 @@ class AsyncClient:
         *,
         swarm: bool = False,
     ) -> None:
-        if swarm:  # the node answers once the file is in its cache: a long first wait
-            req: Request = SwarmGet(path=st["path"], blob=st["blob"])
-            wait = max(60.0, st["size"] / SWARM_FLOOR)
-            chan, size = await open_get(self.pool, addr, req, stall_timeout=wait)
-        else:
-            chan, size = await open_get(self.pool, addr, Get(blob=st["blob"]))
-        try:
-            if size != st["size"]:
-                raise ChecksumMismatch(f"replica at {addr} has {size} bytes, expected {st['size']}")
-            h = blake3.blake3()
-            with open(tmp, "wb") as f:
-                sink = _Download(f)
-                try:
-                    what = f"download from {addr}"
-                    await bulk.recv(chan, size, sink, hasher=h, progress=progress, what=what)
-                finally:
-                    await asyncio.to_thread(sink.behind.join)  # an fdatasync may be running
-            if "blake3:" + h.hexdigest() != st["checksum"]:
-                raise ChecksumMismatch(f"replica at {addr} is corrupt (checksum mismatch)")
-        finally:
-            await chan.close()
+        await fetch.download(self.pool, addr, st, tmp, progress, swarm=swarm)
 
     async def _report_bad(self, st: dict[str, Any], addr: str, exc: BaseException) -> None:
         """A replica's copy is rotten or missing: tell the file's owner (best effort),

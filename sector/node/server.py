@@ -59,6 +59,7 @@ from sector.security import guard
 from sector.storage.blobs import BlobStore
 from sector.storage.inventory import Inventory
 from sector.storage.transfer import BlobService
+from sector.transport import wan
 from sector.transport.rpc import RpcPool, Server, split_addr
 from sector.wire.messages import typed
 
@@ -185,6 +186,10 @@ class Node:
             raise UsageError(
                 f"listen on a specific address, not {host} (peers dial what a node listens on)"
             )
+        try:
+            wan.configure(cfg.bulk_cc or os.environ.get("SECTOR_BULK_CC") or "auto")
+        except ValueError as exc:
+            raise UsageError(f"--bulk-cc: {exc}") from None
         self.data.mkdir(parents=True, exist_ok=True)
         if self.security is not None:
             self.data.chmod(0o700)  # replicas of private files: for the node's user only
@@ -316,10 +321,9 @@ class Node:
         # whose bootstrap host is down (or moved) rejoins through any node it knew.
         others = [m.addr for m in self.members.voters() if m.id != self.members.me_id]
         tries = [bootstrap, *sorted(a for a in others if a != bootstrap)]
-        # A node that knows its cluster (a restart) and reaches none of it, e.g. on the
-        # far side of a partition, serves alone after 15 s: without quorum it takes no
-        # writes, and the merge probe joins it to the ring when the network lets it. A
-        # new node gives up after 60 s with an error (a wrong --join address).
+        # A restarted node that reaches none of its cluster (a partition) serves alone
+        # after 15 s (no quorum: no writes; the merge probe joins it to the ring later);
+        # a new node gives up after 60 s with an error (a wrong --join address).
         deadline = time.monotonic() + (15 if others else 60)
         k = 0
         while True:
@@ -416,10 +420,8 @@ class Node:
             await self._gossip_round()
         finally:
             # Checked every round (a set comparison): a member turning down starts a
-            # repair scan within one gossip interval of the table saying so. (Dropping
-            # its pooled connection here too, so calls in flight fail at once, was tried
-            # and taken back: it coincided with copies listed but missing after
-            # partitions; see the stop-10 note.)
+            # repair scan within one gossip interval (dropping its pooled link here too
+            # was tried and taken back, see the stop-10 note).
             self.repair.members_changed()
 
     async def _gossip_round(self) -> None:
@@ -499,10 +501,9 @@ class Node:
     # ------------------------------------------------------------------ drain
 
     def _set_draining(self, on: bool) -> None:
-        # Gossiped state does the work: placement skips a draining member, and every
-        # owner's repair worker sees it leave ``alive_ids``, scans, and moves the copies
-        # it lists there (repair_policy rule 5). The local refusal covers writers whose
-        # member table has not heard yet.
+        # Gossiped state does the work: placement skips a draining member, and owners'
+        # repair moves the copies it lists there (repair_policy rule 5). The local
+        # refusal covers writers whose member table has not heard yet.
         self.members.update_self(time.monotonic(), state="draining" if on else "up")
         self.blobs.refuse = "node is draining: it takes no new replicas" if on else ""
         mark = self.data / DRAIN_MARK
@@ -574,7 +575,7 @@ class Node:
             **counts,
             "repair_queue": repair["queue"],
             "swarm": self.swarm.status(),  # cache and piece counters (issue 14)
-            "bulk": dict(self.transfer.stats),  # blob gets/puts and their bytes, since start
+            "bulk": {**wan.describe(), **self.transfer.stats},  # cc (issue 15), gets/puts
             # Every background loop of the node, in one shape (``sector status --workers``).
             "workers": [
                 repair,

@@ -48,6 +48,8 @@ def summarize(
         m["load"] = inf.get("load")
         m["tls"] = bool((inf.get("security") or {}).get("tls"))
         m["sandbox"] = inf.get("sandbox")
+        if isinstance(inf.get("bulk"), dict):
+            m["bulk"] = inf["bulk"]  # congestion control of bulk streams (issue 15)
         if isinstance(inf.get("swarm"), dict):
             m["swarm"] = inf["swarm"]  # cache and piece counters (issue 14)
         for nid, n in (inf.get("draining_held") or {}).items():

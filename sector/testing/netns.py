@@ -69,6 +69,26 @@ def _netns_pids(name: str) -> list[int]:
     return [int(p) for p in out.stdout.split() if p.isdigit()]
 
 
+def run_iperf(cmd: list[str], seconds: float) -> dict[str, float]:
+    """Run an iperf3 client (``-J``; its server takes a moment to listen, so it is
+    retried for 15 s): bits/s received, the sender's retransmits, seconds."""
+    deadline = time.monotonic() + 15
+    while True:
+        client = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=seconds + 60, check=False
+        )
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            end = json.loads(client.stdout)["end"]
+            return {
+                "bits_per_second": float(end["sum_received"]["bits_per_second"]),
+                "retransmits": float(end["sum_sent"].get("retransmits", 0)),
+                "seconds": float(end["sum_received"]["seconds"]),
+            }
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"iperf3 failed: {(client.stdout + client.stderr)[-500:]}")
+        time.sleep(0.1)
+
+
 class Hosts:
     _made_here = 0  # Hosts made by this process so far: a fresh name and subnet each
 
@@ -153,27 +173,8 @@ class Hosts:
             stderr=subprocess.DEVNULL,
         )
         try:
-            # The server takes a moment to listen: the client retries until it answers.
-            deadline = time.monotonic() + 15
             cmd = ["iperf3", "-J", "-c", self.ips[dst], "-p", str(port), "-t", f"{seconds:g}"]
-            while True:
-                client = subprocess.run(
-                    [*self.wrap(src), *cmd],
-                    capture_output=True,
-                    text=True,
-                    timeout=seconds + 30,
-                    check=False,
-                )
-                with contextlib.suppress(ValueError, KeyError, TypeError):
-                    end = json.loads(client.stdout)["end"]
-                    return {
-                        "bits_per_second": float(end["sum_received"]["bits_per_second"]),
-                        "retransmits": float(end["sum_sent"].get("retransmits", 0)),
-                        "seconds": float(end["sum_received"]["seconds"]),
-                    }
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"iperf3 failed: {(client.stdout + client.stderr)[-500:]}")
-                time.sleep(0.1)
+            return run_iperf([*self.wrap(src), *cmd], seconds)
         finally:
             if server.poll() is None:
                 server.kill()

@@ -31,6 +31,7 @@ from concurrent.futures import Executor
 from typing import IO, Any, Protocol, TypeVar
 
 from sector.errors import ConnectError, ProtocolError, Timeout, TransportError, from_wire
+from sector.transport import wan
 from sector.transport.tcp import READ_CHUNK, Pace, recv_some
 from sector.transport.tlspump import TlsPump, TlsSender, senders
 from sector.wire import codec
@@ -79,6 +80,8 @@ class BulkChannel:
         # Encrypted: its bytes must go through the transport (read once: a TLS transport
         # closed twice has no extra info left to give).
         self.tls = writer.get_extra_info("sslcontext") is not None
+        # Congestion control and buffers for the path (``wan.py``); its RTT in seconds.
+        self.rtt = wan.fit(writer.get_extra_info("socket"))
 
     async def read_some(self, n: int = READ_CHUNK) -> bytes:
         """Up to n raw bytes; b'' at end of stream. Times out on a stalled peer."""

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sector.errors import ConnectError, ProtocolError, SectorError, Timeout, from_wire
+from sector.transport import wan
 from sector.transport.bulk import BulkChannel
 from sector.transport.tcp import HELLO, READ_CHUNK, STREAM_LIMIT, Cork, split_addr, tune
 from sector.wire import codec
@@ -246,6 +247,12 @@ class RpcPool:
     ) -> Any:
         conn = await self._conn(addr)
         return await conn.call(op, args or {}, timeout or self.timeout)
+
+    async def rtt(self, addr: str) -> float | None:
+        """The kernel's smoothed RTT to ``addr`` in seconds, read off the pooled
+        connection (opened if there is none): how a transfer sizes itself (``wan.py``)."""
+        conn = await self._conn(addr)
+        return wan.rtt(conn.writer.get_extra_info("socket"))
 
     async def open_bulk(
         self, addr: str, op: str, args: dict[str, Any], *, stall_timeout: float = 60.0

@@ -1,0 +1,68 @@
+"""Bulk sockets on long links (issue 15): how a read is striped, when, and what a
+socket is given (``transport/stripe.py``, ``transport/wan.py``)."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from sector.transport import stripe, wan
+
+
+@pytest.mark.parametrize(
+    "size,streams",
+    [(0, 4), (1, 4), (5 << 20, 4), ((64 << 20) + 17, 4), (100 << 20, 8), (3 << 20, 1)],
+)
+def test_ranges_cover_every_byte_once_on_mib_boundaries(size: int, streams: int) -> None:
+    parts = stripe.ranges(size, streams)
+    assert 1 <= len(parts) <= max(1, streams)
+    pos = 0
+    for off, n in parts:
+        assert off == pos and n >= 0
+        assert off % stripe.ALIGN == 0
+        pos += n
+    assert pos == size
+
+
+def test_streams_only_for_large_reads_on_long_paths() -> None:
+    big = wan.STRIPE_MIN
+    assert wan.streams_for(None, big) == 1  # RTT unknown
+    assert wan.streams_for(0.0001, big) == 1  # loopback: one stream is at the disk's speed
+    assert wan.streams_for(0.05, big - 1) == 1  # too small to be worth it
+    assert wan.streams_for(0.05, big) == wan.STREAMS > 1
+
+
+def test_a_congestion_control_the_kernel_lacks_is_refused() -> None:
+    with pytest.raises(ValueError, match="not in this kernel"):
+        wan.resolve("nosuchcc")
+    assert wan.resolve("auto") in ("", "bbr")
+
+
+def _pair() -> tuple[socket.socket, socket.socket, socket.socket]:
+    ls = socket.create_server(("127.0.0.1", 0))
+    c = socket.create_connection(ls.getsockname())
+    s, _ = ls.accept()
+    return ls, c, s
+
+
+def test_fit_sets_the_congestion_control_and_keeps_loopback_buffers() -> None:
+    ls, c, s = _pair()
+    try:
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+        before = c.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        rtt = wan.fit(c)
+        assert rtt is not None and rtt < wan.LONG_RTT  # the kernel's own RTT of loopback
+        want = wan.congestion()
+        if want:
+            assert wan.used(c) == want
+        # a short path keeps its buffers (the loopback path is unchanged)
+        assert c.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == before
+    finally:
+        for x in (c, s, ls):
+            x.close()
+
+
+def test_loopback_addresses_are_never_probed_as_long_paths() -> None:
+    assert wan.loopback("127.0.0.1") and wan.loopback("::1") and wan.loopback("localhost")
+    assert not wan.loopback("10.200.1.2") and not wan.loopback("example.org")
