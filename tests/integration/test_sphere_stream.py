@@ -196,6 +196,17 @@ def test_whole_bucket_reduce_over_it_fails_at_once_saying_why(cluster: ProcClust
         assert not c.exists("/st/whole")
 
 
+def _glob(d: Path, pattern: str) -> list[Path]:
+    """``rglob`` over a staging tree the nodes change meanwhile: a directory removed
+    while it is walked (a reduce's spill directory) means walk again."""
+    for _ in range(50):
+        try:
+            return list(d.rglob(pattern))
+        except FileNotFoundError:
+            continue
+    return list(d.rglob(pattern))
+
+
 def test_stream_reduce_survives_sigkill_of_a_node_while_it_merges(tmp_path: Path) -> None:
     with ProcCluster(tmp_path / "cl", replicas=2, node_args=["--engines", "2"]) as cl:
         cl.start(4)
@@ -219,13 +230,13 @@ def test_stream_reduce_survives_sigkill_of_a_node_while_it_merges(tmp_path: Path
             )
             staging = [n.data / "sphere" for n in cl.nodes]
             deadline = time.monotonic() + 60
-            while not list(staging[3].rglob("merging")) and time.monotonic() < deadline:
+            while not _glob(staging[3], "merging") and time.monotonic() < deadline:
                 time.sleep(0.05)
-            assert list(staging[3].rglob("merging")), "the victim never reached its merge"
+            assert _glob(staging[3], "merging"), "the victim never reached its merge"
             # One copy of the intermediate data: every part is in its bucket node's
             # recv/, none is left in a mapper's attempt directory (a<attempt>/b<bucket>).
-            recv = [p for d in staging for p in d.rglob("recv/b*")]
-            mapper = [p for d in staging for p in d.rglob("a*/b*")]
+            recv = [p for d in staging for p in _glob(d, "recv/b*")]
+            mapper = [p for d in staging for p in _glob(d, "a*/b*")]
             assert len(recv) >= 8 and mapper == []
             os.kill(victim.proc.pid, signal.SIGKILL)
             res = job.wait(timeout=180)
