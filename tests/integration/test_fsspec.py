@@ -43,15 +43,9 @@ NODE_ARGS = ["--engines", "1"]
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcCluster]:
-    c = ProcCluster(tmp_path_factory.mktemp("fsspec"), replicas=2, node_args=NODE_ARGS)
-    try:
+    with ProcCluster(tmp_path_factory.mktemp("fsspec"), replicas=2, node_args=NODE_ARGS) as c:
         c.start(2)
         yield c
-    finally:
-        for n in c.nodes:
-            if n.proc is not None:
-                n.proc.kill()
-                n.proc.wait()
 
 
 @pytest.fixture

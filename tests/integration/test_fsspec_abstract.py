@@ -28,15 +28,11 @@ from sector.testing.cluster import ProcCluster
 def cluster() -> Iterator[ProcCluster]:
     shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
     root = Path(tempfile.mkdtemp(prefix="sector-fsspec-", dir=shm))
-    c = ProcCluster(root, replicas=1, node_args=["--engines", "1"])
     try:
-        c.start(1)
-        yield c
+        with ProcCluster(root, replicas=1, node_args=["--engines", "1"]) as c:
+            c.start(1)
+            yield c
     finally:
-        for n in c.nodes:
-            if n.proc is not None:
-                n.proc.kill()
-                n.proc.wait()
         shutil.rmtree(root, ignore_errors=True)
 
 
