@@ -5,10 +5,12 @@ transfer"): the kernel's cubic gets ~0 there (every random loss halves its windo
 BBR does not read loss as congestion and gets most of the link, if its window can
 grow to the bandwidth-delay product (25 MB here). So every bulk socket, both ends:
 
-- **congestion control** ``bbr`` when the kernel has it (``auto``; the module
-  ``tcp_bbr`` is loaded if missing and this process may), else the kernel's default,
-  silently; ``configure("cubic")`` (``sector node --bulk-cc``, ``SECTOR_BULK_CC``)
-  pins one for experiments, and fails if the kernel does not have it;
+- **congestion control** (``auto``): ``bbr`` on a long stream when the kernel has it
+  (the module ``tcp_bbr`` is loaded if missing and this process may), else the
+  kernel's default, silently; a short stream (loopback, a LAN) keeps the kernel's
+  default, where it fills the path and shares it fairly with other TCP flows;
+  ``configure("cubic")`` (``sector node --bulk-cc``, ``SECTOR_BULK_CC``) pins one for
+  every stream, and fails if the kernel does not have it;
   ``SECTOR_BULK_STREAMS=N`` pins the streams of a striped read likewise;
 - **buffers**: on a long stream (smoothed RTT of at least ``LONG_RTT``, read from the
   kernel's ``TCP_INFO``) the send and receive buffers are raised to ``LONG_BUF``
@@ -22,8 +24,10 @@ grow to the bandwidth-delay product (25 MB here). So every bulk socket, both end
   a loss. Four, by measurement: eight overflowed the emulator's queue in start-up.
 
 Cost, said plainly: BBR (v1, what this kernel has) takes most of a link from a cubic
-flow sharing it (README "WAN transfer" has the figure); ``--bulk-cc cubic`` is the
-way out where that matters more than the long links.
+flow sharing it (README "WAN transfer" has the figures). So ``auto`` uses it only on
+long streams, where cubic cannot fill the link anyway (one cubic stream gets ~0 of a
+200 ms, 1 % loss path); ``--bulk-cc cubic`` is the way out where even that matters
+more than the long links, ``--bulk-cc bbr`` puts every stream on BBR.
 """
 
 from __future__ import annotations
@@ -119,7 +123,8 @@ def describe() -> dict[str, Any]:
     """For ``node.info`` / ``sector status --json``: what bulk sockets use here."""
     cc = congestion()
     return {
-        "cc": cc or _read(DEFAULT),
+        "cc": cc or _read(DEFAULT),  # on long streams
+        "cc_short": cc_for(0.0) or _read(DEFAULT),  # on loopback and LAN streams
         "cc_wanted": _Settings.wanted,
         "cc_available": available(),
         "long_rtt_ms": LONG_RTT * 1e3,
@@ -141,15 +146,24 @@ def rtt(sock: socket.socket | None) -> float | None:
     return us / 1e6 if us else None
 
 
+def cc_for(rtt_s: float | None) -> str:
+    """The congestion control for a stream of this RTT ("" = leave the kernel's).
+    ``auto`` gives BBR to long streams only; a pinned one applies to every stream."""
+    cc = congestion()
+    if _Settings.wanted == "auto" and (rtt_s is None or rtt_s < LONG_RTT):
+        return ""
+    return cc
+
+
 def fit(sock: socket.socket | None) -> float | None:
     """Fit a bulk socket to its path (see the module's text); returns its RTT."""
     if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
         return None
-    cc = congestion()
+    r = rtt(sock)
+    cc = cc_for(r)
     if cc:
         with contextlib.suppress(OSError):  # not allowed to this user: the default
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, cc.encode())
-    r = rtt(sock)
     if r is not None and r >= LONG_RTT:
         for force, plain in (
             (_SO_SNDBUFFORCE, socket.SO_SNDBUF),

@@ -46,21 +46,45 @@ def _pair() -> tuple[socket.socket, socket.socket, socket.socket]:
     return ls, c, s
 
 
-def test_fit_sets_the_congestion_control_and_keeps_loopback_buffers() -> None:
+def test_fit_keeps_the_kernels_cc_and_buffers_on_a_short_path() -> None:
+    """``auto``: a loopback stream keeps the kernel's congestion control (fair to other
+    TCP flows where it fills the path anyway) and its buffers."""
     ls, c, s = _pair()
     try:
+        kernel = wan.used(c)
         c.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
         before = c.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
         rtt = wan.fit(c)
         assert rtt is not None and rtt < wan.LONG_RTT  # the kernel's own RTT of loopback
-        want = wan.congestion()
-        if want:
-            assert wan.used(c) == want
+        assert wan.used(c) == kernel
         # a short path keeps its buffers (the loopback path is unchanged)
         assert c.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == before
     finally:
         for x in (c, s, ls):
             x.close()
+
+
+def test_auto_gives_bbr_to_long_paths_only_and_a_pinned_cc_to_every_path() -> None:
+    wanted = wan._Settings.wanted
+    try:
+        assert wan.configure("auto") in ("", "bbr")
+        assert wan.cc_for(0.0001) == "" and wan.cc_for(None) == ""
+        assert wan.cc_for(0.2) == wan.congestion()
+        if "bbr" in wan.available():
+            assert wan.cc_for(0.2) == "bbr"
+            wan.configure("bbr")
+            assert wan.cc_for(0.0001) == "bbr"
+            ls, c, s = _pair()
+            try:
+                wan.fit(c)
+                assert wan.used(c) == "bbr"  # pinned: loopback too
+            finally:
+                for x in (c, s, ls):
+                    x.close()
+        wan.configure("cubic")
+        assert wan.cc_for(0.2) == wan.cc_for(0.0) == "cubic"
+    finally:
+        wan.configure(wanted)
 
 
 def test_loopback_addresses_are_never_probed_as_long_paths() -> None:
