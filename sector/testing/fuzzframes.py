@@ -30,7 +30,7 @@ OPS = [
     *("fs.status", "fs.setrf"),
     *("blob.put", "blob.get", "blob.put_small", "blob.replicate", "blob.delete", "blob.has"),
     *("blob.verify", "blob.missing", "blob.alias"),
-    *("meta.op", "meta.replicate", "meta.fetch", "meta.absorb"),
+    *("meta.op", "meta.replicate", "meta.fetch", "meta.absorb", "meta.horizon"),
     *("chord.next_hop", "chord.state", "chord.notify", "chord.ping", "chord.leaving"),
     *("node.gossip", "node.info", "node.ping"),
     *("repair.report", "repair.audit", "scrub.now", "gc.now"),

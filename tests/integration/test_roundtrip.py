@@ -409,6 +409,7 @@ LOOPS = {
     "chord.check-predecessor",
     "chord.merge-probe",
     "gossip",
+    "tombstones",
 }
 
 
