@@ -63,7 +63,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sector.errors import CredentialError, NotFound, PermissionDenied, SectorError, UsageError
+from sector.errors import CredentialError, NotFound, PermissionDenied, Unavailable, UsageError
 from sector.sphere import wire
 from sector.sphere.cluster import cluster_engines
 from sector.sphere.driver import AsyncJob
@@ -113,6 +113,11 @@ async def cancel_job(c: JobClient, job: str) -> dict[str, Any]:
             raise r
     replies = [r for r in got if isinstance(r, dict)]
     known = [r for r in replies if r.get("known")]
+    unanswered = [a for a, r in zip(addrs, got, strict=True) if isinstance(r, BaseException)]
+    if not known and unanswered:
+        raise Unavailable(
+            f"cannot tell whether job {job} was cancelled: {unanswered} did not answer"
+        )
     if not known:
         raise NotFound(f"no node runs Sphere job {job}")
     return {
@@ -120,7 +125,7 @@ async def cancel_job(c: JobClient, job: str) -> dict[str, Any]:
         "cancelled": True,
         "nodes": len(known),
         "attempts_stopped": sum(int(r.get("stopped") or 0) for r in known),
-        "unanswered": [a for a, r in zip(addrs, got, strict=True) if isinstance(r, SectorError)],
+        "unanswered": unanswered,
     }
 
 

@@ -1,8 +1,9 @@
 """Every node's HTTP face (issue 16) on real node processes: ``/metrics`` parsed with
 prometheus_client's parser moves with the work done, the JSON API answers with the
 cluster and a file's stat as an anonymous client sees them (a private file stays
-private), bad input gets a JSON 4xx and the node serves on, and ``sector status
---json`` shows each node's URL."""
+private), bad input gets a JSON 4xx and the node serves on, ``sector status
+--json`` shows each node's URL, and a running job's segment total is in ``/api/jobs``
+from the first poll that shows the job."""
 
 from __future__ import annotations
 
