@@ -19,10 +19,11 @@ no state that outlives a job except files in its job directory (below):
 - ``sphere.cleanup``: forget the job and remove its files. Jobs whose driver vanished
   are removed after ``JOB_TTL`` of silence.
 - ``sphere.stop``: cancel a whole job (its user or an admin; the web page's and
-  ``sector sphere cancel``'s way, through ``sphere.stop.stop_job`` on every node): its
-  running attempts are killed, its staged files removed, and whatever its driver asks
-  next is refused with ``JobCancelled`` -- so the driver, in its client, stops too. The
-  job stays listed as cancelled (with its counts) until ``JOB_TTL`` passes.
+  ``sector sphere cancel``'s way, through ``sphere.api.cancel_job`` on every node): its
+  running attempts and commits (a reduce) are killed, its staged files removed, and
+  whatever its driver asks next is refused with ``JobCancelled`` -- so the driver, in
+  its client, stops too. The job stays listed as cancelled (with its counts) until
+  ``JOB_TTL`` passes.
 
 The messages are declared in ``sphere.wire`` and decoded at the handler table; what
 their types cannot say is checked in ``sphere_args``. Attempts and jobs are owned by the
@@ -523,7 +524,18 @@ class SphereService(Worker):
                 extra["files_dir"] = str(await asyncio.shield(fetching))
             except RequiredError as exc:
                 raise JobFailed(str(exc)) from None
-        files = await self.commits.run(j.dir, todo, reduce, req.rf, req.durable, extra)
+        run = asyncio.ensure_future(
+            self.commits.run(j.dir, todo, reduce, req.rf, req.durable, extra)
+        )
+        j.commits.add(run)
+        try:
+            files = await run
+        except (Exception, asyncio.CancelledError):
+            if j.stopped is not None and run.done():  # the job was cancelled meanwhile
+                raise JobCancelled(j.stopped) from None
+            raise
+        finally:
+            j.commits.discard(run)
         return {"files": files}
 
     @typed(wire.Cleanup)
@@ -532,6 +544,10 @@ class SphereService(Worker):
         j = self.jobs.get(req.job)
         if j is not None:
             self._own(j)
+            if isinstance(req.cancelled, str) and j.stopped is None:
+                # The driver learnt of a cancel from another node before this one did:
+                # the job is cancelled here too, and stays listed as such.
+                await self._stop(j, req.cancelled[:200])
             if j.stopped is None:  # a cancelled job stays listed (its files are gone)
                 self._drop(j)
         return {"ok": True}
@@ -551,7 +567,12 @@ class SphereService(Worker):
             raise PermissionDenied(f"permission denied: job {j.id} is not {who or 'yours'}")
         if j.stopped is not None:
             return {"known": True, "stopped": 0}
-        j.stopped = f"job {j.id} was cancelled by {who or 'an admin'}"
+        why = f"job {j.id} was cancelled by {who or 'an admin'}"
+        return {"known": True, "stopped": await self._stop(j, why)}
+
+    async def _stop(self, j: JobState, why: str) -> int:
+        """Cancel job ``j`` here; the number of its attempts that were running."""
+        j.stopped = why
         log.info("%s", j.stopped)
         running = [t for t in j.attempts.values() if t.state == "running"]
         for t in running:
@@ -561,13 +582,15 @@ class SphereService(Worker):
         self.stats["cancelled"] += len(running)
         if j.files is not None:
             j.files.cancel()
-        tasks = [t.task for t in running if t.task is not None]
+        for c in j.commits:
+            c.cancel()  # a reduce's engine is killed (the driver removes its staging)
+        tasks = [t.task for t in running if t.task is not None] + list(j.commits)
         if tasks:
             await asyncio.wait(tasks)
         self._trash(j)
         j.touched = time.monotonic()
         j.changed.set()  # a waiting poll answers JobCancelled now
-        return {"known": True, "stopped": len(running)}
+        return len(running)
 
 
 def _retrieved(t: asyncio.Task[Path]) -> None:

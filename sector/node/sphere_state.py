@@ -37,3 +37,4 @@ class JobState:
     files: asyncio.Task[Path] | None = None
     total: int = 0  # its segments, as its driver says with each run (the web page's)
     stopped: str | None = None  # why the whole job was cancelled (``sphere.stop``)
+    commits: set[asyncio.Task[Any]] = field(default_factory=set)  # (a cancel stops them)

@@ -233,7 +233,8 @@ class AsyncJob:
         async def one(nid: str) -> None:
             assert m is not None
             with contextlib.suppress(SectorError, OSError):
-                await self.c.pool.call(m.addr[nid], wire.CLEANUP, {"job": self.id}, timeout=5)
+                args = {"job": self.id, **({"cancelled": self._stopped} if self._stopped else {})}
+                await self.c.pool.call(m.addr[nid], wire.CLEANUP, args, timeout=5)
 
         if m is not None:
             with contextlib.suppress(BaseException):

@@ -263,6 +263,9 @@ class Cleanup(Request, frozen=True):
 
     op = CLEANUP
     job: JobId
+    # The job was cancelled (``Stop``) and this says by whom: a node that has not heard
+    # of the cancel yet cancels the job too, rather than forget it.
+    cancelled: str | UnsetType = UNSET
 
 
 class Stop(Request, frozen=True):

@@ -83,10 +83,10 @@ def test_an_admin_cancels_a_running_job_over_http(cluster: ProcCluster) -> None:
     with cluster.connect(token=ann) as c:
         # 4 segments of 60 s on 2 engines: only a cancel ends it within the test.
         job = c.sphere.run(sleepy, tasks=[60] * 4, speculate=False)
-        row = wait_for(
-            lambda: (r := job_row(base, job.id)) and r["running"] and r,
+        wait_for(
+            lambda: (r := job_row(base, job.id)) and r["running"] == 2 and r,
             20,
-            what="the job running",
+            what="the job running on both engines",
         )
         assert staged(cluster, job.id), "a running job stages on its nodes"
         url = f"{base}api/jobs/{job.id}/cancel"
@@ -99,19 +99,70 @@ def test_an_admin_cancels_a_running_job_over_http(cluster: ProcCluster) -> None:
         t0 = time.monotonic()
         code, rep = post(url, cluster.admin_token)
         assert code == 200 and rep["cancelled"], rep
-        assert rep["attempts_stopped"] == row["running"] and rep["unanswered"] == [], (rep, row)
+        assert rep["attempts_stopped"] >= 1 and rep["unanswered"] == [], rep
         with pytest.raises(JobCancelled, match="cancelled by admin"):
             job.wait(timeout=CANCEL_WITHIN)
         took = time.monotonic() - t0
         print(f"\ncancel to JobCancelled in the client: {took:.2f} s")
-        row = job_row(base, job.id)
-        assert row is not None and row["state"] == "cancelled", row
-        assert row["cancelled"] == rep["attempts_stopped"] and row["running"] == 0, row
+        # Every node lists it cancelled: those the cancel reached first, and those that
+        # heard of it from the driver's cleanup (which may come first).
+        after = wait_for(
+            lambda: (r := job_row(base, job.id)) and r["cancelled"] == 2 and r,
+            10,
+            what="every running attempt shown cancelled",
+        )
+        assert after["state"] == "cancelled" and after["running"] == 0, after
+        assert "cancelled by admin" in after["stopped"], after
         assert staged(cluster, job.id) == []
         # The engines are free: a job after it runs at once on them.
         wait_for(lambda: engines_busy(c, cluster) == 0, 10, what="the engines free")
-        after = c.sphere.run(quick, tasks=[1, 2, 3, 4]).wait(timeout=30)
-        assert sorted(after["results"]) == [b"1", b"2", b"3", b"4"]
+        res = c.sphere.run(quick, tasks=[1, 2, 3, 4]).wait(timeout=30)
+        assert sorted(res["results"]) == [b"1", b"2", b"3", b"4"]
+
+
+def to_bucket_0(seg: Any) -> Any:
+    import numpy as np
+
+    return seg.records, np.zeros(len(seg.records), dtype=np.int64)
+
+
+def slow_reduce(seg: Any) -> Any:
+    import time
+
+    time.sleep(60)
+    return bytes(seg.data)
+
+
+def test_a_job_cancelled_in_its_reduce_stops_there(cluster: ProcCluster, tmp_path: Path) -> None:
+    """A cancel while the nodes commit (a reduce running in an engine) stops the reduce
+    too: the driver fails at once, the engine is free, no output appears."""
+    base = base_of(cluster)
+    ann = cluster.token("ann", write=["/ann"], compute=True)
+    src = tmp_path / "in.bin"
+    src.write_bytes(bytes(range(256)) * 10)
+    with cluster.connect(token=ann) as c:
+        c.put(str(src), "/ann/in.bin")
+        job = c.sphere.run(
+            to_bucket_0,
+            "/ann/in.bin",
+            records=16,
+            output="/ann/out",
+            buckets=1,
+            reduce=slow_reduce,
+            speculate=False,
+        )
+        wait_for(
+            lambda: job.progress()["phase"] == "reducing" and engines_busy(c, cluster) == 1,
+            30,
+            what="the reduce running",
+        )
+        code, rep = post(f"{base}api/jobs/{job.id}/cancel", cluster.admin_token)
+        assert code == 200, rep
+        with pytest.raises(JobCancelled):
+            job.wait(timeout=CANCEL_WITHIN)
+        wait_for(lambda: engines_busy(c, cluster) == 0, 10, what="the reduce's engine free")
+        assert not c.exists("/ann/out")
+        assert staged(cluster, job.id) == []
 
 
 def test_the_jobs_user_cancels_it_with_the_cli(cluster: ProcCluster, sector_cli: Any) -> None:
@@ -130,3 +181,41 @@ def test_the_jobs_user_cancels_it_with_the_cli(cluster: ProcCluster, sector_cli:
         r = sector_cli("sphere", "cancel", "zz", cluster=cluster.address, env=env)
         assert r.returncode != 0 and b"Traceback" not in r.stderr
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def slow_map(line: Any, params: Any) -> Any:
+    import time
+
+    time.sleep(60)
+    yield line, 1
+
+
+def test_a_disco_job_whose_sphere_job_is_cancelled_ends_dead(tmp_path: Path) -> None:
+    """A Disco job is driven through Sphere: cancelling its Sphere job (here on an open
+    cluster, where anyone may, by Python) makes its ``wait()`` raise the cancel."""
+    from sector.disco import runtime
+    from sector.disco.core import Job, JobError
+
+    with ProcCluster(tmp_path, replicas=1, node_args=["--engines", "1"]) as cl:
+        cl.start(1)
+        base = base_of(cl)
+        src = tmp_path / "in.txt"
+        src.write_bytes(b"a\nb\n")
+        try:
+            with cl.connect() as c:
+                c.put(str(src), "/dc/in.txt")
+                job = Job(master=cl.address).run(input=["/dc/in.txt"], map=slow_map)
+
+                def running() -> str | None:
+                    with urllib.request.urlopen(base + "api/jobs", timeout=30) as r:
+                        got = json.loads(r.read())["sphere"]
+                    return next((j["id"] for j in got if j["state"] == "running"), None)
+
+                sphere_id = wait_for(running, 30, what="the Disco job's Sphere job running")
+                assert c.sphere.cancel(sphere_id)["cancelled"]
+                t0 = time.monotonic()
+                with pytest.raises(JobError, match="cancelled"):
+                    job.wait(timeout=CANCEL_WITHIN)
+                assert time.monotonic() - t0 < CANCEL_WITHIN
+        finally:
+            runtime.close_clients()

@@ -294,6 +294,7 @@ def test_draining_a_node_needs_an_admin_credential(page: Any, tmp_path: Path) ->
         code, rep = post(base + "api/drain", undrain, cl.admin_token)
         assert code == 200 and rep["state"] == "up", rep
         wait_for(lambda: state() == "up", 15, what="the node up again")
+        page.get("about:blank")  # no polls of the cluster once it is stopped
 
 
 def sleepy_task(seg: Any) -> Any:
@@ -334,3 +335,4 @@ def test_a_running_job_is_cancelled_from_the_page(page: Any, tmp_path: Path) -> 
                 15,
                 what="the job shown as cancelled",
             )
+            page.get("about:blank")  # no polls of the cluster once it is stopped
