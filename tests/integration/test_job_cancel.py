@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from sector.errors import JobCancelled
 from sector.testing.cluster import ProcCluster, wait_for
@@ -62,6 +63,20 @@ def job_row(base: str, job: str) -> dict[str, Any] | None:
     with urllib.request.urlopen(base + "api/jobs", timeout=30) as r:
         jobs = json.loads(r.read())["sphere"]
     return next((j for j in jobs if j["id"] == job), None)
+
+
+def cancelled_jobs(cl: ProcCluster) -> float:
+    """``sector_sphere_jobs{state="cancelled"}`` summed over the nodes' /metrics."""
+    total = 0.0
+    for n in cl.nodes:
+        url = str(json.loads((n.data / "node.json").read_text())["http"]) + "metrics"
+        with urllib.request.urlopen(url, timeout=30) as r:
+            text = r.read().decode()
+        for fam in text_string_to_metric_families(text):
+            for smp in fam.samples:
+                if smp.name == "sector_sphere_jobs" and smp.labels.get("state") == "cancelled":
+                    total += smp.value
+    return total
 
 
 def staged(cl: ProcCluster, job: str) -> list[Path]:
@@ -113,6 +128,7 @@ def test_an_admin_cancels_a_running_job_over_http(cluster: ProcCluster) -> None:
         )
         assert after["state"] == "cancelled" and after["running"] == 0, after
         assert "cancelled by admin" in after["stopped"], after
+        assert cancelled_jobs(cluster) >= 2  # held (listed) by both nodes
         assert staged(cluster, job.id) == []
         # The engines are free: a job after it runs at once on them.
         wait_for(lambda: engines_busy(c, cluster) == 0, 10, what="the engines free")
