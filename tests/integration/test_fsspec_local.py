@@ -42,12 +42,15 @@ def read_through_fsspec(seg: Any) -> Any:
     return json.dumps(got).encode()
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcCluster]:
-    # Two nodes, two replicas: every node holds the file, so the segment runs on a holder.
-    with ProcCluster(
-        tmp_path_factory.mktemp("fslocal"), replicas=2, node_args=["--engines", "1"]
-    ) as c:
+@pytest.fixture(scope="module", params=["auto", "none"])
+def cluster(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[ProcCluster]:
+    """Two nodes, two replicas: every node holds the file, so the segment runs on a
+    holder. Engines sandboxed as the host allows (the blobs at a path of the view),
+    and not sandboxed (the blobs where the node keeps them)."""
+    args = ["--engines", "1", "--udf-sandbox", request.param]
+    with ProcCluster(tmp_path_factory.mktemp("fslocal"), replicas=2, node_args=args) as c:
         c.start(2)
         c.wait_ring()
         yield c
@@ -75,6 +78,8 @@ def test_a_udf_reads_the_local_replica_through_fsspec(cluster: ProcCluster, tmp_
     with cluster.connect() as c:
         c.put(str(src), "/local/blob.bin")
         before = bulk(c, cluster)
+        mode = c._run(c._aio.pool.call(cluster.address, "sphere.info", {}, timeout=5))["sandbox"]
+        print(f"\nengines' sandbox: {mode}")
         job = c.sphere.run(
             read_through_fsspec, "/local/blob.bin", records="file", param=cluster.address
         )
