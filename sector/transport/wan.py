@@ -9,7 +9,8 @@ grow to the bandwidth-delay product (25 MB here). So every bulk socket, both end
   ``tcp_bbr`` is loaded if missing and this process may), else the kernel's default,
   silently; ``configure("cubic")`` (``sector node --bulk-cc``, ``SECTOR_BULK_CC``)
   pins one for experiments, and fails if the kernel does not have it;
-  ``SECTOR_BULK_STREAMS=N`` pins the streams of a striped read likewise;
+  ``SECTOR_BULK_STREAMS=N`` pins the streams of a striped read likewise (on any
+  path, loopback too; 1: never striped);
 - **buffers**: on a long stream (smoothed RTT of at least ``LONG_RTT``, read from the
   kernel's ``TCP_INFO``) the send and receive buffers are raised to ``LONG_BUF``
   (``SO_SNDBUFFORCE``, which needs CAP_NET_ADMIN; else as far as ``net.core.*mem_max``
@@ -20,6 +21,8 @@ grow to the bandwidth-delay product (25 MB here). So every bulk socket, both end
   ``STREAMS`` ranges fetched at once (``stripe.py``): each stream's window is capped by
   what the host lets one socket have, and several windows fill the link sooner after
   a loss. Four, by measurement: eight overflowed the emulator's queue in start-up.
+  With several live replicas the streams go to several holders (at least one each,
+  nearest most: ``spans.allot``), and fail over per span.
 
 Cost, said plainly: BBR (v1, what this kernel has) takes most of a link from a cubic
 flow sharing it (README "WAN transfer" has the figure); ``--bulk-cc cubic`` is the
@@ -44,6 +47,9 @@ LONG_RTT = 0.002  # s: a stream with a longer smoothed RTT is on a long link
 LONG_BUF = 64 << 20  # bytes: 2.5 x the BDP of 1 Gbit/s x 200 ms
 STREAMS = 4  # streams of a striped read on a long link (measured: README "WAN transfer")
 STRIPE_MIN = 32 << 20  # a smaller read is not striped
+# Striping over replicas on short paths (loopback, a LAN): off, by measurement (README
+# "WAN transfer": one stream already runs at what the disk gives).
+STRIPE_SHORT = True
 _TCP_INFO_RTT = 68  # offset of tcpi_rtt (us) in struct tcp_info
 _SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
 _SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
@@ -199,11 +205,20 @@ def loopback(host: str) -> bool:
         return host == "localhost"
 
 
-def streams_for(rtt_s: float | None, size: int) -> int:
-    """Streams for a read of ``size`` bytes over a path of this RTT: one on a short
-    path (where one stream already runs at the disk's speed), ``STREAMS`` on a long one."""
+def pinned() -> int:
+    """The streams ``SECTOR_BULK_STREAMS`` pins (0: chosen by the path)."""
+    return _Settings.streams
+
+
+def streams_for(rtt_s: float | None, size: int, holders: int = 1) -> int:
+    """Streams for a read of ``size`` bytes over a path of this RTT (the nearest
+    holder's) from ``holders`` live replicas: one on a short path (where one stream
+    already runs at the disk's speed; several holders too unless ``STRIPE_SHORT``),
+    ``STREAMS`` (at least one per holder) on a long one."""
     if size < STRIPE_MIN:
         return 1
     if _Settings.streams:  # pinned (SECTOR_BULK_STREAMS), for experiments
         return _Settings.streams
-    return 1 if rtt_s is None or rtt_s < LONG_RTT else STREAMS
+    if rtt_s is None or rtt_s < LONG_RTT:
+        return holders if STRIPE_SHORT and holders > 1 else 1
+    return max(STREAMS, holders)

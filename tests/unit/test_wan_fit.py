@@ -33,6 +33,16 @@ def test_streams_only_for_large_reads_on_long_paths() -> None:
     assert wan.streams_for(0.05, big) == wan.STREAMS > 1
 
 
+def test_several_replicas_stripe_on_any_path_one_stream_each_at_least() -> None:
+    big = wan.STRIPE_MIN
+    assert wan.STRIPE_SHORT  # measured not slower on loopback (README "WAN transfer")
+    assert wan.streams_for(0.0001, big, holders=3) == 3  # one per holder on a short path
+    assert wan.streams_for(None, big, holders=2) == 2
+    assert wan.streams_for(0.05, big, holders=2) == wan.STREAMS
+    assert wan.streams_for(0.05, big, holders=wan.STREAMS + 2) == wan.STREAMS + 2
+    assert wan.streams_for(0.0001, big - 1, holders=3) == 1  # too small
+
+
 def test_a_congestion_control_the_kernel_lacks_is_refused() -> None:
     with pytest.raises(ValueError, match="not in this kernel"):
         wan.resolve("nosuchcc")
