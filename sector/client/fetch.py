@@ -168,9 +168,20 @@ async def _fetch(
 
     with open(tmp, "wb") as f:
         what = f"download of {st['path']}"
-        return await stripe.fetch(
-            open_range, st["size"], f.fileno(), addrs, counts, progress=progress, what=what
-        )
+        behind = WriteBehind(f)  # written back while it grows, as a one-stream get is
+        try:
+            return await stripe.fetch(
+                open_range,
+                st["size"],
+                f.fileno(),
+                addrs,
+                counts,
+                progress=progress,
+                wrote=behind.wrote,
+                what=what,
+            )
+        finally:
+            await asyncio.to_thread(behind.join)
 
 
 async def _striped(

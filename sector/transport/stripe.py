@@ -49,8 +49,15 @@ class _Into:
     """A sink writing one span's bytes at their offsets of a file (``pwrite``), as far
     as the plan lets it; reports the read's progress every ``REPORT_STEP`` bytes."""
 
-    def __init__(self, fd: int, plan: Plan, span: Span, report: Callable[[], None]) -> None:
-        self.fd, self.plan, self.span, self.report = fd, plan, span, report
+    def __init__(
+        self,
+        fd: int,
+        plan: Plan,
+        span: Span,
+        report: Callable[[], None],
+        wrote: Callable[[int], object] | None,
+    ) -> None:
+        self.fd, self.plan, self.span, self.report, self.wrote = fd, plan, span, report, wrote
         self.unreported = 0
 
     def write(self, data: memoryview) -> None:
@@ -60,6 +67,8 @@ class _Into:
             n = os.pwrite(self.fd, view, at)
             at += n
             view = view[n:]
+        if self.wrote is not None:
+            self.wrote(k)
         self.unreported += k
         if self.unreported >= REPORT_STEP:
             self.unreported = 0
@@ -76,10 +85,12 @@ async def fetch(
     streams: Sequence[int],
     *,
     progress: Progress | None = None,
+    wrote: Callable[[int], object] | None = None,
     what: str = "read",
 ) -> Plan:
     """``size`` bytes into ``fd`` (at their offsets) over ``streams[i]`` streams to
-    ``holders[i]`` at once; returns the plan (who served what, who failed). Raises
+    ``holders[i]`` at once; returns the plan (who served what, who failed). ``wrote(n)``
+    is told of each write, from the streams' threads (a write-behind). Raises
     ``TransportError`` if every holder failed first; the file's own errors (a full
     disk) as they are, after stopping the other streams."""
     plan = Plan(size, holders, sum(streams))
@@ -104,7 +115,7 @@ async def fetch(
                     f"{what}: asked {holder} for {length} bytes at {offset}, got {n}"
                 )
             where = f"{what} (bytes {offset}..{offset + length} from {holder})"
-            sink = _Into(fd, plan, span, report)
+            sink = _Into(fd, plan, span, report, wrote)
             try:
                 await bulk.recv(chan, length, sink, executor=pool, what=where)
             except _Cut:
