@@ -119,7 +119,7 @@ async def _rtt(pool: RpcPool, addr: str) -> float | None:
 
 async def striped(pool: RpcPool, st: dict[str, Any], tmp: Path, progress: Progress | None) -> bool:
     """``st`` striped over its live replicas into ``tmp`` and verified, if it is worth it
-    (``wan.streams_for``: large, two holders or more, a long path or pinned streams);
+    (``wan.streams_for``: large, two holders or more about as near as the nearest);
     False if not (nothing done). Raises ``TransportError`` if every holder failed,
     ``ChecksumMismatch`` if the assembled file does not verify."""
     addrs = [r["address"] for r in st["replicas"] if r.get("state") == "up"]
@@ -127,11 +127,13 @@ async def striped(pool: RpcPool, st: dict[str, Any], tmp: Path, progress: Progre
         return False
     rtts = list(await asyncio.gather(*(_rtt(pool, a) for a in addrs)))
     known = [r for r in rtts if r is not None]
+    if known:  # the holders about as near as the nearest (``wan.near``), nearest first
+        kept = sorted((r, a) for a, r in zip(addrs, rtts, strict=True) if r is not None)
+        kept = [(r, a) for r, a in kept if wan.near(r, kept[0][0])]
+        addrs, rtts = [a for _, a in kept], [r for r, _ in kept]
     streams = wan.streams_for(min(known, default=None), st["size"], len(addrs))
-    if streams <= 1:
+    if streams <= 1 or len(addrs) < 2:
         return False
-    order = sorted(range(len(addrs)), key=lambda i: (rtts[i] is None, rtts[i] or 0.0))
-    addrs, rtts = [addrs[i] for i in order], [rtts[i] for i in order]
     counts = allot(rtts, streams)
     tell(progress, sum(counts), len(addrs))
     try:
@@ -139,6 +141,7 @@ async def striped(pool: RpcPool, st: dict[str, Any], tmp: Path, progress: Progre
         st["transfer"] = {
             "streams": sum(counts),
             "holders": [a for a in addrs if plan.served.get(a)],
+            "bytes_from": {a: n for a, n in plan.served.items() if n},
             "rtt_ms": wan.ms(min(known, default=None)),
             "from": addrs[0],
             "failed": plan.dead,

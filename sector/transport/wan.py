@@ -50,6 +50,7 @@ STRIPE_MIN = 32 << 20  # a smaller read is not striped
 # Striping over replicas on short paths (loopback, a LAN): off, by measurement (README
 # "WAN transfer": one stream already runs at what the disk gives).
 STRIPE_SHORT = True
+FAR_FACTOR = 4  # a holder this many times farther than the nearest is not striped over
 _TCP_INFO_RTT = 68  # offset of tcpi_rtt (us) in struct tcp_info
 _SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
 _SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
@@ -208,6 +209,13 @@ def loopback(host: str) -> bool:
 def pinned() -> int:
     """The streams ``SECTOR_BULK_STREAMS`` pins (0: chosen by the path)."""
     return _Settings.streams
+
+
+def near(rtt_s: float | None, nearest: float) -> bool:
+    """Whether a holder at ``rtt_s`` is worth reading beside the nearest one: within
+    ``FAR_FACTOR`` times its RTT, or both on short paths. A holder across a WAN beside
+    one on the LAN adds a slow tail, not speed (README "Striped reads over replicas")."""
+    return rtt_s is not None and rtt_s <= max(LONG_RTT, FAR_FACTOR * nearest)
 
 
 def streams_for(rtt_s: float | None, size: int, holders: int = 1) -> int:

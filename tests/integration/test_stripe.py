@@ -46,9 +46,10 @@ def test_a_large_get_is_striped_over_the_replicas_and_a_rotten_one_is_caught(
             assert t["failed"] == [] and t["refetched"] == 0
 
             # One copy rotten where its holder reads it: the start of the third span
-            # goes to the third live replica's stream (a steal takes back halves only).
+            # goes to the third holder's stream (equally near holders are taken in the
+            # order of their addresses; a steal takes back halves only).
             st = c.stat("/big")
-            holder = next(n for n in cl.nodes if n.node_id == st["replicas"][2]["id"])
+            holder = next(n for n in cl.nodes if n.address == sorted(cl.addresses())[2])
             at = stripe.ranges(SIZE, 3)[2][0] + 100
             _flip_byte(holder.data / "blobs" / put["blob"][:2] / put["blob"], at)
             with pytest.raises(ChecksumMismatch, match="striped over 3 replicas"):

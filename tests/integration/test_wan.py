@@ -281,3 +281,42 @@ def test_a_read_striped_over_replicas_survives_the_sigkill_of_a_holder_mid_read(
     # only what the killed holder had not sent was read again, from the others
     assert 0 < result["refetched"] < size - killed_at, result
     print(f"killed at {killed_at >> 20} MiB of {size >> 20}: {result}")
+
+
+def test_a_striped_read_takes_most_from_the_fastest_holder(
+    tmp_path: Path, random_file: Callable[[Path, int], Any]
+) -> None:
+    """One holder beside the reader (side a), two behind a short 100 Mbit/s link
+    (side b): the read uses all three (all on short paths), and the near one, whose
+    stream ends its span first and takes over halves of the others', sends most of the
+    file. (A holder many times farther than the nearest is not used at all:
+    ``wan.near``, tests/unit/test_wan_fit.py.)"""
+    size = 64 << 20
+    with WanLink(0, 100, 0) as link:
+        env = {"SECTOR_HOME": str(tmp_path / "home")}
+        (tmp_path / "home").mkdir()
+        with ProcCluster(tmp_path / "c", replicas=3, env=env) as cluster:
+            for i, side in enumerate("abb"):
+                cluster.node_args = ["--host-id", f"h{i}"]
+                cluster.add(listen=f"{link.ip(side)}:{PORT + i}", wrap=link.wrap(side))
+            near = cluster.nodes[0].address
+            want = {n.address for n in cluster.nodes}
+
+            def all_up() -> bool:
+                nodes = link.sector("a", near, "status", env=env)["nodes"]
+                return want <= {m["address"] for m in nodes if m["state"] == "up"}
+
+            wait_for(all_up, 30, interval=0.5, what="3 nodes up")
+            src, dst = tmp_path / "src", tmp_path / "dst"
+            random_file(src, size)
+            put = link.sector("a", near, "put", str(src), "/f", env=env)["files"][0]
+            assert len(put["replicas"]) == 3, put
+            got = link.sector("a", near, "get", "/f", str(dst), env=env)["files"][0]
+    assert dst.read_bytes() == src.read_bytes()
+    t = got["transfer"]
+    assert t["streams"] == 3 and set(t["holders"]) == want, t
+    sent = t["bytes_from"]
+    far = [n for a, n in sent.items() if a != near]
+    assert sum(sent.values()) == size
+    assert sent[near] > size // 2 and all(sent[near] > 2 * n for n in far), sent
+    print(f"near {sent[near] >> 20} MiB, far {[n >> 20 for n in far]} MiB: {t}")

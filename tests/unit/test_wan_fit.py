@@ -43,6 +43,13 @@ def test_several_replicas_stripe_on_any_path_one_stream_each_at_least() -> None:
     assert wan.streams_for(0.0001, big - 1, holders=3) == 1  # too small
 
 
+def test_only_holders_about_as_near_as_the_nearest_are_striped_over() -> None:
+    assert wan.near(0.0003, 0.00005)  # a LAN holder beside one on this host: both short
+    assert not wan.near(0.04, 0.00005)  # a WAN holder beside a LAN one: a slow tail
+    assert wan.near(0.2, 0.05) and not wan.near(0.21, 0.05)  # within FAR_FACTOR x
+    assert not wan.near(None, 0.01)  # no RTT: not reachable just now
+
+
 def test_a_congestion_control_the_kernel_lacks_is_refused() -> None:
     with pytest.raises(ValueError, match="not in this kernel"):
         wan.resolve("nosuchcc")
