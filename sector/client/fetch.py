@@ -137,7 +137,8 @@ async def striped(pool: RpcPool, st: dict[str, Any], tmp: Path, progress: Progre
     counts = allot(rtts, streams)
     tell(progress, sum(counts), len(addrs))
     try:
-        plan = await _fetch(pool, st, tmp, progress, addrs, counts)
+        far = max((r for r in rtts if r is not None), default=None)
+        plan = await _fetch(pool, st, tmp, progress, addrs, counts, far)
         st["transfer"] = {
             "streams": sum(counts),
             "holders": [a for a in addrs if plan.served.get(a)],
@@ -165,6 +166,7 @@ async def _fetch(
     progress: Progress | None,
     addrs: list[str],
     counts: list[int],
+    rtt: float | None,
 ) -> Plan:
     async def open_range(addr: str, offset: int, length: int) -> tuple[BulkChannel, int]:
         return await open_get(pool, addr, Get(blob=st["blob"], offset=offset, length=length))
@@ -181,6 +183,7 @@ async def _fetch(
                 counts,
                 progress=progress,
                 wrote=behind.wrote,
+                min_split=wan.split_for(rtt),
                 what=what,
             )
         finally:
@@ -197,8 +200,13 @@ async def _striped(
 ) -> None:
     """The file in ``streams`` ranges read at once from one holder, then verified."""
     tell(progress, streams, 1)
-    await _fetch(pool, st, tmp, progress, [addr], [streams])
-    rtt = wan.ms(await pool.rtt(addr))
-    st["transfer"] = {"streams": streams, "holders": [addr], "rtt_ms": rtt, "from": addr}
+    rtt = await pool.rtt(addr)
+    await _fetch(pool, st, tmp, progress, [addr], [streams], rtt)
+    st["transfer"] = {
+        "streams": streams,
+        "holders": [addr],
+        "rtt_ms": wan.ms(rtt),
+        "from": addr,
+    }
     if await asyncio.to_thread(hash_file, str(tmp)) != st["checksum"]:
         raise ChecksumMismatch(f"replica at {addr} is corrupt (checksum mismatch)")

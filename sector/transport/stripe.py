@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from sector.errors import ProtocolError, SectorError, TransportError
 from sector.transport import bulk
 from sector.transport.bulk import BulkChannel, Progress
-from sector.transport.spans import ALIGN, Plan, Span
+from sector.transport.spans import ALIGN, MIN_SPLIT, Plan, Span
 
 __all__ = ["ALIGN", "OpenRange", "fetch", "ranges"]
 
@@ -86,14 +86,16 @@ async def fetch(
     *,
     progress: Progress | None = None,
     wrote: Callable[[int], object] | None = None,
+    min_split: int = MIN_SPLIT,
     what: str = "read",
 ) -> Plan:
     """``size`` bytes into ``fd`` (at their offsets) over ``streams[i]`` streams to
     ``holders[i]`` at once; returns the plan (who served what, who failed). ``wrote(n)``
-    is told of each write, from the streams' threads (a write-behind). Raises
+    is told of each write, from the streams' threads (a write-behind); ``min_split``: the
+    least a steal leaves each side (``wan.split_for``). Raises
     ``TransportError`` if every holder failed first; the file's own errors (a full
     disk) as they are, after stopping the other streams."""
-    plan = Plan(size, holders, sum(streams))
+    plan = Plan(size, holders, sum(streams), min_split=min_split)
     loop = asyncio.get_running_loop()
     changed = [asyncio.Event()]  # set (and replaced) when a span ends or a holder fails
     errors: list[str] = []

@@ -218,6 +218,13 @@ def near(rtt_s: float | None, nearest: float) -> bool:
     return rtt_s is not None and rtt_s <= max(LONG_RTT, FAR_FACTOR * nearest)
 
 
+def split_for(rtt_s: float | None) -> int:
+    """The least a steal of a striped read leaves each side (``spans.Plan``): 8 MiB on
+    a short path; on a long one ``LONG_BUF``, since the stream cut short throws away
+    what it has in flight (up to its buffer) and the new one starts from slow start."""
+    return LONG_BUF if rtt_s is not None and rtt_s >= LONG_RTT else 8 << 20
+
+
 def streams_for(rtt_s: float | None, size: int, holders: int = 1) -> int:
     """Streams for a read of ``size`` bytes over a path of this RTT (the nearest
     holder's) from ``holders`` live replicas: one on a short path (where one stream

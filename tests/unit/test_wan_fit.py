@@ -50,6 +50,11 @@ def test_only_holders_about_as_near_as_the_nearest_are_striped_over() -> None:
     assert not wan.near(None, 0.01)  # no RTT: not reachable just now
 
 
+def test_a_steal_on_a_long_path_leaves_at_least_what_a_stream_has_in_flight() -> None:
+    assert wan.split_for(0.0001) == wan.split_for(None) == 8 << 20
+    assert wan.split_for(0.2) == wan.LONG_BUF
+
+
 def test_a_congestion_control_the_kernel_lacks_is_refused() -> None:
     with pytest.raises(ValueError, match="not in this kernel"):
         wan.resolve("nosuchcc")
