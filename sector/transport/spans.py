@@ -144,6 +144,12 @@ class Plan:
                 span.holder = None
                 self.refetched += span.left
 
+    def stop(self) -> None:
+        """The read is abandoned: every writer's next ``claim`` gets nothing."""
+        with self.lock:
+            for s in self.spans:
+                s.end = s.pos
+
     def claimed(self) -> int:
         """Bytes claimed so far (written, or being written): the read's progress."""
         return sum(s.pos - s.start for s in self.spans)

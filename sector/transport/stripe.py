@@ -155,12 +155,14 @@ async def fetch(
     try:
         await asyncio.gather(*tasks)
     except BaseException:
+        plan.stop()  # a writer still in its thread writes no more (the caller closes fd)
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        # ...and is waited for: a pwrite after the close could hit a reused descriptor.
+        await asyncio.shield(asyncio.to_thread(pool.shutdown, True))
         raise
-    finally:
-        pool.shutdown(wait=False)
+    pool.shutdown(wait=False)  # every stream ended: its thread is idle
     if not plan.done:
         raise TransportError(f"{what}: every holder failed ({'; '.join(errors)})")
     if progress is not None:

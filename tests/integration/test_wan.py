@@ -318,5 +318,5 @@ def test_a_striped_read_takes_most_from_the_fastest_holder(
     sent = t["bytes_from"]
     far = [n for a, n in sent.items() if a != near]
     assert sum(sent.values()) == size
-    assert sent[near] > size // 2 and all(sent[near] > 2 * n for n in far), sent
+    assert sent[near] > size // 2 and all(sent[near] > n for n in far), sent
     print(f"near {sent[near] >> 20} MiB, far {[n >> 20 for n in far]} MiB: {t}")

@@ -133,3 +133,12 @@ def test_streams_go_to_the_nearest_holders_most_and_one_to_each() -> None:
     assert allot([None, 0.02, 0.01], 4) == [1, 1, 2]  # unknown: as the farthest known
     assert allot([0.01, 0.02, 0.03], 2) == [1, 1, 1]  # at least one each
     assert allot([], 4) == []
+
+
+def test_a_stopped_plan_gives_writers_nothing_more() -> None:
+    plan = Plan(64 * MIB, ["a"], 2)
+    span = plan.take("a")
+    assert span is not None
+    plan.claim(span, MIB)
+    plan.stop()
+    assert plan.claim(span, MIB) == (MIB, 0)
