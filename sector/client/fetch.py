@@ -1,8 +1,10 @@
 """A client's download of one replica into a local temp file, verified (``get``).
 
-- Striped over the live replicas (issue 15, ``striped``): ranges from several holders
-  at once, nearest most, failing over per range; over a long link, or wherever
-  ``SECTOR_BULK_STREAMS`` asks for it. Hashed whole at the end.
+- Striped over the live replicas (issue 15, ``striped``): a file of ``STRIPE_MIN`` or
+  more read in ranges from the holders about as near as the nearest, at once, the
+  nearer and faster ones reading more, failing over per range; on any path
+  (``wan.streams_for``; ``SECTOR_BULK_STREAMS=1`` turns it off). Hashed whole at the
+  end; a mismatch is an error and the get reads one replica at a time instead.
 - From one replica's holder: one stream, or, over a long link, the file in several
   ranges at once (``transport.stripe``), then hashed whole.
 - Through the entry node's swarm (issue 14): ``swarm.get``, answered as the node's

@@ -47,8 +47,8 @@ LONG_RTT = 0.002  # s: a stream with a longer smoothed RTT is on a long link
 LONG_BUF = 64 << 20  # bytes: 2.5 x the BDP of 1 Gbit/s x 200 ms
 STREAMS = 4  # streams of a striped read on a long link (measured: README "WAN transfer")
 STRIPE_MIN = 32 << 20  # a smaller read is not striped
-# Striping over replicas on short paths (loopback, a LAN): off, by measurement (README
-# "WAN transfer": one stream already runs at what the disk gives).
+# Striping over replicas on short paths (loopback, a LAN): on, by measurement (README
+# "Striped reads over replicas": not slower than one stream on loopback, paired).
 STRIPE_SHORT = True
 FAR_FACTOR = 4  # a holder this many times farther than the nearest is not striped over
 _TCP_INFO_RTT = 68  # offset of tcpi_rtt (us) in struct tcp_info
@@ -206,11 +206,6 @@ def loopback(host: str) -> bool:
         return host == "localhost"
 
 
-def pinned() -> int:
-    """The streams ``SECTOR_BULK_STREAMS`` pins (0: chosen by the path)."""
-    return _Settings.streams
-
-
 def near(rtt_s: float | None, nearest: float) -> bool:
     """Whether a holder at ``rtt_s`` is worth reading beside the nearest one: within
     ``FAR_FACTOR`` times its RTT, or both on short paths. A holder across a WAN beside
@@ -227,9 +222,9 @@ def split_for(rtt_s: float | None) -> int:
 
 def streams_for(rtt_s: float | None, size: int, holders: int = 1) -> int:
     """Streams for a read of ``size`` bytes over a path of this RTT (the nearest
-    holder's) from ``holders`` live replicas: one on a short path (where one stream
-    already runs at the disk's speed; several holders too unless ``STRIPE_SHORT``),
-    ``STREAMS`` (at least one per holder) on a long one."""
+    holder's) from ``holders`` live replicas: on a short path one per holder
+    (``STRIPE_SHORT``), so one from a single holder (whose one stream already runs at
+    the disk's speed); ``STREAMS`` (at least one per holder) on a long one."""
     if size < STRIPE_MIN:
         return 1
     if _Settings.streams:  # pinned (SECTOR_BULK_STREAMS), for experiments
