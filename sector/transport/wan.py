@@ -11,7 +11,8 @@ grow to the bandwidth-delay product (25 MB here). So every bulk socket, both end
   default, where it fills the path and shares it fairly with other TCP flows;
   ``configure("cubic")`` (``sector node --bulk-cc``, ``SECTOR_BULK_CC``) pins one for
   every stream, and fails if the kernel does not have it;
-  ``SECTOR_BULK_STREAMS=N`` pins the streams of a striped read likewise;
+  ``SECTOR_BULK_STREAMS=N`` pins the streams of a striped read likewise (on any
+  path, loopback too; 1: never striped);
 - **buffers**: on a long stream (smoothed RTT of at least ``LONG_RTT``, read from the
   kernel's ``TCP_INFO``) the send and receive buffers are raised to ``LONG_BUF``
   (``SO_SNDBUFFORCE``, which needs CAP_NET_ADMIN; else as far as ``net.core.*mem_max``
@@ -22,6 +23,8 @@ grow to the bandwidth-delay product (25 MB here). So every bulk socket, both end
   ``STREAMS`` ranges fetched at once (``stripe.py``): each stream's window is capped by
   what the host lets one socket have, and several windows fill the link sooner after
   a loss. Four, by measurement: eight overflowed the emulator's queue in start-up.
+  With several live replicas the streams go to several holders (at least one each,
+  nearest most: ``spans.allot``), and fail over per span.
 
 Cost, said plainly: BBR (v1, what this kernel has) takes most of a link from a cubic
 flow sharing it (README "WAN transfer" has the figures). So ``auto`` uses it only on
@@ -48,6 +51,10 @@ LONG_RTT = 0.002  # s: a stream with a longer smoothed RTT is on a long link
 LONG_BUF = 64 << 20  # bytes: 2.5 x the BDP of 1 Gbit/s x 200 ms
 STREAMS = 4  # streams of a striped read on a long link (measured: README "WAN transfer")
 STRIPE_MIN = 32 << 20  # a smaller read is not striped
+# Striping over replicas on short paths (loopback, a LAN): on, by measurement (README
+# "Striped reads over replicas": not slower than one stream on loopback, paired).
+STRIPE_SHORT = True
+FAR_FACTOR = 4  # a holder this many times farther than the nearest is not striped over
 _TCP_INFO_RTT = 68  # offset of tcpi_rtt (us) in struct tcp_info
 _SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
 _SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
@@ -213,11 +220,29 @@ def loopback(host: str) -> bool:
         return host == "localhost"
 
 
-def streams_for(rtt_s: float | None, size: int) -> int:
-    """Streams for a read of ``size`` bytes over a path of this RTT: one on a short
-    path (where one stream already runs at the disk's speed), ``STREAMS`` on a long one."""
+def near(rtt_s: float | None, nearest: float) -> bool:
+    """Whether a holder at ``rtt_s`` is worth reading beside the nearest one: within
+    ``FAR_FACTOR`` times its RTT, or both on short paths. A holder across a WAN beside
+    one on the LAN adds a slow tail, not speed (README "Striped reads over replicas")."""
+    return rtt_s is not None and rtt_s <= max(LONG_RTT, FAR_FACTOR * nearest)
+
+
+def split_for(rtt_s: float | None) -> int:
+    """The least a steal of a striped read leaves each side (``spans.Plan``): 8 MiB on
+    a short path; on a long one ``LONG_BUF``, since the stream cut short throws away
+    what it has in flight (up to its buffer) and the new one starts from slow start."""
+    return LONG_BUF if rtt_s is not None and rtt_s >= LONG_RTT else 8 << 20
+
+
+def streams_for(rtt_s: float | None, size: int, holders: int = 1) -> int:
+    """Streams for a read of ``size`` bytes over a path of this RTT (the nearest
+    holder's) from ``holders`` live replicas: on a short path one per holder
+    (``STRIPE_SHORT``), so one from a single holder (whose one stream already runs at
+    the disk's speed); ``STREAMS`` (at least one per holder) on a long one."""
     if size < STRIPE_MIN:
         return 1
     if _Settings.streams:  # pinned (SECTOR_BULK_STREAMS), for experiments
         return _Settings.streams
-    return 1 if rtt_s is None or rtt_s < LONG_RTT else STREAMS
+    if rtt_s is None or rtt_s < LONG_RTT:
+        return holders if STRIPE_SHORT and holders > 1 else 1
+    return max(STREAMS, holders)

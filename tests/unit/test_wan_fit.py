@@ -33,6 +33,28 @@ def test_streams_only_for_large_reads_on_long_paths() -> None:
     assert wan.streams_for(0.05, big) == wan.STREAMS > 1
 
 
+def test_several_replicas_stripe_on_any_path_one_stream_each_at_least() -> None:
+    big = wan.STRIPE_MIN
+    assert wan.STRIPE_SHORT  # measured not slower on loopback (README "WAN transfer")
+    assert wan.streams_for(0.0001, big, holders=3) == 3  # one per holder on a short path
+    assert wan.streams_for(None, big, holders=2) == 2
+    assert wan.streams_for(0.05, big, holders=2) == wan.STREAMS
+    assert wan.streams_for(0.05, big, holders=wan.STREAMS + 2) == wan.STREAMS + 2
+    assert wan.streams_for(0.0001, big - 1, holders=3) == 1  # too small
+
+
+def test_only_holders_about_as_near_as_the_nearest_are_striped_over() -> None:
+    assert wan.near(0.0003, 0.00005)  # a LAN holder beside one on this host: both short
+    assert not wan.near(0.04, 0.00005)  # a WAN holder beside a LAN one: a slow tail
+    assert wan.near(0.2, 0.05) and not wan.near(0.21, 0.05)  # within FAR_FACTOR x
+    assert not wan.near(None, 0.01)  # no RTT: not reachable just now
+
+
+def test_a_steal_on_a_long_path_leaves_at_least_what_a_stream_has_in_flight() -> None:
+    assert wan.split_for(0.0001) == wan.split_for(None) == 8 << 20
+    assert wan.split_for(0.2) == wan.LONG_BUF
+
+
 def test_a_congestion_control_the_kernel_lacks_is_refused() -> None:
     with pytest.raises(ValueError, match="not in this kernel"):
         wan.resolve("nosuchcc")
