@@ -426,7 +426,7 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
                 try:
                     for inflight in args.inflight:
                         phases: dict[str, dict[str, Any]] = {}
-                        for name in PHASES:
+                        for name in args.phases:
                             console.log(
                                 f"{name}: {args.clients} clients x {inflight} in flight"
                                 f" for {args.seconds:g} s"
@@ -557,6 +557,14 @@ def _inflight(text: str) -> list[int]:
     return vals
 
 
+def _phases(text: str) -> list[str]:
+    names = [x.strip() for x in text.split(",") if x.strip()]
+    bad = [n for n in names if n not in PHASES]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"phases are {', '.join(PHASES)}; not {bad}")
+    return names
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     ap.add_argument("--nodes", type=int, default=5, help="node processes (5)")
@@ -569,6 +577,12 @@ def main(argv: list[str] | None = None) -> int:
         help="calls in flight per client process, one run of the phases per value:"
         " 1 = sync client, one call at a time; N > 1 = one AsyncClient, N coroutines"
         " (1,32)",
+    )
+    ap.add_argument(
+        "--phases",
+        type=_phases,
+        default=list(PHASES),
+        help=f"phases to run, in order (default: {','.join(PHASES)})",
     )
     ap.add_argument("--dirs", type=int, default=8, help="directories per client (8)")
     ap.add_argument("--seconds", type=float, default=5.0, help="length of each phase (5)")

@@ -30,7 +30,7 @@ from typing import Any
 
 import blake3
 
-from sector.client import fetch
+from sector.client import fetch, many
 from sector.config import local_cluster_addresses, resolve_address
 from sector.errors import (
     ChecksumMismatch,
@@ -409,6 +409,30 @@ class AsyncClient:
 
         rep = stored_reply(await first_live(targets, send), "blob.put")
         return rep.stored, rep.checksum
+
+    async def put_many(
+        self,
+        items: list[tuple[str, str]],
+        *,
+        replicas: int | None = None,
+        concurrency: int = many.CONCURRENCY,
+        on_done: many.OnDone | None = None,
+    ) -> many.Batch:
+        """Upload many (local, remote) files, ``concurrency`` at a time; each fails on
+        its own (``Batch.failed``), ``on_done`` is told of each (``client/many.py``)."""
+        return await many.put_many(
+            self, items, replicas=replicas, concurrency=concurrency, on_done=on_done
+        )
+
+    async def get_many(
+        self,
+        items: list[tuple[str, str]],
+        *,
+        concurrency: int = many.CONCURRENCY,
+        on_done: many.OnDone | None = None,
+    ) -> many.Batch:
+        """Download many (remote, local) files, ``concurrency`` at a time (as put_many)."""
+        return await many.get_many(self, items, concurrency=concurrency, on_done=on_done)
 
     def _order(self, replicas: list[dict[str, Any]]) -> list[str]:
         """Replica addresses, nearest and healthy first."""
