@@ -27,6 +27,7 @@ __all__ = [
     "SMALL_MAX",
     "Delete",
     "Get",
+    "GetSmall",
     "Has",
     "Missing",
     "Put",
@@ -102,6 +103,15 @@ class Get(Request, frozen=True):
     blob: BlobId = None
     offset: Size | UnsetType = UNSET  # 0
     length: Size | UnsetType | None = UNSET  # None: to the end
+
+
+class GetSmall(Request, frozen=True):
+    """blob.get_small: a whole blob of at most ``SMALL_MAX`` bytes inline in the reply
+    ``{data, total}`` over a pooled connection (``blob.get`` opens a stream of its
+    own: for a 4 KiB file, a connection per file cost more than the file)."""
+
+    op = "blob.get_small"
+    blob: BlobId = None
 
 
 class Delete(Request, frozen=True):
