@@ -419,6 +419,12 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             cluster.start(args.nodes)
             entries = cluster.addresses()
             pids = [n.proc.pid for n in cluster.nodes if n.proc is not None]
+            if args.settle > 0:
+                # For ``warm_period`` (10 s) after its predecessor changes (as the ring
+                # forms), an owner merges every read with its successors' copies
+                # (sector/meta/service.py): the figures are of the steady state after it.
+                console.log(f"settling for {args.settle:g} s (the owners' warm period)")
+                time.sleep(args.settle)
             with sector.connect(entries[0]) as c:
                 for d in (d for ds in dirs for d in ds):
                     c.mkdir(d, parents=True)
@@ -468,6 +474,7 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         "dirs_per_client": args.dirs,
         "client_processes": "multiprocessing (spawn), client k enters at node k mod N",
         "seconds_per_phase": args.seconds,
+        "settle_seconds": args.settle,
         "modes": modes,
         "unloaded_latency": latency,
         "goals_per_s": GOALS,
@@ -586,6 +593,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--dirs", type=int, default=8, help="directories per client (8)")
     ap.add_argument("--seconds", type=float, default=5.0, help="length of each phase (5)")
+    ap.add_argument(
+        "--settle",
+        type=float,
+        default=12.0,
+        help="seconds to wait after the ring forms, past the owners' warm period (12)",
+    )
     ap.add_argument("--latency-calls", type=int, default=500, help="unloaded calls (500)")
     ap.add_argument("--dir", help="where to put the temp dir (default: the system temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir")

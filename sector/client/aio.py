@@ -234,8 +234,9 @@ class AsyncClient:
         return res
 
     async def mkdir(self, path: str, *, parents: bool = False) -> dict[str, Any] | None:
-        res: dict[str, Any] | None = await self._call(
-            "fs.mkdir", {"path": rec.normalize(path), "parents": parents}
+        p = rec.normalize(path)  # at its owner: the new record is made there, no hop
+        res: dict[str, Any] | None = await self._call_owner(
+            p, "fs.mkdir", {"path": p, "parents": parents}
         )
         return res
 
@@ -330,8 +331,12 @@ class AsyncClient:
         if remote.endswith("/") and path != "/":
             path = rec.join(path, name)
         size = st.st_size
-        # ``name``: if ``path`` is a directory, the node puts the file into it.
-        plan = await self._call(
+        # ``name``: if ``path`` is a directory, the node puts the file into it. Both
+        # steps go to the path's owner (issue 17): its record is then written where it
+        # lives, and many puts at once spread over the nodes instead of all passing
+        # through the entry (any node serves them; the entry if the owner fails).
+        plan = await self._call_owner(
+            path,
             "fs.begin_put",
             {
                 "path": path,
@@ -360,7 +365,8 @@ class AsyncClient:
             raise ChecksumMismatch(
                 f"upload of {path} was corrupted in transit ({their_sum} != {checksum})"
             )
-        res: dict[str, Any] = await self._call(
+        res: dict[str, Any] = await self._call_owner(
+            path,
             "fs.commit_put",
             {
                 "path": path,
