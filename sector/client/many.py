@@ -146,9 +146,8 @@ async def mkdir_many(
     made before its children, so no two calls race to make the same parent). One
     that exists already is a success."""
     by_depth: dict[int, list[str]] = {}
-    for p in dict.fromkeys(paths):
-        norm = posixpath.normpath("/" + p.lstrip("/"))
-        by_depth.setdefault(norm.count("/"), []).append(norm)
+    for p in dict.fromkeys(posixpath.normpath("/" + p.lstrip("/")) for p in paths):
+        by_depth.setdefault(p.count("/"), []).append(p)
 
     async def one(path: str, _: str) -> dict[str, Any]:
         try:
