@@ -21,7 +21,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Annotated, Any, Protocol
 
 import msgspec
@@ -43,8 +43,7 @@ from sector.node import rmtree, status
 from sector.node.put import MAX_RF, PutHost, PutProtocol, Records
 from sector.security import guard
 from sector.storage.blobs import check_blob_id
-from sector.storage.messages import Delete
-from sector.wire.messages import Request, to_args, typed
+from sector.wire.messages import Request, typed
 
 log = logging.getLogger("sector.fs")
 
@@ -176,6 +175,7 @@ class FsService:
     def __init__(self, node: FsHost) -> None:
         self.node = node
         self._bg: set[asyncio.Task[None]] = set()
+        self.reaper = rmtree.Reaper(node.pool.call, self._spawn)  # blob.delete, batched
         # Told of every file version whose blob goes (``swarm.forget``: cached copies).
         self.on_blob_gone: Callable[[str, str], Awaitable[None]] | None = None
 
@@ -358,15 +358,16 @@ class FsService:
         """Best effort: remove a file version's blob from its replicas."""
         if not isinstance(r, FileRecord) or r.blob == keep:
             return
+        for _nid, addr in r.replicas:
+            self.reaper.add(addr, r.blob, r.path)
         if self.on_blob_gone is not None:
             await self.on_blob_gone(r.path, r.blob)
-        for _nid, addr in r.replicas:
-            with contextlib.suppress(SectorError, OSError):
-                args = to_args(Delete(blobs=[r.blob], path=r.path))
-                await self.node.pool.call(addr, "blob.delete", args, timeout=5.0)
 
     def spawn_delete(self, r: Record | None, keep: str | None = None) -> None:
-        task = asyncio.create_task(self.delete_blobs(r, keep=keep), name="blob-delete")
+        self._spawn(self.delete_blobs(r, keep=keep))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro, name="blob-delete")
         self._bg.add(task)
         task.add_done_callback(self._bg.discard)
 

@@ -11,18 +11,25 @@ one that turns out to be a directory is removed as one.
 
 A crash part way leaves the directory with entries of children already gone: a
 later ``rm -r`` (or a look-up that misses, see ``remove``) drops them.
+
+The blobs of removed file versions go to their holders through a ``Reaper``: one
+``blob.delete`` per holder for many files (best effort, as before: what a holder
+misses, its collector takes after its grace, on the metadata's word).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol
 
-from sector.errors import DirectoryNotEmpty, NotFound
+from sector.errors import DirectoryNotEmpty, NotFound, SectorError
 from sector.meta import records as rec
 from sector.meta.dirops import MAX_NAMES
 from sector.meta.records import DirRecord, FileRecord, Record
+from sector.storage.messages import MAX_DELETE, Delete
+from sector.wire.messages import to_args
 
 log = logging.getLogger("sector.fs")
 
@@ -92,4 +99,40 @@ def _delete(ns: Namespace, path: str, res: Any) -> None:
     ns.spawn_delete(old)
 
 
-__all__ = ["Namespace", "remove"]
+class Reaper:
+    """``blob.delete`` to each holder in batches: (blob, path) pairs are queued per
+    holder, and one task per holder sends what has queued as soon as its previous
+    request is answered (so under a burst of removals one request carries many, and a
+    lone removal goes at once)."""
+
+    def __init__(
+        self,
+        call: Callable[..., Awaitable[Any]],
+        spawn: Callable[[Coroutine[Any, Any, None]], None],
+    ) -> None:
+        self._call = call
+        self._spawn = spawn
+        self._queued: dict[str, list[tuple[str, str]]] = {}
+        self._busy: set[str] = set()
+
+    def add(self, addr: str, blob: str, path: str) -> None:
+        self._queued.setdefault(addr, []).append((blob, path))
+        if addr not in self._busy:
+            self._busy.add(addr)
+            self._spawn(self._drain(addr))
+
+    async def _drain(self, addr: str) -> None:
+        try:
+            # No await between the last pop that finds nothing and the discard: an add
+            # never finds this holder busy with no task left to send its blob.
+            while batch := self._queued.pop(addr, None):
+                for i in range(0, len(batch), MAX_DELETE):
+                    part = batch[i : i + MAX_DELETE]
+                    req = Delete(blobs=[b for b, _ in part], paths=[p for _, p in part])
+                    with contextlib.suppress(SectorError, OSError):
+                        await self._call(addr, "blob.delete", to_args(req), timeout=10.0)
+        finally:
+            self._busy.discard(addr)
+
+
+__all__ = ["Namespace", "Reaper", "remove"]

@@ -115,11 +115,14 @@ class GetSmall(Request, frozen=True):
 
 
 class Delete(Request, frozen=True):
-    """blob.delete: remove these blobs; with ``path``, only those no other path claims."""
+    """blob.delete: remove these blobs; with ``path``, only those no other path claims;
+    with ``paths`` (one per blob: many files' blobs in one request), each as with its
+    own ``path``."""
 
     op = "blob.delete"
     blobs: Annotated[list[BlobId], Meta(max_length=MAX_DELETE)]
     path: str | None = None
+    paths: Annotated[list[str], Meta(max_length=MAX_DELETE)] | None = None
 
 
 class Has(Request, frozen=True):
