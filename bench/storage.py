@@ -137,9 +137,12 @@ def tcp_iperf3(iperf3: str, src: Path, size: int) -> float:
             time.sleep(0.1)
         else:
             raise RuntimeError(f"iperf3 failed: {out[-500:]}")
-        end = json.loads(out)["end"]
-        bps = float(end["sum_received"]["bits_per_second"])
-        return size * 8 / bps
+        res = json.loads(out)
+        end = res.get("end") or {}
+        total = end.get("sum_received") or end.get("sum_sent")
+        if not total:  # iperf3 answered with an error in its JSON
+            raise RuntimeError(f"iperf3 gave no result: {res.get('error', out[-300:])}")
+        return size * 8 / float(total["bits_per_second"])
     finally:
         with contextlib.suppress(Exception):
             server.wait(5)
@@ -220,10 +223,15 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
 
         dropped.append(drop_caches())
         iperf3 = shutil.which("iperf3")
+        tcp: tuple[float, str] | None = None
         if iperf3 and not args.python_tcp:
-            phase("tcp", tcp_iperf3(iperf3, src, size), tool="iperf3 -F")
-        else:
-            phase("tcp", tcp_python(src, size), tool="python sendfile -> recv_into")
+            try:
+                tcp = tcp_iperf3(iperf3, src, size), "iperf3 -F"
+            except RuntimeError as exc:
+                console.log(f"iperf3: {exc}; the Python sender instead")
+        if tcp is None:
+            tcp = tcp_python(src, size), "python sendfile -> recv_into"
+        phase("tcp", tcp[0], tool=tcp[1])
 
         console.log(f"starting {args.nodes} nodes (R={args.replicas})")
         with ProcCluster(root / "cluster", replicas=args.replicas) as cluster:

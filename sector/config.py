@@ -64,6 +64,10 @@ class NodeConfig:
     # longer than that gap, so only true orphans are old enough to be looked at.
     gc_grace: float = 600.0
     gc_interval: float = 300.0  # seconds between passes
+    # Tombstones (issue 17, meta/purge.py): dropped a day after the removal, far beyond
+    # the anti-entropy push (5 min) and the audit; the purge scans the store hourly.
+    tombstone_grace: float = 24 * 3600.0
+    tombstone_interval: float = 3600.0
     # Sphere: processing engines (worker processes running UDFs); 0 = one per core.
     engines: int = 0
     # The engines' sandbox (sector.sphere.sandbox, sector.node.sandbox): which mode

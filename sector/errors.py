@@ -107,6 +107,11 @@ class JobFailed(ClusterError):
     """A Sphere job failed; ``data["traceback"]`` has the UDF's traceback if it raised."""
 
 
+class JobCancelled(JobFailed):
+    """A Sphere job was cancelled by its user or an admin (``sphere.stop``): its
+    driver stops at once instead of retrying its segments elsewhere."""
+
+
 class PermissionDenied(ClusterError):
     """The caller is who it says, but may not do this ("alice cannot write /data/x")."""
 
@@ -157,6 +162,7 @@ _WIRE_TYPES: dict[str, type[SectorError]] = {
         Unavailable,
         RemoteError,
         JobFailed,
+        JobCancelled,
         PermissionDenied,
         CredentialError,
     )

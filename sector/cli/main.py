@@ -305,6 +305,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="seconds between collector passes (default 300; the gc.now op runs one at once)",
     )
+    for flag, helped in (
+        ("grace", "age of a removal whose tombstones are purged (default 86400: a day)"),
+        ("interval", "seconds between tombstone purge passes (default 3600)"),
+    ):
+        s.add_argument(
+            f"--tombstone-{flag}", metavar="SECONDS", type=float, default=None, help=helped
+        )
 
     s.add_argument(
         "--cache-size",
@@ -476,7 +483,7 @@ _KEEP_DEFAULT = (
     "scrub_rate scrub_interval gc_grace gc_interval engines audit_interval "
     "tls max_connections max_strangers stranger_idle_timeout input_budget "
     "udf_sandbox udf_user udf_memory udf_cpu_seconds udf_nofile udf_nproc "
-    "cache_size piece_size swarm_upload_rate bulk_cc"
+    "cache_size piece_size swarm_upload_rate bulk_cc tombstone_grace tombstone_interval"
 )
 
 

@@ -88,20 +88,13 @@ class Transfers:
         """A ``progress(done, total)`` for one file, or None when no bar will be shown.
 
         The total is learnt from the first call (a download does not know it before),
-        so the bar is created lazily and only if the file turns out to be big.
+        so the bar is created lazily and only if the file turns out to be big. Its
+        ``note(text)`` says how the transfer runs ("4 streams, 3 holders"), shown
+        beside the rate.
         """
         if not self.enabled:
             return None
-        task: list[Any] = []  # the rich task id, once created
-
-        def update(done: int, total: int) -> None:
-            if not task:
-                if total <= MIN_BAR_BYTES:
-                    return
-                task.append(self._bars().add_task(label, total=total))
-            self._bars().update(task[0], completed=done, total=total)
-
-        return update
+        return _Bar(self, label)
 
     def _bars(self) -> Any:
         if self._progress is None:
@@ -120,8 +113,30 @@ class Transfers:
                 BarColumn(),
                 DownloadColumn(binary_units=True),
                 TransferSpeedColumn(),
+                TextColumn("{task.fields[via]}"),
                 TimeRemainingColumn(),
                 console=Console(stderr=True),
             )
             self._progress.start()
         return self._progress
+
+
+class _Bar:
+    """One file's bar: ``progress(done, total)``, and ``note`` of its streams/holders."""
+
+    def __init__(self, owner: Transfers, label: str) -> None:
+        self.owner, self.label = owner, label
+        self.task: Any = None  # the rich task id, once created
+        self.via = ""
+
+    def note(self, text: str) -> None:
+        self.via = text
+        if self.task is not None:
+            self.owner._bars().update(self.task, via=text)
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.task is None:
+            if total <= MIN_BAR_BYTES:
+                return
+            self.task = self.owner._bars().add_task(self.label, total=total, via=self.via)
+        self.owner._bars().update(self.task, completed=done, total=total)

@@ -1,10 +1,11 @@
-"""`sector sphere run|stream` and `sector terasort gen|sort|validate`.
+"""`sector sphere run|stream|cancel` and `sector terasort gen|sort|validate`.
 
 ``sphere run MODULE:FUNCTION INPUT`` runs a UDF from an importable module (the current
 directory is on the path, as for ``python -m``); ``sphere stream -c CMD INPUT`` pipes
 each segment through a shell command on the nodes, the way the original's
 ``sphere_stream`` did (with ``-b N`` each output line's first token is its bucket).
 Without ``--output`` the segments' output is written to stdout in segment order.
+``sphere cancel JOB_ID`` cancels a running job (``sphere.api.cancel_job``).
 """
 
 from __future__ import annotations
@@ -67,6 +68,14 @@ def add_parsers(cmd: Callable[[str, str], argparse.ArgumentParser], common: Any)
         help="how the reduce sees the bucket: file (one record), lines, a record size, "
         "or stream (parts not loaded: buckets larger than memory)",
     )
+
+    k = sub.add_parser(
+        "cancel",
+        help="cancel a running job by id (yours, or any as an admin), whichever process "
+        "drives it; its driver fails with 'job ... was cancelled'",
+        parents=[common],
+    )
+    k.add_argument("job", metavar="JOB_ID", help="as the web page and /api/jobs show it")
 
     st = sub.add_parser(
         "stream", help="pipe each segment through a shell command", parents=[common]
@@ -143,6 +152,16 @@ def run(c: Any, args: argparse.Namespace) -> None:
     progress = None if not args.json else False
     if args.command == "terasort":
         _terasort(c, args, progress)
+        return
+    if args.action == "cancel":
+        rep = c.sphere.cancel(args.job)
+        if args.json:
+            output.emit_json(rep)
+        else:
+            output.echo(
+                f"job {rep['job']}: cancelled on {rep['nodes']} node(s), "
+                f"{rep['attempts_stopped']} running attempt(s) stopped"
+            )
         return
     opts: dict[str, Any] = {
         "output": args.output,

@@ -405,7 +405,8 @@ class AsyncClient:
             # ``path``: what the nodes' inventories file the blob under.
             req = Put(blob=blob, size=size, checksum=None, chain=rest, path=path)
             chan = await self.pool.open_bulk(addr, "blob.put", to_args(req))
-            sent.update(rtt_ms=wan.ms(chan.rtt), to=addr)
+            sent.update(rtt_ms=wan.ms(chan.rtt), to=addr, holders=[addr])
+            fetch.tell(progress, 1, 1)
             try:
                 with open(lpath, "rb") as f:
                     await bulk.send_file(chan, f, 0, size, progress=progress)
@@ -469,6 +470,14 @@ class AsyncClient:
         # cached, or one busy enough, is served by that node (fetched through the
         # swarm into its cache); any failure there falls back to the replicas.
         entry = [self._entries[0]] if await self.swarm_serves(st) else []
+        t0 = time.monotonic()
+        try:  # several live replicas: striped over them (then one at a time if it fails)
+            if not entry and await fetch.striped(self.pool, st, tmp, progress):
+                os.replace(tmp, lpath)
+                wan.timed(st, t0)
+                return st
+        except SectorError as exc:
+            errors.append(f"striped: {exc}")
         for i, addr in enumerate(entry + self._order(st["replicas"])):
             try:
                 t0 = time.monotonic()

@@ -65,7 +65,7 @@ class Handoff(Worker):
         self._replicate = replicate
         self._prune = prune
         self._unchanged = unchanged
-        self._forget = forget
+        self.forget = forget  # also the tombstone purger's (node/tombstones.py)
         self._io = io
         self._pushed_layout: tuple[int | None, tuple[int, ...]] | None = None
         self._full_at = time.monotonic()
@@ -128,7 +128,7 @@ class Handoff(Worker):
                     # Drop only what did not change meanwhile.
                     gone = [r.path for r in chunk if self._unchanged(r)]
                     for p in gone:
-                        self._forget(p)
+                        self.forget(p)
                     await asyncio.get_running_loop().run_in_executor(
                         self._io, self.store.delete_many, gone
                     )

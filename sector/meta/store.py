@@ -140,18 +140,9 @@ class MetaStore:
 
     def all(self) -> Iterator[Record]:
         """Every record, by path, fetched a page at a time (rule 4)."""
-        after = ""
-        while True:
-            with self._rlock:
-                rows = self._r.execute(
-                    "SELECT path, data FROM records WHERE path > ? ORDER BY path LIMIT ?",
-                    (after, _PAGE),
-                ).fetchall()
-            for _, data in rows:
+        for page in self.raw_pages():
+            for _, data in page:
                 yield decode(data, check=False)
-            if len(rows) < _PAGE:
-                return
-            after = rows[-1][0]
 
     def counts(self) -> dict[str, int]:
         """files, dirs, tombstones, and bytes (the sum of file sizes)."""
@@ -166,6 +157,21 @@ class MetaStore:
             "tombstones": by_kind.get("gone", (0, 0))[0],
             "bytes": by_kind.get("file", (0, 0))[1],
         }
+
+    def raw_pages(self) -> Iterator[list[tuple[str, bytes]]]:
+        """Every row as (path, encoded record), a page at a time (rule 4): for a scan
+        that writes back only what did not change meanwhile (``replace_exact``)."""
+        after = ""
+        while True:
+            with self._rlock:
+                rows = self._r.execute(
+                    "SELECT path, data FROM records WHERE path > ? ORDER BY path LIMIT ?",
+                    (after, _PAGE),
+                ).fetchall()
+            yield rows
+            if len(rows) < _PAGE:
+                return
+            after = rows[-1][0]
 
     # ---------------------------------------------------------------- writes
 
@@ -240,6 +246,42 @@ class MetaStore:
                 if self._w.in_transaction:
                     self._w.execute("ROLLBACK")
                 raise
+
+    def replace_exact(self, rows: list[tuple[str, bytes, Record | None]]) -> int:
+        """For each (path, old encoded record, new record or None = drop the row): write
+        it only where the row still holds exactly the old bytes, in one transaction; a
+        row changed meanwhile (a commit of the metadata service) is left as it is.
+        Returns how many rows were written or dropped."""
+        done = 0
+        with self._wlock:
+            self._w.execute("BEGIN IMMEDIATE")
+            try:
+                for path, old, new in rows:
+                    if new is None:
+                        cur = self._w.execute(
+                            "DELETE FROM records WHERE path = ? AND data = ?", (path, old)
+                        )
+                    else:
+                        _, key, kind, size, data = self._row(new)
+                        cur = self._w.execute(
+                            "UPDATE records SET key = ?, kind = ?, size = ?, data = ? "
+                            "WHERE path = ? AND data = ?",
+                            (key, kind, size, data, path, old),
+                        )
+                    done += cur.rowcount
+                self._w.execute("COMMIT")
+            except BaseException:
+                if self._w.in_transaction:
+                    self._w.execute("ROLLBACK")
+                raise
+        return done
+
+    def clear(self) -> int:
+        """Drop every record (a node back after longer than the tombstone grace,
+        ``purge.py`` rule 4); returns how many there were."""
+        with self._wlock:
+            cur = self._w.execute("DELETE FROM records")
+        return cur.rowcount
 
     # ---------------------------------------------------------------- lifecycle
 

@@ -35,6 +35,7 @@ from sector.errors import (
 from sector.meta.records import normalize
 from sector.node import jobview, status
 from sector.node.metrics import CONTENT_TYPE, NodeMetrics
+from sector.sphere.api import cancel_job
 from sector.transport.rpc import split_addr
 
 log = logging.getLogger("sector.node.http")
@@ -119,6 +120,7 @@ class NodeHttp:
         self._client: AsyncClient | None = None
         self._client_lock = asyncio.Lock()  # concurrent first requests make one client
         app = web.Application(middlewares=[_errors], client_max_size=MAX_REQUEST)
+        app["node"] = node
         app.router.add_get("/", self._index)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/api/status", self._status)
@@ -129,6 +131,7 @@ class NodeHttp:
         app.router.add_get("/api/jobs", self._jobs)
         app.router.add_get("/static/{name}", self._static)
         app.router.add_post("/api/drain", self._drain)
+        app.router.add_post("/api/jobs/{job}/cancel", self._cancel)
         self.app = app
 
     async def start(self, spec: str | None) -> str | None:
@@ -235,16 +238,19 @@ class NodeHttp:
         got = await asyncio.gather(*(one(n) for n in names[:DISCO_SHOWN]))
         return [g for g in got if g is not None]
 
+    async def _cancel(self, request: web.Request) -> web.Response:
+        """``POST /api/jobs/{job}/cancel`` with ``Authorization: Bearer CREDENTIAL``:
+        cancel a Sphere job on every node, as the caller (its user or an admin may;
+        ``sphere.api.cancel_job``). Its driver then fails with ``JobCancelled``."""
+        token = _bearer(request, "cancelling a job needs its user's or an admin credential")
+        async with AsyncClient(self.node.addr, token=token, timeout=30.0) as c:
+            return _json(await cancel_job(c, request.match_info["job"]))
+
     async def _drain(self, request: web.Request) -> web.Response:
         """``POST {"address", "cancel"?}`` with ``Authorization: Bearer CREDENTIAL``: drain
         a node (or stop draining it). The credential is the caller's own: the node it
         names decides (an admin's, as ``sector node drain``); none at all is a 401."""
-        auth = request.headers.get("Authorization", "")
-        if not auth.startswith("Bearer ") or not auth[7:].strip():
-            return _error(401, "draining a node needs an admin credential (Authorization: Bearer)")
-        if getattr(self.node, "security", None) is None:
-            # An open cluster has no credentials to check: no state changes over HTTP.
-            return _error(403, "an open cluster takes no actions over HTTP (sector node drain)")
+        token = _bearer(request, "draining a node needs an admin credential")
         try:
             body = await request.json()
         except ValueError:
@@ -254,7 +260,7 @@ class NodeHttp:
             raise UsageError('missing "address": the node to drain')
         if addr not in {m["address"] for m in (await (await self._anon()).status())["nodes"]}:
             raise NotFound(f"no node {addr} in this cluster")
-        async with AsyncClient(self.node.addr, token=auth[7:].strip(), timeout=30.0) as c:
+        async with AsyncClient(self.node.addr, token=token, timeout=30.0) as c:
             return _json(await c.drain(addr, cancel=bool(body.get("cancel"))))
 
     async def _file(self, request: web.Request) -> web.StreamResponse:
@@ -280,6 +286,17 @@ class NodeHttp:
             off += len(data)
         await resp.write_eof()
         return resp
+
+
+def _bearer(request: web.Request, need: str) -> str:
+    """The caller's credential (``Authorization: Bearer``) for an action: none is a 401;
+    an open cluster has no credentials to check, and takes no actions over HTTP (403)."""
+    auth = request.headers.get("Authorization", "")
+    if not auth.startswith("Bearer ") or not auth[7:].strip():
+        raise web.HTTPUnauthorized(reason=f"{need} (Authorization: Bearer)")
+    if getattr(request.app["node"], "security", None) is None:
+        raise web.HTTPForbidden(reason="an open cluster takes no actions over HTTP (use the CLI)")
+    return auth[7:].strip()
 
 
 def _ascii_name(path: str) -> str:

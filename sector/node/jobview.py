@@ -66,6 +66,8 @@ def job_views(jobs: Any, who: str | None, *, trusted: bool) -> list[dict[str, An
                 "last_done": last,
                 "errors": errors[-ERRORS_SHOWN:] if shown else [],
                 "errors_hidden": 0 if shown else counts["failed"],
+                "segments": j.total,  # the whole job's, as its driver said (0: unknown)
+                "stopped": j.stopped,  # why it was cancelled (sphere.stop), or None
             }
         )
     return out
@@ -77,7 +79,9 @@ COUNTS = ("running", "done", "failed", "cancelled")
 def merge(per_node: list[tuple[str, list[dict[str, Any]] | None]]) -> list[dict[str, Any]]:
     """The cluster's Sphere jobs from each node's ``job_views`` (None: the node did not
     answer): totals, a row per node, the latest errors (naming their node) and the
-    throughput over the job's attempts so far. Running jobs first, then the newest."""
+    throughput over the job's attempts so far, and ``segments``, the job's total (known
+    from its first attempt). State: running, idle (nothing runs: done, or between
+    stages) or cancelled. Running jobs first, then the newest."""
     jobs: dict[str, dict[str, Any]] = {}
     for addr, views in per_node:
         for v in views or []:
@@ -92,6 +96,8 @@ def merge(per_node: list[tuple[str, list[dict[str, Any]] | None]]) -> list[dict[
                     "started": None,
                     "last_done": None,
                     "errors_hidden": 0,
+                    "segments": 0,
+                    "stopped": None,
                     "nodes": [],
                     "errors": [],
                 },
@@ -102,6 +108,8 @@ def merge(per_node: list[tuple[str, list[dict[str, Any]] | None]]) -> list[dict[
             for k, pick in (("started", min), ("last_done", max)):
                 if v.get(k) is not None:
                     j[k] = v[k] if j[k] is None else pick(j[k], v[k])
+            j["segments"] = max(j["segments"], int(v.get("segments") or 0))
+            j["stopped"] = j["stopped"] or v.get("stopped")
             j["errors"].extend({**e, "node": addr} for e in v.get("errors") or [])
     out = []
     for j in jobs.values():
@@ -111,7 +119,7 @@ def merge(per_node: list[tuple[str, list[dict[str, Any]] | None]]) -> list[dict[
         j["seconds"] = round(span, 3) if j["last_done"] else 0.0
         j["bytes_per_s"] = j["bytes_in"] / span if span > 0 else None
         j["segments_per_s"] = j["done"] / span if span > 0 else None
-        j["state"] = "running" if j["running"] else "idle"
+        j["state"] = "cancelled" if j["stopped"] else "running" if j["running"] else "idle"
         out.append(j)
     out.sort(key=lambda j: (j["state"] != "running", -(j["started"] or 0.0)))
     return out

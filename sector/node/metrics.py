@@ -160,8 +160,10 @@ class NodeCollector(Collector):
         running = sum(
             1 for j in sph.jobs.values() if any(t.state == "running" for t in j.attempts.values())
         )
+        cancelled = sum(1 for j in sph.jobs.values() if j.stopped is not None)
         jobs.add_metric(["running"], running)
-        jobs.add_metric(["idle"], len(sph.jobs) - running)
+        jobs.add_metric(["idle"], len(sph.jobs) - running - cancelled)
+        jobs.add_metric(["cancelled"], cancelled)
         yield jobs
 
 

@@ -6,6 +6,7 @@ Start-up order matters and is the only place it is written down:
 2. the RPC server on the listen address (port 0 = ephemeral), handlers registered;
 3. the ring: create a new one, or join through any node (retried until a deadline:
    nodes of a cluster may start in any order);
+   (a restarted node first asks its peers whether it was away too long: tombstones.py);
 4. background workers (Chord maintenance, gossip, metadata sync), each a named task;
 5. ``node.json`` in the data directory says the node is ready and where it listens.
 
@@ -53,6 +54,7 @@ from sector.node.scrub import ScrubWorker
 from sector.node.security import NodeSecurity
 from sector.node.sphere import SphereService
 from sector.node.swarm import SwarmService
+from sector.node.tombstones import TombstoneWorker
 from sector.routing.chord import ChordState, Peer
 from sector.routing.driver import ChordDriver
 from sector.security import guard
@@ -237,6 +239,9 @@ class Node:
         if (self.data / DRAIN_MARK).exists():
             self._set_draining(True)  # a drain survives a restart until cancelled
         self.meta = MetaService(self.store, self, k=cfg.meta_replicas, rpc_timeout=cfg.rpc_timeout)
+        self.tombs = TombstoneWorker(self, cfg.tombstone_grace, cfg.tombstone_interval)
+        if restarted:  # back after longer than the tombstone grace: forget (meta/purge.py)
+            await self.tombs.check_stale(cfg.join)
         self.transfer = BlobService(
             self.blobs,
             self.inventory,
@@ -281,6 +286,7 @@ class Node:
                 "node.info": self._h_info,
                 "node.ping": self._h_ping,
                 "node.drain": self._h_drain,
+                **self.tombs.handlers(),
             }
         )
         self.server.bulk_handlers.update(self.transfer.bulk_handlers())
@@ -299,7 +305,7 @@ class Node:
             await self.security.fetch_policy(cfg.join, restarted=restarted)
         await self.meta.start()
         await self.driver.start()
-        self.loops = [Every("gossip", self._gossip_tick, self.cfg.gossip_interval)]
+        self.loops = [Every("gossip", self._gossip_tick, self.cfg.gossip_interval), self.tombs]
         if self.security is not None:
             self.loops.append(self.security.puller())
         for w in self.loops:
@@ -386,11 +392,7 @@ class Node:
             await w.stop()
         for t in await cancel_and_wait([self._probe]):
             log.warning("background task %s did not stop", t.get_name())
-        with contextlib.suppress(Exception):
-            await self.driver.stop()
-        with contextlib.suppress(Exception):
-            await self.repair.stop()
-        for name in ("scrub", "gc", "sphere", "swarm"):
+        for name in ("driver", "repair", "scrub", "gc", "sphere", "swarm"):
             with contextlib.suppress(Exception):
                 await getattr(self, name).stop()
         await self.meta.stop()
@@ -473,22 +475,20 @@ class Node:
     def member_view(self) -> list[dict[str, Any]]:
         now = time.monotonic()
         self._refresh_self()
-        out = []
-        for m, st in self.members.view(now):
-            out.append(
-                {
-                    "id": m.id,
-                    "address": m.addr,
-                    "pid": m.pid,
-                    "state": st,
-                    "topology": m.topology,
-                    "host": m.host,
-                    "bytes_used": m.used,
-                    "bytes_free": m.free,
-                    "data": m.data,
-                }
-            )
-        return out
+        return [
+            {
+                "id": m.id,
+                "address": m.addr,
+                "pid": m.pid,
+                "state": st,
+                "topology": m.topology,
+                "host": m.host,
+                "bytes_used": m.used,
+                "bytes_free": m.free,
+                "data": m.data,
+            }
+            for m, st in self.members.view(now)
+        ]
 
     def alive_ids(self) -> set[str]:
         """Members that are up and take new replicas (draining ones excluded)."""
@@ -521,11 +521,8 @@ class Node:
         self._set_draining(not req.cancel)
         with contextlib.suppress(Exception):
             await self._gossip_round()
-        return {
-            "id": to_hex(self.state.me.id),
-            "address": self.addr,
-            "state": self.members.me.state,
-        }
+        me = self.members.me
+        return {"id": to_hex(self.state.me.id), "address": self.addr, "state": me.state}
 
     async def _h_open_policy(self, a: dict[str, Any]) -> Any:
         return {"cluster": None, "version": 0, "policy": None, "revoked": [], "private": []}

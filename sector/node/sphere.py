@@ -18,6 +18,12 @@ no state that outlives a job except files in its job directory (below):
   the first replica is local -- the data waits for the next stage there).
 - ``sphere.cleanup``: forget the job and remove its files. Jobs whose driver vanished
   are removed after ``JOB_TTL`` of silence.
+- ``sphere.stop``: cancel a whole job (its user or an admin; the web page's and
+  ``sector sphere cancel``'s way, through ``sphere.api.cancel_job`` on every node): its
+  running attempts and commits (a reduce) are killed, its staged files removed, and
+  whatever its driver asks next is refused with ``JobCancelled`` -- so the driver, in
+  its client, stops too. The job stays listed as cancelled (with its counts) until
+  ``JOB_TTL`` passes.
 
 The messages are declared in ``sphere.wire`` and decoded at the handler table; what
 their types cannot say is checked in ``sphere_args``. Attempts and jobs are owned by the
@@ -39,12 +45,18 @@ import secrets
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from sector.aio import Worker, wait_event
-from sector.errors import BadRequest, JobFailed, NotFound, PermissionDenied, SectorError
+from sector.errors import (
+    BadRequest,
+    JobCancelled,
+    JobFailed,
+    NotFound,
+    PermissionDenied,
+    SectorError,
+)
 from sector.ids import to_hex
 from sector.meta import records as rec
 from sector.meta.records import FileRecord
@@ -60,6 +72,7 @@ from sector.node.sphere_files import check as check_required
 from sector.node.sphere_files import prepare as prepare_required
 from sector.node.sphere_input import SegmentInput
 from sector.node.sphere_shuffle import Shuffle
+from sector.node.sphere_state import Attempt, JobState
 from sector.security import guard
 from sector.sphere import spe, wire
 from sector.sphere.wire import STAGING, staging_owner
@@ -73,30 +86,7 @@ JOB_TTL = 1800.0  # seconds without a word from its driver before a job is dropp
 JANITOR_EVERY = 60.0  # seconds between looks for such jobs
 REPORT_MAX = 12 << 20  # client-bound output bytes in one poll reply
 IO_THREADS = 8  # Sphere's bulk file work at once (see SphereService.io)
-
-
-@dataclass(slots=True)
-class Attempt:
-    id: int
-    seg: int
-    state: str = "running"  # running | done | cancelled
-    result: dict[str, Any] | None = None
-    task: asyncio.Task[None] | None = None
-    parts: dict[int, int] = field(default_factory=dict)  # bucket -> bytes (staged here)
-    started: float = field(default_factory=time.time)  # wall clock: the web page shows it
-    ended: float | None = None
-
-
-@dataclass(slots=True)
-class JobState:
-    id: str
-    dir: Path
-    attempts: dict[int, Attempt] = field(default_factory=dict)
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-    touched: float = field(default_factory=time.monotonic)
-    owner: str | None = None  # the user whose driver runs the job (secure clusters)
-    # Its required files, fetched once for all its tasks here (``sphere_files``).
-    files: asyncio.Task[Path] | None = None
+MAX_STOPS = 4096  # cancels of jobs not seen here that a node keeps (the oldest go)
 
 
 class SphereHost(PutHost, Protocol):
@@ -131,6 +121,8 @@ class SphereService(Worker):
             self.engines, functools.partial(sandbox.prepare, node.cfg, node.data, self.engines)
         )
         self.jobs: dict[str, JobState] = {}
+        # Cancels of jobs not seen here yet: job -> (by whom, an admin?, when)
+        self.stops: dict[str, tuple[str | None, bool, float]] = {}
         # Bulk file work of the shuffle (receive, concatenate, hash) on threads of its
         # own: on the loop's default executor a burst of pushes would queue the
         # metadata service's work behind minutes of copying. Its size is the cap on
@@ -161,6 +153,7 @@ class SphereService(Worker):
             "sphere.resend": self._h_resend,
             "sphere.commit": self._h_commit,
             "sphere.cleanup": self._h_cleanup,
+            "sphere.stop": self._h_stop,
         }
 
     def bulk_handlers(self) -> dict[str, Any]:
@@ -212,11 +205,16 @@ class SphereService(Worker):
             if not create:
                 raise NotFound(f"no job {job} on this node")
             user = owner if guard.is_node() else guard.user()
+            by, admin, _at = self.stops.get(job, (None, False, 0.0))
+            if job in self.stops and (admin or (by is not None and by == user)):
+                raise JobCancelled(f"job {job} was cancelled by {by or 'an admin'}")
             j = JobState(job, self._staging(user) / job, owner=user)
             j.dir.mkdir(parents=True, exist_ok=True)
             self.jobs[job] = j
         self._own(j)
         j.touched = time.monotonic()
+        if j.stopped is not None:
+            raise JobCancelled(j.stopped)
         return j
 
     def _staging(self, user: str | None) -> Path:
@@ -235,6 +233,8 @@ class SphereService(Worker):
 
     def _expire(self) -> None:
         now = time.monotonic()
+        for job in [k for k, (_b, _a, at) in self.stops.items() if now - at > JOB_TTL]:
+            del self.stops[job]
         for j in [j for j in self.jobs.values() if now - j.touched > JOB_TTL]:
             log.info("job %s: no word from its driver for %.0f s, dropping it", j.id, JOB_TTL)
             self._drop(j)
@@ -246,6 +246,9 @@ class SphereService(Worker):
         if j.files is not None:
             j.files.cancel()
         self.jobs.pop(j.id, None)
+        self._trash(j)
+
+    def _trash(self, j: JobState) -> None:
         # A job's staged files can be gigabytes: move them aside at once (the job's
         # directory name is free again) and delete them on a thread, off the loop.
         trash = self.root / f".gone-{j.id}-{secrets.token_hex(4)}"
@@ -339,6 +342,8 @@ class SphereService(Worker):
         listed = req.required if isinstance(req.required, list) else []
         required = check_required(listed)
         j = self._job_state(job, create=True)
+        if isinstance(req.total, int):
+            j.total = max(j.total, req.total)
         if attempt in j.attempts:
             return {"accepted": True, "duplicate": True}
         if required:
@@ -436,9 +441,11 @@ class SphereService(Worker):
                 # Keep the attempt (its parts may be resent or committed), drop the report
                 # but for what the web page shows of it.
                 t.result = {**acked(t.result), "acked": True}
-        if not self._unreported(j) and wait > 0:
+        if not self._unreported(j) and wait > 0 and j.stopped is None:
             j.changed.clear()
             await wait_event(j.changed, wait)
+        if j.stopped is not None:  # before, or while the poll waited
+            raise JobCancelled(j.stopped)
         done: list[dict[str, Any]] = []
         budget = REPORT_MAX
         for t in self._unreported(j):
@@ -517,7 +524,18 @@ class SphereService(Worker):
                 extra["files_dir"] = str(await asyncio.shield(fetching))
             except RequiredError as exc:
                 raise JobFailed(str(exc)) from None
-        files = await self.commits.run(j.dir, todo, reduce, req.rf, req.durable, extra)
+        run = asyncio.ensure_future(
+            self.commits.run(j.dir, todo, reduce, req.rf, req.durable, extra)
+        )
+        j.commits.add(run)
+        try:
+            files = await run
+        except (Exception, asyncio.CancelledError):
+            if j.stopped is not None and run.done():  # the job was cancelled meanwhile
+                raise JobCancelled(j.stopped) from None
+            raise
+        finally:
+            j.commits.discard(run)
         return {"files": files}
 
     @typed(wire.Cleanup)
@@ -526,8 +544,53 @@ class SphereService(Worker):
         j = self.jobs.get(req.job)
         if j is not None:
             self._own(j)
-            self._drop(j)
+            if isinstance(req.cancelled, str) and j.stopped is None:
+                # The driver learnt of a cancel from another node before this one did:
+                # the job is cancelled here too, and stays listed as such.
+                await self._stop(j, req.cancelled[:200])
+            if j.stopped is None:  # a cancelled job stays listed (its files are gone)
+                self._drop(j)
         return {"ok": True}
+
+    @typed(wire.Stop)
+    async def _h_stop(self, req: wire.Stop) -> Any:
+        """``{job}``: cancel the whole job -- its user or an admin may (a job not seen
+        here yet is marked, and refused when it comes if the mark is its user's)."""
+        who, admin = guard.user(), guard.is_admin()
+        j = self.jobs.get(req.job)
+        if j is None:
+            if len(self.stops) >= MAX_STOPS:
+                self.stops.pop(next(iter(self.stops)))
+            self.stops[req.job] = (who, admin, time.monotonic())
+            return {"known": False, "stopped": 0}
+        if not admin and (who is None or who != j.owner):
+            raise PermissionDenied(f"permission denied: job {j.id} is not {who or 'yours'}")
+        if j.stopped is not None:
+            return {"known": True, "stopped": 0}
+        why = f"job {j.id} was cancelled by {who or 'an admin'}"
+        return {"known": True, "stopped": await self._stop(j, why)}
+
+    async def _stop(self, j: JobState, why: str) -> int:
+        """Cancel job ``j`` here; the number of its attempts that were running."""
+        j.stopped = why
+        log.info("%s", j.stopped)
+        running = [t for t in j.attempts.values() if t.state == "running"]
+        for t in running:
+            t.state, t.ended = "cancelled", time.time()
+            if t.task is not None:
+                t.task.cancel()  # the engine is killed (``engines``)
+        self.stats["cancelled"] += len(running)
+        if j.files is not None:
+            j.files.cancel()
+        for c in j.commits:
+            c.cancel()  # a reduce's engine is killed (the driver removes its staging)
+        tasks = [t.task for t in running if t.task is not None] + list(j.commits)
+        if tasks:
+            await asyncio.wait(tasks)
+        self._trash(j)
+        j.touched = time.monotonic()
+        j.changed.set()  # a waiting poll answers JobCancelled now
+        return len(running)
 
 
 def _retrieved(t: asyncio.Task[Path]) -> None:

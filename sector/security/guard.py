@@ -74,6 +74,7 @@ OPS: dict[str, str] = {
     "sphere.resend": "any",
     "sphere.commit": "any",
     "sphere.cleanup": "any",
+    "sphere.stop": "any",  # the handler lets the job's user or an admin cancel it
     # swarm (issue 14): the handlers check read on their paths; the tracker's ops,
     # piece lists, pieces and cache drops are for nodes only
     "swarm.want": "any",

@@ -57,11 +57,14 @@ Options (keyword-only; see ``options.job_options``):
 from __future__ import annotations
 
 import asyncio
+import re
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
+from sector.errors import CredentialError, NotFound, PermissionDenied, Unavailable, UsageError
+from sector.sphere import wire
 from sector.sphere.cluster import cluster_engines
 from sector.sphere.driver import AsyncJob
 from sector.sphere.options import job_options
@@ -80,6 +83,50 @@ class AsyncSphere:
         """Processing engines per live node, by address."""
         found, _places = await cluster_engines(self._c)
         return {addr: k for addr, k in found.values()}
+
+    async def cancel(self, job: str) -> dict[str, Any]:
+        """Cancel a running job by id (see ``cancel_job``)."""
+        return await cancel_job(self._c, job)
+
+
+async def cancel_job(c: JobClient, job: str) -> dict[str, Any]:
+    """Cancel job ``job`` -- whichever process drives it -- on every live node
+    (``sphere.stop``, as the caller: its user or an admin may). The nodes kill its
+    running attempts, remove its staged files and refuse it from then on, so its driver
+    raises ``JobCancelled`` at its next word with them (within a poll, about a second).
+
+    Raises ``NotFound`` if no node runs the job, ``PermissionDenied`` if it is not the
+    caller's (and the caller no admin)."""
+    if not re.fullmatch(r"[0-9a-f]{8,32}", job):
+        raise UsageError(f"not a Sphere job id: {job[:40]!r} (8-32 hex digits)")
+    st = await c._call("fs.status", {})
+    # Every node not known to be down: one that is suspected may still run attempts.
+    addrs = sorted({str(m["address"]) for m in st.get("nodes", []) if m.get("state") != "down"})
+
+    async def one(addr: str) -> dict[str, Any]:
+        got: dict[str, Any] = await c.pool.call(addr, wire.STOP, {"job": job}, timeout=10)
+        return got
+
+    got = await asyncio.gather(*(one(a) for a in addrs), return_exceptions=True)
+    for r in got:
+        if isinstance(r, PermissionDenied | CredentialError):
+            raise r
+    replies = [r for r in got if isinstance(r, dict)]
+    known = [r for r in replies if r.get("known")]
+    unanswered = [a for a, r in zip(addrs, got, strict=True) if isinstance(r, BaseException)]
+    if not known and unanswered:
+        raise Unavailable(
+            f"cannot tell whether job {job} was cancelled: {unanswered} did not answer"
+        )
+    if not known:
+        raise NotFound(f"no node runs Sphere job {job}")
+    return {
+        "job": job,
+        "cancelled": True,
+        "nodes": len(known),
+        "attempts_stopped": sum(int(r.get("stopped") or 0) for r in known),
+        "unanswered": unanswered,
+    }
 
 
 class Job:
@@ -135,6 +182,11 @@ class Sphere:
     def engines(self) -> dict[str, int]:
         """Processing engines per live node, by address."""
         return self._client._run(AsyncSphere(self._client._aio).engines())
+
+    def cancel(self, job: str) -> dict[str, Any]:
+        """Cancel a running job by id, whichever process drives it (its user or an
+        admin may): its driver raises ``JobCancelled``. See ``cancel_job``."""
+        return self._client._run(cancel_job(self._client._aio, job))
 
 
 def _table(p: dict[str, Any]) -> Any:

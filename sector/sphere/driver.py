@@ -43,6 +43,7 @@ from sector.errors import (
     AlreadyExists,
     ClusterError,
     CredentialError,
+    JobCancelled,
     JobFailed,
     NotFound,
     PermissionDenied,
@@ -59,6 +60,7 @@ from sector.sphere.options import job_options
 from sector.sphere.ports import JobClient
 from sector.sphere.schedule import Scheduler, Work, topology_distance
 from sector.sphere.segments import Segment, plan_segments, task_segments
+from sector.sphere.summary import summary
 from sector.sphere.udf import pickle_udf
 from sector.sphere.wire import STAGING, staging_owner
 
@@ -116,6 +118,7 @@ class AsyncJob:
         self._task: asyncio.Task[dict[str, Any]] | None = None
         self._wake = asyncio.Event()  # the run loop's alarm: news for the scheduler
         self._cancelling: set[asyncio.Future[None]] = set()  # sphere.cancel calls
+        self._stopped: str | None = None  # a node said the job was cancelled (sphere.stop)
         # seg -> (attempt, its commit started as soon as it won; files mode)
         self._early: dict[int, tuple[int, asyncio.Future[Files | None]]] = {}
 
@@ -202,10 +205,11 @@ class AsyncJob:
                 staged = False
                 files = [{**f, "path": rec.join(output, rec.basename(f["path"]))} for f in files]
             self._set_phase("done")
-            self.result = self._summary(files)
+            elapsed = time.monotonic() - self.started
+            self.result = summary(self.id, self._machine(), self.opts, elapsed, self.phases, files)
             return self.result
         except BaseException as exc:
-            self._set_phase("failed")
+            self._set_phase("cancelled" if isinstance(exc, JobCancelled) else "failed")
             self._fail(str(exc))
             raise
         finally:
@@ -215,33 +219,6 @@ class AsyncJob:
         now = time.monotonic()
         self.phases[self.phase] = round(self.phases.get(self.phase, 0.0) + now - self._phase_at, 3)
         self.phase, self._phase_at = phase, now
-
-    def _summary(self, files: Files) -> dict[str, Any]:
-        m = self._machine()
-        ordered = m.ordered()
-        res: dict[str, Any] = {
-            "job": self.id,
-            "output": self.opts.get("output"),
-            "segments": len(self.segments),
-            "seconds": round(time.monotonic() - self.started, 3),
-            "records_out": sum(int(r.get("records_out", 0)) for r in ordered),
-            "bytes_in": sum(int(r.get("bytes_in", 0)) for r in ordered),
-            "bytes_out": sum(int(r.get("bytes_out", 0)) for r in ordered),
-            "speculative": m.speculative,
-            "failed_attempts": m.sched.progress()["failed_attempts"],
-            "lost_nodes": sorted(m.addr.get(n, n) for n in m.lost),
-            "phases": dict(self.phases),
-            "files": files,
-        }
-        if self.opts.get("mode") == "client":
-            res["results"] = [r.get("data", b"") for r in ordered]
-        if self.opts.get("mode") == "buckets":
-            # The bytes the winning attempts' parts hold, as written and moved (less
-            # than bytes_out with shuffle_compress)
-            res["shuffle_bytes"] = sum(
-                sum(int(n) for n in (r.get("parts") or {}).values()) for r in ordered
-            )
-        return res
 
     async def _cleanup(self, staged: bool) -> None:
         # Early commits finish first: one still running would write into the staging
@@ -256,7 +233,8 @@ class AsyncJob:
         async def one(nid: str) -> None:
             assert m is not None
             with contextlib.suppress(SectorError, OSError):
-                await self.c.pool.call(m.addr[nid], wire.CLEANUP, {"job": self.id}, timeout=5)
+                args = {"job": self.id, **({"cancelled": self._stopped} if self._stopped else {})}
+                await self.c.pool.call(m.addr[nid], wire.CLEANUP, args, timeout=5)
 
         if m is not None:
             with contextlib.suppress(BaseException):
@@ -379,6 +357,8 @@ class AsyncJob:
                 # Cleared before the state is read: whatever changes it from here on
                 # sets the event, and the wait below returns at once.
                 self._wake.clear()
+                if self._stopped is not None:  # no retry elsewhere: the job is over
+                    raise JobCancelled(self._stopped)
                 actions = m.handle(jm.Schedule(), time.monotonic())
                 if any(isinstance(a, jm.StageDone) for a in actions):
                     return
@@ -416,9 +396,12 @@ class AsyncJob:
             compress=True if self.opts.get("shuffle_compress") else msgspec.UNSET,
             required=self.required or msgspec.UNSET,
             speculative=True if s.speculative else msgspec.UNSET,
+            total=len(self.segments),
         )
         try:
             await self.c.pool.call(m.addr[s.node], wire.RUN, wire.to_args(run), timeout=30)
+        except JobCancelled as exc:
+            self._stop(str(exc))
         except TransportError as exc:
             await self._feed(jm.StartFailed(s.attempt, str(exc), "down"))
         except (PermissionDenied, CredentialError) as exc:
@@ -451,6 +434,9 @@ class AsyncJob:
             args = wire.to_args(poll)
             try:
                 rep = await self.c.pool.call(addr, wire.POLL, args, timeout=POLL_WAIT + 15)
+            except JobCancelled as exc:
+                self._stop(str(exc))
+                return
             except (TransportError, SectorError) as exc:
                 misses += 1
                 if misses >= LOST_AFTER:
@@ -467,6 +453,11 @@ class AsyncJob:
             await self._feed(jm.Polled(nid, sent, frozenset(wire.alive(rep) | set(ack))))
             if not ack and not m.runs_on(nid):
                 return
+
+    def _stop(self, why: str) -> None:
+        """A node refused the job as cancelled: the run loop raises ``JobCancelled``."""
+        self._stopped = self._stopped or why
+        self._wake.set()
 
     async def _probe(self, nid: str) -> None:
         """A bucket's node refused a part: lost, unless it still answers."""
@@ -579,6 +570,8 @@ class AsyncJob:
             rep = await self.c.pool.call(addr, wire.COMMIT, wire.to_args(commit), timeout=3600)
         except (TransportError, NotFound):
             return None
+        except JobCancelled:
+            raise
         except JobFailed as exc:  # the reduce raised: the job fails with its traceback
             tb = str(exc.data.get("traceback") or "")
             self._fail(f"{exc}\n{tb}" if tb else str(exc), tb)

@@ -48,9 +48,11 @@ from typing import Any
 
 from sector.sphere.sandbox import (
     INSIDE,
+    NODE_BLOBS,
     SMALL_TMPFS,
     Spec,
     binds,
+    blobs_seen,
     cpu_hard,
     cpu_soft,
     failure_message,
@@ -397,6 +399,7 @@ def engine_main(conn: Connection, parent: int, spec: Spec, probe: bool = False) 
     # single-threaded to make a user namespace.
     for var in BLAS_THREADS:
         os.environ.setdefault(var, "1")
+    os.environ[NODE_BLOBS] = blobs_seen(spec)  # a UDF's sector:// reads local replicas
     if not probe:  # (a probe tries the sandbox only: it imports nothing more)
         from sector.sphere import spe
     if spec.mode == "none":

@@ -65,9 +65,11 @@ from typing import Any
 __all__ = [
     "INSIDE",
     "MODES",
+    "NODE_BLOBS",
     "Limits",
     "Spec",
     "binds",
+    "blobs_seen",
     "check_spec",
     "cpu_hard",
     "cpu_soft",
@@ -84,6 +86,9 @@ __all__ = [
 
 MODES = ("full", "userns", "none")
 INSIDE = "/tmp/sector"  # where an engine sees what it is given
+# The engine's environment variable naming where it sees its node's blob files: the
+# fsspec file system in a UDF reads a replica held there directly (``fsspec.local``).
+NODE_BLOBS = "SECTOR_NODE_BLOBS"
 SMALL_TMPFS = "size=64k,nr_inodes=64"  # an empty tmpfs in place of a hidden directory
 MIN_MEMORY = 256 << 20  # an engine with numpy imported needs ~100 MiB before any UDF
 
@@ -178,6 +183,11 @@ def binds(spec: Spec) -> list[tuple[str, str, bool]]:
     if spec.stage is not None:
         out.append((spec.stage, f"{INSIDE}/stage", True))
     return out + [(p, p, True) for p in spec.shared]
+
+
+def blobs_seen(spec: Spec) -> str:
+    """Where an engine of ``spec`` sees its node's blob files (read-only)."""
+    return binds(spec)[0][1] if spec.mode != "none" else binds(spec)[0][0]
 
 
 def hidden(spec: Spec) -> list[str]:

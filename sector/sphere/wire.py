@@ -18,6 +18,7 @@ A job's life on the wire::
     sphere.resend   Resend               -> {undelivered}      (a lost bucket node's parts)
     sphere.commit   Commit               -> {files}            (staged output -> files)
     sphere.cleanup  Cleanup              -> {ok}
+    sphere.stop     Stop                 -> {known, stopped}   (cancel a whole job)
     sphere.push     Push                 (bulk, node to node: an attempt's parts for one node)
 """
 
@@ -46,6 +47,7 @@ __all__ = [
     "RESEND",
     "RUN",
     "STAGING",
+    "STOP",
     "Cancel",
     "Cleanup",
     "Commit",
@@ -61,6 +63,7 @@ __all__ = [
     "Resend",
     "Run",
     "Segment",
+    "Stop",
     "TaskSegment",
     "alive",
     "outcomes",
@@ -76,6 +79,7 @@ RESEND = "sphere.resend"
 COMMIT = "sphere.commit"
 CLEANUP = "sphere.cleanup"
 PUSH = "sphere.push"
+STOP = "sphere.stop"
 
 Kind = Literal["file", "lines", "fixed", "idx", "task"]
 KINDS: tuple[str, ...] = get_args(Kind)
@@ -224,6 +228,8 @@ class Run(Request, frozen=True):
     required: Requireds | UnsetType = UNSET  # sent only if the job has some
     # A backup of a straggling attempt (speculation): counted in the node's metrics.
     speculative: bool | UnsetType = UNSET  # sent only if true
+    # The job's segment count: the web page's progress is done/total from the start.
+    total: Annotated[int, Meta(ge=0, le=MAX_ID)] | UnsetType = UNSET
 
 
 class Poll(Request, frozen=True):
@@ -256,6 +262,18 @@ class Cleanup(Request, frozen=True):
     """sphere.cleanup: forget the job and remove its files."""
 
     op = CLEANUP
+    job: JobId
+    # The job was cancelled (``Stop``) and this says by whom: a node that has not heard
+    # of the cancel yet cancels the job too, rather than forget it.
+    cancelled: str | UnsetType = UNSET
+
+
+class Stop(Request, frozen=True):
+    """sphere.stop: cancel a whole job (its user or an admin): its running attempts are
+    killed, its staged files removed, and its runs, polls and commits refused with
+    ``JobCancelled`` from then on (a job not seen here yet is refused when it comes)."""
+
+    op = STOP
     job: JobId
 
 

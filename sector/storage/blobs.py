@@ -102,6 +102,11 @@ def check_blob_id(blob: object) -> str:
     return blob
 
 
+def rel_path(blob: str) -> str:
+    """Where a blob's file is under the blob directory (``BlobStore.path``)."""
+    return f"{check_blob_id(blob)[:2]}/{blob}"
+
+
 def checksum_of(data: bytes | bytearray | memoryview) -> str:
     return "blake3:" + blake3.blake3(data).hexdigest()
 
@@ -392,8 +397,7 @@ class BlobStore:
         return self._locks[hash(blob) % len(self._locks)]
 
     def path(self, blob: str) -> Path:
-        check_blob_id(blob)
-        return self.blob_dir / blob[:2] / blob
+        return self.blob_dir / rel_path(blob)
 
     def _where(self, blob: str) -> str:
         """The blob's fan-out directory, as a string: reads are a hot path, and a Path

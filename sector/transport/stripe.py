@@ -1,94 +1,170 @@
-"""A large read split into byte ranges fetched over several bulk streams at once.
+"""A large read split into byte ranges fetched over several bulk streams at once, from
+one holder or several (issue 15).
 
 On a long fat link one TCP stream's window is capped by what the host lets one socket
 have, and after each loss it must grow again over many RTTs; several streams fill the
-link sooner (``wan.py`` says when, README "WAN transfer" what was measured). Each
-range is received by ``bulk.recv`` into its own place in one file (``pwrite``); the
-caller verifies the whole file's checksum afterwards, since the ranges arrive out of
-order. A range that fails fails the read (the caller fails over to another replica).
+link sooner (``wan.py`` says when, README "WAN transfer" what was measured). With
+several live replicas the streams go to several holders, nearest most, and a stream
+that ends its span takes over half of the longest one left (``spans.Plan``: the
+schedule, pure). Each span is received by ``bulk.recv`` into its own place in one file
+(``pwrite``); a holder whose stream fails hands back only the bytes it had not
+written, which another holder's stream reads. The caller verifies the whole file's
+checksum afterwards, since the spans arrive out of order and from several holders.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from sector.errors import ProtocolError
+from sector.errors import ProtocolError, SectorError, TransportError
 from sector.transport import bulk
 from sector.transport.bulk import BulkChannel, Progress
+from sector.transport.spans import ALIGN, MIN_SPLIT, Plan, Span
 
-ALIGN = 1 << 20  # range boundaries fall on MiB multiples (page-aligned writes)
+__all__ = ["ALIGN", "OpenRange", "fetch", "ranges"]
 
-# Opens a read of ``length`` bytes from ``offset``: the stream and the size it announces.
-OpenRange = Callable[[int, int], Awaitable[tuple[BulkChannel, int]]]
+REPORT_STEP = 4 << 20  # bytes of a span between two progress reports
+
+# Opens a read of ``length`` bytes from ``offset`` at a holder: the stream and the size
+# it announces.
+OpenRange = Callable[[str, int, int], Awaitable[tuple[BulkChannel, int]]]
 
 
 def ranges(size: int, streams: int) -> list[tuple[int, int]]:
-    """``[(offset, length)]``: ``size`` bytes in at most ``streams`` contiguous ranges
-    of about equal length, boundaries on ``ALIGN``; every byte in exactly one."""
+    """``[(offset, length)]``: the spans a read of ``size`` bytes over ``streams``
+    streams starts with (``Plan``): contiguous, about equal, boundaries on ``ALIGN``."""
     if size <= 0:
         return [(0, 0)]
-    step = -(-size // max(1, streams))
-    step = -(-step // ALIGN) * ALIGN
-    return [(off, min(step, size - off)) for off in range(0, size, step)]
+    return [(s.start, s.end - s.start) for s in Plan(size, ["-"], streams).spans]
 
 
-class _At:
-    """A sink writing at a moving offset of a file descriptor (``pwrite``)."""
+class _Cut(Exception):
+    """The span was cut short by a steal: its stream stops here (not an error)."""
 
-    def __init__(self, fd: int, offset: int) -> None:
-        self.fd, self.pos = fd, offset
+
+class _Into:
+    """A sink writing one span's bytes at their offsets of a file (``pwrite``), as far
+    as the plan lets it; reports the read's progress every ``REPORT_STEP`` bytes."""
+
+    def __init__(
+        self,
+        fd: int,
+        plan: Plan,
+        span: Span,
+        report: Callable[[], None],
+        wrote: Callable[[int], object] | None,
+    ) -> None:
+        self.fd, self.plan, self.span, self.report, self.wrote = fd, plan, span, report, wrote
+        self.unreported = 0
 
     def write(self, data: memoryview) -> None:
-        while data:
-            n = os.pwrite(self.fd, data, self.pos)
-            self.pos += n
-            data = data[n:]
+        at, k = self.plan.claim(self.span, len(data))
+        view = data[:k]
+        while view:
+            n = os.pwrite(self.fd, view, at)
+            at += n
+            view = view[n:]
+        if self.wrote is not None:
+            self.wrote(k)
+        self.unreported += k
+        if self.unreported >= REPORT_STEP:
+            self.unreported = 0
+            self.report()
+        if k < len(data):
+            raise _Cut
 
 
 async def fetch(
     open_range: OpenRange,
     size: int,
     fd: int,
-    streams: int,
+    holders: Sequence[str],
+    streams: Sequence[int],
     *,
     progress: Progress | None = None,
+    wrote: Callable[[int], object] | None = None,
+    min_split: int = MIN_SPLIT,
     what: str = "read",
-) -> int:
-    """``size`` bytes into ``fd`` (at their offsets) over ``streams`` streams at once;
-    returns the number of streams used. The first failure cancels the others."""
-    parts = ranges(size, streams)
-    done = [0] * len(parts)
+) -> Plan:
+    """``size`` bytes into ``fd`` (at their offsets) over ``streams[i]`` streams to
+    ``holders[i]`` at once; returns the plan (who served what, who failed). ``wrote(n)``
+    is told of each write, from the streams' threads (a write-behind); ``min_split``: the
+    least a steal leaves each side (``wan.split_for``). Raises
+    ``TransportError`` if every holder failed first; the file's own errors (a full
+    disk) as they are, after stopping the other streams."""
+    plan = Plan(size, holders, sum(streams), min_split=min_split)
+    loop = asyncio.get_running_loop()
+    changed = [asyncio.Event()]  # set (and replaced) when a span ends or a holder fails
+    errors: list[str] = []
 
-    async def one(i: int, offset: int, length: int) -> None:
-        def report(got: int, _total: int) -> None:
-            done[i] = got
-            if progress is not None:
-                progress(sum(done), size)
+    def report() -> None:
+        if progress is not None:
+            loop.call_soon_threadsafe(progress, plan.claimed(), size)
 
-        chan, n = await open_range(offset, length)
+    def tell() -> None:
+        changed[0].set()
+        changed[0] = asyncio.Event()
+
+    async def one(holder: str, span: Span) -> None:
+        offset, length = span.pos, span.left
+        chan, n = await open_range(holder, offset, length)
         try:
             if n != length:
-                raise ProtocolError(f"{what}: asked for {length} bytes at {offset}, got {n}")
-            where = f"{what} (bytes {offset}..{offset + length})"
-            sink = _At(fd, offset)
-            await bulk.recv(chan, length, sink, executor=pool, progress=report, what=where)
+                raise ProtocolError(
+                    f"{what}: asked {holder} for {length} bytes at {offset}, got {n}"
+                )
+            where = f"{what} (bytes {offset}..{offset + length} from {holder})"
+            sink = _Into(fd, plan, span, report, wrote)
+            try:
+                await bulk.recv(chan, length, sink, executor=pool, what=where)
+            except _Cut:
+                pass
         finally:
             await chan.close()
 
+    async def stream(holder: str) -> None:
+        while True:
+            ev = changed[0]
+            span = plan.take(holder)
+            if span is None:
+                if plan.done or holder not in plan.live:
+                    return
+                await ev.wait()
+                continue
+            try:
+                await one(holder, span)
+            except (SectorError, ConnectionError) as exc:
+                errors.append(f"{holder}: {exc}")
+                plan.failed(span, holder)
+                return
+            finally:
+                report()
+                tell()
+
     # A thread per stream: the default executor has too few (min(32, cores + 4)), and
     # a stream waiting for one would start late and finish alone.
-    pool = ThreadPoolExecutor(len(parts), thread_name_prefix="stripe")
-    tasks = [asyncio.ensure_future(one(i, off, n)) for i, (off, n) in enumerate(parts)]
+    pool = ThreadPoolExecutor(max(1, sum(streams)), thread_name_prefix="stripe")
+    tasks = [
+        asyncio.ensure_future(stream(h))
+        for h, k in zip(holders, streams, strict=True)
+        for _ in range(k)
+    ]
     try:
         await asyncio.gather(*tasks)
     except BaseException:
+        plan.stop()  # a writer still in its thread writes no more (the caller closes fd)
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        # ...and is waited for: a pwrite after the close could hit a reused descriptor.
+        await asyncio.shield(asyncio.to_thread(pool.shutdown, True))
         raise
-    finally:
-        pool.shutdown(wait=False)
-    return len(parts)
+    pool.shutdown(wait=False)  # every stream ended: its thread is idle
+    if not plan.done:
+        raise TransportError(f"{what}: every holder failed ({'; '.join(errors)})")
+    if progress is not None:
+        progress(size, size)
+    return plan

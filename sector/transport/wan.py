@@ -5,11 +5,14 @@ transfer"): the kernel's cubic gets ~0 there (every random loss halves its windo
 BBR does not read loss as congestion and gets most of the link, if its window can
 grow to the bandwidth-delay product (25 MB here). So every bulk socket, both ends:
 
-- **congestion control** ``bbr`` when the kernel has it (``auto``; the module
-  ``tcp_bbr`` is loaded if missing and this process may), else the kernel's default,
-  silently; ``configure("cubic")`` (``sector node --bulk-cc``, ``SECTOR_BULK_CC``)
-  pins one for experiments, and fails if the kernel does not have it;
-  ``SECTOR_BULK_STREAMS=N`` pins the streams of a striped read likewise;
+- **congestion control** (``auto``): ``bbr`` on a long stream when the kernel has it
+  (the module ``tcp_bbr`` is loaded if missing and this process may), else the
+  kernel's default, silently; a short stream (loopback, a LAN) keeps the kernel's
+  default, where it fills the path and shares it fairly with other TCP flows;
+  ``configure("cubic")`` (``sector node --bulk-cc``, ``SECTOR_BULK_CC``) pins one for
+  every stream, and fails if the kernel does not have it;
+  ``SECTOR_BULK_STREAMS=N`` pins the streams of a striped read likewise (on any
+  path, loopback too; 1: never striped);
 - **buffers**: on a long stream (smoothed RTT of at least ``LONG_RTT``, read from the
   kernel's ``TCP_INFO``) the send and receive buffers are raised to ``LONG_BUF``
   (``SO_SNDBUFFORCE``, which needs CAP_NET_ADMIN; else as far as ``net.core.*mem_max``
@@ -20,10 +23,14 @@ grow to the bandwidth-delay product (25 MB here). So every bulk socket, both end
   ``STREAMS`` ranges fetched at once (``stripe.py``): each stream's window is capped by
   what the host lets one socket have, and several windows fill the link sooner after
   a loss. Four, by measurement: eight overflowed the emulator's queue in start-up.
+  With several live replicas the streams go to several holders (at least one each,
+  nearest most: ``spans.allot``), and fail over per span.
 
 Cost, said plainly: BBR (v1, what this kernel has) takes most of a link from a cubic
-flow sharing it (README "WAN transfer" has the figure); ``--bulk-cc cubic`` is the
-way out where that matters more than the long links.
+flow sharing it (README "WAN transfer" has the figures). So ``auto`` uses it only on
+long streams, where cubic cannot fill the link anyway (one cubic stream gets ~0 of a
+200 ms, 1 % loss path); ``--bulk-cc cubic`` is the way out where even that matters
+more than the long links, ``--bulk-cc bbr`` puts every stream on BBR.
 """
 
 from __future__ import annotations
@@ -44,6 +51,10 @@ LONG_RTT = 0.002  # s: a stream with a longer smoothed RTT is on a long link
 LONG_BUF = 64 << 20  # bytes: 2.5 x the BDP of 1 Gbit/s x 200 ms
 STREAMS = 4  # streams of a striped read on a long link (measured: README "WAN transfer")
 STRIPE_MIN = 32 << 20  # a smaller read is not striped
+# Striping over replicas on short paths (loopback, a LAN): on, by measurement (README
+# "Striped reads over replicas": not slower than one stream on loopback, paired).
+STRIPE_SHORT = True
+FAR_FACTOR = 4  # a holder this many times farther than the nearest is not striped over
 _TCP_INFO_RTT = 68  # offset of tcpi_rtt (us) in struct tcp_info
 _SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
 _SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
@@ -119,7 +130,8 @@ def describe() -> dict[str, Any]:
     """For ``node.info`` / ``sector status --json``: what bulk sockets use here."""
     cc = congestion()
     return {
-        "cc": cc or _read(DEFAULT),
+        "cc": cc or _read(DEFAULT),  # on long streams
+        "cc_short": cc_for(0.0) or _read(DEFAULT),  # on loopback and LAN streams
         "cc_wanted": _Settings.wanted,
         "cc_available": available(),
         "long_rtt_ms": LONG_RTT * 1e3,
@@ -141,15 +153,24 @@ def rtt(sock: socket.socket | None) -> float | None:
     return us / 1e6 if us else None
 
 
+def cc_for(rtt_s: float | None) -> str:
+    """The congestion control for a stream of this RTT ("" = leave the kernel's).
+    ``auto`` gives BBR to long streams only; a pinned one applies to every stream."""
+    cc = congestion()
+    if _Settings.wanted == "auto" and (rtt_s is None or rtt_s < LONG_RTT):
+        return ""
+    return cc
+
+
 def fit(sock: socket.socket | None) -> float | None:
     """Fit a bulk socket to its path (see the module's text); returns its RTT."""
     if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
         return None
-    cc = congestion()
+    r = rtt(sock)
+    cc = cc_for(r)
     if cc:
         with contextlib.suppress(OSError):  # not allowed to this user: the default
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, cc.encode())
-    r = rtt(sock)
     if r is not None and r >= LONG_RTT:
         for force, plain in (
             (_SO_SNDBUFFORCE, socket.SO_SNDBUF),
@@ -199,11 +220,29 @@ def loopback(host: str) -> bool:
         return host == "localhost"
 
 
-def streams_for(rtt_s: float | None, size: int) -> int:
-    """Streams for a read of ``size`` bytes over a path of this RTT: one on a short
-    path (where one stream already runs at the disk's speed), ``STREAMS`` on a long one."""
+def near(rtt_s: float | None, nearest: float) -> bool:
+    """Whether a holder at ``rtt_s`` is worth reading beside the nearest one: within
+    ``FAR_FACTOR`` times its RTT, or both on short paths. A holder across a WAN beside
+    one on the LAN adds a slow tail, not speed (README "Striped reads over replicas")."""
+    return rtt_s is not None and rtt_s <= max(LONG_RTT, FAR_FACTOR * nearest)
+
+
+def split_for(rtt_s: float | None) -> int:
+    """The least a steal of a striped read leaves each side (``spans.Plan``): 8 MiB on
+    a short path; on a long one ``LONG_BUF``, since the stream cut short throws away
+    what it has in flight (up to its buffer) and the new one starts from slow start."""
+    return LONG_BUF if rtt_s is not None and rtt_s >= LONG_RTT else 8 << 20
+
+
+def streams_for(rtt_s: float | None, size: int, holders: int = 1) -> int:
+    """Streams for a read of ``size`` bytes over a path of this RTT (the nearest
+    holder's) from ``holders`` live replicas: on a short path one per holder
+    (``STRIPE_SHORT``), so one from a single holder (whose one stream already runs at
+    the disk's speed); ``STREAMS`` (at least one per holder) on a long one."""
     if size < STRIPE_MIN:
         return 1
     if _Settings.streams:  # pinned (SECTOR_BULK_STREAMS), for experiments
         return _Settings.streams
-    return 1 if rtt_s is None or rtt_s < LONG_RTT else STREAMS
+    if rtt_s is None or rtt_s < LONG_RTT:
+        return holders if STRIPE_SHORT and holders > 1 else 1
+    return max(STREAMS, holders)

@@ -1,8 +1,9 @@
 """Every node's HTTP face (issue 16) on real node processes: ``/metrics`` parsed with
 prometheus_client's parser moves with the work done, the JSON API answers with the
 cluster and a file's stat as an anonymous client sees them (a private file stays
-private), bad input gets a JSON 4xx and the node serves on, and ``sector status
---json`` shows each node's URL."""
+private), bad input gets a JSON 4xx and the node serves on, ``sector status
+--json`` shows each node's URL, and a running job's segment total is in ``/api/jobs``
+from the first poll that shows the job."""
 
 from __future__ import annotations
 
@@ -227,3 +228,27 @@ def test_private_file_is_refused_to_anonymous_http(tmp_path: Path) -> None:
         log = node.log.read_text()
         for bad in ("Traceback", "Task was destroyed", "Unclosed", "did not stop"):
             assert bad not in log, bad
+
+
+def slow_task(seg: Any) -> Any:
+    import time
+
+    time.sleep(float(seg.param))
+    return b"x"
+
+
+def test_a_jobs_total_is_known_from_its_first_poll(cluster: ProcCluster) -> None:
+    """/api/jobs carries the job's segment count from the moment any node shows the
+    job, unchanged while it runs: the page's progress is done/total from the start."""
+    base = url_of(cluster.nodes[0])
+    with cluster.connect() as c:
+        job = c.sphere.run(slow_task, tasks=[0.4] * 8, speculate=False)
+        seen: list[tuple[int, int]] = []  # (segments, done) of each poll that saw the job
+        while not job.done():
+            row = next((j for j in api(base, "api/jobs")[1]["sphere"] if j["id"] == job.id), None)
+            if row is not None and row["state"] == "running":
+                seen.append((row["segments"], row["done"]))
+        job.wait(timeout=60)
+    assert seen, "the job was never seen running"
+    assert {s for s, _d in seen} == {8}, seen
+    assert seen[0][1] < 8, seen

@@ -450,6 +450,7 @@ LOOPS = {
     "chord.check-predecessor",
     "chord.merge-probe",
     "gossip",
+    "tombstones",
 }
 
 

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -190,3 +192,131 @@ print("ready", flush=True)
 c, _ = ls.accept()
 c.recv(1)
 """
+
+
+# On side a: a get that prints its progress as it goes, then how it went.
+_GET = """
+import json, sys
+from sector.client.sync import Client
+def progress(done, total):
+    print(json.dumps({"done": done, "total": total}), flush=True)
+with Client(sys.argv[1]) as c:
+    st = c.get("/f", sys.argv[2], progress=progress)
+print(json.dumps({"transfer": st["transfer"]}), flush=True)
+"""
+
+
+def _lines(proc: subprocess.Popen[str], deadline: float) -> Any:
+    """``proc``'s stdout as JSON lines, each waited for until ``deadline``."""
+    assert proc.stdout is not None
+    while True:
+        left = deadline - time.monotonic()
+        assert left > 0, "no progress from the get in time"
+        ready, _, _ = select.select([proc.stdout], [], [], left)
+        if ready:
+            line = proc.stdout.readline()
+            if not line:
+                return
+            yield json.loads(line)
+
+
+def test_a_read_striped_over_replicas_survives_the_sigkill_of_a_holder_mid_read(
+    tmp_path: Path, random_file: Callable[[Path, int], Any]
+) -> None:
+    """Three holders behind a 250 Mbit/s link (so the read takes seconds): the get
+    reads from all three at once; one is SIGKILLed once an eighth of the file is in,
+    and what it had not sent comes from the others: the file is byte-exact and the
+    transfer says who failed and how much was read again (less than the file). A
+    short link: a long one's 64 MB socket buffers would hold a holder's whole share,
+    which its kernel still delivers after the kill."""
+    size = 96 << 20
+    with WanLink(0, 250, 0) as link:
+        env = {"SECTOR_HOME": str(tmp_path / "home")}
+        (tmp_path / "home").mkdir()
+        with ProcCluster(tmp_path / "c", replicas=3, env=env) as cluster:
+            for i in range(3):  # three "hosts" for placement on side b's one address
+                cluster.node_args = ["--host-id", f"b{i}"]
+                cluster.add(listen=f"{link.ip('b')}:{PORT + i}", wrap=link.wrap("b"))
+            want = {n.address for n in cluster.nodes}
+
+            def all_up() -> bool:  # asked on side b: the host cannot reach the nodes
+                nodes = link.sector("b", cluster.address, "status", env=env)["nodes"]
+                return want <= {m["address"] for m in nodes if m["state"] == "up"}
+
+            wait_for(all_up, 30, interval=0.5, what="3 nodes up")
+            src, dst = tmp_path / "src", tmp_path / "dst"
+            random_file(src, size)
+            put = link.sector("b", cluster.address, "put", str(src), "/f", env=env)["files"][0]
+            assert len(put["replicas"]) == 3, put
+            victim = cluster.nodes[2]
+            get = subprocess.Popen(
+                [*link.wrap("a"), sys.executable, "-c", _GET, cluster.address, str(dst)],
+                stdout=subprocess.PIPE,
+                text=True,
+                env={**os.environ, **env},
+            )
+            try:
+                killed_at, after, result = None, 0, None
+                for msg in _lines(get, time.monotonic() + 120):
+                    if "transfer" in msg:
+                        result = msg["transfer"]
+                    elif killed_at is None and msg["done"] >= size // 8:
+                        killed_at = msg["done"]
+                        cluster.kill(victim)
+                    elif killed_at is not None:
+                        after = max(after, msg["done"])
+                assert get.wait(60) == 0
+            finally:
+                if get.poll() is None:
+                    get.kill()
+                    get.wait(10)
+                if get.stdout is not None:
+                    get.stdout.close()
+    assert killed_at is not None and killed_at < size, "the kill landed mid-read"
+    assert after == size and result is not None
+    assert dst.read_bytes() == src.read_bytes()
+    victim_addr = victim.address
+    assert result["failed"] == [victim_addr], result
+    assert victim_addr in result["holders"] and len(result["holders"]) == 3, result
+    # only what the killed holder had not sent was read again, from the others
+    assert 0 < result["refetched"] < size - killed_at, result
+    print(f"killed at {killed_at >> 20} MiB of {size >> 20}: {result}")
+
+
+def test_a_striped_read_takes_most_from_the_fastest_holder(
+    tmp_path: Path, random_file: Callable[[Path, int], Any]
+) -> None:
+    """One holder beside the reader (side a), two behind a short 100 Mbit/s link
+    (side b): the read uses all three (all on short paths), and the near one, whose
+    stream ends its span first and takes over halves of the others', sends most of the
+    file. (A holder many times farther than the nearest is not used at all:
+    ``wan.near``, tests/unit/test_wan_fit.py.)"""
+    size = 64 << 20
+    with WanLink(0, 100, 0) as link:
+        env = {"SECTOR_HOME": str(tmp_path / "home")}
+        (tmp_path / "home").mkdir()
+        with ProcCluster(tmp_path / "c", replicas=3, env=env) as cluster:
+            for i, side in enumerate("abb"):
+                cluster.node_args = ["--host-id", f"h{i}"]
+                cluster.add(listen=f"{link.ip(side)}:{PORT + i}", wrap=link.wrap(side))
+            near = cluster.nodes[0].address
+            want = {n.address for n in cluster.nodes}
+
+            def all_up() -> bool:
+                nodes = link.sector("a", near, "status", env=env)["nodes"]
+                return want <= {m["address"] for m in nodes if m["state"] == "up"}
+
+            wait_for(all_up, 30, interval=0.5, what="3 nodes up")
+            src, dst = tmp_path / "src", tmp_path / "dst"
+            random_file(src, size)
+            put = link.sector("a", near, "put", str(src), "/f", env=env)["files"][0]
+            assert len(put["replicas"]) == 3, put
+            got = link.sector("a", near, "get", "/f", str(dst), env=env)["files"][0]
+    assert dst.read_bytes() == src.read_bytes()
+    t = got["transfer"]
+    assert t["streams"] == 3 and set(t["holders"]) == want, t
+    sent = t["bytes_from"]
+    far = [n for a, n in sent.items() if a != near]
+    assert sum(sent.values()) == size
+    assert sent[near] > size // 2 and all(sent[near] > n for n in far), sent
+    print(f"near {sent[near] >> 20} MiB, far {[n >> 20 for n in far]} MiB: {t}")

@@ -2,7 +2,8 @@
 node processes: every page loads with no console error, the overview lists every node
 and shows a SIGKILLed one as down, the file browser lists a directory and shows a
 file's replicas (and its download link serves the bytes), a running Sphere job's
-progress moves while it runs, and a phone-width window has no horizontal overflow."""
+progress moves while it runs, a phone-width window has no horizontal overflow, and
+a job's user cancels the job from the page."""
 
 from __future__ import annotations
 
@@ -293,3 +294,45 @@ def test_draining_a_node_needs_an_admin_credential(page: Any, tmp_path: Path) ->
         code, rep = post(base + "api/drain", undrain, cl.admin_token)
         assert code == 200 and rep["state"] == "up", rep
         wait_for(lambda: state() == "up", 15, what="the node up again")
+        page.get("about:blank")  # no polls of the cluster once it is stopped
+
+
+def sleepy_task(seg: Any) -> Any:
+    import time
+
+    time.sleep(float(seg.param))
+    return b"late"
+
+
+def test_a_running_job_is_cancelled_from_the_page(page: Any, tmp_path: Path) -> None:
+    """On a secure cluster, with the job's user's credential pasted: the page shows the
+    job's whole segment count from the start and a cancel button; clicking it ends the
+    job in its driver with JobCancelled and the page shows it cancelled."""
+    from sector.errors import JobCancelled
+
+    with ProcCluster(tmp_path, replicas=1, secure=True, node_args=["--engines", "1"]) as cl:
+        cl.start(2)
+        base = str(json.loads((cl.nodes[0].data / "node.json").read_text())["http"])
+        ann = cl.token("ann", write=["/ann"], compute=True)
+        with cl.connect(token=ann) as c:
+            job = c.sphere.run(sleepy_task, tasks=[60] * 5, speculate=False)
+            page.get(f"{base}#overview")
+            page.find_element("css selector", "#admin summary").click()
+            page.find_element("id", "credential").clear()
+            page.find_element("id", "credential").send_keys(ann)
+            page.get(f"{base}#jobs")
+            card = f'div.job[data-job="{job.id}"]'
+            got = wait_for(lambda: rows(page, card), 20, what="the job on the page")
+            assert got[0]["segments"] == "5", got
+            button = f'button[data-cancel-job="{job.id}"]'
+            wait_for(lambda: page.find_elements("css selector", button), 10, what="cancel button")
+            page.execute_script("document.querySelector(arguments[0]).click()", button)
+            page.switch_to.alert.accept()
+            with pytest.raises(JobCancelled):
+                job.wait(timeout=15)
+            wait_for(
+                lambda: [r["state"] for r in rows(page, card)] == ["cancelled"],
+                15,
+                what="the job shown as cancelled",
+            )
+            page.get("about:blank")  # no polls of the cluster once it is stopped

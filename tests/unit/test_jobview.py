@@ -16,12 +16,14 @@ def attempt(aid: int, state: str, result: dict[str, Any] | None, t: float) -> An
     )
 
 
-def job(owner: str | None) -> Any:
+def job(owner: str | None, total: int = 9, stopped: str | None = None) -> Any:
     ok = {"ok": True, "bytes_in": 100, "records_out": 3, "data": b"x" * 50}
     bad = {"error": "ValueError: no", "traceback": "Traceback ...\nValueError: no\n"}
     return SimpleNamespace(
         id="j1",
         owner=owner,
+        total=total,
+        stopped=stopped,
         attempts={
             1: attempt(1, "done", ok, 10.0),
             2: attempt(2, "done", {**acked(ok), "acked": True}, 11.0),
@@ -58,3 +60,13 @@ def test_the_cluster_view_sums_the_nodes_and_names_each_errors_node() -> None:
     assert {e["node"] for e in j["errors"]} == {"n1:1", "n2:1"}
     assert j["bytes_per_s"] == 400 / 3.0 and j["segments_per_s"] == 4 / 3.0
     assert merge([]) == []
+
+
+def test_the_total_is_the_drivers_and_a_cancel_on_any_node_cancels_the_job() -> None:
+    a = job_views([job(None, total=9)], None, trusted=False)
+    b = job_views([job(None, total=0)], None, trusted=False)  # a bucket node: no runs
+    [j] = merge([("n1:1", a), ("n2:1", b)])
+    assert (j["segments"], j["state"], j["stopped"]) == (9, "running", None)
+    c = job_views([job(None, stopped="job j1 was cancelled by ann")], None, trusted=False)
+    [j] = merge([("n1:1", a), ("n2:1", c)])
+    assert (j["state"], j["stopped"]) == ("cancelled", "job j1 was cancelled by ann")

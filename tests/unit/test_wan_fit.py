@@ -33,6 +33,28 @@ def test_streams_only_for_large_reads_on_long_paths() -> None:
     assert wan.streams_for(0.05, big) == wan.STREAMS > 1
 
 
+def test_several_replicas_stripe_on_any_path_one_stream_each_at_least() -> None:
+    big = wan.STRIPE_MIN
+    assert wan.STRIPE_SHORT  # measured not slower on loopback (README "WAN transfer")
+    assert wan.streams_for(0.0001, big, holders=3) == 3  # one per holder on a short path
+    assert wan.streams_for(None, big, holders=2) == 2
+    assert wan.streams_for(0.05, big, holders=2) == wan.STREAMS
+    assert wan.streams_for(0.05, big, holders=wan.STREAMS + 2) == wan.STREAMS + 2
+    assert wan.streams_for(0.0001, big - 1, holders=3) == 1  # too small
+
+
+def test_only_holders_about_as_near_as_the_nearest_are_striped_over() -> None:
+    assert wan.near(0.0003, 0.00005)  # a LAN holder beside one on this host: both short
+    assert not wan.near(0.04, 0.00005)  # a WAN holder beside a LAN one: a slow tail
+    assert wan.near(0.2, 0.05) and not wan.near(0.21, 0.05)  # within FAR_FACTOR x
+    assert not wan.near(None, 0.01)  # no RTT: not reachable just now
+
+
+def test_a_steal_on_a_long_path_leaves_at_least_what_a_stream_has_in_flight() -> None:
+    assert wan.split_for(0.0001) == wan.split_for(None) == 8 << 20
+    assert wan.split_for(0.2) == wan.LONG_BUF
+
+
 def test_a_congestion_control_the_kernel_lacks_is_refused() -> None:
     with pytest.raises(ValueError, match="not in this kernel"):
         wan.resolve("nosuchcc")
@@ -46,21 +68,45 @@ def _pair() -> tuple[socket.socket, socket.socket, socket.socket]:
     return ls, c, s
 
 
-def test_fit_sets_the_congestion_control_and_keeps_loopback_buffers() -> None:
+def test_fit_keeps_the_kernels_cc_and_buffers_on_a_short_path() -> None:
+    """``auto``: a loopback stream keeps the kernel's congestion control (fair to other
+    TCP flows where it fills the path anyway) and its buffers."""
     ls, c, s = _pair()
     try:
+        kernel = wan.used(c)
         c.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
         before = c.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
         rtt = wan.fit(c)
         assert rtt is not None and rtt < wan.LONG_RTT  # the kernel's own RTT of loopback
-        want = wan.congestion()
-        if want:
-            assert wan.used(c) == want
+        assert wan.used(c) == kernel
         # a short path keeps its buffers (the loopback path is unchanged)
         assert c.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == before
     finally:
         for x in (c, s, ls):
             x.close()
+
+
+def test_auto_gives_bbr_to_long_paths_only_and_a_pinned_cc_to_every_path() -> None:
+    wanted = wan._Settings.wanted
+    try:
+        assert wan.configure("auto") in ("", "bbr")
+        assert wan.cc_for(0.0001) == "" and wan.cc_for(None) == ""
+        assert wan.cc_for(0.2) == wan.congestion()
+        if "bbr" in wan.available():
+            assert wan.cc_for(0.2) == "bbr"
+            wan.configure("bbr")
+            assert wan.cc_for(0.0001) == "bbr"
+            ls, c, s = _pair()
+            try:
+                wan.fit(c)
+                assert wan.used(c) == "bbr"  # pinned: loopback too
+            finally:
+                for x in (c, s, ls):
+                    x.close()
+        wan.configure("cubic")
+        assert wan.cc_for(0.2) == wan.cc_for(0.0) == "cubic"
+    finally:
+        wan.configure(wanted)
 
 
 def test_loopback_addresses_are_never_probed_as_long_paths() -> None:

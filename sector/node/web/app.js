@@ -93,8 +93,19 @@
       headers: { "Authorization": `Bearer ${credential()}`, "Content-Type": "application/json" },
       body: JSON.stringify({ address, cancel }),
     });
+    done("drain", r);
+  }
+  async function cancelJob(job) {
+    if (!confirm(`Cancel Sphere job ${job}?`)) return;
+    const r = await fetch(`/api/jobs/${encodeURIComponent(job)}/cancel`, {
+      method: "POST",
+      headers: { "Authorization": `Bearer ${credential()}` },
+    });
+    done("cancel", r);
+  }
+  async function done(what, r) {
     const body = await r.json().catch(() => ({}));
-    notice = r.ok ? "" : `drain: ${body.error || "HTTP " + r.status}`;
+    notice = r.ok ? "" : `${what}: ${body.error || "HTTP " + r.status}`;
     setTimeout(() => { notice = ""; }, 8000);
     refresh();
   }
@@ -157,7 +168,8 @@
   function renderJobs(j) {
     const sphere = j.sphere || [];
     $("#sphere-jobs").innerHTML = sphere.length ? sphere.map((job) => {
-      const total = job.done + job.running + job.failed;
+      // The job's segments, as its driver told the nodes (else those started so far).
+      const total = Math.max(job.segments || 0, job.done + job.running + job.failed);
       const pct = (k) => (total ? (100 * job[k] / total).toFixed(1) : 0);
       const now = Date.now() / 1000;
       const prev = rates[job.id];
@@ -170,10 +182,13 @@
         `<div><b>segment ${esc(e.seg)}</b> on <span class="mono">${esc(e.node)}</span>: ${esc(e.error)}` +
         (e.traceback ? `<pre>${esc(e.traceback)}</pre>` : "") + `</div>`).join("") +
         (job.errors_hidden ? `<p class="muted">${num(job.errors_hidden)} failures (their errors are shown to the job's user)</p>` : "");
-      return `<div class="job" data-job="${esc(job.id)}" data-done="${esc(job.done)}" data-running="${esc(job.running)}" data-failed="${esc(job.failed)}">` +
-        `<h3>${esc(job.id)} ${pill(job.state)}</h3>` +
-        `<div class="bar" title="of the segments started so far (the driver holds the rest)"><span style="width:${pct("done")}%"></span><span class="failed" style="left:${pct("done")}%;width:${pct("failed")}%"></span></div>` +
-        `<dl class="kv" style="margin-top:10px"><dt>Segments</dt><dd><span class="seg-done">${num(job.done)}</span> done · ${num(job.running)} running · ${num(job.failed)} failed · ${num(job.cancelled)} cancelled</dd>` +
+      const cancel = credential() && job.state === "running"
+        ? ` <button class="drain" data-cancel-job="${esc(job.id)}">cancel</button>` : "";
+      return `<div class="job" data-job="${esc(job.id)}" data-state="${esc(job.state)}" data-segments="${esc(total)}" data-done="${esc(job.done)}" data-running="${esc(job.running)}" data-failed="${esc(job.failed)}">` +
+        `<h3>${esc(job.id)} ${pill(job.state)}${cancel}</h3>` +
+        (job.stopped ? `<p class="muted">${esc(job.stopped)}</p>` : "") +
+        `<div class="bar" title="${num(job.done)} of ${num(total)} segments done"><span style="width:${pct("done")}%"></span><span class="failed" style="left:${pct("done")}%;width:${pct("failed")}%"></span></div>` +
+        `<dl class="kv" style="margin-top:10px"><dt>Segments</dt><dd><span class="seg-done">${num(job.done)}</span> of ${num(total)} done · ${num(job.running)} running · ${num(job.failed)} failed · ${num(job.cancelled)} cancelled</dd>` +
         `<dt>Throughput</dt><dd>${live ? live.toFixed(2) + " segments/s" : "–"}${job.bytes_per_s ? " · " + bytes(job.bytes_per_s) + "/s in" : ""}</dd>` +
         `<dt>Read · written</dt><dd>${bytes(job.bytes_in)} · ${num(job.records_out)} records</dd>` +
         `<dt>Started</dt><dd>${esc(ago(job.started))}${job.owner ? " by " + esc(job.owner) : ""}</dd></dl>` +
@@ -245,6 +260,10 @@
   $("#nodes").addEventListener("click", (e) => {
     const b = e.target.closest("button[data-drain]");
     if (b) drain(b.dataset.drain, !!b.dataset.cancel);
+  });
+  $("#sphere-jobs").addEventListener("click", (e) => {
+    const b = e.target.closest("button[data-cancel-job]");
+    if (b) cancelJob(b.dataset.cancelJob);
   });
   api("/api/node").then((n) => {
     $("#me").textContent = n.address;

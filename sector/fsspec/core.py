@@ -27,10 +27,9 @@ client of its own rather than the parent's sockets.
 
 Reads are ranged: a file object fetches the blocks it is asked for (``read_range``
 on the nearest replica, ``block_size`` of readahead), from the version the file had
-when it was opened. Not done: reading a replica's blob file directly when the process
-runs on a node holding it -- a Sphere engine sees its node's blobs at a path of its
-sandbox but is told neither its node nor whether it is sandboxed, so there is no clean
-way to know a local file is the replica (see the README).
+when it was opened. In a Sphere UDF on a node that holds the file, ``open``/``cat``
+read the node's replica directly, checked as the node would serve it (``local``;
+``fs.local.reads`` counts them).
 """
 
 from __future__ import annotations
@@ -40,7 +39,6 @@ import contextlib
 import datetime
 import errno
 import hashlib
-import io
 import os
 import re
 import shutil
@@ -56,19 +54,14 @@ from sector.client.aio import AsyncClient
 from sector.config import resolve_address
 from sector.errors import (
     AlreadyExists,
-    ConnectError,
-    CredentialError,
-    DirectoryNotEmpty,
-    IsADirectory,
-    NoSpace,
-    NotADirectory,
     NotFound,
-    PermissionDenied,
     SectorError,
     Timeout,
     TransportError,
     UsageError,
 )
+from sector.fsspec.errors import WriteOnceError, _errors, _info, _oserror
+from sector.fsspec.local import LocalReplicas
 
 __all__ = ["SectorFileSystem", "WriteOnceError"]
 
@@ -78,63 +71,6 @@ _ADDR = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):[0-9]{1,5}")
 # Clients a fork or a loop change left behind: kept referenced, never used or closed
 # (their sockets are the parent's; collecting them would warn about unclosed transports).
 _ABANDONED: list[AsyncClient] = []
-
-
-class WriteOnceError(io.UnsupportedOperation, NotImplementedError):
-    """A mode Sector's write-once files cannot give (append, update).
-
-    ``io.UnsupportedOperation`` is both an ``OSError`` and a ``ValueError``, and fsspec
-    implementations refuse modes with ``NotImplementedError``: whichever a caller
-    catches, this is it."""
-
-
-def _oserror(exc: SectorError) -> Exception:
-    """The builtin exception fsspec users expect for a Sector error (one line)."""
-    msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    for cls, builtin, code in (
-        (NotFound, FileNotFoundError, errno.ENOENT),
-        (AlreadyExists, FileExistsError, errno.EEXIST),
-        (IsADirectory, IsADirectoryError, errno.EISDIR),
-        (NotADirectory, NotADirectoryError, errno.ENOTDIR),
-        (DirectoryNotEmpty, OSError, errno.ENOTEMPTY),
-        (PermissionDenied, PermissionError, errno.EACCES),
-        (CredentialError, PermissionError, errno.EACCES),
-        (NoSpace, OSError, errno.ENOSPC),
-        (Timeout, TimeoutError, errno.ETIMEDOUT),
-    ):
-        if isinstance(exc, cls):
-            return builtin(code, msg)
-    if isinstance(exc, ConnectError):
-        return ConnectionError(f"cannot reach the Sector cluster: {msg}")
-    if isinstance(exc, UsageError):  # bad paths and arguments: no I/O happened
-        return ValueError(msg)
-    return OSError(errno.EIO, msg)
-
-
-@contextlib.contextmanager
-def _errors() -> Iterator[None]:
-    try:
-        yield
-    except SectorError as exc:
-        raise _oserror(exc) from None
-
-
-def _info(e: dict[str, Any]) -> dict[str, Any]:
-    """fsspec's entry for a Sector stat or listing entry: the same keys from either
-    (checksum included), so ``checksum()``/``ukey()`` agree whichever it came from."""
-    is_dir = e["type"] == "dir"
-    reps = e.get("replicas", 0)
-    if isinstance(reps, list):
-        reps = sum(1 for r in reps if r.get("state") == "up")
-    return {
-        "name": e["path"],
-        "size": 0 if is_dir else int(e["size"]),
-        "type": "directory" if is_dir else "file",
-        "checksum": None if is_dir else e.get("checksum"),
-        "mtime": e.get("mtime"),
-        "replicas": reps,
-        "rf": e.get("rf"),
-    }
 
 
 class SectorFileSystem(AsyncFileSystem):
@@ -173,6 +109,8 @@ class SectorFileSystem(AsyncFileSystem):
         self._aio: AsyncClient | None = None
         self._aio_key: tuple[int, int, str] | None = None
         self._ready: asyncio.Future[None] | None = None
+        # Reads served from the node's own replica in a Sphere UDF (``local``).
+        self.local = LocalReplicas()
 
     # ------------------------------------------------------------------ connection
 
@@ -384,6 +322,10 @@ class SectorFileSystem(AsyncFileSystem):
         """Bytes [start, end) of the version ``st`` names (whole: checksum-verified)."""
         if end <= start:
             return b""
+        if self.local.root() is not None:  # in a Sphere engine: its node's replica?
+            got = await asyncio.to_thread(self.local.read, st, start, end)
+            if got is not None:
+                return got
         c = await self._client()
         length = None if start == 0 and end >= st["size"] else end - start
         try:
