@@ -43,6 +43,7 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/pip install -q -e '.[dev,bench]'  # the peers: Dask, PySpark, scikit-learn
+	command -v etcd >/dev/null || (apt-get update -qq && apt-get install -y -qq etcd-server)
 	$(BIN)/python bench/storage.py
 	$(BIN)/python bench/metadata.py
 	$(BIN)/python bench/repair.py

@@ -7,6 +7,7 @@ Throughput is in MB/s with MB = 10**6 bytes, as disk and network tools report it
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as _dt
 import json
@@ -14,6 +15,8 @@ import os
 import platform
 import subprocess
 import sys
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -101,3 +104,50 @@ def cpu_seconds(pids: list[int]) -> float:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
     return total
+
+
+def count_error(errors: dict[str, int], exc: BaseException) -> None:
+    """Errors are counted, not fatal: the table says how many and the log says which."""
+    key = f"{type(exc).__name__}: {exc}"[:120]
+    errors[key] = errors.get(key, 0) + 1
+
+
+async def timed_async(
+    op: Callable[[str, int], Awaitable[Any]],
+    seconds: float,
+    inflight: int,
+    tag: str,
+    barrier: Any,
+    catch: tuple[type[BaseException], ...],
+) -> dict[str, Any]:
+    """``inflight`` coroutines calling ``op`` for ``seconds`` (after ``barrier``):
+    ops, elapsed, CPU of this process, every call's latency, errors (of ``catch``,
+    counted, not fatal)."""
+    lats: list[list[float]] = [[] for _ in range(inflight)]
+    errors: dict[str, int] = {}
+    # The barrier blocks the loop, which is idle until the phase starts anyway.
+    barrier.wait(timeout=120)
+    cpu0 = time.process_time()
+    start = time.perf_counter()
+    deadline = start + seconds
+
+    async def worker(t: int) -> None:
+        lat = lats[t]
+        n = 0
+        while (t0 := time.perf_counter()) < deadline:
+            try:
+                await op(f"{tag}{t}-{n}", t + n)
+            except catch as exc:
+                count_error(errors, exc)
+            lat.append(time.perf_counter() - t0)
+            n += 1
+
+    await asyncio.gather(*(worker(t) for t in range(inflight)))
+    lat = [x for part in lats for x in part]
+    return {
+        "ops": len(lat),
+        "elapsed": time.perf_counter() - start,
+        "cpu_s": time.process_time() - cpu0,
+        "lat": lat,
+        "errors": errors,
+    }

@@ -63,7 +63,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from _common import cpu_seconds, machine, percentile, write_result
+import _etcd
+from _common import count_error, cpu_seconds, machine, percentile, timed_async, write_result
 from rich.console import Console
 from rich.table import Table
 
@@ -80,9 +81,7 @@ SAMPLE = 250  # paths per client handed back for the unloaded latency pass
 
 
 def _count(errors: dict[str, int], exc: SectorError) -> None:
-    """Errors are counted, not fatal: the table says how many and the log says which."""
-    key = f"{type(exc).__name__}: {exc}"[:120]
-    errors[key] = errors.get(key, 0) + 1
+    count_error(errors, exc)
 
 
 def _timed_sync(
@@ -120,34 +119,7 @@ async def _timed_async(
     barrier: Any,
 ) -> dict[str, Any]:
     """``inflight`` coroutines on one AsyncClient for ``seconds``: N calls in flight."""
-    lats: list[list[float]] = [[] for _ in range(inflight)]
-    errors: dict[str, int] = {}
-    # The barrier blocks the loop, which is idle until the phase starts anyway.
-    barrier.wait(timeout=120)
-    cpu0 = time.process_time()
-    start = time.perf_counter()
-    deadline = start + seconds
-
-    async def worker(t: int) -> None:
-        lat = lats[t]
-        n = 0
-        while (t0 := time.perf_counter()) < deadline:
-            try:
-                await op(f"{tag}{t}-{n}", t + n)
-            except SectorError as exc:
-                _count(errors, exc)
-            lat.append(time.perf_counter() - t0)
-            n += 1
-
-    await asyncio.gather(*(worker(t) for t in range(inflight)))
-    lat = [x for part in lats for x in part]
-    return {
-        "ops": len(lat),
-        "elapsed": time.perf_counter() - start,
-        "cpu_s": time.process_time() - cpu0,
-        "lat": lat,
-        "errors": errors,
-    }
+    return await timed_async(op, seconds, inflight, tag, barrier, (SectorError,))
 
 
 def _client(
@@ -264,24 +236,18 @@ def _client(
 class Clients:
     """The client processes, driven phase by phase from the parent."""
 
-    def __init__(self, entries: list[str], dirs: list[list[str]], scratch: Path) -> None:
+    def __init__(
+        self, count: int, target: Callable[..., None], args_of: Callable[[int], tuple[Any, ...]]
+    ) -> None:
+        """``count`` processes running ``target(*args_of(k), cmds, results, barrier)``."""
         ctx = mp.get_context("spawn")  # no fork: the parent has threads (rich, clients)
-        count = len(dirs)
         self.barrier = ctx.Barrier(count + 1)  # the clients and the parent
         self.results = ctx.Queue()
         self.cmds = [ctx.Queue() for _ in range(count)]
         self.procs = [
             ctx.Process(
-                target=_client,
-                args=(
-                    k,
-                    entries[k % len(entries)],
-                    dirs[k],
-                    str(scratch),
-                    self.cmds[k],
-                    self.results,
-                    self.barrier,
-                ),
+                target=target,
+                args=(*args_of(k), self.cmds[k], self.results, self.barrier),
                 name=f"bench-client-{k}",
                 daemon=True,
             )
@@ -419,14 +385,24 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             cluster.start(args.nodes)
             entries = cluster.addresses()
             pids = [n.proc.pid for n in cluster.nodes if n.proc is not None]
+            if args.settle > 0:
+                # For ``warm_period`` (10 s) after its predecessor changes (as the ring
+                # forms), an owner merges every read with its successors' copies
+                # (sector/meta/service.py): the figures are of the steady state after it.
+                console.log(f"settling for {args.settle:g} s (the owners' warm period)")
+                time.sleep(args.settle)
             with sector.connect(entries[0]) as c:
                 for d in (d for ds in dirs for d in ds):
                     c.mkdir(d, parents=True)
-                clients = Clients(entries, dirs, root)
+                clients = Clients(
+                    len(dirs),
+                    _client,
+                    lambda k: (k, entries[k % len(entries)], dirs[k], str(root)),
+                )
                 try:
                     for inflight in args.inflight:
                         phases: dict[str, dict[str, Any]] = {}
-                        for name in PHASES:
+                        for name in args.phases:
                             console.log(
                                 f"{name}: {args.clients} clients x {inflight} in flight"
                                 f" for {args.seconds:g} s"
@@ -460,14 +436,17 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             console.log(f"kept {root}")
         else:
             shutil.rmtree(root, ignore_errors=True)
+    etcd = run_etcd(args, console, base) if args.etcd else None
     return {
         "benchmark": "metadata",
+        "etcd": etcd,
         "nodes": args.nodes,
         "replicas": args.replicas,
         "clients": args.clients,
         "dirs_per_client": args.dirs,
         "client_processes": "multiprocessing (spawn), client k enters at node k mod N",
         "seconds_per_phase": args.seconds,
+        "settle_seconds": args.settle,
         "modes": modes,
         "unloaded_latency": latency,
         "goals_per_s": GOALS,
@@ -475,6 +454,44 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         "loadavg_before": load_before,
         "machine": machine(),
     }
+
+
+def run_etcd(args: argparse.Namespace, console: Console, base: Path) -> dict[str, Any] | None:
+    """The same phases through a 3-member etcd cluster (``_etcd.py``), after Sector's
+    nodes are gone, at the same client concurrency."""
+    why = _etcd.available()
+    if why is not None:
+        console.log(f"etcd comparison skipped: {why}")
+        return {"skipped": why}
+    phases = [p for p in args.phases if p in _etcd.PHASES]
+    modes: list[dict[str, Any]] = []
+    console.log(f"etcd: {_etcd.MEMBERS} members on loopback")
+    with _etcd.EtcdCluster(base) as cluster:
+        clients = Clients(
+            args.clients, _etcd.client, lambda k: (k, cluster.urls[k % len(cluster.urls)])
+        )
+        try:
+            for inflight in args.inflight:
+                out: dict[str, dict[str, Any]] = {}
+                for name in phases:
+                    per_client, cpu = clients.run(name, args.seconds, inflight, cluster.pids())
+                    out[name] = p = summarize(name, per_client, cpu)
+                    console.log(
+                        f"etcd {name} x {inflight}: {p['per_s']:,.0f}/s, p50 {p['p50_ms']:.2f} ms,"
+                        f" {sum(p['errors'].values())} errors, cpu {p['cpu_cores_nodes']:.2f}"
+                    )
+                modes.append({"inflight_per_client": inflight, "phases": out})
+        finally:
+            clients.close()
+    return {"members": _etcd.MEMBERS, **_etcd.environment(), "modes": modes}
+
+
+def _etcd_phases(res: dict[str, Any], inflight: int) -> dict[str, Any]:
+    etcd = res.get("etcd") or {}
+    for m in etcd.get("modes", []):
+        if m["inflight_per_client"] == inflight:
+            return dict(m["phases"])
+    return {}
 
 
 def _table(title: str) -> Table:
@@ -490,6 +507,8 @@ def _table(title: str) -> Table:
     t.add_column("p99 ms", justify="right")
     t.add_column("errors", justify="right")
     t.add_column("cpu", justify="right")
+    t.add_column("etcd ops/s", justify="right")
+    t.add_column("ratio", justify="right")
     return t
 
 
@@ -507,7 +526,10 @@ def show(res: dict[str, Any], console: Console) -> None:
             f" {res['seconds_per_phase']:g} s per phase"
         )
         callers = f"{clients}" + (f" x {inflight}" if inflight > 1 else "")
+        etcd = _etcd_phases(res, inflight)
         for name, p in mode["phases"].items():
+            e = etcd.get(name)
+            ratio = f"{p['per_s'] / e['per_s']:.2f}x" if e and e["per_s"] else ""
             goal = p.get("goal_per_s")
             goal_txt = ""
             if goal:
@@ -523,6 +545,8 @@ def show(res: dict[str, Any], console: Console) -> None:
                 str(sum(p["errors"].values())),
                 f"{p['cpu_cores_nodes']:.2f}+{p['cpu_cores_clients']:.2f}"
                 f" / {p['cpu_cores_machine']:.2f}",
+                f"{e['per_s']:,.0f}" if e else "",
+                ratio,
             )
         if i == len(res["modes"]) - 1:
             t.add_section()
@@ -535,6 +559,8 @@ def show(res: dict[str, Any], console: Console) -> None:
                     f"{p['p50_ms']:.2f}",
                     f"{p['p99_ms']:.2f}",
                     str(sum(p["errors"].values())),
+                    "",
+                    "",
                     "",
                 )
         console.print(t)
@@ -557,6 +583,14 @@ def _inflight(text: str) -> list[int]:
     return vals
 
 
+def _phases(text: str) -> list[str]:
+    names = [x.strip() for x in text.split(",") if x.strip()]
+    bad = [n for n in names if n not in PHASES]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"phases are {', '.join(PHASES)}; not {bad}")
+    return names
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     ap.add_argument("--nodes", type=int, default=5, help="node processes (5)")
@@ -570,8 +604,27 @@ def main(argv: list[str] | None = None) -> int:
         " 1 = sync client, one call at a time; N > 1 = one AsyncClient, N coroutines"
         " (1,32)",
     )
+    ap.add_argument(
+        "--phases",
+        type=_phases,
+        default=list(PHASES),
+        help=f"phases to run, in order (default: {','.join(PHASES)})",
+    )
     ap.add_argument("--dirs", type=int, default=8, help="directories per client (8)")
     ap.add_argument("--seconds", type=float, default=5.0, help="length of each phase (5)")
+    ap.add_argument(
+        "--settle",
+        type=float,
+        default=12.0,
+        help="seconds to wait after the ring forms, past the owners' warm period (12)",
+    )
+    ap.add_argument(
+        "--etcd",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the same phases through a 3-member etcd cluster, with a ratio column (on;"
+        " skipped, saying why, where etcd is not installed)",
+    )
     ap.add_argument("--latency-calls", type=int, default=500, help="unloaded calls (500)")
     ap.add_argument("--dir", help="where to put the temp dir (default: the system temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir")

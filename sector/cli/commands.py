@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from sector.cli import output
 from sector.cli.progress import Transfers
-from sector.errors import AlreadyExists, NotADirectory, NotFound, UsageError
+from sector.errors import AlreadyExists, ClusterError, NotADirectory, NotFound, UsageError
 
 CHUNK = 1 << 20  # cat: big enough to amortise calls, small enough to stream promptly
 
@@ -34,6 +34,18 @@ class ClientLike(Protocol):
         self, local: str, remote: str, *, replicas: int | None = ..., progress: Any = ...
     ) -> dict[str, Any]: ...
     def get(self, remote: str, local: str, *, progress: Any = ...) -> dict[str, Any]: ...
+    def put_many(
+        self,
+        items: list[tuple[str, str]],
+        *,
+        replicas: int | None = ...,
+        concurrency: int = ...,
+        on_done: Any = ...,
+    ) -> Any: ...
+    def get_many(
+        self, items: list[tuple[str, str]], *, concurrency: int = ..., on_done: Any = ...
+    ) -> Any: ...
+    def mkdir_many(self, paths: list[str], *, concurrency: int = ...) -> Any: ...
     def open(self, remote: str, mode: str = ...) -> Any: ...
     def ls(self, path: str) -> list[dict[str, Any]]: ...
     def stat(self, path: str, *, verify: bool = ...) -> dict[str, Any]: ...
@@ -217,6 +229,34 @@ def _raise(e: OSError) -> None:
     raise e
 
 
+def _transfer_many(
+    bars: Transfers,
+    verb: str,
+    items: list[tuple[str, str]],
+    run: Callable[[list[tuple[str, str]], Any], Any],
+) -> list[dict[str, Any]]:
+    """Many files through ``run`` (``put_many`` / ``get_many``) with one bar counting
+    them; a file that fails is one line on stderr and the others go on. Raises once
+    at the end if any failed, so the exit code says so."""
+    advance = bars.files(verb, len(items))
+
+    def on_done(src: str, dst: str, res: dict[str, Any] | None, exc: BaseException | None) -> None:
+        if exc is not None:
+            bars.note(f"sector: error: {verb} {src} -> {dst}: {output.error_message(exc)}")
+            return
+        assert res is not None
+        advance(int(res.get("size") or 0))
+        if verb == "put" and res.get("under_replicated"):
+            n, rf = _replica_count(res), res.get("rf", "?")
+            bars.note(f"warning: {dst} stored on {n} of {rf} replicas")
+
+    batch = run(items, on_done)
+    if batch.failed:
+        raise ClusterError(f"{len(batch.failed)} of {len(items)} files failed ({verb})")
+    done: list[dict[str, Any]] = batch.done
+    return done
+
+
 def cmd_put(c: ClientLike, args: argparse.Namespace) -> None:
     _local_sources(args.local, args.recursive)
     dest = remote_path(args.remote)
@@ -224,29 +264,54 @@ def cmd_put(c: ClientLike, args: argparse.Namespace) -> None:
     if explicit_dir:
         _mkdirs(c, dest)  # asked for a directory: create it like `mkdir -p`
     into = explicit_dir or _remote_is_dir(c, dest)
+    dirs: list[str] = []  # parents first (the walk's order), also the empty ones
+    files: list[tuple[str, str]] = []
+    for local in args.local:
+        base = os.path.basename(os.path.normpath(local))
+        target = posixpath.join(dest, base) if into else dest
+        if not os.path.isdir(local):
+            files.append((local, target))
+            continue
+        for rel, names in _walk_local(local):
+            rdir = posixpath.join(target, *Path(rel).parts) if rel else target
+            dirs.append(rdir)
+            files += [(os.path.join(local, rel, f), posixpath.join(rdir, f)) for f in names]
     done: list[dict[str, Any]] = []
     with Transfers() as bars:
-
-        def send(local: str, remote: str) -> None:
+        if not dirs and len(files) == 1:
+            local, remote = files[0]
             res = c.put(local, remote, replicas=args.replicas, progress=bars.callback(remote))
             if res.get("under_replicated"):
                 n, rf = _replica_count(res), res.get("rf", args.replicas or "?")
                 output.warn(f"{remote} stored on {n} of {rf} replicas")
-            done.append({"local": local, **res, "path": res.get("path", remote)})
-
-        for local in args.local:
-            base = os.path.basename(os.path.normpath(local))
-            target = posixpath.join(dest, base) if into else dest
-            if not os.path.isdir(local):
-                send(local, target)
-                continue
-            for rel, files in _walk_local(local):
-                rdir = posixpath.join(target, *Path(rel).parts) if rel else target
-                _mkdirs(c, rdir)  # also mirrors empty directories
-                for f in files:
-                    send(os.path.join(local, rel, f), posixpath.join(rdir, f))
+            done = [{**res, "path": res.get("path", remote)}]
+        else:
+            made = c.mkdir_many(dirs, concurrency=args.jobs)
+            if made.failed:
+                f = made.failed[0]
+                raise ClusterError(f"mkdir {f.target}: {output.error_message(f.error)}")
+            done = _transfer_many(
+                bars,
+                "put",
+                files,
+                lambda items, cb: c.put_many(
+                    items, replicas=args.replicas, concurrency=args.jobs, on_done=cb
+                ),
+            )
     if args.json:
         output.emit_json({"files": done, "bytes": sum(int(d.get("size") or 0) for d in done)})
+
+
+def _walk_remote(c: ClientLike, remote_dir: str, dest: str, files: list[tuple[str, str]]) -> None:
+    """Make the local mirror of a remote tree's directories; list its files in ``files``."""
+    os.makedirs(dest, exist_ok=True)
+    for e in c.ls(remote_dir):
+        rp = e.get("path") or posixpath.join(remote_dir, e["name"])
+        target = os.path.join(dest, _safe_name(e["name"]))
+        if e.get("type") == "dir":
+            _walk_remote(c, rp, target, files)
+        else:
+            files.append((rp, target))
 
 
 def cmd_get(c: ClientLike, args: argparse.Namespace) -> None:
@@ -256,34 +321,33 @@ def cmd_get(c: ClientLike, args: argparse.Namespace) -> None:
     local_is_dir = os.path.isdir(local)
     if len(args.remote) > 1 and not local_is_dir:
         raise UsageError(f"not a local directory: {local} (needed for several sources)")
-    done: list[dict[str, Any]] = []
+    files: list[tuple[str, str]] = []
+    tree = False
+    for r in args.remote:
+        remote = remote_path(r)
+        info = c.stat(remote)
+        base = _safe_name(posixpath.basename(remote)) if remote != "/" else ""
+        dest = os.path.join(local, base) if local_is_dir else local
+        if info.get("type") == "dir":
+            if not args.recursive:
+                raise UsageError(f"{remote} is a directory (use -r)")
+            _walk_remote(c, remote, dest, files)
+            tree = True
+        else:
+            files.append((remote, dest))
     with Transfers() as bars:
-
-        def fetch(remote: str, dest: str) -> None:
+        if not tree and len(files) == 1:
+            remote, dest = files[0]
             res = c.get(remote, dest, progress=bars.callback(remote))
-            done.append({**res, "path": remote, "local": dest})
-
-        def mirror(remote_dir: str, dest: str) -> None:
-            os.makedirs(dest, exist_ok=True)
-            for e in c.ls(remote_dir):
-                rp = e.get("path") or posixpath.join(remote_dir, e["name"])
-                target = os.path.join(dest, _safe_name(e["name"]))
-                if e.get("type") == "dir":
-                    mirror(rp, target)
-                else:
-                    fetch(rp, target)
-
-        for r in args.remote:
-            remote = remote_path(r)
-            info = c.stat(remote)
-            base = _safe_name(posixpath.basename(remote)) if remote != "/" else ""
-            dest = os.path.join(local, base) if local_is_dir else local
-            if info.get("type") == "dir":
-                if not args.recursive:
-                    raise UsageError(f"{remote} is a directory (use -r)")
-                mirror(remote, dest)
-            else:
-                fetch(remote, dest)
+            done = [{**res, "path": remote, "local": dest}]
+        else:
+            got = _transfer_many(
+                bars,
+                "get",
+                files,
+                lambda items, cb: c.get_many(items, concurrency=args.jobs, on_done=cb),
+            )
+            done = [{**res, "local": dst} for res, (_, dst) in zip(got, files, strict=False)]
     if args.json:
         output.emit_json({"files": done, "bytes": sum(int(d.get("size") or 0) for d in done)})
 

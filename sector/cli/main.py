@@ -26,6 +26,7 @@ from sector.cli.args import (
     parse_topology,
     positive_int,
 )
+from sector.cli.output import error_message
 
 PROG = "sector"
 
@@ -362,12 +363,26 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="replica target of the new files",
     )
+    s.add_argument(
+        "-j",
+        "--jobs",
+        type=arg_type(positive_int),
+        default=32,
+        help="files in flight at once (default 32)",
+    )
     s.add_argument("local", nargs="+", metavar="LOCAL")
     s.add_argument("remote", metavar="REMOTE")
 
     s = cmd("get", "download files (directories with -r)")
     s.add_argument(
         "-r", "--recursive", action="store_true", help="download directories recursively"
+    )
+    s.add_argument(
+        "-j",
+        "--jobs",
+        type=arg_type(positive_int),
+        default=32,
+        help="files in flight at once (default 32)",
     )
     s.add_argument("remote", nargs="+", metavar="REMOTE")
     s.add_argument("local", metavar="LOCAL")
@@ -527,21 +542,6 @@ def _down(args: argparse.Namespace) -> int:
     else:
         output.echo(f"stopped {n} node{'s' if n != 1 else ''}")
     return EXIT_OK
-
-
-def error_message(exc: BaseException) -> str:
-    """The one line printed for a failure."""
-    from sector.errors import SectorError
-
-    if isinstance(exc, SectorError):
-        msg = str(exc)
-    elif isinstance(exc, OSError):
-        # '[Errno 2] No such file or directory: 'x'' reads badly; say 'x: No such ...'.
-        what = exc.strerror or str(exc) or type(exc).__name__
-        msg = f"{exc.filename}: {what}" if exc.filename is not None else what
-    else:
-        msg = f"internal error: {type(exc).__name__}: {exc}"
-    return " ".join(msg.split()) or type(exc).__name__
 
 
 def _alias(argv: list[str]) -> list[str]:

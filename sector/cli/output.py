@@ -15,6 +15,8 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from sector.errors import SectorError
+
 
 class StdoutClosed(Exception):
     """The process reading our stdout has gone away."""
@@ -103,3 +105,16 @@ def print_rich(renderable: Any) -> None:
         console.print(renderable)
     text = cap.get()
     echo(text[:-1] if text.endswith("\n") else text)
+
+
+def error_message(exc: BaseException) -> str:
+    """The one line printed for a failure."""
+    if isinstance(exc, SectorError):
+        msg = str(exc)
+    elif isinstance(exc, OSError):
+        # '[Errno 2] No such file or directory: 'x'' reads badly; say 'x: No such ...'.
+        what = exc.strerror or str(exc) or type(exc).__name__
+        msg = f"{exc.filename}: {what}" if exc.filename is not None else what
+    else:
+        msg = f"internal error: {type(exc).__name__}: {exc}"
+    return " ".join(msg.split()) or type(exc).__name__

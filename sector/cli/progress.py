@@ -2,7 +2,9 @@
 
 A bar appears only when stderr is a terminal and the file is larger than
 :data:`MIN_BAR_BYTES`; below that a transfer is over before a bar is readable, and
-in scripts the bars would only litter logs. The client may call a progress callback
+in scripts the bars would only litter logs. A transfer of many files (``-r``, several
+sources) shows one bar instead, counting files (:meth:`Transfers.files`), and its
+per-file errors are printed above it (:meth:`Transfers.note`). The client may call a progress callback
 from its I/O thread; rich's ``Progress`` takes a lock around updates, so that is safe.
 """
 
@@ -37,6 +39,50 @@ class Transfers:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+
+    def files(self, verb: str, total: int) -> Callable[[int], None]:
+        """A bar counting ``total`` files (when shown at all); call the returned
+        function with each file's size as it finishes."""
+        if not self.enabled or total < 2:
+            return lambda size: None
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self._progress = bars = Progress(
+            TextColumn("{task.description}", style="bold"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("files, {task.fields[bytes]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+        )
+        bars.start()
+        task = bars.add_task(verb, total=total, bytes="0 B")
+        done = [0]
+
+        def advance(size: int) -> None:
+            from sector.cli.output import fmt_bytes
+
+            done[0] += size
+            bars.update(task, advance=1, bytes=fmt_bytes(done[0]))
+
+        return advance
+
+    def note(self, line: str) -> None:
+        """One line on stderr, above the bars while they are shown."""
+        if self._progress is not None:
+            self._progress.console.print(line, markup=False, highlight=False)
+        else:
+            sys.stderr.write(line + "\n")
+            sys.stderr.flush()
 
     def callback(self, label: str) -> ProgressFn | None:
         """A ``progress(done, total)`` for one file, or None when no bar will be shown.

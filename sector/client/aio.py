@@ -30,7 +30,7 @@ from typing import Any
 
 import blake3
 
-from sector.client import fetch
+from sector.client import fetch, many
 from sector.config import local_cluster_addresses, resolve_address
 from sector.errors import (
     ChecksumMismatch,
@@ -234,8 +234,9 @@ class AsyncClient:
         return res
 
     async def mkdir(self, path: str, *, parents: bool = False) -> dict[str, Any] | None:
-        res: dict[str, Any] | None = await self._call(
-            "fs.mkdir", {"path": rec.normalize(path), "parents": parents}
+        p = rec.normalize(path)  # at its owner: the new record is made there, no hop
+        res: dict[str, Any] | None = await self._call_owner(
+            p, "fs.mkdir", {"path": p, "parents": parents}
         )
         return res
 
@@ -330,8 +331,12 @@ class AsyncClient:
         if remote.endswith("/") and path != "/":
             path = rec.join(path, name)
         size = st.st_size
-        # ``name``: if ``path`` is a directory, the node puts the file into it.
-        plan = await self._call(
+        # ``name``: if ``path`` is a directory, the node puts the file into it. Both
+        # steps go to the path's owner (issue 17): its record is then written where it
+        # lives, and many puts at once spread over the nodes instead of all passing
+        # through the entry (any node serves them; the entry if the owner fails).
+        plan = await self._call_owner(
+            path,
             "fs.begin_put",
             {
                 "path": path,
@@ -360,7 +365,8 @@ class AsyncClient:
             raise ChecksumMismatch(
                 f"upload of {path} was corrupted in transit ({their_sum} != {checksum})"
             )
-        res: dict[str, Any] = await self._call(
+        res: dict[str, Any] = await self._call_owner(
+            path,
             "fs.commit_put",
             {
                 "path": path,
@@ -410,6 +416,30 @@ class AsyncClient:
 
         rep = stored_reply(await first_live(targets, send), "blob.put")
         return rep.stored, rep.checksum
+
+    async def put_many(
+        self,
+        items: list[tuple[str, str]],
+        *,
+        replicas: int | None = None,
+        concurrency: int = many.CONCURRENCY,
+        on_done: many.OnDone | None = None,
+    ) -> many.Batch:
+        """Upload many (local, remote) files, ``concurrency`` at a time; each fails on
+        its own (``Batch.failed``), ``on_done`` is told of each (``client/many.py``)."""
+        return await many.put_many(
+            self, items, replicas=replicas, concurrency=concurrency, on_done=on_done
+        )
+
+    async def get_many(
+        self,
+        items: list[tuple[str, str]],
+        *,
+        concurrency: int = many.CONCURRENCY,
+        on_done: many.OnDone | None = None,
+    ) -> many.Batch:
+        """Download many (remote, local) files, ``concurrency`` at a time (as put_many)."""
+        return await many.get_many(self, items, concurrency=concurrency, on_done=on_done)
 
     def _order(self, replicas: list[dict[str, Any]]) -> list[str]:
         """Replica addresses, nearest and healthy first."""

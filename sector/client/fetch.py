@@ -25,14 +25,14 @@ import blake3
 
 from sector.errors import ChecksumMismatch, SectorError
 from sector.storage.blobs import WriteBehind
-from sector.storage.messages import Get
+from sector.storage.messages import SMALL_MAX, Get, GetSmall
 from sector.storage.transfer import open_get
 from sector.swarm.messages import SwarmGet
 from sector.transport import bulk, stripe, wan
 from sector.transport.bulk import BulkChannel
 from sector.transport.rpc import RpcPool, split_addr
 from sector.transport.spans import Plan, allot
-from sector.wire.messages import Request
+from sector.wire.messages import Request, to_args
 
 __all__ = ["SWARM_FLOOR", "download", "hash_file", "striped", "tell"]
 
@@ -74,6 +74,9 @@ async def download(
         req: Request = SwarmGet(path=st["path"], blob=st["blob"])
         wait = max(60.0, st["size"] / SWARM_FLOOR)
         chan, size = await open_get(pool, addr, req, stall_timeout=wait)
+    elif st["size"] <= SMALL_MAX:
+        await _small(pool, addr, st, tmp)
+        return
     else:
         streams = 1
         # A long link: several streams at once (loopback is never one: not asked).
@@ -100,6 +103,20 @@ async def download(
             raise ChecksumMismatch(f"replica at {addr} is corrupt (checksum mismatch)")
     finally:
         await chan.close()
+
+
+async def _small(pool: RpcPool, addr: str, st: dict[str, Any], tmp: Path) -> None:
+    """A small file inline in one reply, over the pooled connection (``blob.get_small``)."""
+    rep = await pool.call(addr, "blob.get_small", to_args(GetSmall(blob=st["blob"])))
+    data = rep.get("data") if isinstance(rep, dict) else None
+    if not isinstance(data, bytes) or len(data) != st["size"]:
+        got = len(data) if isinstance(data, bytes) else "no"
+        raise ChecksumMismatch(f"replica at {addr} has {got} bytes, expected {st['size']}")
+    if "blake3:" + blake3.blake3(data).hexdigest() != st["checksum"]:
+        raise ChecksumMismatch(f"replica at {addr} is corrupt (checksum mismatch)")
+    st["transfer"] = {"streams": 1, "holders": [addr], "inline": True, "from": addr}
+    with open(tmp, "wb") as f:
+        f.write(data)
 
 
 def tell(progress: Progress | None, streams: int, holders: int) -> None:

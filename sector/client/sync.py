@@ -15,6 +15,7 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+from sector.client import many
 from sector.client.aio import AsyncClient, Progress
 from sector.errors import IsADirectory, Timeout, UsageError
 
@@ -116,6 +117,33 @@ class Client:
         self, remote: str, local: str | os.PathLike[str], *, progress: Progress | None = None
     ) -> dict[str, Any]:
         return self._run(self._aio.get(remote, local, progress=progress))
+
+    def put_many(
+        self,
+        items: list[tuple[str, str]],
+        *,
+        replicas: int | None = None,
+        concurrency: int = many.CONCURRENCY,
+        on_done: many.OnDone | None = None,
+    ) -> many.Batch:
+        """Many uploads at once (``AsyncClient.put_many``); ``on_done`` runs on the
+        client's loop thread."""
+        return self._run(
+            self._aio.put_many(items, replicas=replicas, concurrency=concurrency, on_done=on_done)
+        )
+
+    def get_many(
+        self,
+        items: list[tuple[str, str]],
+        *,
+        concurrency: int = many.CONCURRENCY,
+        on_done: many.OnDone | None = None,
+    ) -> many.Batch:
+        return self._run(self._aio.get_many(items, concurrency=concurrency, on_done=on_done))
+
+    def mkdir_many(self, paths: list[str], *, concurrency: int = many.CONCURRENCY) -> many.Batch:
+        """``mkdir -p`` of many directories, a level at a time."""
+        return self._run(many.mkdir_many(self._aio, paths, concurrency=concurrency))
 
     def read(self, remote: str, offset: int = 0, length: int | None = None) -> bytes:
         return self._run(self._aio.read(remote, offset, length))

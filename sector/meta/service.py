@@ -63,7 +63,7 @@ from sector.errors import (
     Unavailable,
 )
 from sector.ids import key_id, to_hex
-from sector.meta import fileops
+from sector.meta import dirops, fileops
 from sector.meta import records as rec
 from sector.meta.batch import BATCH, Batcher
 from sector.meta.handoff import Handoff
@@ -81,7 +81,7 @@ log = logging.getLogger("sector.meta")
 # Owner-side operations that change a record: refused without quorum (module rules).
 WRITE_OPS = frozenset(
     {"put_file", "mkdir", "add_child", "remove_child", "delete", "set_replicas", "set_rf"}
-)
+) | {"remove_children"}
 CACHE_RECORDS = 4096
 WARM_FANOUT = 8  # member-view successors of a key a warm read also asks (a split that
 # cut off up to 7 nodes in a row after the key left it with the 8th)
@@ -92,15 +92,6 @@ def _str(a: dict[str, Any], name: str) -> str:
     if not isinstance(v, str):
         raise BadRequest(f"argument {name!r} must be a string")
     return v
-
-
-def _entry_delta(d: DirRecord, name: str) -> DirRecord:
-    """The directory with only entry ``name``: merged into a full copy, it adds just that.
-
-    Same attributes and version as ``d``, so the merge keeps the replica's attributes
-    and joins the one entry; the cost stays O(1) on the wire however large ``d`` is.
-    """
-    return msgspec.structs.replace(d, children={name: d.children[name]})
 
 
 class MetaService:
@@ -486,7 +477,7 @@ class MetaService:
                 raise NotFound(f"no such directory: {path}")
             new = rec.add_child(d, name, kind, self.tick(d, name))
             staged = self.stage(new, derived_from=d)
-        await self.commit([staged], deltas=[_entry_delta(new, name)])
+        await self.commit([staged], deltas=[dirops.entry_delta(new, name)])
         return None
 
     async def _op_remove_child(self, path: str, a: dict[str, Any]) -> Any:
@@ -497,7 +488,7 @@ class MetaService:
                 return None
             new = rec.remove_child(d, name, self.tick(d, name))
             staged = self.stage(new, derived_from=d)
-        await self.commit([staged], deltas=[_entry_delta(new, name)])
+        await self.commit([staged], deltas=[dirops.entry_delta(new, name)])
         return None
 
     async def _op_delete(self, path: str, a: dict[str, Any]) -> Any:
@@ -542,6 +533,7 @@ class MetaService:
         "get_many": _op_get_many,
         "set_replicas": fileops.set_replicas,
         "set_rf": fileops.set_rf,
+        "remove_children": dirops.remove_children,
     }
 
     # ------------------------------------------------------------------ replica-side handlers

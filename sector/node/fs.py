@@ -21,7 +21,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Annotated, Any, Protocol
 
 import msgspec
@@ -39,12 +39,11 @@ from sector.errors import (
 )
 from sector.meta import records as rec
 from sector.meta.records import DirRecord, FileRecord, Gone, Record
-from sector.node import status
+from sector.node import rmtree, status
 from sector.node.put import MAX_RF, PutHost, PutProtocol, Records
 from sector.security import guard
 from sector.storage.blobs import check_blob_id
-from sector.storage.messages import Delete
-from sector.wire.messages import Request, to_args, typed
+from sector.wire.messages import Request, typed
 
 log = logging.getLogger("sector.fs")
 
@@ -176,6 +175,7 @@ class FsService:
     def __init__(self, node: FsHost) -> None:
         self.node = node
         self._bg: set[asyncio.Task[None]] = set()
+        self.reaper = rmtree.Reaper(node.pool.call, self._spawn)  # blob.delete, batched
         # Told of every file version whose blob goes (``swarm.forget``: cached copies).
         self.on_blob_gone: Callable[[str, str], Awaitable[None]] | None = None
 
@@ -197,6 +197,10 @@ class FsService:
     async def get(self, path: str) -> Record | None:
         r = await self.node.meta.get(path)
         return None if isinstance(r, Gone) else r
+
+    async def call(self, path: str, op: str, args: dict[str, Any] | None = None) -> Any:
+        """Owner-side ``op`` on the record of ``path`` (routed)."""
+        return await self.node.meta.call(path, op, args)
 
     async def must_get(self, path: str) -> FileRecord | DirRecord:
         r = await self.get(path)
@@ -274,7 +278,7 @@ class FsService:
         if refusal is not None:
             raise Unavailable(refusal, node=self.node.addr)
 
-    async def _gather(self, coros: list[Any]) -> list[Any]:
+    async def gather(self, coros: list[Any]) -> list[Any]:
         sem = asyncio.Semaphore(FANOUT)
 
         async def one(c: Any) -> Any:
@@ -354,15 +358,16 @@ class FsService:
         """Best effort: remove a file version's blob from its replicas."""
         if not isinstance(r, FileRecord) or r.blob == keep:
             return
+        for _nid, addr in r.replicas:
+            self.reaper.add(addr, r.blob, r.path)
         if self.on_blob_gone is not None:
             await self.on_blob_gone(r.path, r.blob)
-        for _nid, addr in r.replicas:
-            with contextlib.suppress(SectorError, OSError):
-                args = to_args(Delete(blobs=[r.blob], path=r.path))
-                await self.node.pool.call(addr, "blob.delete", args, timeout=5.0)
 
-    def _spawn_delete(self, r: Record | None, keep: str | None = None) -> None:
-        task = asyncio.create_task(self.delete_blobs(r, keep=keep), name="blob-delete")
+    def spawn_delete(self, r: Record | None, keep: str | None = None) -> None:
+        self._spawn(self.delete_blobs(r, keep=keep))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro, name="blob-delete")
         self._bg.add(task)
         task.add_done_callback(self._bg.discard)
 
@@ -382,7 +387,7 @@ class FsService:
         if isinstance(r, FileRecord):
             return [self.entry(r)]
         names = list(rec.live_children(r))
-        kids = await self._gather([self.get(rec.join(path, n)) for n in names])
+        kids = await self.gather([self.get(rec.join(path, n)) for n in names])
         return [self.entry(k) for k in kids if isinstance(k, FileRecord | DirRecord)]
 
     @typed(Mkdir)
@@ -435,41 +440,8 @@ class FsService:
         self.writable()
         if path == "/":
             raise UsageError("refusing to remove /")
-        n = await self._rm(path, recursive=req.recursive)
+        n = await rmtree.remove(self, path, recursive=req.recursive)
         return {"removed": n}
-
-    async def _rm(self, path: str, *, recursive: bool) -> int:
-        try:
-            r = await self.must_get(path)
-        except NotFound:
-            # A dangling entry (a crash between the two steps of an earlier rm) would
-            # keep the parent "not empty" for ever: drop it, then report the miss.
-            await self.node.meta.call(
-                rec.parent(path), "remove_child", {"name": rec.basename(path)}
-            )
-            raise
-        count = 0
-        if isinstance(r, DirRecord) and recursive:
-            names = list(rec.live_children(r))
-            counts = await self._gather([self._rm_quiet(rec.join(path, n)) for n in names])
-            count += sum(counts)
-        res = await self.node.meta.call(path, "delete")
-        await self.node.meta.call(rec.parent(path), "remove_child", {"name": rec.basename(path)})
-        old = rec.from_builtins(res["old"]) if res and res.get("old") else None
-        if isinstance(old, FileRecord):
-            log.info("rm of %s: deleting blob %s (v %s)", path, old.blob, old.v)
-        elif res and res.get("repeat"):
-            # The first attempt removed it (its answer was lost): which blob it freed is
-            # not known here, and the collector takes the unclaimed copies.
-            log.info("rm of %s: done by an earlier attempt of this delete", path)
-        self._spawn_delete(old)
-        return count + 1
-
-    async def _rm_quiet(self, path: str) -> int:
-        try:
-            return await self._rm(path, recursive=True)
-        except NotFound:
-            return 0
 
     @typed(Mv)
     async def _h_mv(self, req: Mv) -> Any:
@@ -519,7 +491,7 @@ class FsService:
             )
             # Holders learn the new path before the record moves (best effort): their
             # collector keeps a blob any of its paths claims (see node/gc.py).
-            await self._gather([self._alias(addr, r.blob, dst) for _nid, addr in r.replicas])
+            await self.gather([self._alias(addr, r.blob, dst) for _nid, addr in r.replicas])
             res = await self.node.meta.call(dst, "put_file", {"record": rec.to_builtins(moved)})
             await self.node.meta.call(
                 rec.parent(dst), "add_child", {"name": rec.basename(dst), "kind": "file"}
@@ -529,18 +501,18 @@ class FsService:
             # path (best effort; the collector does the same later for one that missed
             # it), so removing the moved file deletes its copies at once rather than
             # leaving them to the collector's grace.
-            await self._gather(
+            await self.gather(
                 [self._alias(addr, r.blob, dst, confirm=True) for _nid, addr in r.replicas]
             )
             # A file replaced by the move (``replace``): its copies go, as on a put.
             old = rec.from_builtins(res["old"]) if res.get("old") else None
             if isinstance(old, FileRecord) and old.blob != r.blob:
-                self._spawn_delete(old, keep=r.blob)
+                self.spawn_delete(old, keep=r.blob)
         else:
             await self.ensure_dir(dst, parents=False, exist_ok=True)
             names = list(rec.live_children(r))
-            kids = await self._gather([self.get(rec.join(r.path, n)) for n in names])
-            await self._gather(
+            kids = await self.gather([self.get(rec.join(r.path, n)) for n in names])
+            await self.gather(
                 [
                     self._mv(k, rec.join(dst, rec.basename(k.path)))
                     for k in kids

@@ -56,6 +56,7 @@ OPS: dict[str, str] = {
     "fs.status": "any",
     # data: blob.get checks read on the blob's path, the puts check write
     "blob.get": "any",
+    "blob.get_small": "any",
     "blob.put": "any",
     "blob.put_small": "any",
     "blob.verify": "any",

@@ -27,6 +27,7 @@ __all__ = [
     "SMALL_MAX",
     "Delete",
     "Get",
+    "GetSmall",
     "Has",
     "Missing",
     "Put",
@@ -104,12 +105,24 @@ class Get(Request, frozen=True):
     length: Size | UnsetType | None = UNSET  # None: to the end
 
 
+class GetSmall(Request, frozen=True):
+    """blob.get_small: a whole blob of at most ``SMALL_MAX`` bytes inline in the reply
+    ``{data, total}`` over a pooled connection (``blob.get`` opens a stream of its
+    own: for a 4 KiB file, a connection per file cost more than the file)."""
+
+    op = "blob.get_small"
+    blob: BlobId = None
+
+
 class Delete(Request, frozen=True):
-    """blob.delete: remove these blobs; with ``path``, only those no other path claims."""
+    """blob.delete: remove these blobs; with ``path``, only those no other path claims;
+    with ``paths`` (one per blob: many files' blobs in one request), each as with its
+    own ``path``."""
 
     op = "blob.delete"
     blobs: Annotated[list[BlobId], Meta(max_length=MAX_DELETE)]
     path: str | None = None
+    paths: Annotated[list[str], Meta(max_length=MAX_DELETE)] | None = None
 
 
 class Has(Request, frozen=True):

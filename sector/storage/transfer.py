@@ -37,6 +37,7 @@ from sector.errors import (
     PermissionDenied,
     SectorError,
     TransportError,
+    UsageError,
     from_wire,
 )
 from sector.meta import records as rec
@@ -44,8 +45,10 @@ from sector.security import guard
 from sector.storage.blobs import BlobStore, BlobWriter, check_blob_id, checksum_file
 from sector.storage.inventory import Inventory
 from sector.storage.messages import (
+    SMALL_MAX,
     Delete,
     Get,
+    GetSmall,
     Has,
     Missing,
     Put,
@@ -112,6 +115,7 @@ class BlobService:
             "blob.verify": self._h_verify,
             "blob.missing": self._h_missing,
             "blob.put_small": self._h_put_small,
+            "blob.get_small": self._h_get_small,
             "blob.replicate": self._h_replicate,
         }
 
@@ -288,13 +292,29 @@ class BlobService:
         self.stats["bytes_out"] += n
         return None
 
+    @typed(GetSmall)
+    async def _h_get_small(self, req: GetSmall) -> Any:
+        blob = check_blob_id(req.blob)
+        self._check_read(blob)
+        with self.blobs.open(blob) as f:
+            # One read of at most SMALL_MAX + 1 bytes (a page-cache hit for a fresh
+            # small file, as blob.get's open is on the loop too).
+            data = f.read(SMALL_MAX + 1)
+        if len(data) > SMALL_MAX:
+            raise UsageError(f"blob {blob} is larger than {SMALL_MAX} bytes (use blob.get)")
+        self.stats["gets"] += 1
+        self.stats["bytes_out"] += len(data)
+        return {"data": data, "total": len(data)}
+
     @typed(Delete)
     async def _h_delete(self, req: Delete) -> Any:
-        path = req.path
         inv = self.inventory
         n = 0
         ids = [check_blob_id(b) for b in req.blobs]  # all checked before any is deleted
-        for b in ids:
+        if req.paths is not None and len(req.paths) != len(ids):
+            raise UsageError("blob.delete: paths must name one path per blob")
+        for i, b in enumerate(ids):
+            path = req.paths[i] if req.paths is not None else req.path
             # A file's delete (``path`` given) spares a blob another path also claims:
             # a rename cut short by a crash leaves two records on one blob, and removing
             # one must not take the other's bytes. The collector decides, after its

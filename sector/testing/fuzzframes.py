@@ -29,7 +29,7 @@ OPS = [
     *("fs.stat", "fs.ls", "fs.mkdir", "fs.begin_put", "fs.commit_put", "fs.rm", "fs.mv"),
     *("fs.status", "fs.setrf"),
     *("blob.put", "blob.get", "blob.put_small", "blob.replicate", "blob.delete", "blob.has"),
-    *("blob.verify", "blob.missing", "blob.alias"),
+    *("blob.verify", "blob.missing", "blob.alias", "blob.get_small"),
     *("meta.op", "meta.replicate", "meta.fetch", "meta.absorb", "meta.horizon"),
     *("chord.next_hop", "chord.state", "chord.notify", "chord.ping", "chord.leaving"),
     *("node.gossip", "node.info", "node.ping"),
@@ -102,6 +102,7 @@ def templates(blob: str, size: int, checksum: str, node_id: str) -> dict[str, di
         "fs.mv": {"src": "/fuzz/none", "dst": "/fuzz/none2"},
         "fs.setrf": {"path": "/fuzz/none", "rf": 3},
         "blob.get": {"blob": blob, "offset": 0, "length": size},
+        "blob.get_small": {"blob": blob},
         "swarm.piece": {"blob": blob, "piece_size": 16384, "size": size, "pieces": [0, 1]},
         "swarm.pieces": {"blob": blob, "piece_size": 0},
         "swarm.announce": {

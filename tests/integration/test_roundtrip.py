@@ -315,6 +315,47 @@ def test_rm_r_removes_a_whole_tree(
     assert client.read("/rmr/tree/a.txt") == src.read_bytes()
 
 
+def test_a_tree_of_small_files_goes_up_comes_back_and_goes(
+    cluster: ProcCluster, client: sector.Client, sector_cli: Callable[..., Any], tmp_path: Path
+) -> None:
+    """put -r / get -r / rm -r of many small files (issue 17): pipelined, every file
+    and empty directory there, byte for byte, small files read inline; rm -r empties
+    each directory in batches and leaves nothing, not even an entry."""
+    addr = cluster.address
+    src = tmp_path / "tree"
+    want: dict[str, bytes] = {}
+    for i in range(240):
+        rel = f"d{i % 3}/s{i % 2}/f{i:03d}" if i % 4 else f"top{i:03d}"
+        want[rel] = os.urandom(i * 37 % 5000)
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(want[rel])
+    (src / "empty" / "deeper").mkdir(parents=True)
+
+    out = json.loads(
+        ok(sector_cli("put", "-r", "-j", "16", "--json", str(src), "/many", cluster=addr))
+    )
+    assert len(out["files"]) == len(want)
+    assert {f["path"] for f in out["files"]} == {f"/many/{r}" for r in want}
+    assert client.stat("/many/empty/deeper")["type"] == "dir"
+
+    got = json.loads(
+        ok(sector_cli("get", "-r", "--json", "/many", str(tmp_path / "back"), cluster=addr))
+    )
+    assert len(got["files"]) == len(want)
+    assert all(f["transfer"].get("inline") for f in got["files"])  # blob.get_small
+    for rel, data in want.items():
+        assert (tmp_path / "back" / rel).read_bytes() == data, rel
+    assert (tmp_path / "back" / "empty" / "deeper").is_dir()
+
+    blob = client.stat("/many/d1/s1/f001")["blob"]
+    assert json.loads(ok(sector_cli("rm", "-r", "--json", "/many", cluster=addr)))["removed"] == (
+        len(want) + 12  # and the directories: /many, d0-2, their 6 s0-1, empty, deeper
+    )
+    assert not client.exists("/many")
+    assert "many" not in {e["name"] for e in client.ls("/")}
+    wait_for(lambda: not holders(client, cluster, blob), 15, what="replicas to drop a blob")
+
+
 # ---------------------------------------------------------------- file objects
 
 

@@ -606,6 +606,9 @@ def test_private_prefix_needs_a_read_grant_on_every_node(
             for addr in holders:
                 kind, msg = refusal(blob_get(a, addr, st["blob"]))
                 assert (kind, msg) == ("PermissionDenied", denied), addr
+                # ... also inline, as a get of a small file asks (blob.get_small)
+                with pytest.raises(PermissionDenied, match=denied):
+                    a._run(pool.call(addr, "blob.get_small", {"blob": st["blob"]}))
             # Public paths stay public.
             assert a.read("/open/y.txt") == public
 

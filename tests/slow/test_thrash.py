@@ -131,13 +131,55 @@ def workload(c: sector.Client, tmp: Path, rng: random.Random, until: float) -> d
     # kill): their paths leave the books here and are settled by looking, at the end.
     maybe: list[tuple[str, list[str], bytes]] = []  # (op, paths, bytes)
     ops = {"puts": 0, "gets": 0, "deletes": 0, "renames": 0, "failed": 0}
+    ops |= {"tree_puts": 0, "tree_rms": 0, "tree_files_failed": 0}
+    trees: dict[str, list[str]] = {}  # tree root -> its files (issue 17: put -r, rm -r)
     n = 0
     src = tmp / "w.bin"
     while time.monotonic() < until:
         roll = rng.random()
         op: tuple[str, list[str], bytes] | None = None
         try:
-            if roll < 0.45 or len(acked) < 10:
+            if roll < 0.04:
+                # A burst of small files in a fresh tree (put_many, as `put -r`): each
+                # file is acknowledged or not on its own.
+                n += 1
+                root = f"/t/tree{n}"
+                items, datas = [], {}
+                for i in range(12):
+                    path = f"{root}/s{i % 3}/x{i % 2}/f{i}"
+                    datas[path] = rng.randbytes(rng.choice([0, 1, 100, 4096]))
+                    local = tmp / f"tree-{i}"
+                    local.write_bytes(datas[path])
+                    items.append((str(local), path))
+                batch = c.put_many(items)
+                for res in batch.done:
+                    acked[res["path"]] = datas[res["path"]]
+                for f in batch.failed:
+                    maybe.append(("put", [f.target], datas[f.target]))
+                    ops["tree_files_failed"] += 1
+                trees[root] = list(datas)
+                ops["tree_puts"] += 1
+            elif roll < 0.07 and trees:
+                root = rng.choice(sorted(trees))
+                files = trees.pop(root)
+                # Everything under it: its files, and any renamed in it since ("f3r").
+                inside = [p for p in acked if p.startswith(root + "/")]
+                gone = {p: acked.pop(p) for p in inside}
+                try:
+                    c.rm(root, recursive=True)
+                except SectorError:
+                    # Each file's outcome is settled by looking, with its own bytes.
+                    maybe.extend(("rm", [p], data) for p, data in gone.items())
+                    raise
+                deleted.update(files)
+                deleted.update(gone)
+                # The tree itself must be gone too, unless an op into it is in doubt
+                # (one that failed here may still land later, making its parents).
+                doubt = (p for _, paths, _ in maybe for p in paths)
+                if not any(p.startswith(root + "/") for p in doubt):
+                    deleted.add(root)
+                ops["tree_rms"] += 1
+            elif roll < 0.45 or len(acked) < 10:
                 n += 1
                 path = f"/t/d{n % 7}/f{n}"
                 size = rng.choice([0, 1, 100, 4096, 60_000, 300_000, 1_500_000])

@@ -19,13 +19,16 @@ import sector
 from sector.cli import commands
 from sector.cli.args import parse_address, parse_size, parse_topology
 from sector.cli.main import build_parser, error_message, main
+from sector.client.many import Batch, Failure
 from sector.errors import (
     AlreadyExists,
     ConnectError,
     DirectoryNotEmpty,
     IsADirectory,
+    NoSpace,
     NotADirectory,
     NotFound,
+    SectorError,
 )
 from sector.node import localcluster
 
@@ -275,6 +278,37 @@ class FakeClient:
         Path(local).write_bytes(self.files[remote])
         return info
 
+    def _many(self, fn: Any, items: list[tuple[str, str]], on_done: Any) -> Batch:
+        out = Batch()
+        for src, dst in items:
+            try:
+                res = fn(src, dst)
+            except (SectorError, OSError) as exc:
+                out.failed.append(Failure(src, dst, exc))
+                if on_done is not None:
+                    on_done(src, dst, None, exc)
+                continue
+            out.done.append(res)
+            if on_done is not None:
+                on_done(src, dst, res, None)
+        return out
+
+    def put_many(
+        self, items: list[tuple[str, str]], *, replicas: int | None = None, **kw: Any
+    ) -> Batch:
+        return self._many(self.put, items, kw.get("on_done"))
+
+    def get_many(self, items: list[tuple[str, str]], **kw: Any) -> Batch:
+        return self._many(self.get, items, kw.get("on_done"))
+
+    def mkdir_many(self, paths: list[str], **kw: Any) -> Batch:
+        def one(p: str, _: str) -> dict[str, Any]:
+            if p not in self.dirs:
+                self.mkdir(p, parents=True)
+            return {"path": p}
+
+        return self._many(one, [(p, p) for p in paths], None)
+
     def open(self, remote: str, mode: str = "rb") -> io.BytesIO:
         if remote not in self.files:
             raise NotFound(f"no such file: {remote}")
@@ -370,6 +404,35 @@ def test_put_recursive_mirrors_tree(fake: FakeClient, tmp_path: Path) -> None:
         "/up/src/sub/deep.bin",
     }
     assert "/up/sub/empty" in fake.dirs
+
+
+def test_put_recursive_goes_on_past_a_failed_file(
+    fake: FakeClient,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A tree goes up as one batch: a file that fails is one line naming it, the
+    others still go up, and the exit code says that something failed."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for n in ("a", "bad", "c"):
+        (src / n).write_bytes(n.encode())
+    put = fake.put
+
+    def flaky(local: str, remote: str, **kw: Any) -> dict[str, Any]:
+        if remote.endswith("/bad"):
+            raise NoSpace(f"no node can take 3 bytes for {remote}")
+        return put(local, remote, **kw)
+
+    monkeypatch.setattr(fake, "put", flaky)
+    assert run("put", "-r", str(src), "/t") == 1
+    assert fake.files.keys() == {"/t/a", "/t/c"}
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        f"sector: error: put {src / 'bad'} -> /t/bad: no node can take 3 bytes for /t/bad",
+        "sector: error: 1 of 3 files failed (put)",
+    ]
 
 
 def test_put_under_replicated_warns_but_succeeds(

@@ -10,7 +10,15 @@ from typing import Any
 import msgspec
 import pytest
 
-from sector.errors import ConnectError, DirectoryNotEmpty, IsADirectory, NotFound, Unavailable
+from sector.errors import (
+    BadRequest,
+    ConnectError,
+    DirectoryNotEmpty,
+    InvalidPath,
+    IsADirectory,
+    NotFound,
+    Unavailable,
+)
 from sector.ids import node_id
 from sector.meta import records as rec
 from sector.meta.records import DirRecord, FileRecord, Gone
@@ -118,6 +126,37 @@ def test_directory_rules_at_the_owner(tmp_path: Path) -> None:
         )
         d = m.store.get("/d")
         assert isinstance(d, DirRecord) and len(rec.live_children(d)) == 51
+        await m.stop()
+        m.store.close()
+
+    asyncio.run(main())
+
+
+def test_remove_children_takes_many_entries_out_in_one_update(tmp_path: Path) -> None:
+    """rm -r's batch (issue 17): the named entries go in one commit, each buried by a
+    later "gone" entry; others (a create made meanwhile) stay; names not there and bad
+    arguments change nothing; the directory can then go."""
+
+    async def main() -> None:
+        m = await service(tmp_path / "m.db", now=1_000.0)
+        await m.local("mkdir", "/d", {})
+        for i in range(20):
+            await m.local("add_child", "/d", {"name": f"n{i}", "kind": "file"})
+        gone = [f"n{i}" for i in range(19)] + ["never-there"]
+        assert await m.local("remove_children", "/d", {"names": gone}) == {"removed": 19}
+        d = m.store.get("/d")
+        assert isinstance(d, DirRecord) and rec.live_children(d) == {"n19": "file"}
+        assert d.children["n0"].kind == "gone"  # a tombstone entry, for the merge rules
+        assert await m.local("remove_children", "/d", {"names": ["n0"]}) == {"removed": 1}
+        assert await m.local("remove_children", "/missing", {"names": ["x"]}) == {"removed": 0}
+        for bad in ([], ["a/b"], "n19", [1]):
+            with pytest.raises((BadRequest, InvalidPath)):
+                await m.local("remove_children", "/d", {"names": bad})
+        with pytest.raises(DirectoryNotEmpty):
+            await m.local("delete", "/d", {})
+        await m.local("remove_children", "/d", {"names": ["n19"]})
+        await m.local("delete", "/d", {})
+        assert isinstance(m.store.get("/d"), Gone)
         await m.stop()
         m.store.close()
 
