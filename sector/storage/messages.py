@@ -122,7 +122,8 @@ class Delete(Request, frozen=True):
     op = "blob.delete"
     blobs: Annotated[list[BlobId], Meta(max_length=MAX_DELETE)]
     path: str | None = None
-    paths: Annotated[list[str], Meta(max_length=MAX_DELETE)] | None = None
+    # Sent only if set: a one-file delete travels as the map it always was.
+    paths: Annotated[list[str], Meta(max_length=MAX_DELETE)] | UnsetType = UNSET
 
 
 class Has(Request, frozen=True):

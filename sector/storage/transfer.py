@@ -311,10 +311,11 @@ class BlobService:
         inv = self.inventory
         n = 0
         ids = [check_blob_id(b) for b in req.blobs]  # all checked before any is deleted
-        if req.paths is not None and len(req.paths) != len(ids):
+        listed = req.paths if isinstance(req.paths, list) else None
+        if listed is not None and len(listed) != len(ids):
             raise UsageError("blob.delete: paths must name one path per blob")
         for i, b in enumerate(ids):
-            path = req.paths[i] if req.paths is not None else req.path
+            path = listed[i] if listed is not None else req.path
             # A file's delete (``path`` given) spares a blob another path also claims:
             # a rename cut short by a crash leaves two records on one blob, and removing
             # one must not take the other's bytes. The collector decides, after its
