@@ -59,15 +59,22 @@ from sector.wire.messages import Request, to_args, typed
 
 
 class Shard(Protocol):
-    def all(self) -> Iterator[Record]: ...
+    def files(self, lo: int, hi: int, since: int | None = None) -> Iterator[list[FileRecord]]: ...
+    def last_seq(self) -> int: ...
+
+
+class Arcs(Protocol):
+    def arc(self) -> tuple[int, int] | None: ...
 
 
 class Meta(Protocol):
-    """The metadata service as repair uses it: this node's shard (scans), routed reads
-    and owner-side updates."""
+    """The metadata service as repair uses it: this node's shard (scans) and the arc
+    it owns, routed reads and owner-side updates."""
 
     @property
     def store(self) -> Shard: ...
+    @property
+    def handoff(self) -> Arcs: ...
     async def get(self, path: str) -> Record | None: ...
     async def call(self, path: str, op: str, args: dict[str, Any] | None = None) -> Any: ...
 
@@ -98,6 +105,7 @@ log = logging.getLogger("sector.repair")
 
 MAX_HOPS = 3
 HEX = r"^[0-9a-f]+\Z"  # a node id (hex)
+FULL_SCAN_EVERY = 600.0  # seconds: a full scan at least this often (``_scan_sync``)
 COPY_RATE_FLOOR = 4 << 20  # bytes/s assumed when sizing a copy's timeout
 
 
@@ -143,6 +151,7 @@ class RepairWorker(Worker):
             "trims_deferred": 0,
             "bytes": 0,
             "scans": 0,
+            "full_scans": 0,  # scans that read every owned file (the rest: what changed)
             "audits": 0,
             "missing": 0,  # copies an audit found listed but absent
         }
@@ -156,6 +165,8 @@ class RepairWorker(Worker):
         self.auditor = Every("repair-audit", self.audit, audit_interval)
         self._settled = False
         self._lost: set[str] = set()
+        self._scanned: tuple[object, int | None] = (None, None)  # (inputs, seq) of the last scan
+        self._full_at = 0.0
         self._last_up: set[str] | None = None
         self._next_slot = 0.0
         self._qlen = 0
@@ -241,11 +252,17 @@ class RepairWorker(Worker):
             self.wake()
         return len(found)
 
+    def _owned_files(self, since: int | None = None) -> Iterator[FileRecord]:
+        """The file records this node owns (written after ``since``), read page by page."""
+        arc = self.node.meta.handoff.arc()
+        if arc is None:
+            return
+        for page in self.node.meta.store.files(*arc, since):
+            yield from page
+
     def _audit_plan(self, live: dict[str, Candidate]) -> dict[str, list[tuple[str, str]]]:
         out: dict[str, list[tuple[str, str]]] = {}
-        for r in self.node.meta.store.all():
-            if not isinstance(r, FileRecord) or not self.node.responsible_for(key_id(r.path)):
-                continue
+        for r in self._owned_files():
             for nid, _addr in r.replicas:
                 if nid in live:
                     out.setdefault(nid, []).append((r.path, r.blob))
@@ -266,11 +283,25 @@ class RepairWorker(Worker):
         return n
 
     def _scan_sync(self, live: dict[str, Candidate], draining: set[str], lost: set[str]) -> int:
-        # Runs in a thread: decoding the whole shard on the loop would stall heartbeats.
+        # Runs in a thread: decoding the shard on the loop would stall heartbeats.
+        # Incremental (issue 17): while the arc, the live members (with their hosts and
+        # topology, which placement weighs) and the draining set stay the same, a
+        # file's plan changes only when its record does, so the pass reads only the
+        # records written since the last one; any change of those, a lost node, or
+        # FULL_SCAN_EVERY seconds makes it a full scan.
+        sig = (
+            self.node.meta.handoff.arc(),
+            frozenset((c.node_id, c.host, c.topology) for c in live.values()),
+            frozenset(draining),
+        )
+        now = time.monotonic()
+        top = self.node.meta.store.last_seq()
+        since: int | None = self._scanned[1]
+        if lost or sig != self._scanned[0] or now - self._full_at > FULL_SCAN_EVERY:
+            since, self._full_at = None, now
+            self.counters["full_scans"] += 1
         paths = []
-        for r in self.node.meta.store.all():
-            if not isinstance(r, FileRecord) or not self.node.responsible_for(key_id(r.path)):
-                continue
+        for r in self._owned_files(since):
             p = repair_policy.plan(r.replicas, r.rf, live, draining=draining, seed=r.blob)
             if not p.ok or any(nid in lost for nid, _ in r.replicas):
                 paths.append(r.path)
@@ -279,6 +310,7 @@ class RepairWorker(Worker):
                 paths, "lost node" if lost else "scan", time.time(), urgent=bool(lost)
             )
         self._qlen = len(self.queue)
+        self._scanned = (sig, top)
         return len(paths)
 
     def held_on(self, ids: set[str]) -> dict[str, int]:
@@ -290,9 +322,7 @@ class RepairWorker(Worker):
         out = dict.fromkeys(ids, 0)
         if not ids:
             return out
-        for r in self.node.meta.store.all():
-            if not isinstance(r, FileRecord) or not self.node.responsible_for(key_id(r.path)):
-                continue
+        for r in self._owned_files():
             for nid, _ in r.replicas:
                 if nid in out:
                     out[nid] += 1
