@@ -256,34 +256,28 @@ class Handoff(Worker):
     def _mine(self, r: Record) -> bool:
         return self.ring.responsible_for(key_id(r.path))  # the arc may have moved
 
-    def counts(self, alive: set[str]) -> dict[str, int]:
+    def counts(self) -> dict[str, int]:
         """Counts over the records this node owns (so a cluster sum counts each once),
-        blocking (run in a thread): files and bytes from the bucket sums; a file is
-        under-replicated when fewer than its target of replicas sit on nodes that are
-        up (``alive``: ids of live members). Kept until the store or the inputs change:
-        the web page asks every 1.5 s."""
+        from the bucket sums (blocking: run in a thread): files, bytes, and
+        ``under_replicated`` as far as the records tell (files listing fewer holders
+        than their target; a listed holder that is down is the repair scanner's count,
+        ``RepairWorker.lacking``). Kept until the store changes: the web page asks
+        every 1.5 s."""
         arc = self.arc()
         if arc is None:
             return {"files": 0, "under_replicated": 0, "bytes": 0}
-        key = (self.store.generation, arc, frozenset(alive))
-        if self._counts is not None and self._counts[0] == key:
-            return dict(self._counts[1])
-        c = self.store.arc_counts(*arc)
-        out = {"files": c["files"], "under_replicated": self.store.arc_under(*arc, alive)}
-        out["bytes"] = c["bytes"]
-        self._counts = (key, out)
-        return dict(out)
+        key = (self.store.generation, arc)
+        if self._counts is None or self._counts[0] != key:
+            c = self.store.arc_counts(*arc)
+            out = {"files": c["files"], "under_replicated": c["short"], "bytes": c["bytes"]}
+            self._counts = (key, out)
+        return dict(self._counts[1])
 
     async def handoff_all(self, successor: Peer) -> None:
         """Graceful leave: give every record to the successor that takes our keys over."""
-        batch: list[Record] = []
-        for r in self.store.all():
-            batch.append(r)
-            if len(batch) >= BATCH:
-                await self._absorb_at(successor, batch)
-                batch = []
-        if batch:
-            await self._absorb_at(successor, batch)
+        async for page in _pages(self.store.arc_pages(0, 0)):  # the whole ring
+            for i in range(0, len(page), BATCH):
+                await self._absorb_at(successor, page[i : i + BATCH])
 
     async def _absorb_at(self, peer: Peer, records: Iterable[Record]) -> None:
         await self.ring.call(

@@ -584,6 +584,6 @@ class MetaService:
     async def handoff_all(self, successor: Peer) -> None:
         await self.handoff.handoff_all(successor)
 
-    def counts(self, alive: set[str]) -> dict[str, int]:
+    def counts(self) -> dict[str, int]:
         """files, under_replicated and bytes of what this node owns (``Handoff.counts``)."""
-        return self.handoff.counts(alive)
+        return self.handoff.counts()

@@ -66,13 +66,15 @@ _B = f"substr(NEW.key, 1, {digest.PREFIX})"
 _OB = f"substr(OLD.key, 1, {digest.PREFIX})"
 _ADD = """n = n {op} 1, lo = lo {op} ({r}.h & 2147483647), hi = hi {op} ({r}.h >> 31),
     files = files {op} ({r}.kind = 'file'), dirs = dirs {op} ({r}.kind = 'dir'),
-    gone = gone {op} ({r}.kind = 'gone'), bytes = bytes {op} {r}.size"""
+    gone = gone {op} ({r}.kind = 'gone'), bytes = bytes {op} {r}.size,
+    short = short {op} ({r}.kind = 'file' AND {r}.rf > (length({r}.holders) + 1) / 41)"""
 _BUCKETS = f"""
 CREATE TABLE IF NOT EXISTS buckets (
     b TEXT PRIMARY KEY, n INTEGER NOT NULL DEFAULT 0, lo INTEGER NOT NULL DEFAULT 0,
     hi INTEGER NOT NULL DEFAULT 0, files INTEGER NOT NULL DEFAULT 0,
     dirs INTEGER NOT NULL DEFAULT 0, gone INTEGER NOT NULL DEFAULT 0,
-    bytes INTEGER NOT NULL DEFAULT 0
+    bytes INTEGER NOT NULL DEFAULT 0,
+    short INTEGER NOT NULL DEFAULT 0 -- files listing fewer holders than their target
 ) WITHOUT ROWID;
 CREATE TRIGGER IF NOT EXISTS records_ins AFTER INSERT ON records BEGIN
     UPDATE buckets SET {_ADD.format(op="+", r="NEW")} WHERE b = {_B};
@@ -179,9 +181,10 @@ class MetaStore:
     def _fill_buckets(self) -> None:
         p = digest.PREFIX
         self._w.execute(
-            f"INSERT OR REPLACE INTO buckets (b, n, lo, hi, files, dirs, gone, bytes) "
+            f"INSERT OR REPLACE INTO buckets (b, n, lo, hi, files, dirs, gone, bytes, short) "
             f"SELECT substr(key, 1, {p}), COUNT(*), SUM(h & 2147483647), SUM(h >> 31), "
-            f"SUM(kind = 'file'), SUM(kind = 'dir'), SUM(kind = 'gone'), SUM(size) "
+            f"SUM(kind = 'file'), SUM(kind = 'dir'), SUM(kind = 'gone'), SUM(size), "
+            f"SUM(kind = 'file' AND rf > (length(holders) + 1) / 41) "
             f"FROM records GROUP BY substr(key, 1, {p})"
         )
 
@@ -253,7 +256,15 @@ class MetaStore:
         }
 
     # Rule 5: an arc (lo, hi] is summed from the bucket table plus its partial buckets.
-    _IN = "key > ? AND key <= ? AND key >= ? AND key < ?"
+    @staticmethod
+    def _in(a: str, b: str, bucket: str) -> tuple[str, tuple[str, str]]:
+        """The rows of ``bucket`` in the key interval (a, b], as ONE range of the key
+        index (given both bounds of each side, SQLite ranges over one pair and filters
+        the other: the whole arc per bucket)."""
+        end = bucket + digest.AFTER
+        low = ("key > ?", a) if a >= bucket else ("key >= ?", bucket)
+        high = ("key <= ?", b) if b < end else ("key < ?", end)
+        return f"{low[0]} AND {high[0]}", (low[1], high[1])
 
     def _arc_sums(self, lo: int, hi: int, bcols: str, rcols: str) -> dict[str, tuple[int, ...]]:
         """Per bucket of the arc, the sums ``bcols`` of the bucket table (whole buckets)
@@ -278,9 +289,9 @@ class MetaStore:
                     ):
                         add(row[0], tuple(row[1:]))
                     for part in digest.partial(a, b):
+                        where, args = self._in(a, b, part)
                         row = self._r.execute(
-                            f"SELECT COUNT(*), {rcols} FROM records WHERE {self._IN}",
-                            (a, b, part, part + digest.AFTER),
+                            f"SELECT COUNT(*), {rcols} FROM records WHERE {where}", args
                         ).fetchone()
                         add(part, tuple(x or 0 for x in row))
             finally:
@@ -293,46 +304,25 @@ class MetaStore:
         return {b: (v[0], v[1], v[2]) for b, v in sums.items()}
 
     def arc_counts(self, lo: int, hi: int) -> dict[str, int]:
-        """files, dirs, tombstones and bytes of the records in the arc (lo, hi]."""
+        """files, dirs, tombstones, bytes and short (files listing fewer holders than
+        their target) of the records in the arc (lo, hi]."""
         sums = self._arc_sums(
             lo,
             hi,
-            "files, dirs, gone, bytes",
-            "SUM(kind = 'file'), SUM(kind = 'dir'), SUM(kind = 'gone'), SUM(size)",
+            "files, dirs, gone, bytes, short",
+            "SUM(kind = 'file'), SUM(kind = 'dir'), SUM(kind = 'gone'), SUM(size), "
+            "SUM(kind = 'file' AND rf > (length(holders) + 1) / 41)",
         )
-        tot = [sum(v[i] for v in sums.values()) for i in range(1, 5)]
-        return dict(zip(("files", "dirs", "tombstones", "bytes"), tot, strict=True))
-
-    def arc_under(self, lo: int, hi: int, alive: set[str]) -> int:
-        """Files of the arc (lo, hi] with fewer holders in ``alive`` than their target.
-
-        A scan of the arc's file rows, but in SQLite (no record decoded): each row's
-        holders column is tested against every live id."""
-        ids = sorted(a for a in alive if a.isalnum())  # node ids: hex
-        live = " + ".join(["(instr(holders, ?) > 0)"] * len(ids)) or "0"
-        n = 0
-        with self._rlock:
-            self._r.execute("BEGIN")
-            try:
-                for a, b in digest.intervals(to_hex(lo), to_hex(hi)):
-                    n += self._r.execute(
-                        f"SELECT COUNT(*) FROM records WHERE key > ? AND key <= ? "
-                        f"AND kind = 'file' AND rf > {live}",
-                        (a, b, *ids),
-                    ).fetchone()[0]
-            finally:
-                self._r.execute("COMMIT")
-        return int(n)
+        tot = [sum(v[i] for v in sums.values()) for i in range(1, 6)]
+        return dict(zip(("files", "dirs", "tombstones", "bytes", "short"), tot, strict=True))
 
     def bucket_records(self, lo: int, hi: int, bucket: str) -> list[Record]:
         """The records of one bucket that lie in the arc (lo, hi]."""
         out: list[Record] = []
         with self._rlock:
             for a, b in digest.intervals(to_hex(lo), to_hex(hi)):
-                rows = self._r.execute(
-                    f"SELECT data FROM records WHERE {self._IN}",
-                    (a, b, bucket, bucket + digest.AFTER),
-                ).fetchall()
+                where, args = self._in(a, b, bucket)
+                rows = self._r.execute(f"SELECT data FROM records WHERE {where}", args).fetchall()
                 out += [decode(d, check=False) for (d,) in rows]
         return out
 
@@ -373,25 +363,27 @@ class MetaStore:
             row = self._r.execute("SELECT COALESCE(MAX(seq), 0) FROM records").fetchone()
         return int(row[0])
 
-    def files(self, lo: int, hi: int, since: int | None = None) -> Iterator[list[FileRecord]]:
+    def files(self, lo: int, hi: int, since: int | None = None) -> Iterator[list[Record]]:
         """The file records of the arc (lo, hi], a page at a time (rule 4); with
-        ``since`` (a seq) only those written after it, read by the seq index, so an
-        incremental scan costs what changed. Only the arc's file rows are decoded."""
+        ``since`` (a seq) the records of every kind written after it instead, read by
+        the seq index, so an incremental scan costs what changed (and sees a file that
+        became a tombstone). Only the rows asked for are decoded."""
         spans = digest.intervals(to_hex(lo), to_hex(hi))
         inside = " OR ".join(["(key > ? AND key <= ?)"] * len(spans))
         bounds = [x for span in spans for x in span]
         # Without ``since``: the table in path order (its own B-tree, no index hops).
-        col, after = ("path", "") if since is None else ("seq", since)
+        col, after, kind = (
+            ("path", "", "AND kind = 'file'") if since is None else ("seq", since, "")
+        )
         while True:
             with self._rlock:
                 rows = self._r.execute(
-                    f"SELECT {col}, data FROM records WHERE {col} > ? AND kind = 'file' "
+                    f"SELECT {col}, data FROM records WHERE {col} > ? {kind} "
                     f"AND ({inside}) ORDER BY {col} LIMIT ?",
                     (after, *bounds, _PAGE),
                 ).fetchall()
-            files = [r for _, d in rows if isinstance(r := decode(d, check=False), FileRecord)]
-            if files:
-                yield files
+            if rows:
+                yield [decode(d, check=False) for _, d in rows]
             if len(rows) < _PAGE:
                 return
             after = rows[-1][0]

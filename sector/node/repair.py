@@ -59,7 +59,7 @@ from sector.wire.messages import Request, to_args, typed
 
 
 class Shard(Protocol):
-    def files(self, lo: int, hi: int, since: int | None = None) -> Iterator[list[FileRecord]]: ...
+    def files(self, lo: int, hi: int, since: int | None = None) -> Iterator[list[Record]]: ...
     def last_seq(self) -> int: ...
 
 
@@ -167,6 +167,7 @@ class RepairWorker(Worker):
         self._lost: set[str] = set()
         self._scanned: tuple[object, int | None] = (None, None)  # (inputs, seq) of the last scan
         self._full_at = 0.0
+        self._lacking: set[str] = set()
         self._last_up: set[str] | None = None
         self._next_slot = 0.0
         self._qlen = 0
@@ -252,20 +253,19 @@ class RepairWorker(Worker):
             self.wake()
         return len(found)
 
-    def _owned_files(self, since: int | None = None) -> Iterator[FileRecord]:
-        """The file records this node owns (written after ``since``), read page by page."""
-        arc = self.node.meta.handoff.arc()
-        if arc is None:
-            return
-        for page in self.node.meta.store.files(*arc, since):
-            yield from page
+    def _owned_files(self, since: int | None = None) -> Iterator[Record]:
+        """The owned file records (with ``since``: all written after it), by pages."""
+        if (arc := self.node.meta.handoff.arc()) is not None:
+            for page in self.node.meta.store.files(*arc, since):
+                yield from page
 
     def _audit_plan(self, live: dict[str, Candidate]) -> dict[str, list[tuple[str, str]]]:
         out: dict[str, list[tuple[str, str]]] = {}
         for r in self._owned_files():
-            for nid, _addr in r.replicas:
-                if nid in live:
-                    out.setdefault(nid, []).append((r.path, r.blob))
+            if isinstance(r, FileRecord):
+                for nid, _addr in r.replicas:
+                    if nid in live:
+                        out.setdefault(nid, []).append((r.path, r.blob))
         return out
 
     async def scan(self, lost: set[str] | None = None) -> int:
@@ -283,12 +283,10 @@ class RepairWorker(Worker):
         return n
 
     def _scan_sync(self, live: dict[str, Candidate], draining: set[str], lost: set[str]) -> int:
-        # Runs in a thread: decoding the shard on the loop would stall heartbeats.
-        # Incremental (issue 17): while the arc, the live members (with their hosts and
-        # topology, which placement weighs) and the draining set stay the same, a
-        # file's plan changes only when its record does, so the pass reads only the
-        # records written since the last one; any change of those, a lost node, or
-        # FULL_SCAN_EVERY seconds makes it a full scan.
+        # In a thread (decoding on the loop would stall heartbeats). Incremental: while
+        # the arc, the live members (hosts, topology: placement weighs them) and the
+        # draining set stay, a plan changes only with its record, so a pass reads the
+        # records written since the last; else (or a lost node, or FULL_SCAN_EVERY) all.
         sig = (
             self.node.meta.handoff.arc(),
             frozenset((c.node_id, c.host, c.topology) for c in live.values()),
@@ -301,7 +299,16 @@ class RepairWorker(Worker):
             since, self._full_at = None, now
             self.counters["full_scans"] += 1
         paths = []
+        lacking = set() if since is None else self._lacking
         for r in self._owned_files(since):
+            if not isinstance(r, FileRecord):
+                lacking.discard(r.path)  # removed (or a directory now)
+                continue
+            # Lists its target of holders, but some are down (``lacking``).
+            if r.rf <= len(r.replicas) and sum(n in live for n, _ in r.replicas) < r.rf:
+                lacking.add(r.path)
+            else:
+                lacking.discard(r.path)
             p = repair_policy.plan(r.replicas, r.rf, live, draining=draining, seed=r.blob)
             if not p.ok or any(nid in lost for nid, _ in r.replicas):
                 paths.append(r.path)
@@ -310,8 +317,13 @@ class RepairWorker(Worker):
                 paths, "lost node" if lost else "scan", time.time(), urgent=bool(lost)
             )
         self._qlen = len(self.queue)
-        self._scanned = (sig, top)
+        self._scanned, self._lacking = (sig, top), lacking
         return len(paths)
+
+    def lacking(self) -> int:
+        """Owned files listing their target of holders, some down, as of the last scan
+        (``node.info`` adds those listing too few, which the store counts)."""
+        return len(self._lacking)
 
     def held_on(self, ids: set[str]) -> dict[str, int]:
         """Owned files whose record still lists each of ``ids`` (blocking: run in a thread).
@@ -323,7 +335,7 @@ class RepairWorker(Worker):
         if not ids:
             return out
         for r in self._owned_files():
-            for nid, _ in r.replicas:
+            for nid, _ in r.replicas if isinstance(r, FileRecord) else []:
                 if nid in out:
                     out[nid] += 1
         return out

@@ -16,8 +16,10 @@ from sector.meta import digest
 from sector.meta.records import Child, DirRecord, FileRecord, Gone, Record
 from sector.meta.store import MetaStore
 
+N1, N2, N3, N4 = (f"{i:040x}" for i in (1, 2, 3, 4))  # node ids: 40 hex digits
 
-def frec(path: str, v: int, holders: tuple[str, ...] = ("aa",), rf: int = 2) -> FileRecord:
+
+def frec(path: str, v: int, holders: tuple[str, ...] = (N1,), rf: int = 2) -> FileRecord:
     return FileRecord(
         path, (v, 0, "a"), 10 * v, f"c{v}", f"b{v}", [(h, "x:1") for h in holders], rf
     )
@@ -113,6 +115,7 @@ def test_arc_digests_and_counts_equal_a_scan_after_every_kind_of_write(store: Me
             "dirs": sum(isinstance(r, DirRecord) for r in inside),
             "tombstones": sum(isinstance(r, Gone) for r in inside),
             "bytes": sum(r.size for r in files),
+            "short": sum(r.rf > len(r.replicas) for r in files),
         }
         got = [r for page in store.arc_pages(lo, hi) for r in page]
         assert sorted(r.path for r in got) == sorted(r.path for r in inside)
@@ -136,18 +139,19 @@ def test_one_changed_record_makes_one_bucket_differ(tmp_path: Path) -> None:
     b.close()
 
 
-def test_arc_under_counts_files_short_of_live_holders(store: MetaStore) -> None:
+def test_short_counts_files_listing_fewer_holders_than_their_target(store: MetaStore) -> None:
     store.put_many(
         [
-            frec("/ok", 1, ("n1", "n2"), 2),
-            frec("/dead", 1, ("n1", "n3"), 2),
-            frec("/short", 1, ("n1",), 2),
+            frec("/ok", 1, (N1, N2), 2),
+            frec("/extra", 1, (N1, N2, N3), 2),
+            frec("/short", 1, (N1,), 2),
+            frec("/none", 1, (), 1),
             DirRecord("/d", (1, 0, "a")),
         ]
     )
-    assert store.arc_under(0, 0, {"n1", "n2"}) == 2
-    assert store.arc_under(0, 0, {"n1", "n2", "n3"}) == 1
-    assert store.arc_under(0, 0, set()) == 3
+    assert store.arc_counts(0, 0)["short"] == 2
+    store.put_many([frec("/short", 2, (N1, N4), 2)])
+    assert store.arc_counts(0, 0)["short"] == 1
 
 
 def test_a_version_1_store_is_upgraded(tmp_path: Path) -> None:
@@ -158,7 +162,7 @@ def test_a_version_1_store_is_upgraded(tmp_path: Path) -> None:
         " size INTEGER NOT NULL DEFAULT 0, data BLOB NOT NULL) WITHOUT ROWID;"
         "CREATE INDEX records_key ON records(key); PRAGMA user_version = 1;"
     )
-    recs = [frec(f"/u/{i}", 2, ("n1",), 1) for i in range(1500)]
+    recs = [frec(f"/u/{i}", 2, (N1,), 1) for i in range(1500)]
     rows = [MetaStore._row(r)[:5] for r in recs]
     con.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?)", rows)
     con.commit()
@@ -166,5 +170,5 @@ def test_a_version_1_store_is_upgraded(tmp_path: Path) -> None:
     with MetaStore(str(path)) as s:
         assert s.arc_digests(0, 0) == brute(list(recs), 0, 0)
         assert s.arc_counts(0, 0)["files"] == 1500
-        assert s.arc_under(0, 0, {"n1"}) == 0 and s.arc_under(0, 0, set()) == 1500
+        assert s.arc_counts(0, 0)["short"] == 0
         assert s.get("/u/3") == recs[3]
