@@ -167,7 +167,7 @@ class RepairWorker(Worker):
         self._lost: set[str] = set()
         self._scanned: tuple[object, int | None] = (None, None)  # (inputs, seq) of the last scan
         self._full_at = 0.0
-        self._lacking: set[str] = set()
+        self._lacking: dict[str, tuple[int, tuple[str, ...]]] = {}
         self._last_up: set[str] | None = None
         self._next_slot = 0.0
         self._qlen = 0
@@ -299,16 +299,16 @@ class RepairWorker(Worker):
             since, self._full_at = None, now
             self.counters["full_scans"] += 1
         paths = []
-        lacking = set() if since is None else self._lacking
+        lacking = {} if since is None else self._lacking
         for r in self._owned_files(since):
             if not isinstance(r, FileRecord):
-                lacking.discard(r.path)  # removed (or a directory now)
+                lacking.pop(r.path, None)  # removed (or a directory now)
                 continue
             # Lists its target of holders, but some are down (``lacking``).
             if r.rf <= len(r.replicas) and sum(n in live for n, _ in r.replicas) < r.rf:
-                lacking.add(r.path)
+                lacking[r.path] = (r.rf, tuple(n for n, _ in r.replicas))
             else:
-                lacking.discard(r.path)
+                lacking.pop(r.path, None)
             p = repair_policy.plan(r.replicas, r.rf, live, draining=draining, seed=r.blob)
             if not p.ok or any(nid in lost for nid, _ in r.replicas):
                 paths.append(r.path)
@@ -320,10 +320,11 @@ class RepairWorker(Worker):
         self._scanned, self._lacking = (sig, top), lacking
         return len(paths)
 
-    def lacking(self) -> int:
-        """Owned files listing their target of holders, some down, as of the last scan
-        (``node.info`` adds those listing too few, which the store counts)."""
-        return len(self._lacking)
+    def lacking(self, alive: set[str]) -> int:
+        """Owned files listing their target of holders, fewer of them in ``alive`` (of
+        those the last scan found with one down; ``node.info`` adds the store's count
+        of files listing too few)."""
+        return sum(sum(n in alive for n in ids) < rf for rf, ids in list(self._lacking.values()))
 
     def held_on(self, ids: set[str]) -> dict[str, int]:
         """Owned files whose record still lists each of ``ids`` (blocking: run in a thread).
