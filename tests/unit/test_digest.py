@@ -172,3 +172,21 @@ def test_a_version_1_store_is_upgraded(tmp_path: Path) -> None:
         assert s.arc_counts(0, 0)["files"] == 1500
         assert s.arc_counts(0, 0)["short"] == 0
         assert s.get("/u/3") == recs[3]
+
+
+def test_files_since_reads_only_what_was_written_after(tmp_path: Path) -> None:
+    path = str(tmp_path / "s.db")
+    with MetaStore(path) as s:
+        s.put_many([frec(f"/s/{i}", 1) for i in range(2500)] + [DirRecord("/s", (1, 0, "a"))])
+        mark = s.last_seq()
+        assert sum(len(p) for p in s.files(0, 0)) == 2500  # files only, every page
+    with MetaStore(path) as s:  # the seq goes on across a restart
+        assert s.last_seq() == mark
+        s.merge_many([frec("/s/7", 2)])
+        s.put_many([Gone("/s/8", (3, 0, "a")), frec("/s/new", 1)])
+        got = [r for page in s.files(0, 0, mark) for r in page]
+        assert sorted(r.path for r in got) == ["/s/7", "/s/8", "/s/new"]
+        assert any(isinstance(r, Gone) for r in got)  # a scan sees a file removed
+        assert list(s.files(0, 0, s.last_seq())) == []
+        k = key_id("/s/new")
+        assert [r.path for p in s.files(k - 1, k, mark) for r in p] == ["/s/new"]
