@@ -371,14 +371,18 @@ class MetaStore:
         spans = digest.intervals(to_hex(lo), to_hex(hi))
         inside = " OR ".join(["(key > ? AND key <= ?)"] * len(spans))
         bounds = [x for span in spans for x in span]
-        # Without ``since``: the table in path order (its own B-tree, no index hops).
-        col, after, kind = (
-            ("path", "", "AND kind = 'file'") if since is None else ("seq", since, "")
+        # Without ``since``: the table in path order (its own B-tree, no index hops);
+        # with it, the seq index, named: SQLite would rather range over the key index
+        # and sort the whole arc by seq.
+        col, after, kind, index = (
+            ("path", "", "AND kind = 'file'", "")
+            if since is None
+            else ("seq", since, "", "INDEXED BY records_seq")
         )
         while True:
             with self._rlock:
                 rows = self._r.execute(
-                    f"SELECT {col}, data FROM records WHERE {col} > ? {kind} "
+                    f"SELECT {col}, data FROM records {index} WHERE {col} > ? {kind} "
                     f"AND ({inside}) ORDER BY {col} LIMIT ?",
                     (after, *bounds, _PAGE),
                 ).fetchall()
