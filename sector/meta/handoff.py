@@ -126,26 +126,29 @@ class Handoff(Worker):
         owner; each owner compares its arc's digests with ours and takes the buckets
         that differ (``meta.absorb``). An owner that does not count us among its
         replicas gets every record of its arc, and we drop them (``_hand_off``). Cost:
-        two calls per owner whose keys we hold, plus what differs or moves."""
+        two calls per owner whose keys we hold, plus what differs or moves. Where the
+        owner's view of its arc disagrees with the lookup (the ring is converging), a
+        page of records is handed to the owner the lookup names, as before digests."""
         me = to_hex(self.ring.me.id)
         pos = hi
         for _ in range(MAX_OWNERS):
             k = await asyncio.to_thread(self.store.next_key, pos, lo)
             if k is None:
                 return
-            hit = self.cache.find(k)
-            owner = Peer(hit[0], hit[1]) if hit else await self.ring.lookup(k)
-            if owner.id == self.ring.me.id:
-                return  # the ring has not settled: the next pass walks again
+            owner: Peer | None = None
             try:
-                rep = await self._digest_call(owner, k - 1 & MASK, k, None, me)
-                arc = rep.get("arc")
-                if not arc:
-                    return  # the owner serves nothing yet: the next pass
-                a, b = from_hex(arc[0]), from_hex(arc[1])
-                if not between_right(k, a, b):
-                    return  # views disagree: the next pass
-                if rep.get("keep") is False:
+                owner, arc = await self._owner_arc(k, me)
+                if owner is None:
+                    return  # the lookup names us: the ring has not settled
+                if arc is None:
+                    page: list[Record] = await asyncio.to_thread(
+                        next, self.store.arc_pages(pos, lo), []
+                    )
+                    await self._hand_off(page, owner)
+                    pos = key_id(page[-1].path) if page else k
+                    continue
+                a, b, keep = arc
+                if not keep:
                     async for page in _pages(self.store.arc_pages(a, b)):
                         await self._hand_off(page, owner)
                 else:
@@ -154,14 +157,30 @@ class Handoff(Worker):
                     async for recs in self._differing(rep, a, b):
                         await self._hand_off(recs, owner)
             except TransportError:
-                self.ring.failed(owner)
+                if owner is not None:
+                    self.ring.failed(owner)
                 return
             except SectorError as exc:
-                log.warning("anti-entropy with owner %s failed: %s", owner.addr, exc)
+                log.warning("anti-entropy with the owner of %x failed: %s", k, exc)
                 return
             if a == b or not between_right(b, pos, lo) or b == lo:
                 return  # past the end of what is not ours
             pos = b
+
+    async def _owner_arc(self, k: int, me: str) -> tuple[Peer | None, tuple[int, int, bool] | None]:
+        """The owner of key k and its arc (lo, hi, whether we keep copies); the arc is
+        None if the owner does not own k by its own view. The range cache first; if
+        its owner disagrees, forgotten, and a fresh lookup."""
+        hit = self.cache.find(k)
+        for owner in [Peer(hit[0], hit[1])] if hit else []:
+            rep = await self._digest_call(owner, k - 1 & MASK, k, None, me)
+            if (arc := _arc_of(rep, k)) is not None:
+                return owner, arc
+            self.cache.forget(owner.id)
+        owner = await self.ring.lookup(k)
+        if owner.id == self.ring.me.id:
+            return None, None
+        return owner, _arc_of(await self._digest_call(owner, k - 1 & MASK, k, None, me), k)
 
     async def _differing(
         self, rep: dict[str, Any], lo: int, hi: int
@@ -303,3 +322,15 @@ def _buckets(rep: dict[str, Any]) -> list[str]:
     if not isinstance(differ, list):
         return []
     return [b for b in differ if isinstance(b, str) and len(b) == digest.PREFIX]
+
+
+def _arc_of(rep: dict[str, Any], k: int) -> tuple[int, int, bool] | None:
+    """The owner's arc from a ``meta.digest`` answer, if it holds key k."""
+    arc = rep.get("arc")
+    if not isinstance(arc, list) or len(arc) != 2:
+        return None
+    try:
+        a, b = from_hex(arc[0]), from_hex(arc[1])
+    except (TypeError, ValueError):
+        return None
+    return (a, b, rep.get("keep") is not False) if between_right(k, a, b) or a == b else None
