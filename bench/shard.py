@@ -81,12 +81,15 @@ def worker(inf: dict[str, Any], name: str) -> dict[str, Any]:
 def next_pass(c: Any, node: NodeProc, name: str, timeout: float) -> float:
     """The duration of the next pass of worker ``name`` that starts after now."""
     runs = worker(info(c, node), name)["runs"]
-    w = wait_for(
-        lambda: (lambda x: x if x["runs"] >= runs + 2 else None)(worker(info(c, node), name)),
-        timeout,
-        interval=0.5,
-        what=f"a pass of {name}",
-    )
+    try:
+        w = wait_for(
+            lambda: (lambda x: x if x["runs"] >= runs + 2 else None)(worker(info(c, node), name)),
+            timeout,
+            interval=0.5,
+            what=f"a pass of {name}",
+        )
+    except TimeoutError:
+        return float("inf")  # no pass ended within the limit
     return float(w["last_seconds"])
 
 
@@ -192,7 +195,7 @@ def main() -> None:
             cells += [f"{more}{r[key]:.3f} s", f"{r[key] / r['records'] * 1e6:.2f}"]
         if len(results) >= 2:
             first = results[0][key]
-            cells.append(f"{results[-1][key] / first:.1f}x" if first > 0 else "-")
+            cells.append(f"{results[-1][key] / first:.1f}x" if 0 < first < float("inf") else "-")
         table.add_row(label, *cells)
     rss = [f"{r['rss_bytes'] / 2**20:.0f} MiB" for r in results]
     table.add_row(
