@@ -323,9 +323,10 @@ def test_thrash(tmp_path: Path) -> None:
                                 print(f"REPAIR {n['address']}: {w}")
                 raise
             took = time.monotonic() - t0
-            for path in deleted:
+            for path in sorted(deleted):
                 with pytest.raises(NotFound):
-                    c.stat(path)
+                    st = c.stat(path)
+                    print(f"CAME BACK {path}: {st}")
 
             def no_orphans() -> bool:
                 """Every blob on every disk is claimed by a live record naming that node,
