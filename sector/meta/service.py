@@ -496,6 +496,11 @@ class MetaService:
         token = t if isinstance(t := a.get("token"), str) and len(t) <= 64 else ""
         async with self.path_lock(path):
             old = await self.read(path)
+            if isinstance(old, DirRecord) and not self.warm():
+                # A directory goes only empty in every copy: an entry added while this
+                # node was not yet its owner may sit on a replica alone (thrash found
+                # a subtree left behind by an rm -r that listed it from such a copy).
+                old = await self._fetch_from_replicas(path, old)
             if isinstance(old, Gone) and token and old.token == token:
                 return {"old": None, "repeat": True}  # this delete's own earlier attempt
             if old is None or isinstance(old, Gone):
