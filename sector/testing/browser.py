@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+import urllib.error
+import urllib.request
 from typing import Any
 
 DRIVER = "chromedriver"
@@ -46,3 +49,16 @@ def chrome(width: int = 1280, height: int = 900) -> Any:
 def console_errors(driver: Any) -> list[dict[str, Any]]:
     """The page's console entries of level SEVERE since the last call."""
     return [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
+
+
+def post(url: str, body: bytes, token: str | None) -> tuple[int, Any]:
+    """POST ``body`` to a node's JSON API (as ``Bearer token`` if one is given): the
+    status and the decoded JSON answer, an error status included."""
+    req = urllib.request.Request(url, data=body, method="POST")
+    if token is not None:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())

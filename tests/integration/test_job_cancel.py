@@ -18,6 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sector.errors import JobCancelled
+from sector.testing import browser
 from sector.testing.cluster import ProcCluster, wait_for
 
 CANCEL_WITHIN = 10.0  # seconds from the cancel to the driver's error
@@ -46,17 +47,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcCluster]:
 
 def base_of(cl: ProcCluster) -> str:
     return str(json.loads((cl.nodes[0].data / "node.json").read_text())["http"])
-
-
-def post(url: str, token: str | None) -> tuple[int, Any]:
-    req = urllib.request.Request(url, data=b"", method="POST")
-    if token is not None:
-        req.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
 
 
 def job_row(base: str, job: str) -> dict[str, Any] | None:
@@ -105,14 +95,14 @@ def test_an_admin_cancels_a_running_job_over_http(cluster: ProcCluster) -> None:
         )
         assert staged(cluster, job.id), "a running job stages on its nodes"
         url = f"{base}api/jobs/{job.id}/cancel"
-        assert post(url, None)[0] == 401
-        code, err = post(url, bob)
+        assert browser.post(url, b"", None)[0] == 401
+        code, err = browser.post(url, b"", bob)
         assert code == 403 and "not bob" in err["error"], err
-        assert post(f"{base}api/jobs/{'0' * 16}/cancel", cluster.admin_token)[0] == 404
-        assert post(f"{base}api/jobs/not-a-job/cancel", cluster.admin_token)[0] == 400
+        assert browser.post(f"{base}api/jobs/{'0' * 16}/cancel", b"", cluster.admin_token)[0] == 404
+        assert browser.post(f"{base}api/jobs/not-a-job/cancel", b"", cluster.admin_token)[0] == 400
         assert not job.done(), "a refused cancel must leave the job running"
         t0 = time.monotonic()
-        code, rep = post(url, cluster.admin_token)
+        code, rep = browser.post(url, b"", cluster.admin_token)
         assert code == 200 and rep["cancelled"], rep
         assert rep["attempts_stopped"] >= 1 and rep["unanswered"] == [], rep
         with pytest.raises(JobCancelled, match="cancelled by admin"):
@@ -172,7 +162,7 @@ def test_a_job_cancelled_in_its_reduce_stops_there(cluster: ProcCluster, tmp_pat
             30,
             what="the reduce running",
         )
-        code, rep = post(f"{base}api/jobs/{job.id}/cancel", cluster.admin_token)
+        code, rep = browser.post(f"{base}api/jobs/{job.id}/cancel", b"", cluster.admin_token)
         assert code == 200, rep
         with pytest.raises(JobCancelled):
             job.wait(timeout=CANCEL_WITHIN)

@@ -245,21 +245,10 @@ def test_a_killed_node_shows_as_down(page: Any, base: str, cluster: ProcCluster)
     print(f"\nkilled node shown as {state} after {time.monotonic() - t0:.1f} s")
 
 
-def post(url: str, body: bytes, token: str | None) -> tuple[int, Any]:
-    req = urllib.request.Request(url, data=body, method="POST")
-    if token is not None:
-        req.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
-
-
 def test_an_open_cluster_takes_no_actions_over_http(base: str, cluster: ProcCluster) -> None:
     body = json.dumps({"address": cluster.nodes[0].address}).encode()
-    assert post(base + "api/drain", body, None)[0] == 401
-    assert post(base + "api/drain", body, "anything")[0] == 403
+    assert browser.post(base + "api/drain", body, None)[0] == 401
+    assert browser.post(base + "api/drain", body, "anything")[0] == 403
 
 
 def test_draining_a_node_needs_an_admin_credential(page: Any, tmp_path: Path) -> None:
@@ -270,13 +259,13 @@ def test_draining_a_node_needs_an_admin_credential(page: Any, tmp_path: Path) ->
         base = str(json.loads((cl.nodes[0].data / "node.json").read_text())["http"])
         victim = cl.nodes[1].address
         body = json.dumps({"address": victim}).encode()
-        assert post(base + "api/drain", body, None)[0] == 401
-        code, err = post(base + "api/drain", body, cl.token("ann", write=["/ann"]))
+        assert browser.post(base + "api/drain", body, None)[0] == 401
+        code, err = browser.post(base + "api/drain", body, cl.token("ann", write=["/ann"]))
         assert code == 403, err
-        assert 400 <= post(base + "api/drain", body, "not-a-credential")[0] < 500
-        assert post(base + "api/drain", b"{", cl.admin_token)[0] == 400
+        assert 400 <= browser.post(base + "api/drain", body, "not-a-credential")[0] < 500
+        assert browser.post(base + "api/drain", b"{", cl.admin_token)[0] == 400
         nobody = json.dumps({"address": "127.0.0.1:1"}).encode()
-        assert post(base + "api/drain", nobody, cl.admin_token)[0] == 404
+        assert browser.post(base + "api/drain", nobody, cl.admin_token)[0] == 404
         page.get(f"{base}#overview")
         page.find_element("css selector", "#admin summary").click()
         page.find_element("id", "credential").send_keys(cl.admin_token)
@@ -291,7 +280,7 @@ def test_draining_a_node_needs_an_admin_credential(page: Any, tmp_path: Path) ->
 
         wait_for(lambda: state() in ("draining", "drained"), 15, what="the node draining")
         undrain = json.dumps({"address": victim, "cancel": True}).encode()
-        code, rep = post(base + "api/drain", undrain, cl.admin_token)
+        code, rep = browser.post(base + "api/drain", undrain, cl.admin_token)
         assert code == 200 and rep["state"] == "up", rep
         wait_for(lambda: state() == "up", 15, what="the node up again")
         page.get("about:blank")  # no polls of the cluster once it is stopped
