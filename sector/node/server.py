@@ -590,6 +590,7 @@ class Node:
                 "predecessor": self.state.predecessor.addr if self.state.predecessor else None,
                 "successors": [p.addr for p in self.state.successors],
                 "merges": self.driver.merges,
+                "events": [f"{w}: {d}" for w, d in list(self.state.events)[-16:]],
             },
             "partition": self.quorum.view(),
             # Slots and buffered input (transport/admission.py): a flood shows here.

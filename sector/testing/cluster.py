@@ -92,6 +92,7 @@ class ProcCluster:
         self.nodes: list[NodeProc] = []
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.secure = secure
+        self.ring_why = ""  # why ring_consistent last said no
         self.ca: ClusterCA | None = None
         self.admin_token: str | None = None
         if secure:
@@ -231,23 +232,46 @@ class ProcCluster:
             return want <= up
 
         wait_for(ok, timeout, interval=0.2, what=f"{len(want)} nodes up")
-        wait_for(self.ring_consistent, timeout, interval=0.2, what="a consistent ring")
+        try:
+            wait_for(self.ring_consistent, timeout, interval=0.2, what="a consistent ring")
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}; last seen: {self.ring_why}") from None
 
     def ring_consistent(self) -> bool:
         """Each live node's successor is the next live node by id, and predecessors agree."""
         live = sorted((n for n in self.nodes if n.alive), key=lambda n: int(n.node_id, 16))
         with self.connect() as c:
+            infos: dict[str, Any] = {
+                n.address: c._run(c._aio.pool.call(n.address, "node.info", {})) for n in live
+            }
             for i, n in enumerate(live):
-                info: dict[str, Any] = c._run(c._aio.pool.call(n.address, "node.info", {}))
+                info = infos[n.address]
                 succ = live[(i + 1) % len(live)]
                 pred = live[i - 1]
                 if len(live) > 1 and (
                     not info["ring"]["successors"] or info["ring"]["successors"][0] != succ.address
                 ):
+                    self.ring_why = (
+                        f"node {n.index} ({n.address}): successors {info['ring']['successors']},"
+                        f" want {succ.address}; rings: {self._rings(infos)}"
+                    )
                     return False
                 if len(live) > 1 and info["ring"]["predecessor"] != pred.address:
+                    self.ring_why = (
+                        f"node {n.index} ({n.address}): predecessor {info['ring']['predecessor']},"
+                        f" want {pred.address}; rings: {self._rings(infos)}"
+                    )
                     return False
         return True
+
+    @staticmethod
+    def _rings(infos: dict[str, Any]) -> str:
+        """Every node's ring state and chord workers, for a failure message."""
+        return "; ".join(
+            f"{addr}: {info['ring']} workers "
+            + str([w for w in info["workers"] if str(w.get("name", "")).startswith("chord.")])
+            for addr, info in infos.items()
+        )
 
     def kill(self, node: NodeProc) -> None:
         """SIGKILL: no goodbye, no handoff."""
