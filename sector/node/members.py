@@ -142,9 +142,11 @@ class Members:
             self._owners = None
         return changed
 
-    def suspect(self, member_id: str) -> None:
+    def suspect(self, member_id: str, addr: str | None = None) -> None:
+        """Down until it beats again; with ``addr``, only if that is still its address
+        (a call to the address it had before a restart says nothing of it now)."""
         m = self._table.get(member_id)
-        if m is not None and member_id != self.me_id:
+        if m is not None and member_id != self.me_id and addr in (None, m.addr):
             self._suspect[member_id] = (m.incarnation, m.hb)
             self._owners = None
 

@@ -168,8 +168,8 @@ class Node:
         return peer
 
     def failed(self, peer: Peer) -> None:
-        self.state.peer_failed(peer.id)
-        self.members.suspect(to_hex(peer.id))
+        self.state.peer_failed(peer)
+        self.members.suspect(to_hex(peer.id), peer.addr)
         self.pool.forget(peer.addr)
 
     async def call(

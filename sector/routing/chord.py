@@ -290,9 +290,15 @@ class ChordState:
         if candidate.id == self.me.id:
             return False
         pred = self.predecessor
-        if pred is not None and (
-            pred.id == candidate.id or not between(candidate.id, pred.id, self.me.id)
-        ):
+        if pred is not None and pred.id == candidate.id:
+            if pred.addr == candidate.addr:
+                return False
+            # The same node at a new address (it restarted on another port): a node is
+            # the authority on its own address, and the old one answers no more.
+            self.predecessor = candidate
+            self._log("predecessor", f"{candidate} (moved)")
+            return True
+        if pred is not None and not between(candidate.id, pred.id, self.me.id):
             return False
         self.predecessor = candidate
         self._log("predecessor", f"{candidate} (notify)")
@@ -303,23 +309,28 @@ class ChordState:
             self._set_successors([candidate], "notify")
         return True
 
-    def peer_failed(self, peer_id: int) -> None:
-        """peer_id did not answer: forget it everywhere."""
-        if peer_id == self.me.id:
+    def peer_failed(self, peer: Peer) -> None:
+        """peer did not answer at its address: forget it everywhere.
+
+        A failure is a fact about one address: an entry with the same id at another
+        address is that node restarted on a new port (learnt since from itself or from
+        others) and stays. Forgetting by id alone let every lookup through a stale
+        finger knock the restarted node out of the tables again."""
+        if peer.id == self.me.id:
             return
         dropped = False
-        if self.predecessor is not None and self.predecessor.id == peer_id:
+        if self.predecessor == peer:
             self.predecessor = None
             dropped = True
         for i, f in enumerate(self.fingers):
-            if f is not None and f.id == peer_id:
+            if f == peer:
                 self.fingers[i] = None
                 dropped = True
-        if any(s.id == peer_id for s in self.successors):
-            self._set_successors([s for s in self.successors if s.id != peer_id], "failed")
+        if peer in self.successors:
+            self._set_successors([s for s in self.successors if s != peer], "failed")
             dropped = True
         if dropped:
-            self._log("failed", short(peer_id))
+            self._log("failed", str(peer))
         if not self.successors:
             self._refill_successor()
 

@@ -209,8 +209,9 @@ class Ping:
 
     @staticmethod
     def parse_reply(raw: Any) -> Peer | None:
-        # Lenient: to most callers any answer means "alive"; None says the answer did
-        # not name a peer, which only a joiner (who needs the bootstrap's id) minds.
+        # Lenient: None says the answer did not name a peer. Who minds checks the id:
+        # the ping that proves a known peer alive (a reused port answers with another
+        # id, or none), and a joiner, who needs the bootstrap's id.
         try:
             return Peer.from_wire(raw)
         except ValueError:

@@ -172,13 +172,15 @@ class RunLookup(Step[Peer | None]):
                 if not self.verify or res is None or res.id == me.id:
                     return res
                 try:
-                    yield Call(res.addr, _PING)
+                    who: Peer | None = yield Call(res.addr, _PING)
+                except (SectorError, ValueError):
+                    who = None  # dead, or something else answers at its address
+                if who is not None and who.id == res.id:
                     return res
-                except TransportError:
-                    if origin:
-                        st.peer_failed(res.id)
-                    lk.on_failure(res)
-                    continue
+                if origin:
+                    st.peer_failed(res)
+                lk.on_failure(res)
+                continue
             nxt = lk.next_peer
             if nxt is None:
                 if not origin:
@@ -197,7 +199,7 @@ class RunLookup(Step[Peer | None]):
                 done, peer = yield Call(nxt.addr, msg)
             except TransportError:
                 if origin:
-                    st.peer_failed(nxt.id)
+                    st.peer_failed(nxt)
                 lk.on_failure(nxt)
                 continue
             except (SectorError, ValueError) as exc:
@@ -244,11 +246,11 @@ class Stabilize(Step[None]):
                     # Another node now answers at that address: ours is gone.
                     raise ValueError(f"{succ.addr} is now {reply.me}")
             except TransportError:
-                st.peer_failed(succ.id)
+                st.peer_failed(succ)
                 continue
             except (SectorError, ValueError) as exc:
                 log.warning("bad chord.state reply from %s: %s", succ, exc)
-                st.peer_failed(succ.id)
+                st.peer_failed(succ)
                 continue
             st.on_stabilize(succ, reply.pred, reply.successors)
             if st.successor.id == succ.id:
@@ -258,7 +260,7 @@ class Stabilize(Step[None]):
             try:
                 yield Call(succ.addr, Notify(me))
             except TransportError:
-                st.peer_failed(succ.id)
+                st.peer_failed(succ)
         elif st.predecessor is None and self.rejoin_via is not None:
             # We lost every peer we knew: try the bootstrap node again (it may be back).
             try:
@@ -341,9 +343,17 @@ class CheckPredecessor(Step[None]):
         if pred is None:
             return
         try:
-            yield Call(pred.addr, _PING)
+            who: Peer | None = yield Call(pred.addr, _PING)
         except TransportError:
-            self.state.peer_failed(pred.id)
+            self.state.peer_failed(pred)
+            return
+        except (SectorError, ValueError) as exc:
+            who = None  # an error answer: whatever listens there is not a chord node
+            log.debug("check_predecessor: %s answered %s", pred, exc)
+        if who is None or who.id != pred.id:
+            # Something else answers at that address now (its port was reused): ours
+            # is gone. Only the node's own id proves it alive, as stabilize checks.
+            self.state.peer_failed(pred)
 
 
 class MergeProbe(Step[bool]):

@@ -223,15 +223,21 @@ class ProcCluster:
             return c.status()
 
     def wait_ring(self, timeout: float = 30.0) -> None:
-        """Until every live node is seen up by the entry node and the ring is whole."""
+        """Until every live node is seen up by every live node and the ring is whole."""
         want = {n.address for n in self.nodes if n.alive}
 
         def ok() -> bool:
-            st = self.status()
-            up = {m["address"] for m in st["nodes"] if m["state"] == "up"}
-            return want <= up
+            # Every live node sees every other up: a put's placement runs on the path's
+            # owner, whose view must hold R nodes for R copies.
+            with self.connect() as c:
+                for addr in want:
+                    st = c._run(c._aio.pool.call(addr, "fs.status", {}))
+                    up = {m["address"] for m in st["nodes"] if m["state"] == "up"}
+                    if not want <= up:
+                        return False
+            return True
 
-        wait_for(ok, timeout, interval=0.2, what=f"{len(want)} nodes up")
+        wait_for(ok, timeout, interval=0.2, what=f"{len(want)} nodes up in every node's view")
         try:
             wait_for(self.ring_consistent, timeout, interval=0.2, what="a consistent ring")
         except TimeoutError as exc:

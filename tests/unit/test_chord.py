@@ -185,6 +185,11 @@ def test_notify_rules() -> None:
     assert st.predecessor == P(30)
     # wraparound: predecessor MASK precedes 50 more closely than 30? no: 30 is closer
     assert st.notify(P(MASK)) is False
+    # The predecessor restarted on another port: its notify moves it to the new address.
+    moved = Peer(30, "h30:2")
+    assert st.notify(moved) is True
+    assert st.predecessor is not None and st.predecessor.addr == "h30:2"
+    assert st.notify(moved) is False
 
 
 # -- failures -----------------------------------------------------------------------------
@@ -194,26 +199,39 @@ def test_peer_failed_drops_everywhere() -> None:
     st = ring_state(10, [10, 20, 30, 40])
     st.set_finger(5, P(20))
     st.set_finger(150, P(30))
-    st.peer_failed(20)
+    st.peer_failed(P(20))
     assert [p.id for p in st.successors] == [30, 40]
     assert P(20) not in st.fingers
-    st.peer_failed(40)
+    st.peer_failed(P(40))
     assert st.predecessor is None
-    st.peer_failed(10)  # ourselves: ignored
+    st.peer_failed(P(10))  # ourselves: ignored
     st.validate_state()
+
+
+def test_peer_failed_at_an_old_address_keeps_the_node_at_its_new_one() -> None:
+    st = ring_state(10, [10, 20, 30, 40])
+    st.set_finger(5, P(20))  # a finger learnt before 20 restarted on another port
+    moved = Peer(20, "h20:2")
+    st.on_stabilize(P(30), moved, [P(40)])  # 30 tells us of 20 at its new address
+    assert st.successors[0] == moved
+    st.peer_failed(P(20))  # a lookup through the stale finger fails
+    assert st.successors[0] == moved and st.fingers[5] is None
+    st.notify(Peer(40, "h40:1"))
+    st.peer_failed(Peer(40, "h40:9"))  # not the address we know: nothing to forget
+    assert st.predecessor == P(40)
 
 
 def test_losing_every_successor_falls_back_on_nearest_finger() -> None:
     st = ring_state(10, [10, 20, 30, 40, 50], r=2)  # successors 20, 30
     st.set_finger(140, P(40))
-    st.peer_failed(20)
-    st.peer_failed(30)
+    st.peer_failed(P(20))
+    st.peer_failed(P(30))
     assert st.successors == [P(40)]
 
 
 def test_losing_everything_leaves_a_ring_of_one() -> None:
     st = ring_state(10, [10, 20])
-    st.peer_failed(20)
+    st.peer_failed(P(20))
     assert st.successors == [] and st.predecessor is None
     assert st.next_hop(15) == (True, P(10))
 

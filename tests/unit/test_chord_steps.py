@@ -89,6 +89,23 @@ def test_fix_finger_check_predecessor_and_leave_steps() -> None:
     assert check.on_failure(ConnectError("down")) is None
     assert st.predecessor is None
 
+    # The predecessor's port now belongs to another process: an answer that does not
+    # name the predecessor, or an error answer, does not prove it alive.
+    for answer in (P(2**120), None, BadRequest("unknown operation 'chord.ping'")):
+        st.notify(P(2**150))
+        check = CheckPredecessor(st)
+        check.start()
+        if isinstance(answer, Exception):
+            assert check.on_failure(answer) is None
+        else:
+            assert check.on_reply(answer) is None
+        assert st.predecessor is None, answer
+    st.notify(P(2**150))
+    check = CheckPredecessor(st)
+    check.start()
+    assert check.on_reply(P(2**150)) is None
+    assert st.predecessor == P(2**150)
+
     leave = Leave(ring_state(20, [10, 20, 30]))
     msg = Leaving(P(20), P(10), [P(30), P(10)])
     assert leave.start() == Call("h10:1", msg)
