@@ -424,6 +424,8 @@ class MetaService:
 
     async def _op_get(self, path: str, a: dict[str, Any]) -> Any:
         r = await self.read(path)
+        if a.get("merge") is True and not isinstance(r, FileRecord | DirRecord) and not self.warm():
+            r = await self._fetch_from_replicas(path, r)  # a miss checked with every copy
         if r is None and path == "/":
             return rec.to_builtins(root_record((0, 0, "")))
         return rec.to_builtins(r) if r is not None else None
@@ -496,10 +498,10 @@ class MetaService:
         token = t if isinstance(t := a.get("token"), str) and len(t) <= 64 else ""
         async with self.path_lock(path):
             old = await self.read(path)
-            if isinstance(old, DirRecord) and not self.warm():
-                # A directory goes only empty in every copy: an entry added while this
-                # node was not yet its owner may sit on a replica alone (thrash found
-                # a subtree left behind by an rm -r that listed it from such a copy).
+            if not isinstance(old, FileRecord) and not self.warm():
+                # A directory goes only empty in every copy, and a miss is checked with
+                # them: an entry, or a record, written while this node was not yet the
+                # owner may sit on the replicas alone (thrash found subtrees left behind).
                 old = await self._fetch_from_replicas(path, old)
             if isinstance(old, Gone) and token and old.token == token:
                 return {"old": None, "repeat": True}  # this delete's own earlier attempt

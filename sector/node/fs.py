@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Annotated, Any, Protocol
 
@@ -39,7 +38,7 @@ from sector.errors import (
 )
 from sector.meta import records as rec
 from sector.meta.records import DirRecord, FileRecord, Gone, Record
-from sector.node import rmtree, status
+from sector.node import rename, rmtree, status
 from sector.node.put import MAX_RF, PutHost, PutProtocol, Records
 from sector.security import guard
 from sector.storage.blobs import check_blob_id
@@ -472,42 +471,13 @@ class FsService:
         await self._mv(r, dst)
         return self.describe(await self.must_get(dst))
 
+    @property
+    def meta(self) -> Meta:
+        return self.node.meta
+
     async def _mv(self, r: FileRecord | DirRecord, dst: str) -> None:
         if isinstance(r, FileRecord):
-            moved = FileRecord(
-                path=dst,
-                v=(0, 0, ""),
-                size=r.size,
-                checksum=r.checksum,
-                blob=r.blob,
-                replicas=r.replicas,
-                rf=r.rf,
-                owner=r.owner,
-                mode=r.mode,
-                ctime=r.ctime,
-                mtime=time.time(),
-                piece_size=r.piece_size,
-                pieces=r.pieces,
-            )
-            # Holders learn the new path before the record moves (best effort): their
-            # collector keeps a blob any of its paths claims (see node/gc.py).
-            await self.gather([self._alias(addr, r.blob, dst) for _nid, addr in r.replicas])
-            res = await self.node.meta.call(dst, "put_file", {"record": rec.to_builtins(moved)})
-            await self.node.meta.call(
-                rec.parent(dst), "add_child", {"name": rec.basename(dst), "kind": "file"}
-            )
-            await self.node.meta.call(r.path, "delete", {"blob": r.blob, "moved_to": dst})
-            # The old name no longer claims the blob: holders make the new one its only
-            # path (best effort; the collector does the same later for one that missed
-            # it), so removing the moved file deletes its copies at once rather than
-            # leaving them to the collector's grace.
-            await self.gather(
-                [self._alias(addr, r.blob, dst, confirm=True) for _nid, addr in r.replicas]
-            )
-            # A file replaced by the move (``replace``): its copies go, as on a put.
-            old = rec.from_builtins(res["old"]) if res.get("old") else None
-            if isinstance(old, FileRecord) and old.blob != r.blob:
-                self.spawn_delete(old, keep=r.blob)
+            await rename.move_file(self, r, dst)
         else:
             await self.ensure_dir(dst, parents=False, exist_ok=True)
             names = list(rec.live_children(r))
@@ -524,10 +494,13 @@ class FsService:
             rec.parent(r.path), "remove_child", {"name": rec.basename(r.path)}
         )
 
-    async def _alias(self, addr: str, blob: str, path: str, *, confirm: bool = False) -> None:
+    async def alias(self, addr: str, blob: str, path: str, *, confirm: bool = False) -> bool | None:
+        """Tell a holder of a blob of its new path (``rename``); whether it has the blob
+        (None: it did not answer)."""
         args = {"blob": blob, "path": path, "confirm": confirm}
         with contextlib.suppress(SectorError, OSError):
-            await self.node.pool.call(addr, "blob.alias", args, timeout=5.0)
+            return bool(await self.node.pool.call(addr, "blob.alias", args, timeout=5.0))
+        return None
 
     @typed(SetRf)
     async def _h_setrf(self, req: SetRf) -> Any:

@@ -84,7 +84,15 @@ async def _child(ns: Namespace, path: str, kind: str) -> int:
                 pass  # a directory after all (the entry was older): remove it as one
         return await _remove(ns, await ns.must_get(path), recursive=True)
     except NotFound:
-        return 0
+        pass
+    # Not at its owner. Before its entry goes as a dangling one, every copy is asked:
+    # a new owner may not hold every record yet, and dropping the entry of a child that
+    # exists would leave its subtree behind, unlisted (thrash found one come back).
+    found = await ns.call(path, "get", {"merge": True})
+    r = rec.from_builtins(found) if found else None
+    if isinstance(r, FileRecord | DirRecord):
+        return await _remove(ns, r, recursive=True)
+    return 0
 
 
 def _delete(ns: Namespace, path: str, res: Any) -> None:

@@ -41,3 +41,62 @@ def test_reaper_sends_many_blobs_to_a_holder_in_few_requests() -> None:
         assert sent[-1] == ("h1", ["f" * 32], ["/late"])
 
     asyncio.run(main())
+
+
+def test_rm_r_asks_every_copy_before_dropping_a_child_its_owner_does_not_know() -> None:
+    """A child whose owner answers "no such path" (a new owner without every record
+    yet) is looked up in every copy (``get`` with ``merge``) and removed as found; only
+    a child no copy holds is dropped as a dangling entry. Thrash found the subtree of
+    such a child left behind, unlisted, by an rm -r that dropped its entry."""
+    from sector.errors import NotFound
+    from sector.meta import records as rec
+    from sector.meta.records import DirRecord, FileRecord
+    from sector.node.rmtree import remove
+
+    def d(path: str, **kids: str) -> DirRecord:
+        return DirRecord(
+            path=path,
+            v=(1, 0, "n"),
+            children={k: rec.Child(kind=v, v=(1, 0, "n")) for k, v in kids.items()},
+        )
+
+    f = FileRecord(
+        path="/t/x/f", v=(1, 0, "n"), size=1, checksum="c", blob="b" * 32, replicas=[], rf=1
+    )
+    owner: dict[str, DirRecord] = {"/t": d("/t", x="dir", gone="dir"), "/t/x": d("/t/x", f="file")}
+    copies: dict[str, FileRecord | DirRecord] = {
+        **owner,
+        "/t/x/f": f,
+    }  # the owner of /t/x/f does not know it
+    del owner["/t/x"]  # ... nor does the owner of /t/x
+    calls: list[tuple[str, str, Any]] = []
+
+    class Ns:
+        async def must_get(self, path: str) -> Any:
+            if path not in owner:
+                raise NotFound(path)
+            return owner[path]
+
+        async def call(self, path: str, op: str, args: dict[str, Any] | None = None) -> Any:
+            calls.append((op, path, args))
+            if op == "get":
+                assert args == {"merge": True}
+                r = copies.get(path)
+                return rec.to_builtins(r) if r else None
+            if op == "delete":
+                r = copies.pop(path, None)
+                if r is None:
+                    raise NotFound(path)
+                return {"old": rec.to_builtins(r)}
+            return None
+
+        async def gather(self, coros: list[Any]) -> list[Any]:
+            return list(await asyncio.gather(*coros))
+
+        def spawn_delete(self, r: Any) -> None:
+            pass
+
+    n = asyncio.run(remove(Ns(), "/t", recursive=True))
+    assert n == 3  # /t/x/f, /t/x and /t; "gone" was dangling
+    assert copies == {}
+    assert ("get", "/t/gone", {"merge": True}) in calls
