@@ -455,10 +455,10 @@ class Node:
                 {"entries": msgspec.to_builtins(self.members.entries())},
                 timeout=2.0,
             )
-        except TransportError:
+        except SectorError as exc:  # unreachable, or just starting (no gossip handler yet)
             m = self.members.by_addr(addr)
-            if m is not None:
-                self.members.suspect(m.id)
+            if m is not None and isinstance(exc, TransportError):
+                self.members.suspect(m.id, addr)
             return
         try:
             if self.members.merge(members_from_wire(rep), time.monotonic()):
