@@ -255,6 +255,7 @@ def test_random_and_mutated_frames_leave_the_nodes_up_and_the_files_unchanged(
     end = time.monotonic() + BUDGET / 2  # two clusters (open, secure) share the budget
     recent: deque[tuple[int, bytes]] = deque(maxlen=20)  # shown if a node dies
     counts = {"sent": 0}
+    mkdirs: list[bytes] = []  # every fs.mkdir frame sent (a bit flip may name a new path)
     some = written["/keep/bulk.bin"]
     tmpl = templates(some[2], some[3], some[1], cluster.nodes[1].node_id)
     assert set(tmpl) <= set(OPS), "a template for an op missing from OPS"
@@ -271,6 +272,8 @@ def test_random_and_mutated_frames_leave_the_nodes_up_and_the_files_unchanged(
         if time.monotonic() > end:
             return  # over budget: the remaining examples are no-ops
         recent.append((target, payload[:300]))
+        if b"fs.mkdir" in payload:
+            mkdirs.append(payload)
         throw(cluster.nodes[target], payload, half_close, tls)
         counts["sent"] += 1
 
@@ -289,7 +292,14 @@ def test_random_and_mutated_frames_leave_the_nodes_up_and_the_files_unchanged(
             assert (now["checksum"], now["blob"]) == (checksum, blob), path
             assert hashlib.sha256(c.read(path)).hexdigest() == sha, path
             assert all(r["health"] == "ok" for r in c.stat(path, verify=True)["replicas"]), path
-        assert namespace(c) == {"/keep", "/keep/dir", "/after.bin", *written}
+        # Nothing else, but for what a frame asked for: the open cluster lets anyone
+        # mkdir, and one flipped bit of the mkdir template's "/keep/dir" is a valid
+        # request for "/keep/dyr". Such a directory must be empty and named in full in
+        # an fs.mkdir frame that was sent.
+        extra = namespace(c) - {"/keep", "/keep/dir", "/after.bin", *written}
+        for p in extra:
+            assert c.stat(p)["type"] == "dir" and not c.ls(p), f"{p} appeared"
+            assert any(p.encode() in f for f in mkdirs), f"{p} appeared, asked by no frame"
     for n in cluster.nodes:
         assert n.alive
         with cluster.connect(n.address) as c:
