@@ -454,9 +454,15 @@ class MetaService:
                 raise AlreadyExists(f"{path} exists and is a file")
             now = self.now()
             rf = a.get("rf", 0)
-            rf = rf if isinstance(rf, int) else 0
-            new = DirRecord(path=path, v=self.tick(old), rf=rf, ctime=now, mtime=now)
-            staged = self.stage(new)
+            staged = self.stage(
+                DirRecord(
+                    path=path,
+                    v=self.tick(old),
+                    rf=rf if isinstance(rf, int) else 0,
+                    ctime=now,
+                    mtime=now,
+                )
+            )
         await self.commit([staged])
         return {"created": True}
 
@@ -471,12 +477,10 @@ class MetaService:
                 raise NotADirectory(f"{path} is a file, not a directory")
             if not isinstance(d, DirRecord):
                 raise NotFound(f"no such directory: {path}")
-            if (c := d.children.get(name)) is not None and c.kind == kind:
-                return {"existed": True}  # already listed: nothing to write
             new = rec.add_child(d, name, kind, self.tick(d, name))
             staged = self.stage(new, derived_from=d)
         await self.commit([staged], deltas=[dirops.entry_delta(new, name)])
-        return {"existed": False}
+        return None
 
     async def _op_remove_child(self, path: str, a: dict[str, Any]) -> Any:
         name = rec.check_name(_str(a, "name"))

@@ -294,10 +294,8 @@ class FsService:
         parent adds the entry, which fails if the parent is missing or a file. A
         missing parent (with ``parents``) is made the same way, then the entry is
         added again: a loop over the levels, not a recursion (a path may be
-        ``MAX_DEPTH`` levels deep). A level entered anew is followed by its parent's
-        entry in the grandparent, and so on up to the first that was already there
-        (a read, no write). On any error every directory this call made is taken
-        back, deepest first, so no unlisted or half-made directory is left.
+        ``MAX_DEPTH`` levels deep). On any error every directory this call made is
+        taken back, deepest first, so no unlisted or half-made directory is left.
         """
         if path == "/":
             if not exist_ok:
@@ -306,11 +304,10 @@ class FsService:
         todo = [path]  # the levels still to make and link, the deepest first
         made: list[str] = []  # records this call created, the deepest first
         linked: list[str] = []  # ... and entered into their parent
-        there: set[str] = set()  # levels known to exist (no mkdir needed)
         try:
             while todo:
                 p = todo[-1]
-                if p not in made and p not in there:
+                if p not in made:
                     res = await self.node.meta.call(p, "mkdir")
                     if res["created"]:
                         made.append(p)
@@ -318,7 +315,7 @@ class FsService:
                         raise AlreadyExists(f"{path} already exists")
                 par = rec.parent(p)
                 try:
-                    res = await self.node.meta.call(
+                    await self.node.meta.call(
                         par, "add_child", {"name": rec.basename(p), "kind": "dir"}
                     )
                 except NotFound:
@@ -329,13 +326,6 @@ class FsService:
                 if p in made:
                     linked.append(p)
                 todo.pop()
-                if not todo and par != "/" and not (res or {}).get("existed", True):
-                    # We entered p into par: par may be a level another call made and
-                    # failed to link (its take-back refused once par was in use). Link
-                    # upwards until an entry is already there, or nothing under it
-                    # would ever be listed (thrash found such a subtree outlive rm -r).
-                    there.add(par)
-                    todo.append(par)
         except SectorError:
             await self._take_back(made, linked)
             raise
