@@ -363,13 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="replica target of the new files",
     )
-    s.add_argument(
-        "-j",
-        "--jobs",
-        type=arg_type(positive_int),
-        default=32,
-        help="files in flight at once (default 32)",
-    )
+    _jobs(s)
     s.add_argument("local", nargs="+", metavar="LOCAL")
     s.add_argument("remote", metavar="REMOTE")
 
@@ -377,13 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "-r", "--recursive", action="store_true", help="download directories recursively"
     )
-    s.add_argument(
-        "-j",
-        "--jobs",
-        type=arg_type(positive_int),
-        default=32,
-        help="files in flight at once (default 32)",
-    )
+    _jobs(s)
     s.add_argument("remote", nargs="+", metavar="REMOTE")
     s.add_argument("local", metavar="LOCAL")
 
@@ -590,3 +578,14 @@ def _report(exc: BaseException) -> None:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _jobs(s: argparse.ArgumentParser) -> None:
+    """``-j/--jobs`` of put -r and get -r."""
+    s.add_argument(
+        "-j",
+        "--jobs",
+        type=arg_type(positive_int),
+        default=32,
+        help="files in flight at once (default 32)",
+    )

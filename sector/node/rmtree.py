@@ -74,25 +74,28 @@ async def _remove(ns: Namespace, r: FileRecord | DirRecord, *, recursive: bool) 
 
 async def _child(ns: Namespace, path: str, kind: str) -> int:
     """One child of a directory being removed (its entry is the caller's); 0 if it was
-    gone already."""
-    try:
-        if kind == "file":
-            try:
-                _delete(ns, path, await ns.call(path, "delete"))
-                return 1
-            except DirectoryNotEmpty:
-                pass  # a directory after all (the entry was older): remove it as one
-        return await _remove(ns, await ns.must_get(path), recursive=True)
-    except NotFound:
-        pass
-    # Not at its owner. Before its entry goes as a dangling one, every copy is asked:
-    # a new owner may not hold every record yet, and dropping the entry of a child that
-    # exists would leave its subtree behind, unlisted (thrash found one come back).
+    gone already.
+
+    "Gone" is asked of every copy, not only of the owner: a new owner may not hold every
+    record yet, and dropping the entry of a child that exists would leave its subtree
+    behind, unlisted (thrash found one come back). A delete checks a miss with the
+    copies itself; a look-up says ``merge`` (a fan-out only on a miss)."""
+    if kind == "file":
+        try:
+            _delete(ns, path, await ns.call(path, "delete"))
+            return 1
+        except DirectoryNotEmpty:
+            pass  # a directory after all (the entry was older): remove it as one
+        except NotFound:
+            return 0
     found = await ns.call(path, "get", {"merge": True})
     r = rec.from_builtins(found) if found else None
-    if isinstance(r, FileRecord | DirRecord):
+    if not isinstance(r, FileRecord | DirRecord):
+        return 0
+    try:
         return await _remove(ns, r, recursive=True)
-    return 0
+    except NotFound:
+        return 0
 
 
 def _delete(ns: Namespace, path: str, res: Any) -> None:
