@@ -1,6 +1,7 @@
-"""Owner-side operations on directory records beyond ``service.py``'s own: the entries
-of many children removed in one update (``remove_children``), which a recursive rm
-makes once per directory instead of once per child (issue 17).
+"""Owner-side operations on directory records beyond ``service.py``'s own: an entry
+removed (``remove_child``, also from the shadow a tombstone carries, records rule 7),
+and the entries of many children removed in one update (``remove_children``), which a
+recursive rm makes once per directory instead of once per child (issue 17).
 
 They follow the service's rules through its ``Owner`` steps (``fileops.Owner``): read,
 compute and stage with no await in between, then commit (durable on a majority of the
@@ -19,7 +20,7 @@ from sector.meta import records as rec
 from sector.meta.fileops import Owner
 from sector.meta.records import DirRecord
 
-__all__ = ["MAX_NAMES", "entry_delta", "remove_children"]
+__all__ = ["MAX_NAMES", "entry_delta", "remove_child", "remove_children"]
 
 MAX_NAMES = 512  # entries in one remove_children (a frame of at most ~128 KiB of names)
 
@@ -41,6 +42,32 @@ def _names(obj: Any) -> list[str]:
     ):
         raise BadRequest(f"remove_children needs a list of 1 to {MAX_NAMES} names")
     return [rec.check_name(n) for n in dict.fromkeys(obj)]
+
+
+async def remove_child(svc: Owner, path: str, a: dict[str, Any]) -> Any:
+    """``{name}``: remove this entry of the directory (a "gone" entry stamped later than
+    the one it buries); of a tombstone's shadow too, where an ``rm -r`` finishing on a
+    child it had not seen buries it. A name not there changes nothing."""
+    if not isinstance(n := a.get("name"), str):
+        raise BadRequest("argument 'name' must be a string")
+    name = rec.check_name(n)
+    new: rec.Record
+    delta: rec.Record
+    async with svc.path_lock(path):
+        d = await svc.read(path)
+        if isinstance(d, DirRecord):
+            if name not in d.children:
+                return None
+            dnew = rec.remove_child(d, name, svc.tick(d, name))
+            new, delta = dnew, entry_delta(dnew, name)
+        elif isinstance(d, rec.Gone) and name in d.shadow:
+            svc.clock.observe(d.shadow[name].v)
+            new = delta = rec.bury_shadow_entry(d, name, svc.tick(d))
+        else:
+            return None
+        staged = svc.stage(new, derived_from=d)
+    await svc.commit([staged], deltas=[delta])
+    return None
 
 
 async def remove_children(svc: Owner, path: str, a: dict[str, Any]) -> Any:

@@ -34,6 +34,12 @@ Rules
    the normal case). Rejected alternative: dropping the children when a non-directory
    wins. ``merge(merge(dir1, gone2), dir3)`` would then differ from
    ``merge(dir1, merge(gone2, dir3))``, and replicas would disagree for ever.
+7. A directory removed with its tree (``Gone.tree``, ``rm -r``) that later merges with
+   a copy listing a live entry older than the removal (the entry was acknowledged on
+   copies the removal could not reach: a kill and a partition at once) did not see
+   that child; the removal is finished on it (``unseen_children``: the owner removes
+   the child's tree and buries the entry). A live entry *newer* than the removal is a
+   create that raced it and stays, as in rule 6.
 
 Path rules (``normalize``): absolute POSIX paths, duplicate and trailing slashes
 collapsed; ``.`` and ``..`` segments, NUL, control characters, segments over 255 UTF-8
@@ -64,6 +70,7 @@ __all__ = [
     "Stamp",
     "add_child",
     "basename",
+    "bury_shadow_entry",
     "check_name",
     "decode",
     "encode",
@@ -77,6 +84,7 @@ __all__ = [
     "purge_tombstones",
     "remove_child",
     "to_builtins",
+    "unseen_children",
 ]
 
 Stamp = tuple[int, int, str]
@@ -193,6 +201,10 @@ class Gone(msgspec.Struct, frozen=True, tag="gone", omit_defaults=True):
     # whose first attempt took effect but was not acknowledged, is answered as done
     # instead of "no such file".
     token: str = ""
+    # Removed with everything under it (rm -r): a live shadow entry older than ``v``
+    # is a child the delete did not see (its copies were out of reach), and goes too
+    # (rule 7). False for an rmdir, which removes only an empty directory.
+    tree: bool = False
 
 
 Record = FileRecord | DirRecord | Gone
@@ -306,6 +318,26 @@ def remove_child(d: DirRecord, name: str, v: Stamp) -> DirRecord:
 def live_children(d: DirRecord) -> dict[str, str]:
     """The listing: name -> kind ("file" or "dir") of every entry not removed, by name."""
     return {n: c.kind for n, c in sorted(d.children.items()) if c.kind != "gone"}
+
+
+def unseen_children(r: Record) -> dict[str, str]:
+    """The children an ``rm -r`` did not see (rule 7): name -> kind of each live shadow
+    entry of a tree tombstone stamped before it. Empty for any other record."""
+    if not isinstance(r, Gone) or not r.tree or not r.shadow:
+        return {}
+    return {n: c.kind for n, c in sorted(r.shadow.items()) if c.kind != "gone" and c.v < r.v}
+
+
+def bury_shadow_entry(r: R, name: str, v: Stamp) -> R:
+    """A file or tombstone record with shadow entry ``name`` made "gone" at ``v``
+    (``remove_child`` on a directory's entry, for the entries rule 6 carries)."""
+    if isinstance(r, DirRecord):
+        return r
+    old = r.shadow.get(name)
+    new = Child(v, "gone")
+    if old is None or _child_key(old) >= _child_key(new):
+        return r
+    return msgspec.structs.replace(r, shadow={**r.shadow, name: new})
 
 
 def purge_tombstones(d: R, older_than_ms: int) -> R:

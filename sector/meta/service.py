@@ -138,6 +138,7 @@ class MetaService:
             io=self._io,
         )
         self.on_delete: Callable[[Record], Awaitable[None]] | None = None
+        self.on_unseen: Callable[[str], None] | None = None  # set by the node (rmtree)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -280,6 +281,9 @@ class MetaService:
         cur = self._read_local(r.path)
         merged = r if derived_from is not None and cur is derived_from else rec.merge(cur, r)
         self._overlay[r.path] = merged
+        unseen = isinstance(merged, Gone) and rec.unseen_children(merged)  # records rule 7
+        if unseen and self.on_unseen and self.ring.responsible_for(key_id(r.path)):
+            self.on_unseen(r.path)  # an rm -r to finish
         return merged
 
     async def commit(
@@ -482,17 +486,6 @@ class MetaService:
         await self.commit([staged], deltas=[dirops.entry_delta(new, name)])
         return None
 
-    async def _op_remove_child(self, path: str, a: dict[str, Any]) -> Any:
-        name = rec.check_name(_str(a, "name"))
-        async with self.path_lock(path):
-            d = await self.read(path)
-            if not isinstance(d, DirRecord) or name not in d.children:
-                return None
-            new = rec.remove_child(d, name, self.tick(d, name))
-            staged = self.stage(new, derived_from=d)
-        await self.commit([staged], deltas=[dirops.entry_delta(new, name)])
-        return None
-
     async def _op_delete(self, path: str, a: dict[str, Any]) -> Any:
         expect_blob = a.get("blob")
         token = t if isinstance(t := a.get("token"), str) and len(t) <= 64 else ""
@@ -514,8 +507,10 @@ class MetaService:
             ):
                 raise AlreadyExists(f"{path} changed while it was being removed")
             moved = rec.normalize(m) if isinstance(m := a.get("moved_to"), str) else ""
+            tree = a.get("tree") is True and isinstance(old, DirRecord)  # rm -r (rule 7)
+            v = self.tick(old)
             staged = self.stage(
-                Gone(path=path, v=self.tick(old), mtime=self.now(), moved=moved, token=token)
+                Gone(path=path, v=v, mtime=self.now(), moved=moved, token=token, tree=tree)
             )
         await self.commit([staged])
         return {"old": rec.to_builtins(old)}
@@ -535,7 +530,7 @@ class MetaService:
         "put_file": _op_put_file,
         "mkdir": _op_mkdir,
         "add_child": _op_add_child,
-        "remove_child": _op_remove_child,
+        "remove_child": dirops.remove_child,
         "delete": _op_delete,
         "get_many": _op_get_many,
         "set_replicas": fileops.set_replicas,

@@ -174,6 +174,7 @@ class FsService:
     def __init__(self, node: FsHost) -> None:
         self.node = node
         self._bg: set[asyncio.Task[None]] = set()
+        self._finishing: set[str] = set()  # paths whose rm -r is being finished
         self.reaper = rmtree.Reaper(node.pool.call, self._spawn)  # blob.delete, batched
         # Told of every file version whose blob goes (``swarm.forget``: cached copies).
         self.on_blob_gone: Callable[[str, str], Awaitable[None]] | None = None
@@ -364,6 +365,23 @@ class FsService:
 
     def spawn_delete(self, r: Record | None, keep: str | None = None) -> None:
         self._spawn(self.delete_blobs(r, keep=keep))
+
+    def finish_rm(self, path: str) -> None:
+        """Finish, in the background, the ``rm -r`` of ``path`` on the children it did
+        not see (records rule 7; ``meta.on_unseen`` calls this on the owner)."""
+        if path in self._finishing:
+            return
+        self._finishing.add(path)
+
+        async def run() -> None:
+            try:
+                await rmtree.finish(self, path)
+            except SectorError as exc:  # the next merge that shows them tries again
+                log.info("finishing the rm -r of %s: %s", path, exc)
+            finally:
+                self._finishing.discard(path)
+
+        self._spawn(run())
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro, name="blob-delete")

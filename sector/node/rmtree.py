@@ -12,6 +12,10 @@ one that turns out to be a directory is removed as one.
 A crash part way leaves the directory with entries of children already gone: a
 later ``rm -r`` (or a look-up that misses, see ``remove``) drops them.
 
+A child the removal could not see (its entry was acknowledged on copies that a kill and
+a partition at once put out of reach) turns up later, when those copies merge with the
+tombstone: the removal is finished on it then (``finish``, records rule 7).
+
 The blobs of removed file versions go to their holders through a ``Reaper``: one
 ``blob.delete`` per holder for many files (best effort, as before: what a holder
 misses, its collector takes after its grace, on the metadata's word).
@@ -68,8 +72,25 @@ async def _remove(ns: Namespace, r: FileRecord | DirRecord, *, recursive: bool) 
         names = list(kids)
         for i in range(0, len(names), MAX_NAMES):
             await ns.call(r.path, "remove_children", {"names": names[i : i + MAX_NAMES]})
-    _delete(ns, r.path, await ns.call(r.path, "delete"))
+    # A directory removed with its tree says so (records rule 7): should a copy that
+    # lists a child this removal did not see turn up later, the removal finishes on it.
+    tree = {"tree": True} if isinstance(r, DirRecord) and recursive else None
+    _delete(ns, r.path, await ns.call(r.path, "delete", tree))
     return count + 1
+
+
+async def finish(ns: Namespace, path: str) -> int:
+    """An ``rm -r`` of ``path`` finished on the children it did not see (records rule 7:
+    a copy listing them was out of reach when it ran, and merged in since): each one's
+    tree goes, then its entry in the tombstone's shadow; how many entries went."""
+    found = await ns.call(path, "get")
+    r = rec.from_builtins(found) if found else None
+    count = 0
+    for name, kind in (rec.unseen_children(r) if r is not None else {}).items():
+        count += await _child(ns, rec.join(path, name), kind)
+        await ns.call(path, "remove_child", {"name": name})
+        log.warning("rm -r of %s finished on %s, a child it had not seen", path, name)
+    return count
 
 
 async def _child(ns: Namespace, path: str, kind: str) -> int:
@@ -146,4 +167,4 @@ class Reaper:
             self._busy.discard(addr)
 
 
-__all__ = ["Namespace", "Reaper", "remove"]
+__all__ = ["Namespace", "Reaper", "finish", "remove"]

@@ -280,6 +280,7 @@ class Node:
         self.handlers.update(self.swarm.handlers())
         self.server.bulk_handlers.update(self.swarm.bulk_handlers())
         self.fs.on_blob_gone = self.swarm.forget
+        self.meta.on_unseen = self.fs.finish_rm  # records rule 7
         self.handlers.update(
             {
                 "node.gossip": self._h_gossip,
