@@ -28,6 +28,7 @@ import msgspec
 from sector.errors import (
     AlreadyExists,
     BadRequest,
+    DirectoryNotEmpty,
     IsADirectory,
     NotADirectory,
     NotFound,
@@ -333,15 +334,20 @@ class FsService:
 
     async def _take_back(self, made: list[str], linked: list[str]) -> None:
         """Undo an ensure_dir that failed, deepest first: each directory it made goes,
-        then its entry. One that is no longer empty (another client's mkdir -p used
-        it meanwhile) stays, with its entry, and so do its ancestors."""
+        then its entry. One that is no longer empty (another call's mkdir -p or put
+        used it meanwhile, taking it as made) stays, and so do its ancestors; it is
+        linked if it was not, so that no live tree is left out of its parent's
+        listing, where an rm -r of an ancestor would never see it."""
         for p in made:  # in the order made: the deepest first
+            par, name = rec.parent(p), rec.basename(p)
             try:
                 await self.node.meta.call(p, "delete")
                 if p in linked:
-                    await self.node.meta.call(
-                        rec.parent(p), "remove_child", {"name": rec.basename(p)}
-                    )
+                    await self.node.meta.call(par, "remove_child", {"name": name})
+            except DirectoryNotEmpty:
+                if p not in linked:
+                    with contextlib.suppress(SectorError):
+                        await self.node.meta.call(par, "add_child", {"name": name, "kind": "dir"})
             except SectorError:
                 continue
 
