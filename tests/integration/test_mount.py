@@ -367,6 +367,21 @@ def c_read(address: str, path: str) -> bytes:
         return c.read(path)
 
 
+def _fuse_holders(m: Mount) -> str:
+    """What keeps a mount alive after its process was killed, for the failure message:
+    the processes holding /dev/fuse, the fusermount3 helpers, the mount's log."""
+    held = []
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        with contextlib.suppress(OSError):
+            if any(os.readlink(fd) == "/dev/fuse" for fd in fd_dir.iterdir()):
+                cmd = (fd_dir.parent / "cmdline").read_bytes().replace(b"\0", b" ")
+                held.append(f"{fd_dir.parent.name}: {cmd.decode(errors='replace')[:200]}")
+    ps = subprocess.run(["ps", "-eo", "pid,ppid,stat,args"], capture_output=True, text=True)
+    helpers = [ln for ln in ps.stdout.splitlines() if "fusermount" in ln]
+    log = m.log.read_text(errors="replace")[-2000:] if m.log.exists() else "(no log)"
+    return f"/dev/fuse held by: {held}\nfusermount3: {helpers}\nmount log tail:\n{log}"
+
+
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_a_killed_mount_leaves_no_stale_mount_point(
     cluster: ProcCluster, tmp_path: Path, sig: signal.Signals
@@ -375,7 +390,10 @@ def test_a_killed_mount_leaves_no_stale_mount_point(
     try:
         assert (m.path / "..").exists()
         os.kill(m.pid, sig)
-        wait_for(lambda: not _mounted(m.path), 30, what="the mount point to be released")
+        try:
+            wait_for(lambda: not _mounted(m.path), 30, what="the mount point to be released")
+        except TimeoutError as exc:  # a rare flake in CI: say what held it
+            raise AssertionError(f"{exc}\n{_fuse_holders(m)}") from None
         assert list(m.path.iterdir()) == []  # a plain empty directory again, not ENOTCONN
         wait_for(lambda: _gone(m.pid), 10, what="the mount process to exit")
     finally:
