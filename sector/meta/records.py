@@ -325,7 +325,7 @@ def unseen_children(r: Record) -> dict[str, str]:
     entry of a tree tombstone stamped before it. Empty for any other record."""
     if not isinstance(r, Gone) or not r.tree or not r.shadow:
         return {}
-    return {n: c.kind for n, c in sorted(r.shadow.items()) if c.kind != "gone" and c.v < r.v}
+    return {n: c.kind for n, c in r.shadow.items() if c.kind != "gone" and c.v < r.v}
 
 
 def bury_shadow_entry(r: R, name: str, v: Stamp) -> R:
