@@ -48,6 +48,9 @@ class ClientLike(Protocol):
     def mkdir_many(self, paths: list[str], *, concurrency: int = ...) -> Any: ...
     def open(self, remote: str, mode: str = ...) -> Any: ...
     def ls(self, path: str) -> list[dict[str, Any]]: ...
+    def ls_page(
+        self, path: str = ..., *, after: str | None = ..., limit: int = ...
+    ) -> tuple[list[dict[str, Any]], str | None]: ...
     def stat(self, path: str, *, verify: bool = ...) -> dict[str, Any]: ...
     def mkdir(self, path: str, *, parents: bool = ...) -> Any: ...
     def rm(self, path: str, *, recursive: bool = ...) -> Any: ...
@@ -384,16 +387,29 @@ def _entry_of(info: dict[str, Any]) -> dict[str, Any]:
 
 
 def cmd_ls(c: ClientLike, args: argparse.Namespace) -> None:
+    """A page at a time on a terminal (the first page of a huge directory shows at
+    once); ``--json`` prints the whole listing as one list."""
     path = remote_path(args.path)
-    try:
-        entries = c.ls(path)
-    except NotADirectory:
-        entries = [_entry_of(c.stat(path))]
+    after: str | None = None
+    every: list[dict[str, Any]] = []
+    while True:
+        try:
+            entries, after = c.ls_page(path, after=after)
+        except NotADirectory:
+            entries, after = [_entry_of(c.stat(path))], None
+        if args.json:
+            every += entries
+        else:
+            _print_entries(entries, long=args.long)
+        if after is None:
+            break
     if args.json:
-        output.emit_json(entries)
-        return
+        output.emit_json(every)
+
+
+def _print_entries(entries: list[dict[str, Any]], *, long: bool) -> None:
     entries = sorted(entries, key=lambda e: str(e.get("name", "")))
-    if not args.long:
+    if not long:
         for e in entries:
             output.echo(_display_name(e))
         return

@@ -56,6 +56,7 @@ from sector.wire.messages import to_args
 
 Progress = Callable[[int, int], None]
 RING_TTL = 5.0  # seconds a client trusts its view of who owns which keys
+LS_PAGE = 1000  # entries a page of a listing asks for (the node's own page size)
 
 
 def _local_ip(addr: str) -> str:
@@ -229,9 +230,21 @@ class AsyncClient:
             return False
 
     async def ls(self, path: str = "/") -> list[dict[str, Any]]:
+        """Every entry of a directory (a file: its own), in name order, a page at a time."""
+        return await many.ls_all(self, path)
+
+    async def ls_page(
+        self, path: str = "/", *, after: str | None = None, limit: int = LS_PAGE
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of a directory's entries: at most ``limit`` (1 to 10,000), those
+        whose names come after ``after``, in name order; and the name to pass as
+        ``after`` for the next page (None after the last)."""
         p = rec.normalize(path)
-        res: list[dict[str, Any]] = await self._call_owner(p, "fs.ls", {"path": p})
-        return res
+        args = {"path": p, "after": after, "limit": limit}
+        res = await self._call_owner(p, "fs.ls", args)
+        if isinstance(res, list):  # a node from before pages: the whole listing
+            return res, None
+        return list(res["entries"]), res.get("next")
 
     async def mkdir(self, path: str, *, parents: bool = False) -> dict[str, Any] | None:
         p = rec.normalize(path)  # at its owner: the new record is made there, no hop
@@ -481,7 +494,7 @@ class AsyncClient:
         for i, addr in enumerate(entry + self._order(st["replicas"])):
             try:
                 t0 = time.monotonic()
-                await self._fetch(addr, st, tmp, progress, swarm=i < len(entry))
+                await fetch.download(self.pool, addr, st, tmp, progress, swarm=i < len(entry))
             except asyncio.CancelledError:
                 with contextlib.suppress(OSError):
                     tmp.unlink()
@@ -540,17 +553,6 @@ class AsyncClient:
             if ipaddress.ip_address(host).is_loopback:
                 return True
         return host in ("localhost", self._client_host)
-
-    async def _fetch(
-        self,
-        addr: str,
-        st: dict[str, Any],
-        tmp: Path,
-        progress: Progress | None,
-        *,
-        swarm: bool = False,
-    ) -> None:
-        await fetch.download(self.pool, addr, st, tmp, progress, swarm=swarm)
 
     async def _report_bad(self, st: dict[str, Any], addr: str, exc: BaseException) -> None:
         """A replica's copy is rotten or missing: tell the file's owner (best effort),

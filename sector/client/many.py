@@ -23,7 +23,16 @@ from typing import Any, Protocol
 
 from sector.errors import AlreadyExists, SectorError
 
-__all__ = ["CONCURRENCY", "Batch", "Failure", "OnDone", "get_many", "mkdir_many", "put_many"]
+__all__ = [
+    "CONCURRENCY",
+    "Batch",
+    "Failure",
+    "OnDone",
+    "get_many",
+    "ls_all",
+    "mkdir_many",
+    "put_many",
+]
 
 CONCURRENCY = 32  # files in flight: enough to fill the owners' group commits
 
@@ -45,6 +54,9 @@ class AsyncClient(Protocol):
     ) -> dict[str, Any]: ...
     async def get(self, remote: str, local: str | os.PathLike[str]) -> dict[str, Any]: ...
     async def mkdir(self, path: str, *, parents: bool = ...) -> dict[str, Any] | None: ...
+    async def ls_page(
+        self, path: str = ..., *, after: str | None = ..., limit: int = ...
+    ) -> tuple[list[dict[str, Any]], str | None]: ...
 
 
 @dataclass(frozen=True)
@@ -162,3 +174,15 @@ async def mkdir_many(
         out.done += level.done
         out.failed += level.failed
     return out
+
+
+async def ls_all(c: AsyncClient, path: str) -> list[dict[str, Any]]:
+    """Every entry of a directory, asked a page at a time (``fs.ls`` with ``limit``):
+    no reply carries a whole huge directory."""
+    out: list[dict[str, Any]] = []
+    after: str | None = None
+    while True:
+        entries, after = await c.ls_page(path, after=after)
+        out += entries
+        if after is None:
+            return out

@@ -16,7 +16,7 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from sector.client import many
-from sector.client.aio import AsyncClient, Progress
+from sector.client.aio import LS_PAGE, AsyncClient, Progress
 from sector.errors import IsADirectory, Timeout, UsageError
 
 T = TypeVar("T")
@@ -150,6 +150,12 @@ class Client:
 
     def ls(self, path: str = "/") -> list[dict[str, Any]]:
         return self._run(self._aio.ls(path))
+
+    def ls_page(
+        self, path: str = "/", *, after: str | None = None, limit: int = LS_PAGE
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of a directory's entries and the cursor of the next (``AsyncClient``)."""
+        return self._run(self._aio.ls_page(path, after=after, limit=limit))
 
     def stat(self, path: str, *, verify: bool = False) -> dict[str, Any]:
         return self._run(self._aio.stat(path, verify=verify))

@@ -22,7 +22,7 @@ import contextlib
 import os
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Literal
 
 from sector.errors import (
     BadRequest,
@@ -34,6 +34,7 @@ from sector.errors import (
 )
 from sector.ids import from_hex, key_id, to_hex
 from sector.meta import records as rec
+from sector.meta.batch import BATCH
 from sector.meta.messages import MetaOp
 from sector.meta.records import Record
 from sector.meta.ring import Ring
@@ -139,6 +140,8 @@ class Router:
         after a heal), and the node the members name is asked; it serves, or routes on,
         or refuses a write, by the same rule.
         """
+        if not fresh and (known := self.known_route(key)) is not None:
+            return known
         me = self.ring.me
         hint = self.ring.owner_hint(key)
         if self.ring.responsible_for(key):
@@ -150,6 +153,76 @@ class Router:
         if owner.id == me.id and hint is not None:
             return hint
         return owner
+
+    def known_route(self, key: int) -> Peer | None:
+        """``route``'s answer where it needs no lookup (this node, or a cached arc)."""
+        me = self.ring.me
+        hint = self.ring.owner_hint(key)
+        if self.ring.responsible_for(key):
+            return me if hint is None else hint
+        hit = self.cache.find(key)
+        if hit is None:
+            return None
+        return hint if hit[0] == me.id and hint is not None else Peer(hit[0], hit[1])
+
+    async def get_many(self, paths: list[str]) -> dict[str, Record | None]:
+        """The records of many paths, one ``get_many`` per owner (a listing's children:
+        issue 17) rather than one routed call each. A path whose owner is not known
+        without a lookup, or that its presumed owner says is not its own, is asked on
+        its own (which teaches the range cache the owner's arc for the rest)."""
+        out: dict[str, Record | None] = {}
+        todo = list(dict.fromkeys(paths))
+        while todo:
+            groups: dict[tuple[int, str], list[str]] = {}
+            alone: list[str] = []
+            for p in todo:
+                owner = self.known_route(key_id(p))
+                if owner is None:
+                    alone.append(p)
+                else:
+                    groups.setdefault((owner.id, owner.addr), []).append(p)
+            if not groups:  # nothing routable from the cache: one routed call
+                out[alone[0]] = await self.get(alone[0])
+                todo = alone[1:]
+                continue
+            asked = await asyncio.gather(*(self._get_at(Peer(*o), g) for o, g in groups.items()))
+            refused: list[str] = []
+            for found in asked:
+                for p, r in found.items():
+                    if r is False:
+                        refused.append(p)
+                    else:
+                        out[p] = r
+            for p, r in zip(refused, await asyncio.gather(*map(self.get, refused)), strict=True):
+                out[p] = r
+            todo = alone  # routable now, most of them: the replies taught their arcs
+        return out
+
+    async def _get_at(
+        self, owner: Peer, group: list[str]
+    ) -> dict[str, Record | Literal[False] | None]:
+        """``get_many`` at ``owner``, BATCH paths a call; False: ask that path's owner."""
+        if owner.id == self.ring.me.id:
+            return {p: await self.get(p) for p in group}
+        out: dict[str, Record | Literal[False] | None] = {}
+        for i in range(0, len(group), BATCH):
+            part = group[i : i + BATCH]
+            args = {"path": part[0], "op": "get_many", "args": {"paths": part}, "hops": MAX_HOPS}
+            try:
+                rep = await self.ring.call(owner.addr, "meta.op", args)
+                got = rep.get("result") if isinstance(rep, dict) else None
+            except SectorError:
+                got = None
+            if not isinstance(got, list) or len(got) != len(part):
+                out.update((p, False) for p in part)
+                continue
+            self.learn(rep.get("range"))
+            for p, obj in zip(part, got, strict=True):
+                try:
+                    out[p] = False if obj is False else rec.from_builtins(obj) if obj else None
+                except SectorError:
+                    out[p] = False  # malformed: asked again on its own
+        return out
 
     async def get(self, path: str) -> Record | None:
         """The current record of a path (routed; no conversion when this node owns it)."""

@@ -187,6 +187,9 @@ class MetaService:
         """The current record of a path (routed; no conversion when this node owns it)."""
         return await self.router.get(path)
 
+    async def get_many(self, paths: list[str]) -> dict[str, Record | None]:
+        return await self.router.get_many(paths)  # one call per owner
+
     # ------------------------------------------------------------------ owner-side ops
 
     def path_lock(self, path: str) -> asyncio.Lock:
@@ -516,13 +519,16 @@ class MetaService:
         return {"old": rec.to_builtins(old)}
 
     async def _op_get_many(self, path: str, a: dict[str, Any]) -> Any:
-        paths = a.get("paths")
-        if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
-            raise BadRequest("get_many needs a list of paths")
-        out = []
-        for p in paths:
-            r = await self.read(p)
-            out.append(rec.to_builtins(r) if r is not None else None)
+        """The records of ``paths`` this node owns; False for each it does not."""
+        paths: Any = a.get("paths")
+        ok = isinstance(paths, list) and len(paths) <= BATCH
+        if not ok or not all(isinstance(p, str) for p in paths):
+            raise BadRequest(f"get_many needs a list of at most {BATCH} paths")
+        out: list[Any] = []
+        for p in map(rec.normalize, paths):
+            mine = self.router.mine(key_id(p))  # False: not this node's, ask its owner
+            r = await self.read(p) if mine else None
+            out.append(rec.to_builtins(r) if r is not None else None if mine else False)
         return out
 
     _ops: dict[str, Callable[[MetaService, str, dict[str, Any]], Awaitable[Any]]] = {

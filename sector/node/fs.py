@@ -39,7 +39,7 @@ from sector.errors import (
 )
 from sector.meta import records as rec
 from sector.meta.records import DirRecord, FileRecord, Gone, Record
-from sector.node import rename, rmtree, status
+from sector.node import listing, rename, rmtree, status
 from sector.node.put import MAX_RF, PutHost, PutProtocol, Records
 from sector.security import guard
 from sector.storage.blobs import check_blob_id
@@ -65,10 +65,13 @@ class Stat(Request, frozen=True):
 
 
 class Ls(Request, frozen=True):
-    """fs.ls: a directory's entries (a file's own)."""
+    """fs.ls: a directory's entries (a file's own). With ``limit``, a page of them:
+    ``{"entries", "next"}``, the entries after the name ``after`` (``listing.py``)."""
 
     op = "fs.ls"
     path: str
+    after: str | None = None
+    limit: int | None = None
 
 
 class Mkdir(Request, frozen=True):
@@ -143,6 +146,7 @@ def _stamp(v: rec.Stamp) -> str:
 
 class Meta(Records, Protocol):
     async def get(self, path: str) -> Record | None: ...
+    async def get_many(self, paths: list[str]) -> dict[str, Record | None]: ...
 
 
 class Reporter(Protocol):
@@ -176,6 +180,7 @@ class FsService:
         self.node = node
         self._bg: set[asyncio.Task[None]] = set()
         self._finishing: set[str] = set()  # paths whose rm -r is being finished
+        self.names = listing.Names()  # sorted names of huge directories, for ls pages
         self.reaper = rmtree.Reaper(node.pool.call, self._spawn)  # blob.delete, batched
         # Told of every file version whose blob goes (``swarm.forget``: cached copies).
         self.on_blob_gone: Callable[[str, str], Awaitable[None]] | None = None
@@ -406,12 +411,20 @@ class FsService:
     async def _h_ls(self, req: Ls) -> Any:
         path = rec.normalize(req.path)
         guard.read(path)
+        limit = _opt_int(req.limit, "limit", 1, listing.MAX_PAGE)
         r = await self.must_get(path)
+        nxt = None
         if isinstance(r, FileRecord):
-            return [self.entry(r)]
-        names = list(rec.live_children(r))
-        kids = await self.gather([self.get(rec.join(path, n)) for n in names])
-        return [self.entry(k) for k in kids if isinstance(k, FileRecord | DirRecord)]
+            entries = [self.entry(r)]
+        else:
+            names = self.names.of(r)
+            if limit is not None:
+                names, nxt = listing.page(names, req.after, limit)
+            paths = [rec.join(path, n) for n in names]
+            got = await self.node.meta.get_many(paths)
+            kids = [got.get(p) for p in paths]
+            entries = [self.entry(k) for k in kids if isinstance(k, FileRecord | DirRecord)]
+        return entries if limit is None else {"entries": entries, "next": nxt}
 
     @typed(Mkdir)
     async def _h_mkdir(self, req: Mkdir) -> Any:

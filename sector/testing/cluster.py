@@ -323,3 +323,22 @@ class ProcCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def metric_total(nodes: list[NodeProc], name: str, **labels: str) -> float:
+    """A sample of the nodes' ``/metrics`` summed over them: every sample called
+    ``name`` whose labels include ``labels``."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total = 0.0
+    for n in nodes:
+        url = str(json.loads((n.data / "node.json").read_text())["http"]) + "metrics"
+        with urllib.request.urlopen(url, timeout=30) as r:
+            text = r.read().decode()
+        for fam in text_string_to_metric_families(text):
+            for s in fam.samples:
+                if s.name == name and labels.items() <= s.labels.items():
+                    total += s.value
+    return total

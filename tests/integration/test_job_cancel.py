@@ -15,11 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from sector.errors import JobCancelled
 from sector.testing import browser
-from sector.testing.cluster import ProcCluster, wait_for
+from sector.testing.cluster import ProcCluster, metric_total, wait_for
 
 CANCEL_WITHIN = 10.0  # seconds from the cancel to the driver's error
 
@@ -57,16 +56,7 @@ def job_row(base: str, job: str) -> dict[str, Any] | None:
 
 def cancelled_jobs(cl: ProcCluster) -> float:
     """``sector_sphere_jobs{state="cancelled"}`` summed over the nodes' /metrics."""
-    total = 0.0
-    for n in cl.nodes:
-        url = str(json.loads((n.data / "node.json").read_text())["http"]) + "metrics"
-        with urllib.request.urlopen(url, timeout=30) as r:
-            text = r.read().decode()
-        for fam in text_string_to_metric_families(text):
-            for smp in fam.samples:
-                if smp.name == "sector_sphere_jobs" and smp.labels.get("state") == "cancelled":
-                    total += smp.value
-    return total
+    return metric_total(cl.nodes, "sector_sphere_jobs", state="cancelled")
 
 
 def staged(cl: ProcCluster, job: str) -> list[Path]:

@@ -328,6 +328,12 @@ class FakeClient:
                             "size": st.get("size", 0), "mtime": 0.0, "replicas": reps, "rf": self.rf})  # fmt: skip
         return out
 
+    def ls_page(
+        self, path: str = "/", *, after: str | None = None, limit: int = 1000
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        rest = [e for e in self.ls(path) if after is None or e["name"] > after]
+        return rest[:limit], (rest[limit - 1]["name"] if len(rest) > limit else None)
+
     def mkdir(self, path: str, *, parents: bool = False) -> None:
         if path in self.dirs or path in self.files:
             raise AlreadyExists(f"already exists: {path}")
