@@ -216,7 +216,6 @@ class AsyncClient:
             r["health"] = str(rep.get("health"))
         except SectorError:
             r["health"] = "unreachable"
-            return
         if r["health"] == "corrupt":
             await self._report_bad(st, r["address"], ChecksumMismatch("corrupt"))
         elif r["health"] == "missing":
@@ -234,16 +233,18 @@ class AsyncClient:
         return await many.ls_all(self, path)
 
     async def ls_page(
-        self, path: str = "/", *, after: str | None = None, limit: int = LS_PAGE
+        self,
+        path: str = "/",
+        *,
+        after: str | None = None,
+        limit: int = LS_PAGE,
+        detail: bool = True,
     ) -> tuple[list[dict[str, Any]], str | None]:
-        """One page of a directory's entries: at most ``limit`` (1 to 10,000), those
-        whose names come after ``after``, in name order; and the name to pass as
-        ``after`` for the next page (None after the last)."""
+        """A page of a directory's entries in name order (at most ``limit``, 1 to
+        10,000, after ``after``) and the ``after`` of the next (None: the last)."""
         p = rec.normalize(path)
-        args = {"path": p, "after": after, "limit": limit}
+        args = {"path": p, "after": after, "limit": limit, "detail": detail}
         res = await self._call_owner(p, "fs.ls", args)
-        if isinstance(res, list):  # a node from before pages: the whole listing
-            return res, None
         return list(res["entries"]), res.get("next")
 
     async def mkdir(self, path: str, *, parents: bool = False) -> dict[str, Any] | None:

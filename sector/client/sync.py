@@ -152,10 +152,15 @@ class Client:
         return self._run(self._aio.ls(path))
 
     def ls_page(
-        self, path: str = "/", *, after: str | None = None, limit: int = LS_PAGE
+        self,
+        path: str = "/",
+        *,
+        after: str | None = None,
+        limit: int = LS_PAGE,
+        detail: bool = True,
     ) -> tuple[list[dict[str, Any]], str | None]:
         """One page of a directory's entries and the cursor of the next (``AsyncClient``)."""
-        return self._run(self._aio.ls_page(path, after=after, limit=limit))
+        return self._run(self._aio.ls_page(path, after=after, limit=limit, detail=detail))
 
     def stat(self, path: str, *, verify: bool = False) -> dict[str, Any]:
         return self._run(self._aio.stat(path, verify=verify))

@@ -202,8 +202,8 @@ class Router:
         self, owner: Peer, group: list[str]
     ) -> dict[str, Record | Literal[False] | None]:
         """``get_many`` at ``owner``, BATCH paths a call; False: ask that path's owner."""
-        if owner.id == self.ring.me.id:
-            return {p: await self.get(p) for p in group}
+        if owner.id == self.ring.me.id:  # routed here already: read, no second check
+            return {p: await self._read(p) for p in group}
         out: dict[str, Record | Literal[False] | None] = {}
         for i in range(0, len(group), BATCH):
             part = group[i : i + BATCH]

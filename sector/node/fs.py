@@ -66,12 +66,15 @@ class Stat(Request, frozen=True):
 
 class Ls(Request, frozen=True):
     """fs.ls: a directory's entries (a file's own). With ``limit``, a page of them:
-    ``{"entries", "next"}``, the entries after the name ``after`` (``listing.py``)."""
+    ``{"entries", "next"}``, the entries after the name ``after`` (``listing.py``).
+    ``detail`` False: only each entry's name, path and type, from the directory's own
+    record (as ``ls`` without ``-l`` needs), with no look-up of the entries' records."""
 
     op = "fs.ls"
     path: str
     after: str | None = None
     limit: int | None = None
+    detail: bool = True
 
 
 class Mkdir(Request, frozen=True):
@@ -215,16 +218,17 @@ class FsService:
         assert isinstance(r, FileRecord | DirRecord)
         return r
 
-    def describe(self, r: FileRecord | DirRecord) -> dict[str, Any]:
-        alive = self.node.alive_ids()
-        draining = self.node.draining_ids()
+    def describe(
+        self, r: FileRecord | DirRecord, views: tuple[set[str], set[str]] | None = None
+    ) -> dict[str, Any]:
+        """A stat; ``views``: the (alive, draining) node ids, asked once for a listing."""
         if isinstance(r, DirRecord):
             return {
                 "path": r.path,
                 "name": rec.basename(r.path) or "/",
                 "type": "dir",
                 "size": 0,
-                "children": len(rec.live_children(r)),
+                "children": sum(c.kind != "gone" for c in r.children.values()),
                 "rf": r.rf or self.node.cfg.replicas,
                 "mtime": r.mtime,
                 "ctime": r.ctime,
@@ -232,6 +236,7 @@ class FsService:
                 "replicas": [],
                 "under_replicated": False,
             }
+        alive, draining = views or (self.node.alive_ids(), self.node.draining_ids())
         reps = []
         for nid, addr in r.replicas:
             m = self.node.members.get(nid)
@@ -264,8 +269,10 @@ class FsService:
             "pieces": r.pieces,
         }
 
-    def entry(self, r: FileRecord | DirRecord) -> dict[str, Any]:
-        d = self.describe(r)
+    def entry(
+        self, r: FileRecord | DirRecord, views: tuple[set[str], set[str]] | None = None
+    ) -> dict[str, Any]:
+        d = self.describe(r, views)
         return {
             "name": d["name"],
             "path": d["path"],
@@ -420,10 +427,19 @@ class FsService:
             names = self.names.of(r)
             if limit is not None:
                 names, nxt = listing.page(names, req.after, limit)
-            paths = [rec.join(path, n) for n in names]
+            # Names come from the record (checked when they were added): no re-check.
+            paths = [f"{path.rstrip('/')}/{n}" for n in names]
+            if not req.detail:
+                kinds = [r.children[n].kind for n in names]
+                entries = [
+                    {"name": n, "path": p, "type": k}
+                    for n, p, k in zip(names, paths, kinds, strict=True)
+                ]
+                return entries if limit is None else {"entries": entries, "next": nxt}
             got = await self.node.meta.get_many(paths)
             kids = [got.get(p) for p in paths]
-            entries = [self.entry(k) for k in kids if isinstance(k, FileRecord | DirRecord)]
+            views = (self.node.alive_ids(), self.node.draining_ids())
+            entries = [self.entry(k, views) for k in kids if isinstance(k, FileRecord | DirRecord)]
         return entries if limit is None else {"entries": entries, "next": nxt}
 
     @typed(Mkdir)

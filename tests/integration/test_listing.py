@@ -41,6 +41,11 @@ def test_a_large_directory_lists_in_pages_exactly_once_each(tmp_path: Path) -> N
             # One page of 1,000 entries spread over 3 owners: a call per owner (and
             # a few for the directory and routing), not a routed call per entry.
             assert meta_ops(cluster.nodes) - before < 50
+            # Names and types only (``ls`` without -l): from the directory's record.
+            before = meta_ops(cluster.nodes)
+            bare, bare_next = c.ls_page("/big", limit=1000, detail=False)
+            assert [(e["name"], e["type"]) for e in bare] == [(e["name"], "dir") for e in first]
+            assert bare_next == after and meta_ops(cluster.nodes) - before < 5
 
             # Paging on while entries are made on both sides of the cursor.
             c.mkdir("/big/a-early")  # before the cursor: not in this listing

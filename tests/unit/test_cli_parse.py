@@ -329,7 +329,7 @@ class FakeClient:
         return out
 
     def ls_page(
-        self, path: str = "/", *, after: str | None = None, limit: int = 1000
+        self, path: str = "/", *, after: str | None = None, limit: int = 1000, detail: bool = True
     ) -> tuple[list[dict[str, Any]], str | None]:
         rest = [e for e in self.ls(path) if after is None or e["name"] > after]
         return rest[:limit], (rest[limit - 1]["name"] if len(rest) > limit else None)
