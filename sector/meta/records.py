@@ -328,11 +328,9 @@ def unseen_children(r: Record) -> dict[str, str]:
     return {n: c.kind for n, c in r.shadow.items() if c.kind != "gone" and c.v < r.v}
 
 
-def bury_shadow_entry(r: R, name: str, v: Stamp) -> R:
-    """A file or tombstone record with shadow entry ``name`` made "gone" at ``v``
-    (``remove_child`` on a directory's entry, for the entries rule 6 carries)."""
-    if isinstance(r, DirRecord):
-        return r
+def bury_shadow_entry(r: Gone, name: str, v: Stamp) -> Gone:
+    """A tombstone with shadow entry ``name`` made "gone" at ``v`` (``remove_child`` on
+    a directory's entry, for the entries rule 6 carries: rule 7's finish)."""
     old = r.shadow.get(name)
     new = Child(v, "gone")
     if old is None or _child_key(old) >= _child_key(new):

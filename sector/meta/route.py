@@ -146,10 +146,7 @@ class Router:
         hint = self.ring.owner_hint(key)
         if self.ring.responsible_for(key):
             return me if hint is None else hint
-        hit = None if fresh else self.cache.find(key)
-        owner = (
-            Peer(hit[0], hit[1]) if hit is not None else await self.ring.lookup(key, verify=fresh)
-        )
+        owner = await self.ring.lookup(key, verify=fresh)  # (a cache hit returned above)
         if owner.id == me.id and hint is not None:
             return hint
         return owner
