@@ -92,6 +92,20 @@ def text_of(driver: Any, css: str) -> str:
     return str(got)
 
 
+def click(driver: Any, css: str, text: str | None = None) -> bool:
+    """Click the first element matching ``css`` (whose text is ``text``, if given) in one
+    step, for the same reason as text_of; False if there is none yet."""
+    return bool(
+        driver.execute_script(
+            "const e = Array.from(document.querySelectorAll(arguments[0]))"
+            ".find(e => arguments[1] === null || e.innerText.trim() === arguments[1]);"
+            "if (!e) return false; e.click(); return true",
+            css,
+            text,
+        )
+    )
+
+
 def test_every_tab_loads_and_the_overview_lists_every_node(
     page: Any, base: str, cluster: ProcCluster
 ) -> None:
@@ -134,11 +148,8 @@ def test_file_browser_lists_a_directory_and_shows_replicas(
         10,
         what="the listing of /web",
     )
-    page.find_element("link text", "📁 dir/").click()
-    link = wait_for(
-        lambda: [e for e in page.find_elements("link text", "data.csv")], 10, what="dir listed"
-    )
-    link[0].click()
+    assert click(page, "#listing a", "📁 dir/")
+    wait_for(lambda: click(page, "#listing a", "data.csv"), 10, what="dir listed")
     reps = wait_for(
         lambda: {r["replica"] for r in rows(page, "#replicas tbody tr")}, 10, what="replicas"
     )
@@ -147,7 +158,7 @@ def test_file_browser_lists_a_directory_and_shows_replicas(
     with urllib.request.urlopen(href, timeout=30) as r:
         assert r.read() == src.read_bytes()
     # each replica re-hashes its copy: health ok
-    page.find_element("id", "verify").click()
+    assert click(page, "#verify")
     wait_for(
         lambda: text_of(page, "#replicas tbody").split().count("ok") == len(reps),
         15,
