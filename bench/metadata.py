@@ -11,8 +11,9 @@ that the figures measure the ring and the stores rather than contention on one p
 directory, and so that the records looked up later live on many different owners:
 
     mkdir        creates of distinct, new directories            (goal >= 2,000 /s)
-    create       zero-byte file puts (begin_put, an empty bulk
-                 stream to the first replica, commit_put)        (goal >= 2,000 /s)
+    create       puts of 4 KiB files (FILE_BYTES; one fs.put_small
+                 call to the path's owner, which writes the R
+                 copies and records the file)                    (goal >= 2,000 /s)
     stat         stat of a random entry among all this client
                  has made so far (its subdirectories and every
                  directory and file created, in every mode):
@@ -74,6 +75,7 @@ from sector.testing.cluster import ProcCluster
 
 GOALS = {"mkdir": 2000.0, "create": 2000.0, "stat": 10000.0}
 PHASES = ("mkdir", "create", "stat", "meta.op get")
+FILE_BYTES = 4096  # a created file's size: the issue's small file
 SAMPLE = 250  # paths per client handed back for the unloaded latency pass
 
 
@@ -133,8 +135,8 @@ def _client(
 ) -> None:
     """One client process: runs each phase it is told to, in the mode it is told to."""
     rng = random.Random(k)
-    empty = Path(scratch) / f"empty-{k}"
-    empty.write_bytes(b"")
+    small = Path(scratch) / f"small-{k}"
+    small.write_bytes(os.urandom(FILE_BYTES))
     # Every path this client has made (its subdirectories to begin with): the lookups
     # pick from all of them, so they hit records on every owner, not one hot record.
     made: list[str] = list(dirs)
@@ -156,7 +158,7 @@ def _client(
     def s_create(name: str, i: int) -> None:
         assert sync_c is not None
         p = target(name, i, "f")
-        sync_c.put(empty, p)
+        sync_c.put(small, p)
         made.append(p)
 
     def s_stat(name: str, i: int) -> None:
@@ -179,7 +181,7 @@ def _client(
     async def a_create(name: str, i: int) -> None:
         assert aio_c is not None
         p = target(name, i, "f")
-        await aio_c.put(empty, p)
+        await aio_c.put(small, p)
         made.append(p)
 
     async def a_stat(name: str, i: int) -> None:
@@ -444,6 +446,7 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         "replicas": args.replicas,
         "clients": args.clients,
         "dirs_per_client": args.dirs,
+        "file_bytes": FILE_BYTES,
         "client_processes": "multiprocessing (spawn), client k enters at node k mod N",
         "seconds_per_phase": args.seconds,
         "settle_seconds": args.settle,

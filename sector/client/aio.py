@@ -46,7 +46,7 @@ from sector.ids import key_id
 from sector.meta import records as rec
 from sector.security.client import ClientAuth
 from sector.storage.blobs import checksum_of
-from sector.storage.messages import SMALL_MAX, Get, Put, PutSmall, Verify, stored_reply
+from sector.storage.messages import SMALL_MAX, Get, Put, Verify, stored_reply
 from sector.storage.transfer import open_get
 from sector.swarm.messages import SwarmGet
 from sector.transport import bulk, wan
@@ -345,41 +345,38 @@ class AsyncClient:
         if remote.endswith("/") and path != "/":
             path = rec.join(path, name)
         size = st.st_size
-        # ``name``: if ``path`` is a directory, the node puts the file into it. Both
-        # steps go to the path's owner (issue 17): its record is then written where it
+        t0, sent = time.monotonic(), {"streams": 1}
+        # ``name``: if ``path`` is a directory, the node puts the file into it. Every
+        # step goes to the path's owner (issue 17): its record is then written where it
         # lives, and many puts at once spread over the nodes instead of all passing
         # through the entry (any node serves them; the entry if the owner fails).
-        plan = await self._call_owner(
-            path,
-            "fs.begin_put",
-            {
-                "path": path,
-                "size": size,
-                "rf": replicas,
-                "client_host": self._client_host,
-                "name": name if into_dir else None,
-            },
-        )
-        blob, targets, path = plan["blob"], plan["targets"], plan["path"]
-        t0, sent = time.monotonic(), {"streams": 1}
+        args: dict[str, Any] = {
+            "path": path,
+            "rf": replicas,
+            "client_host": self._client_host,
+            "name": name if into_dir else None,
+        }
         if size <= SMALL_MAX:
+            # A small file in one call: the owner writes its copies and records it.
             data = Path(lpath).read_bytes()
-            checksum = checksum_of(data)
-            stored, their_sum = await self._send_small(data, checksum, blob, targets, path)
-        else:
-            loop = asyncio.get_running_loop()
-            hashing = loop.run_in_executor(None, fetch.hash_file, lpath)
-            try:
-                stored, their_sum = await self._send(
-                    lpath, size, blob, targets, progress, path, sent
-                )
-            finally:
-                checksum = await hashing
+            args.update(data=data, checksum=checksum_of(data))
+            res: dict[str, Any] = await self._call_owner(path, "fs.put_small", args)
+            res["transfer"] = sent
+            wan.timed(res, t0)
+            return res
+        plan = await self._call_owner(path, "fs.begin_put", {**args, "size": size})
+        blob, targets, path = plan["blob"], plan["targets"], plan["path"]
+        loop = asyncio.get_running_loop()
+        hashing = loop.run_in_executor(None, fetch.hash_file, lpath)
+        try:
+            stored, their_sum = await self._send(lpath, size, blob, targets, progress, path, sent)
+        finally:
+            checksum = await hashing
         if their_sum != checksum:
             raise ChecksumMismatch(
                 f"upload of {path} was corrupted in transit ({their_sum} != {checksum})"
             )
-        res: dict[str, Any] = await self._call_owner(
+        res = await self._call_owner(
             path,
             "fs.commit_put",
             {
@@ -394,16 +391,6 @@ class AsyncClient:
         res["transfer"] = sent
         wan.timed(res, t0)
         return res
-
-    async def _send_small(
-        self, data: bytes, checksum: str, blob: str, targets: list[list[str]], path: str
-    ) -> tuple[list[list[str]], str | None]:
-        async def send(addr: str, rest: list[list[str]]) -> Any:
-            req = PutSmall(blob=blob, data=data, checksum=checksum, chain=rest, path=path)
-            return await self.pool.call(addr, "blob.put_small", to_args(req))
-
-        rep = stored_reply(await first_live(targets, send), "blob.put_small")
-        return rep.stored, rep.checksum
 
     async def _send(
         self,
@@ -523,7 +510,7 @@ class AsyncClient:
             return False  # a file that travels inline is not worth a swarm
         if large is not None and st["size"] >= large:
             return True
-        args = {
+        args: dict[str, Any] = {
             "path": st["path"],
             "blob": st["blob"],
             "reader": self._reader,

@@ -21,9 +21,7 @@ import contextlib
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Annotated, Any, Protocol
-
-import msgspec
+from typing import Any, Protocol
 
 from sector.errors import (
     AlreadyExists,
@@ -40,99 +38,25 @@ from sector.errors import (
 from sector.meta import records as rec
 from sector.meta.records import DirRecord, FileRecord, Gone, Record
 from sector.node import listing, rename, rmtree, status
+from sector.node.fs_messages import (
+    BeginPut,
+    CommitPut,
+    Ls,
+    Mkdir,
+    Mv,
+    PutSmall,
+    Rm,
+    SetRf,
+    Stat,
+)
 from sector.node.put import MAX_RF, PutHost, PutProtocol, Records
 from sector.security import guard
 from sector.storage.blobs import check_blob_id
-from sector.wire.messages import Request, typed
+from sector.wire.messages import typed
 
 log = logging.getLogger("sector.fs")
 
 FANOUT = 32  # concurrent metadata requests of one recursive operation
-
-
-# ------------------------------------------------------------------ requests
-# (``sector.wire.messages``). Paths are ``str`` here and normalised by the handler: a bad
-# path is InvalidPath, naming the fault. Sizes and replica targets are left loose and
-# checked by ``_opt_int``: out of range or of the wrong type they have always been the
-# caller's misuse (UsageError), not a malformed message.
-
-
-class Stat(Request, frozen=True):
-    """fs.stat: a path's description."""
-
-    op = "fs.stat"
-    path: str
-
-
-class Ls(Request, frozen=True):
-    """fs.ls: a directory's entries (a file's own). With ``limit``, a page of them:
-    ``{"entries", "next"}``, the entries after the name ``after`` (``listing.py``).
-    ``detail`` False: only each entry's name, path and type, from the directory's own
-    record (as ``ls`` without ``-l`` needs), with no look-up of the entries' records."""
-
-    op = "fs.ls"
-    path: str
-    after: str | None = None
-    limit: int | None = None
-    detail: bool = True
-
-
-class Mkdir(Request, frozen=True):
-    """fs.mkdir: make a directory; ``parents`` as ``mkdir -p``."""
-
-    op = "fs.mkdir"
-    path: str
-    parents: bool = False
-
-
-class BeginPut(Request, frozen=True):
-    """fs.begin_put: plan a put (``node/put.py`` step 1); with ``name``, a ``path`` that
-    is a directory means the file ``name`` in it."""
-
-    op = "fs.begin_put"
-    path: str
-    size: Any = None  # required: _opt_int
-    rf: Any = None  # _opt_int
-    name: str | None = None
-    client_host: str | None = None
-
-
-class CommitPut(Request, frozen=True):
-    """fs.commit_put: record a file whose blob is durable on ``replicas`` (step 4)."""
-
-    op = "fs.commit_put"
-    path: str
-    checksum: str
-    replicas: Annotated[list[tuple[str, str]], msgspec.Meta(min_length=1)]  # [node id, address]
-    blob: Any = None  # check_blob_id: "invalid blob id", whatever the type
-    size: Any = None  # required: _opt_int
-    rf: Any = None  # _opt_int
-    owner: str | None = None  # taken from a node only
-
-
-class Rm(Request, frozen=True):
-    """fs.rm: remove a file, or a directory (its contents with ``recursive``)."""
-
-    op = "fs.rm"
-    path: str
-    recursive: bool = False
-
-
-class Mv(Request, frozen=True):
-    """fs.mv: rename ``src`` to ``dst`` (into it if a directory); ``replace``: onto a file."""
-
-    op = "fs.mv"
-    src: str
-    dst: str
-    replace: bool = False
-
-
-class SetRf(Request, frozen=True):
-    """fs.setrf: change a file's replica target."""
-
-    op = "fs.setrf"
-    path: str
-    rf: Any = None  # required: _opt_int
 
 
 def _opt_int(v: Any, name: str, lo: int, hi: int) -> int | None:
@@ -195,6 +119,7 @@ class FsService:
             "fs.mkdir": self._h_mkdir,
             "fs.begin_put": self._h_begin_put,
             "fs.commit_put": self._h_commit_put,
+            "fs.put_small": self._h_put_small,
             "fs.rm": self._h_rm,
             "fs.mv": self._h_mv,
             "fs.status": self._h_status,
@@ -455,22 +380,34 @@ class FsService:
         """The put protocol (``node/put.py``) on this node; its handlers are below."""
         return PutProtocol(self.node, self)
 
-    @typed(BeginPut)
-    async def _h_begin_put(self, req: BeginPut) -> Any:
-        path, name = rec.normalize(req.path), req.name
+    def _put_target(self, path: str, name: str | None) -> str:
+        """A put's path, normalised (a put "into" / names the file ``name`` there),
+        checked for writing before the other arguments, as always (the plan checks
+        again for its other callers): a caller that may not write hears that first."""
+        path = rec.normalize(path)
         if path == "/" and name is not None:
             path = rec.join("/", rec.check_name(name))
         if path == "/":
             raise IsADirectory("/ is a directory")
-        # Checked before the arguments, as always (the plan checks again for its other
-        # callers): a caller that may not write hears that first.
         self.puts.check_write(path)
+        return path
+
+    @typed(BeginPut)
+    async def _h_begin_put(self, req: BeginPut) -> Any:
+        path = self._put_target(req.path, req.name)
         size = _opt_int(req.size, "size", 0, 1 << 62)
         if size is None:
             raise BadRequest("begin_put needs a size")
         rf = _opt_int(req.rf, "rf", 1, MAX_RF)
-        plan = await self.puts.plan(path, size, rf=rf, name=name, client_host=req.client_host)
-        return plan
+        return await self.puts.plan(path, size, rf=rf, name=req.name, client_host=req.client_host)
+
+    @typed(PutSmall)
+    async def _h_put_small(self, req: PutSmall) -> Any:
+        path = self._put_target(req.path, req.name)
+        rf = _opt_int(req.rf, "rf", 1, MAX_RF)
+        return await self.puts.put_small(
+            path, req.data, req.checksum, rf=rf, name=req.name, client_host=req.client_host
+        )
 
     @typed(CommitPut)
     async def _h_commit_put(self, req: CommitPut) -> Any:

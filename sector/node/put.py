@@ -59,9 +59,11 @@ from sector.meta.records import DirRecord, FileRecord, Record
 from sector.node.members import Members
 from sector.routing.chord import Peer
 from sector.security import guard
+from sector.storage import pieces as pl
 from sector.storage import placement
 from sector.storage.blobs import BlobStore, checksum_file, new_blob_id
-from sector.storage.messages import Has, Put, Replicate, stored_reply
+from sector.storage.messages import Has, Put, PutSmall, Replicate, Stored, stored_reply
+from sector.transport.chain import first_live
 from sector.transport.rpc import RpcPool, split_addr
 from sector.wire.messages import to_args
 
@@ -105,6 +107,7 @@ class Copies(Protocol):
         self, blob: str, size: int, checksum: str, targets: list[Holder], path: str = ""
     ) -> list[list[str]]: ...
     def claimed(self, blob: str, path: str) -> bool: ...
+    async def put_small(self, req: PutSmall) -> Stored: ...
 
 
 class CopyHost(Protocol):
@@ -388,6 +391,46 @@ class PutProtocol:
             return False
         return here == size and self.host.transfer.claimed(blob, path)
 
+    async def put_small(
+        self,
+        path: str,
+        data: bytes,
+        checksum: str,
+        *,
+        rf: int | None = None,
+        name: str | None = None,
+        client_host: str | None = None,
+    ) -> dict[str, Any]:
+        """A small file whose bytes came with the request (``fs.put_small``), all its
+        steps here, at its path's owner: planned, sent down the chain by this node
+        (its own copy in-process when it is the first target), and recorded. The
+        holders answered this node, so none is asked to confirm (step 3 is for lists
+        a writer hands in); the piece list is hashed here, from the bytes."""
+        plan = await self.plan(path, len(data), rf=rf, name=name, client_host=client_host)
+
+        async def send(addr: str, rest: list[list[str]]) -> Stored:
+            req = PutSmall(
+                blob=plan.blob, data=data, checksum=checksum, chain=rest, path=plan.path, new=True
+            )
+            if addr == self.host.addr:
+                return await self.host.transfer.put_small(req)
+            got = await self.host.pool.call(addr, "blob.put_small", to_args(req))
+            return stored_reply(got, "blob.put_small")
+
+        rep = await first_live([list(t) for t in plan.targets], send)
+        if rep.checksum != checksum:
+            raise ChecksumMismatch(
+                f"upload of {plan.path} was corrupted in transit ({rep.checksum} != {checksum})"
+            )
+        size = pl.piece_size_for(len(data), self.host.blobs.piece_base)
+        hasher = pl.PieceHasher(size)
+        hasher.update(data)
+        pieces = (size, pl.root_of(hasher.digests()))
+        stored = [(str(n), str(a)) for n, a in rep.stored]
+        return await self.commit(
+            plan.path, plan.blob, len(data), checksum, stored, plan.rf, written=pieces
+        )
+
     # ------------------------------------------------------------------ 4. commit
 
     async def commit(
@@ -400,16 +443,20 @@ class PutProtocol:
         rf: int | None = None,
         *,
         owner: str = "",
+        written: Pieces | None = None,
     ) -> dict[str, Any]:
         """Record a file whose blob is durable on ``replicas``; its description.
 
-        ``owner`` is taken from a node only; a user's file is the user's."""
+        ``owner`` is taken from a node only; a user's file is the user's. ``written``:
+        this node wrote the blob to ``replicas`` itself (``put_small``), and this is
+        its piece list: nothing to confirm."""
         guard.write(path)
         rf = rf or self.host.cfg.replicas
         reps = list(dict.fromkeys(replicas))
-        pieces: Pieces | None = None
+        pieces: Pieces | None = written
         if not guard.is_node():
-            reps, pieces = await self.confirm(path, blob, size, reps)
+            if written is None:
+                reps, pieces = await self.confirm(path, blob, size, reps)
             owner = guard.user() or ""
         # A user's put is acknowledged with at least two durable copies (one where R is
         # 1 or the cluster has one member): a single copy left by a chain cut short must

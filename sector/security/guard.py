@@ -50,6 +50,7 @@ OPS: dict[str, str] = {
     "fs.mkdir": "any",
     "fs.begin_put": "any",
     "fs.commit_put": "any",
+    "fs.put_small": "any",
     "fs.rm": "any",
     "fs.mv": "any",
     "fs.setrf": "any",

@@ -230,7 +230,11 @@ class BlobService:
 
     @typed(PutSmall)
     async def _h_put_small(self, req: PutSmall) -> Stored:
-        """A small blob inline in a control frame, over pooled connections.
+        return await self.put_small(req)
+
+    async def put_small(self, req: PutSmall) -> Stored:
+        """A small blob inline in a control frame, over pooled connections (also called
+        in-process by a path's owner that writes a small file's chain itself).
 
         For many little files the cost of a put is round trips, not bytes: a fresh
         connection per hop and a chain that waits hop by hop. Here the node forwards

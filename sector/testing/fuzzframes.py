@@ -27,7 +27,7 @@ from sector.wire import codec
 # a few it does not: unknown ops must be refused like the rest.
 OPS = [
     *("fs.stat", "fs.ls", "fs.mkdir", "fs.begin_put", "fs.commit_put", "fs.rm", "fs.mv"),
-    *("fs.status", "fs.setrf"),
+    *("fs.status", "fs.setrf", "fs.put_small"),
     *("blob.put", "blob.get", "blob.put_small", "blob.replicate", "blob.delete", "blob.has"),
     *("blob.verify", "blob.missing", "blob.alias", "blob.get_small"),
     *("meta.op", "meta.replicate", "meta.fetch", "meta.absorb", "meta.horizon"),
@@ -98,6 +98,7 @@ def templates(blob: str, size: int, checksum: str, node_id: str) -> dict[str, di
             "replicas": [],
             "rf": 2,
         },
+        "fs.put_small": {"path": "/fuzz/small", "data": b"x" * 10, "checksum": checksum},
         "fs.rm": {"path": "/fuzz/none", "recursive": True},
         "fs.mv": {"src": "/fuzz/none", "dst": "/fuzz/none2"},
         "fs.setrf": {"path": "/fuzz/none", "rf": 3},
