@@ -83,6 +83,7 @@ __all__ = [
     "parent",
     "purge_tombstones",
     "remove_child",
+    "stamp_of",
     "to_builtins",
     "unseen_children",
 ]
@@ -308,6 +309,14 @@ def add_child(d: DirRecord, name: str, kind: str, v: Stamp) -> DirRecord:
     children = dict(d.children)
     children[name] = new
     return msgspec.structs.replace(d, children=children)
+
+
+def stamp_of(x: Any) -> Stamp:
+    """A stamp as it travels (``[wall ms, counter, origin]``); BadRequest if it is not."""
+    ok = isinstance(x, list | tuple) and len(x) == 3
+    if not ok or not all(type(i) is int for i in x[:2]) or not isinstance(x[2], str):
+        raise BadRequest(f"not a version stamp: {x!r}")
+    return (x[0], x[1], x[2])
 
 
 def remove_child(d: DirRecord, name: str, v: Stamp) -> DirRecord:

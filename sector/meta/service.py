@@ -474,8 +474,7 @@ class MetaService:
         return {"created": True}
 
     async def _op_add_child(self, path: str, a: dict[str, Any]) -> Any:
-        name = rec.check_name(_str(a, "name"))
-        kind = _str(a, "kind")
+        name, kind = rec.check_name(_str(a, "name")), _str(a, "kind")
         async with self.path_lock(path):
             d = await self.read(path)
             if d is None and path == "/":
@@ -484,8 +483,9 @@ class MetaService:
                 raise NotADirectory(f"{path} is a file, not a directory")
             if not isinstance(d, DirRecord):
                 raise NotFound(f"no such directory: {path}")
-            new = rec.add_child(d, name, kind, self.tick(d, name))
-            staged = self.stage(new, derived_from=d)
+            # ``at``: a node linking a directory it made, at the directory's own stamp.
+            at = rec.stamp_of(a["at"]) if "at" in a else self.tick(d, name)
+            staged = self.stage(new := rec.add_child(d, name, kind, at), derived_from=d)
         await self.commit([staged], deltas=[dirops.entry_delta(new, name)])
         return None
 

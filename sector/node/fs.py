@@ -57,6 +57,8 @@ from sector.wire.messages import typed
 log = logging.getLogger("sector.fs")
 
 FANOUT = 32  # concurrent metadata requests of one recursive operation
+SETTLE_FIRST = 0.5  # seconds before a directory made and not linked is tried again
+SETTLE_TRIES = 40  # ... and tries, backing off to 30 s: ~20 minutes
 
 
 def _opt_int(v: Any, name: str, lo: int, hi: int) -> int | None:
@@ -274,7 +276,9 @@ class FsService:
         then its entry. One that is no longer empty (another call's mkdir -p or put
         used it meanwhile, taking it as made) stays, and so do its ancestors; it is
         linked if it was not, so that no live tree is left out of its parent's
-        listing, where an rm -r of an ancestor would never see it."""
+        listing, where an rm -r of an ancestor would never see it. One that could be
+        neither removed nor linked now (its owner or its parent's cut off) is settled
+        in the background (``_settle``)."""
         for p in made:  # in the order made: the deepest first
             par, name = rec.parent(p), rec.basename(p)
             try:
@@ -282,11 +286,62 @@ class FsService:
                 if p in linked:
                     await self.node.meta.call(par, "remove_child", {"name": name})
             except DirectoryNotEmpty:
-                if p not in linked:
-                    with contextlib.suppress(SectorError):
-                        await self.node.meta.call(par, "add_child", {"name": name, "kind": "dir"})
+                if p not in linked and not await self._settle_once(p):
+                    self._spawn(self._settle(p))
             except SectorError:
-                continue
+                if p not in linked:
+                    self._spawn(self._settle(p))
+
+    async def _settle_once(self, p: str) -> bool:
+        """One try at settling a directory this node made and did not link: removed if
+        still empty, else linked at its own stamp (older than any removal of its parent
+        that did not see it, which records rule 7 then finishes on it). Where an
+        ancestor was removed with its tree since it was made, the tree goes as that
+        rm -r would have taken it; where its parent is missing otherwise (taken back
+        meanwhile), the parent is made again. True once settled (or gone)."""
+        par, name = rec.parent(p), rec.basename(p)
+        try:
+            r = await self.get(p)
+            if not isinstance(r, DirRecord):
+                return True
+            with contextlib.suppress(DirectoryNotEmpty):
+                await self.node.meta.call(p, "delete")
+                return True
+            args = {"name": name, "kind": "dir", "at": list(r.v)}
+            try:
+                await self.node.meta.call(par, "add_child", args)
+            except NotFound:
+                if await self._removed_with_tree(p, r.v):
+                    log.warning("rm -r of an ancestor finished on %s, made while it ran", p)
+                    await rmtree.remove(self, p, recursive=True)
+                    return True
+                await self.ensure_dir(par, parents=True, exist_ok=True)
+                await self.node.meta.call(par, "add_child", args)
+            return True
+        except SectorError as exc:
+            log.info("settling %s, made and not linked: %s", p, exc)
+            return False
+
+    async def _removed_with_tree(self, p: str, v: rec.Stamp) -> bool:
+        """Whether an ancestor of ``p`` (up to its nearest live one) was removed with its
+        tree after ``v``."""
+        while p != "/":
+            p = rec.parent(p)
+            r = await self.node.meta.get(p)
+            if isinstance(r, Gone) and r.tree and r.v > v:
+                return True
+            if isinstance(r, DirRecord | FileRecord):
+                return False
+        return False
+
+    async def _settle(self, p: str) -> None:
+        delay = SETTLE_FIRST
+        for _ in range(SETTLE_TRIES):
+            await asyncio.sleep(delay)
+            if await self._settle_once(p):
+                return
+            delay = min(delay * 2, 30.0)
+        log.warning("%s: made by a mkdir -p that failed, left unlinked", p)
 
     async def _add_entry(self, par: str, name: str, kind: str, *, parents: bool) -> None:
         try:
@@ -327,7 +382,7 @@ class FsService:
         self._spawn(run())
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(coro, name="blob-delete")
+        task = asyncio.create_task(coro, name="fs-background")
         self._bg.add(task)
         task.add_done_callback(self._bg.discard)
 

@@ -246,7 +246,10 @@ class BlobService:
         new = self._check_write(req, blob)
 
         async def store() -> str:
-            w = self.blobs.writer(blob, len(data), req.path)
+            # No piece list kept: the owner that sends a small file hashes the one the
+            # record keeps from the bytes (``put.py``); a holder makes its own when
+            # first asked for it (``piece_list``), as a chain's later hops always have.
+            w = self.blobs.writer(blob, len(data), req.path, hash_pieces=False)
             try:
                 w.write(data)
                 loop = asyncio.get_running_loop()

@@ -1,7 +1,11 @@
 """``FsService.ensure_dir`` (mkdir -p, and a put's missing parents) takes back what it
 made when it fails, and a directory it cannot take back because another call used it
 meanwhile is linked into its parent rather than left out of the listing (an rm -r of
-an ancestor would never see it, and its files would outlive their removal)."""
+an ancestor would never see it, and its files would outlive their removal). One that
+can be neither removed nor linked at the time (its owner cut off too: thrash found a
+put -r's files come back after an rm -r that way) is settled in the background: linked
+at its own stamp once the cut heals, or, if its parent was removed with its tree
+meanwhile, removed as that rm -r would have removed it."""
 
 from __future__ import annotations
 
@@ -13,6 +17,8 @@ import pytest
 
 from sector.errors import DirectoryNotEmpty, NotFound, SectorError, Unavailable
 from sector.meta import records as rec
+from sector.meta.records import DirRecord, Gone
+from sector.node import fs as fsmod
 from sector.node.fs import FsService
 
 
@@ -20,10 +26,22 @@ class Owners:
     """The owners' mkdir, add_child, remove_child and delete rules over a dict:
     path -> entries. ``fail_links`` adding an entry to them fails once each (a cut)."""
 
-    def __init__(self, dirs: dict[str, set[str]], fail_links: set[str]) -> None:
+    def __init__(
+        self, dirs: dict[str, set[str]], fail_links: set[str], fail_deletes: int = 0
+    ) -> None:
         self.dirs = dirs
         self.fail_links = fail_links
+        self.fail_deletes = fail_deletes  # deletes that fail (a cut) before one works
         self.used: set[str] = set()  # directories another call puts into meanwhile
+        self.stamps: dict[str, rec.Stamp] = {}  # path -> its record's v
+        self.gone: dict[str, Gone] = {}  # tombstones
+        self.links: list[tuple[str, str, Any]] = []  # (dir, name, at) of each entry added
+
+    async def get(self, path: str) -> Any:
+        if path in self.gone:
+            return self.gone[path]
+        v = self.stamps.get(path, (1, 0, "n"))
+        return DirRecord(path=path, v=v) if path in self.dirs else None
 
     async def call(self, path: str, op: str, args: dict[str, Any] | None = None) -> Any:
         a = args or {}
@@ -31,6 +49,7 @@ class Owners:
             if path in self.dirs:
                 return {"created": False}
             self.dirs[path] = set()
+            self.stamps[path] = (100 + len(self.stamps), 0, "n")
             return {"created": True}
         if op == "add_child":
             child = rec.join(path, a["name"])
@@ -42,8 +61,12 @@ class Owners:
             if path not in self.dirs:
                 raise NotFound(path)
             self.dirs[path].add(a["name"])
+            self.links.append((path, a["name"], a.get("at")))
             return None
         if op == "delete":
+            if self.fail_deletes:
+                self.fail_deletes -= 1
+                raise Unavailable(f"cut off removing {path}")
             if self.dirs[path]:
                 raise DirectoryNotEmpty(path)
             del self.dirs[path]
@@ -54,10 +77,28 @@ class Owners:
         raise AssertionError(op)
 
 
-def ensure(owners: Owners, path: str) -> None:
+def service(owners: Owners) -> FsService:
     fs = FsService.__new__(FsService)
     fs.node = SimpleNamespace(meta=owners)
-    asyncio.run(fs.ensure_dir(path, parents=True, exist_ok=True))
+    fs._bg = set()
+    return fs
+
+
+def ensure(owners: Owners, path: str, meanwhile: Any = None) -> None:
+    """mkdir -p ``path``, then ``meanwhile()`` (what happens before the background
+    settling runs), then the settling to its end."""
+
+    async def run() -> None:
+        fs = service(owners)
+        try:
+            await fs.ensure_dir(path, parents=True, exist_ok=True)
+        finally:
+            if meanwhile is not None:
+                meanwhile()
+            while fs._bg:
+                await asyncio.gather(*fs._bg)
+
+    asyncio.run(run())
 
 
 def test_a_failed_mkdir_p_takes_back_every_directory_it_made() -> None:
@@ -77,3 +118,60 @@ def test_a_made_directory_another_call_used_is_linked_not_left_unlisted() -> Non
     assert owners.dirs["/t/a/b"] == {"f"}
     assert owners.dirs["/t/a"] == {"b"}
     assert owners.dirs["/t"] == {"a"}  # linked by the take-back, once the cut healed
+
+
+def test_a_made_directory_neither_removed_nor_linked_is_linked_at_its_own_stamp_later(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # As above, and the take-back's delete of b fails too (its owner is cut off as
+    # well): b stays, unlisted, while the put into it is acknowledged, and a, empty,
+    # is taken back. Once the cut heals b is linked, at the stamp its record was made
+    # with, into a made again.
+    monkeypatch.setattr(fsmod, "SETTLE_FIRST", 0.01)
+    owners = Owners({"/": {"t"}, "/t": set()}, fail_links={"/t/a"}, fail_deletes=1)
+    owners.used = {"/t/a/b"}
+    with pytest.raises(SectorError):
+        ensure(owners, "/t/a/b")
+    assert owners.dirs["/t/a/b"] == {"f"}
+    assert owners.dirs["/t/a"] == {"b"}
+    assert owners.dirs["/t"] == {"a"}
+    assert ("/t/a", "b", list(owners.stamps["/t/a/b"])) in owners.links
+
+
+def test_an_unlinked_made_directory_goes_with_a_parent_removed_with_its_tree_meanwhile(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # As above, but before the cut heals an rm -r of /t runs (it cannot see b, nor a,
+    # which the take-back removed as empty): the settling of b finds its parent
+    # missing and /t a tree tombstone newer than b, and removes b's tree, as that
+    # rm -r would have; /t is not made again.
+    monkeypatch.setattr(fsmod, "SETTLE_FIRST", 0.01)
+    removed: list[str] = []
+
+    async def remove(ns: Any, path: str, *, recursive: bool) -> int:
+        assert recursive
+        removed.append(path)
+        return 1
+
+    monkeypatch.setattr(fsmod.rmtree, "remove", remove)
+    owners = Owners({"/": {"t"}, "/t": set()}, fail_links={"/t/a"}, fail_deletes=1)
+    owners.used = {"/t/a/b"}
+
+    def rm_r_of_t() -> None:
+        del owners.dirs["/t"]
+        owners.gone["/t"] = Gone(path="/t", v=(10**6, 0, "n"), tree=True)
+
+    with pytest.raises(SectorError):
+        ensure(owners, "/t/a/b", meanwhile=rm_r_of_t)
+    assert removed == ["/t/a/b"]
+    assert "/t" not in owners.dirs
+
+
+def test_a_made_directory_left_empty_is_removed_once_the_cut_heals(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(fsmod, "SETTLE_FIRST", 0.01)
+    owners = Owners({"/": {"t"}, "/t": set()}, fail_links={"/t/a"}, fail_deletes=2)
+    with pytest.raises(SectorError):
+        ensure(owners, "/t/a")
+    assert owners.dirs == {"/": {"t"}, "/t": set()}

@@ -132,6 +132,34 @@ def test_directory_rules_at_the_owner(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
+def test_an_entry_added_at_a_given_stamp_keeps_it_and_loses_to_a_later_removal(
+    tmp_path: Path,
+) -> None:
+    """``add_child`` with ``at`` (a node linking a directory it made, at the directory's
+    own stamp): the entry carries that stamp, a later removal of the name still wins,
+    and a malformed stamp is refused."""
+
+    async def main() -> None:
+        m = await service(tmp_path / "m.db", now=1_000.0)
+        await m.local("mkdir", "/d", {})
+        old = [5, 0, "ab"]
+        await m.local("add_child", "/d", {"name": "a", "kind": "dir", "at": old})
+        d = m.store.get("/d")
+        assert isinstance(d, DirRecord) and d.children["a"].v == tuple(old)
+        await m.local("add_child", "/d", {"name": "b", "kind": "dir"})
+        await m.local("remove_child", "/d", {"name": "b"})
+        await m.local("add_child", "/d", {"name": "b", "kind": "dir", "at": old})
+        d = m.store.get("/d")
+        assert isinstance(d, DirRecord) and rec.live_children(d) == {"a": "dir"}
+        for bad in ([5, 0], ["5", 0, "x"], "5.0@ab", [5, 0, 1]):
+            with pytest.raises(BadRequest):
+                await m.local("add_child", "/d", {"name": "c", "kind": "dir", "at": bad})
+        await m.stop()
+        m.store.close()
+
+    asyncio.run(main())
+
+
 def test_remove_children_takes_many_entries_out_in_one_update(tmp_path: Path) -> None:
     """rm -r's batch (issue 17): the named entries go in one commit, each buried by a
     later "gone" entry; others (a create made meanwhile) stay; names not there and bad
