@@ -487,7 +487,7 @@ class MetaService:
             at = rec.stamp_of(a["at"]) if "at" in a else self.tick(d, name)
             staged = self.stage(new := rec.add_child(d, name, kind, at), derived_from=d)
         await self.commit([staged], deltas=[dirops.entry_delta(new, name)])
-        return None
+        return {"v": list(d.v)}  # the directory's version: ``dirlinks`` keys on it
 
     async def _op_delete(self, path: str, a: dict[str, Any]) -> Any:
         expect_blob = a.get("blob")

@@ -26,7 +26,6 @@ from typing import Any, Protocol
 from sector.errors import (
     AlreadyExists,
     BadRequest,
-    DirectoryNotEmpty,
     IsADirectory,
     NotADirectory,
     NotFound,
@@ -37,7 +36,7 @@ from sector.errors import (
 )
 from sector.meta import records as rec
 from sector.meta.records import DirRecord, FileRecord, Gone, Record
-from sector.node import listing, rename, rmtree, status
+from sector.node import dirlinks, listing, rename, rmtree, status
 from sector.node.fs_messages import (
     BeginPut,
     CommitPut,
@@ -57,8 +56,6 @@ from sector.wire.messages import typed
 log = logging.getLogger("sector.fs")
 
 FANOUT = 32  # concurrent metadata requests of one recursive operation
-SETTLE_FIRST = 0.5  # seconds before a directory made and not linked is tried again
-SETTLE_TRIES = 40  # ... and tries, backing off to 30 s: ~20 minutes
 
 
 def _opt_int(v: Any, name: str, lo: int, hi: int) -> int | None:
@@ -110,7 +107,8 @@ class FsService:
         self._bg: set[asyncio.Task[None]] = set()
         self._finishing: set[str] = set()  # paths whose rm -r is being finished
         self.names = listing.Names()  # sorted names of huge directories, for ls pages
-        self.reaper = rmtree.Reaper(node.pool.call, self._spawn)  # blob.delete, batched
+        self.links = dirlinks.Links(self)  # every directory listed by its parent
+        self.reaper = rmtree.Reaper(node.pool.call, self.spawn)  # blob.delete, batched
         # Told of every file version whose blob goes (``swarm.forget``: cached copies).
         self.on_blob_gone: Callable[[str, str], Awaitable[None]] | None = None
 
@@ -245,6 +243,7 @@ class FsService:
         todo = [path]  # the levels still to make and link, the deepest first
         made: list[str] = []  # records this call created, the deepest first
         linked: list[str] = []  # ... and entered into their parent
+        entered: set[str] = set()  # every level this call entered into its parent
         try:
             while todo:
                 p = todo[-1]
@@ -256,7 +255,7 @@ class FsService:
                         raise AlreadyExists(f"{path} already exists")
                 par = rec.parent(p)
                 try:
-                    await self.node.meta.call(
+                    got = await self.node.meta.call(
                         par, "add_child", {"name": rec.basename(p), "kind": "dir"}
                     )
                 except NotFound:
@@ -264,93 +263,20 @@ class FsService:
                         raise
                     todo.append(par)  # make the parent, then link this level again
                     continue
+                if par not in entered:  # a parent this call did not enter: listed?
+                    await self.listed(par, got)
+                entered.add(p)
                 if p in made:
                     linked.append(p)
                 todo.pop()
         except SectorError:
-            await self._take_back(made, linked)
+            await self.links.take_back(made, linked)
             raise
 
-    async def _take_back(self, made: list[str], linked: list[str]) -> None:
-        """Undo an ensure_dir that failed, deepest first: each directory it made goes,
-        then its entry. One that is no longer empty (another call's mkdir -p or put
-        used it meanwhile, taking it as made) stays, and so do its ancestors; it is
-        linked if it was not, so that no live tree is left out of its parent's
-        listing, where an rm -r of an ancestor would never see it. One that could be
-        neither removed nor linked now (its owner or its parent's cut off) is settled
-        in the background (``_settle``)."""
-        for p in made:  # in the order made: the deepest first
-            par, name = rec.parent(p), rec.basename(p)
-            try:
-                await self.node.meta.call(p, "delete")
-                if p in linked:
-                    await self.node.meta.call(par, "remove_child", {"name": name})
-            except DirectoryNotEmpty:
-                if p not in linked and not await self._settle_once(p):
-                    self._spawn(self._settle(p))
-            except SectorError:
-                if p not in linked:
-                    self._spawn(self._settle(p))
-
-    async def _settle_once(self, p: str) -> bool:
-        """One try at settling a directory this node made and did not link: removed if
-        still empty, else linked at its own stamp (older than any removal of its parent
-        that did not see it, which records rule 7 then finishes on it). Where an
-        ancestor was removed with its tree since it was made, the tree goes as that
-        rm -r would have taken it; where its parent is missing otherwise (taken back
-        meanwhile), the parent is made again. True once settled (or gone)."""
-        par, name = rec.parent(p), rec.basename(p)
-        try:
-            r = await self.get(p)
-            if not isinstance(r, DirRecord):
-                return True
-            with contextlib.suppress(DirectoryNotEmpty):
-                await self.node.meta.call(p, "delete")
-                return True
-            args = {"name": name, "kind": "dir", "at": list(r.v)}
-            try:
-                await self.node.meta.call(par, "add_child", args)
-            except NotFound:
-                if await self._removed_with_tree(p, r.v):
-                    log.warning("rm -r of an ancestor finished on %s, made while it ran", p)
-                    await rmtree.remove(self, p, recursive=True)
-                    return True
-                await self.ensure_dir(par, parents=True, exist_ok=True)
-                await self.node.meta.call(par, "add_child", args)
-            return True
-        except SectorError as exc:
-            log.info("settling %s, made and not linked: %s", p, exc)
-            return False
-
-    async def _removed_with_tree(self, p: str, v: rec.Stamp) -> bool:
-        """Whether an ancestor of ``p`` (up to its nearest live one) was removed with its
-        tree after ``v``."""
-        while p != "/":
-            p = rec.parent(p)
-            r = await self.node.meta.get(p)
-            if isinstance(r, Gone) and r.tree and r.v > v:
-                return True
-            if isinstance(r, DirRecord | FileRecord):
-                return False
-        return False
-
-    async def _settle(self, p: str) -> None:
-        delay = SETTLE_FIRST
-        for _ in range(SETTLE_TRIES):
-            await asyncio.sleep(delay)
-            if await self._settle_once(p):
-                return
-            delay = min(delay * 2, 30.0)
-        log.warning("%s: made by a mkdir -p that failed, left unlinked", p)
-
-    async def _add_entry(self, par: str, name: str, kind: str, *, parents: bool) -> None:
-        try:
-            await self.node.meta.call(par, "add_child", {"name": name, "kind": kind})
-        except NotFound:
-            if not parents:
-                raise
-            await self.ensure_dir(par, parents=True, exist_ok=True)
-            await self.node.meta.call(par, "add_child", {"name": name, "kind": kind})
+    async def listed(self, d: str, added: Any) -> None:
+        """``d``, a directory an entry was just added to (``added``: its owner's reply),
+        is listed by its parent, as are its ancestors (``dirlinks``)."""
+        await self.links.listed(d, added.get("v") if isinstance(added, dict) else None)
 
     async def delete_blobs(self, r: Record | None, *, keep: str | None = None) -> None:
         """Best effort: remove a file version's blob from its replicas."""
@@ -362,7 +288,7 @@ class FsService:
             await self.on_blob_gone(r.path, r.blob)
 
     def spawn_delete(self, r: Record | None, keep: str | None = None) -> None:
-        self._spawn(self.delete_blobs(r, keep=keep))
+        self.spawn(self.delete_blobs(r, keep=keep))
 
     def finish_rm(self, path: str) -> None:
         """Finish, in the background, the ``rm -r`` of ``path`` on the children it did
@@ -379,9 +305,9 @@ class FsService:
             finally:
                 self._finishing.discard(path)
 
-        self._spawn(run())
+        self.spawn(run())
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro, name="fs-background")
         self._bg.add(task)
         task.add_done_callback(self._bg.discard)

@@ -92,6 +92,7 @@ class Namespace(Protocol):
     def writable(self) -> None: ...
     def describe(self, r: FileRecord | DirRecord) -> dict[str, Any]: ...
     async def ensure_dir(self, path: str, *, parents: bool, exist_ok: bool) -> None: ...
+    async def listed(self, d: str, added: Any) -> None: ...
     async def delete_blobs(self, r: Record | None, *, keep: str | None = None) -> None: ...
 
 
@@ -509,7 +510,7 @@ class PutProtocol:
         """The file's entry in its parent; missing parents are made (``mkdir -p``)."""
         par, args = rec.parent(path), {"name": rec.basename(path), "kind": "file"}
         try:
-            await self.host.meta.call(par, "add_child", args)
+            await self.ns.listed(par, await self.host.meta.call(par, "add_child", args))
         except NotFound:
             await self.ns.ensure_dir(par, parents=True, exist_ok=True)
             await self.host.meta.call(par, "add_child", args)

@@ -47,6 +47,7 @@ class Mover(Protocol):
         self, addr: str, blob: str, path: str, *, confirm: bool = False
     ) -> Coroutine[Any, Any, bool | None]: ...
     def spawn_delete(self, r: Record | None, keep: str | None = None) -> None: ...
+    async def listed(self, d: str, added: Any) -> None: ...
 
 
 def renamed(r: FileRecord, path: str) -> FileRecord:
@@ -79,7 +80,10 @@ async def move_file(fs: Mover, r: FileRecord, dst: str) -> None:
     # 2.
     res = await fs.meta.call(dst, "put_file", {"record": rec.to_builtins(renamed(r, dst))})
     old = rec.from_builtins(res["old"]) if res.get("old") else None
-    await fs.meta.call(rec.parent(dst), "add_child", {"name": rec.basename(dst), "kind": "file"})
+    added = await fs.meta.call(
+        dst_dir := rec.parent(dst), "add_child", {"name": rec.basename(dst), "kind": "file"}
+    )
+    await fs.listed(dst_dir, added)
     # 3.
     try:
         await fs.meta.call(src, "delete", {"blob": r.blob, "moved_to": dst})

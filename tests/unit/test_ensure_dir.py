@@ -18,7 +18,7 @@ import pytest
 from sector.errors import DirectoryNotEmpty, NotFound, SectorError, Unavailable
 from sector.meta import records as rec
 from sector.meta.records import DirRecord, Gone
-from sector.node import fs as fsmod
+from sector.node import dirlinks, rmtree
 from sector.node.fs import FsService
 
 
@@ -40,8 +40,13 @@ class Owners:
     async def get(self, path: str) -> Any:
         if path in self.gone:
             return self.gone[path]
-        v = self.stamps.get(path, (1, 0, "n"))
-        return DirRecord(path=path, v=v) if path in self.dirs else None
+        if path not in self.dirs:
+            return None
+        kids = {
+            n: rec.Child((1, 0, "n"), "dir" if rec.join(path, n) in self.dirs else "file")
+            for n in self.dirs[path]
+        }
+        return DirRecord(path=path, v=self.stamps.get(path, (1, 0, "n")), children=kids)
 
     async def call(self, path: str, op: str, args: dict[str, Any] | None = None) -> Any:
         a = args or {}
@@ -62,7 +67,7 @@ class Owners:
                 raise NotFound(path)
             self.dirs[path].add(a["name"])
             self.links.append((path, a["name"], a.get("at")))
-            return None
+            return {"v": list(self.stamps.get(path, (1, 0, "n")))}
         if op == "delete":
             if self.fail_deletes:
                 self.fail_deletes -= 1
@@ -81,22 +86,26 @@ def service(owners: Owners) -> FsService:
     fs = FsService.__new__(FsService)
     fs.node = SimpleNamespace(meta=owners)
     fs._bg = set()
+    fs.links = dirlinks.Links(fs)
     return fs
 
 
-def ensure(owners: Owners, path: str, meanwhile: Any = None) -> None:
+def ensure(
+    owners: Owners, path: str, meanwhile: Any = None, fs: FsService | None = None
+) -> None:
     """mkdir -p ``path``, then ``meanwhile()`` (what happens before the background
     settling runs), then the settling to its end."""
 
+    ns = fs or service(owners)
+
     async def run() -> None:
-        fs = service(owners)
         try:
-            await fs.ensure_dir(path, parents=True, exist_ok=True)
+            await ns.ensure_dir(path, parents=True, exist_ok=True)
         finally:
             if meanwhile is not None:
                 meanwhile()
-            while fs._bg:
-                await asyncio.gather(*fs._bg)
+            while ns._bg:
+                await asyncio.gather(*ns._bg)
 
     asyncio.run(run())
 
@@ -127,7 +136,7 @@ def test_a_made_directory_neither_removed_nor_linked_is_linked_at_its_own_stamp_
     # well): b stays, unlisted, while the put into it is acknowledged, and a, empty,
     # is taken back. Once the cut heals b is linked, at the stamp its record was made
     # with, into a made again.
-    monkeypatch.setattr(fsmod, "SETTLE_FIRST", 0.01)
+    monkeypatch.setattr(dirlinks, "SETTLE_FIRST", 0.01)
     owners = Owners({"/": {"t"}, "/t": set()}, fail_links={"/t/a"}, fail_deletes=1)
     owners.used = {"/t/a/b"}
     with pytest.raises(SectorError):
@@ -145,7 +154,7 @@ def test_an_unlinked_made_directory_goes_with_a_parent_removed_with_its_tree_mea
     # which the take-back removed as empty): the settling of b finds its parent
     # missing and /t a tree tombstone newer than b, and removes b's tree, as that
     # rm -r would have; /t is not made again.
-    monkeypatch.setattr(fsmod, "SETTLE_FIRST", 0.01)
+    monkeypatch.setattr(dirlinks, "SETTLE_FIRST", 0.01)
     removed: list[str] = []
 
     async def remove(ns: Any, path: str, *, recursive: bool) -> int:
@@ -153,7 +162,7 @@ def test_an_unlinked_made_directory_goes_with_a_parent_removed_with_its_tree_mea
         removed.append(path)
         return 1
 
-    monkeypatch.setattr(fsmod.rmtree, "remove", remove)
+    monkeypatch.setattr(rmtree, "remove", remove)
     owners = Owners({"/": {"t"}, "/t": set()}, fail_links={"/t/a"}, fail_deletes=1)
     owners.used = {"/t/a/b"}
 
@@ -170,8 +179,44 @@ def test_an_unlinked_made_directory_goes_with_a_parent_removed_with_its_tree_mea
 def test_a_made_directory_left_empty_is_removed_once_the_cut_heals(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(fsmod, "SETTLE_FIRST", 0.01)
+    monkeypatch.setattr(dirlinks, "SETTLE_FIRST", 0.01)
     owners = Owners({"/": {"t"}, "/t": set()}, fail_links={"/t/a"}, fail_deletes=2)
     with pytest.raises(SectorError):
         ensure(owners, "/t/a")
     assert owners.dirs == {"/": {"t"}, "/t": set()}
+
+
+def test_a_directory_made_and_never_entered_is_entered_by_the_next_call_into_it() -> None:
+    # The node making /t/a was killed between its two steps: a's record is there, /t
+    # does not list it. A mkdir -p into a (as a put into it) enters it, at a's stamp.
+    owners = Owners({"/": {"t"}, "/t": set(), "/t/a": set()}, fail_links=set())
+    owners.stamps["/t/a"] = (7, 0, "dead")
+    fs = service(owners)
+    ensure(owners, "/t/a/b", fs=fs)
+    assert owners.dirs["/t/a"] == {"b"}
+    assert owners.dirs["/t"] == {"a"}
+    assert ("/t", "a", [7, 0, "dead"]) in owners.links
+    # Known listed now: the next call into a looks nothing up.
+    before = len(owners.links)
+    ensure(owners, "/t/a/c", fs=fs)
+    assert owners.links[before:] == [("/t/a", "c", None)]
+
+
+def test_a_call_into_a_directory_whose_ancestor_was_removed_with_its_tree_fails_and_it_goes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    removed: list[str] = []
+
+    async def remove(ns: Any, path: str, *, recursive: bool) -> int:
+        removed.append(path)
+        return 1
+
+    monkeypatch.setattr(rmtree, "remove", remove)
+    # An rm -r of /t ran after /t/a was made, and did not see it (never entered).
+    owners = Owners({"/": set(), "/t/a": set()}, fail_links=set())
+    owners.stamps["/t/a"] = (7, 0, "dead")
+    owners.gone["/t"] = Gone(path="/t", v=(9, 0, "n"), tree=True)
+    with pytest.raises(NotFound):
+        ensure(owners, "/t/a/b")
+    assert removed == ["/t/a"]
+    assert "/t" not in owners.dirs
