@@ -90,6 +90,9 @@ class FakeFs:
         assert isinstance(r, FileRecord)
         self.deleted.append((r.blob, keep))
 
+    async def listed(self, d: str, added: Any) -> None:
+        pass  # the directory checks of dirlinks, tested in test_ensure_dir
+
 
 def test_a_move_renames_and_deletes_the_copies_of_the_file_it_replaces() -> None:
     src, old = record("/a", "b1"), record("/b", "b0")
