@@ -510,10 +510,14 @@ class PutProtocol:
         """The file's entry in its parent; missing parents are made (``mkdir -p``)."""
         par, args = rec.parent(path), {"name": rec.basename(path), "kind": "file"}
         try:
-            await self.ns.listed(par, await self.host.meta.call(par, "add_child", args))
+            added = await self.host.meta.call(par, "add_child", args)
         except NotFound:
             await self.ns.ensure_dir(par, parents=True, exist_ok=True)
             await self.host.meta.call(par, "add_child", args)
+        else:
+            # Outside the try: a parent removed with an ancestor's tree is NotFound too,
+            # and must not be made again.
+            await self.ns.listed(par, added)
 
     def _delete_later(self, r: Record | None, *, keep: str) -> None:
         task = asyncio.create_task(self.ns.delete_blobs(r, keep=keep), name="blob-delete")

@@ -18,6 +18,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 import sector
 from sector.errors import NotFound
 from sector.meta import records as rec
@@ -94,3 +96,38 @@ def test_rm_r_finishes_on_a_child_that_a_copy_out_of_reach_listed(tmp_path: Path
             assert c.stat("/t/b/y/f")["type"] == "file"
             assert not gone("/t/b/y/f")
             assert c.ls("/t") == []
+
+
+def test_a_directory_made_and_never_entered_is_entered_by_the_next_put_into_it(
+    tmp_path: Path,
+) -> None:
+    """The node of a ``mkdir -p`` was killed between its two steps (thrash): the
+    directory's record is there and its parent does not list it. The next put into it
+    enters it (``node/dirlinks.py``), at the stamp it was made with, so an ``rm -r`` of
+    the parent then takes it and the file; and a put into such a directory whose parent
+    was removed with its tree since is refused, and the directory goes."""
+    src = tmp_path / "f.bin"
+    src.write_bytes(b"data")
+    with ProcCluster(tmp_path / "c") as cluster:
+        cluster.start(3)
+        cluster.wait_ring()
+        n0 = cluster.nodes[0]
+        with sector.connect(n0.address) as c:
+            c.mkdir("/t")
+            # The first step of a mkdir -p alone, as the killed node left it.
+            assert _call(c, n0, "meta.op", {"path": "/t/a", "op": "mkdir", "args": {}})
+            assert c.ls("/t") == []
+            c.put(str(src), "/t/a/f")
+            assert [e["name"] for e in c.ls("/t")] == ["a"]
+            c.rm("/t", recursive=True)
+            with pytest.raises(NotFound):
+                c.stat("/t/a/f")
+
+            c.mkdir("/u")
+            _call(c, n0, "meta.op", {"path": "/u/b", "op": "mkdir", "args": {}})
+            c.rm("/u", recursive=True)  # runs after b was made, and cannot see it
+            with pytest.raises(NotFound):
+                c.put(str(src), "/u/b/f")
+            for path in ("/u/b/f", "/u/b", "/u"):
+                with pytest.raises(NotFound):
+                    c.stat(path)

@@ -90,9 +90,7 @@ def service(owners: Owners) -> FsService:
     return fs
 
 
-def ensure(
-    owners: Owners, path: str, meanwhile: Any = None, fs: FsService | None = None
-) -> None:
+def ensure(owners: Owners, path: str, meanwhile: Any = None, fs: FsService | None = None) -> None:
     """mkdir -p ``path``, then ``meanwhile()`` (what happens before the background
     settling runs), then the settling to its end."""
 
