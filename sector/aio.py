@@ -99,6 +99,7 @@ class Worker:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._last_end = 0.0
+        self.last_seconds = 0.0  # how long the last pass took (bench/shard.py reads it)
 
     async def work(self) -> float | None:
         """One pass; returns the wait before the next (None: ``interval``)."""
@@ -125,6 +126,7 @@ class Worker:
             "runs": self.runs,
             "errors": self.errors,
             "last_error": self.last_error,
+            "last_seconds": round(self.last_seconds, 4),
         }
 
     def _scaled(self, wait: float) -> float:
@@ -143,6 +145,7 @@ class Worker:
             self._wake.clear()
             self.state = "busy"
             delay = None
+            began = time.monotonic()
             try:
                 delay = await self.work()
                 self.runs += 1
@@ -153,6 +156,7 @@ class Worker:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.exception("%s: a pass failed", self.name)
             self._last_end = time.monotonic()
+            self.last_seconds = self._last_end - began
             self.state = "idle"
             wait = self.interval if delay is None else delay
             woken = await wait_event(self._wake, self._scaled(max(0.0, wait)))

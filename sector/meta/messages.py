@@ -17,7 +17,7 @@ import msgspec
 from sector.meta.batch import BATCH
 from sector.wire.messages import Request
 
-__all__ = ["Absorb", "Fetch", "MetaOp", "Replicate"]
+__all__ = ["Absorb", "Digests", "Fetch", "MetaOp", "Replicate"]
 
 
 class MetaOp(Request, frozen=True, rename={"name": "op"}):
@@ -55,3 +55,20 @@ class Absorb(Request, frozen=True):
     op = "meta.absorb"
     records: Records
     sender: str
+
+
+HexKey = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{40}$")]
+BucketDigest = tuple[Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{1,8}$")], int, int, int]
+
+
+class Digests(Request, frozen=True):
+    """meta.digest: the sender's digests of the buckets of the arc (lo, hi]
+    (``digest.py``); the answer names the buckets where this node's differ, the arc
+    this node owns and whether ``sender`` is among its replica peers. Without
+    ``buckets`` only the last two are asked."""
+
+    op = "meta.digest"
+    lo: HexKey
+    hi: HexKey
+    buckets: Annotated[list[BucketDigest], msgspec.Meta(max_length=1 << 16)] | None = None
+    sender: HexKey | None = None

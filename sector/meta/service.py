@@ -131,7 +131,6 @@ class MetaService:
             k=k,
             rpc_timeout=rpc_timeout,
             cache=self.cache,
-            replicate=self._replicate,
             prune=self._prune_replicators,
             unchanged=lambda r: self._read_local(r.path) == r,
             forget=lambda path: self._cache.pop(path, None),
@@ -175,6 +174,7 @@ class MetaService:
             "meta.replicate": self._h_replicate,
             "meta.fetch": self._h_fetch,
             "meta.absorb": self._h_absorb,
+            "meta.digest": self.handoff.h_digest,
         }
 
     # ------------------------------------------------------------------ routing (route.py)
@@ -584,17 +584,6 @@ class MetaService:
     async def handoff_all(self, successor: Peer) -> None:
         await self.handoff.handoff_all(successor)
 
-    def counts(self, alive: set[str]) -> dict[str, int]:
-        """Counts over the records this node owns (so a cluster sum counts each once).
-
-        A file is under-replicated when fewer than its target of replicas sit on nodes
-        that are up (``alive``: ids of live members).
-        """
-        files = under = size = 0
-        for r in self.store.all():
-            if isinstance(r, FileRecord) and self.ring.responsible_for(key_id(r.path)):
-                files += 1
-                size += r.size
-                if sum(1 for nid, _ in r.replicas if nid in alive) < r.rf:
-                    under += 1
-        return {"files": files, "under_replicated": under, "bytes": size}
+    def counts(self) -> dict[str, int]:
+        """files, under_replicated and bytes of what this node owns (``Handoff.counts``)."""
+        return self.handoff.counts()

@@ -59,15 +59,22 @@ from sector.wire.messages import Request, to_args, typed
 
 
 class Shard(Protocol):
-    def all(self) -> Iterator[Record]: ...
+    def files(self, lo: int, hi: int, since: int | None = None) -> Iterator[list[Record]]: ...
+    def last_seq(self) -> int: ...
+
+
+class Arcs(Protocol):
+    def arc(self) -> tuple[int, int] | None: ...
 
 
 class Meta(Protocol):
-    """The metadata service as repair uses it: this node's shard (scans), routed reads
-    and owner-side updates."""
+    """The metadata service as repair uses it: this node's shard (scans) and the arc
+    it owns, routed reads and owner-side updates."""
 
     @property
     def store(self) -> Shard: ...
+    @property
+    def handoff(self) -> Arcs: ...
     async def get(self, path: str) -> Record | None: ...
     async def call(self, path: str, op: str, args: dict[str, Any] | None = None) -> Any: ...
 
@@ -98,6 +105,7 @@ log = logging.getLogger("sector.repair")
 
 MAX_HOPS = 3
 HEX = r"^[0-9a-f]+\Z"  # a node id (hex)
+FULL_SCAN_EVERY = 600.0  # seconds: a full scan at least this often (``_scan_sync``)
 COPY_RATE_FLOOR = 4 << 20  # bytes/s assumed when sizing a copy's timeout
 
 
@@ -143,6 +151,7 @@ class RepairWorker(Worker):
             "trims_deferred": 0,
             "bytes": 0,
             "scans": 0,
+            "full_scans": 0,  # scans that read every owned file (the rest: what changed)
             "audits": 0,
             "missing": 0,  # copies an audit found listed but absent
         }
@@ -156,6 +165,9 @@ class RepairWorker(Worker):
         self.auditor = Every("repair-audit", self.audit, audit_interval)
         self._settled = False
         self._lost: set[str] = set()
+        self._scanned: tuple[object, int | None] = (None, None)  # (inputs, seq) of the last scan
+        self._full_at = 0.0
+        self._lacking: dict[str, tuple[int, tuple[str, ...]]] = {}
         self._last_up: set[str] | None = None
         self._next_slot = 0.0
         self._qlen = 0
@@ -241,14 +253,19 @@ class RepairWorker(Worker):
             self.wake()
         return len(found)
 
+    def _owned_files(self, since: int | None = None) -> Iterator[Record]:
+        """The owned file records (with ``since``: all written after it), by pages."""
+        if (arc := self.node.meta.handoff.arc()) is not None:
+            for page in self.node.meta.store.files(*arc, since):
+                yield from page
+
     def _audit_plan(self, live: dict[str, Candidate]) -> dict[str, list[tuple[str, str]]]:
         out: dict[str, list[tuple[str, str]]] = {}
-        for r in self.node.meta.store.all():
-            if not isinstance(r, FileRecord) or not self.node.responsible_for(key_id(r.path)):
-                continue
-            for nid, _addr in r.replicas:
-                if nid in live:
-                    out.setdefault(nid, []).append((r.path, r.blob))
+        for r in self._owned_files():
+            if isinstance(r, FileRecord):
+                for nid, _addr in r.replicas:
+                    if nid in live:
+                        out.setdefault(nid, []).append((r.path, r.blob))
         return out
 
     async def scan(self, lost: set[str] | None = None) -> int:
@@ -266,11 +283,32 @@ class RepairWorker(Worker):
         return n
 
     def _scan_sync(self, live: dict[str, Candidate], draining: set[str], lost: set[str]) -> int:
-        # Runs in a thread: decoding the whole shard on the loop would stall heartbeats.
+        # In a thread (decoding on the loop would stall heartbeats). Incremental: while
+        # the arc, the live members (hosts, topology: placement weighs them) and the
+        # draining set stay, a plan changes only with its record, so a pass reads the
+        # records written since the last; else (or a lost node, or FULL_SCAN_EVERY) all.
+        sig = (
+            self.node.meta.handoff.arc(),
+            frozenset((c.node_id, c.host, c.topology) for c in live.values()),
+            frozenset(draining),
+        )
+        now = time.monotonic()
+        top = self.node.meta.store.last_seq()
+        since: int | None = self._scanned[1]
+        if lost or sig != self._scanned[0] or now - self._full_at > FULL_SCAN_EVERY:
+            since, self._full_at = None, now
+            self.counters["full_scans"] += 1
         paths = []
-        for r in self.node.meta.store.all():
-            if not isinstance(r, FileRecord) or not self.node.responsible_for(key_id(r.path)):
+        lacking = {} if since is None else self._lacking
+        for r in self._owned_files(since):
+            if not isinstance(r, FileRecord):
+                lacking.pop(r.path, None)  # removed (or a directory now)
                 continue
+            # Lists its target of holders, but some are down (``lacking``).
+            if r.rf <= len(r.replicas) and sum(n in live for n, _ in r.replicas) < r.rf:
+                lacking[r.path] = (r.rf, tuple(n for n, _ in r.replicas))
+            else:
+                lacking.pop(r.path, None)
             p = repair_policy.plan(r.replicas, r.rf, live, draining=draining, seed=r.blob)
             if not p.ok or any(nid in lost for nid, _ in r.replicas):
                 paths.append(r.path)
@@ -279,7 +317,14 @@ class RepairWorker(Worker):
                 paths, "lost node" if lost else "scan", time.time(), urgent=bool(lost)
             )
         self._qlen = len(self.queue)
+        self._scanned, self._lacking = (sig, top), lacking
         return len(paths)
+
+    def lacking(self, alive: set[str]) -> int:
+        """Owned files listing their target of holders, fewer of them in ``alive`` (of
+        those the last scan found with one down; ``node.info`` adds the store's count
+        of files listing too few)."""
+        return sum(sum(n in alive for n in ids) < rf for rf, ids in list(self._lacking.values()))
 
     def held_on(self, ids: set[str]) -> dict[str, int]:
         """Owned files whose record still lists each of ``ids`` (blocking: run in a thread).
@@ -290,10 +335,8 @@ class RepairWorker(Worker):
         out = dict.fromkeys(ids, 0)
         if not ids:
             return out
-        for r in self.node.meta.store.all():
-            if not isinstance(r, FileRecord) or not self.node.responsible_for(key_id(r.path)):
-                continue
-            for nid, _ in r.replicas:
+        for r in self._owned_files():
+            for nid, _ in r.replicas if isinstance(r, FileRecord) else []:
                 if nid in out:
                     out[nid] += 1
         return out
