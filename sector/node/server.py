@@ -551,8 +551,7 @@ class Node:
 
     async def info(self) -> dict[str, Any]:
         """This node's figures, state and workers (``node.info``, ``sector status``)."""
-        counts = await asyncio.to_thread(self.meta.counts)
-        # Files whose listed holders are there but one is down: the repair scanner's.
+        counts = await asyncio.to_thread(self.meta.counts)  # + listed holders now down:
         counts["under_replicated"] += self.repair.lacking(self.alive_ids())
         held = await asyncio.to_thread(self.repair.held_on, self.draining_ids())
         repair = self.repair.status()
