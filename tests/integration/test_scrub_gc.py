@@ -275,15 +275,15 @@ def test_writer_killed_mid_upload_leaves_no_file_and_no_orphan_bytes(
         # A writer whose blobs are sealed but who died before committing the record.
         st = c._run(c._aio._call("fs.begin_put", {"path": "/orphan.bin", "size": 5}))
         data = b"hello"
-        c._run(
-            c._aio._send_small(
-                data,
-                "blake3:" + blake3.blake3(data).hexdigest(),
-                st["blob"],
-                st["targets"],
-                "/orphan.bin",
-            )
-        )
+        first, *rest = st["targets"]
+        args = {
+            "blob": st["blob"],
+            "data": data,
+            "checksum": "blake3:" + blake3.blake3(data).hexdigest(),
+            "chain": rest,
+            "path": "/orphan.bin",
+        }
+        c._run(c._aio.pool.call(first[1], "blob.put_small", args))
         orphan = st["blob"]
         assert any(_blob_file(n, orphan).exists() for n in cl.nodes)
         for path in ("/cut", "/orphan.bin"):
