@@ -61,7 +61,7 @@ from sector.routing.chord import Peer
 from sector.security import guard
 from sector.storage import pieces as pl
 from sector.storage import placement
-from sector.storage.blobs import BlobStore, checksum_file, new_blob_id
+from sector.storage.blobs import BlobStore, checksum_file, checksum_of, new_blob_id
 from sector.storage.messages import Has, Put, PutSmall, Replicate, Stored, stored_reply
 from sector.transport.chain import first_live
 from sector.transport.rpc import RpcPool, split_addr
@@ -407,6 +407,8 @@ class PutProtocol:
         (its own copy in-process when it is the first target), and recorded. The
         holders answered this node, so none is asked to confirm (step 3 is for lists
         a writer hands in); the piece list is hashed here, from the bytes."""
+        if checksum_of(data) != checksum:  # refused here, before any look-up or copy
+            raise ChecksumMismatch(f"upload of {path} was corrupted in transit")
         plan = await self.plan(path, len(data), rf=rf, name=name, client_host=client_host)
 
         async def send(addr: str, rest: list[list[str]]) -> Stored:
