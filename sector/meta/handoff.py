@@ -156,9 +156,9 @@ class Handoff(Worker):
                     rep = await self._digest_call(owner, a, b, mine, me)
                     async for recs in self._differing(rep, a, b):
                         await self._hand_off(recs, owner)
-            except TransportError:
+            except TransportError as exc:
                 if owner is not None:
-                    self.ring.failed(owner)
+                    self.ring.failed(owner, exc)
                 return
             except SectorError as exc:
                 log.warning("anti-entropy with the owner of %x failed: %s", k, exc)
@@ -219,8 +219,8 @@ class Handoff(Worker):
                     peer.addr, "meta.replicate", {"records": chunk}, self.rpc_timeout
                 )
                 self.stats["pushed"] += len(chunk)
-        except TransportError:
-            self.ring.failed(peer)
+        except TransportError as exc:
+            self.ring.failed(peer, exc)
             return False
         except SectorError as exc:
             log.warning("anti-entropy with %s failed: %s", peer.addr, exc)
@@ -256,8 +256,8 @@ class Handoff(Worker):
                     {"records": [rec.to_builtins(r) for r in chunk], "sender": me},
                     self.rpc_timeout,
                 )
-            except TransportError:
-                self.ring.failed(owner)
+            except TransportError as exc:
+                self.ring.failed(owner, exc)
                 return
             except SectorError as exc:
                 log.warning("handoff to %s failed: %s", owner.addr, exc)

@@ -112,7 +112,7 @@ class Router:
                 except TransportError as exc:
                     last = exc
                     self.cache.forget(owner.id)
-                    self.ring.failed(owner)
+                    self.ring.failed(owner, exc)
                 except Unavailable as exc:
                     last = exc  # the owner could not reach a node it needed, or refused
                 except UsageError as exc:
@@ -250,9 +250,9 @@ class Router:
                         "meta.op",
                         {"path": path, "op": op, "args": args, "hops": hops + 1},
                     )
-                except TransportError:
+                except TransportError as exc:
                     self.cache.forget(peer.id)
-                    self.ring.failed(peer)
+                    self.ring.failed(peer, exc)
                     # fall through: a read is served here (merge rules reconcile); a
                     # write is refused by ``local`` unless this node may own the key
                 except UsageError as exc:

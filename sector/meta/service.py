@@ -387,7 +387,7 @@ class MetaService:
                 return False
             exc = f.exception()
             if isinstance(exc, TransportError):
-                self.ring.failed(p)
+                self.ring.failed(p, exc)
             elif exc is not None:
                 log.warning("replicating to %s failed: %s", p.addr, exc)
             return exc is None

@@ -20,7 +20,9 @@ Rules:
   reads, metadata and gossip, but takes no new replicas (``alive`` leaves it out,
   ``reachable`` keeps it);
 - ``suspect(id)`` (a failed RPC, Chord dropping a successor) marks a member down at
-  once, until a newer heartbeat proves it alive.
+  once, until a newer heartbeat proves it alive. A call that only timed out is not
+  held against a member heard from within a grace (``heard_within``, the node's
+  ``quorum.py``): an overloaded peer is slow, not gone.
 
 Quorum and ownership (the partition rules, see README "Consistency"):
 - the *voters* are the members that have not left (up, draining or down): a member
@@ -142,13 +144,23 @@ class Members:
             self._owners = None
         return changed
 
-    def suspect(self, member_id: str, addr: str | None = None) -> None:
+    def suspect(self, member_id: str, addr: str | None = None) -> bool:
         """Down until it beats again; with ``addr``, only if that is still its address
-        (a call to the address it had before a restart says nothing of it now)."""
+        (a call to the address it had before a restart says nothing of it now). True
+        if it was not suspected before."""
         m = self._table.get(member_id)
-        if m is not None and member_id != self.me_id and addr in (None, m.addr):
-            self._suspect[member_id] = (m.incarnation, m.hb)
-            self._owners = None
+        if m is None or member_id == self.me_id or addr not in (None, m.addr):
+            return False
+        new = member_id not in self._suspect
+        self._suspect[member_id] = (m.incarnation, m.hb)
+        self._owners = None
+        return new
+
+    def heard_within(self, member_id: str, seconds: float, now: float) -> bool:
+        """Its heartbeat advanced within ``seconds`` (by our clock) and no failure has
+        been held against it since: alive, whatever one slow call says."""
+        seen = self._seen.get(member_id)
+        return member_id not in self._suspect and seen is not None and now - seen <= seconds
 
     def load(self, entries: list[Member], now: float) -> None:
         """Entries saved by an earlier run: known, but down until they prove alive."""

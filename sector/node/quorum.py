@@ -22,6 +22,7 @@ from typing import Any
 
 import msgspec
 
+from sector.errors import Timeout
 from sector.ids import MASK
 from sector.node.members import Member, Members
 from sector.routing.chord import ChordState, Peer
@@ -29,6 +30,11 @@ from sector.routing.chord import ChordState, Peer
 log = logging.getLogger("sector.node")
 
 MEMBERS_FILE = "members.json"  # the member table, for a restart (members.py rules)
+# A call to a member that timed out is not held against it if its heartbeat advanced
+# this recently: under a flood a node answers late, and taking it for gone dropped it
+# from the ring and cost the cluster its quorum (a stop-24 CI failure). A partitioned
+# member is still down within dead_after; a refused connection (a killed node) at once.
+SLOW_GRACE = 2.0
 
 
 class Quorum:
@@ -86,6 +92,19 @@ class Quorum:
         if hint is not None and hint.id != self.state.me.id:
             return f"the members name {hint.addr} as its owner (the ring is converging)"
         return None
+
+    def suspect(self, member_id: str, addr: str, exc: BaseException | None = None) -> bool:
+        """A call to ``member_id`` at ``addr`` failed with ``exc``: mark it down until it
+        beats again, unless the failure was a timeout and it was heard from within
+        ``SLOW_GRACE``. True if the failure counts (the caller drops the address from
+        its tables too); False if the member is only slow."""
+        now = time.monotonic()
+        if isinstance(exc, Timeout) and self.members.heard_within(member_id, SLOW_GRACE, now):
+            log.debug("%s at %s is slow, not gone: %s", member_id[:8], addr, exc)
+            return False
+        if self.members.suspect(member_id, addr):
+            log.info("suspecting %s at %s down: %s", member_id[:8], addr, exc or "failed")
+        return True
 
     def converged(self) -> bool:
         """Every voter reachable and the ring's successor the one the member view implies."""

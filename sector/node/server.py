@@ -167,10 +167,10 @@ class Node:
         peer, _ = await self.driver.lookup(key, verify=verify)
         return peer
 
-    def failed(self, peer: Peer) -> None:
-        self.state.peer_failed(peer)
-        self.members.suspect(to_hex(peer.id), peer.addr)
-        self.pool.forget(peer.addr)
+    def failed(self, peer: Peer, exc: BaseException | None = None) -> None:
+        if self.quorum.suspect(to_hex(peer.id), peer.addr, exc):
+            self.state.peer_failed(peer)
+            self.pool.forget(peer.addr)
 
     async def call(
         self, addr: str, op: str, args: dict[str, Any], timeout: float | None = None
@@ -247,7 +247,7 @@ class Node:
             self.inventory,
             self.pool,
             me=(to_hex(nid), addr),
-            suspect=self.members.suspect,
+            suspect=self.quorum.suspect,
             is_member=self._is_member,
         )
         self.fs = FsService(self)
@@ -459,7 +459,7 @@ class Node:
         except SectorError as exc:  # unreachable, or just starting (no gossip handler yet)
             m = self.members.by_addr(addr)
             if m is not None and isinstance(exc, TransportError):
-                self.members.suspect(m.id, addr)
+                self.quorum.suspect(m.id, addr, exc)
             return
         try:
             if self.members.merge(members_from_wire(rep), time.monotonic()):

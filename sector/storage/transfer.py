@@ -77,8 +77,8 @@ class BlobService:
 
     It is given what it uses of the node, never the node: the blob store and its
     inventory, the RPC pool for the next hops of a chain, the node's own ``[node id,
-    address]`` (first in every ``stored`` list it answers) and ``suspect(node id)``,
-    called on a chain target found unreachable.
+    address]`` (first in every ``stored`` list it answers) and ``suspect(node id,
+    address, error)``, called on a chain target found unreachable.
     """
 
     def __init__(
@@ -88,7 +88,7 @@ class BlobService:
         pool: RpcPool,
         *,
         me: tuple[str, str],
-        suspect: Callable[[str], None],
+        suspect: Callable[[str, str, BaseException], object],
         is_member: Callable[[str, str], bool] = lambda nid, addr: True,
     ) -> None:
         self.blobs = blobs
@@ -143,7 +143,7 @@ class BlobService:
             if isinstance(exc, TransportError):
                 # Down until its next heartbeat proves otherwise: placement stops
                 # choosing it now, not after gossip's dead_after (a partition).
-                self.suspect(nid)
+                self.suspect(nid, addr, exc)
 
         return skipped
 

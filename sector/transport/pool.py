@@ -1,5 +1,6 @@
 """The client side of the RPC: ``RpcPool.call(addr, op, args)`` multiplexes requests
-over one pooled connection per address (``_Conn``, replies matched by id);
+over one pooled connection per address (``_Conn``, replies matched by id), and the
+ring's and membership's upkeep (``UPKEEP``) over a second one;
 ``RpcPool.open_bulk`` opens a fresh connection per transfer. TLS, with an optional
 fall-back to plain TCP, and the connect hook are chosen here, when a connection opens.
 """
@@ -23,6 +24,17 @@ from sector.wire.codec import FrameDecoder
 
 # Called on every new client connection before it is used (TLS peer check, auth.hello).
 ConnectHook = Callable[[str, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+# The cluster's upkeep (the ring's, membership's): small requests that must be answered
+# within seconds or a live peer is taken for dead. They go on a pooled connection of
+# their own per address: on the shared one they queued behind every other request, and
+# a server reads at most ``max_inflight_per_conn`` requests of one connection at a time,
+# so a backlog of slow writes to a peer (a flood) timed out its heartbeats and dropped
+# it from the ring (a stop-24 CI failure).
+UPKEEP = frozenset(
+    {"chord.ping", "chord.state", "chord.notify", "chord.next_hop", "chord.leaving", "node.gossip"}
+)
+_UPKEEP_LANE = "#upkeep"  # the pool's key of an address's upkeep connection
 
 
 class _Conn:
@@ -224,17 +236,18 @@ class RpcPool:
         except OSError as exc:
             raise _connect_error(addr, exc) from None
 
-    async def _conn(self, addr: str) -> _Conn:
-        conn = self._conns.get(addr)
+    async def _conn(self, addr: str, lane: str = "") -> _Conn:
+        key = addr + lane
+        conn = self._conns.get(key)
         if conn is not None and not conn.closed:
             return conn
-        lock = self._locks.setdefault(addr, asyncio.Lock())
+        lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
-            conn = self._conns.get(addr)
+            conn = self._conns.get(key)
             if conn is None or conn.closed:
                 reader, writer = await self._open(addr)
                 conn = _Conn(addr, reader, writer, self.max_frame)
-                self._conns[addr] = conn
+                self._conns[key] = conn
             return conn
 
     async def call(
@@ -245,7 +258,7 @@ class RpcPool:
         *,
         timeout: float | None = None,
     ) -> Any:
-        conn = await self._conn(addr)
+        conn = await self._conn(addr, _UPKEEP_LANE if op in UPKEEP else "")
         return await conn.call(op, args or {}, timeout or self.timeout)
 
     async def rtt(self, addr: str) -> float | None:
@@ -265,14 +278,16 @@ class RpcPool:
 
     def forget_all(self) -> None:
         """Drop every pooled connection (new ones are checked again when opened)."""
-        for addr in list(self._conns):
-            self.forget(addr)
+        for conn in self._conns.values():
+            conn.writer.close()
+        self._conns.clear()
 
     def forget(self, addr: str) -> None:
-        """Drop a pooled connection (after its peer was found dead)."""
-        conn = self._conns.pop(addr, None)
-        if conn is not None:
-            conn.writer.close()
+        """Drop the pooled connections to ``addr`` (after its peer was found dead)."""
+        for key in (addr, addr + _UPKEEP_LANE):
+            conn = self._conns.pop(key, None)
+            if conn is not None:
+                conn.writer.close()
 
     async def close(self) -> None:
         conns = list(self._conns.values())

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import pytest
 
+from sector.errors import ConnectError, Timeout
 from sector.node.members import Member, Members, members_from_wire
+from sector.node.quorum import SLOW_GRACE, Quorum
 
 
 def member(i: int, hb: int = 0, inc: int = 1, state: str = "up") -> Member:
@@ -149,3 +154,46 @@ def test_a_loaded_table_starts_down_until_members_prove_alive() -> None:
     assert t.quorum(0.0) == (1, 3) and not t.has_quorum(0.0)
     t.merge([member(1, hb=8)], now=1.0)
     assert t.quorum(1.0) == (2, 3) and t.has_quorum(1.0)
+
+
+def test_heard_within_is_a_recent_heartbeat_with_no_failure_since() -> None:
+    t = Members(member(0))
+    t.merge([member(1, hb=1)], now=10.0)
+    assert t.heard_within(member(1).id, 2.0, now=11.5)
+    assert not t.heard_within(member(1).id, 2.0, now=12.5)
+    assert t.suspect(member(1).id)
+    assert not t.suspect(member(1).id)  # already held down: not new
+    assert not t.heard_within(member(1).id, 2.0, now=10.5)
+    assert not t.heard_within(member(2).id, 2.0, now=10.5)  # never heard of
+
+
+def quorum_of(t: Members, tmp_path: Path) -> Quorum:
+    from sector.routing.chord import ChordState, Peer
+
+    me = Peer(int(t.me_id, 16), t.me.addr)
+    return Quorum(t, ChordState(me), lambda key: True, tmp_path)
+
+
+def test_a_timeout_is_not_held_against_a_member_heard_from_just_now(tmp_path: Path) -> None:
+    now = time.monotonic()
+    t = Members(member(0))
+    t.merge([member(1, hb=1), member(2, hb=1)], now=now)
+    q = quorum_of(t, tmp_path)
+    slow = Timeout("node.gossip to 127.0.0.1:7001 timed out after 2 s")
+    assert not q.suspect(member(1).id, member(1).addr, slow)
+    assert q.refusal() is None and t.state_of(t.get(member(1).id), now) == "up"  # type: ignore[arg-type]
+    # A refused connection is a killed node: held down at once, heard from or not.
+    gone = ConnectError("cannot connect to 127.0.0.1:7002: connection refused")
+    assert q.suspect(member(2).id, member(2).addr, gone)
+    assert t.state_of(t.get(member(2).id), now) == "down"  # type: ignore[arg-type]
+    # A failure at an address the member no longer has says nothing of it.
+    assert q.suspect(member(1).id, "127.0.0.1:9", gone)
+    assert t.state_of(t.get(member(1).id), now) == "up"  # type: ignore[arg-type]
+
+
+def test_a_timeout_holds_down_a_member_not_heard_from_within_the_grace(tmp_path: Path) -> None:
+    t = Members(member(0))
+    t.merge([member(1, hb=1)], now=time.monotonic() - SLOW_GRACE - 1.0)
+    q = quorum_of(t, tmp_path)
+    assert q.suspect(member(1).id, member(1).addr, Timeout("timed out"))
+    assert t.state_of(t.get(member(1).id), time.monotonic()) == "down"  # type: ignore[arg-type]

@@ -60,7 +60,7 @@ class OneNodeRing:
     async def lookup(self, key: int, *, verify: bool = False) -> Peer:
         return self.me
 
-    def failed(self, peer: Peer) -> None:
+    def failed(self, peer: Peer, exc: BaseException | None = None) -> None:
         raise AssertionError("no peers to fail")
 
     async def call(
@@ -213,7 +213,7 @@ class ThreeReplicaRing(OneNodeRing):
     def voters(self) -> int:
         return 5
 
-    def failed(self, peer: Peer) -> None:
+    def failed(self, peer: Peer, exc: BaseException | None = None) -> None:
         self.failed_peers.append(peer)
 
     async def call(
