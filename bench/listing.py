@@ -14,12 +14,18 @@ on a warm cluster, the best of three passes each:
 The anchor is the same listing on the local file system of this machine: a directory
 of as many entries (``os.scandir`` + ``stat`` of each), the floor a Python program gets
 from the kernel. Results: a table and ``bench/results/listing.json``.
+
+Then the cost of a create into the big directory against one into an empty directory
+(the issue's "a create into it costs no more than into an empty one"): ``--creates``
+puts of a 4 KiB file into each, alternating, one at a time; the median latency of each
+and their ratio.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -31,6 +37,7 @@ import sector
 from sector.testing.cluster import ProcCluster
 
 RUNS = 3
+FILE_BYTES = 4096  # a create's file, as bench/metadata.py's
 
 
 def best(fn: Any) -> float:
@@ -60,7 +67,22 @@ def local_listing(base: Path, n: int) -> dict[str, float]:
     return {"first_page_s": best(first), "whole_s": best(scan)}
 
 
-def sector_listing(base: Path, n: int, nodes: int) -> dict[str, float]:
+def create_cost(c: sector.Client, base: Path, creates: int) -> dict[str, float]:
+    """Median seconds of a small put into /big and into an empty directory, taken in
+    turn so that both see the same machine."""
+    c.mkdir("/small")
+    src = base / "create.bin"
+    src.write_bytes(os.urandom(FILE_BYTES))
+    took: dict[str, list[float]] = {"/big": [], "/small": []}
+    for i in range(creates):
+        for d, times in took.items():
+            t0 = time.perf_counter()
+            c.put(src, f"{d}/f{i:06d}")
+            times.append(time.perf_counter() - t0)
+    return {f"create_{d[1:]}_s": statistics.median(t) for d, t in took.items()}
+
+
+def sector_listing(base: Path, n: int, nodes: int, creates: int) -> dict[str, float]:
     with ProcCluster(base / "cl", replicas=1) as cl:
         cl.start(nodes)
         cl.wait_ring(60)
@@ -94,6 +116,7 @@ def sector_listing(base: Path, n: int, nodes: int) -> dict[str, float]:
                 "names_first_page_s": bare_first,
                 "names_whole_s": best(names),
                 "made_s": made,
+                **create_cost(c, base, creates),
             }
 
 
@@ -101,13 +124,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--entries", type=int, default=20_000)
     ap.add_argument("--nodes", type=int, default=5)
+    ap.add_argument("--creates", type=int, default=200, help="timed puts into each directory")
     ap.add_argument("--dir", type=Path, default=None, help="where the cluster and files go")
     args = ap.parse_args(argv)
     n = args.entries
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         base = Path(tmp)
         local = local_listing(base, n)
-        ours = sector_listing(base, n, args.nodes)
+        ours = sector_listing(base, n, args.nodes, args.creates)
     bare = {"first_page_s": ours["names_first_page_s"], "whole_s": ours["names_whole_s"]}
     rows = {"sector": ours, "sector names": bare, "local fs": local}
     print(f"listing a directory of {n:,} entries ({args.nodes} nodes; best of {RUNS})")
@@ -120,6 +144,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{rate:12,.0f} {ratio:7.1f}x"
         )
     print(f"(made with mkdir_many in {ours['made_s']:.1f} s: {n / ours['made_s']:,.0f} mkdir/s)")
+    big, small = ours["create_big_s"], ours["create_small_s"]
+    print(
+        f"a {FILE_BYTES // 1024} KiB create, median of {args.creates}: into /big "
+        f"{big * 1000:.1f} ms, into an empty directory {small * 1000:.1f} ms ({big / small:.2f}x)"
+    )
     out = write_result(
         "listing.json", {"machine": machine(), "entries": n, "nodes": args.nodes, "results": rows}
     )

@@ -221,14 +221,17 @@ class Router:
                     out[p] = False  # malformed: asked again on its own
         return out
 
-    async def get(self, path: str) -> Record | None:
-        """The current record of a path (routed; no conversion when this node owns it)."""
+    async def get(self, path: str, *, brief: bool = False) -> Record | None:
+        """The current record of a path (routed; no conversion when this node owns it).
+        ``brief``: a directory owned elsewhere comes without its entries, for a caller
+        that only asks what the path is (a put asking for its parent: the entries of
+        a directory of thousands cost a create more than all the rest of it)."""
         if self.mine(key_id(path)):
             r = await self._read(path)
             if r is None and path == "/":
                 return root_record((0, 0, ""))
             return r
-        obj = await self.call(path, "get")
+        obj = await self.call(path, "get", {"brief": True} if brief else None)
         return rec.from_builtins(obj) if obj is not None else None
 
     def learn(self, arc: Any) -> None:

@@ -183,9 +183,10 @@ class MetaService:
         """Run owner-side ``op`` on the record of ``path``, wherever its owner is."""
         return await self.router.call(path, op, args)
 
-    async def get(self, path: str) -> Record | None:
-        """The current record of a path (routed; no conversion when this node owns it)."""
-        return await self.router.get(path)
+    async def get(self, path: str, *, brief: bool = False) -> Record | None:
+        """The current record of a path (routed; no conversion when this node owns it);
+        ``brief``: a directory maybe without its entries (``Router.get``)."""
+        return await self.router.get(path, brief=brief)
 
     async def get_many(self, paths: list[str]) -> dict[str, Record | None]:
         return await self.router.get_many(paths)  # one call per owner
@@ -434,7 +435,9 @@ class MetaService:
         if a.get("merge") is True and not isinstance(r, FileRecord | DirRecord) and not self.warm():
             r = await self._fetch_from_replicas(path, r)  # a miss checked with every copy
         if r is None and path == "/":
-            return rec.to_builtins(root_record((0, 0, "")))
+            r = root_record((0, 0, ""))
+        if a.get("brief") is True and isinstance(r, DirRecord):
+            r = msgspec.structs.replace(r, children={})  # what it is, not what it holds
         return rec.to_builtins(r) if r is not None else None
 
     async def _op_put_file(self, path: str, a: dict[str, Any]) -> Any:

@@ -71,7 +71,7 @@ def _stamp(v: rec.Stamp) -> str:
 
 
 class Meta(Records, Protocol):
-    async def get(self, path: str) -> Record | None: ...
+    async def get(self, path: str, *, brief: bool = False) -> Record | None: ...
     async def get_many(self, paths: list[str]) -> dict[str, Record | None]: ...
 
 
@@ -128,8 +128,8 @@ class FsService:
 
     # ------------------------------------------------------------------ helpers
 
-    async def get(self, path: str) -> Record | None:
-        r = await self.node.meta.get(path)
+    async def get(self, path: str, *, brief: bool = False) -> Record | None:
+        r = await self.node.meta.get(path, brief=brief)
         return None if isinstance(r, Gone) else r
 
     async def call(self, path: str, op: str, args: dict[str, Any] | None = None) -> Any:

@@ -88,7 +88,7 @@ def _pieces(v: Any) -> Pieces | None:
 class Namespace(Protocol):
     """The namespace steps a put builds on (``FsService``)."""
 
-    async def get(self, path: str) -> Record | None: ...
+    async def get(self, path: str, *, brief: bool = False) -> Record | None: ...
     def writable(self) -> None: ...
     def describe(self, r: FileRecord | DirRecord) -> dict[str, Any]: ...
     async def ensure_dir(self, path: str, *, parents: bool, exist_ok: bool) -> None: ...
@@ -222,7 +222,9 @@ class PutProtocol:
         self.check_write(path)
         rf = rf or self.host.cfg.replicas
         # The target and its parent are looked up together (two owners, one round trip).
-        cur, pr = await asyncio.gather(self.ns.get(path), self.ns.get(rec.parent(path)))
+        # The parent only says what it is (``brief``): not its entries, thousands in a
+        # big directory, which made a create's cost grow with its directory.
+        cur, pr = await asyncio.gather(self.ns.get(path), self.ns.get(rec.parent(path), brief=True))
         if isinstance(cur, DirRecord) and name is not None:
             pr = cur
             path = rec.join(path, rec.check_name(name))
@@ -233,7 +235,7 @@ class PutProtocol:
         par = rec.parent(path)
         while par != "/":
             if pr is None:
-                pr = await self.ns.get(par)
+                pr = await self.ns.get(par, brief=True)
             if isinstance(pr, FileRecord):
                 raise NotADirectory(f"{par} is a file, not a directory")
             if isinstance(pr, DirRecord):

@@ -37,7 +37,7 @@ class Owners:
         self.gone: dict[str, Gone] = {}  # tombstones
         self.links: list[tuple[str, str, Any]] = []  # (dir, name, at) of each entry added
 
-    async def get(self, path: str) -> Any:
+    async def get(self, path: str, *, brief: bool = False) -> Any:
         if path in self.gone:
             return self.gone[path]
         if path not in self.dirs:

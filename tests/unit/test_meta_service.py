@@ -126,6 +126,12 @@ def test_directory_rules_at_the_owner(tmp_path: Path) -> None:
         )
         d = m.store.get("/d")
         assert isinstance(d, DirRecord) and len(rec.live_children(d)) == 51
+        # A brief get (a put asking what its parent is) answers the directory without
+        # its entries; a plain one with all of them.
+        brief = rec.from_builtins(await m.local("get", "/d", {"brief": True}))
+        assert isinstance(brief, DirRecord) and brief.children == {} and brief.v == d.v
+        full = rec.from_builtins(await m.local("get", "/d", {}))
+        assert isinstance(full, DirRecord) and len(rec.live_children(full)) == 51
         await m.stop()
         m.store.close()
 
