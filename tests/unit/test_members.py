@@ -10,6 +10,7 @@ import pytest
 from sector.errors import ConnectError, Timeout
 from sector.node.members import Member, Members, members_from_wire
 from sector.node.quorum import SLOW_GRACE, Quorum
+from sector.routing.chord import ChordState, Peer
 
 
 def member(i: int, hb: int = 0, inc: int = 1, state: str = "up") -> Member:
@@ -168,8 +169,6 @@ def test_heard_within_is_a_recent_heartbeat_with_no_failure_since() -> None:
 
 
 def quorum_of(t: Members, tmp_path: Path) -> Quorum:
-    from sector.routing.chord import ChordState, Peer
-
     me = Peer(int(t.me_id, 16), t.me.addr)
     return Quorum(t, ChordState(me), lambda key: True, tmp_path)
 
