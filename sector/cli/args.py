@@ -12,7 +12,7 @@ import importlib
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from sector.errors import UsageError
@@ -113,3 +113,31 @@ def import_named(spec: str, noun: str, shape: str) -> tuple[str, str, Any]:
     except Exception as exc:
         raise UsageError(f"cannot import {mod_name}: {type(exc).__name__}: {exc}") from None
     return mod_name, name, getattr(mod, name, None)
+
+
+class Unbuilt:
+    """Stands in for the parser of a command that was not asked for: takes any call
+    (``add_argument``, ``add_subparsers``, ...) and any attribute, and builds nothing."""
+
+    def __getattr__(self, name: str) -> Any:
+        return self._nothing
+
+    def _nothing(self, *args: Any, **kwargs: Any) -> Unbuilt:
+        return self
+
+
+# The options before the command word that take a value (``--cluster HOST:PORT``).
+_VALUED = ("--cluster", "--token")
+
+
+def command_word(argv: Sequence[str]) -> str | None:
+    """The command ``argv`` names (its first word that is not an option), or None."""
+    for i, word in enumerate(argv):
+        if word == "--":
+            return argv[i + 1] if i + 1 < len(argv) else None
+        if word.startswith("-"):
+            continue
+        if i and argv[i - 1] in _VALUED:
+            continue
+        return word
+    return None

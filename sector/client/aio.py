@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import functools
 import ipaddress
 import os
 import random
@@ -26,7 +27,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from ssl import SSLContext
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import blake3
 
@@ -53,6 +54,9 @@ from sector.transport import bulk, wan
 from sector.transport.chain import first_live
 from sector.transport.rpc import RpcPool, split_addr
 from sector.wire.messages import to_args
+
+if TYPE_CHECKING:
+    from sector.sphere.api import AsyncSphere
 
 Progress = Callable[[int, int], None]
 RING_TTL = 5.0  # seconds a client trusts its view of who owns which keys
@@ -108,9 +112,14 @@ class AsyncClient:
         self._ring_ids: list[int] = []
         self._ring_at = 0.0
         self._reader = secrets.token_hex(8)  # this client, to a file's tracker
+
+    @functools.cached_property
+    def sphere(self) -> AsyncSphere:
+        """Sphere jobs: ``c.sphere.run(udf, input=...)``. Made on first use: Sphere
+        needs numpy, whose import (~0.2 s of CPU) a `get` or an `ls` should not pay."""
         from sector.sphere.api import AsyncSphere
 
-        self.sphere = AsyncSphere(self)  # Sphere jobs: ``c.sphere.run(udf, input=...)``
+        return AsyncSphere(self)
 
     async def __aenter__(self) -> AsyncClient:
         await self.connect()

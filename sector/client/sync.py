@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import io
 import os
 import threading
 from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sector.client import many
 from sector.client.aio import LS_PAGE, AsyncClient, Progress
 from sector.errors import IsADirectory, Timeout, UsageError
+
+if TYPE_CHECKING:
+    from sector.sphere.api import Sphere
 
 T = TypeVar("T")
 READ_AHEAD = 4 << 20
@@ -45,9 +49,14 @@ class Client:
         except BaseException:
             self.close()
             raise
+
+    @functools.cached_property
+    def sphere(self) -> Sphere:
+        """Sphere jobs: ``c.sphere.run(udf, input=...)`` (made on first use, as the
+        async client's: its numpy import is not for every command)."""
         from sector.sphere.api import Sphere
 
-        self.sphere = Sphere(self)  # Sphere jobs: ``c.sphere.run(udf, input=...)``
+        return Sphere(self)
 
     async def _make(
         self, address: str | None, timeout: float, token: str | None, anonymous: bool

@@ -240,10 +240,14 @@ class Fetcher:
         self.lock = threading.Lock()
         self.n = 0
         self.rates: deque[float] = deque(maxlen=16)  # bytes/s of whole requests
+        self.t0 = time.monotonic()
+        self.marks: dict[str, float] = {}  # seconds from t0: "list", "first" (piece)
+        self.by_source: Counter[str] = Counter()  # bytes taken from each source
 
     async def run(self) -> Entry:
         r, host = self.r, self.host
         pl = await self._piece_list()
+        self.marks["list"] = time.monotonic() - self.t0
         self.n = pieces.count(r.size, pl.piece_size)
         e = host.cache.begin(r.blob, r.path, r.size, r.checksum, pl)
         try:
@@ -262,7 +266,21 @@ class Fetcher:
         with contextlib.suppress(SectorError):
             await self._announce(Plan(self.n, batch=1), done=True)  # a seed now
         host.counters["fetches"] += 1
+        log.info("%s", self.summary(pl))
         return e
+
+    def summary(self, pl: PieceList) -> str:
+        """One line on how the fetch went: its times, and what came from whom."""
+        holders = {h.id for h in self.holders}
+        mib = 1 << 20
+        peers = sum(n for s, n in self.by_source.items() if s not in holders)
+        return (
+            f"fetched {self.r.path} ({self.r.size / mib:.1f} MiB, {self.n} pieces of"
+            f" {pl.piece_size / mib:g} MiB) in {time.monotonic() - self.t0:.2f} s"
+            f" (piece list at {self.marks.get('list', 0):.2f} s, first piece at"
+            f" {self.marks.get('first', 0):.2f} s): {len(self.by_source)} sources,"
+            f" {peers / mib:.1f} MiB from peers"
+        )
 
     # ------------------------------------------------------------------ steps
 
@@ -525,6 +543,8 @@ class Fetcher:
 
     def _count(self, n: int, source: str) -> None:
         c = self.host.counters
+        self.marks.setdefault("first", time.monotonic() - self.t0)
+        self.by_source[source] += n
         c["pieces_fetched"] += 1
         c["bytes_fetched"] += n
         if any(h.id == source for h in self.holders):

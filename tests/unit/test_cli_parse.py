@@ -3,6 +3,7 @@ and the file commands driven against an in-memory client that follows the contra
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import json
@@ -17,7 +18,7 @@ import pytest
 
 import sector
 from sector.cli import commands
-from sector.cli.args import parse_address, parse_size, parse_topology
+from sector.cli.args import command_word, parse_address, parse_size, parse_topology
 from sector.cli.main import build_parser, error_message, main
 from sector.client.many import Batch, Failure
 from sector.errors import (
@@ -36,7 +37,56 @@ from sector.node import localcluster
 
 
 def parse(*argv: str) -> Any:
-    return build_parser().parse_args(list(argv))
+    """As `main` parses: the parser of the command named alone (and checked against
+    the parser of every command)."""
+    one = build_parser(command_word(argv)).parse_args(list(argv))
+    assert one == build_parser().parse_args(list(argv))
+    return one
+
+
+@pytest.mark.parametrize(
+    "argv, word",
+    [
+        (["ls", "/x"], "ls"),
+        (["--cluster", "h:1", "--json", "get", "/a", "b"], "get"),
+        (["--token", "t", "sphere", "run", "m:f", "/in"], "sphere"),
+        (["--cluster=h:1", "stat", "/x"], "stat"),
+        (["--json"], None),
+        (["--", "ls"], "ls"),
+    ],
+)
+def test_the_command_word_is_found_past_the_global_options(
+    argv: list[str], word: str | None
+) -> None:
+    assert command_word(argv) == word
+
+
+def test_one_command_parser_knows_only_that_command_and_an_unknown_word_gets_all() -> None:
+    one = build_parser("get")
+    sub = next(a for a in one._actions if isinstance(a, argparse._SubParsersAction))
+    assert list(sub.choices) == ["get"]
+    full = build_parser("no-such-command")
+    sub = next(a for a in full._actions if isinstance(a, argparse._SubParsersAction))
+    assert {"get", "put", "ls", "sphere", "cluster", "mount"} <= set(sub.choices)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exc:
+        main(["no-such-command"])
+    assert exc.value.code == 2
+    assert "invalid choice: 'no-such-command'" in err.getvalue() and "'put'" in err.getvalue()
+
+
+def test_a_client_and_the_get_parser_do_not_import_numpy() -> None:
+    """Sphere (numpy, ~0.2 s of CPU) is made on first use, not for every command."""
+    code = (
+        "import sys\n"
+        "from sector.cli.main import build_parser\n"
+        "from sector.client.aio import AsyncClient\n"
+        "c = AsyncClient('127.0.0.1:1')\n"
+        "build_parser('get').parse_args(['get', '/a', 'b'])\n"
+        "assert 'numpy' not in sys.modules, 'numpy imported'\n"
+        "assert type(c.sphere).__name__ == 'AsyncSphere' and 'numpy' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 @pytest.mark.parametrize(

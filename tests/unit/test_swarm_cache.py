@@ -117,3 +117,11 @@ def test_an_answers_pieces_are_checked_one_by_one_and_a_had_piece_is_never_overw
     stop.set()  # the request was given up: nothing more is written
     with pytest.raises(NoSpace):
         run.write(memoryview(data[:ps]))
+
+
+def test_consecutive_pieces_are_served_as_one_run() -> None:
+    from sector.node.swarm import _runs
+
+    assert _runs([]) == []
+    assert _runs([3, 4, 5, 9, 10, 2]) == [(3, 3), (9, 2), (2, 1)]
+    assert _runs([7]) == [(7, 1)]
