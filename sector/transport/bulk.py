@@ -133,7 +133,8 @@ class BulkChannel:
     async def _within(self, step: Awaitable[T], way: str) -> T:
         """A read or a drain within the stall timeout; its failure as a TransportError."""
         try:
-            return await asyncio.wait_for(step, self.stall_timeout)
+            async with asyncio.timeout(self.stall_timeout):  # not wait_for: see Server._serve
+                return await step
         except TimeoutError:
             raise Timeout(
                 f"bulk stream {way} {self.peer} stalled for {self.stall_timeout:g} s"

@@ -319,7 +319,11 @@ class Server:
                     if first:
                         timeout = min(timeout, self.stall_timeout * 3)
                 try:
-                    data = await asyncio.wait_for(reader.read(READ_CHUNK), timeout)
+                    # asyncio.timeout, not wait_for: 3.11's wait_for loses a cancel that
+                    # lands as the read completes (the loop then read on, and a node's
+                    # stop waited for this connection for ever), and costs a task a read.
+                    async with asyncio.timeout(timeout):
+                        data = await reader.read(READ_CHUNK)
                 except TimeoutError:
                     if dec.pending:
                         log.warning("closing %s: frame stalled for %g s", peer, self.stall_timeout)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import hashlib
 import os
@@ -734,5 +735,42 @@ def test_a_stalled_half_frame_gives_its_budget_back_when_it_is_cut_off() -> None
                 assert await pool.call(server.address, "echo", {"x": 1}) == {"x": 1}
                 assert await r1.read(1) == b""
             assert server.input.total == 0
+
+    run(main())
+
+
+def _has_conns(server: Server, n: int) -> bool:
+    return len(server._conns) == n
+
+
+def test_close_ends_connections_whose_peer_keeps_sending() -> None:
+    """A cancel that lands as a read completes is not lost: ``close`` returns while
+    clients keep the connections busy (3.11's ``wait_for`` around the read lost such
+    a cancel, and a node's stop then waited for that connection for ever)."""
+
+    async def flood(addr: str, stop: asyncio.Event) -> None:
+        host, port = addr.rsplit(":", 1)
+        with contextlib.suppress(ConnectionError, OSError):
+            _, writer = await asyncio.open_connection(host, int(port))
+            frame = codec.request(1, "echo", {"x": "y" * 64})
+            while not stop.is_set():
+                writer.write(frame * 4)
+                await writer.drain()
+                await asyncio.sleep(0)
+
+    async def main() -> None:
+        for _ in range(30):
+            h = Handlers()
+            server = Server(h.table, None)
+            await server.start("127.0.0.1", 0)
+            stop = asyncio.Event()
+            floods = [asyncio.create_task(flood(server.address, stop)) for _ in range(4)]
+            await until(functools.partial(_has_conns, server, 4))
+            await asyncio.sleep(0.02)
+            try:
+                await asyncio.wait_for(server.close(), 3.0)
+            finally:
+                stop.set()
+                await asyncio.gather(*floods, return_exceptions=True)
 
     run(main())
