@@ -74,27 +74,34 @@ def _transfer(hosts: Hosts, flows: list[tuple[int, int]], nbytes: int) -> float:
 def test_shape_gives_each_host_a_full_duplex_link_of_the_rate() -> None:
     second = int(RATE / 8)  # bytes one link moves in a second
     half = second // 2
+
+    def shaped(flows: list[tuple[int, int]], nbytes: int, what: str) -> None:
+        """~1 s under the shaping: never less (the limit holds on every try); the best
+        of up to three tries under 1.5 s (a try can lose the 2 shared cores to other
+        tests for a while: 1.75 s once in CI; a link twice too slow fails all three)."""
+        tries = []
+        for _ in range(3):
+            took = _transfer(hosts, flows, nbytes)
+            tries.append(took)
+            assert took > 0.85, f"{what} at {RATE:g} bit/s: {took:.2f} s (want ~1 s)"
+            if took < 1.5:
+                return
+        raise AssertionError(f"{what} at {RATE:g} bit/s: {tries} s (want ~1 s)")
+
     with Hosts(3) as hosts:
         free = _transfer(hosts, [(0, 1)], second)
         hosts.shape(RATE)
-        one = _transfer(hosts, [(0, 1)], second)
+        shaped([(0, 1)], second, "one link")
         # half a second's worth to each of two hosts at once: only the sender's own
         # link (its end of the veth) makes that take a second
-        out_of_one = _transfer(hosts, [(1, 0), (1, 2)], half)
+        shaped([(1, 0), (1, 2)], half, "one host sending to two")
         # and from two hosts into one: only the receiver's link (the bridge's end)
-        into_one = _transfer(hosts, [(0, 1), (2, 1)], half)
+        shaped([(0, 1), (2, 1)], half, "two hosts sending to one")
         # both ways at once: full duplex, a second each way
-        both_ways = _transfer(hosts, [(0, 1), (1, 0)], second)
+        shaped([(0, 1), (1, 0)], second, "both ways at once")
         hosts.unshape()
         again = _transfer(hosts, [(0, 1)], second)
     assert free < 0.4, f"an unshaped veth is fast ({free:.2f} s for {second} bytes)"
-    for what, took in [
-        ("one link", one),
-        ("one host sending to two", out_of_one),
-        ("two hosts sending to one", into_one),
-        ("both ways at once", both_ways),
-    ]:
-        assert 0.85 < took < 1.5, f"{what} at {RATE:g} bit/s: {took:.2f} s (want ~1 s)"
     assert again < 0.4, f"unshape() lifts the limit ({again:.2f} s)"
 
 
