@@ -130,14 +130,19 @@ class Unbuilt:
 _VALUED = ("--cluster", "--token")
 
 
-def command_word(argv: Sequence[str]) -> str | None:
-    """The command ``argv`` names (its first word that is not an option), or None."""
+def command_index(argv: Sequence[str]) -> int | None:
+    """Where the command word of ``argv`` is (its first word that is not an option or
+    an option's value), or None."""
     for i, word in enumerate(argv):
         if word == "--":
-            return argv[i + 1] if i + 1 < len(argv) else None
-        if word.startswith("-"):
+            return i + 1 if i + 1 < len(argv) else None
+        if word.startswith("-") or (i and argv[i - 1] in _VALUED):
             continue
-        if i and argv[i - 1] in _VALUED:
-            continue
-        return word
+        return i
     return None
+
+
+def command_word(argv: Sequence[str]) -> str | None:
+    """The command ``argv`` names, or None."""
+    i = command_index(argv)
+    return None if i is None else argv[i]

@@ -21,6 +21,7 @@ from sector.cli.args import (
     Unbuilt,
     add_http_option,
     arg_type,
+    command_index,
     command_word,
     parse_address,
     parse_listen,
@@ -541,11 +542,9 @@ def _down(args: argparse.Namespace) -> int:
 
 def _alias(argv: list[str]) -> list[str]:
     """``node drain ADDRESS`` -> ``drain ADDRESS``: the documented spelling of a drain."""
-    for i in range(len(argv) - 1):
-        if argv[i] == "node" and argv[i + 1] == "drain":
-            return argv[:i] + argv[i + 1 :]
-        if not argv[i].startswith("-") and (i == 0 or argv[i - 1] != "--cluster"):
-            break  # past the command word: leave the rest alone
+    i = command_index(argv)
+    if i is not None and argv[i : i + 2] == ["node", "drain"]:
+        return argv[:i] + argv[i + 1 :]
     return argv
 
 

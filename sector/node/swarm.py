@@ -496,7 +496,7 @@ class SwarmService:
             # a turn of the event loop and a syscall whose cost does not shrink with
             # the piece.
             for first, count in _runs(sent):
-                n = sum(pieces.piece_len(i, size, ps) for i in range(first, first + count))
+                n = min(size, (first + count) * ps) - first * ps  # the last may be short
                 await self.pace.take(n)
                 assert f is not None
                 await bulk.send_file(chan, f, first * ps, n)

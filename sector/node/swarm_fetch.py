@@ -241,13 +241,13 @@ class Fetcher:
         self.n = 0
         self.rates: deque[float] = deque(maxlen=16)  # bytes/s of whole requests
         self.t0 = time.monotonic()
-        self.marks: dict[str, float] = {}  # seconds from t0: "list", "first" (piece)
+        self.list_at = self.first_at = 0.0  # seconds from t0: piece list, first piece
         self.by_source: Counter[str] = Counter()  # bytes taken from each source
 
     async def run(self) -> Entry:
         r, host = self.r, self.host
         pl = await self._piece_list()
-        self.marks["list"] = time.monotonic() - self.t0
+        self.list_at = time.monotonic() - self.t0
         self.n = pieces.count(r.size, pl.piece_size)
         e = host.cache.begin(r.blob, r.path, r.size, r.checksum, pl)
         try:
@@ -277,8 +277,8 @@ class Fetcher:
         return (
             f"fetched {self.r.path} ({self.r.size / mib:.1f} MiB, {self.n} pieces of"
             f" {pl.piece_size / mib:g} MiB) in {time.monotonic() - self.t0:.2f} s"
-            f" (piece list at {self.marks.get('list', 0):.2f} s, first piece at"
-            f" {self.marks.get('first', 0):.2f} s): {len(self.by_source)} sources,"
+            f" (piece list at {self.list_at:.2f} s, first piece at"
+            f" {self.first_at:.2f} s): {len(self.by_source)} sources,"
             f" {peers / mib:.1f} MiB from peers"
         )
 
@@ -543,7 +543,8 @@ class Fetcher:
 
     def _count(self, n: int, source: str) -> None:
         c = self.host.counters
-        self.marks.setdefault("first", time.monotonic() - self.t0)
+        if not self.by_source:
+            self.first_at = time.monotonic() - self.t0
         self.by_source[source] += n
         c["pieces_fetched"] += 1
         c["bytes_fetched"] += n

@@ -647,3 +647,18 @@ def test_dunder_main_is_the_cli() -> None:
         env=env,
     )
     assert r.returncode == 2 and "invalid address 'bad'" in r.stderr
+
+
+def test_node_drain_is_spelled_as_drain_only_at_the_command_word() -> None:
+    from sector.cli.main import _alias
+
+    assert _alias(["node", "drain", "h:1"]) == ["drain", "h:1"]
+    assert _alias(["--token", "t", "--json", "node", "drain", "h:1"]) == [
+        "--token",
+        "t",
+        "--json",
+        "drain",
+        "h:1",
+    ]
+    assert _alias(["--cluster", "node", "ls", "drain"]) == ["--cluster", "node", "ls", "drain"]
+    assert _alias(["ls", "node", "drain"]) == ["ls", "node", "drain"]
