@@ -3,10 +3,13 @@
 - Striped over the live replicas (issue 15, ``striped``): a file of ``STRIPE_MIN`` or
   more read in ranges from the holders about as near as the nearest, at once, the
   nearer and faster ones reading more, failing over per range; on any path
-  (``wan.streams_for``; ``SECTOR_BULK_STREAMS=1`` turns it off). Hashed whole at the
-  end; a mismatch is an error and the get reads one replica at a time instead.
+  (``wan.streams_for``; ``SECTOR_BULK_STREAMS=1`` turns it off). Each piece is checked
+  against the file's piece list as it arrives (``_Check``: the list's root is the
+  record's), so nothing is read again at the end but the few pieces cut by a span's
+  ends; a file with no piece list is hashed whole at the end. A mismatch is an error
+  and the get reads one replica at a time instead.
 - From one replica's holder: one stream, or, over a long link, the file in several
-  ranges at once (``transport.stripe``), then hashed whole.
+  ranges at once (``transport.stripe``), checked the same way.
 - Through the entry node's swarm (issue 14): ``swarm.get``, answered as the node's
   fetch brings verified pieces.
 The file's BLAKE3 is checked either way; a mismatch is ``ChecksumMismatch``.
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -24,8 +28,9 @@ from typing import IO, Any
 import blake3
 
 from sector.errors import ChecksumMismatch, SectorError
+from sector.storage import pieces
 from sector.storage.blobs import WriteBehind
-from sector.storage.messages import SMALL_MAX, Get, GetSmall
+from sector.storage.messages import SMALL_MAX, Get, GetPieces, GetSmall
 from sector.storage.transfer import open_get
 from sector.swarm.messages import SwarmGet
 from sector.transport import bulk, stripe, wan
@@ -35,6 +40,8 @@ from sector.transport.spans import Plan, allot
 from sector.wire.messages import Request, to_args
 
 __all__ = ["SWARM_FLOOR", "download", "hash_file", "striped", "tell"]
+
+log = logging.getLogger("sector.client")
 
 Progress = Callable[[int, int], None]
 SWARM_FLOOR = 1 << 20  # bytes/s a swarm get is assumed to make at worst (its first wait)
@@ -155,9 +162,10 @@ async def striped(pool: RpcPool, st: dict[str, Any], tmp: Path, progress: Progre
         return False
     counts = allot(rtts, streams)
     tell(progress, sum(counts), len(addrs))
+    check = _Check(pool, st, addrs)
     try:
         far = max((r for r in rtts if r is not None), default=None)
-        plan = await _fetch(pool, st, tmp, progress, addrs, counts, far)
+        plan = await _fetch(pool, st, tmp, progress, addrs, counts, far, check)
         st["transfer"] = {
             "streams": sum(counts),
             "holders": [a for a in addrs if plan.served.get(a)],
@@ -167,7 +175,7 @@ async def striped(pool: RpcPool, st: dict[str, Any], tmp: Path, progress: Progre
             "failed": plan.dead,
             "refetched": plan.refetched,
         }
-        if await asyncio.to_thread(hash_file, str(tmp)) != st["checksum"]:
+        if not await check.verify(tmp):
             raise ChecksumMismatch(
                 f"a read striped over {len(addrs)} replicas does not verify (checksum mismatch)"
             )
@@ -175,6 +183,8 @@ async def striped(pool: RpcPool, st: dict[str, Any], tmp: Path, progress: Progre
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+    finally:
+        check.close()
     return True
 
 
@@ -186,6 +196,7 @@ async def _fetch(
     addrs: list[str],
     counts: list[int],
     rtt: float | None,
+    check: _Check,
 ) -> Plan:
     async def open_range(addr: str, offset: int, length: int) -> tuple[BulkChannel, int]:
         return await open_get(pool, addr, Get(blob=st["blob"], offset=offset, length=length))
@@ -204,6 +215,7 @@ async def _fetch(
                 wrote=behind.wrote,
                 min_split=wan.split_for(rtt),
                 what=what,
+                observe=check.observe,
             )
         finally:
             await asyncio.to_thread(behind.join)
@@ -220,12 +232,89 @@ async def _striped(
     """The file in ``streams`` ranges read at once from one holder, then verified."""
     tell(progress, streams, 1)
     rtt = await pool.rtt(addr)
-    await _fetch(pool, st, tmp, progress, [addr], [streams], rtt)
-    st["transfer"] = {
-        "streams": streams,
-        "holders": [addr],
-        "rtt_ms": wan.ms(rtt),
-        "from": addr,
-    }
-    if await asyncio.to_thread(hash_file, str(tmp)) != st["checksum"]:
-        raise ChecksumMismatch(f"replica at {addr} is corrupt (checksum mismatch)")
+    check = _Check(pool, st, [addr])
+    try:
+        await _fetch(pool, st, tmp, progress, [addr], [streams], rtt, check)
+        st["transfer"] = {
+            "streams": streams,
+            "holders": [addr],
+            "rtt_ms": wan.ms(rtt),
+            "from": addr,
+        }
+        if not await check.verify(tmp):
+            raise ChecksumMismatch(f"replica at {addr} is corrupt (checksum mismatch)")
+    finally:
+        check.close()
+
+
+class _Check:
+    """How a striped get verifies what came (issue 15): piece by piece, as the bytes
+    arrive, against the piece list of the file's record (fetched from a holder while
+    the bytes come; its root must be the record's), with the pieces no span holds
+    whole hashed from the file afterwards. A file whose record has no piece list, or
+    whose list no holder gives, is hashed whole afterwards, as before."""
+
+    def __init__(self, pool: RpcPool, st: dict[str, Any], addrs: list[str]) -> None:
+        self.st = st
+        ps = int(st.get("piece_size") or 0)
+        self.ver = pieces.Verifier(st["size"], ps) if ps > 0 and st.get("pieces") else None
+        self.listed: asyncio.Future[pieces.PieceList | None] | None = None
+        if self.ver is not None:
+            self.listed = asyncio.ensure_future(_piece_list(pool, st, addrs))
+
+    @property
+    def observe(self) -> Callable[[int], Callable[[memoryview], object]] | None:
+        """What shows a span's bytes to the check (``stripe.fetch``), if it checks pieces."""
+        ver = self.ver
+        return None if ver is None else lambda offset: ver.run(offset).update
+
+    async def verify(self, tmp: Path) -> bool:
+        """Whether ``tmp`` is the file; says how it was checked in the transfer's
+        ``checked``: "pieces" or "whole"."""
+        pl = await self.listed if self.listed is not None else None
+        if self.ver is None or pl is None:
+            self.st["transfer"]["checked"] = "whole"
+            return await asyncio.to_thread(hash_file, str(tmp)) == self.st["checksum"]
+        self.st["transfer"]["checked"] = "pieces"
+        bad = await asyncio.to_thread(_bad_pieces, str(tmp), self.ver, pl)
+        if bad:
+            log.warning(
+                "%s: %d pieces do not match, the first %d", self.st["path"], len(bad), bad[0]
+            )
+        return not bad
+
+    def close(self) -> None:
+        if self.listed is not None and not self.listed.done():
+            self.listed.cancel()
+
+
+async def _piece_list(
+    pool: RpcPool, st: dict[str, Any], addrs: list[str]
+) -> pieces.PieceList | None:
+    """The file's piece list from the first holder whose list is the record's."""
+    for addr in addrs:
+        req = GetPieces(blob=st["blob"], piece_size=int(st["piece_size"]))
+        try:
+            rep = await pool.call(addr, "blob.pieces", to_args(req), timeout=60.0)
+            pl = pieces.PieceList(int(rep["size"]), int(rep["piece_size"]), bytes(rep["digests"]))
+        except (SectorError, OSError, KeyError, TypeError, ValueError) as exc:
+            log.info("piece list of %s from %s: %s", st["path"], addr, exc)
+            continue
+        if pl.valid() and pl.size == st["size"] and pl.root == st["pieces"]:
+            return pl
+        log.warning("piece list of %s from %s is not its record's", st["path"], addr)
+    return None
+
+
+def _bad_pieces(path: str, ver: pieces.Verifier, pl: pieces.PieceList) -> list[int]:
+    """The pieces of the file at ``path`` that are not the list's: those the streams
+    hashed, and the rest hashed here from the file (blocking)."""
+    extra: dict[int, bytes] = {}
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        for i in ver.missing():
+            n = pieces.piece_len(i, ver.size, ver.piece_size)
+            extra[i] = pieces.digest(os.pread(fd, n, i * ver.piece_size))
+    finally:
+        os.close(fd)
+    return ver.bad(pl, extra)

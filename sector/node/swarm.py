@@ -438,7 +438,7 @@ class SwarmService:
         blob = check_blob_id(req.blob)
         if self.node.blobs.exists(blob):
             if req.piece_size:  # (0: the stored list, whatever its piece size)
-                _check_pieces(self.node.blobs.size(blob), req.piece_size)
+                pieces.check_size(self.node.blobs.size(blob), req.piece_size)
             loop = asyncio.get_running_loop()
             pl = await loop.run_in_executor(
                 self.io, self.node.blobs.piece_list, blob, req.piece_size or None
@@ -487,7 +487,7 @@ class SwarmService:
     async def _serve_pieces(self, req: m.Pieces, chan: BulkChannel) -> None:
         blob = check_blob_id(req.blob)
         ps, size = req.piece_size, req.size
-        _check_pieces(size, ps)
+        pieces.check_size(size, ps)
         f, have, cached = self._open_source(blob, size, ps)
         sent = [i for i in req.pieces if have >> i & 1]
         try:
@@ -523,10 +523,3 @@ def _runs(indices: list[int]) -> list[tuple[int, int]]:
         else:
             out.append((i, 1))
     return out
-
-
-def _check_pieces(size: int, piece_size: int) -> None:
-    """A piece size a request may name: at most ``MAX_PIECES`` pieces of the file (a
-    list of 1-byte pieces of a large file would cost a hash per byte, and memory)."""
-    if pieces.count(size, piece_size) > pieces.MAX_PIECES:
-        raise BadRequest(f"{piece_size}-byte pieces of {size} bytes: more than {pieces.MAX_PIECES}")

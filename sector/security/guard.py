@@ -58,6 +58,7 @@ OPS: dict[str, str] = {
     # data: blob.get checks read on the blob's path, the puts check write
     "blob.get": "any",
     "blob.get_small": "any",
+    "blob.pieces": "any",  # checks read on the blob's path, as blob.get does
     "blob.put": "any",
     "blob.put_small": "any",
     "blob.verify": "any",

@@ -1,6 +1,6 @@
 """The ``blob.*`` requests (``sector.wire.messages``), served by ``transfer.py``: the
-chain writes ``blob.put`` (bulk) and ``blob.put_small``, the read ``blob.get`` (bulk),
-and the holders' ``blob.delete``, ``blob.has``, ``blob.verify``, ``blob.missing`` and
+chain writes ``blob.put`` (bulk) and ``blob.put_small``, the read ``blob.get`` (bulk)
+and its piece list ``blob.pieces``, and the holders' ``blob.delete``, ``blob.has``, ``blob.verify``, ``blob.missing`` and
 ``blob.replicate``; with the reply of a chain write (``Stored``), which a hop reads
 from the next.
 
@@ -27,6 +27,7 @@ __all__ = [
     "SMALL_MAX",
     "Delete",
     "Get",
+    "GetPieces",
     "GetSmall",
     "Has",
     "Missing",
@@ -112,6 +113,16 @@ class GetSmall(Request, frozen=True):
 
     op = "blob.get_small"
     blob: BlobId = None
+
+
+class GetPieces(Request, frozen=True):
+    """blob.pieces: the piece list of the copy here (of ``piece_size``; 0: whichever it
+    keeps), in the reply ``{size, piece_size, digests}``: a reader of a striped get
+    checks each piece as it arrives (issue 15) rather than the whole file after it."""
+
+    op = "blob.pieces"
+    blob: BlobId = None
+    piece_size: Size = 0
 
 
 class Delete(Request, frozen=True):

@@ -42,12 +42,17 @@ import uuid
 import blake3
 import msgspec
 
+from sector.errors import BadRequest
+
 __all__ = [
     "DIGEST",
     "MAX_PIECES",
     "PIECE",
     "PieceHasher",
     "PieceList",
+    "RunDigests",
+    "Verifier",
+    "check_size",
     "compute_file",
     "count",
     "decode",
@@ -90,6 +95,13 @@ def piece_size_for(size: int, base: int = PIECE) -> int:
 def count(size: int, piece_size: int) -> int:
     """Pieces of a file of ``size`` bytes (0 for an empty file)."""
     return -(-size // piece_size) if size > 0 else 0
+
+
+def check_size(size: int, piece_size: int) -> None:
+    """A piece size a request may name: at most ``MAX_PIECES`` pieces of the file (a
+    list of 1-byte pieces of a large file would cost a hash per byte, and memory)."""
+    if piece_size <= 0 or count(size, piece_size) > MAX_PIECES:
+        raise BadRequest(f"{piece_size}-byte pieces of {size} bytes: more than {MAX_PIECES}")
 
 
 def piece_len(i: int, size: int, piece_size: int) -> int:
@@ -158,6 +170,79 @@ class PieceList(msgspec.Struct, frozen=True):
 
     def of(self, i: int) -> bytes:
         return self.digests[i * DIGEST : (i + 1) * DIGEST]
+
+
+class RunDigests:
+    """The digests of the whole pieces inside one contiguous run of a file's bytes, fed
+    in order from byte ``start`` (one span of a striped read, issue 15). The bytes
+    before the run's first piece boundary, and a piece the run stops inside of, are
+    not its to hash (``Verifier.missing``). One run is fed by one thread."""
+
+    def __init__(self, start: int, size: int, piece_size: int) -> None:
+        self.size, self.piece_size = size, piece_size
+        self.index = -(-start // piece_size)  # the first piece that starts in the run
+        self._skip = self.index * piece_size - start
+        self._h = blake3.blake3()
+        self._fill = 0
+        self.done: dict[int, bytes] = {}
+
+    def update(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data).cast("B")
+        if self._skip:
+            n = min(self._skip, len(view))
+            self._skip -= n
+            view = view[n:]
+        while view:
+            want = piece_len(self.index, self.size, self.piece_size) - self._fill
+            if want <= 0:
+                return  # past the file's last piece: nothing of a piece
+            take = min(len(view), want)
+            self._h.update(view[:take])
+            self._fill += take
+            view = view[take:]
+            if take == want:
+                self.done[self.index] = self._h.digest()
+                self.index += 1
+                self._h = blake3.blake3()
+                self._fill = 0
+
+
+class Verifier:
+    """Checks a file fetched in runs (a striped read) against its piece list, so the
+    whole file need not be read again once it has arrived: each run hashes the pieces
+    wholly inside it as they arrive (``run``); the few it does not cover (cut by a
+    span's start or end) are hashed from the file afterwards and handed to ``bad``."""
+
+    def __init__(self, size: int, piece_size: int) -> None:
+        if piece_size <= 0:
+            raise ValueError(f"piece size {piece_size}")
+        self.size, self.piece_size = size, piece_size
+        self.runs: list[RunDigests] = []
+
+    def run(self, start: int) -> RunDigests:
+        r = RunDigests(start, self.size, self.piece_size)
+        self.runs.append(r)
+        return r
+
+    def digests(self) -> dict[int, bytes]:
+        out: dict[int, bytes] = {}
+        for r in self.runs:
+            out.update(r.done)
+        return out
+
+    def missing(self) -> list[int]:
+        """The pieces no run hashed whole, in order."""
+        have = self.digests()
+        return [i for i in range(count(self.size, self.piece_size)) if i not in have]
+
+    def bad(self, pl: PieceList, extra: dict[int, bytes]) -> list[int]:
+        """The pieces whose digest (from a run, or from ``extra``) is not the list's;
+        a piece with neither counts as bad, as does a list of another shape."""
+        if pl.size != self.size or pl.piece_size != self.piece_size or not pl.valid():
+            return list(range(count(self.size, self.piece_size)))
+        got = {**self.digests(), **extra}
+        n = count(self.size, self.piece_size)
+        return [i for i in range(n) if got.get(i) != pl.of(i)]
 
 
 _enc = msgspec.msgpack.Encoder()

@@ -42,12 +42,14 @@ from sector.errors import (
 )
 from sector.meta import records as rec
 from sector.security import guard
+from sector.storage import pieces
 from sector.storage.blobs import BlobStore, BlobWriter, check_blob_id, checksum_file
 from sector.storage.inventory import Inventory
 from sector.storage.messages import (
     SMALL_MAX,
     Delete,
     Get,
+    GetPieces,
     GetSmall,
     Has,
     Missing,
@@ -116,6 +118,7 @@ class BlobService:
             "blob.missing": self._h_missing,
             "blob.put_small": self._h_put_small,
             "blob.get_small": self._h_get_small,
+            "blob.pieces": self._h_pieces,
             "blob.replicate": self._h_replicate,
         }
 
@@ -298,6 +301,20 @@ class BlobService:
         self.stats["gets"] += 1
         self.stats["bytes_out"] += n
         return None
+
+    @typed(GetPieces)
+    async def _h_pieces(self, req: GetPieces) -> Any:
+        """The copy's piece list (read as the blob is: ``_check_read``)."""
+        blob = check_blob_id(req.blob)
+        self._check_read(blob)
+        size = self.blobs.size(blob)
+        if req.piece_size:
+            pieces.check_size(size, req.piece_size)
+        loop = asyncio.get_running_loop()
+        pl = await loop.run_in_executor(
+            self.io, self.blobs.piece_list, blob, req.piece_size or None
+        )
+        return {"size": pl.size, "piece_size": pl.piece_size, "digests": pl.digests}
 
     @typed(GetSmall)
     async def _h_get_small(self, req: GetSmall) -> Any:

@@ -29,7 +29,7 @@ OPS = [
     *("fs.stat", "fs.ls", "fs.mkdir", "fs.begin_put", "fs.commit_put", "fs.rm", "fs.mv"),
     *("fs.status", "fs.setrf", "fs.put_small"),
     *("blob.put", "blob.get", "blob.put_small", "blob.replicate", "blob.delete", "blob.has"),
-    *("blob.verify", "blob.missing", "blob.alias", "blob.get_small"),
+    *("blob.verify", "blob.missing", "blob.alias", "blob.get_small", "blob.pieces"),
     *("meta.op", "meta.replicate", "meta.fetch", "meta.absorb", "meta.horizon"),
     *("meta.digest",),
     *("chord.next_hop", "chord.state", "chord.notify", "chord.ping", "chord.leaving"),
@@ -105,6 +105,7 @@ def templates(blob: str, size: int, checksum: str, node_id: str) -> dict[str, di
         "fs.setrf": {"path": "/fuzz/none", "rf": 3},
         "blob.get": {"blob": blob, "offset": 0, "length": size},
         "blob.get_small": {"blob": blob},
+        "blob.pieces": {"blob": blob, "piece_size": 0},
         "swarm.piece": {"blob": blob, "piece_size": 16384, "size": size, "pieces": [0, 1]},
         "swarm.pieces": {"blob": blob, "piece_size": 0},
         "swarm.announce": {

@@ -8,8 +8,10 @@ several live replicas the streams go to several holders, nearest most, and a str
 that ends its span takes over half of the longest one left (``spans.Plan``: the
 schedule, pure). Each span is received by ``bulk.recv`` into its own place in one file
 (``pwrite``); a holder whose stream fails hands back only the bytes it had not
-written, which another holder's stream reads. The caller verifies the whole file's
-checksum afterwards, since the spans arrive out of order and from several holders.
+written, which another holder's stream reads. The spans arrive out of order and from
+several holders, so the caller verifies what came: each span's bytes are shown, as
+they are written, to what ``observe`` gives for the span (a piece check, in its
+stream's thread), or the whole file is hashed afterwards.
 """
 
 from __future__ import annotations
@@ -56,13 +58,17 @@ class _Into:
         span: Span,
         report: Callable[[], None],
         wrote: Callable[[int], object] | None,
+        feed: Callable[[memoryview], object] | None = None,
     ) -> None:
         self.fd, self.plan, self.span, self.report, self.wrote = fd, plan, span, report, wrote
+        self.feed = feed
         self.unreported = 0
 
     def write(self, data: memoryview) -> None:
         at, k = self.plan.claim(self.span, len(data))
         view = data[:k]
+        if self.feed is not None:
+            self.feed(view)
         while view:
             n = os.pwrite(self.fd, view, at)
             at += n
@@ -88,11 +94,13 @@ async def fetch(
     wrote: Callable[[int], object] | None = None,
     min_split: int = MIN_SPLIT,
     what: str = "read",
+    observe: Callable[[int], Callable[[memoryview], object]] | None = None,
 ) -> Plan:
     """``size`` bytes into ``fd`` (at their offsets) over ``streams[i]`` streams to
     ``holders[i]`` at once; returns the plan (who served what, who failed). ``wrote(n)``
     is told of each write, from the streams' threads (a write-behind); ``min_split``: the
-    least a steal leaves each side (``wan.split_for``). Raises
+    least a steal leaves each side (``wan.split_for``); ``observe(offset)``: what is
+    shown, in order, the bytes of a span read from ``offset`` on. Raises
     ``TransportError`` if every holder failed first; the file's own errors (a full
     disk) as they are, after stopping the other streams."""
     plan = Plan(size, holders, sum(streams), min_split=min_split)
@@ -117,7 +125,8 @@ async def fetch(
                     f"{what}: asked {holder} for {length} bytes at {offset}, got {n}"
                 )
             where = f"{what} (bytes {offset}..{offset + length} from {holder})"
-            sink = _Into(fd, plan, span, report, wrote)
+            feed = observe(offset) if observe is not None else None
+            sink = _Into(fd, plan, span, report, wrote, feed)
             try:
                 await bulk.recv(chan, length, sink, executor=pool, what=where)
             except _Cut:

@@ -609,6 +609,9 @@ def test_private_prefix_needs_a_read_grant_on_every_node(
                 # ... also inline, as a get of a small file asks (blob.get_small)
                 with pytest.raises(PermissionDenied, match=denied):
                     a._run(pool.call(addr, "blob.get_small", {"blob": st["blob"]}))
+                # ... and its piece list (a striped get's check, issue 15)
+                with pytest.raises(PermissionDenied, match=denied):
+                    a._run(pool.call(addr, "blob.pieces", {"blob": st["blob"]}))
             # Public paths stay public.
             assert a.read("/open/y.txt") == public
 

@@ -138,6 +138,7 @@ def test_a_secure_clusters_get_over_a_lossy_long_link_is_striped_and_exact(
             cubic = link.iperf(2, cc="cubic")["bits_per_second"] / 8
     assert dst.read_bytes() == src.read_bytes()
     assert got["transfer"]["streams"] > 1
+    assert got["transfer"]["checked"] == "pieces"  # the list read over TLS as well
     for what, res in (("put", put), ("get", got)):
         assert res["transfer"]["rate"] > 10 * cubic, (what, res["transfer"], cubic)
 
@@ -282,6 +283,8 @@ def test_a_read_striped_over_replicas_survives_the_sigkill_of_a_holder_mid_read(
     assert victim_addr in result["holders"] and len(result["holders"]) == 3, result
     # only what the killed holder had not sent was read again, from the others
     assert 0 < result["refetched"] < size - killed_at, result
+    # ...and checked piece by piece as it came, the pieces cut by the kill hashed apart
+    assert result["checked"] == "pieces", result
     print(f"killed at {killed_at >> 20} MiB of {size >> 20}: {result}")
 
 

@@ -3,6 +3,7 @@ and its recomputation when it is missing, torn or of another piece size."""
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 
@@ -53,6 +54,63 @@ def test_hasher_gives_the_same_list_whatever_the_chunks(
     h.update(data[last:])
     assert h.digests() == by_hand(data, ps)
     assert h.digests() == by_hand(data, ps)  # idempotent
+
+
+def _feed(ver: pieces.Verifier, data: bytes, runs: list[int], chunks: list[int]) -> None:
+    """Feed ``data`` to ``ver`` as a striped read would: one run per span between the
+    sorted cut points, each in chunks of the given sizes (cycled)."""
+    bounds = [0, *runs, len(data)]
+    for a, b in itertools.pairwise(bounds):
+        r = ver.run(a)
+        at, k = a, 0
+        while at < b:
+            n = max(1, chunks[k % len(chunks)])
+            r.update(memoryview(data)[at : min(b, at + n)])
+            at, k = at + n, k + 1
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    data=st.binary(min_size=1, max_size=5000),
+    ps=st.sampled_from([16, 64, 1000, 4096]),
+    cuts=st.lists(st.integers(min_value=1, max_value=4999), max_size=6),
+    chunks=st.lists(st.integers(min_value=1, max_value=3000), min_size=1, max_size=5),
+    flip=st.integers(min_value=0, max_value=4999),
+)
+def test_a_read_in_runs_is_checked_piece_by_piece(
+    data: bytes, ps: int, cuts: list[int], chunks: list[int], flip: int
+) -> None:
+    """A striped read's check (issue 15): each run hashes the pieces wholly inside it,
+    the others are hashed apart (``missing``); every piece is checked, and a changed
+    byte anywhere is pinned on its piece."""
+    pl = pieces.PieceList(len(data), ps, by_hand(data, ps))
+    runs = sorted({c for c in cuts if c < len(data)})
+
+    def check(got: bytes) -> list[int]:
+        ver = pieces.Verifier(len(got), ps)
+        _feed(ver, got, runs, chunks)
+        missing = ver.missing()
+        for i in missing:  # a piece cut by a run's start or end is not hashed by a run
+            assert any(i * ps < c < min(len(got), (i + 1) * ps) for c in runs), (i, runs)
+        extra = {i: pieces.digest(got[i * ps : (i + 1) * ps]) for i in missing}
+        return ver.bad(pl, extra)
+
+    assert check(data) == []
+    at = flip % len(data)
+    rotten = data[:at] + bytes([data[at] ^ 1]) + data[at + 1 :]
+    assert check(rotten) == [at // ps]
+
+
+def test_a_check_without_the_other_pieces_or_of_another_list_fails() -> None:
+    data = os.urandom(10_000)
+    pl = pieces.PieceList(len(data), 4096, by_hand(data, 4096))
+    ver = pieces.Verifier(len(data), 4096)
+    ver.run(5000).update(data[5000:])  # pieces 2 (whole); 1 is cut, 0 never came
+    assert ver.missing() == [0, 1]
+    assert ver.bad(pl, {}) == [0, 1]  # not hashed: not taken as good
+    assert ver.bad(pl, {0: pl.of(0), 1: pl.of(1)}) == []
+    other = pieces.PieceList(len(data), 1024, by_hand(data, 1024))
+    assert ver.bad(other, {}) == [0, 1, 2]  # a list of another piece size checks nothing
 
 
 def test_list_round_trip_and_validity() -> None:
