@@ -36,7 +36,8 @@ from sector.swarm.messages import SwarmGet
 from sector.transport import bulk, stripe, wan
 from sector.transport.bulk import BulkChannel
 from sector.transport.rpc import RpcPool, split_addr
-from sector.transport.spans import Plan, allot
+from sector.transport.spans import ALIGN, Plan, allot
+from sector.wire import codec
 from sector.wire.messages import Request, to_args
 
 __all__ = ["SWARM_FLOOR", "download", "hash_file", "striped", "tell"]
@@ -164,8 +165,7 @@ async def striped(pool: RpcPool, st: dict[str, Any], tmp: Path, progress: Progre
     tell(progress, sum(counts), len(addrs))
     check = _Check(pool, st, addrs)
     try:
-        far = max((r for r in rtts if r is not None), default=None)
-        plan = await _fetch(pool, st, tmp, progress, addrs, counts, far, check)
+        plan = await _fetch(pool, st, tmp, progress, addrs, counts, min(known, default=None), check)
         st["transfer"] = {
             "streams": sum(counts),
             "holders": [a for a in addrs if plan.served.get(a)],
@@ -198,22 +198,22 @@ async def _fetch(
     rtt: float | None,
     check: _Check,
 ) -> Plan:
-    async def open_range(addr: str, offset: int, length: int) -> tuple[BulkChannel, int]:
-        return await open_get(pool, addr, Get(blob=st["blob"], offset=offset, length=length))
-
+    min_chunk, depth = wan.chunking(rtt)
     with open(tmp, "wb") as f:
         what = f"download of {st['path']}"
         behind = WriteBehind(f)  # written back while it grows, as a one-stream get is
         try:
             return await stripe.fetch(
-                open_range,
+                _BlobRanges(pool, st["blob"]),
                 st["size"],
                 f.fileno(),
                 addrs,
                 counts,
                 progress=progress,
                 wrote=behind.wrote,
-                min_split=wan.split_for(rtt),
+                min_chunk=min_chunk,
+                depth=depth,
+                align=max(ALIGN, check.piece_size),  # chunks of whole pieces
                 what=what,
                 observe=check.observe,
             )
@@ -247,6 +247,29 @@ async def _striped(
         check.close()
 
 
+class _BlobRanges:
+    """A striped read's streams (``stripe.Ranges``): ``blob.get`` with ``keep``, the
+    chunks asked for on one stream, one ahead."""
+
+    def __init__(self, pool: RpcPool, blob: str) -> None:
+        self.pool, self.blob = pool, blob
+
+    def _req(self, offset: int, length: int) -> Get:
+        return Get(blob=self.blob, offset=offset, length=length, keep=True)
+
+    async def open(self, holder: str, offset: int, length: int) -> BulkChannel:
+        req = self._req(offset, length)
+        return await self.pool.open_bulk(holder, req.op, to_args(req))
+
+    async def ask(self, chan: BulkChannel, offset: int, length: int) -> None:
+        req = self._req(offset, length)
+        await chan.write(codec.request(1, req.op, to_args(req)))
+
+    async def head(self, chan: BulkChannel) -> int:
+        head = await chan.read_reply()
+        return int(head["size"])
+
+
 class _Check:
     """How a striped get verifies what came (issue 15): piece by piece, as the bytes
     arrive, against the piece list of the file's record (fetched from a holder while
@@ -258,6 +281,7 @@ class _Check:
         self.st = st
         ps = int(st.get("piece_size") or 0)
         self.ver = pieces.Verifier(st["size"], ps) if ps > 0 and st.get("pieces") else None
+        self.piece_size = ps if self.ver is not None else 0
         self.listed: asyncio.Future[pieces.PieceList | None] | None = None
         if self.ver is not None:
             self.listed = asyncio.ensure_future(_piece_list(pool, st, addrs))

@@ -39,7 +39,6 @@ from typing import IO, Any, Protocol
 from sector.aio import Every
 from sector.config import NodeConfig
 from sector.errors import (
-    BadRequest,
     IsADirectory,
     NotFound,
     SectorError,
@@ -476,13 +475,10 @@ class SwarmService:
             await self._serve_pieces(req, chan)
             if not req.keep:
                 return None
-            try:
-                env = await chan.read_frame()
-            except TransportError:
+            more = await bulk.next_request(chan, "swarm.piece")
+            if more is None:
                 return None  # the peer closed its link (or it went idle)
-            if env.op != "swarm.piece" or not env.is_request:
-                raise BadRequest(f"{env.op!r} on a swarm.piece link")
-            req = decode(m.Pieces, env.a or {})
+            req = decode(m.Pieces, more)
 
     async def _serve_pieces(self, req: m.Pieces, chan: BulkChannel) -> None:
         blob = check_blob_id(req.blob)

@@ -98,12 +98,15 @@ def stored_reply(rep: Any, op: str) -> Stored:
 
 class Get(Request, frozen=True):
     """blob.get (bulk): ``length`` bytes of ``blob`` from ``offset`` (by default all of
-    it), after a header frame ``{size, total}``."""
+    it), after a header frame ``{size, total}``; with ``keep``, then the next request."""
 
     op = "blob.get"
     blob: BlobId = None
     offset: Size | UnsetType = UNSET  # 0
     length: Size | UnsetType | None = UNSET  # None: to the end
+    # True: after the bytes the stream stays open for the next blob.get (a striped
+    # read's chunks, asked for one ahead: issue 15), until the reader closes it.
+    keep: bool | UnsetType = UNSET
 
 
 class GetSmall(Request, frozen=True):

@@ -65,7 +65,7 @@ from sector.transport.bulk import BulkChannel
 from sector.transport.chain import Chain, Skipped, first_live
 from sector.transport.rpc import RpcPool
 from sector.wire import codec
-from sector.wire.messages import Request, to_args, typed
+from sector.wire.messages import Request, decode, to_args, typed
 
 log = logging.getLogger("sector.transfer")
 
@@ -288,6 +288,18 @@ class BlobService:
 
     @typed(Get)
     async def _h_get(self, req: Get, chan: BulkChannel) -> Any:
+        """``blob.get``; with ``keep``, the requests that follow on the stream too (a
+        striped read's chunks), until the reader closes it."""
+        while True:
+            await self._serve_get(req, chan)
+            if req.keep is not True:
+                return None
+            args = await bulk.next_request(chan, "blob.get")
+            if args is None:
+                return None  # the reader closed the stream (or it went idle)
+            req = decode(Get, args)
+
+    async def _serve_get(self, req: Get, chan: BulkChannel) -> None:
         blob = check_blob_id(req.blob)
         offset = req.offset or 0
         length = None if req.length is UNSET else req.length
@@ -300,7 +312,6 @@ class BlobService:
             await bulk.send_file(chan, f, offset, n)
         self.stats["gets"] += 1
         self.stats["bytes_out"] += n
-        return None
 
     @typed(GetPieces)
     async def _h_pieces(self, req: GetPieces) -> Any:

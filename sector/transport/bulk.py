@@ -30,7 +30,14 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from typing import IO, Any, Protocol, TypeVar
 
-from sector.errors import ConnectError, ProtocolError, Timeout, TransportError, from_wire
+from sector.errors import (
+    BadRequest,
+    ConnectError,
+    ProtocolError,
+    Timeout,
+    TransportError,
+    from_wire,
+)
 from sector.transport import wan
 from sector.transport.tcp import READ_CHUNK, Pace, recv_some
 from sector.transport.tlspump import TlsPump, TlsSender, senders
@@ -295,6 +302,19 @@ async def send_file(
         await chan.sendfile(f, offset + sent, n)
         sent += n
         progress(sent, count)
+
+
+async def next_request(chan: BulkChannel, op: str) -> dict[str, Any] | None:
+    """The arguments of the next ``op`` request on a kept stream (a handler's loop:
+    ``swarm.piece`` links, a striped read's ``blob.get``); None once the peer closed
+    it (or it went idle). Another op there is a BadRequest."""
+    try:
+        env = await chan.read_frame()
+    except TransportError:
+        return None
+    if env.op != op or not env.is_request:
+        raise BadRequest(f"{env.op!r} on a {op} stream")
+    return env.a or {}
 
 
 async def recv(

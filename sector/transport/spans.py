@@ -1,23 +1,26 @@
 """The schedule of a read striped over several holders (issue 15): pure, no I/O, no clock.
 
-A file of ``size`` bytes is cut into one contiguous span per stream; each stream (a
-bulk read from one holder) takes a span and writes its bytes in order. A stream that
-finishes its span takes more work, as from a queue:
+A file of ``size`` bytes is read as a queue of *chunks*; each stream (a bulk read from
+one holder, kept open from chunk to chunk) takes the next chunk when it has fewer than
+two asked for, so it asks for the next before the current one has arrived and its
+holder sends without a pause. A chunk is a share of what is left, not a fixed size
+(guided self-scheduling): ``left / (2 * streams)``, between ``min_chunk`` and
+``max_chunk``, on ``align`` boundaries. So the first chunks are large (few requests)
+and the last small, and the streams end together: no stream sits idle at the end
+while another still has a long span to read, and none is cut short, since every
+chunk asked for is read whole.
 
-1. a span nobody reads (left by a holder that failed) first, lowest offset first;
-2. else it **steals** the back half of the span with the most bytes left, if that is
-   at least ``2 * min_split``: the span's end moves back to the cut (``ALIGN``ed) and
-   its stream stops there (its writer sees ``claim`` give less, then nothing).
+So a faster (nearer) holder's streams come back for more sooner and read the most
+without anyone measuring rates. Keeping a stream open keeps its congestion window: on
+a long link a new connection would start again from slow start (the earlier design
+cut a slow stream's span in half and opened a new stream for the back half; on a
+200 ms link each such start cost about a second of the link).
 
-So a faster (nearer) holder's streams end their spans sooner and steal more: the
-nearest holder reads the most without anyone measuring rates, and the tail of a
-slow holder is taken over. New spans are opened as new streams: on a long link each
-costs a connection's start, hence few large spans rather than many small ones.
-
-A stream whose holder fails mid-span hands back only what it had not written
-(``failed``): the span's ``[pos, end)`` is pending again, for another holder's stream,
-and that holder takes nothing more. ``claim`` is called from a writer thread while
-the event loop steals: both under ``lock``.
+A stream whose holder fails hands back what it had not written (``failed``): the
+rest of its current chunk and the chunks it had asked for are pending again, for
+another holder's stream (lowest offset first), and that holder takes nothing more.
+``claim`` is called from a writer thread while the event loop takes: both under
+``lock``.
 
 ``allot(rtts, streams)``: how many streams each holder gets, nearest most.
 """
@@ -28,8 +31,9 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-ALIGN = 1 << 20  # span boundaries fall on MiB multiples (page-aligned writes)
-MIN_SPLIT = 8 << 20  # a steal leaves both halves at least this long
+ALIGN = 1 << 20  # chunk boundaries fall on MiB multiples (page-aligned writes)
+MIN_CHUNK = 8 << 20  # the least a chunk holds (the last one may hold less)
+MAX_CHUNK = 256 << 20
 _RTT_FLOOR = 0.001  # s: holders closer than this count as equally near
 
 
@@ -70,61 +74,61 @@ class Plan:
         self,
         size: int,
         holders: Sequence[str],
-        spans: int,
+        streams: int,
         *,
-        min_split: int = MIN_SPLIT,
+        min_chunk: int = MIN_CHUNK,
+        max_chunk: int = MAX_CHUNK,
         align: int = ALIGN,
     ) -> None:
         self.size = size
+        self.streams = max(1, streams)
         self.live = list(holders)
         self.dead: list[str] = []
         self.served: dict[str, int] = {h: 0 for h in holders}  # bytes claimed per holder
         self.refetched = 0  # bytes handed back by failed holders
-        self.steals = 0
-        self.min_split, self.align = max(1, min_split), max(1, align)
+        self.align = max(1, align)
+        self.min_chunk = max(self.align, min_chunk)
+        self.max_chunk = max(self.min_chunk, max_chunk)
         self.lock = threading.Lock()
-        step = -(-max(size, 1) // max(1, spans))
-        step = -(-step // self.align) * self.align
-        self.spans = [Span(o, min(o + step, size), o) for o in range(0, size, step)]
+        self.next = 0  # bytes from here on are in no chunk yet
+        self.spans: list[Span] = []
 
     @property
     def done(self) -> bool:
-        return all(s.left == 0 for s in self.spans)
+        return self.next >= self.size and all(s.left == 0 for s in self.spans)
 
     @property
     def stuck(self) -> bool:
         """Bytes are left and no holder is left to read them."""
         return not self.live and not self.done
 
+    def chunk_len(self, left: int) -> int:
+        """The next chunk's length when ``left`` bytes are in no chunk yet."""
+        want = -(-left // (2 * self.streams))
+        want = -(-want // self.align) * self.align
+        return min(left, max(self.min_chunk, min(self.max_chunk, want)))
+
     def take(self, holder: str) -> Span | None:
-        """The next span for a stream from ``holder``, or None (nothing to take now)."""
+        """The next chunk for a stream from ``holder``, or None (nothing to take now)."""
         with self.lock:
             if holder not in self.live:
                 return None
             free = [s for s in self.spans if s.holder is None and s.left > 0]
-            if free:
-                span = min(free, key=lambda s: s.start)
+            if free:  # handed back by a failed holder
+                span = min(free, key=lambda s: s.pos)
                 span.holder = holder
                 return span
-            busy = [s for s in self.spans if s.holder is not None and s.left > 0]
-            if not busy:
+            if self.next >= self.size:
                 return None
-            victim = max(busy, key=lambda s: (s.left, -s.start))
-            if victim.left < 2 * self.min_split:
-                return None
-            cut = victim.pos + victim.left // 2
-            cut = -(-cut // self.align) * self.align
-            if cut - victim.pos < self.min_split or victim.end - cut < self.min_split:
-                return None
-            span = Span(cut, victim.end, cut, holder)
-            victim.end = cut
+            n = self.chunk_len(self.size - self.next)
+            span = Span(self.next, self.next + n, self.next, holder)
+            self.next += n
             self.spans.append(span)
-            self.steals += 1
             return span
 
     def claim(self, span: Span, n: int) -> tuple[int, int]:
         """A writer has ``n`` more bytes of ``span``: ``(offset, k)``, the first ``k`` of
-        them to write at ``offset`` (``k < n``: the span was cut short by a steal)."""
+        them to write at ``offset`` (``k < n``: the read was stopped)."""
         with self.lock:
             k = max(0, min(n, span.left))
             at = span.pos
@@ -133,20 +137,22 @@ class Plan:
                 self.served[span.holder] = self.served.get(span.holder, 0) + k
             return at, k
 
-    def failed(self, span: Span | None, holder: str) -> None:
-        """``holder``'s stream broke (on ``span``, if it had one): what it did not write
-        is pending again, and the holder takes nothing more."""
+    def failed(self, spans: Sequence[Span], holder: str) -> None:
+        """``holder``'s stream broke (with ``spans`` asked for and not all written):
+        what it did not write is pending again, and the holder takes nothing more."""
         with self.lock:
             if holder in self.live:
                 self.live.remove(holder)
                 self.dead.append(holder)
-            if span is not None and span.holder == holder:
-                span.holder = None
-                self.refetched += span.left
+            for span in spans:
+                if span.holder == holder:
+                    span.holder = None
+                    self.refetched += span.left
 
     def stop(self) -> None:
         """The read is abandoned: every writer's next ``claim`` gets nothing."""
         with self.lock:
+            self.next = self.size
             for s in self.spans:
                 s.end = s.pos
 

@@ -4,47 +4,60 @@ one holder or several (issue 15).
 On a long fat link one TCP stream's window is capped by what the host lets one socket
 have, and after each loss it must grow again over many RTTs; several streams fill the
 link sooner (``wan.py`` says when, README "WAN transfer" what was measured). With
-several live replicas the streams go to several holders, nearest most, and a stream
-that ends its span takes over half of the longest one left (``spans.Plan``: the
-schedule, pure). Each span is received by ``bulk.recv`` into its own place in one file
-(``pwrite``); a holder whose stream fails hands back only the bytes it had not
-written, which another holder's stream reads. The spans arrive out of order and from
-several holders, so the caller verifies what came: each span's bytes are shown, as
-they are written, to what ``observe`` gives for the span (a piece check, in its
-stream's thread), or the whole file is hashed afterwards.
+several live replicas the streams go to several holders, nearest most. Each stream is
+one connection kept open (``blob.get`` with ``keep``) that reads chunk after chunk of
+the file from its holder, on a long path asking for the next before the current one
+has arrived (``depth``), so its holder never waits for it; its congestion window is
+never lost; which chunk is next is ``spans.Plan``'s (pure). Each chunk is received by
+``bulk.recv`` into its own place in one file (``pwrite``); a holder whose stream fails
+hands back the bytes it had not written, which another holder's streams read. The
+chunks arrive out of order and from several holders, so the caller verifies what
+came: each chunk's bytes are shown, as they are written, to what ``observe`` gives for
+it (a piece check, in its stream's thread), or the whole file is hashed afterwards.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol
 
 from sector.errors import ProtocolError, SectorError, TransportError
 from sector.transport import bulk
 from sector.transport.bulk import BulkChannel, Progress
-from sector.transport.spans import ALIGN, MIN_SPLIT, Plan, Span
+from sector.transport.spans import ALIGN, MAX_CHUNK, MIN_CHUNK, Plan, Span
 
-__all__ = ["ALIGN", "OpenRange", "fetch", "ranges"]
+__all__ = ["ALIGN", "DEPTH", "Ranges", "fetch", "ranges"]
 
-REPORT_STEP = 4 << 20  # bytes of a span between two progress reports
+REPORT_STEP = 4 << 20  # bytes of a chunk between two progress reports
+DEPTH = 2  # chunks a stream asks for at once by default: the one arriving and the next
 
-# Opens a read of ``length`` bytes from ``offset`` at a holder: the stream and the size
-# it announces.
-OpenRange = Callable[[str, int, int], Awaitable[tuple[BulkChannel, int]]]
+
+class Ranges(Protocol):
+    """How a stream asks a holder for byte ranges of the file (``blob.get`` with
+    ``keep``): ``open`` a stream asking for the first, ``ask`` for another on it, and
+    read the ``head`` of the next answer (the byte count that follows; the holder's
+    error raised as it is)."""
+
+    async def open(self, holder: str, offset: int, length: int) -> BulkChannel: ...
+
+    async def ask(self, chan: BulkChannel, offset: int, length: int) -> None: ...
+
+    async def head(self, chan: BulkChannel) -> int: ...
 
 
 def ranges(size: int, streams: int) -> list[tuple[int, int]]:
-    """``[(offset, length)]``: the spans a read of ``size`` bytes over ``streams``
-    streams starts with (``Plan``): contiguous, about equal, boundaries on ``ALIGN``."""
-    if size <= 0:
-        return [(0, 0)]
-    return [(s.start, s.end - s.start) for s in Plan(size, ["-"], streams).spans]
+    """``[(offset, length)]``: the first chunk of each of ``streams`` streams, in the
+    order they ask (``Plan``): contiguous, boundaries on ``ALIGN``."""
+    plan = Plan(size, ["-"], streams)
+    got = [plan.take("-") for _ in range(streams)]
+    return [(s.start, s.end - s.start) for s in got if s is not None] or [(0, 0)]
 
 
 class _Cut(Exception):
-    """The span was cut short by a steal: its stream stops here (not an error)."""
+    """The read was stopped (``Plan.stop``): the stream stops here (not an error)."""
 
 
 class _Into:
@@ -84,7 +97,7 @@ class _Into:
 
 
 async def fetch(
-    open_range: OpenRange,
+    reader: Ranges,
     size: int,
     fd: int,
     holders: Sequence[str],
@@ -92,20 +105,25 @@ async def fetch(
     *,
     progress: Progress | None = None,
     wrote: Callable[[int], object] | None = None,
-    min_split: int = MIN_SPLIT,
+    min_chunk: int = MIN_CHUNK,
+    depth: int = DEPTH,
+    align: int = ALIGN,
     what: str = "read",
     observe: Callable[[int], Callable[[memoryview], object]] | None = None,
 ) -> Plan:
     """``size`` bytes into ``fd`` (at their offsets) over ``streams[i]`` streams to
     ``holders[i]`` at once; returns the plan (who served what, who failed). ``wrote(n)``
-    is told of each write, from the streams' threads (a write-behind); ``min_split``: the
-    least a steal leaves each side (``wan.split_for``); ``observe(offset)``: what is
-    shown, in order, the bytes of a span read from ``offset`` on. Raises
+    is told of each write, from the streams' threads (a write-behind); ``min_chunk``:
+    the least a chunk holds and ``depth`` how many a stream asks for at once
+    (``wan.chunking``); ``align``: where chunks may start (a
+    piece size lets each chunk's pieces be checked whole); ``observe(offset)``: what is
+    shown, in order, the bytes of a chunk read from ``offset`` on. Raises
     ``TransportError`` if every holder failed first; the file's own errors (a full
     disk) as they are, after stopping the other streams."""
-    plan = Plan(size, holders, sum(streams), min_split=min_split)
+    total = sum(streams)
+    plan = Plan(size, holders, total, min_chunk=min_chunk, max_chunk=MAX_CHUNK, align=align)
     loop = asyncio.get_running_loop()
-    changed = [asyncio.Event()]  # set (and replaced) when a span ends or a holder fails
+    changed = [asyncio.Event()]  # set (and replaced) when a chunk ends or a holder fails
     errors: list[str] = []
 
     def report() -> None:
@@ -116,46 +134,51 @@ async def fetch(
         changed[0].set()
         changed[0] = asyncio.Event()
 
-    async def one(holder: str, span: Span) -> None:
-        offset, length = span.pos, span.left
-        chan, n = await open_range(holder, offset, length)
-        try:
-            if n != length:
-                raise ProtocolError(
-                    f"{what}: asked {holder} for {length} bytes at {offset}, got {n}"
-                )
-            where = f"{what} (bytes {offset}..{offset + length} from {holder})"
-            feed = observe(offset) if observe is not None else None
-            sink = _Into(fd, plan, span, report, wrote, feed)
-            try:
-                await bulk.recv(chan, length, sink, executor=pool, what=where)
-            except _Cut:
-                pass
-        finally:
-            await chan.close()
+    async def read(chan: BulkChannel, holder: str, span: Span, offset: int, length: int) -> None:
+        n = await reader.head(chan)
+        if n != length:
+            raise ProtocolError(f"{what}: asked {holder} for {length} bytes at {offset}, got {n}")
+        where = f"{what} (bytes {offset}..{offset + length} from {holder})"
+        feed = observe(offset) if observe is not None else None
+        sink = _Into(fd, plan, span, report, wrote, feed)
+        await bulk.recv(chan, length, sink, executor=pool, what=where)
 
     async def stream(holder: str) -> None:
-        while True:
-            ev = changed[0]
-            span = plan.take(holder)
-            if span is None:
-                if plan.done or holder not in plan.live:
-                    return
-                await ev.wait()
-                continue
-            try:
-                await one(holder, span)
-            except (SectorError, ConnectionError) as exc:
-                errors.append(f"{holder}: {exc}")
-                plan.failed(span, holder)
-                return
-            finally:
+        chan: BulkChannel | None = None
+        asked: list[tuple[Span, int, int]] = []  # asked for, in order: the first arrives next
+        try:
+            while True:
+                ev = changed[0]
+                while len(asked) < max(1, depth) and (span := plan.take(holder)) is not None:
+                    asked.append((span, span.pos, span.left))
+                    if chan is None:
+                        chan = await reader.open(holder, span.pos, span.left)
+                    else:
+                        await reader.ask(chan, span.pos, span.left)
+                if not asked:
+                    if plan.done or holder not in plan.live:
+                        return
+                    await ev.wait()
+                    continue
+                assert chan is not None
+                await read(chan, holder, *asked[0])
+                asked.pop(0)
                 report()
                 tell()
+        except _Cut:
+            return
+        except (SectorError, ConnectionError) as exc:
+            errors.append(f"{holder}: {exc}")
+            plan.failed([a[0] for a in asked], holder)
+            report()
+            tell()
+        finally:
+            if chan is not None:
+                await chan.close()
 
     # A thread per stream: the default executor has too few (min(32, cores + 4)), and
     # a stream waiting for one would start late and finish alone.
-    pool = ThreadPoolExecutor(max(1, sum(streams)), thread_name_prefix="stripe")
+    pool = ThreadPoolExecutor(max(1, total), thread_name_prefix="stripe")
     tasks = [
         asyncio.ensure_future(stream(h))
         for h, k in zip(holders, streams, strict=True)

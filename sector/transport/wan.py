@@ -227,11 +227,16 @@ def near(rtt_s: float | None, nearest: float) -> bool:
     return rtt_s is not None and rtt_s <= max(LONG_RTT, FAR_FACTOR * nearest)
 
 
-def split_for(rtt_s: float | None) -> int:
-    """The least a steal of a striped read leaves each side (``spans.Plan``): 8 MiB on
-    a short path; on a long one ``LONG_BUF``, since the stream cut short throws away
-    what it has in flight (up to its buffer) and the new one starts from slow start."""
-    return LONG_BUF if rtt_s is not None and rtt_s >= LONG_RTT else 8 << 20
+def chunking(rtt_s: float | None) -> tuple[int, int]:
+    """How a striped read's streams ask for chunks on a path of this RTT
+    (``stripe.fetch``): the least a chunk holds, and how many a stream asks for at
+    once. On a long path two, so its holder never waits a round trip for the next
+    request, and 8 MiB; on a short one (a round trip costs nothing) one at a time and
+    2 MiB, so a slower holder is never left holding a chunk it was given in advance
+    while a faster one has nothing left to read."""
+    if rtt_s is not None and rtt_s >= LONG_RTT:
+        return 8 << 20, 2
+    return 2 << 20, 1
 
 
 def streams_for(rtt_s: float | None, size: int, holders: int = 1) -> int:

@@ -14,10 +14,13 @@ import pytest
 
 import sector
 from sector.client import fetch
-from sector.errors import ChecksumMismatch
+from sector.errors import BadRequest, ChecksumMismatch
 from sector.storage import pieces
+from sector.storage.messages import Get
 from sector.testing.cluster import ProcCluster
 from sector.transport import stripe
+from sector.wire import codec
+from sector.wire.messages import to_args
 
 SIZE = 40 << 20  # over wan.STRIPE_MIN
 
@@ -85,3 +88,42 @@ def test_a_piece_list_that_is_not_the_records_is_not_trusted(
             got = c.get("/big", tmp_path / "a")
             assert got["transfer"]["checked"] == "whole", got["transfer"]
             assert (tmp_path / "a").read_bytes() == src.read_bytes()
+
+
+def test_a_kept_blob_get_stream_serves_range_after_range_and_refuses_another_op(
+    tmp_path: Path, random_file: Callable[[Path, int], Any]
+) -> None:
+    """``blob.get`` with ``keep`` (a striped read's stream): the ranges asked for one
+    after another on one connection, each after its header; another op on that
+    stream is refused with an error frame, and the node serves on."""
+    random_file(tmp_path / "k", 1 << 20)
+    data = (tmp_path / "k").read_bytes()
+    with ProcCluster(tmp_path / "c", replicas=1) as cl:
+        cl.start(1)
+        with sector.connect(cl.address) as c:
+            c.put(tmp_path / "k", "/k")
+            blob = c.stat("/k")["blob"]
+            pool = c._aio.pool
+
+            async def run() -> tuple[list[bytes], str]:
+                asks = [(0, 10), (1000, 5000), (len(data) - 7, 100)]
+                req = Get(blob=blob, offset=0, length=10, keep=True)
+                chan = await pool.open_bulk(cl.address, "blob.get", to_args(req))
+                got = []
+                try:
+                    for off, n in asks[1:]:  # asked ahead, as a long path's stream does
+                        nxt = Get(blob=blob, offset=off, length=n, keep=True)
+                        await chan.write(codec.request(1, "blob.get", to_args(nxt)))
+                    for _ in asks:
+                        size = int((await chan.read_reply())["size"])
+                        got.append(await chan.read_exactly(size))
+                    await chan.write(codec.request(1, "blob.has", {"blob": blob}))
+                    with pytest.raises(BadRequest, match=r"'blob\.has' on a blob\.get stream"):
+                        await chan.read_reply()
+                finally:
+                    await chan.close()
+                return got, "ok"
+
+            got, _ = c.run(run())
+            assert got == [data[:10], data[1000:6000], data[-7:]]
+            assert c.read("/k") == data  # the node serves on

@@ -293,8 +293,7 @@ def test_a_striped_read_takes_most_from_the_fastest_holder(
 ) -> None:
     """One holder beside the reader (side a), two behind a short 100 Mbit/s link
     (side b): the read uses all three (all on short paths), and the near one, whose
-    stream ends its span first and takes over halves of the others', sends most of the
-    file. (A holder many times farther than the nearest is not used at all:
+    stream is back for the next chunk first each time, sends most of the file. (A holder many times farther than the nearest is not used at all:
     ``wan.near``, tests/unit/test_wan_fit.py.)"""
     size = 64 << 20
     with WanLink(0, 100, 0) as link:

@@ -1,14 +1,14 @@
 """The schedule of a read striped over replicas (``transport/spans.py``, issue 15):
-every byte is written exactly once whatever the order of takes, writes, steals and
-failures; a failed holder hands back only what it had not written; a faster holder
-takes more; streams go to the nearest holders most."""
+every byte is written exactly once whatever the order of takes, writes and failures;
+a failed holder hands back only what it had not written; chunks shrink towards the
+end; a faster holder takes more; streams go to the nearest holders most."""
 
 from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sector.transport.spans import ALIGN, Plan, Span, allot
+from sector.transport.spans import ALIGN, MAX_CHUNK, Plan, Span, allot
 
 MIB = 1 << 20
 
@@ -26,51 +26,54 @@ def _cover(written: list[tuple[int, int]], size: int) -> None:
 @given(
     size=st.integers(0, 200 * MIB),
     holders=st.integers(1, 4),
-    spans=st.integers(1, 8),
+    streams=st.integers(1, 8),
     ops=st.lists(st.tuples(st.integers(0, 2), st.integers(0, 7), st.integers(1, 40)), max_size=200),
 )
-def test_every_byte_is_written_once_through_steals_and_failures(
-    size: int, holders: int, spans: int, ops: list[tuple[int, int, int]]
+def test_every_byte_is_written_once_through_takes_and_failures(
+    size: int, holders: int, streams: int, ops: list[tuple[int, int, int]]
 ) -> None:
     names = [f"h{i}" for i in range(holders)]
-    plan = Plan(size, names, spans)
-    active: list[tuple[str, Span]] = []
+    plan = Plan(size, names, streams)
+    active: list[tuple[str, Span]] = []  # chunks asked for, not yet written whole
     written: list[tuple[int, int]] = []
-    lost = 0  # bytes a failed stream had claimed: written, and kept
+    lost = 0  # bytes failed streams had asked for and not written: read again
 
     def write(j: int, n: int) -> None:
         _, span = active[j]
         at, k = plan.claim(span, n)
+        assert k == min(n, span.left + k)  # a chunk is never cut short
         if k:
             written.append((at, k))
-        if k < n or span.left == 0:  # cut short by a steal, or done
+        if span.left == 0:
             active.pop(j)
 
     for kind, who, mib in ops:
-        if kind == 0:  # a stream of holder `who` asks for work
+        if kind == 0:  # a stream of holder `who` asks for a chunk
             h = names[who % holders]
             span = plan.take(h)
             if span is not None:
                 assert span.holder == h and span.left > 0
-                assert span.start % ALIGN == 0 or span.start == span.pos
+                assert span.start % ALIGN == 0
                 active.append((h, span))
-        elif kind == 1 and active:  # a stream receives some bytes
+        elif kind == 1 and active:  # a chunk receives some bytes
             write(who % len(active), mib * MIB // 3 + 1)
         elif kind == 2 and active and len(plan.live) > 1:  # a holder's stream breaks
-            h, span = active.pop(who % len(active))
-            before = span.left
-            plan.failed(span, h)
+            h = active[who % len(active)][0]
+            mine = [sp for hh, sp in active if hh == h]
+            before = [(sp.pos, sp.left) for sp in mine]
+            plan.failed(mine, h)
             assert h not in plan.live and plan.take(h) is None
-            assert span.holder is None and span.left == before  # only the rest is pending
-            lost += before
-            active = [(hh, s) for hh, s in active if s is not span]
-    # The live holders finish the read: each stream writes its span out.
+            for sp, (pos, left) in zip(mine, before, strict=True):
+                assert sp.holder is None and (sp.pos, sp.left) == (pos, left)  # the rest
+            lost += sum(left for _, left in before)
+            active = [(hh, sp) for hh, sp in active if hh != h]
+    # The live holders finish the read.
     for _ in range(10_000):
         if active:
             write(0, 64 * MIB)
             continue
         took = [plan.take(h) for h in list(plan.live)]
-        active = [(s.holder, s) for s in took if s is not None and s.holder is not None]
+        active = [(sp.holder, sp) for sp in took if sp is not None and sp.holder is not None]
         if not active:
             break
     assert plan.done and not plan.stuck
@@ -81,48 +84,61 @@ def test_every_byte_is_written_once_through_steals_and_failures(
 
 def test_a_failed_holders_unwritten_bytes_go_to_another_holder() -> None:
     plan = Plan(64 * MIB, ["near", "far"], 2)
-    a, b = plan.take("near"), plan.take("far")
-    assert a is not None and b is not None and (a.start, b.start) == (0, 32 * MIB)
-    assert plan.claim(b, 10 * MIB) == (32 * MIB, 10 * MIB)
-    plan.failed(b, "far")
-    assert plan.refetched == 22 * MIB and plan.dead == ["far"]
+    a, b, b2 = plan.take("near"), plan.take("far"), plan.take("far")
+    assert a is not None and b is not None and b2 is not None
+    # a share of what is left each time: 64 / (2 x 2), then 48 / 4, then 36 / 4
+    assert [(x.start, x.end) for x in (a, b, b2)] == [
+        (0, 16 * MIB),
+        (16 * MIB, 28 * MIB),
+        (28 * MIB, 37 * MIB),
+    ]
+    assert plan.claim(b, 10 * MIB) == (16 * MIB, 10 * MIB)
+    plan.failed([b, b2], "far")  # its current chunk and the one it had asked for
+    assert plan.refetched == 2 * MIB + 9 * MIB and plan.dead == ["far"]
     again = plan.take("near")
-    assert again is b and (again.pos, again.end) == (42 * MIB, 64 * MIB)  # only the rest
+    assert again is b and (again.pos, again.end) == (26 * MIB, 28 * MIB)  # only the rest
+    assert plan.take("near") is b2
     assert plan.take("far") is None
 
 
 def test_every_holder_failing_leaves_the_plan_stuck() -> None:
     plan = Plan(64 * MIB, ["a", "b"], 2)
     sa, sb = plan.take("a"), plan.take("b")
-    plan.failed(sa, "a")
-    plan.failed(sb, "b")
+    assert sa is not None and sb is not None
+    plan.failed([sa], "a")
+    plan.failed([sb], "b")
     assert plan.stuck and not plan.done
 
 
-def test_a_stream_that_ends_first_steals_half_of_the_longest_span_left() -> None:
-    plan = Plan(128 * MIB, ["fast", "slow"], 2)
-    fast, slow = plan.take("fast"), plan.take("slow")
-    assert fast is not None and slow is not None
-    plan.claim(fast, 64 * MIB)  # the fast holder's span is done
-    plan.claim(slow, 4 * MIB)
-    stolen = plan.take("fast")
-    assert stolen is not None and stolen.holder == "fast"
-    assert slow.end == stolen.start == 98 * MIB  # the back half of the 60 MiB left
-    assert stolen.start % ALIGN == 0 and stolen.end == 128 * MIB
-    # the slow stream's writer is cut at the new end: 30 MiB more, then nothing
-    assert plan.claim(slow, 40 * MIB) == (68 * MIB, 30 * MIB)
-    assert plan.claim(slow, 1) == (98 * MIB, 0)
-    plan.claim(stolen, 30 * MIB)
-    assert plan.done and plan.served == {"fast": 94 * MIB, "slow": 34 * MIB}
+def test_chunks_shrink_towards_the_end_and_none_is_under_the_minimum() -> None:
+    plan = Plan(1 << 30, ["h"], 4, min_chunk=8 * MIB)
+    sizes = []
+    while (sp := plan.take("h")) is not None:
+        sizes.append(sp.end - sp.start)
+        assert sp.start % ALIGN == 0
+    assert sum(sizes) == 1 << 30
+    assert sizes[0] == 128 * MIB  # a share of what is left: 1 GiB / (2 x 4 streams)
+    assert sizes == sorted(sizes, reverse=True)  # never growing
+    assert all(n >= 8 * MIB for n in sizes[:-1]) and sizes[-1] <= 8 * MIB
+    assert plan.chunk_len(3 * MIB) == 3 * MIB  # the last: what is left
+    big = Plan(64 << 30, ["h"], 1)
+    assert big.chunk_len(64 << 30) == MAX_CHUNK
 
 
-def test_no_steal_leaves_a_piece_under_the_minimum() -> None:
-    plan = Plan(32 * MIB, ["a", "b"], 2, min_split=8 * MIB)
-    sa, sb = plan.take("a"), plan.take("b")
-    assert sa is not None and sb is not None
-    plan.claim(sa, 16 * MIB)
-    plan.claim(sb, 1 * MIB)  # 15 MiB left: under 2 x 8 MiB, not split
-    assert plan.take("a") is None and not plan.done
+def test_a_faster_holder_takes_more_chunks() -> None:
+    """Each stream comes back for a chunk when it has written one: the holder that
+    writes three times as fast reads about three times the bytes."""
+    plan = Plan(512 * MIB, ["fast", "slow"], 2)
+    cur = {h: plan.take(h) for h in ("fast", "slow")}
+    while not plan.done:
+        for h, rate in (("fast", 3), ("slow", 1)):
+            sp = cur[h]
+            if sp is None:
+                continue
+            plan.claim(sp, rate * MIB)
+            if sp.left == 0:
+                cur[h] = plan.take(h)
+    assert plan.served["fast"] > 2.3 * plan.served["slow"], plan.served
 
 
 def test_streams_go_to_the_nearest_holders_most_and_one_to_each() -> None:
