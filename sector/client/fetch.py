@@ -315,9 +315,13 @@ class _Check:
 async def _piece_list(
     pool: RpcPool, st: dict[str, Any], addrs: list[str]
 ) -> pieces.PieceList | None:
-    """The file's piece list from the first holder whose list is the record's."""
-    for addr in addrs:
-        req = GetPieces(blob=st["blob"], piece_size=int(st["piece_size"]))
+    """The file's piece list from the first holder that keeps one that is the
+    record's, asked in the record's order (the first is where the put's first copy was
+    sealed, with its list); a holder is never made to compute one (``kept``): that
+    would read its whole copy while the streams read it too."""
+    order = {r.get("address"): i for i, r in enumerate(st.get("replicas") or [])}
+    for addr in sorted(addrs, key=lambda a: order.get(a, len(order))):
+        req = GetPieces(blob=st["blob"], piece_size=int(st["piece_size"]), kept=True)
         try:
             rep = await pool.call(addr, "blob.pieces", to_args(req), timeout=60.0)
             pl = pieces.PieceList(int(rep["size"]), int(rep["piece_size"]), bytes(rep["digests"]))

@@ -126,6 +126,9 @@ class GetPieces(Request, frozen=True):
     op = "blob.pieces"
     blob: BlobId = None
     piece_size: Size = 0
+    # True: only a list kept beside the copy (NotFound if none), never one computed
+    # from it: a read of the whole copy while the reader's streams read it as well.
+    kept: bool | UnsetType = UNSET
 
 
 class Delete(Request, frozen=True):

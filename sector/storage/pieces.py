@@ -57,6 +57,7 @@ __all__ = [
     "count",
     "decode",
     "encode",
+    "load",
     "load_or_compute",
     "piece_len",
     "piece_size_for",
@@ -321,6 +322,26 @@ def read_list(dir_fd: int, name: str) -> PieceList | None:
         return decode(f.read(1 << 20))
 
 
+def _kept(dir_fd: int, blob: str, size: int, piece_size: int | None) -> PieceList | None:
+    pl = read_list(dir_fd, blob + SUFFIX)
+    if pl is not None and pl.size == size and piece_size in (None, pl.piece_size):
+        return pl
+    return None
+
+
+def load(where: str, blob: str, size: int, piece_size: int | None) -> PieceList | None:
+    """The list kept beside a blob of ``size`` bytes in directory ``where``, if it is
+    valid and of ``piece_size`` (None: whichever it has); None, never computed."""
+    try:
+        dfd = os.open(where, _DIR)
+    except OSError:
+        return None
+    try:
+        return _kept(dfd, blob, size, piece_size)
+    finally:
+        os.close(dfd)
+
+
 def load_or_compute(
     where: str,
     blob: str,
@@ -336,8 +357,8 @@ def load_or_compute(
     size = os.fstat(fd).st_size
     dfd = os.open(where, _DIR)
     try:
-        pl = read_list(dfd, blob + SUFFIX)
-        if pl is not None and pl.size == size and piece_size in (None, pl.piece_size):
+        pl = _kept(dfd, blob, size, piece_size)
+        if pl is not None:
             return pl
         pl = compute_file(fd, size, piece_size or piece_size_for(size, base))
         with contextlib.suppress(OSError):

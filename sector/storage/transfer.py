@@ -34,6 +34,7 @@ from sector.errors import (
     AlreadyExists,
     BadRequest,
     ChecksumMismatch,
+    NotFound,
     PermissionDenied,
     SectorError,
     TransportError,
@@ -322,9 +323,15 @@ class BlobService:
         if req.piece_size:
             pieces.check_size(size, req.piece_size)
         loop = asyncio.get_running_loop()
-        pl = await loop.run_in_executor(
-            self.io, self.blobs.piece_list, blob, req.piece_size or None
-        )
+        ps = req.piece_size or None
+        if req.kept is True:
+            where = str(self.blobs.path(blob).parent)
+            got = await loop.run_in_executor(self.io, pieces.load, where, blob, size, ps)
+            if got is None:
+                raise NotFound(f"blob {blob}: no piece list kept here")
+            pl = got
+        else:
+            pl = await loop.run_in_executor(self.io, self.blobs.piece_list, blob, ps)
         return {"size": pl.size, "piece_size": pl.piece_size, "digests": pl.digests}
 
     @typed(GetSmall)
