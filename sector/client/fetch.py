@@ -158,19 +158,20 @@ async def striped(pool: RpcPool, st: dict[str, Any], tmp: Path, progress: Progre
         kept = sorted((r, a) for a, r in zip(addrs, rtts, strict=True) if r is not None)
         kept = [(r, a) for r, a in kept if wan.near(r, kept[0][0])]
         addrs, rtts = [a for _, a in kept], [r for r, _ in kept]
-    streams = wan.streams_for(min(known, default=None), st["size"], len(addrs))
+    nearest = min(known, default=None)
+    streams = wan.streams_for(nearest, st["size"], len(addrs))
     if streams <= 1 or len(addrs) < 2:
         return False
     counts = allot(rtts, streams)
     tell(progress, sum(counts), len(addrs))
     check = _Check(pool, st, addrs)
     try:
-        plan = await _fetch(pool, st, tmp, progress, addrs, counts, min(known, default=None), check)
+        plan = await _fetch(pool, st, tmp, progress, addrs, counts, nearest, check)
         st["transfer"] = {
             "streams": sum(counts),
             "holders": [a for a in addrs if plan.served.get(a)],
             "bytes_from": {a: n for a, n in plan.served.items() if n},
-            "rtt_ms": wan.ms(min(known, default=None)),
+            "rtt_ms": wan.ms(nearest),
             "from": addrs[0],
             "failed": plan.dead,
             "refetched": plan.refetched,
@@ -281,10 +282,14 @@ class _Check:
         self.st = st
         ps = int(st.get("piece_size") or 0)
         self.ver = pieces.Verifier(st["size"], ps) if ps > 0 and st.get("pieces") else None
-        self.piece_size = ps if self.ver is not None else 0
         self.listed: asyncio.Future[pieces.PieceList | None] | None = None
         if self.ver is not None:
             self.listed = asyncio.ensure_future(_piece_list(pool, st, addrs))
+
+    @property
+    def piece_size(self) -> int:
+        """The size of the pieces checked as they come (0: none are)."""
+        return 0 if self.ver is None else self.ver.piece_size
 
     @property
     def observe(self) -> Callable[[int], Callable[[memoryview], object]] | None:

@@ -27,7 +27,7 @@ from typing import Protocol
 from sector.errors import ProtocolError, SectorError, TransportError
 from sector.transport import bulk
 from sector.transport.bulk import BulkChannel, Progress
-from sector.transport.spans import ALIGN, MAX_CHUNK, MIN_CHUNK, Plan, Span
+from sector.transport.spans import ALIGN, MIN_CHUNK, Plan, Span
 
 __all__ = ["ALIGN", "DEPTH", "Ranges", "fetch", "ranges"]
 
@@ -121,7 +121,7 @@ async def fetch(
     ``TransportError`` if every holder failed first; the file's own errors (a full
     disk) as they are, after stopping the other streams."""
     total = sum(streams)
-    plan = Plan(size, holders, total, min_chunk=min_chunk, max_chunk=MAX_CHUNK, align=align)
+    plan = Plan(size, holders, total, min_chunk=min_chunk, align=align)
     loop = asyncio.get_running_loop()
     changed = [asyncio.Event()]  # set (and replaced) when a chunk ends or a holder fails
     errors: list[str] = []
