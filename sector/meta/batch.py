@@ -6,7 +6,7 @@ fsync or one RPC serves many updates (see ``service.py``'s rules).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 
 from sector.aio import cancel_and_wait
 from sector.meta import records as rec
@@ -25,12 +25,19 @@ class Batcher:
     """
 
     def __init__(
-        self, name: str, flush: Callable[[list[Record]], Awaitable[None]], *, join: bool = True
+        self,
+        name: str,
+        flush: Callable[[list[Record], dict[str, set[str]]], Awaitable[None]],
+        *,
+        join: bool = True,
     ) -> None:
         self.name = name
         self._flush = flush
         self._join = join
         self._pending: dict[str, Record] = {}
+        # Per pending path, the names of the directory entries its submitters changed
+        # (``submit``'s ``changed``), for the flush: united, as the records are.
+        self._changed: dict[str, set[str]] = {}
         self._waiters: list[asyncio.Future[None]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -45,9 +52,16 @@ class Batcher:
     async def stop(self) -> None:
         await cancel_and_wait([self._task])
 
-    def submit(self, records: Iterable[Record]) -> asyncio.Future[None]:
+    def submit(
+        self, records: Iterable[Record], changed: Mapping[str, Collection[str]] | None = None
+    ) -> asyncio.Future[None]:
+        """Queue records for the next flush; the future is done when it is.
+        ``changed``: per path, names of directory entries the record changed (the
+        store writes only those, ``entries.py``)."""
         if self._task is None:
             self.start()
+        for path, names in (changed or {}).items():
+            self._changed.setdefault(path, set()).update(names)
         for r in records:
             if self._join:
                 # A join, not a replace: records may be deltas (one directory entry).
@@ -65,12 +79,13 @@ class Batcher:
             await self._wake.wait()
             self._wake.clear()
             batch, self._pending = list(self._pending.values()), {}
+            changed, self._changed = self._changed, {}
             waiters, self._waiters = self._waiters, []
             if not waiters:
                 continue
             try:
                 for i in range(0, len(batch), BATCH):
-                    await self._flush(batch[i : i + BATCH])
+                    await self._flush(batch[i : i + BATCH], changed)
             except Exception as exc:
                 for fut in waiters:
                     if not fut.done():

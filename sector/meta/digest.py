@@ -8,8 +8,11 @@ Rules:
    store keeps every bucket's digest up to date on each write (SQLite triggers, O(1)
    per row) and a digest never needs a rescan of the shard.
 2. A row's hash (``row_hash``) is BLAKE2b of the record's canonical encoding (maps by
-   sorted key): two replicas holding the same record agree on it, whatever order their
-   merges built a directory's entries in.
+   sorted key); a directory's is that of its attributes (the record without entries)
+   plus the sum of its entries' hashes (``entry_hash``), modulo 2**62. Two replicas
+   holding the same record agree on it, whatever order their merges built the entries
+   in, and the store updates it by the entries a write changes, never rehashing a
+   directory of a million entries for one create (``store.py``, ``entries.py``).
 3. An arc (lo, hi] of the ring is one or two plain key intervals (``intervals``); each
    covers whole buckets (their digests are read from the bucket table) and at most two
    partial ones at its ends (``partial``; summed from those rows alone). So a digest of
@@ -25,9 +28,19 @@ import hashlib
 
 import msgspec
 
-from sector.meta.records import Record
+from sector.meta.records import Child, DirRecord, Record
 
-__all__ = ["MAX_KEY", "PREFIX", "Digest", "differ", "intervals", "partial", "row_hash"]
+__all__ = [
+    "MAX_KEY",
+    "PREFIX",
+    "Digest",
+    "attrs_hash",
+    "differ",
+    "entry_hash",
+    "intervals",
+    "partial",
+    "row_hash",
+]
 
 PREFIX = 3  # hex digits: 4096 buckets, ~250 rows each in a shard of a million
 MAX_KEY = "f" * 40
@@ -38,10 +51,32 @@ Digest = tuple[int, int, int]  # rows, sum of low 31 bits, sum of high 31 bits
 _canonical = msgspec.msgpack.Encoder(order="sorted")
 
 
+HASH_MOD = 1 << 62  # row hashes are 62 bits: they fit SQLite's signed integers
+
+
+def _h62(b: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(b, digest_size=8).digest(), "big") >> 2
+
+
+def attrs_hash(r: Record) -> int:
+    """The hash of a record without a directory's entries (for any other kind, the
+    record's whole hash: a file's or a tombstone's shadow entries are in it)."""
+    if isinstance(r, DirRecord) and r.children:
+        r = msgspec.structs.replace(r, children={})
+    return _h62(_canonical.encode(r))
+
+
+def entry_hash(path: str, name: str, c: Child) -> int:
+    """The hash of entry ``name`` of directory ``path`` (rule 2)."""
+    return _h62(_canonical.encode((path, name, c.v, c.kind)))
+
+
 def row_hash(r: Record) -> int:
-    """62 bits of the record's canonical hash (rule 2); fits SQLite's signed integers."""
-    d = hashlib.blake2b(_canonical.encode(r), digest_size=8).digest()
-    return int.from_bytes(d, "big") >> 2
+    """62 bits of the record's canonical hash (rule 2), computed whole."""
+    h = attrs_hash(r)
+    if isinstance(r, DirRecord):
+        h += sum(entry_hash(r.path, n, c) for n, c in r.children.items())
+    return h % HASH_MOD
 
 
 def intervals(lo: str, hi: str) -> list[tuple[str, str]]:

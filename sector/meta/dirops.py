@@ -15,12 +15,13 @@ from typing import Any
 
 import msgspec
 
-from sector.errors import BadRequest
+from sector.errors import BadRequest, NotADirectory, NotFound
 from sector.meta import records as rec
 from sector.meta.fileops import Owner
-from sector.meta.records import DirRecord
+from sector.meta.records import DirRecord, FileRecord
+from sector.meta.route import root_record
 
-__all__ = ["MAX_NAMES", "entry_delta", "remove_child", "remove_children"]
+__all__ = ["MAX_NAMES", "add_child", "entry_delta", "remove_child", "remove_children"]
 
 MAX_NAMES = 512  # entries in one remove_children (a frame of at most ~128 KiB of names)
 
@@ -32,6 +33,33 @@ def entry_delta(d: DirRecord, name: str) -> DirRecord:
     and joins the one entry; the cost stays O(1) on the wire however large ``d`` is.
     """
     return msgspec.structs.replace(d, children={name: d.children[name]})
+
+
+async def add_child(svc: Owner, path: str, a: dict[str, Any]) -> Any:
+    """``{name, kind[, at]}``: set this entry of the directory (``at``: a node linking a
+    directory it made, at the directory's own stamp). ``{"v": the directory's version}``
+    (``dirlinks`` keys on it). Only the entry is written, here and on the replicas."""
+    name, kind = rec.check_name(_str(a, "name")), _str(a, "kind")
+    async with svc.path_lock(path):
+        d = await svc.read(path)
+        if d is None and path == "/":
+            d = root_record(svc.tick())
+        if isinstance(d, FileRecord):
+            raise NotADirectory(f"{path} is a file, not a directory")
+        if not isinstance(d, DirRecord):
+            raise NotFound(f"no such directory: {path}")
+        at = rec.stamp_of(a["at"]) if "at" in a else svc.tick(d, name)
+        new = rec.add_child(d, name, kind, at)
+        staged = svc.stage(new, derived_from=d, changed=(name,))
+    await svc.commit([staged], deltas=[entry_delta(new, name)])
+    return {"v": list(d.v)}
+
+
+def _str(a: dict[str, Any], name: str) -> str:
+    v = a.get(name)
+    if not isinstance(v, str):
+        raise BadRequest(f"argument {name!r} must be a string")
+    return v
 
 
 def _names(obj: Any) -> list[str]:
@@ -65,7 +93,7 @@ async def remove_child(svc: Owner, path: str, a: dict[str, Any]) -> Any:
             new = delta = rec.bury_shadow_entry(d, name, svc.tick(d))
         else:
             return None
-        staged = svc.stage(new, derived_from=d)
+        staged = svc.stage(new, derived_from=d, changed=(name,))
     await svc.commit([staged], deltas=[delta])
     return None
 
@@ -88,6 +116,6 @@ async def remove_children(svc: Owner, path: str, a: dict[str, Any]) -> Any:
         if not changed:
             return {"removed": 0}
         new = msgspec.structs.replace(d, children={**d.children, **changed})
-        staged = svc.stage(new, derived_from=d)
+        staged = svc.stage(new, derived_from=d, changed=changed)
     await svc.commit([staged], deltas=[msgspec.structs.replace(new, children=changed)])
     return {"removed": len(changed)}

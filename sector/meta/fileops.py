@@ -16,6 +16,7 @@ the update is a no-op (the new version has replicas of its own, or none are need
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 import msgspec
@@ -33,7 +34,13 @@ class Owner(Protocol):
     def tick(self, after: Record | None = None, entry: str | None = None) -> rec.Stamp: ...
     def path_lock(self, path: str) -> asyncio.Lock: ...
     async def read(self, path: str) -> Record | None: ...
-    def stage(self, r: Record, *, derived_from: Record | None = None) -> Record: ...
+    def stage(
+        self,
+        r: Record,
+        *,
+        derived_from: Record | None = None,
+        changed: Iterable[str] | None = None,
+    ) -> Record: ...
     async def commit(self, staged: list[Record], *, deltas: list[Record] | None = ...) -> None: ...
 
 

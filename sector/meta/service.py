@@ -45,7 +45,7 @@ import logging
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -56,7 +56,6 @@ from sector.errors import (
     BadRequest,
     DirectoryNotEmpty,
     IsADirectory,
-    NotADirectory,
     NotFound,
     SectorError,
     TransportError,
@@ -87,13 +86,6 @@ WARM_FANOUT = 8  # member-view successors of a key a warm read also asks (a spli
 # cut off up to 7 nodes in a row after the key left it with the 8th)
 
 
-def _str(a: dict[str, Any], name: str) -> str:
-    v = a.get(name)
-    if not isinstance(v, str):
-        raise BadRequest(f"argument {name!r} must be a string")
-    return v
-
-
 class MetaService:
     def __init__(
         self,
@@ -114,6 +106,8 @@ class MetaService:
         self.clock = rec.Clock(to_hex(ring.me.id))
         self.cache = RangeCache()
         self._overlay: dict[str, Record] = {}
+        # Per path, the directory entries staged since its last submit to the committer.
+        self._dirty: dict[str, set[str]] = {}
         self._cache: OrderedDict[str, Record] = OrderedDict()
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         # Commits get a thread of their own: behind blob fsyncs in the shared pool, a
@@ -152,9 +146,10 @@ class MetaService:
             await b.stop()
         self._io.shutdown(wait=True)
 
-    async def _write(self, records: list[Record]) -> None:
+    async def _write(self, records: list[Record], changed: dict[str, set[str]]) -> None:
+        loop = asyncio.get_running_loop()
         try:
-            await asyncio.get_running_loop().run_in_executor(self._io, self.store.put_many, records)
+            await loop.run_in_executor(self._io, self.store.put_many, records, changed)
         except Exception as exc:
             log.exception("metadata commit failed")
             raise SectorError(f"metadata commit failed: {exc}") from None
@@ -274,17 +269,29 @@ class MetaService:
             return self._read_local(path)
         return have
 
-    def stage(self, r: Record, *, derived_from: Record | None = None) -> Record:
+    def stage(
+        self,
+        r: Record,
+        *,
+        derived_from: Record | None = None,
+        changed: Iterable[str] | None = None,
+    ) -> Record:
         """Merge r into the current record of its path, visible to readers at once.
 
         Every record written to the store passes through here, so what is staged always
         contains what is stored: the committer can write it without merging again.
         ``derived_from``: r was computed from that record, and if it is still the
         current one, r already contains it and the merge (O(entries)) is skipped.
+        ``changed``: the entries r changed in it (else: every entry r names, which is
+        all a merge can change), so that the store writes those alone. The ``commit``
+        that follows (with no await between) takes them to the committer.
         """
         cur = self._read_local(r.path)
         merged = r if derived_from is not None and cur is derived_from else rec.merge(cur, r)
         self._overlay[r.path] = merged
+        if changed is None:
+            changed = r.children if isinstance(r, DirRecord) else r.shadow
+        self._dirty.setdefault(r.path, set()).update(changed)
         unseen = isinstance(merged, Gone) and rec.unseen_children(merged)  # records rule 7
         if unseen and self.on_unseen and self.ring.responsible_for(key_id(r.path)):
             self.on_unseen(r.path)  # an rm -r to finish
@@ -306,17 +313,18 @@ class MetaService:
         here (merges reconcile it) but is not acknowledged. Without, it waits for every
         live copy.
         """
+        changed = {r.path: self._dirty.pop(r.path, set()) for r in staged}
         try:
             if replicate:
                 enough = self._majority() - 1 if quorum else None
                 _, ok = await asyncio.gather(
-                    self._committer.submit(staged),
+                    self._committer.submit(staged, changed),
                     self._replicate(deltas or staged, enough=enough),
                 )
                 if quorum:
                     self._check_quorum(1 + ok, staged)
             else:
-                await self._committer.submit(staged)
+                await self._committer.submit(staged, changed)
         except BaseException:
             for r in staged:
                 # What is on disk is now unknown (an earlier batch may have landed):
@@ -339,7 +347,7 @@ class MetaService:
         b = self._replicators.get(peer.addr)
         if b is None:
 
-            async def send(records: list[Record], addr: str = peer.addr) -> None:
+            async def send(records: list[Record], _: object = None, addr: str = peer.addr) -> None:
                 payload = {"records": [rec.to_builtins(r) for r in records]}
                 await self.ring.call(addr, "meta.replicate", payload, self.rpc_timeout)
 
@@ -476,22 +484,6 @@ class MetaService:
         await self.commit([staged])
         return {"created": True}
 
-    async def _op_add_child(self, path: str, a: dict[str, Any]) -> Any:
-        name, kind = rec.check_name(_str(a, "name")), _str(a, "kind")
-        async with self.path_lock(path):
-            d = await self.read(path)
-            if d is None and path == "/":
-                d = root_record(self.tick())
-            if isinstance(d, FileRecord):
-                raise NotADirectory(f"{path} is a file, not a directory")
-            if not isinstance(d, DirRecord):
-                raise NotFound(f"no such directory: {path}")
-            # ``at``: a node linking a directory it made, at the directory's own stamp.
-            at = rec.stamp_of(a["at"]) if "at" in a else self.tick(d, name)
-            staged = self.stage(new := rec.add_child(d, name, kind, at), derived_from=d)
-        await self.commit([staged], deltas=[dirops.entry_delta(new, name)])
-        return {"v": list(d.v)}  # the directory's version: ``dirlinks`` keys on it
-
     async def _op_delete(self, path: str, a: dict[str, Any]) -> Any:
         expect_blob = a.get("blob")
         token = t if isinstance(t := a.get("token"), str) and len(t) <= 64 else ""
@@ -538,7 +530,7 @@ class MetaService:
         "get": _op_get,
         "put_file": _op_put_file,
         "mkdir": _op_mkdir,
-        "add_child": _op_add_child,
+        "add_child": dirops.add_child,
         "remove_child": dirops.remove_child,
         "delete": _op_delete,
         "get_many": _op_get_many,

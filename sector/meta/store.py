@@ -6,12 +6,12 @@ Rules
    zero-padded hex sorts like the integer, so a ring interval is one or two index range
    scans), its kind, the file size (so ``counts`` is one aggregate, no decoding) and the
    encoded record (msgpack, see ``records.encode``; never pickle).
-2. Writes go through ``merge_many``: each incoming record is merged with the stored
-   one (``records.merge``) in ONE transaction, committed with WAL and
-   ``synchronous=FULL``, so when it returns the merged records are durable. Merging
-   (never overwriting) is what makes replays, handoffs and repair pushes harmless.
-   ``put_many`` skips the merge for a writer that has merged already (the metadata
-   service stages every record over the stored one before committing it).
+2. Writes go through ``put_many``, many records in ONE transaction, committed with WAL
+   and ``synchronous=FULL``, so when it returns they are durable. The writer has
+   merged each record over the stored one already (the metadata service stages every
+   record so before committing it): merging, never overwriting, is what makes replays,
+   handoffs and repair pushes harmless. A directory's entries are rows of their own
+   (``entries.py``): a write names the entries it changed and only those are written.
 3. Two connections: a writer (used by the committer thread) and a reader (used by the
    event loop). In WAL mode readers never wait for the writer's fsync, and they only
    ever see committed data. Each has a lock, since a Python sqlite3 connection must not
@@ -29,70 +29,23 @@ Rules
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from typing import Any
 
+import msgspec
+
+from sector.errors import UsageError
 from sector.ids import key_id, to_hex
-from sector.meta import digest
-from sector.meta.records import FileRecord, Record, decode, encode, kind_of, merge
+from sector.meta import digest, entries, schema
+from sector.meta.records import DirRecord, FileRecord, Record, decode, encode, kind_of, merge
 
 __all__ = ["MetaStore"]
 
-SCHEMA_VERSION = 2
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS records (
-    path TEXT PRIMARY KEY,
-    key  TEXT NOT NULL,              -- key_id(path) as 40 hex digits
-    kind TEXT NOT NULL,              -- file | dir | gone
-    size INTEGER NOT NULL DEFAULT 0, -- file size, 0 for the others
-    data BLOB NOT NULL,              -- records.encode(record)
-    h    INTEGER NOT NULL DEFAULT 0, -- digest.row_hash(record)          (version 2)
-    rf   INTEGER NOT NULL DEFAULT 0, -- a file's replica target, else 0  (version 2)
-    holders TEXT NOT NULL DEFAULT '', -- a file's replica node ids, " "-separated (v. 2)
-    seq  INTEGER NOT NULL DEFAULT 0  -- when the row was last written (v. 2): rule 5
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS records_key ON records(key);
-"""
-_SEQ_INDEX = "CREATE INDEX IF NOT EXISTS records_seq ON records(seq)"
-
-# Rule 5. A bucket is substr(key, 1, PREFIX); all 4096 rows exist from the start, so the
-# triggers only UPDATE. (An INSERT OR IGNORE in a trigger would not do: the outer
-# statement's INSERT OR REPLACE overrides a trigger's conflict policy, and would reset
-# a bucket's sums to zero.)
-_B = f"substr(NEW.key, 1, {digest.PREFIX})"
-_OB = f"substr(OLD.key, 1, {digest.PREFIX})"
-_ADD = """n = n {op} 1, lo = lo {op} ({r}.h & 2147483647), hi = hi {op} ({r}.h >> 31),
-    files = files {op} ({r}.kind = 'file'), dirs = dirs {op} ({r}.kind = 'dir'),
-    gone = gone {op} ({r}.kind = 'gone'), bytes = bytes {op} {r}.size,
-    short = short {op} ({r}.kind = 'file' AND {r}.rf > (length({r}.holders) + 1) / 41)"""
-_BUCKETS = f"""
-CREATE TABLE IF NOT EXISTS buckets (
-    b TEXT PRIMARY KEY, n INTEGER NOT NULL DEFAULT 0, lo INTEGER NOT NULL DEFAULT 0,
-    hi INTEGER NOT NULL DEFAULT 0, files INTEGER NOT NULL DEFAULT 0,
-    dirs INTEGER NOT NULL DEFAULT 0, gone INTEGER NOT NULL DEFAULT 0,
-    bytes INTEGER NOT NULL DEFAULT 0,
-    short INTEGER NOT NULL DEFAULT 0 -- files listing fewer holders than their target
-) WITHOUT ROWID;
-CREATE TRIGGER IF NOT EXISTS records_ins AFTER INSERT ON records BEGIN
-    UPDATE buckets SET {_ADD.format(op="+", r="NEW")} WHERE b = {_B};
-END;
-CREATE TRIGGER IF NOT EXISTS records_del AFTER DELETE ON records BEGIN
-    UPDATE buckets SET {_ADD.format(op="-", r="OLD")} WHERE b = {_OB};
-END;
-CREATE TRIGGER IF NOT EXISTS records_upd AFTER UPDATE ON records BEGIN
-    UPDATE buckets SET {_ADD.format(op="-", r="OLD")} WHERE b = {_OB};
-    UPDATE buckets SET {_ADD.format(op="+", r="NEW")} WHERE b = {_B};
-END;
-"""
-_ALL_BUCKETS = f"""
-WITH RECURSIVE c(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM c WHERE i < {16**digest.PREFIX - 1})
-INSERT OR IGNORE INTO buckets (b) SELECT printf('%0{digest.PREFIX}x', i) FROM c
-"""
-_COLS = "path, key, kind, size, data, h, rf, holders, seq"
-_MARKS = "?, ?, ?, ?, ?, ?, ?, ?, ?"
+_COLS = "path, key, kind, size, data, h, rf, holders, seq, esum"
+_MARKS = "?, ?, ?, ?, ?, ?, ?, ?, ?, ?"
 
 # SQLite's default limit of bound parameters was 999 before 3.32: stay under it.
 _CHUNK = 500
@@ -112,25 +65,14 @@ class MetaStore:
         self._w = self._connect(path)
         self._wlock = threading.Lock()
         with self._wlock:
-            version = self._w.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
+            try:
+                schema.prepare(self._w, self._row, path)
+            except BaseException:
                 self._w.close()
-                raise RuntimeError(
-                    f"metadata store {path} has schema version {version}, "
-                    f"newer than this code's {SCHEMA_VERSION}"
-                )
-            self._w.executescript(_SCHEMA)
-            if version == 1:
-                self._upgrade_1()
-            self._w.executescript(_BUCKETS)
-            self._w.execute(_ALL_BUCKETS)
-            self._w.execute(_SEQ_INDEX)
+                raise
             self.seq = int(
                 self._w.execute("SELECT COALESCE(MAX(seq), 0) FROM records").fetchone()[0]
             )
-            if version < 2:
-                self._fill_buckets()
-            self._w.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         self.generation = 0  # bumped by every write (rule 5)
         if path == ":memory:":
             self._r, self._rlock = self._w, self._wlock
@@ -154,64 +96,46 @@ class MetaStore:
         conn.execute("PRAGMA recursive_triggers=ON")
         return conn
 
-    def _upgrade_1(self) -> None:
-        """A version-1 store: add the columns of rule 5 and fill them, once, in one
-        transaction (a page of rows at a time)."""
-        for col in ("h", "rf", "seq"):
-            col += " INTEGER NOT NULL DEFAULT 0"
-            self._w.execute(f"ALTER TABLE records ADD COLUMN {col}")
-        self._w.execute("ALTER TABLE records ADD COLUMN holders TEXT NOT NULL DEFAULT ''")
-        self._w.execute("BEGIN IMMEDIATE")
-        after = ""
-        while True:
-            rows = self._w.execute(
-                "SELECT path, data FROM records WHERE path > ? ORDER BY path LIMIT ?",
-                (after, _PAGE),
-            ).fetchall()
-            upd = []
-            for p, data in rows:
-                _, _, _, _, _, h, rf, holders, _ = self._row(decode(data, check=False))
-                upd.append((h, rf, holders, p))
-            self._w.executemany("UPDATE records SET h = ?, rf = ?, holders = ? WHERE path = ?", upd)
-            if len(rows) < _PAGE:
-                break
-            after = rows[-1][0]
-        self._w.execute("COMMIT")
-
-    def _fill_buckets(self) -> None:
-        p = digest.PREFIX
-        self._w.execute(
-            f"INSERT OR REPLACE INTO buckets (b, n, lo, hi, files, dirs, gone, bytes, short) "
-            f"SELECT substr(key, 1, {p}), COUNT(*), SUM(h & 2147483647), SUM(h >> 31), "
-            f"SUM(kind = 'file'), SUM(kind = 'dir'), SUM(kind = 'gone'), SUM(size), "
-            f"SUM(kind = 'file' AND rf > (length(holders) + 1) / 41) "
-            f"FROM records GROUP BY substr(key, 1, {p})"
-        )
-
     # ---------------------------------------------------------------- reads
 
+    @staticmethod
+    def _full(con: sqlite3.Connection, path: str, kind: str, data: bytes) -> Record:
+        """A row's record, a directory with its entries (``entries.py``): call inside
+        the read's transaction, so that row and entries are one snapshot."""
+        r = decode(data, check=False)
+        if kind == "dir" and isinstance(r, DirRecord):
+            r = msgspec.structs.replace(r, children=entries.load(con, path))
+        return r
+
     def get(self, path: str) -> Record | None:
-        with self._rlock:
-            row = self._r.execute("SELECT data FROM records WHERE path = ?", (path,)).fetchone()
-        return None if row is None else decode(row[0], check=False)
+        with self._rlock, self._snapshot():
+            row = self._r.execute(
+                "SELECT kind, data FROM records WHERE path = ?", (path,)
+            ).fetchone()
+            return None if row is None else self._full(self._r, path, *row)
+
+    @contextlib.contextmanager
+    def _snapshot(self) -> Iterator[None]:
+        """One read transaction on the reader connection (held under its lock)."""
+        self._r.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self._r.execute("COMMIT")
 
     def get_many(self, paths: list[str]) -> dict[str, Record]:
         """The stored records of those paths (missing paths are left out)."""
         paths = list(dict.fromkeys(paths))
         out: dict[str, Record] = {}
-        with self._rlock:
-            # One read transaction: one snapshot even across several chunks.
-            self._r.execute("BEGIN")
-            try:
-                for chunk in _chunks(paths):
-                    marks = ",".join("?" * len(chunk))
-                    rows = self._r.execute(
-                        f"SELECT path, data FROM records WHERE path IN ({marks})", chunk
-                    ).fetchall()
-                    for p, data in rows:
-                        out[p] = decode(data, check=False)
-            finally:
-                self._r.execute("COMMIT")
+        # One read transaction: one snapshot even across several chunks.
+        with self._rlock, self._snapshot():
+            for chunk in _chunks(paths):
+                marks = ",".join("?" * len(chunk))
+                rows = self._r.execute(
+                    f"SELECT path, kind, data FROM records WHERE path IN ({marks})", chunk
+                ).fetchall()
+                for p, kind, data in rows:
+                    out[p] = self._full(self._r, p, kind, data)
         return out
 
     def in_range(self, lo: int, hi: int) -> list[Record]:
@@ -231,15 +155,24 @@ class MetaStore:
             args = (a, b, b)
         else:
             sql, args = "ORDER BY key <= ?, key", (a,)
-        with self._rlock:
-            rows = self._r.execute(f"SELECT data FROM records {sql}", args).fetchall()
-        return [decode(d, check=False) for (d,) in rows]
+        with self._rlock, self._snapshot():
+            rows = self._r.execute(f"SELECT path, kind, data FROM records {sql}", args).fetchall()
+            return [self._full(self._r, *row) for row in rows]
 
     def all(self) -> Iterator[Record]:
         """Every record, by path, fetched a page at a time (rule 4)."""
-        for page in self.raw_pages():
-            for _, data in page:
-                yield decode(data, check=False)
+        after = ""
+        while True:
+            with self._rlock, self._snapshot():
+                rows = self._r.execute(
+                    "SELECT path, kind, data FROM records WHERE path > ? ORDER BY path LIMIT ?",
+                    (after, _PAGE),
+                ).fetchall()
+                page = [self._full(self._r, *row) for row in rows]
+            yield from page
+            if len(rows) < _PAGE:
+                return
+            after = rows[-1][0]
 
     def counts(self) -> dict[str, int]:
         """files, dirs, tombstones, and bytes (the sum of file sizes)."""
@@ -319,11 +252,13 @@ class MetaStore:
     def bucket_records(self, lo: int, hi: int, bucket: str) -> list[Record]:
         """The records of one bucket that lie in the arc (lo, hi]."""
         out: list[Record] = []
-        with self._rlock:
+        with self._rlock, self._snapshot():
             for a, b in digest.intervals(to_hex(lo), to_hex(hi)):
                 where, args = self._in(a, b, bucket)
-                rows = self._r.execute(f"SELECT data FROM records WHERE {where}", args).fetchall()
-                out += [decode(d, check=False) for (d,) in rows]
+                rows = self._r.execute(
+                    f"SELECT path, kind, data FROM records WHERE {where}", args
+                ).fetchall()
+                out += [self._full(self._r, *row) for row in rows]
         return out
 
     def arc_pages(self, lo: int, hi: int) -> Iterator[list[Record]]:
@@ -332,14 +267,15 @@ class MetaStore:
         for a, b in digest.intervals(to_hex(lo), to_hex(hi)):
             after = (a, "\U0010ffff")  # past every row of key a: (a, b] leaves a out
             while True:
-                with self._rlock:
+                with self._rlock, self._snapshot():
                     rows = self._r.execute(
-                        "SELECT key, path, data FROM records WHERE (key, path) > (?, ?) "
+                        "SELECT key, path, kind, data FROM records WHERE (key, path) > (?, ?) "
                         "AND key <= ? ORDER BY key, path LIMIT ?",
                         (*after, b, _PAGE),
                     ).fetchall()
-                if rows:
-                    yield [decode(d, check=False) for _, _, d in rows]
+                    page = [self._full(self._r, p, kind, d) for _, p, kind, d in rows]
+                if page:
+                    yield page
                 if len(rows) < _PAGE:
                     break
                 after = (rows[-1][0], rows[-1][1])
@@ -365,9 +301,10 @@ class MetaStore:
 
     def files(self, lo: int, hi: int, since: int | None = None) -> Iterator[list[Record]]:
         """The file records of the arc (lo, hi], a page at a time (rule 4); with
-        ``since`` (a seq) the records of every kind written after it instead, read by
+        ``since`` (a seq) the files and tombstones written after it instead, read by
         the seq index, so an incremental scan costs what changed (and sees a file that
-        became a tombstone). Only the rows asked for are decoded."""
+        became a tombstone). Only the rows asked for are decoded; never a directory
+        (its entries are not loaded: no such scan needs them)."""
         spans = digest.intervals(to_hex(lo), to_hex(hi))
         inside = " OR ".join(["(key > ? AND key <= ?)"] * len(spans))
         bounds = [x for span in spans for x in span]
@@ -377,7 +314,7 @@ class MetaStore:
         col, after, kind, index = (
             ("path", "", "AND kind = 'file'", "")
             if since is None
-            else ("seq", since, "", "INDEXED BY records_seq")
+            else ("seq", since, "AND kind != 'dir'", "INDEXED BY records_seq")
         )
         while True:
             with self._rlock:
@@ -409,58 +346,70 @@ class MetaStore:
 
     # ---------------------------------------------------------------- writes
 
-    def merge_many(self, records: list[Record]) -> list[Record]:
-        """Merge each record with the stored one and commit them all at once.
-
-        Returns the merged records, in the order given (a path given twice is merged
-        twice, the second time with the first result). Rows that the merge leaves
-        unchanged are not rewritten.
-        """
-        out: list[Record] = []
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """One write transaction, under the writer's lock: committed, or rolled back
+        if anything in it fails; ``generation`` counts the committed ones."""
         with self._wlock:
             self._w.execute("BEGIN IMMEDIATE")
             try:
-                for r in records:
-                    row = self._w.execute(
-                        "SELECT data FROM records WHERE path = ?", (r.path,)
-                    ).fetchone()
-                    old = None if row is None else decode(row[0], check=False)
-                    new = merge(old, r)
-                    if new != old:
-                        self._w.execute(
-                            f"INSERT OR REPLACE INTO records ({_COLS}) VALUES ({_MARKS})",
-                            self._row(new, self._next()),
-                        )
-                    out.append(new)
+                yield
                 self._w.execute("COMMIT")
-                self.generation += 1
             except BaseException:
                 # A failed COMMIT may already have rolled back: do not mask its error.
                 if self._w.in_transaction:
                     self._w.execute("ROLLBACK")
                 raise
+            self.generation += 1
+
+    def merge_many(self, records: list[Record]) -> list[Record]:
+        """Merge each record with the stored one and commit them all at once.
+
+        Returns the merged records, in the order given (a path given twice is merged
+        twice, the second time with the first result). Rows that the merge leaves
+        unchanged are not rewritten; of a directory, only the entries the given record
+        names (all a merge can change).
+        """
+        out: list[Record] = []
+        with self._writing():
+            for r in records:
+                row = self._w.execute(
+                    "SELECT kind, data FROM records WHERE path = ?", (r.path,)
+                ).fetchone()
+                old = None if row is None else self._full(self._w, r.path, *row)
+                new = merge(old, r)
+                if new != old:
+                    self._put(new, r.children if isinstance(r, DirRecord) else r.shadow)
+                out.append(new)
         return out
 
-    def put_many(self, records: list[Record]) -> None:
-        """Write records as they are (no merge with the stored ones), in one transaction.
+    def put_many(
+        self, records: list[Record], changed: Mapping[str, Collection[str]] | None = None
+    ) -> None:
+        """Write records as they are (no merge with the stored ones: rule 2), in one
+        transaction. ``changed``: per path, the names of the directory entries that
+        may differ from the stored ones (``entries.py`` rule 2); a path not in it (or
+        no ``changed`` at all) has every entry written."""
+        with self._writing():
+            for r in records:
+                names = None if changed is None else changed.get(r.path)
+                self._put(r, names)
 
-        For a writer that already merged each record over the stored one, like the
-        metadata service's committer: reading and decoding a large directory again only
-        to learn that the new record contains it would double the cost of every update.
-        """
-        with self._wlock:
-            self._w.execute("BEGIN IMMEDIATE")
-            try:
-                self._w.executemany(
-                    f"INSERT OR REPLACE INTO records ({_COLS}) VALUES ({_MARKS})",
-                    [self._row(r, self._next()) for r in records],
-                )
-                self._w.execute("COMMIT")
-                self.generation += 1
-            except BaseException:
-                if self._w.in_transaction:
-                    self._w.execute("ROLLBACK")
-                raise
+    def _put(self, r: Record, names: Collection[str] | None) -> None:
+        prev = self._w.execute(
+            "SELECT kind, esum FROM records WHERE path = ?", (r.path,)
+        ).fetchone()
+        esum = 0
+        if isinstance(r, DirRecord):
+            if prev is None or prev[0] != "dir":
+                names = None  # was no directory here: every entry (entries.py rule 2)
+            esum = entries.write(self._w, r, names, prev[1] if names is not None else 0)
+        elif prev is not None and prev[0] == "dir":
+            entries.drop(self._w, [r.path])  # its entries live on in its shadow
+        self._w.execute(
+            f"INSERT OR REPLACE INTO records ({_COLS}) VALUES ({_MARKS})",
+            self._row(r, self._next(), esum),
+        )
 
     def _next(self) -> int:
         """The next write's seq (under the write lock: commits come in seq order)."""
@@ -468,70 +417,75 @@ class MetaStore:
         return self.seq
 
     @staticmethod
-    def _row(r: Record, seq: int = 0) -> tuple[Any, ...]:
-        """The columns of a row, in ``_COLS`` order."""
+    def _row(r: Record, seq: int = 0, esum: int = 0) -> tuple[Any, ...]:
+        """The columns of a row, in ``_COLS`` order: a directory's without its entries,
+        whose hashes sum to ``esum`` (``entries.py`` rule 1)."""
         if isinstance(r, FileRecord):
             size, rf, holders = r.size, r.rf, " ".join(nid for nid, _ in r.replicas)
         else:
             size, rf, holders = 0, 0, ""
+        if isinstance(r, DirRecord) and r.children:
+            r = msgspec.structs.replace(r, children={})
         key = to_hex(key_id(r.path))
-        return (r.path, key, kind_of(r), size, encode(r), digest.row_hash(r), rf, holders, seq)
+        h = (digest.attrs_hash(r) + esum) % digest.HASH_MOD
+        return (r.path, key, kind_of(r), size, encode(r), h, rf, holders, seq, esum)
 
     def delete_many(self, paths: list[str]) -> None:
         """Drop the rows of those paths, in one transaction (tombstone purge, handoff)."""
-        with self._wlock:
-            self._w.execute("BEGIN IMMEDIATE")
-            try:
-                for chunk in _chunks(list(paths)):
-                    marks = ",".join("?" * len(chunk))
-                    self._w.execute(f"DELETE FROM records WHERE path IN ({marks})", chunk)
-                self._w.execute("COMMIT")
-                self.generation += 1
-            except BaseException:
-                # A failed COMMIT may already have rolled back: do not mask its error.
-                if self._w.in_transaction:
-                    self._w.execute("ROLLBACK")
-                raise
+        with self._writing():
+            for chunk in _chunks(list(paths)):
+                marks = ",".join("?" * len(chunk))
+                self._w.execute(f"DELETE FROM records WHERE path IN ({marks})", chunk)
+                entries.drop(self._w, chunk)
 
     def replace_exact(self, rows: list[tuple[str, bytes, Record | None]]) -> int:
         """For each (path, old encoded record, new record or None = drop the row): write
         it only where the row still holds exactly the old bytes, in one transaction; a
         row changed meanwhile (a commit of the metadata service) is left as it is.
-        Returns how many rows were written or dropped."""
+        Returns how many rows were written or dropped. Rows of directories are not
+        for this: their entries are purged by ``purge_entries``."""
         done = 0
-        with self._wlock:
-            self._w.execute("BEGIN IMMEDIATE")
-            try:
-                for path, old, new in rows:
-                    if new is None:
-                        cur = self._w.execute(
-                            "DELETE FROM records WHERE path = ? AND data = ?", (path, old)
-                        )
-                    else:
-                        _, key, kind, size, data, h, rf, holders, seq = self._row(new, self._next())
-                        cur = self._w.execute(
-                            "UPDATE records SET key = ?, kind = ?, size = ?, data = ?, h = ?, "
-                            "rf = ?, holders = ?, seq = ? WHERE path = ? AND data = ?",
-                            (key, kind, size, data, h, rf, holders, seq, path, old),
-                        )
-                    done += cur.rowcount
-                self._w.execute("COMMIT")
-                self.generation += 1
-            except BaseException:
-                if self._w.in_transaction:
-                    self._w.execute("ROLLBACK")
-                raise
+        with self._writing():
+            for path, old, new in rows:
+                if isinstance(new, DirRecord):
+                    raise UsageError(f"replace_exact of the directory {path}")
+                if new is None:
+                    cur = self._w.execute(
+                        "DELETE FROM records WHERE path = ? AND data = ? AND kind != 'dir'",
+                        (path, old),
+                    )
+                else:
+                    _, key, kind, size, data, h, rf, holders, seq, _ = self._row(new, self._next())
+                    cur = self._w.execute(
+                        "UPDATE records SET key = ?, kind = ?, size = ?, data = ?, h = ?, "
+                        "rf = ?, holders = ?, seq = ? WHERE path = ? AND data = ? AND kind != 'dir'",
+                        (key, kind, size, data, h, rf, holders, seq, path, old),
+                    )
+                done += cur.rowcount
         return done
 
     def clear(self) -> int:
         """Drop every record (a node back after longer than the tombstone grace,
         ``purge.py`` rule 4); returns how many there were."""
-        with self._wlock:
-            self._w.execute("BEGIN IMMEDIATE")
-            cur = self._w.execute("DELETE FROM records")
-            self._w.execute("COMMIT")
-            self.generation += 1
-        return cur.rowcount
+        with self._writing():
+            n = self._w.execute("DELETE FROM records").rowcount
+            self._w.execute("DELETE FROM entries")
+        return n
+
+    def purge_entries(self, before_ms: int) -> tuple[list[str], int]:
+        """Drop the "gone" entries of directories stamped before ``before_ms`` (the
+        tombstone grace, ``purge.py``), in one transaction; the directories changed
+        and how many entries went. Their rows' hashes move with them (rule 5)."""
+        with self._writing():
+            gone = entries.purge_gone(self._w, before_ms)
+            m = digest.HASH_MOD
+            for d, (_, s) in gone.items():
+                self._w.execute(
+                    f"UPDATE records SET esum = ((esum - ?) % {m} + {m}) % {m}, "
+                    f"h = ((h - ?) % {m} + {m}) % {m}, seq = ? WHERE path = ?",
+                    (s, s, self._next(), d),
+                )
+        return sorted(gone), sum(n for n, _ in gone.values())
 
     # ---------------------------------------------------------------- lifecycle
 

@@ -173,7 +173,9 @@ class TombstoneWorker(Worker):
             changed += [path for path, _, _ in rows]
             self.counters["purged_records"] += sum(1 for _, _, n in rows if n is None)
             self.counters["purged_entries"] += entries
-        return changed
+        dirs, n = store.purge_entries(before)  # a directory's entries are rows of their own
+        self.counters["purged_entries"] += n
+        return changed + dirs
 
 
 def _entries(r: Any) -> int:

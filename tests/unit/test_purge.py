@@ -4,6 +4,7 @@ conditional write-back that lets a purge never undo a commit (``MetaStore``)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -15,6 +16,7 @@ from sector.meta.records import (
     FileRecord,
     Gone,
     add_child,
+    decode,
     encode,
     merge,
     remove_child,
@@ -101,10 +103,12 @@ def test_replace_exact_writes_only_rows_no_commit_changed(tmp_path: Path) -> Non
         assert raw["/f"] == encode(g)
         # Meanwhile a create lands on /f: the purge's drop must not undo it.
         s.put_many([_file("/f", 200)])
-        done = s.replace_exact([("/f", raw["/f"], None), (P, raw[P], purge.purged(d, 300))])
-        assert done == 1
+        assert s.replace_exact([("/f", raw["/f"], None)]) == 0
         f = s.get("/f")
         assert isinstance(f, FileRecord) and f.v[0] == 200
+        # A directory's row holds no entries to purge: its entries are rows of their own.
+        assert purge.purged(decode(raw[P]), 300) == decode(raw[P])
+        assert s.purge_entries(300) == ([P], 1)
         pd = s.get(P)
         assert isinstance(pd, DirRecord) and pd.children == {}
         assert s.counts() == {"files": 2, "dirs": 1, "tombstones": 0, "bytes": 2}
@@ -113,3 +117,30 @@ def test_replace_exact_writes_only_rows_no_commit_changed(tmp_path: Path) -> Non
         assert s.replace_exact([("/z", encode(Gone("/z", (1, 0, "a"))), None)]) == 1
         assert s.get("/z") is None
         assert s.clear() == 3 and s.get("/h") is None
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from("abcdefgh"),
+        st.tuples(st.integers(0, 600), st.sampled_from(["file", "dir", "gone"])),
+        max_size=8,
+    ),
+    st.integers(0, 600),
+)
+def test_purged_entries_leave_the_digest_of_the_purged_directory(
+    tmp_path_factory: Any, kids: dict[str, tuple[int, str]], before: int
+) -> None:
+    """A directory whose old "gone" entries the store purged in place has the row hash
+    (and so the digests) of the purged directory written whole, and reads back as it:
+    a replica that purged and one that wrote the purged record agree."""
+    d = DirRecord(P, (1, 0, "a"), {n: Child((v, 0, "a"), k) for n, (v, k) in kids.items()})
+    p = purge.purged(d, before)
+    tmp = tmp_path_factory.mktemp("purge")
+    with MetaStore(str(tmp / "a.db")) as a, MetaStore(str(tmp / "b.db")) as b:
+        a.put_many([d, _file("/h", 7)])
+        b.put_many([p, _file("/h", 7)])
+        dirs, n = a.purge_entries(before)
+        assert n == len(d.children) - len(p.children)
+        assert dirs == ([P] if n else [])
+        assert a.get(P) == p
+        assert a.arc_digests(0, 0) == b.arc_digests(0, 0)
