@@ -87,6 +87,11 @@ class Batcher:
                 for i in range(0, len(batch), BATCH):
                     await self._flush(batch[i : i + BATCH], changed)
             except Exception as exc:
+                # A record staged since holds what failed (merged over it): the entries
+                # this flush was to write go with that record's flush.
+                for path, names in changed.items():
+                    if path in self._pending:
+                        self._changed.setdefault(path, set()).update(names)
                 for fut in waiters:
                     if not fut.done():
                         fut.set_exception(exc)

@@ -1,12 +1,16 @@
-"""Owner-side operations on directory records beyond ``service.py``'s own: an entry
-removed (``remove_child``, also from the shadow a tombstone carries, records rule 7),
-and the entries of many children removed in one update (``remove_children``), which a
-recursive rm makes once per directory instead of once per child (issue 17).
+"""Owner-side operations on directory records beyond ``service.py``'s own: one made
+(``mkdir``), an entry set (``add_child``) or removed (``remove_child``, also from the
+shadow a tombstone carries, records rule 7), and the entries of many children removed
+in one update (``remove_children``), which a recursive rm makes once per directory
+instead of once per child (issue 17).
 
 They follow the service's rules through its ``Owner`` steps (``fileops.Owner``): read,
 compute and stage with no await in between, then commit (durable on a majority of the
-record's copies) before the answer. Only the changed entries travel to the replicas
-(a delta), so the cost on the wire is the names removed, not the directory.
+record's copies) before the answer. An entry change is staged as a delta (the
+directory's attributes and the changed entries alone): it is what travels to the
+replicas, what each merges (in place, in a large directory: ``service.stage``) and
+what the store writes (``entries.py``), so a create costs the same in a directory of
+a million entries as in an empty one.
 """
 
 from __future__ import annotations
@@ -15,24 +19,31 @@ from typing import Any
 
 import msgspec
 
-from sector.errors import BadRequest, NotADirectory, NotFound
+from sector.errors import AlreadyExists, BadRequest, NotADirectory, NotFound
 from sector.meta import records as rec
 from sector.meta.fileops import Owner
 from sector.meta.records import DirRecord, FileRecord
 from sector.meta.route import root_record
 
-__all__ = ["MAX_NAMES", "add_child", "entry_delta", "remove_child", "remove_children"]
+__all__ = ["MAX_NAMES", "add_child", "mkdir", "remove_child", "remove_children"]
 
 MAX_NAMES = 512  # entries in one remove_children (a frame of at most ~128 KiB of names)
 
 
-def entry_delta(d: DirRecord, name: str) -> DirRecord:
-    """The directory with only entry ``name``: merged into a full copy, it adds just that.
-
-    Same attributes and version as ``d``, so the merge keeps the replica's attributes
-    and joins the one entry; the cost stays O(1) on the wire however large ``d`` is.
-    """
-    return msgspec.structs.replace(d, children={name: d.children[name]})
+async def mkdir(svc: Owner, path: str, a: dict[str, Any]) -> Any:
+    """``{rf?}``: make the directory (over nothing or a tombstone, whose shadow entries
+    it then holds). ``{"created": False}`` if it is one already."""
+    async with svc.path_lock(path):
+        old = await svc.read(path)
+        if isinstance(old, DirRecord) or path == "/":
+            return {"created": False}
+        if isinstance(old, FileRecord):
+            raise AlreadyExists(f"{path} exists and is a file")
+        now, rf = svc.now(), a.get("rf", 0)
+        rf = rf if isinstance(rf, int) else 0
+        staged = svc.stage(DirRecord(path, svc.tick(old), rf=rf, ctime=now, mtime=now))
+    await svc.commit([staged])
+    return {"created": True}
 
 
 async def add_child(svc: Owner, path: str, a: dict[str, Any]) -> Any:
@@ -49,9 +60,10 @@ async def add_child(svc: Owner, path: str, a: dict[str, Any]) -> Any:
         if not isinstance(d, DirRecord):
             raise NotFound(f"no such directory: {path}")
         at = rec.stamp_of(a["at"]) if "at" in a else svc.tick(d, name)
-        new = rec.add_child(d, name, kind, at)
-        staged = svc.stage(new, derived_from=d, changed=(name,))
-    await svc.commit([staged], deltas=[entry_delta(new, name)])
+        # The one entry, merged in (in place in a large directory: service.stage).
+        delta = rec.entry(d, name, kind, at)
+        staged = svc.stage(delta, changed=(name,))
+    await svc.commit([staged], deltas=[delta])
     return {"v": list(d.v)}
 
 
@@ -79,21 +91,20 @@ async def remove_child(svc: Owner, path: str, a: dict[str, Any]) -> Any:
     if not isinstance(n := a.get("name"), str):
         raise BadRequest("argument 'name' must be a string")
     name = rec.check_name(n)
-    new: rec.Record
     delta: rec.Record
     async with svc.path_lock(path):
         d = await svc.read(path)
         if isinstance(d, DirRecord):
             if name not in d.children:
                 return None
-            dnew = rec.remove_child(d, name, svc.tick(d, name))
-            new, delta = dnew, entry_delta(dnew, name)
+            delta = rec.entry(d, name, "gone", svc.tick(d, name))
+            staged = svc.stage(delta, changed=(name,))
         elif isinstance(d, rec.Gone) and name in d.shadow:
             svc.clock.observe(d.shadow[name].v)
-            new = delta = rec.bury_shadow_entry(d, name, svc.tick(d))
+            delta = rec.bury_shadow_entry(d, name, svc.tick(d))
+            staged = svc.stage(delta, derived_from=d)
         else:
             return None
-        staged = svc.stage(new, derived_from=d, changed=(name,))
     await svc.commit([staged], deltas=[delta])
     return None
 
@@ -115,7 +126,7 @@ async def remove_children(svc: Owner, path: str, a: dict[str, Any]) -> Any:
                 changed[n] = rec.remove_child(one, n, svc.tick(d, n)).children[n]
         if not changed:
             return {"removed": 0}
-        new = msgspec.structs.replace(d, children={**d.children, **changed})
-        staged = svc.stage(new, derived_from=d, changed=changed)
-    await svc.commit([staged], deltas=[msgspec.structs.replace(new, children=changed)])
+        delta = msgspec.structs.replace(d, children=changed)
+        staged = svc.stage(delta, changed=changed)
+    await svc.commit([staged], deltas=[delta])
     return {"removed": len(changed)}

@@ -55,7 +55,9 @@ def write(con: sqlite3.Connection, r: DirRecord, names: Iterable[str] | None, es
     path = r.path
     if names is None:
         con.execute("DELETE FROM entries WHERE dir = ?", (path,))
-        rows = [_row(path, n, c) for n, c in r.children.items()]
+        # A snapshot first (one C call: atomic under the GIL): the service's current
+        # record may gain entries on the event loop meanwhile (``records.merge_into``).
+        rows = [_row(path, n, c) for n, c in list(r.children.items())]
         con.executemany(_INSERT, rows)
         return sum(row[6] for row in rows) % HASH_MOD
     for n in names:

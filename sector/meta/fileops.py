@@ -16,7 +16,7 @@ the update is a no-op (the new version has replicas of its own, or none are need
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 import msgspec
@@ -31,6 +31,8 @@ class Owner(Protocol):
 
     @property
     def clock(self) -> rec.Clock: ...
+    @property
+    def now(self) -> Callable[[], float]: ...
     def tick(self, after: Record | None = None, entry: str | None = None) -> rec.Stamp: ...
     def path_lock(self, path: str) -> asyncio.Lock: ...
     async def read(self, path: str) -> Record | None: ...

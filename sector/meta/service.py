@@ -82,6 +82,8 @@ WRITE_OPS = frozenset(
     {"put_file", "mkdir", "add_child", "remove_child", "delete", "set_replicas", "set_rf"}
 ) | {"remove_children"}
 CACHE_RECORDS = 4096
+
+
 WARM_FANOUT = 8  # member-view successors of a key a warm read also asks (a split that
 # cut off up to 7 nodes in a row after the key left it with the 8th)
 
@@ -108,6 +110,9 @@ class MetaService:
         self._overlay: dict[str, Record] = {}
         # Per path, the directory entries staged since its last submit to the committer.
         self._dirty: dict[str, set[str]] = {}
+        # Per directory, the entries dict this node made for its current record and
+        # updates in place (``_merge_in_place``): of cached or staged paths only.
+        self._owned: dict[str, dict[str, rec.Child]] = {}
         self._cache: OrderedDict[str, Record] = OrderedDict()
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         # Commits get a thread of their own: behind blob fsyncs in the shared pool, a
@@ -214,7 +219,8 @@ class MetaService:
         self._cache[r.path] = r
         self._cache.move_to_end(r.path)
         if len(self._cache) > CACHE_RECORDS:
-            self._cache.popitem(last=False)
+            path, _ = self._cache.popitem(last=False)
+            self._owned.pop(path, None)
 
     def warm(self) -> bool:
         """Whether reads merge with the copies elsewhere now (module rules). A change
@@ -287,7 +293,12 @@ class MetaService:
         that follows (with no await between) takes them to the committer.
         """
         cur = self._read_local(r.path)
-        merged = r if derived_from is not None and cur is derived_from else rec.merge(cur, r)
+        if derived_from is not None and cur is derived_from:
+            merged = r
+        elif isinstance(cur, DirRecord) and isinstance(r, DirRecord) and rec.few(r, cur):
+            merged = self._merge_in_place(cur, r)
+        else:
+            merged = rec.merge(cur, r)
         self._overlay[r.path] = merged
         if changed is None:
             changed = r.children if isinstance(r, DirRecord) else r.shadow
@@ -296,6 +307,16 @@ class MetaService:
         if unseen and self.on_unseen and self.ring.responsible_for(key_id(r.path)):
             self.on_unseen(r.path)  # an rm -r to finish
         return merged
+
+    def _merge_in_place(self, cur: DirRecord, r: DirRecord) -> DirRecord:
+        """``merge(cur, r)`` of a few entries into a large directory, with no copy of
+        its entries (``records.merge_into``) but the first: the entries updated in
+        place are a dict this node made for itself (``_owned``), never one that a
+        decoded or merged record elsewhere may share."""
+        if self._owned.get(cur.path) is not cur.children:
+            cur = msgspec.structs.replace(cur, children=dict(cur.children))
+            self._owned[cur.path] = cur.children
+        return rec.merge_into(cur, r)
 
     async def commit(
         self,
@@ -330,6 +351,7 @@ class MetaService:
                 # What is on disk is now unknown (an earlier batch may have landed):
                 # forget the decoded copy too, the next read goes to SQLite.
                 self._cache.pop(r.path, None)
+                self._owned.pop(r.path, None)
                 if self._overlay.get(r.path) is r:
                     del self._overlay[r.path]
             raise
@@ -463,27 +485,6 @@ class MetaService:
             "record": rec.to_builtins(staged),
         }
 
-    async def _op_mkdir(self, path: str, a: dict[str, Any]) -> Any:
-        async with self.path_lock(path):
-            old = await self.read(path)
-            if isinstance(old, DirRecord) or path == "/":
-                return {"created": False}
-            if isinstance(old, FileRecord):
-                raise AlreadyExists(f"{path} exists and is a file")
-            now = self.now()
-            rf = a.get("rf", 0)
-            staged = self.stage(
-                DirRecord(
-                    path=path,
-                    v=self.tick(old),
-                    rf=rf if isinstance(rf, int) else 0,
-                    ctime=now,
-                    mtime=now,
-                )
-            )
-        await self.commit([staged])
-        return {"created": True}
-
     async def _op_delete(self, path: str, a: dict[str, Any]) -> Any:
         expect_blob = a.get("blob")
         token = t if isinstance(t := a.get("token"), str) and len(t) <= 64 else ""
@@ -529,7 +530,7 @@ class MetaService:
     _ops: dict[str, Callable[[MetaService, str, dict[str, Any]], Awaitable[Any]]] = {
         "get": _op_get,
         "put_file": _op_put_file,
-        "mkdir": _op_mkdir,
+        "mkdir": dirops.mkdir,
         "add_child": dirops.add_child,
         "remove_child": dirops.remove_child,
         "delete": _op_delete,

@@ -129,3 +129,18 @@ def test_a_version_2_store_moves_its_entries_out(tmp_path: Path) -> None:
         d2 = rec.add_child(d, "late", "dir", (9, 0, "a"))
         s.put_many([d2], {D: {"late"}})
         assert s.get(D) == d2
+
+
+DIRS = st.builds(
+    lambda v, kids: DirRecord(
+        D, (v, 0, "a"), {n: Child((t, 0, "a"), k) for n, (t, k) in kids.items()}
+    ),
+    st.integers(1, 4),
+    st.dictionaries(NAMES, st.tuples(st.integers(0, 9), st.sampled_from(["file", "dir", "gone"]))),
+)
+
+
+@given(DIRS, DIRS)
+def test_merging_in_place_is_the_merge(cur: DirRecord, r: DirRecord) -> None:
+    mine = DirRecord(cur.path, cur.v, dict(cur.children))
+    assert rec.merge_into(mine, r) == rec.merge(cur, r)

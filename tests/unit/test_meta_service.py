@@ -21,7 +21,7 @@ from sector.errors import (
 )
 from sector.ids import node_id
 from sector.meta import records as rec
-from sector.meta.records import DirRecord, FileRecord, Gone
+from sector.meta.records import Child, DirRecord, FileRecord, Gone
 from sector.meta.service import MetaService
 from sector.meta.store import MetaStore
 from sector.routing.chord import Peer
@@ -192,6 +192,38 @@ def test_remove_children_takes_many_entries_out_in_one_update(tmp_path: Path) ->
         await m.local("delete", "/d", {})
         assert isinstance(m.store.get("/d"), Gone)
         await m.stop()
+        m.store.close()
+
+    asyncio.run(main())
+
+
+def test_creates_in_a_big_directory_update_its_entries_in_place(tmp_path: Path) -> None:
+    """At the directory's owner, an entry added to a large directory does not copy its
+    entries (after the first, into a dict the service made for itself), and a record
+    read before is a snapshot the updates never touch."""
+
+    async def main() -> None:
+        m = await service(tmp_path / "m.db", now=1_000.0)
+        m.store.put_many(
+            [
+                DirRecord(
+                    "/d", (1, 0, "a"), {f"e{i}": Child((2, i, "a"), "file") for i in range(2000)}
+                )
+            ]
+        )
+        before = await m.read("/d")
+        await m.local("add_child", "/d", {"name": "x1", "kind": "file"})
+        one = await m.read("/d")
+        await m.local("add_child", "/d", {"name": "x2", "kind": "dir"})
+        await m.local("remove_child", "/d", {"name": "e7"})
+        two = await m.read("/d")
+        assert isinstance(before, DirRecord) and isinstance(one, DirRecord)
+        assert isinstance(two, DirRecord)
+        assert len(before.children) == 2000 and "x1" not in before.children
+        assert two.children is one.children  # no copy per create
+        assert two.children["x2"].kind == "dir" and two.children["e7"].kind == "gone"
+        await m.stop()
+        assert m.store.get("/d") == two
         m.store.close()
 
     asyncio.run(main())

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sector.meta import purge
@@ -127,6 +127,7 @@ def test_replace_exact_writes_only_rows_no_commit_changed(tmp_path: Path) -> Non
     ),
     st.integers(0, 600),
 )
+@settings(max_examples=50, deadline=None)
 def test_purged_entries_leave_the_digest_of_the_purged_directory(
     tmp_path_factory: Any, kids: dict[str, tuple[int, str]], before: int
 ) -> None:
