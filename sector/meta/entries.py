@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from sector.meta.digest import HASH_MOD, entry_hash
 from sector.meta.records import Child, DirRecord
 
-__all__ = ["SCHEMA", "drop", "load", "purge_gone", "write"]
+__all__ = ["SCHEMA", "drop", "load", "load_many", "purge_gone", "write"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -87,6 +87,18 @@ def load(con: sqlite3.Connection, path: str) -> dict[str, Child]:
         "SELECT name, ms, ctr, origin, kind FROM entries WHERE dir = ?", (path,)
     ).fetchall()
     return {n: Child((ms, ctr, o), k) for n, ms, ctr, o, k in rows}
+
+
+def load_many(con: sqlite3.Connection, paths: list[str]) -> dict[str, dict[str, Child]]:
+    """The entries of each of these directories (at most the store's chunk of them)."""
+    out: dict[str, dict[str, Child]] = {p: {} for p in paths}
+    marks = ",".join("?" * len(paths))
+    rows = con.execute(
+        f"SELECT dir, name, ms, ctr, origin, kind FROM entries WHERE dir IN ({marks})", paths
+    )
+    for d, n, ms, ctr, o, k in rows:
+        out[d][n] = Child((ms, ctr, o), k)
+    return out
 
 
 def purge_gone(con: sqlite3.Connection, before_ms: int) -> dict[str, tuple[int, int]]:

@@ -59,7 +59,7 @@ def root_record(v: rec.Stamp) -> rec.DirRecord:
 
 class Router:
     """``local(op, path, args)`` runs an owner-side op here; ``read(path)`` reads the
-    record here (both the service's)."""
+    record here and ``read_many(paths)`` many (all the service's)."""
 
     def __init__(
         self,
@@ -68,11 +68,13 @@ class Router:
         *,
         local: Callable[[str, str, dict[str, Any]], Awaitable[Any]],
         read: Callable[[str], Awaitable[Record | None]],
+        read_many: Callable[[list[str]], Awaitable[dict[str, Record | None]]],
     ) -> None:
         self.ring = ring
         self.cache = cache
         self.local = local
         self._read = read
+        self._read_many = read_many
 
     def arc(self) -> list[Any]:
         pred = self.ring.predecessor()
@@ -200,7 +202,8 @@ class Router:
     ) -> dict[str, Record | Literal[False] | None]:
         """``get_many`` at ``owner``, BATCH paths a call; False: ask that path's owner."""
         if owner.id == self.ring.me.id:  # routed here already: read, no second check
-            return {p: await self._read(p) for p in group}
+            here = await self._read_many(group)
+            return {p: here[p] for p in group}
         out: dict[str, Record | Literal[False] | None] = {}
         for i in range(0, len(group), BATCH):
             part = group[i : i + BATCH]

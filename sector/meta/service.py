@@ -123,7 +123,9 @@ class MetaService:
         self._warm_until = 0.0
         self._last_pred: int | None = None
         self._view: tuple[float, tuple[bool, bool] | None] = (-1.0, None)
-        self.router = Router(ring, self.cache, local=self.local, read=self.read)
+        self.router = Router(
+            ring, self.cache, local=self.local, read=self.read, read_many=self.read_many
+        )
         self.handoff = Handoff(
             store,
             ring,
@@ -240,6 +242,18 @@ class MetaService:
         if self.warm():
             r = await self._fetch_from_replicas(path, r)
         return r
+
+    async def read_many(self, paths: list[str]) -> dict[str, Record | None]:
+        """``read`` of each path; those neither staged nor cached are read from SQLite
+        at once (a listing's page of entries: issue 17), not one query each."""
+        if self.warm():
+            return {p: await self.read(p) for p in paths}
+        out = {p: self._overlay.get(p) or self._cache.get(p) for p in paths}
+        missing = [p for p, r in out.items() if r is None]
+        for p, r in (self.store.get_many(missing) if missing else {}).items():
+            out[p] = r
+            self._remember(r)
+        return out
 
     async def _fetch_from_replicas(self, path: str, have: Record | None) -> Record | None:
         """``have`` merged with the copies our successors hold (the whole list: after
@@ -520,12 +534,13 @@ class MetaService:
         ok = isinstance(paths, list) and len(paths) <= BATCH
         if not ok or not all(isinstance(p, str) for p in paths):
             raise BadRequest(f"get_many needs a list of at most {BATCH} paths")
-        out: list[Any] = []
-        for p in map(rec.normalize, paths):
-            mine = self.router.mine(key_id(p))  # False: not this node's, ask its owner
-            r = await self.read(p) if mine else None
-            out.append(rec.to_builtins(r) if r is not None else None if mine else False)
-        return out
+        ps = [rec.normalize(p) for p in paths]
+        mine = [self.router.mine(key_id(p)) for p in ps]  # False: ask its owner
+        got = await self.read_many([p for p, m in zip(ps, mine, strict=True) if m])
+        return [
+            (rec.to_builtins(r) if (r := got[p]) is not None else None) if m else False
+            for p, m in zip(ps, mine, strict=True)
+        ]
 
     _ops: dict[str, Callable[[MetaService, str, dict[str, Any]], Awaitable[Any]]] = {
         "get": _op_get,

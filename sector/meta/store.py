@@ -108,11 +108,14 @@ class MetaStore:
         return r
 
     def get(self, path: str) -> Record | None:
-        with self._rlock, self._snapshot():
-            row = self._r.execute(
-                "SELECT kind, data FROM records WHERE path = ?", (path,)
-            ).fetchone()
-            return None if row is None else self._full(self._r, path, *row)
+        sql = "SELECT kind, data FROM records WHERE path = ?"
+        with self._rlock:
+            row = self._r.execute(sql, (path,)).fetchone()
+            if row is None or row[0] != "dir":
+                return None if row is None else decode(row[1], check=False)
+            with self._snapshot():  # a directory: its row and its entries, as one
+                row = self._r.execute(sql, (path,)).fetchone()
+                return None if row is None else self._full(self._r, path, *row)
 
     @contextlib.contextmanager
     def _snapshot(self) -> Iterator[None]:
@@ -129,13 +132,19 @@ class MetaStore:
         out: dict[str, Record] = {}
         # One read transaction: one snapshot even across several chunks.
         with self._rlock, self._snapshot():
+            dirs: list[str] = []
             for chunk in _chunks(paths):
                 marks = ",".join("?" * len(chunk))
                 rows = self._r.execute(
                     f"SELECT path, kind, data FROM records WHERE path IN ({marks})", chunk
                 ).fetchall()
                 for p, kind, data in rows:
-                    out[p] = self._full(self._r, p, kind, data)
+                    out[p] = decode(data, check=False)
+                    if kind == "dir":
+                        dirs.append(p)
+            for chunk in _chunks(dirs):
+                for p, kids in entries.load_many(self._r, chunk).items():
+                    out[p] = msgspec.structs.replace(out[p], children=kids)
         return out
 
     def in_range(self, lo: int, hi: int) -> list[Record]:
