@@ -493,8 +493,23 @@ def _bad_char_message(what: str, text: str, ch: str) -> str:
     return f"invalid {what} {_show(text)}: contains control character U+{ord(ch):04X}"
 
 
+# A path already in normal form, as almost every path a node sees is (one the cluster
+# made, or a client already normalised): segments of allowed characters, short enough
+# whatever their UTF-8 width, none starting with "." (so never "." or "..": a name
+# like ".hidden" takes the long way, and comes out the same).
+_SEG_CHAR = "[^/\\x00-\\x1f\\x7f-\\x9f\\ud800-\\udfff]"
+_NORMAL = re.compile(f"(?:/(?!\\.){_SEG_CHAR}{{1,{MAX_NAME_BYTES // 4}}})+")
+
+
 def normalize(path: str) -> str:
     """The normal form of an absolute path; InvalidPath (naming the path) if it has none."""
+    if (
+        type(path) is str
+        and len(path) <= MAX_PATH_BYTES // 4
+        and _NORMAL.fullmatch(path)
+        and path.count("/") <= MAX_DEPTH
+    ):
+        return path
     if not isinstance(path, str):
         raise InvalidPath(f"invalid path {path!r:.80}: not a string", path=repr(path)[:200])
     # Bail out early on absurd input before doing any work on it.

@@ -194,19 +194,30 @@ class FsService:
             "pieces": r.pieces,
         }
 
-    def entry(
-        self, r: FileRecord | DirRecord, views: tuple[set[str], set[str]] | None = None
-    ) -> dict[str, Any]:
-        d = self.describe(r, views)
+    def entry(self, r: FileRecord | DirRecord, alive: set[str] | None = None) -> dict[str, Any]:
+        """A listing's line: a few fields of ``describe``'s, made directly (a page has
+        a thousand); ``alive``: the live node ids, asked once for a listing."""
+        if isinstance(r, DirRecord):
+            return {
+                "name": rec.basename(r.path) or "/",
+                "path": r.path,
+                "type": "dir",
+                "size": 0,
+                "mtime": r.mtime,
+                "replicas": 0,
+                "rf": r.rf or self.node.cfg.replicas,
+                "checksum": None,
+            }
+        up = self.node.alive_ids() if alive is None else alive
         return {
-            "name": d["name"],
-            "path": d["path"],
-            "type": d["type"],
-            "size": d["size"],
-            "mtime": d["mtime"],
-            "replicas": sum(1 for x in d["replicas"] if x["state"] == "up"),
-            "rf": d["rf"],
-            "checksum": d.get("checksum"),  # a listing names a version as a stat does
+            "name": rec.basename(r.path),
+            "path": r.path,
+            "type": "file",
+            "size": r.size,
+            "mtime": r.mtime,
+            "replicas": sum(1 for nid, _ in r.replicas if nid in up),
+            "rf": r.rf,
+            "checksum": r.checksum,  # a listing names a version as a stat does
         }
 
     def writable(self) -> None:
@@ -344,8 +355,8 @@ class FsService:
                 return entries if limit is None else {"entries": entries, "next": nxt}
             got = await self.node.meta.get_many(paths)
             kids = [got.get(p) for p in paths]
-            views = (self.node.alive_ids(), self.node.draining_ids())
-            entries = [self.entry(k, views) for k in kids if isinstance(k, FileRecord | DirRecord)]
+            alive = self.node.alive_ids()
+            entries = [self.entry(k, alive) for k in kids if isinstance(k, FileRecord | DirRecord)]
         return entries if limit is None else {"entries": entries, "next": nxt}
 
     @typed(Mkdir)

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sector.errors import BadRequest, InvalidPath, UsageError
+from sector.meta import records as rec
 from sector.meta.records import (
     KINDS,
     Child,
@@ -458,3 +459,25 @@ def test_records_without_rv_decode_as_before() -> None:
     raw = encode(r)
     assert b"rv" not in raw  # the zero stamp is not encoded: old bytes, same record
     assert decode(raw) == r
+
+
+_PATH_CHARS = st.sampled_from(list("/.ab\x00\x1f\x7f\x9f\u00e9\ud800 \u4e2d"))
+
+
+@given(st.text(alphabet=_PATH_CHARS, max_size=40).map(lambda s: "/" + s))
+def test_the_fast_way_to_a_normal_path_is_the_long_way(path: str) -> None:
+    """normalize's shortcut for a path already normal answers as the full checks do."""
+
+    def both(p: str) -> tuple[str, str]:
+        try:
+            return ("ok", rec.normalize(p))
+        except InvalidPath as exc:
+            return ("error", str(exc))
+
+    fast = both(path)
+    saved = rec._NORMAL
+    rec._NORMAL = re.compile("(?!)")  # never matches: every path the long way
+    try:
+        assert both(path) == fast
+    finally:
+        rec._NORMAL = saved
