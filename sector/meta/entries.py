@@ -40,6 +40,8 @@ CREATE TABLE IF NOT EXISTS entries (
     h      INTEGER NOT NULL,         -- digest.entry_hash
     PRIMARY KEY (dir, name)
 ) WITHOUT ROWID;
+-- The tombstone pass's "gone" entries past the grace, without a scan of every entry.
+CREATE INDEX IF NOT EXISTS entries_gone ON entries(ms) WHERE kind = 'gone';
 """
 
 _INSERT = "INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?, ?)"

@@ -82,8 +82,6 @@ WRITE_OPS = frozenset(
     {"put_file", "mkdir", "add_child", "remove_child", "delete", "set_replicas", "set_rf"}
 ) | {"remove_children"}
 CACHE_RECORDS = 4096
-
-
 WARM_FANOUT = 8  # member-view successors of a key a warm read also asks (a split that
 # cut off up to 7 nodes in a row after the key left it with the 8th)
 
@@ -134,7 +132,7 @@ class MetaService:
             cache=self.cache,
             prune=self._prune_replicators,
             unchanged=lambda r: self._read_local(r.path) == r,
-            forget=lambda path: self._cache.pop(path, None),
+            forget=self._forget,
             io=self._io,
         )
         self.on_delete: Callable[[Record], Awaitable[None]] | None = None
@@ -224,6 +222,10 @@ class MetaService:
             path, _ = self._cache.popitem(last=False)
             self._owned.pop(path, None)
 
+    def _forget(self, path: str) -> None:  # its row changed under the service
+        self._cache.pop(path, None)
+        self._owned.pop(path, None)
+
     def warm(self) -> bool:
         """Whether reads merge with the copies elsewhere now (module rules). A change
         of the view (quorum, a whole cluster) starts a warm period as a ring change
@@ -244,15 +246,14 @@ class MetaService:
         return r
 
     async def read_many(self, paths: list[str]) -> dict[str, Record | None]:
-        """``read`` of each path; those neither staged nor cached are read from SQLite
-        at once (a listing's page of entries: issue 17), not one query each."""
+        """``read`` of each path (a listing's page: issue 17); those neither staged nor
+        cached in one SQLite query, and not cached (a listing would push out the large
+        directory itself, which its next create would then decode whole)."""
         if self.warm():
             return {p: await self.read(p) for p in paths}
         out = {p: self._overlay.get(p) or self._cache.get(p) for p in paths}
         missing = [p for p, r in out.items() if r is None]
-        for p, r in (self.store.get_many(missing) if missing else {}).items():
-            out[p] = r
-            self._remember(r)
+        out.update(self.store.get_many(missing) if missing else {})
         return out
 
     async def _fetch_from_replicas(self, path: str, have: Record | None) -> Record | None:
@@ -302,9 +303,9 @@ class MetaService:
         contains what is stored: the committer can write it without merging again.
         ``derived_from``: r was computed from that record, and if it is still the
         current one, r already contains it and the merge (O(entries)) is skipped.
-        ``changed``: the entries r changed in it (else: every entry r names, which is
-        all a merge can change), so that the store writes those alone. The ``commit``
-        that follows (with no await between) takes them to the committer.
+        ``changed``: the entries r changed (else every entry r names: all a merge can
+        change), for the store to write alone; the ``commit`` that follows (no await
+        between) takes them to the committer.
         """
         cur = self._read_local(r.path)
         if derived_from is not None and cur is derived_from:
@@ -323,10 +324,9 @@ class MetaService:
         return merged
 
     def _merge_in_place(self, cur: DirRecord, r: DirRecord) -> DirRecord:
-        """``merge(cur, r)`` of a few entries into a large directory, with no copy of
-        its entries (``records.merge_into``) but the first: the entries updated in
-        place are a dict this node made for itself (``_owned``), never one that a
-        decoded or merged record elsewhere may share."""
+        """``merge(cur, r)`` of a few entries into a large directory with no copy of its
+        entries (``records.merge_into``) but the first: only a dict this node made for
+        itself (``_owned``) is updated in place, never one another record may share."""
         if self._owned.get(cur.path) is not cur.children:
             cur = msgspec.structs.replace(cur, children=dict(cur.children))
             self._owned[cur.path] = cur.children

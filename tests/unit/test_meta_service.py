@@ -22,7 +22,7 @@ from sector.errors import (
 from sector.ids import node_id
 from sector.meta import records as rec
 from sector.meta.records import Child, DirRecord, FileRecord, Gone
-from sector.meta.service import MetaService
+from sector.meta.service import CACHE_RECORDS, MetaService
 from sector.meta.store import MetaStore
 from sector.routing.chord import Peer
 
@@ -224,6 +224,27 @@ def test_creates_in_a_big_directory_update_its_entries_in_place(tmp_path: Path) 
         assert two.children["x2"].kind == "dir" and two.children["e7"].kind == "gone"
         await m.stop()
         assert m.store.get("/d") == two
+        m.store.close()
+
+    asyncio.run(main())
+
+
+def test_a_listing_does_not_push_the_directory_out_of_the_cache(tmp_path: Path) -> None:
+    """A page of a listing's records (``read_many``) is read without caching them, so a
+    listing longer than the cache leaves a large directory's decoded copy in place for
+    its next create (which would otherwise decode every entry again)."""
+
+    async def main() -> None:
+        m = await service(tmp_path / "m.db", now=1_000.0)
+        n = CACHE_RECORDS + 100
+        kids = {f"f{i}": Child((2, i, "a"), "file") for i in range(n)}
+        files = [rec.from_builtins(file_record(f"/d/f{i}")) for i in range(n)]
+        m.store.put_many([DirRecord("/d", (1, 0, "a"), kids), *files])
+        d = await m.read("/d")
+        got = await m.read_many([f"/d/f{i}" for i in range(n)])
+        assert all(isinstance(got[f"/d/f{i}"], FileRecord) for i in range(n))
+        assert await m.read("/d") is d
+        await m.stop()
         m.store.close()
 
     asyncio.run(main())
