@@ -284,16 +284,24 @@ def _merge_children(x: dict[str, Child], y: dict[str, Child]) -> dict[str, Child
     if not x:
         return y
     out = dict(x)
-    for name, c in y.items():
-        old = out.get(name)
-        # `old != c` first: most entries are equal, and that test runs in C.
-        if old is None or (old != c and _child_key(c) > _child_key(old)):
-            out[name] = c
+    _join_into(out, y)
     # Not sorted: records compare equal whatever the order of their entries, and
     # sorting a 100k-entry directory on every merge costs more than the merge itself.
     # The encoded bytes may therefore differ between replicas in entry order: whatever
     # hashes records to compare replicas must sort the entries first.
     return out
+
+
+def _join_into(out: dict[str, Child], y: dict[str, Child]) -> bool:
+    """Each entry of y into out where it is newer; whether any was."""
+    changed = False
+    for name, c in y.items():
+        old = out.get(name)
+        # `old != c` first: most entries are equal, and that test runs in C.
+        if old is None or (old != c and _child_key(c) > _child_key(old)):
+            out[name] = c
+            changed = True
+    return changed
 
 
 def merge_into(cur: DirRecord, r: DirRecord) -> DirRecord:
@@ -303,12 +311,7 @@ def merge_into(cur: DirRecord, r: DirRecord) -> DirRecord:
     metadata service's current copy of a directory (``MetaService.stage``); a merge
     that copies would cost O(entries) for each create in a directory of a million."""
     kids = cur.children
-    changed = False
-    for name, c in r.children.items():
-        old = kids.get(name)
-        if old is None or (old != c and _child_key(c) > _child_key(old)):
-            kids[name] = c
-            changed = True
+    changed = _join_into(kids, r.children)
     if not _beats(cur, r):
         return msgspec.structs.replace(r, children=kids)
     return msgspec.structs.replace(cur, children=kids) if changed else cur
@@ -324,10 +327,15 @@ def few(r: DirRecord, cur: DirRecord) -> bool:
 def entry(d: DirRecord, name: str, kind: str, v: Stamp) -> DirRecord:
     """The one-entry delta of ``d`` setting ``name`` to ``kind`` at ``v``: its
     attributes, and that entry alone (merged into ``d``: ``add_child``)."""
+    return msgspec.structs.replace(d, children={name: _child(name, kind, v)})
+
+
+def _child(name: str, kind: str, v: Stamp) -> Child:
+    """Entry ``name`` as ``kind`` at ``v``, once both are checked."""
     check_name(name)
     if kind not in KINDS:
         raise UsageError(f"unknown child kind {kind!r} (expected one of {', '.join(KINDS)})")
-    return msgspec.structs.replace(d, children={name: Child(v, kind)})
+    return Child(v, kind)
 
 
 def add_child(d: DirRecord, name: str, kind: str, v: Stamp) -> DirRecord:
@@ -336,10 +344,7 @@ def add_child(d: DirRecord, name: str, kind: str, v: Stamp) -> DirRecord:
     The directory's own ``v`` is left alone: it versions the attributes, while each
     entry carries its own version, so concurrent adds on different nodes all survive.
     """
-    check_name(name)
-    if kind not in KINDS:
-        raise UsageError(f"unknown child kind {kind!r} (expected one of {', '.join(KINDS)})")
-    new = Child(v, kind)
+    new = _child(name, kind, v)
     old = d.children.get(name)
     if old is not None and _child_key(old) >= _child_key(new):
         return d

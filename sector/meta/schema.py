@@ -14,7 +14,7 @@ from typing import Any
 from sector.meta import digest, entries
 from sector.meta.records import DirRecord, decode
 
-__all__ = ["SCHEMA_VERSION", "prepare"]
+__all__ = ["SCHEMA_VERSION", "by_path", "prepare"]
 
 Row = Callable[..., tuple[Any, ...]]  # ``MetaStore._row``: a record's columns
 _PAGE = 1000
@@ -114,19 +114,23 @@ def _upgrade_1(w: sqlite3.Connection, row: Row) -> None:
     w.execute("COMMIT")
 
 
-def _pages(w: sqlite3.Connection, where: str) -> Iterator[list[tuple[str, bytes]]]:
-    """The (path, data) of the rows ``where`` (an SQL condition and "AND", or ""), a
-    page at a time by path, read as the rows before are rewritten."""
+def by_path(fetch: Callable[[str], list[Any]], page: int = _PAGE) -> Iterator[list[Any]]:
+    """Pages of rows whose first column is the path, in path order: ``fetch(after)``
+    returns the (at most ``page``) rows after the last one of the page before."""
     after = ""
     while True:
-        rows = w.execute(
-            f"SELECT path, data FROM records WHERE {where} path > ? ORDER BY path LIMIT ?",
-            (after, _PAGE),
-        ).fetchall()
+        rows = fetch(after)
         yield rows
-        if len(rows) < _PAGE:
+        if len(rows) < page:
             return
         after = rows[-1][0]
+
+
+def _pages(w: sqlite3.Connection, where: str) -> Iterator[list[tuple[str, bytes]]]:
+    """The (path, data) of the rows ``where`` (an SQL condition and "AND", or ""), a
+    page at a time, read as the rows before are rewritten."""
+    sql = f"SELECT path, data FROM records WHERE {where} path > ? ORDER BY path LIMIT ?"
+    return by_path(lambda after: w.execute(sql, (after, _PAGE)).fetchall())
 
 
 def _upgrade_2(w: sqlite3.Connection, row: Row) -> None:

@@ -50,6 +50,7 @@ _MARKS = "?, ?, ?, ?, ?, ?, ?, ?, ?, ?"
 # SQLite's default limit of bound parameters was 999 before 3.32: stay under it.
 _CHUNK = 500
 _PAGE = 1000
+_BY_PATH = "SELECT path, {} FROM records WHERE path > ? ORDER BY path LIMIT ?"
 
 
 def _chunks(items: list[str], n: int = _CHUNK) -> Iterable[list[str]]:
@@ -170,18 +171,14 @@ class MetaStore:
 
     def all(self) -> Iterator[Record]:
         """Every record, by path, fetched a page at a time (rule 4)."""
-        after = ""
-        while True:
+
+        def fetch(after: str) -> list[tuple[str, Record]]:
             with self._rlock, self._snapshot():
-                rows = self._r.execute(
-                    "SELECT path, kind, data FROM records WHERE path > ? ORDER BY path LIMIT ?",
-                    (after, _PAGE),
-                ).fetchall()
-                page = [self._full(self._r, *row) for row in rows]
-            yield from page
-            if len(rows) < _PAGE:
-                return
-            after = rows[-1][0]
+                rows = self._r.execute(_BY_PATH.format("kind, data"), (after, _PAGE)).fetchall()
+                return [(row[0], self._full(self._r, *row)) for row in rows]
+
+        for page in schema.by_path(fetch, _PAGE):
+            yield from (r for _, r in page)
 
     def counts(self) -> dict[str, int]:
         """files, dirs, tombstones, and bytes (the sum of file sizes)."""
@@ -341,17 +338,12 @@ class MetaStore:
     def raw_pages(self) -> Iterator[list[tuple[str, bytes]]]:
         """Every row as (path, encoded record), a page at a time (rule 4): for a scan
         that writes back only what did not change meanwhile (``replace_exact``)."""
-        after = ""
-        while True:
+
+        def fetch(after: str) -> list[tuple[str, bytes]]:
             with self._rlock:
-                rows = self._r.execute(
-                    "SELECT path, data FROM records WHERE path > ? ORDER BY path LIMIT ?",
-                    (after, _PAGE),
-                ).fetchall()
-            yield rows
-            if len(rows) < _PAGE:
-                return
-            after = rows[-1][0]
+                return self._r.execute(_BY_PATH.format("data"), (after, _PAGE)).fetchall()
+
+        return schema.by_path(fetch, _PAGE)
 
     # ---------------------------------------------------------------- writes
 
