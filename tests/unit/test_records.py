@@ -475,6 +475,7 @@ def test_the_fast_way_to_a_normal_path_is_the_long_way(path: str) -> None:
             return ("error", str(exc))
 
     fast = both(path)
+    assert rec._NORMAL.fullmatch("/data/run-7/part-00001.csv")  # the shortcut is taken
     saved = rec._NORMAL
     rec._NORMAL = re.compile("(?!)")  # never matches: every path the long way
     try:
